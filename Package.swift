@@ -1,0 +1,40 @@
+// swift-tools-version: 6.1
+// The layering follows ARCHITECTURE.md: PCI → region mapping → wire format →
+// queue pairs → client API → shims. Each layer is one target.
+import PackageDescription
+
+let package = Package(
+  name: "vgpu",
+  platforms: [.macOS(.v15)],
+  products: [
+    .library(name: "PCI", targets: ["PCI"]),
+    .executable(name: "pcitool", targets: ["pcitool"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+  ],
+  targets: [
+    // libpci, found through pkg-config; Debian's package is libpci-dev.
+    .systemLibrary(
+      name: "CLibPCI",
+      pkgConfig: "libpci",
+      providers: [.apt(["libpci-dev"])]
+    ),
+    .target(name: "PCI", dependencies: ["CLibPCI"]),
+    .executableTarget(
+      name: "pcitool",
+      dependencies: [
+        "PCI",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]
+    ),
+    .testTarget(
+      name: "PCITests",
+      dependencies: ["PCI"],
+      exclude: ["Fixtures"]
+    ),
+    // Runs the built pcitool and compares it with lspci on this machine.
+    .testTarget(name: "PCIToolTests", dependencies: ["pcitool", "PCI"]),
+  ],
+  swiftLanguageModes: [.v6]
+)

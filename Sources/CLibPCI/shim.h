@@ -1,0 +1,49 @@
+#ifndef VGPU_CLIBPCI_SHIM_H
+#define VGPU_CLIBPCI_SHIM_H
+
+#include <pci/pci.h>
+
+// pci_lookup_name() is variadic, which Swift cannot call. These fixed-arity
+// wrappers cover the look-ups lspci makes (see pciutils' lspci.c, show_terse).
+
+static inline char *vgpu_pci_lookup_class(struct pci_access *a, char *buf, int size,
+                                          int flags, unsigned int device_class) {
+  return pci_lookup_name(a, buf, size, flags | PCI_LOOKUP_CLASS, device_class);
+}
+
+static inline char *vgpu_pci_lookup_progif(struct pci_access *a, char *buf, int size,
+                                           int flags, unsigned int device_class,
+                                           unsigned int prog_if) {
+  return pci_lookup_name(a, buf, size, flags | PCI_LOOKUP_PROGIF, device_class, prog_if);
+}
+
+static inline char *vgpu_pci_lookup_vendor(struct pci_access *a, char *buf, int size,
+                                           int flags, unsigned int vendor) {
+  return pci_lookup_name(a, buf, size, flags | PCI_LOOKUP_VENDOR, vendor);
+}
+
+static inline char *vgpu_pci_lookup_device(struct pci_access *a, char *buf, int size,
+                                           int flags, unsigned int vendor,
+                                           unsigned int device) {
+  return pci_lookup_name(a, buf, size, flags | PCI_LOOKUP_DEVICE, vendor, device);
+}
+
+// Vendor and device together, as lspci prints them ("Red Hat, Inc. Virtio RNG").
+static inline char *vgpu_pci_lookup_vendor_device(struct pci_access *a, char *buf, int size,
+                                                  int flags, unsigned int vendor,
+                                                  unsigned int device) {
+  return pci_lookup_name(a, buf, size, flags | PCI_LOOKUP_VENDOR | PCI_LOOKUP_DEVICE,
+                         vendor, device);
+}
+
+// Subsystem as lspci -v prints it: the subsystem vendor and the subsystem device.
+static inline char *vgpu_pci_lookup_subsystem(struct pci_access *a, char *buf, int size,
+                                              int flags, unsigned int vendor,
+                                              unsigned int device, unsigned int sub_vendor,
+                                              unsigned int sub_device) {
+  return pci_lookup_name(a, buf, size,
+                         flags | PCI_LOOKUP_SUBSYSTEM | PCI_LOOKUP_VENDOR | PCI_LOOKUP_DEVICE,
+                         vendor, device, sub_vendor, sub_device);
+}
+
+#endif
