@@ -28,13 +28,15 @@ let package = Package(
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
+    // Reads the facts lspci states, for comparing our decoder with it.
+    .target(name: "LspciFacts", dependencies: ["PCI"], path: "Tests/LspciFacts"),
     .testTarget(
       name: "PCITests",
-      dependencies: ["PCI"],
+      dependencies: ["PCI", "LspciFacts"],
       exclude: ["Fixtures"]
     ),
     // Runs the built pcitool and compares it with lspci on this machine.
-    .testTarget(name: "PCIToolTests", dependencies: ["pcitool", "PCI"]),
+    .testTarget(name: "PCIToolTests", dependencies: ["pcitool", "PCI", "LspciFacts"]),
   ],
   swiftLanguageModes: [.v6]
 )
