@@ -9,7 +9,10 @@
 public struct BAR: Sendable, Equatable, Codable {
   public enum Kind: String, Sendable, Codable { case memory, io }
   public enum MemoryType: String, Sendable, Codable {
-    case bits32 = "32-bit", bits64 = "64-bit", below1M = "low-1M", reserved = "type 3"
+    case bits32 = "32-bit"
+    case bits64 = "64-bit"
+    case below1M = "low-1M"
+    case reserved = "type 3"
   }
 
   public var index: Int

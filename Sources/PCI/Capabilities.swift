@@ -207,7 +207,7 @@ public struct CapabilityList: Sendable, Equatable, Codable {
         maxCount: 1 << Int((control >> 1) & 0x7), is64Bit: control & 0x80 != 0,
         perVectorMasking: control & 0x100 != 0)
     case 0x11:
-      // Table and PBA: BIR in bits 2:0, the offset in the rest (dword... qword aligned).
+      // Table and PBA: BIR in bits 2:0, a QWORD-aligned offset in the rest.
       func location(_ register: UInt32?) -> BARLocation? {
         register.map { BARLocation(bar: Int($0 & 0x7), offset: $0 & ~0x7) }
       }

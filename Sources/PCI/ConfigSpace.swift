@@ -78,7 +78,8 @@ extension ConfigSpace {
         fields.count == 17
       else { continue }
       guard offset == bytes.count else {
-        throw ConfigSpaceParseError(line: number + 1, problem: "row at \(hex(offset, width: 2)) follows \(bytes.count) bytes")
+        throw ConfigSpaceParseError(
+          line: number + 1, problem: "row at \(hex(offset, width: 2)) follows \(bytes.count) bytes")
       }
       for field in fields.dropFirst() {
         guard field.count == 2, let b = UInt8(field, radix: 16) else {

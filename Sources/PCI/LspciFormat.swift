@@ -8,24 +8,22 @@ extension PCIDevice {
     return "\(address) \(cls): \(dev)" + (revision != 0 ? " (rev \(hex(revision, width: 2)))" : "")
   }
 
-  /// The title line of `lspci -D -v`: names without numbers, plus the prog-if.
-  public var titleLine: String {
+  /// lspci's title line without numbers: `0000:00:05.0 Unassigned class [ffff]: Red Hat, Inc. Virtio 1.0 RNG (rev 01)`.
+  var terseTitle: String {
     let cls = names.classText ?? "Class \(hex(classCode, width: 4))"
     let dev = names.deviceText ?? "Device \(hex(vendorID, width: 4)):\(hex(deviceID, width: 4))"
-    var line = "\(address) \(cls): \(dev)" + (revision != 0 ? " (rev \(hex(revision, width: 2)))" : "")
-    if progIf != 0 || names.progIf != nil {
-      line += " (prog-if \(hex(progIf, width: 2))" + (names.progIf.map { " [\($0)]" } ?? "") + ")"
-    }
-    return line
+    return "\(address) \(cls): \(dev)" + (revision != 0 ? " (rev \(hex(revision, width: 2)))" : "")
+  }
+
+  /// The title line of `lspci -D -v`: the terse title plus the prog-if.
+  public var titleLine: String {
+    guard progIf != 0 || names.progIf != nil else { return terseTitle }
+    return terseTitle + " (prog-if \(hex(progIf, width: 2))" + (names.progIf.map { " [\($0)]" } ?? "") + ")"
   }
 
   /// Config space as `lspci -D -xxx` (256 bytes) or `-xxxx` (all that could be read) prints it.
   public func hexDump(extended: Bool) -> String {
-    let plainTitle =
-      "\(address) \(names.classText ?? "Class \(hex(classCode, width: 4))"): "
-      + (names.deviceText ?? "Device \(hex(vendorID, width: 4)):\(hex(deviceID, width: 4))")
-      + (revision != 0 ? " (rev \(hex(revision, width: 2)))" : "")
-    return plainTitle + "\n" + config.hexDump(limit: extended ? nil : 256)
+    terseTitle + "\n" + config.hexDump(limit: extended ? nil : 256)
   }
 
   /// The decoded device, in the manner of `lspci -vv -s ADDR`, plus the facts a
@@ -87,11 +85,15 @@ extension BAR {
     var s: String
     switch kind {
     case .io:
-      s = "I/O ports at " + (address != 0 || !isDisabled ? hex(address, width: 4) : isIgnored ? "<ignored>" : "<unassigned>")
+      s =
+        "I/O ports at "
+        + (address != 0 || !isDisabled ? hex(address, width: 4) : isIgnored ? "<ignored>" : "<unassigned>")
       if isVirtual { s += " [virtual]" } else if isDisabled { s += " [disabled]" }
     case .memory:
       s = "Memory at "
-      s += isBroken ? "<broken-64-bit-slot>" : address != 0 ? hex(address, width: 8) : isIgnored ? "<ignored>" : "<unassigned>"
+      s +=
+        isBroken
+        ? "<broken-64-bit-slot>" : address != 0 ? hex(address, width: 8) : isIgnored ? "<ignored>" : "<unassigned>"
       s += " (\((memoryType ?? .bits32).rawValue), \(prefetchable ? "" : "non-")prefetchable)"
       if isVirtual { s += " [virtual]" } else if isDisabled { s += " [disabled]" }
     }
@@ -115,7 +117,9 @@ extension BAR {
 extension Capability {
   /// The `Capabilities: [..] ...` line and its detail lines.
   public var lspciLines: [String] {
-    let head = isExtended ? "\tCapabilities: [\(hex(offset, width: 3)) v\(version ?? 0)] " : "\tCapabilities: [\(hex(offset, width: 2))] "
+    let head =
+      isExtended
+      ? "\tCapabilities: [\(hex(offset, width: 3)) v\(version ?? 0)] " : "\tCapabilities: [\(hex(offset, width: 2))] "
     func flag(_ b: Bool) -> String { b ? "+" : "-" }
     if let pm = powerManagement {
       var lines = [head + "Power Management version \(pm.version)"]
@@ -129,19 +133,26 @@ extension Capability {
       ]
     }
     if let msix {
-      var lines = [head + "MSI-X: Enable\(flag(msix.enabled)) Count=\(msix.vectorCount) Masked\(flag(msix.functionMasked))"]
+      var lines = [
+        head + "MSI-X: Enable\(flag(msix.enabled)) Count=\(msix.vectorCount) Masked\(flag(msix.functionMasked))"
+      ]
       if let t = msix.table { lines.append("\t\tVector table: BAR=\(t.bar) offset=\(hex(t.offset, width: 8))") }
       if let p = msix.pendingBitArray { lines.append("\t\tPBA: BAR=\(p.bar) offset=\(hex(p.offset, width: 8))") }
       return lines
     }
     if let express {
-      return [head + "Express (v\(express.version)) \(express.portTypeName), IntMsgNum \(express.interruptMessageNumber)"]
+      return [
+        head + "Express (v\(express.version)) \(express.portTypeName), IntMsgNum \(express.interruptMessageNumber)"
+      ]
     }
     if !isExtended && id == 0x09 {
-      guard let virtio else { return [head + "Vendor Specific Information: Len=\(hex(vendorLength ?? 0, width: 2)) <?>"] }
+      guard let virtio else {
+        return [head + "Vendor Specific Information: Len=\(hex(vendorLength ?? 0, width: 2)) <?>"]
+      }
       var detail: String
       if virtio.configType == 8 {
-        detail = "\t\tBAR=\(virtio.bar) offset=\(hex(virtio.offset, width: 16)) size=\(hex(virtio.length, width: 16)) id=\(virtio.id)"
+        detail =
+          "\t\tBAR=\(virtio.bar) offset=\(hex(virtio.offset, width: 16)) size=\(hex(virtio.length, width: 16)) id=\(virtio.id)"
       } else {
         detail = "\t\tBAR=\(virtio.bar) offset=\(hex(virtio.offset, width: 8)) size=\(hex(virtio.length, width: 8))"
       }

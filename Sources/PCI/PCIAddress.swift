@@ -39,7 +39,8 @@ public struct PCIAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
     else { throw fail("bus '\(busText)' is not 1-2 hex digits") }
     let slot = parts[parts.count - 1].split(separator: ".", omittingEmptySubsequences: false)
     guard slot.count == 2 else { throw fail("expected DD.F after the bus") }
-    guard (1...2).contains(slot[0].count), slot[0].allSatisfy(\.isHexDigit), let dev = UInt8(slot[0], radix: 16), dev < 32
+    guard (1...2).contains(slot[0].count), slot[0].allSatisfy(\.isHexDigit), let dev = UInt8(slot[0], radix: 16),
+      dev < 32
     else { throw fail("device '\(slot[0])' is not a hex number from 00 to 1f") }
     guard slot[1].count == 1, let fn = UInt8(slot[1], radix: 8), fn < 8
     else { throw fail("function '\(slot[1])' is not a digit from 0 to 7") }

@@ -113,7 +113,8 @@ extension PCITool {
         try printJSON(
           devices.map { d in
             let bytes = extended ? d.config.bytes : Array(d.config.bytes.prefix(256))
-            return Dumped(address: d.address.description, size: bytes.count, hex: bytes.map { String(format: "%02x", $0) }.joined())
+            return Dumped(
+              address: d.address.description, size: bytes.count, hex: bytes.map { String(format: "%02x", $0) }.joined())
           })
       } else {
         for d in devices { print(d.hexDump(extended: extended)) }

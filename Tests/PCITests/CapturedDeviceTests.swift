@@ -24,16 +24,21 @@ import Testing
   @Test func hostVirtioRNGAt05() throws {
     let d = try Fixture.load("host/0000-00-05.0").device
     #expect(d.id == PCIDeviceID(vendor: 0x1af4, device: 0x1044))
-    #expect(d.bars == [
-      BAR(index: 0, kind: .memory, address: 0x40_0020_0000, size: 512 * 1024, memoryType: .bits64,
+    #expect(
+      d.bars == [
+        BAR(
+          index: 0, kind: .memory, address: 0x40_0020_0000, size: 512 * 1024, memoryType: .bits64,
           prefetchable: false, isVirtual: false, isDisabled: false, isBroken: false, isIgnored: false)
-    ])
+      ])
     let virtio = d.capabilities.capabilities.compactMap(\.virtio)
     #expect(virtio.map(\.configTypeName) == ["CommonCfg", "ISR", "DeviceCfg", "Notify", "<unknown>"])
     #expect(virtio[3].notifyMultiplier == 4)
     #expect(virtio[3].offset == 0x6000 && virtio[3].length == 0x1000)
-    #expect(d.msix == MSIXCapability(enabled: true, functionMasked: false, vectorCount: 2,
-      table: BARLocation(bar: 0, offset: 0x8000), pendingBitArray: BARLocation(bar: 0, offset: 0x48000)))
+    #expect(
+      d.msix
+        == MSIXCapability(
+          enabled: true, functionMasked: false, vectorCount: 2,
+          table: BARLocation(bar: 0, offset: 0x8000), pendingBitArray: BARLocation(bar: 0, offset: 0x48000)))
     #expect(d.capabilities.problems.isEmpty)
   }
 

@@ -73,7 +73,8 @@ struct Builder {
       """)
     let bars = BAR.decode(config: sample().config, resources: resources)
     #expect(bars.map(\.index) == [0, 1, 3])
-    #expect(bars[0].size == 128 * 1024 && bars[0].lspciText == "Memory at feb40000 (32-bit, non-prefetchable) [size=128K]")
+    #expect(
+      bars[0].size == 128 * 1024 && bars[0].lspciText == "Memory at feb40000 (32-bit, non-prefetchable) [size=128K]")
     #expect(bars[1].size == 256 << 20 && bars[1].lspciText == "Memory at 80c0000000 (64-bit, prefetchable) [size=256M]")
     #expect(bars[2].lspciText == "I/O ports at d040 [size=32]")
   }
@@ -219,13 +220,17 @@ struct Builder {
     let caps = b.capabilities().capabilities
     #expect(caps[0].powerManagement == PowerManagementCapability(version: 3, powerState: 3))
     #expect(caps[1].msi == MSICapability(enabled: true, count: 4, maxCount: 8, is64Bit: true, perVectorMasking: true))
-    #expect(caps[2].msix == MSIXCapability(enabled: true, functionMasked: true, vectorCount: 64,
-      table: BARLocation(bar: 4, offset: 0x2000), pendingBitArray: BARLocation(bar: 5, offset: 0x3000)))
-    #expect(caps[2].lspciLines == [
-      "\tCapabilities: [70] MSI-X: Enable+ Count=64 Masked+",
-      "\t\tVector table: BAR=4 offset=00002000",
-      "\t\tPBA: BAR=5 offset=00003000",
-    ])
+    #expect(
+      caps[2].msix
+        == MSIXCapability(
+          enabled: true, functionMasked: true, vectorCount: 64,
+          table: BARLocation(bar: 4, offset: 0x2000), pendingBitArray: BARLocation(bar: 5, offset: 0x3000)))
+    #expect(
+      caps[2].lspciLines == [
+        "\tCapabilities: [70] MSI-X: Enable+ Count=64 Masked+",
+        "\t\tVector table: BAR=4 offset=00002000",
+        "\t\tPBA: BAR=5 offset=00003000",
+      ])
   }
 
   @Test func virtioOnlyForVirtioIDsAndWholeStructures() {
@@ -241,8 +246,11 @@ struct Builder {
     b.cap(at: 0x60, id: 0x09, next: 0)
     b.bytes[0x62] = 8  // too short for a virtio structure
     let caps = b.capabilities(PCIDeviceID(vendor: 0x1af4, device: 0x1041)).capabilities
-    #expect(caps[0].virtio == VirtioCapability(configType: 2, configTypeName: "Notify", bar: 4, id: 0,
-      offset: 0x3000, length: 0x1000, notifyMultiplier: 4))
+    #expect(
+      caps[0].virtio
+        == VirtioCapability(
+          configType: 2, configTypeName: "Notify", bar: 4, id: 0,
+          offset: 0x3000, length: 0x1000, notifyMultiplier: 4))
     #expect(caps[1].virtio == nil && caps[1].vendorLength == 8)
     // ivshmem (1af4:1110) is not virtio: vendor capabilities stay undecoded, as lspci does.
     #expect(b.capabilities(PCIDeviceID(vendor: 0x1af4, device: 0x1110)).capabilities[0].virtio == nil)
@@ -258,7 +266,10 @@ struct Builder {
       // Each offset at most once per list, so the walk is bounded by the space's size.
       #expect(list.capabilities.count <= 48 + 960)
       _ = BAR.decode(config: ConfigSpace(bytes: bytes), resources: nil)
-      _ = PCIDevice(address: PCIAddress(bus: 0, device: 0, function: 0), config: ConfigSpace(bytes: bytes), resources: nil)
+      _ =
+        PCIDevice(
+          address: PCIAddress(bus: 0, device: 0, function: 0), config: ConfigSpace(bytes: bytes), resources: nil
+        )
         .verboseDescription
     }
   }
@@ -266,7 +277,8 @@ struct Builder {
   @Test func emptyAndTruncatedConfigSpaces() {
     for size in [0, 1, 7, 63] {
       let d = PCIDevice(
-        address: PCIAddress(bus: 0, device: 0, function: 0), config: ConfigSpace(bytes: [UInt8](repeating: 0xff, count: size)),
+        address: PCIAddress(bus: 0, device: 0, function: 0),
+        config: ConfigSpace(bytes: [UInt8](repeating: 0xff, count: size)),
         resources: nil)
       #expect(d.capabilities.capabilities.isEmpty)
       #expect(!d.verboseDescription.isEmpty)

@@ -21,7 +21,8 @@ struct Fixture: CustomStringConvertible {
     var result: [Fixture] = []
     for dir in ["host", "qemu-q35"] {
       let folder = root.appendingPathComponent(dir)
-      for file in try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() where file.hasSuffix(".hex") {
+      for file in try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() where file.hasSuffix(".hex")
+      {
         result.append(try load(dir + "/" + String(file.dropLast(4))))
       }
     }
@@ -36,7 +37,8 @@ struct Fixture: CustomStringConvertible {
     let base = stem.split(separator: "/").last!
     let addressText = base.prefix(12).replacingOccurrences(of: "-", with: ":")
     return Fixture(
-      name: stem, address: try PCIAddress(parsing: addressText), config: try ConfigSpace(lspciHexDump: try text(".hex")),
+      name: stem, address: try PCIAddress(parsing: addressText),
+      config: try ConfigSpace(lspciHexDump: try text(".hex")),
       resources: PCIResource.parseSysfs(try text(".resource")), lspciVerbose: try text(".lspci-vv.txt"))
   }
 }
