@@ -8,6 +8,7 @@ let package = Package(
   platforms: [.macOS(.v15)],
   products: [
     .library(name: "PCI", targets: ["PCI"]),
+    .library(name: "VGPU", targets: ["VGPU"]),
     .executable(name: "pcitool", targets: ["pcitool"]),
   ],
   dependencies: [
@@ -21,6 +22,16 @@ let package = Package(
       providers: [.apt(["libpci-dev"])]
     ),
     .target(name: "PCI", dependencies: ["CLibPCI"]),
+    // What Swift cannot say: atomics on shared memory with explicit ordering, futexes.
+    .target(name: "CSupport"),
+    // Mapped regions: in-memory now; shared-memory files, VFIO and UIO later.
+    .target(name: "DeviceAccess", dependencies: ["CSupport"]),
+    // The wire format, shared by the guest client and the reference device.
+    .target(name: "VGPUProtocol", dependencies: ["CSupport"]),
+    // The reference device: serves the protocol on the CPU.
+    .target(name: "VGPUDevice", dependencies: ["VGPUProtocol", "DeviceAccess", "CSupport"]),
+    // The guest client API.
+    .target(name: "VGPU", dependencies: ["VGPUProtocol", "DeviceAccess", "VGPUDevice", "CSupport"]),
     .executableTarget(
       name: "pcitool",
       dependencies: [
@@ -35,6 +46,8 @@ let package = Package(
       dependencies: ["PCI", "LspciFacts"],
       exclude: ["Fixtures"]
     ),
+    .testTarget(name: "VGPUDeviceTests", dependencies: ["VGPUDevice", "VGPUProtocol"]),
+    .testTarget(name: "VGPUTests", dependencies: ["VGPU", "VGPUDevice", "VGPUProtocol", "DeviceAccess"]),
     // Runs the built pcitool and compares it with lspci on this machine.
     .testTarget(name: "PCIToolTests", dependencies: ["pcitool", "PCI", "LspciFacts"]),
   ],

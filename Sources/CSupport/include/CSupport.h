@@ -1,0 +1,70 @@
+#ifndef VGPU_CSUPPORT_H
+#define VGPU_CSUPPORT_H
+
+// Shared-memory primitives for the queue pairs. Both sides of a BAR may be
+// different processes (or a VM and its host), so every access to a word the
+// other side writes is an explicit atomic with a stated ordering; Swift's
+// Synchronization.Atomic cannot be placed on memory it did not allocate.
+
+#include <stdint.h>
+#include <time.h>
+
+static inline uint32_t vgpu_load_acquire_u32(const void *p) {
+  return __atomic_load_n((const uint32_t *)p, __ATOMIC_ACQUIRE);
+}
+static inline uint32_t vgpu_load_relaxed_u32(const void *p) {
+  return __atomic_load_n((const uint32_t *)p, __ATOMIC_RELAXED);
+}
+static inline uint32_t vgpu_load_seqcst_u32(const void *p) {
+  return __atomic_load_n((const uint32_t *)p, __ATOMIC_SEQ_CST);
+}
+static inline void vgpu_store_release_u32(void *p, uint32_t v) {
+  __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELEASE);
+}
+static inline void vgpu_store_relaxed_u32(void *p, uint32_t v) {
+  __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELAXED);
+}
+static inline void vgpu_store_seqcst_u32(void *p, uint32_t v) {
+  __atomic_store_n((uint32_t *)p, v, __ATOMIC_SEQ_CST);
+}
+static inline uint32_t vgpu_fetch_add_u32(void *p, uint32_t v) {
+  return __atomic_fetch_add((uint32_t *)p, v, __ATOMIC_SEQ_CST);
+}
+static inline int vgpu_cas_u32(void *p, uint32_t expected, uint32_t desired) {
+  return __atomic_compare_exchange_n((uint32_t *)p, &expected, desired, 0, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_SEQ_CST);
+}
+static inline uint64_t vgpu_load_acquire_u64(const void *p) {
+  return __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE);
+}
+static inline void vgpu_store_release_u64(void *p, uint64_t v) {
+  __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELEASE);
+}
+
+// A full barrier: orders a store before a later load (Dekker-style "publish,
+// then check whether the peer sleeps"), which acquire/release cannot.
+static inline void vgpu_fence_seqcst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+// Tells the CPU this is a spin-wait (x86 PAUSE), easing the sibling hyperthread.
+static inline void vgpu_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+static inline uint64_t vgpu_monotonic_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+// futex(2) on a 32-bit word. Not FUTEX_PRIVATE: the word may be in a mapping
+// shared with another process. Returns 0 when woken or when *addr != expected,
+// -ETIMEDOUT when timeout_ns passed, -EINTR on a signal.
+int vgpu_futex_wait(const void *addr, uint32_t expected, uint64_t timeout_ns);
+// Wakes up to `count` waiters; returns how many were woken, or -errno.
+int vgpu_futex_wake(const void *addr, int count);
+
+#endif

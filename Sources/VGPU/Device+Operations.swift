@@ -1,0 +1,263 @@
+import VGPUDevice
+import VGPUProtocol
+
+extension Device {
+  // MARK: Memory
+
+  /// Free and total device memory, as `cuMemGetInfo` reports them.
+  public func memoryInfo() throws(VGPUError) -> (free: UInt64, total: UInt64) {
+    let c = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(SubmissionEntry(.memoryInfo), "memory info") }
+    guard c.result0 <= c.result1 else {
+      throw VGPUError(
+        .protocolViolation, "memory info", device: info.spec.description,
+        found: "the device reports \(c.result0) bytes free of \(c.result1)")
+    }
+    return (c.result0, c.result1)
+  }
+
+  /// Allocates `bytes` of device memory, aligned to at least 256 bytes.
+  public func allocate(_ bytes: Int, alignment: Int = 0) throws(VGPUError) -> DevicePointer {
+    guard bytes > 0, alignment >= 0 else {
+      throw VGPUError(
+        .invalidArgument, "allocate \(bytes) bytes", device: info.spec.description, found: "the size must be positive")
+    }
+    let c = try withQueuePair { (qp) throws(VGPUError) in
+      try qp.execute(SubmissionEntry(.alloc, UInt64(bytes), UInt64(alignment)), "allocate")
+    }
+    guard c.result0 != 0, c.result1 >= UInt64(bytes) else {
+      throw VGPUError(
+        .protocolViolation, "allocate \(byteCount(UInt64(bytes)))", device: info.spec.description,
+        found: "the device answered address 0x\(String(c.result0, radix: 16)) of \(c.result1) bytes")
+    }
+    return DevicePointer(c.result0)
+  }
+
+  public func free(_ pointer: DevicePointer) throws(VGPUError) {
+    _ = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(SubmissionEntry(.free, pointer.address), "free") }
+  }
+
+  // MARK: Copies
+
+  /// Copies `source` into device memory at `destination`.
+  public func copy(to destination: DevicePointer, from source: UnsafeRawBufferPointer) throws(VGPUError) {
+    guard let base = source.baseAddress, source.count > 0 else { return }
+    try withQueuePair { (qp) throws(VGPUError) in
+      try qp.copyToDevice(destination.address, from: base, count: source.count)
+    }
+  }
+
+  /// Copies device memory at `source` into `destination` (its whole length).
+  public func copy(from source: DevicePointer, into destination: UnsafeMutableRawBufferPointer) throws(VGPUError) {
+    guard let base = destination.baseAddress, destination.count > 0 else { return }
+    try withQueuePair { (qp) throws(VGPUError) in
+      try qp.copyFromDevice(source.address, into: base, count: destination.count)
+    }
+  }
+
+  // (withUnsafeBytes only rethrows untyped errors, hence the Results.)
+  public func copy(to destination: DevicePointer, from bytes: [UInt8]) throws(VGPUError) {
+    try bytes.withUnsafeBytes { b in Result { () throws(VGPUError) in try copy(to: destination, from: b) } }.get()
+  }
+
+  public func read(_ source: DevicePointer, count: Int) throws(VGPUError) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: count)
+    try out.withUnsafeMutableBytes { b in Result { () throws(VGPUError) in try copy(from: source, into: b) } }.get()
+    return out
+  }
+
+  /// Copies `count` bytes between device buffers (they may overlap).
+  public func copy(to destination: DevicePointer, from source: DevicePointer, count: Int) throws(VGPUError) {
+    guard count > 0 else { return }
+    _ = try withQueuePair { (qp) throws(VGPUError) in
+      try qp.execute(
+        SubmissionEntry(.copyDeviceToDevice, destination.address, source.address, UInt64(count)),
+        "copy device to device")
+    }
+  }
+
+  /// Sets `count` elements of `elementSize` bytes (1, 2 or 4) to `value`, as cuMemsetD8/D16/D32.
+  public func memset(_ destination: DevicePointer, value: UInt32, elementSize: Int = 1, count: Int) throws(VGPUError) {
+    _ = try withQueuePair { (qp) throws(VGPUError) in
+      try qp.execute(
+        SubmissionEntry(.memset, destination.address, UInt64(value), UInt64(elementSize), UInt64(count)), "memset")
+    }
+  }
+
+  // MARK: Modules and launches
+
+  /// Loads a module image (docs/PROTOCOL.md, "Modules").
+  public func loadModule(_ image: [UInt8]) throws(VGPUError) -> ModuleHandle {
+    let c = try withStaged(image, "load module") { (qp, address) throws(VGPUError) in
+      try qp.execute(SubmissionEntry(.moduleLoad, 0, address, UInt64(image.count)), "load module")
+    }
+    return ModuleHandle(raw: c.result0)
+  }
+
+  public func unloadModule(_ module: ModuleHandle) throws(VGPUError) {
+    _ = try withQueuePair { (qp) throws(VGPUError) in
+      try qp.execute(SubmissionEntry(.moduleUnload, module.raw), "unload module")
+    }
+  }
+
+  /// Looks a kernel up by name in a loaded module.
+  public func function(_ name: String, in module: ModuleHandle) throws(VGPUError) -> FunctionHandle {
+    let bytes = Array(name.utf8)
+    let c = try withStaged(bytes, "get function") { (qp, address) throws(VGPUError) in
+      try qp.execute(SubmissionEntry(.getFunction, module.raw, address, UInt64(bytes.count)), "get function")
+    }
+    guard c.result1 <= 4096 else {
+      throw VGPUError(
+        .protocolViolation, "get function \(name)", device: info.spec.description,
+        found: "a parameter size of \(c.result1) bytes")
+    }
+    return FunctionHandle(raw: c.result0, parameterSize: Int(c.result1))
+  }
+
+  /// Launches `function` with its packed parameter buffer and waits for it to finish.
+  public func launch(
+    _ function: FunctionHandle, grid: Dimensions, block: Dimensions, sharedMemory: UInt32 = 0,
+    parameters: [UInt8], stream: StreamHandle? = nil
+  ) throws(VGPUError) {
+    let entry = { (address: UInt64) in
+      SubmissionEntry(
+        .launch, function.raw, UInt64(grid.x) | UInt64(grid.y) << 32, UInt64(grid.z) | UInt64(block.x) << 32,
+        UInt64(block.y) | UInt64(block.z) << 32, UInt64(sharedMemory) | UInt64(parameters.count) << 32, address,
+        stream?.raw ?? 0)
+    }
+    _ = try withStaged(parameters, "launch", on: stream?.queuePair) { (qp, address) throws(VGPUError) in
+      try qp.execute(entry(address), "launch")
+    }
+  }
+
+  /// Puts `bytes` in the first staging slot of a queue pair, then runs `body`.
+  private func withStaged<R: Sendable>(
+    _ bytes: [UInt8], _ operation: String, on queuePair: Int? = nil,
+    _ body: (inout GuestQueuePair, UInt64) throws(VGPUError) -> R
+  ) throws(VGPUError) -> R {
+    let run = { (qp: inout GuestQueuePair) throws(VGPUError) -> R in
+      guard bytes.count <= qp.slotSize else {
+        throw VGPUError(
+          .invalidArgument, operation, device: self.info.spec.description,
+          found: "\(bytes.count) bytes do not fit the \(qp.slotSize)-byte staging slot")
+      }
+      let (address, pointer) = qp.slot(0)
+      bytes.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+      return try body(&qp, address)
+    }
+    if let queuePair { return try withQueuePair(queuePair, run) }
+    return try withQueuePair(run)
+  }
+
+  // MARK: Streams, events, synchronization
+
+  public func createStream() throws(VGPUError) -> StreamHandle {
+    // Spread streams over the queue pairs so independent streams go in parallel.
+    let index = Int(nextStream.add(1, ordering: .relaxed).oldValue) % info.queuePairs
+    let c = try withQueuePair(index) { (qp) throws(VGPUError) in
+      try qp.execute(SubmissionEntry(.streamCreate), "create stream")
+    }
+    return StreamHandle(raw: c.result0, queuePair: index)
+  }
+
+  public func destroyStream(_ stream: StreamHandle) throws(VGPUError) {
+    _ = try withQueuePair(stream.queuePair) { (qp) throws(VGPUError) in
+      try qp.execute(SubmissionEntry(.streamDestroy, stream.raw), "destroy stream")
+    }
+  }
+
+  /// Waits for a stream's work (every call is already synchronous; this also
+  /// checks with the device that the stream is live).
+  public func synchronize(_ stream: StreamHandle) throws(VGPUError) {
+    _ = try withQueuePair(stream.queuePair) { (qp) throws(VGPUError) in
+      try qp.execute(SubmissionEntry(.streamSynchronize, stream.raw), "synchronize stream")
+    }
+  }
+
+  /// Waits for all work of this client on every queue pair.
+  public func synchronize() throws(VGPUError) {
+    for i in 0..<info.queuePairs {
+      _ = try withQueuePair(i) { (qp) throws(VGPUError) in
+        try qp.execute(SubmissionEntry(.streamSynchronize), "synchronize")
+      }
+    }
+  }
+
+  public func createEvent() throws(VGPUError) -> EventHandle {
+    let c = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(SubmissionEntry(.eventCreate), "create event")
+    }
+    return EventHandle(raw: c.result0)
+  }
+
+  public func destroyEvent(_ event: EventHandle) throws(VGPUError) {
+    _ = try withQueuePair { (qp) throws(VGPUError) in
+      try qp.execute(SubmissionEntry(.eventDestroy, event.raw), "destroy event")
+    }
+  }
+
+  public func record(_ event: EventHandle, on stream: StreamHandle? = nil) throws(VGPUError) {
+    let body = { (qp: inout GuestQueuePair) throws(VGPUError) in
+      _ = try qp.execute(SubmissionEntry(.eventRecord, event.raw, stream?.raw ?? 0), "record event")
+    }
+    if let stream { try withQueuePair(stream.queuePair, body) } else { try withQueuePair(body) }
+  }
+
+  /// Whether the work before the event is done (always, once recorded: calls are synchronous).
+  public func query(_ event: EventHandle) throws(VGPUError) -> Bool {
+    do throws(VGPUError) {
+      _ = try withQueuePair { (qp) throws(VGPUError) in
+        try qp.execute(SubmissionEntry(.eventQuery, event.raw), "query event")
+      }
+      return true
+    } catch {
+      if error.status == .notReady { return false }
+      throw error
+    }
+  }
+
+  /// Nanoseconds between two recorded events.
+  public func elapsed(from start: EventHandle, to end: EventHandle) throws(VGPUError) -> UInt64 {
+    try withQueuePair { (qp) throws(VGPUError) in
+      try qp.execute(SubmissionEntry(.eventElapsed, start.raw, end.raw), "event elapsed time")
+    }.result0
+  }
+
+  // MARK: Statistics and round trips
+
+  /// Activity counters of this process, one queue pair, or the whole device.
+  public func statistics(_ scope: StatisticsScope = .process) throws(VGPUError) -> StatisticsRecord {
+    try withQueuePair { (qp) throws(VGPUError) in
+      let (address, pointer) = qp.slot(0)
+      _ = try qp.execute(
+        SubmissionEntry(.statistics, scope.rawValue, address, UInt64(StatisticsRecord.size)), "statistics")
+      return pointer.load(as: StatisticsRecord.self)
+    }
+  }
+
+  /// One command that does nothing: the protocol's round trip.
+  @inline(__always)
+  public func nop() throws(VGPUError) {
+    _ = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(SubmissionEntry(.nop), "nop") }
+  }
+
+  /// `count` NOPs submitted together, one doorbell per batch of up to `batch`.
+  public func nops(_ count: Int, batch: Int = 32) throws(VGPUError) {
+    try withQueuePair { (qp) throws(VGPUError) in
+      var remaining = count
+      while remaining > 0 {
+        let n = min(batch, remaining, qp.depth - 1)
+        var first: UInt16 = 0
+        for i in 0..<n {
+          let id = try qp.submit(SubmissionEntry(.nop), "nop")
+          if i == 0 { first = id }
+        }
+        qp.ring()
+        var id = first
+        for _ in 0..<n {
+          _ = try qp.wait(for: id, "nop")
+          id &+= 1
+        }
+        remaining -= n
+      }
+    }
+  }
+}

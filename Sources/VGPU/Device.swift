@@ -1,0 +1,272 @@
+import CSupport
+import DeviceAccess
+import Synchronization
+import VGPUDevice
+import VGPUProtocol
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// An address in device memory, as `alloc` hands it out (a `CUdeviceptr`).
+public struct DevicePointer: Hashable, Sendable, CustomStringConvertible {
+  public var address: UInt64
+  public init(_ address: UInt64) { self.address = address }
+  public static func + (p: DevicePointer, offset: Int) -> DevicePointer { DevicePointer(p.address + UInt64(offset)) }
+  public var description: String { "0x" + String(address, radix: 16) }
+}
+
+/// A loaded module, a function in one, a stream, an event: device handles.
+public struct ModuleHandle: Hashable, Sendable { public var raw: UInt64 }
+public struct FunctionHandle: Hashable, Sendable {
+  public var raw: UInt64
+  /// Bytes of packed parameters the function takes.
+  public var parameterSize: Int
+}
+public struct EventHandle: Hashable, Sendable { public var raw: UInt64 }
+/// A stream: device work in order, bound to one of this client's queue pairs.
+public struct StreamHandle: Hashable, Sendable {
+  public var raw: UInt64
+  /// Which of the client's queue pairs (0..<info.queuePairs) carries it.
+  public var queuePair: Int
+}
+
+/// Launch geometry, as CUDA's `gridDim` / `blockDim`.
+public struct Dimensions: Equatable, Sendable {
+  public var x: UInt32, y: UInt32, z: UInt32
+  public init(_ x: UInt32, _ y: UInt32 = 1, _ z: UInt32 = 1) {
+    self.x = x
+    self.y = y
+    self.z = z
+  }
+}
+
+/// What the device said about itself when it was opened.
+public struct DeviceInfo: Sendable {
+  public var spec: DeviceSpec
+  public var identity: DeviceIdentity
+  public var protocolVersion: (major: UInt16, minor: UInt16)
+  public var features: FeatureBits
+  /// Queue pairs this client holds, and how many the device has.
+  public var queuePairs: Int
+  public var queuePairsOnDevice: Int
+  public var queueDepth: Int
+  public var stagingSlotSize: Int
+  public var stagingSlotsPerQueue: Int
+}
+
+/// How to open a device.
+public struct OpenOptions: Sendable {
+  /// The deadline for the handshake and for each command's completion.
+  public var timeout: Duration = .seconds(2)
+  /// Queue pairs to claim; more let more threads submit at once.
+  public var queuePairs = 4
+  /// `sim` only: the simulated device's configuration.
+  public var simulated = ReferenceDeviceConfiguration()
+  public init() {}
+}
+
+/// A vGPU, opened: the client API that the shims and `pcitool` use.
+///
+/// Thread-safe: each queue pair has its own lock and a thread takes whichever
+/// is free, so many threads submit at once without a global lock. Every call
+/// is synchronous: when it returns, the device has done the work.
+public final class Device: @unchecked Sendable {
+  public let info: DeviceInfo
+  let region: MappedRegion
+  let registers: RegisterBlock
+  let layout: BARLayout
+  private let queues: [QueuePairLock]
+  /// The in-process device behind `sim`, kept alive with the client.
+  private let simulated: ReferenceDevice?
+  private let closed = Atomic<Bool>(false)
+  /// Round-robin counter placing new streams on queue pairs.
+  let nextStream = Atomic<Int>(0)
+
+  final class QueuePairLock: @unchecked Sendable {
+    let mutex: Mutex<GuestQueuePair>
+    init(_ qp: consuming GuestQueuePair) { mutex = Mutex(qp) }
+  }
+
+  /// Opens the device `spec` names (see ``DeviceSpec``) and handshakes with it.
+  public static func open(_ spec: String, options: OpenOptions = .init()) throws(VGPUError) -> Device {
+    let parsed = try DeviceSpec(parsing: spec)
+    switch parsed {
+    case .simulated:
+      let device: ReferenceDevice
+      do throws(DeviceSetupError) { device = try ReferenceDevice(configuration: options.simulated) } catch {
+        throw VGPUError(
+          .unavailable, "create the simulated device", device: "sim", found: error.description,
+          remedy: "lower its memory size or free memory")
+      }
+      device.start()
+      return try Device(spec: parsed, region: device.region, simulated: device, options: options)
+    case .sharedMemory:
+      throw VGPUError(
+        .unsupported, "open \(parsed)", device: spec, found: "the shared-memory transport is not built yet",
+        remedy: "use sim")
+    case .pci:
+      throw VGPUError(
+        .unsupported, "open \(parsed)", device: spec, found: "PCI mapping (VFIO, UIO, sysfs) is not built yet",
+        remedy: "use sim")
+    }
+  }
+
+  /// Attaches to a BAR that a device serves: checks registers and layout,
+  /// claims queue pairs and sends `identify` on each.
+  init(spec: DeviceSpec, region: MappedRegion, simulated: ReferenceDevice? = nil, options: OpenOptions)
+    throws(VGPUError)
+  {
+    let name = spec.description
+    func fail(_ kind: VGPUError.Kind, _ found: String, _ remedy: String) -> VGPUError {
+      VGPUError(kind, "open", device: name, found: found, remedy: remedy)
+    }
+    let timeout =
+      UInt64(options.timeout.components.seconds) * 1_000_000_000
+      + UInt64(options.timeout.components.attoseconds / 1_000_000_000)
+    guard region.size >= Register.blockSize else {
+      throw fail(
+        .protocolViolation, "the BAR has \(region.size) bytes, fewer than the 4096 of the registers", "is this a vGPU?")
+    }
+    let registers = RegisterBlock(region.base)
+    let magic = registers.load32(Register.magic)
+    guard magic == vgpuMagic else {
+      throw fail(
+        .protocolViolation,
+        "magic is 0x\(String(magic, radix: 16)), expected 0x\(String(vgpuMagic, radix: 16)) ('VGPU')",
+        "this is not a vGPU BAR, or its device has not initialised it yet")
+    }
+    let version = registers.load32(Register.version)
+    guard version >> 16 == UInt32(ProtocolVersion.major) else {
+      throw fail(
+        .versionMismatch,
+        "the device speaks protocol \(version >> 16).\(version & 0xffff), this client \(ProtocolVersion.major).\(ProtocolVersion.minor)",
+        "update the guest library or the device to the same major version")
+    }
+    // A device may still be starting: give it the handshake deadline to become ready.
+    let started = vgpu_monotonic_ns()
+    while true {
+      let status = registers.status
+      if status.contains(.fatal) { throw fail(.unavailable, "the device reports a fatal error", "restart it") }
+      if status.contains(.needsReset) {
+        throw fail(.unavailable, "the device needs a reset", "reset it (pcitool reset), then reopen")
+      }
+      if status.contains(.ready) && !status.contains(.stopping) { break }
+      if vgpu_monotonic_ns() &- started > timeout {
+        throw fail(
+          .unavailable,
+          "the device is not ready (status 0x\(String(status.rawValue, radix: 16))) after \(options.timeout)",
+          "start the device or mediator")
+      }
+      usleep(1000)
+    }
+    let layout: BARLayout
+    do throws(LayoutError) { layout = try BARLayout(reading: registers, size: region.size) } catch {
+      throw fail(.protocolViolation, "its \(error)", "the device's layout is broken; report it")
+    }
+    let identity = DeviceIdentity(reading: registers)
+    let offered = FeatureBits(rawValue: registers.load64(Register.features))
+
+    // Claim queue pairs: free → claiming (ours), then the device makes them active.
+    let pid = UInt32(bitPattern: getpid())
+    var claimed: [Int] = []
+    for qp in 0..<Int(layout.queuePairs) where claimed.count < max(1, options.queuePairs) {
+      let view = QueuePairView(base: region.base, layout: layout, index: qp)
+      if view.exchangeState(from: .free, to: .claiming) {
+        view.setOwnerPID(pid)
+        claimed.append(qp)
+      }
+    }
+    guard !claimed.isEmpty else {
+      throw fail(.unavailable, "all \(layout.queuePairs) queue pairs are in use", "close another client, or wait")
+    }
+    _ = vgpu_fetch_add_u32(registers.deviceWakeWord, 1)
+    _ = vgpu_futex_wake(registers.deviceWakeWord, 1)
+    var queues: [QueuePairLock] = []
+    var features = offered
+    for qp in claimed {
+      let view = QueuePairView(base: region.base, layout: layout, index: qp)
+      while view.state != QueuePairState.active.rawValue {
+        if vgpu_monotonic_ns() &- started > timeout {
+          for q in claimed { QueuePairView(base: region.base, layout: layout, index: q).setState(.free) }
+          throw fail(
+            .timeout, "the device did not accept queue pair \(qp) within \(options.timeout)",
+            "the device (or the mediator serving it) is not answering; check that it runs")
+        }
+        usleep(50)
+      }
+      var pair = GuestQueuePair(
+        view: view, registers: registers, layout: layout, base: region.base, timeoutNanoseconds: timeout,
+        deviceName: name)
+      do throws(VGPUError) {
+        let c = try pair.execute(
+          SubmissionEntry(.identify, UInt64(ProtocolVersion.packed), FeatureBits.all.rawValue), "identify")
+        features = features.intersection(FeatureBits(rawValue: c.result0))
+      } catch {
+        for q in claimed { QueuePairView(base: region.base, layout: layout, index: q).setState(.closing) }
+        throw error
+      }
+      queues.append(QueuePairLock(pair))
+    }
+    self.region = region
+    self.registers = registers
+    self.layout = layout
+    self.queues = queues
+    self.simulated = simulated
+    self.info = DeviceInfo(
+      spec: spec, identity: identity, protocolVersion: (UInt16(version >> 16), UInt16(version & 0xffff)),
+      features: features, queuePairs: queues.count, queuePairsOnDevice: Int(layout.queuePairs),
+      queueDepth: Int(layout.depth), stagingSlotSize: Int(layout.stagingSlotSize),
+      stagingSlotsPerQueue: Int(layout.slotsPerQueue))
+  }
+
+  deinit { close() }
+
+  /// Gives the queue pairs back; the device reclaims their memory and handles.
+  /// Safe to call twice. A simulated device stops with its client.
+  public func close() {
+    guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+    let deadline = vgpu_monotonic_ns() + 2_000_000_000
+    for q in queues {
+      let view = q.mutex.withLock { $0.view }
+      view.setState(.closing)
+      _ = vgpu_fetch_add_u32(registers.deviceWakeWord, 1)
+      _ = vgpu_futex_wake(registers.deviceWakeWord, 1)
+      while view.state == QueuePairState.closing.rawValue && registers.status.contains(.ready)
+        && vgpu_monotonic_ns() < deadline
+      {
+        usleep(50)
+      }
+    }
+    simulated?.stop()
+  }
+
+  // MARK: Choosing a queue pair
+
+  /// Runs `body` on a free queue pair: this thread's usual one if free, else
+  /// any free one, else waits for the usual one.
+  @inline(__always)
+  func withQueuePair<R: Sendable>(_ body: (inout GuestQueuePair) throws(VGPUError) -> R) throws(VGPUError) -> R {
+    if closed.load(ordering: .relaxed) {
+      throw VGPUError(
+        .closed, "use the device", device: info.spec.description, found: "it was closed", remedy: "open it again")
+    }
+    let n = queues.count
+    // Fibonacci hashing spreads thread ids (addresses, MiB apart) over the pairs.
+    let home = Int(((UInt(pthread_self()) &* 0x9E37_79B9_7F4A_7C15) >> 40) % UInt(n))
+    for i in 0..<n {
+      let q = queues[(home + i) % n]
+      if let r = try q.mutex.withLockIfAvailable({ (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) })
+      {
+        return r
+      }
+    }
+    return try queues[home].mutex.withLock { (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) }
+  }
+
+  func withQueuePair<R: Sendable>(_ index: Int, _ body: (inout GuestQueuePair) throws(VGPUError) -> R) throws(VGPUError)
+    -> R
+  {
+    try queues[index].mutex.withLock { (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) }
+  }
+}

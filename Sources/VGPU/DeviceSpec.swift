@@ -1,0 +1,56 @@
+/// A device named by one string a user can type, the same everywhere
+/// (pcitool's DEVICE, the shims' `VGPU_DEVICE`, tests):
+///
+/// - `sim`: the built-in simulated device, served in this process;
+/// - `shm:PATH`: a shared-memory BAR file served by `vgpu-mediator`;
+/// - `DDDD:BB:DD.F` or `BB:DD.F`, optionally prefixed `vfio:`, `uio:` or `sysfs:`:
+///   a PCI device, mapped through that backend (the best available without one).
+public enum DeviceSpec: Equatable, Sendable, CustomStringConvertible {
+  case simulated
+  case sharedMemory(path: String)
+  case pci(address: String, backend: PCIBackend?)
+
+  public enum PCIBackend: String, Sendable, CaseIterable { case vfio, uio, sysfs }
+
+  public static let grammar =
+    "sim, shm:PATH, or a PCI address DDDD:BB:DD.F (optionally vfio:, uio: or sysfs: before it)"
+
+  public init(parsing text: String) throws(VGPUError) {
+    func bad(_ why: String) -> VGPUError {
+      VGPUError(.invalidArgument, "open device '\(text)'", device: text, found: why, remedy: "use \(Self.grammar)")
+    }
+    if text == "sim" {
+      self = .simulated
+    } else if text.hasPrefix("shm:") {
+      let path = String(text.dropFirst(4))
+      guard !path.isEmpty else { throw bad("shm: needs a path, e.g. shm:/dev/shm/vgpu0") }
+      self = .sharedMemory(path: path)
+    } else {
+      var rest = Substring(text)
+      var backend: PCIBackend? = nil
+      if let colon = rest.firstIndex(of: ":"), let b = PCIBackend(rawValue: String(rest[..<colon])) {
+        backend = b
+        rest = rest[rest.index(after: colon)...]
+      }
+      guard Self.looksLikePCIAddress(rest) else { throw bad("not a device name") }
+      self = .pci(address: String(rest), backend: backend)
+    }
+  }
+
+  /// `[DDDD:]BB:DD.F` in hex; the PCI layer checks the ranges when it looks the device up.
+  static func looksLikePCIAddress(_ s: Substring) -> Bool {
+    let parts = s.split(separator: ":", omittingEmptySubsequences: false)
+    guard parts.count == 2 || parts.count == 3, let last = parts.last else { return false }
+    let slot = last.split(separator: ".", omittingEmptySubsequences: false)
+    let fields = parts.dropLast() + slot
+    return slot.count == 2 && fields.allSatisfy { !$0.isEmpty && $0.count <= 8 && $0.allSatisfy(\.isHexDigit) }
+  }
+
+  public var description: String {
+    switch self {
+    case .simulated: "sim"
+    case .sharedMemory(let path): "shm:\(path)"
+    case .pci(let address, let backend): backend.map { "\($0.rawValue):\(address)" } ?? address
+    }
+  }
+}

@@ -1,0 +1,514 @@
+import CSupport
+import Synchronization
+import VGPUProtocol
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Where device addresses start: nonzero, so NULL is never valid, and in the
+/// range CUDA's unified addressing hands out, so they look familiar.
+public let deviceAddressBase: UInt64 = 0x7000_0000_0000
+
+/// A command the device refuses: its status and the 1-based argument at fault.
+struct Refusal: Error {
+  var status: Status
+  var detail: UInt32 = 0
+  var result0: UInt64 = 0
+  var result1: UInt64 = 0
+}
+
+/// The device's private view of one queue pair. Nothing here is read back
+/// from the BAR: the guest can only move the doorbells, which are checked.
+struct ServedQueuePair {
+  var active = false
+  var pid: UInt32 = 0
+  var head: UInt32 = 0
+  var completionTail: UInt32 = 0
+  var phase: UInt16 = 1
+  var identified = false
+  var faulted = false
+  var stats = StatisticsRecord()
+}
+
+/// Handles are `kind << 56 | generation << 32 | slot + 1`: never 0, and a
+/// stale or forged handle fails the generation or kind check.
+struct HandleTable<Value> {
+  struct Slot {
+    var generation: UInt32 = 0
+    var value: Value?
+    var pid: UInt32 = 0
+    var queuePair: Int = 0
+  }
+  let kind: UInt64
+  var slots: [Slot] = []
+  var free: [Int] = []
+
+  init(kind: UInt8) { self.kind = UInt64(kind) }
+
+  mutating func insert(_ value: Value, pid: UInt32, queuePair: Int) -> UInt64 {
+    let index: Int
+    if let f = free.popLast() {
+      index = f
+    } else {
+      slots.append(Slot())
+      index = slots.count - 1
+    }
+    slots[index].generation = (slots[index].generation &+ 1) & 0xff_ffff
+    slots[index].value = value
+    slots[index].pid = pid
+    slots[index].queuePair = queuePair
+    return kind << 56 | UInt64(slots[index].generation) << 32 | UInt64(index + 1)
+  }
+
+  /// The slot of a live handle owned by `pid`, or the refusal to send.
+  func slot(_ handle: UInt64, pid: UInt32, argument: UInt32) throws(Refusal) -> Int {
+    let index = Int(handle & 0xffff_ffff) - 1
+    guard handle >> 56 == kind, index >= 0, index < slots.count, slots[index].value != nil,
+      UInt64(slots[index].generation) == (handle >> 32) & 0xff_ffff
+    else { throw Refusal(status: .invalidHandle, detail: argument) }
+    guard slots[index].pid == pid else { throw Refusal(status: .permissionDenied, detail: argument) }
+    return index
+  }
+
+  mutating func remove(at index: Int) {
+    slots[index].value = nil
+    free.append(index)
+  }
+
+  /// Drops every handle created through queue pair `qp`.
+  mutating func removeAll(queuePair qp: Int) {
+    for i in slots.indices where slots[i].value != nil && slots[i].queuePair == qp { remove(at: i) }
+  }
+}
+
+/// The device's state and its command interpreter. Runs on the serving
+/// thread, under `lock` (which tests and `stop` also take).
+final class Executor: @unchecked Sendable {
+  let lock = Mutex(())
+  let base: UnsafeMutableRawPointer
+  let layout: BARLayout
+  let registers: RegisterBlock
+  let views: [QueuePairView]
+  let memory: DeviceMemory
+  var allocator: DeviceAllocator
+  var served: [ServedQueuePair]
+  var modules = HandleTable<ModuleImage>(kind: 1)
+  var functions = HandleTable<BuiltinKernel>(kind: 2)
+  var streams = HandleTable<Void>(kind: 3)
+  var events = HandleTable<UInt64>(kind: 4)  // the time it was recorded, 0 = never
+  var deviceTotals = StatisticsRecord()
+  let mask: UInt32
+
+  init(base: UnsafeMutableRawPointer, layout: BARLayout, memory: DeviceMemory, registers: RegisterBlock) {
+    self.base = base
+    self.layout = layout
+    self.registers = registers
+    self.memory = memory
+    self.allocator = DeviceAllocator(capacity: memory.size)
+    self.views = (0..<Int(layout.queuePairs)).map { QueuePairView(base: base, layout: layout, index: $0) }
+    self.served = Array(repeating: ServedQueuePair(), count: Int(layout.queuePairs))
+    self.mask = layout.depth - 1
+  }
+
+  var memoryInUse: (allocated: UInt64, total: UInt64) { (allocator.allocatedBytes, memory.size) }
+
+  // MARK: Serving
+
+  /// One pass over every queue pair. Returns whether anything happened.
+  func servePass() -> Bool {
+    var worked = false
+    if registers.load32(Register.control) == ControlRequest.reset.rawValue {
+      resetAll()
+      worked = true
+    }
+    for qp in views.indices {
+      let view = views[qp]
+      switch view.state {
+      case QueuePairState.claiming.rawValue:
+        accept(qp)
+        worked = true
+      case QueuePairState.closing.rawValue:
+        release(qp)
+        worked = true
+      case QueuePairState.active.rawValue:
+        if served[qp].active && !served[qp].faulted { worked = serve(qp) || worked }
+      default:
+        break
+      }
+    }
+    return worked
+  }
+
+  func hasPendingWork() -> Bool {
+    if registers.load32(Register.control) == ControlRequest.reset.rawValue { return true }
+    for qp in views.indices {
+      let state = views[qp].state
+      if state == QueuePairState.claiming.rawValue || state == QueuePairState.closing.rawValue { return true }
+      if state == QueuePairState.active.rawValue && served[qp].active && !served[qp].faulted
+        && views[qp].submissionTail != served[qp].head
+      {
+        return true
+      }
+    }
+    return false
+  }
+
+  private func accept(_ qp: Int) {
+    views[qp].resetRings()
+    served[qp] = ServedQueuePair(active: true, pid: views[qp].ownerPID)
+    deviceTotals.queuePairs += 1
+    views[qp].setState(.active)
+  }
+
+  /// Closes a queue pair: its allocations and handles are reclaimed.
+  func release(_ qp: Int) {
+    _ = allocator.freeAll(owner: UInt32(qp))
+    modules.removeAll(queuePair: qp)
+    functions.removeAll(queuePair: qp)
+    streams.removeAll(queuePair: qp)
+    events.removeAll(queuePair: qp)
+    served[qp] = ServedQueuePair()
+    views[qp].resetRings()
+    views[qp].setOwnerPID(0)
+    views[qp].setState(.free)
+  }
+
+  private func resetAll() {
+    for qp in views.indices where views[qp].state != QueuePairState.free.rawValue || served[qp].active {
+      release(qp)
+    }
+    registers.store32(Register.control, ControlRequest.none.rawValue)
+    registers.store32(Register.status, DeviceStatus.ready.rawValue)
+  }
+
+  private func serve(_ qp: Int) -> Bool {
+    let view = views[qp]
+    let tail = view.submissionTail
+    guard tail <= mask else {
+      fault(qp, .tailOutOfRange)
+      return true
+    }
+    var s = served[qp]
+    var posted = false
+    while s.head != tail {
+      let completionHead = view.completionHead
+      guard completionHead <= mask else {
+        served[qp] = s
+        fault(qp, .headOutOfRange)
+        return true
+      }
+      // Full: the guest has not consumed enough completions yet.
+      if (s.completionTail + 1) & mask == completionHead { break }
+      let entry = view.readSubmission(at: s.head)
+      s.head = (s.head + 1) & mask
+      let started = vgpu_monotonic_ns()
+      var c = execute(entry, qp: qp, state: &s)
+      let busy = vgpu_monotonic_ns() &- started
+      s.stats.busyNanoseconds &+= busy
+      s.stats.commands &+= 1
+      deviceTotals.busyNanoseconds &+= busy
+      deviceTotals.commands &+= 1
+      c.commandID = entry.commandID
+      c.sqHead = UInt16(s.head)
+      c.phase = s.phase
+      view.postCompletion(c, at: s.completionTail)
+      s.completionTail = (s.completionTail + 1) & mask
+      if s.completionTail == 0 { s.phase ^= 1 }
+      posted = true
+    }
+    served[qp] = s
+    if posted && view.guestWaiting { view.wakeGuest() }
+    return posted
+  }
+
+  private func fault(_ qp: Int, _ f: QueuePairFault) {
+    served[qp].faulted = true
+    views[qp].setFault(f)
+    views[qp].wakeGuest()
+  }
+
+  // MARK: Commands
+
+  func execute(_ e: SubmissionEntry, qp: Int, state s: inout ServedQueuePair) -> CompletionEntry {
+    do throws(Refusal) {
+      guard e.flags == 0, e.reserved == 0 else { throw Refusal(status: .invalidValue, detail: 0) }
+      guard let op = Opcode(rawValue: e.opcode) else { throw Refusal(status: .invalidOpcode) }
+      if op != .identify && op != .nop && !s.identified { throw Refusal(status: .notInitialized) }
+      switch op {
+      case .nop:
+        return CompletionEntry(commandID: 0, status: .success)
+      case .identify:
+        let guest = UInt32(truncatingIfNeeded: e.a0)
+        guard guest >> 16 == UInt32(ProtocolVersion.major) else {
+          throw Refusal(status: .versionMismatch, detail: 1, result1: UInt64(ProtocolVersion.packed))
+        }
+        s.identified = true
+        let features = FeatureBits.all.rawValue & e.a1
+        return CompletionEntry(
+          commandID: 0, status: .success, result0: features, result1: UInt64(ProtocolVersion.packed))
+      case .memoryInfo:
+        return CompletionEntry(commandID: 0, status: .success, result0: allocator.freeBytes, result1: memory.size)
+      case .alloc:
+        return try alloc(e, qp: qp, state: &s)
+      case .free:
+        let offset = try deviceOffset(e.a0, argument: 1)
+        guard let a = allocator.allocation(containing: offset, length: 1), a.offset == offset else {
+          throw Refusal(status: .invalidAddress, detail: 1)
+        }
+        guard served[Int(a.owner)].pid == s.pid else { throw Refusal(status: .permissionDenied, detail: 1) }
+        guard let freed = try? allocator.free(offset: offset, owner: nil) else {
+          throw Refusal(status: .invalidAddress, detail: 1)
+        }
+        memory.discard(offset: freed.offset, length: freed.size)
+        if Int(freed.owner) == qp {
+          s.stats.bytesAllocated -= freed.size
+        } else {
+          served[Int(freed.owner)].stats.bytesAllocated -= freed.size
+        }
+        deviceTotals.bytesAllocated -= freed.size
+        return CompletionEntry(commandID: 0, status: .success, result0: freed.size)
+      case .copyToDevice, .copyFromDevice:
+        let length = e.a2
+        let device = try deviceRange(e.a0, length, pid: s.pid, argument: 1)
+        let staging = try stagingRange(e.a1, length, qp: qp, argument: 2)
+        if op == .copyToDevice {
+          device.copyMemory(from: staging, byteCount: Int(length))
+        } else {
+          staging.copyMemory(from: device, byteCount: Int(length))
+        }
+        countCopy(length, &s)
+        return CompletionEntry(commandID: 0, status: .success, result0: length)
+      case .copyDeviceToDevice:
+        let length = e.a2
+        let dst = try deviceRange(e.a0, length, pid: s.pid, argument: 1)
+        let src = try deviceRange(e.a1, length, pid: s.pid, argument: 2)
+        memmove(dst, src, Int(length))
+        countCopy(length, &s)
+        return CompletionEntry(commandID: 0, status: .success, result0: length)
+      case .memset:
+        return try memset(e, state: &s)
+      case .moduleLoad:
+        let staging = try stagingRange(e.a1, e.a2, qp: qp, argument: 2)
+        do throws(ModuleImageError) {
+          let image = try ModuleImage(parsing: UnsafeRawBufferPointer(start: staging, count: Int(e.a2)))
+          return CompletionEntry(
+            commandID: 0, status: .success, result0: modules.insert(image, pid: s.pid, queuePair: qp))
+        } catch {
+          throw Refusal(status: .invalidImage, detail: UInt32(clamping: error.line))
+        }
+      case .moduleUnload:
+        let slot = try modules.slot(e.a0, pid: s.pid, argument: 1)
+        modules.remove(at: slot)
+        return CompletionEntry(commandID: 0, status: .success)
+      case .getFunction:
+        let slot = try modules.slot(e.a0, pid: s.pid, argument: 1)
+        guard e.a2 > 0, e.a2 <= 256 else { throw Refusal(status: .invalidValue, detail: 3) }
+        let staging = try stagingRange(e.a1, e.a2, qp: qp, argument: 2)
+        let name = String(decoding: UnsafeRawBufferPointer(start: staging, count: Int(e.a2)), as: UTF8.self)
+        guard let kernel = modules.slots[slot].value?.kernels.first(where: { $0.rawValue == name }) else {
+          throw Refusal(status: .notFound, detail: 3)
+        }
+        return CompletionEntry(
+          commandID: 0, status: .success, result0: functions.insert(kernel, pid: s.pid, queuePair: qp),
+          result1: UInt64(kernel.parameterBufferSize))
+      case .launch:
+        return try launch(e, qp: qp, state: &s)
+      case .streamCreate:
+        return CompletionEntry(commandID: 0, status: .success, result0: streams.insert((), pid: s.pid, queuePair: qp))
+      case .streamDestroy:
+        streams.remove(at: try streams.slot(e.a0, pid: s.pid, argument: 1))
+        return CompletionEntry(commandID: 0, status: .success)
+      case .streamSynchronize:
+        // Commands run in order and to completion: a stream's work is done when this runs.
+        if e.a0 != 0 { _ = try streams.slot(e.a0, pid: s.pid, argument: 1) }
+        return CompletionEntry(commandID: 0, status: .success)
+      case .eventCreate:
+        return CompletionEntry(commandID: 0, status: .success, result0: events.insert(0, pid: s.pid, queuePair: qp))
+      case .eventDestroy:
+        events.remove(at: try events.slot(e.a0, pid: s.pid, argument: 1))
+        return CompletionEntry(commandID: 0, status: .success)
+      case .eventRecord:
+        let slot = try events.slot(e.a0, pid: s.pid, argument: 1)
+        if e.a1 != 0 { _ = try streams.slot(e.a1, pid: s.pid, argument: 2) }
+        events.slots[slot].value = vgpu_monotonic_ns()
+        return CompletionEntry(commandID: 0, status: .success)
+      case .eventQuery:
+        _ = try events.slot(e.a0, pid: s.pid, argument: 1)
+        return CompletionEntry(commandID: 0, status: .success)
+      case .eventElapsed:
+        let start = events.slots[try events.slot(e.a0, pid: s.pid, argument: 1)].value ?? 0
+        let end = events.slots[try events.slot(e.a1, pid: s.pid, argument: 2)].value ?? 0
+        guard start != 0 else { throw Refusal(status: .notReady, detail: 1) }
+        guard end != 0 else { throw Refusal(status: .notReady, detail: 2) }
+        return CompletionEntry(commandID: 0, status: .success, result0: end >= start ? end - start : 0)
+      case .statistics:
+        return try statistics(e, qp: qp, state: s)
+      }
+    } catch {
+      return CompletionEntry(
+        commandID: 0, status: error.status, result0: error.result0, result1: error.result1, detail: error.detail)
+    }
+  }
+
+  private func countCopy(_ length: UInt64, _ s: inout ServedQueuePair) {
+    s.stats.copies &+= 1
+    s.stats.bytesCopied &+= length
+    deviceTotals.copies &+= 1
+    deviceTotals.bytesCopied &+= length
+  }
+
+  private func alloc(_ e: SubmissionEntry, qp: Int, state s: inout ServedQueuePair) throws(Refusal) -> CompletionEntry {
+    let alignment = e.a1 == 0 ? DeviceAllocator.granularity : e.a1
+    do throws(AllocationError) {
+      let a = try allocator.allocate(e.a0, alignment: alignment, owner: UInt32(qp))
+      s.stats.bytesAllocated += a.size
+      s.stats.allocations &+= 1
+      deviceTotals.bytesAllocated += a.size
+      deviceTotals.allocations &+= 1
+      return CompletionEntry(commandID: 0, status: .success, result0: deviceAddressBase + a.offset, result1: a.size)
+    } catch {
+      switch error {
+      case .outOfMemory(_, let free, let largest):
+        throw Refusal(status: .outOfMemory, detail: 1, result0: free, result1: largest)
+      case .invalidAlignment: throw Refusal(status: .invalidValue, detail: 2)
+      default: throw Refusal(status: .invalidValue, detail: 1)
+      }
+    }
+  }
+
+  private func memset(_ e: SubmissionEntry, state s: inout ServedQueuePair) throws(Refusal) -> CompletionEntry {
+    let width = e.a2
+    guard width == 1 || width == 2 || width == 4 else { throw Refusal(status: .invalidValue, detail: 3) }
+    let (bytes, overflow) = e.a3.multipliedReportingOverflow(by: width)
+    guard !overflow else { throw Refusal(status: .invalidValue, detail: 4) }
+    let p = try deviceRange(e.a0, bytes, pid: s.pid, argument: 1)
+    switch width {
+    case 1: p.initializeMemory(as: UInt8.self, repeating: UInt8(truncatingIfNeeded: e.a1), count: Int(e.a3))
+    case 2: p.initializeMemory(as: UInt16.self, repeating: UInt16(truncatingIfNeeded: e.a1), count: Int(e.a3))
+    default: p.initializeMemory(as: UInt32.self, repeating: UInt32(truncatingIfNeeded: e.a1), count: Int(e.a3))
+    }
+    return CompletionEntry(commandID: 0, status: .success, result0: bytes)
+  }
+
+  private func launch(_ e: SubmissionEntry, qp: Int, state s: inout ServedQueuePair) throws(Refusal) -> CompletionEntry
+  {
+    let slot = try functions.slot(e.a0, pid: s.pid, argument: 1)
+    guard let kernel = functions.slots[slot].value else { throw Refusal(status: .invalidHandle, detail: 1) }
+    if e.a6 != 0 { _ = try streams.slot(e.a6, pid: s.pid, argument: 7) }
+    let grid = (UInt64(e.a1 & 0xffff_ffff), e.a1 >> 32, UInt64(e.a2 & 0xffff_ffff))
+    let block = (e.a2 >> 32, UInt64(e.a3 & 0xffff_ffff), e.a3 >> 32)
+    // CUDA limits (CUDA C Programming Guide, "Compute Capabilities", table 21):
+    // grid x < 2^31, y and z < 65536; at most 1024 threads per block, block z ≤ 64.
+    guard grid.0 >= 1, grid.0 < 1 << 31, grid.1 >= 1, grid.1 < 65536, grid.2 >= 1, grid.2 < 65536 else {
+      throw Refusal(status: .invalidValue, detail: 2)
+    }
+    guard block.0 >= 1, block.1 >= 1, block.2 >= 1, block.2 <= 64, block.0 * block.1 * block.2 <= 1024 else {
+      throw Refusal(status: .invalidValue, detail: 3)
+    }
+    let shared = e.a4 & 0xffff_ffff
+    guard shared <= 228 << 10 else { throw Refusal(status: .invalidValue, detail: 5) }  // H100: 228 KiB per SM
+    let parameterLength = e.a4 >> 32
+    guard parameterLength == UInt64(kernel.parameterBufferSize) else {
+      throw Refusal(
+        status: .invalidParameters, detail: 5, result0: UInt64(kernel.parameterBufferSize), result1: parameterLength)
+    }
+    let params = try stagingRange(e.a5, parameterLength, qp: qp, argument: 6)
+    let threads = grid.0 * grid.1 * grid.2 * block.0 * block.1 * block.2
+    do throws(KernelError) {
+      try kernel.run(
+        parameters: UnsafeRawBufferPointer(start: params, count: Int(parameterLength)), threads: threads,
+        memory: ResolvingMemory(executor: self, pid: s.pid))
+    } catch {
+      switch error {
+      case .parameterSize(let expected, let got):
+        throw Refusal(status: .invalidParameters, detail: 5, result0: UInt64(expected), result1: UInt64(got))
+      case .invalidPointer(let index, _, _):
+        throw Refusal(status: .invalidAddress, detail: UInt32(100 + index))
+      case .dimensionsOverflow:
+        throw Refusal(status: .invalidValue, detail: 6)
+      }
+    }
+    s.stats.launches &+= 1
+    deviceTotals.launches &+= 1
+    return CompletionEntry(commandID: 0, status: .success)
+  }
+
+  private func statistics(_ e: SubmissionEntry, qp: Int, state s: ServedQueuePair) throws(Refusal) -> CompletionEntry {
+    guard let scope = StatisticsScope(rawValue: e.a0) else { throw Refusal(status: .invalidValue, detail: 1) }
+    guard e.a2 >= UInt64(StatisticsRecord.size) else { throw Refusal(status: .invalidValue, detail: 3) }
+    let out = try stagingRange(e.a1, UInt64(StatisticsRecord.size), qp: qp, argument: 2)
+    var record: StatisticsRecord
+    switch scope {
+    case .queuePair:
+      record = s.stats
+      record.queuePairs = 1
+    case .process:
+      record = StatisticsRecord()
+      for i in served.indices where served[i].active && served[i].pid == s.pid {
+        record = record + (i == qp ? s.stats : served[i].stats)
+        record.queuePairs += 1
+      }
+    case .device:
+      record = deviceTotals
+      record.bytesAllocated = allocator.allocatedBytes
+      record.queuePairs = UInt64(served.filter(\.active).count)
+    }
+    out.storeBytes(of: record, as: StatisticsRecord.self)
+    return CompletionEntry(commandID: 0, status: .success, result0: UInt64(StatisticsRecord.size))
+  }
+
+  // MARK: Validation
+
+  private func deviceOffset(_ address: UInt64, argument: UInt32) throws(Refusal) -> UInt64 {
+    guard address >= deviceAddressBase, address - deviceAddressBase < memory.size else {
+      throw Refusal(status: .invalidAddress, detail: argument)
+    }
+    return address - deviceAddressBase
+  }
+
+  /// `length` bytes at device `address`, inside one live allocation of process `pid`.
+  func deviceRange(_ address: UInt64, _ length: UInt64, pid: UInt32, argument: UInt32) throws(Refusal)
+    -> UnsafeMutableRawPointer
+  {
+    let offset = try deviceOffset(address, argument: argument)
+    guard let a = allocator.allocation(containing: offset, length: max(length, 1)) else {
+      throw Refusal(status: .invalidAddress, detail: argument)
+    }
+    guard served[Int(a.owner)].pid == pid else { throw Refusal(status: .permissionDenied, detail: argument) }
+    return memory.base + Int(offset)
+  }
+
+  /// `length` bytes at staging address `address`, inside queue pair `qp`'s window.
+  private func stagingRange(_ address: UInt64, _ length: UInt64, qp: Int, argument: UInt32) throws(Refusal)
+    -> UnsafeMutableRawPointer
+  {
+    let start = layout.staging(qp)
+    guard address >= start, length <= layout.stagingPerQueue, address - start <= layout.stagingPerQueue - length else {
+      throw Refusal(status: .invalidStaging, detail: argument)
+    }
+    return base + Int(address)
+  }
+}
+
+/// Kernel memory: device addresses checked against the launching process's allocations.
+struct ResolvingMemory: KernelMemory {
+  unowned(unsafe) let executor: Executor
+  let pid: UInt32
+
+  func resolve(_ address: UInt64, byteCount: UInt64) -> UnsafeMutableRawPointer? {
+    try? executor.deviceRange(address, byteCount, pid: pid, argument: 0)
+  }
+}
+
+extension ModuleImageError {
+  /// The line at fault (0 when the whole image is), sent back as the completion's detail.
+  var line: Int {
+    switch self {
+    case .tooLarge: 0
+    case .notUTF8(let l), .badMagic(let l, _), .unsupportedVersion(let l, _), .syntax(let l, _),
+      .unknownKernel(let l, _), .duplicateKernel(let l, _, _), .tooManyKernels(let l, _):
+      l
+    }
+  }
+}

@@ -1,0 +1,165 @@
+import CSupport
+import DeviceAccess
+import Synchronization
+import VGPUProtocol
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// What a reference device reports and how it lays out its BAR.
+public struct ReferenceDeviceConfiguration: Sendable {
+  public var name = "vGPU Reference H100 80GB"
+  /// Device memory; address space is reserved, pages cost RAM only once touched.
+  public var memorySize: UInt64 = 80 << 30
+  public var layout = BARLayout()
+  public var uuid: [UInt8] = [
+    0x56, 0x47, 0x50, 0x55, 0x2d, 0x72, 0x65, 0x66, 0x2d, 0x64, 0x65, 0x76, 0x69, 0x63, 0x65, 0x30,
+  ]
+  public var pciBusID = "0000:00:05.0"
+  /// H100 (sm_90): Ollama keeps devices of compute capability 5.0 and above.
+  public var computeCapability: (major: UInt32, minor: UInt32) = (9, 0)
+  /// CUDA 12.8, which a runtime ≥ 12.4 accepts (../shared/REAL-CLIENTS.md).
+  public var cudaDriverVersion: UInt32 = 12080
+  public var multiprocessorCount: UInt32 = 132
+  /// An R570 driver, new enough for Ollama's bundled runtimes.
+  public var driverVersion = "570.124.06"
+  /// How long the device polls an idle BAR before it sleeps on its wake word.
+  public var spinNanoseconds: UInt64 = 50_000
+
+  public init() {}
+
+  public var identity: DeviceIdentity {
+    DeviceIdentity(
+      name: name, uuid: uuid, pciBusID: pciBusID, computeCapability: computeCapability, memorySize: memorySize,
+      cudaDriverVersion: cudaDriverVersion, multiprocessorCount: multiprocessorCount, driverVersion: driverVersion)
+  }
+}
+
+/// The device side of the protocol, run on the CPU: it lays out a BAR, then
+/// serves every queue pair a guest claims from one thread, validating every
+/// command and answering bad ones with an error completion.
+///
+/// Used in-process (the `sim` device) and by the mediator (shared-memory BAR).
+public final class ReferenceDevice: @unchecked Sendable {
+  public let region: MappedRegion
+  public let configuration: ReferenceDeviceConfiguration
+  public var layout: BARLayout { configuration.layout }
+  let registers: RegisterBlock
+  let executor: Executor
+  private let running = Atomic<Bool>(false)
+  private var thread: pthread_t?
+
+  /// Lays out `region` (or a new anonymous one of the layout's size) as a vGPU BAR.
+  public init(configuration: ReferenceDeviceConfiguration = .init(), region: MappedRegion? = nil)
+    throws(DeviceSetupError)
+  {
+    self.configuration = configuration
+    let layout = configuration.layout
+    if let region {
+      self.region = region
+    } else {
+      do throws(RegionError) { self.region = try MappedRegion.anonymous(size: Int(layout.regionSize)) } catch {
+        throw DeviceSetupError(description: error.description)
+      }
+    }
+    guard UInt64(self.region.size) >= layout.regionSize else {
+      throw DeviceSetupError(
+        description:
+          "the BAR (\(self.region.origin)) has \(self.region.size) bytes; the layout needs \(layout.regionSize)")
+    }
+    let memory: DeviceMemory
+    do { memory = try DeviceMemory(size: configuration.memorySize) } catch {
+      throw DeviceSetupError(description: error.description)
+    }
+    registers = RegisterBlock(self.region.base)
+    executor = Executor(base: self.region.base, layout: layout, memory: memory, registers: registers)
+
+    registers.store32(Register.status, 0)
+    registers.store32(Register.magic, vgpuMagic)
+    registers.store32(Register.version, ProtocolVersion.packed)
+    registers.store64(Register.features, FeatureBits.all.rawValue)
+    registers.store32(Register.control, ControlRequest.none.rawValue)
+    layout.write(to: registers)
+    configuration.identity.write(to: registers)
+    for qp in 0..<Int(layout.queuePairs) { executor.views[qp].setState(.free) }
+  }
+
+  deinit { stop() }
+
+  /// Marks the device ready and starts serving on a thread of its own.
+  public func start() {
+    guard running.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
+      return
+    }
+    registers.store32(Register.status, DeviceStatus.ready.rawValue)
+    let box = Unmanaged.passRetained(self)
+    var t = pthread_t()
+    let rc = pthread_create(
+      &t, nil,
+      { arg in
+        let device = Unmanaged<ReferenceDevice>.fromOpaque(arg!).takeRetainedValue()
+        device.serve()
+        return nil
+      }, box.toOpaque())
+    precondition(rc == 0, "pthread_create failed: \(rc)")
+    thread = t
+  }
+
+  /// Says the device is stopping, finishes the command in hand, and joins the thread.
+  /// Guests waiting on a completion see the status and fail with `deviceLost`.
+  public func stop() {
+    guard running.compareExchange(expected: true, desired: false, ordering: .acquiringAndReleasing).exchanged else {
+      return
+    }
+    registers.store32(Register.status, DeviceStatus.stopping.rawValue)
+    _ = vgpu_fetch_add_u32(registers.deviceWakeWord, 1)
+    _ = vgpu_futex_wake(registers.deviceWakeWord, Int32.max)
+    if let thread { pthread_join(thread, nil) }
+    thread = nil
+    registers.store32(Register.status, 0)
+    // Wake every guest so none sleeps through the news.
+    for view in executor.views { view.wakeGuest() }
+  }
+
+  /// Device memory in use and its total, as the device accounts it.
+  public var memoryInUse: (allocated: UInt64, total: UInt64) { executor.lock.withLock { _ in executor.memoryInUse } }
+
+  private func serve() {
+    var idleSince = vgpu_monotonic_ns()
+    var passes: UInt64 = 0
+    while running.load(ordering: .relaxed) {
+      passes &+= 1
+      if passes & 0xffff == 0 { registers.store64(Register.heartbeat, passes) }
+      if executor.lock.withLock({ _ in executor.servePass() }) {
+        idleSince = vgpu_monotonic_ns()
+        continue
+      }
+      if vgpu_monotonic_ns() &- idleSince < configuration.spinNanoseconds {
+        vgpu_cpu_relax()
+        continue
+      }
+      // Sleep, but only after saying so and checking once more (event suppression).
+      let seen = vgpu_load_acquire_u32(registers.deviceWakeWord)
+      registers.setDeviceSleeping(true)
+      if executor.lock.withLock({ _ in executor.hasPendingWork() }) || !running.load(ordering: .relaxed) {
+        registers.setDeviceSleeping(false)
+        continue
+      }
+      // Bounded, so housekeeping (heartbeat, claims) goes on while idle.
+      _ = vgpu_futex_wait(registers.deviceWakeWord, seen, 100_000_000)
+      registers.setDeviceSleeping(false)
+      registers.store64(Register.heartbeat, passes)
+      idleSince = vgpu_monotonic_ns()
+    }
+  }
+
+  /// Serves one pass over every queue pair; for tests that drive the device by hand.
+  @discardableResult
+  public func servePass() -> Bool { executor.lock.withLock { _ in executor.servePass() } }
+}
+
+/// Why a device could not be set up.
+public struct DeviceSetupError: Error, CustomStringConvertible {
+  public var description: String
+}

@@ -1,0 +1,180 @@
+/// A command in a submission ring: 64 bytes, one cache line.
+///
+/// Layout (offsets pinned by tests): opcode u8 @0, flags u8 @1 (0), commandID
+/// u16 @2, reserved u32 @4 (0), then seven u64 arguments @8...@56 whose meaning
+/// depends on the opcode (see ``Opcode``).
+@frozen
+public struct SubmissionEntry: Equatable, Sendable {
+  public var opcode: UInt8
+  public var flags: UInt8
+  public var commandID: UInt16
+  public var reserved: UInt32
+  public var a0: UInt64
+  public var a1: UInt64
+  public var a2: UInt64
+  public var a3: UInt64
+  public var a4: UInt64
+  public var a5: UInt64
+  public var a6: UInt64
+
+  @inlinable
+  public init(
+    _ opcode: Opcode, _ a0: UInt64 = 0, _ a1: UInt64 = 0, _ a2: UInt64 = 0, _ a3: UInt64 = 0,
+    _ a4: UInt64 = 0, _ a5: UInt64 = 0, _ a6: UInt64 = 0
+  ) {
+    self.opcode = opcode.rawValue
+    self.flags = 0
+    self.commandID = 0
+    self.reserved = 0
+    self.a0 = a0
+    self.a1 = a1
+    self.a2 = a2
+    self.a3 = a3
+    self.a4 = a4
+    self.a5 = a5
+    self.a6 = a6
+  }
+
+  public static let size = 64
+}
+
+/// A completion: 32 bytes. The device writes bytes 0-23 and 28-31 first and
+/// the 32-bit word at 24 (commandID | phase << 16) last, with release order;
+/// a reader that sees the new phase with acquire order sees the whole entry.
+///
+/// Layout: result0 u64 @0, result1 u64 @8, detail u32 @16, status u16 @20,
+/// sqHead u16 @22, commandID u16 @24, phase u16 @26 (bit 0), reserved u32 @28.
+@frozen
+public struct CompletionEntry: Equatable, Sendable {
+  public var result0: UInt64
+  public var result1: UInt64
+  /// With an error status: which argument was at fault (1-based a0...a6 = 1...7),
+  /// or a status-specific fact documented with the status.
+  public var detail: UInt32
+  public var status: UInt16
+  /// The device's submission-ring head after consuming this command (as NVMe's SQHD).
+  public var sqHead: UInt16
+  public var commandID: UInt16
+  public var phase: UInt16
+  public var reserved: UInt32
+
+  @inlinable
+  public init(
+    commandID: UInt16, status: Status, result0: UInt64 = 0, result1: UInt64 = 0, detail: UInt32 = 0,
+    sqHead: UInt16 = 0, phase: UInt16 = 0
+  ) {
+    self.result0 = result0
+    self.result1 = result1
+    self.detail = detail
+    self.status = status.rawValue
+    self.sqHead = sqHead
+    self.commandID = commandID
+    self.phase = phase
+    self.reserved = 0
+  }
+
+  public static let size = 32
+  /// Offset of the word written last: commandID | phase << 16.
+  public static let tagOffset = 24
+}
+
+/// Operations, with the meaning of each argument. `dev` = device address,
+/// `stg` = staging address (a byte offset in the BAR inside the submitting
+/// queue pair's staging window), `len` = bytes. Results in result0/result1.
+public enum Opcode: UInt8, Sendable, CaseIterable {
+  /// Nothing; completes with success. Measures the round trip.
+  case nop = 0x00
+  /// a0 guest version (major << 16 | minor), a1 guest features →
+  /// r0 features both sides have, r1 device version. Must be the first command.
+  case identify = 0x01
+  /// → r0 free bytes, r1 total bytes of device memory.
+  case memoryInfo = 0x02
+  /// a0 len, a1 alignment (0 = 256; else a power of two ≥ 256) → r0 dev.
+  case alloc = 0x03
+  /// a0 dev (as alloc returned it) → r0 bytes released.
+  case free = 0x04
+  /// a0 dev (destination), a1 stg, a2 len → r0 len.
+  case copyToDevice = 0x05
+  /// a0 dev (source), a1 stg, a2 len → r0 len.
+  case copyFromDevice = 0x06
+  /// a0 dev destination, a1 dev source, a2 len → r0 len. Overlap allowed.
+  case copyDeviceToDevice = 0x07
+  /// a0 dev, a1 value (low bytes used), a2 element size (1, 2 or 4), a3 count.
+  case memset = 0x08
+  /// a1 stg, a2 len of a module image → r0 module handle.
+  case moduleLoad = 0x09
+  /// a0 module handle.
+  case moduleUnload = 0x0a
+  /// a0 module handle, a1 stg, a2 len of the UTF-8 name → r0 function handle,
+  /// r1 the parameter buffer size the function takes.
+  case getFunction = 0x0b
+  /// a0 function handle; a1 grid x | y << 32; a2 grid z | block x << 32;
+  /// a3 block y | z << 32; a4 shared bytes | parameter len << 32; a5 stg of the
+  /// packed parameter buffer; a6 stream handle (0 = default stream).
+  case launch = 0x0c
+  /// → r0 stream handle.
+  case streamCreate = 0x0d
+  /// a0 stream handle.
+  case streamDestroy = 0x0e
+  /// a0 stream handle (0 = default): completes when the stream's work has.
+  case streamSynchronize = 0x0f
+  /// → r0 event handle.
+  case eventCreate = 0x10
+  /// a0 event handle.
+  case eventDestroy = 0x11
+  /// a0 event handle, a1 stream handle (0 = default): the work it follows.
+  case eventRecord = 0x12
+  /// a0 event handle → success once recorded work is done, notReady before.
+  case eventQuery = 0x13
+  /// a0 start event, a1 end event → r0 nanoseconds between them.
+  case eventElapsed = 0x14
+  /// a0 scope (StatisticsScope), a1 stg, a2 len (≥ 64) → a StatisticsRecord at stg; r0 = 64.
+  case statistics = 0x15
+}
+
+/// Which activity a `statistics` command reports.
+public enum StatisticsScope: UInt64, Sendable {
+  /// The submitting process (every queue pair it owns).
+  case process = 0
+  /// The submitting queue pair only.
+  case queuePair = 1
+  /// The whole device.
+  case device = 2
+}
+
+/// What `statistics` writes: eight u64 counters, 64 bytes.
+@frozen
+public struct StatisticsRecord: Equatable, Sendable {
+  public var bytesAllocated: UInt64
+  public var allocations: UInt64
+  public var launches: UInt64
+  public var copies: UInt64
+  public var bytesCopied: UInt64
+  public var busyNanoseconds: UInt64
+  public var commands: UInt64
+  public var queuePairs: UInt64
+
+  public init(
+    bytesAllocated: UInt64 = 0, allocations: UInt64 = 0, launches: UInt64 = 0, copies: UInt64 = 0,
+    bytesCopied: UInt64 = 0, busyNanoseconds: UInt64 = 0, commands: UInt64 = 0, queuePairs: UInt64 = 0
+  ) {
+    self.bytesAllocated = bytesAllocated
+    self.allocations = allocations
+    self.launches = launches
+    self.copies = copies
+    self.bytesCopied = bytesCopied
+    self.busyNanoseconds = busyNanoseconds
+    self.commands = commands
+    self.queuePairs = queuePairs
+  }
+
+  public static let size = 64
+
+  public static func + (a: StatisticsRecord, b: StatisticsRecord) -> StatisticsRecord {
+    StatisticsRecord(
+      bytesAllocated: a.bytesAllocated + b.bytesAllocated, allocations: a.allocations + b.allocations,
+      launches: a.launches + b.launches, copies: a.copies + b.copies, bytesCopied: a.bytesCopied + b.bytesCopied,
+      busyNanoseconds: a.busyNanoseconds + b.busyNanoseconds, commands: a.commands + b.commands,
+      queuePairs: a.queuePairs + b.queuePairs)
+  }
+}
