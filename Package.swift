@@ -48,6 +48,9 @@ let package = Package(
     ),
     .testTarget(name: "VGPUDeviceTests", dependencies: ["VGPUDevice", "VGPUProtocol"]),
     .testTarget(name: "VGPUTests", dependencies: ["VGPU", "VGPUDevice", "VGPUProtocol", "DeviceAccess"]),
+    // Counts heap allocations per thread, to prove the hot path makes none.
+    .target(name: "MallocCounter", path: "Tests/MallocCounter"),
+    .testTarget(name: "HotPathTests", dependencies: ["VGPU", "VGPUDevice", "VGPUProtocol", "MallocCounter"]),
     // Runs the built pcitool and compares it with lspci on this machine.
     .testTarget(name: "PCIToolTests", dependencies: ["pcitool", "PCI", "LspciFacts"]),
   ],

@@ -149,7 +149,7 @@ public final class Device: @unchecked Sendable {
       let status = registers.status
       if status.contains(.fatal) { throw fail(.unavailable, "the device reports a fatal error", "restart it") }
       if status.contains(.needsReset) {
-        throw fail(.unavailable, "the device needs a reset", "reset it (pcitool reset), then reopen")
+        throw fail(.unavailable, "the device needs a reset", "reset it (write 1 to its control register), then reopen")
       }
       if status.contains(.ready) && !status.contains(.stopping) { break }
       if vgpu_monotonic_ns() &- started > timeout {
@@ -188,7 +188,8 @@ public final class Device: @unchecked Sendable {
       let view = QueuePairView(base: region.base, layout: layout, index: qp)
       while view.state != QueuePairState.active.rawValue {
         if vgpu_monotonic_ns() &- started > timeout {
-          for q in claimed { QueuePairView(base: region.base, layout: layout, index: q).setState(.free) }
+          // Hand them back the way a close does; only the device frees a pair.
+          for q in claimed { QueuePairView(base: region.base, layout: layout, index: q).setState(.closing) }
           throw fail(
             .timeout, "the device did not accept queue pair \(qp) within \(options.timeout)",
             "the device (or the mediator serving it) is not answering; check that it runs")

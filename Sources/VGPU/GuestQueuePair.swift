@@ -157,6 +157,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     }
     let seen = view.completionWakeValue
     view.setGuestWaiting(true)
+    vgpu_fence_seqcst()
     // Re-check after publishing the flag: the device may have posted just before.
     if view.completion(at: completionHead, phase: phase) == nil {
       _ = vgpu_futex_wait(
@@ -199,7 +200,8 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     let fault = view.fault
     if fault != 0 {
       throw violation(
-        operation, "the device stopped serving queue pair \(index) (fault \(fault): it read an index out of range)")
+        operation,
+        "fault \(fault) on queue pair \(index): it found a doorbell index out of range and stopped serving the pair")
     }
     let status = registers.status
     if !status.contains(.ready) || status.contains(.stopping) {
@@ -207,7 +209,8 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
         .unavailable, "\(operation)", device: deviceName,
         found: "the device stopped answering (status 0x\(String(status.rawValue, radix: 16)))",
         remedy: status.contains(.needsReset)
-          ? "reset the device, then reopen it" : "restart the device or mediator, then reopen")
+          ? "reset the device (write 1 to its control register), then reopen it"
+          : "restart the device or mediator, then reopen")
       broken = error
       throw error
     }

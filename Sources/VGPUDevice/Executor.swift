@@ -126,8 +126,11 @@ final class Executor: @unchecked Sendable {
       let view = views[qp]
       switch view.state {
       case QueuePairState.claiming.rawValue:
-        accept(qp)
-        worked = true
+        // The guest writes its pid right after claiming; accept once it is there.
+        if views[qp].ownerPID != 0 {
+          accept(qp)
+          worked = true
+        }
       case QueuePairState.closing.rawValue:
         release(qp)
         worked = true
@@ -144,9 +147,12 @@ final class Executor: @unchecked Sendable {
     if registers.load32(Register.control) == ControlRequest.reset.rawValue { return true }
     for qp in views.indices {
       let state = views[qp].state
-      if state == QueuePairState.claiming.rawValue || state == QueuePairState.closing.rawValue { return true }
+      if state == QueuePairState.claiming.rawValue && views[qp].ownerPID != 0 { return true }
+      if state == QueuePairState.closing.rawValue { return true }
+      // Work is pending only if it can be done: commands waiting and room for their completions.
       if state == QueuePairState.active.rawValue && served[qp].active && !served[qp].faulted
         && views[qp].submissionTail != served[qp].head
+        && (served[qp].completionTail + 1) & mask != views[qp].completionHead
       {
         return true
       }
@@ -163,6 +169,7 @@ final class Executor: @unchecked Sendable {
 
   /// Closes a queue pair: its allocations and handles are reclaimed.
   func release(_ qp: Int) {
+    for a in allocator.allocations where a.owner == UInt32(qp) { scrub(a.offset, a.size) }
     _ = allocator.freeAll(owner: UInt32(qp))
     modules.removeAll(queuePair: qp)
     functions.removeAll(queuePair: qp)
@@ -218,7 +225,12 @@ final class Executor: @unchecked Sendable {
       posted = true
     }
     served[qp] = s
-    if posted && view.guestWaiting { view.wakeGuest() }
+    if posted {
+      // Store (completion) then load (guestWaiting) needs a full barrier:
+      // the guest does the mirror image, so one of us sees the other.
+      vgpu_fence_seqcst()
+      if view.guestWaiting { view.wakeGuest() }
+    }
     return posted
   }
 
@@ -260,7 +272,7 @@ final class Executor: @unchecked Sendable {
         guard let freed = try? allocator.free(offset: offset, owner: nil) else {
           throw Refusal(status: .invalidAddress, detail: 1)
         }
-        memory.discard(offset: freed.offset, length: freed.size)
+        scrub(freed.offset, freed.size)
         if Int(freed.owner) == qp {
           s.stats.bytesAllocated -= freed.size
         } else {
@@ -351,6 +363,21 @@ final class Executor: @unchecked Sendable {
     }
   }
 
+  /// Freed memory must not carry one process's data to the next: whole pages
+  /// go back to the OS (and read as zero), the partial pages at the ends are zeroed.
+  func scrub(_ offset: UInt64, _ size: UInt64) {
+    let page = memory.pageSize
+    let first = (offset + page - 1) / page * page
+    let last = (offset + size) / page * page
+    guard first < last else {
+      (memory.base + Int(offset)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(size))
+      return
+    }
+    (memory.base + Int(offset)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(first - offset))
+    (memory.base + Int(last)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(offset + size - last))
+    memory.discard(offset: first, length: last - first)
+  }
+
   private func countCopy(_ length: UInt64, _ s: inout ServedQueuePair) {
     s.stats.copies &+= 1
     s.stats.bytesCopied &+= length
@@ -403,7 +430,10 @@ final class Executor: @unchecked Sendable {
     guard grid.0 >= 1, grid.0 < 1 << 31, grid.1 >= 1, grid.1 < 65536, grid.2 >= 1, grid.2 < 65536 else {
       throw Refusal(status: .invalidValue, detail: 2)
     }
-    guard block.0 >= 1, block.1 >= 1, block.2 >= 1, block.2 <= 64, block.0 * block.1 * block.2 <= 1024 else {
+    // Each dimension is bounded first, so the products below cannot overflow.
+    guard (1...1024).contains(block.0), (1...1024).contains(block.1), (1...64).contains(block.2),
+      block.0 * block.1 * block.2 <= 1024
+    else {
       throw Refusal(status: .invalidValue, detail: 3)
     }
     let shared = e.a4 & 0xffff_ffff
@@ -414,10 +444,13 @@ final class Executor: @unchecked Sendable {
         status: .invalidParameters, detail: 5, result0: UInt64(kernel.parameterBufferSize), result1: parameterLength)
     }
     let params = try stagingRange(e.a5, parameterLength, qp: qp, argument: 6)
-    let threads = grid.0 * grid.1 * grid.2 * block.0 * block.1 * block.2
+    // Below 2^31 · 2^16 · 2^16 · 2^10 = 2^73: saturate rather than trap.
+    let (gridThreads, o1) = (grid.0 * grid.1).multipliedReportingOverflow(by: grid.2)
+    let (threads, o2) = gridThreads.multipliedReportingOverflow(by: block.0 * block.1 * block.2)
     do throws(KernelError) {
       try kernel.run(
-        parameters: UnsafeRawBufferPointer(start: params, count: Int(parameterLength)), threads: threads,
+        parameters: UnsafeRawBufferPointer(start: params, count: Int(parameterLength)),
+        threads: o1 || o2 ? UInt64.max : threads,
         memory: ResolvingMemory(executor: self, pid: s.pid))
     } catch {
       switch error {

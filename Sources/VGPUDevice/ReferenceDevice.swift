@@ -142,6 +142,7 @@ public final class ReferenceDevice: @unchecked Sendable {
       // Sleep, but only after saying so and checking once more (event suppression).
       let seen = vgpu_load_acquire_u32(registers.deviceWakeWord)
       registers.setDeviceSleeping(true)
+      vgpu_fence_seqcst()
       if executor.lock.withLock({ _ in executor.hasPendingWork() }) || !running.load(ordering: .relaxed) {
         registers.setDeviceSleeping(false)
         continue

@@ -89,7 +89,8 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   case identify = 0x01
   /// → r0 free bytes, r1 total bytes of device memory.
   case memoryInfo = 0x02
-  /// a0 len, a1 alignment (0 = 256; else a power of two ≥ 256) → r0 dev.
+  /// a0 len, a1 alignment (0 = 256; else a power of two ≥ 256) → r0 dev,
+  /// r1 bytes reserved (len rounded up to 256).
   case alloc = 0x03
   /// a0 dev (as alloc returned it) → r0 bytes released.
   case free = 0x04
@@ -99,7 +100,7 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   case copyFromDevice = 0x06
   /// a0 dev destination, a1 dev source, a2 len → r0 len. Overlap allowed.
   case copyDeviceToDevice = 0x07
-  /// a0 dev, a1 value (low bytes used), a2 element size (1, 2 or 4), a3 count.
+  /// a0 dev, a1 value (low bytes used), a2 element size (1, 2 or 4), a3 count → r0 bytes set.
   case memset = 0x08
   /// a1 stg, a2 len of a module image → r0 module handle.
   case moduleLoad = 0x09

@@ -115,7 +115,7 @@ public struct BARLayout: Equatable, Sendable {
     else {
       throw fail("staging slot size", UInt64(stagingSlotSize), "slots must be whole pages, 1...depth per queue pair")
     }
-    guard stagingOffset % ProtocolLimits.stagingAlignment == 0,
+    guard stagingOffset % ProtocolLimits.stagingAlignment == 0, stagingOffset >= UInt64(Register.blockSize),
       Self.fits(stagingOffset, n * UInt64(slotsPerQueue) * UInt64(stagingSlotSize), in: regionSize)
     else { throw fail("staging offset", stagingOffset, "the staging area does not fit in the BAR") }
     // The three areas must not overlap each other.

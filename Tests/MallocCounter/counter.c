@@ -1,0 +1,48 @@
+// Replaces glibc's allocator entry points with counting forwarders to the
+// real implementation (glibc manual, "Replacing malloc": an executable that
+// defines these replaces them for the whole process, shared libraries
+// included). Counts are per thread, so other test threads do not disturb a
+// measurement.
+#include "MallocCounter.h"
+
+#include <errno.h>
+#include <stddef.h>
+
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+extern void __libc_free(void *);
+
+static __thread uint64_t allocations;
+
+uint64_t malloc_counter_thread_allocations(void) { return allocations; }
+
+void *malloc(size_t n) {
+  allocations++;
+  return __libc_malloc(n);
+}
+void *calloc(size_t n, size_t m) {
+  allocations++;
+  return __libc_calloc(n, m);
+}
+void *realloc(void *p, size_t n) {
+  allocations++;
+  return __libc_realloc(p, n);
+}
+void free(void *p) { __libc_free(p); }
+void *memalign(size_t a, size_t n) {
+  allocations++;
+  return __libc_memalign(a, n);
+}
+void *aligned_alloc(size_t a, size_t n) {
+  allocations++;
+  return __libc_memalign(a, n);
+}
+int posix_memalign(void **out, size_t a, size_t n) {
+  allocations++;
+  void *p = __libc_memalign(a, n);
+  if (!p) return ENOMEM;
+  *out = p;
+  return 0;
+}

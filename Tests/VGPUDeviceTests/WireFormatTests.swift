@@ -1,0 +1,148 @@
+import DeviceAccess
+import Testing
+
+@testable import VGPUProtocol
+
+/// The wire format's sizes and offsets, pinned: docs/PROTOCOL.md states the
+/// same numbers, and a peer in another language relies on them.
+@Suite struct WireFormatTests {
+  @Test func submissionEntryLayout() {
+    #expect(MemoryLayout<SubmissionEntry>.size == 64)
+    #expect(MemoryLayout<SubmissionEntry>.stride == 64)
+    #expect(MemoryLayout<SubmissionEntry>.offset(of: \.opcode) == 0)
+    #expect(MemoryLayout<SubmissionEntry>.offset(of: \.flags) == 1)
+    #expect(MemoryLayout<SubmissionEntry>.offset(of: \.commandID) == 2)
+    #expect(MemoryLayout<SubmissionEntry>.offset(of: \.reserved) == 4)
+    let args: [PartialKeyPath<SubmissionEntry>] = [\.a0, \.a1, \.a2, \.a3, \.a4, \.a5, \.a6]
+    #expect(args.map { MemoryLayout<SubmissionEntry>.offset(of: $0) } == [8, 16, 24, 32, 40, 48, 56])
+  }
+
+  @Test func completionEntryLayout() {
+    #expect(MemoryLayout<CompletionEntry>.size == 32)
+    #expect(MemoryLayout<CompletionEntry>.stride == 32)
+    let fields: [PartialKeyPath<CompletionEntry>] = [
+      \.result0, \.result1, \.detail, \.status, \.sqHead, \.commandID, \.phase, \.reserved,
+    ]
+    #expect(fields.map { MemoryLayout<CompletionEntry>.offset(of: $0) } == [0, 8, 16, 20, 22, 24, 26, 28])
+    #expect(CompletionEntry.tagOffset == 24)
+  }
+
+  @Test func statisticsRecordLayout() {
+    #expect(MemoryLayout<StatisticsRecord>.size == 64)
+    #expect(MemoryLayout<StatisticsRecord>.offset(of: \.busyNanoseconds) == 40)
+    #expect(MemoryLayout<StatisticsRecord>.offset(of: \.queuePairs) == 56)
+  }
+
+  @Test func entriesAreLittleEndianBytes() {
+    var e = SubmissionEntry(.copyToDevice, 0x1122_3344_5566_7788)
+    e.commandID = 0xabcd
+    let bytes = withUnsafeBytes(of: e) { Array($0) }
+    #expect(bytes[0] == 0x05 && bytes[2] == 0xcd && bytes[3] == 0xab)
+    #expect(Array(bytes[8..<16]) == [0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11])
+  }
+
+  @Test func registerOffsets() {
+    #expect(vgpuMagic == 0x5550_4756)
+    #expect(withUnsafeBytes(of: vgpuMagic.littleEndian) { Array($0) } == Array("VGPU".utf8))
+    let offsets = [
+      Register.magic, Register.version, Register.features, Register.status, Register.control,
+      Register.queuePairCount, Register.queueDepth, Register.submissionEntrySize, Register.completionEntrySize,
+      Register.doorbellOffset, Register.doorbellStride, Register.queuePairStride, Register.queueAreaOffset,
+      Register.stagingOffset, Register.stagingSize, Register.stagingSlotSize, Register.stagingSlotsPerQueue,
+      Register.regionSize, Register.heartbeat, Register.devicePID, Register.deviceSleeping, Register.deviceWake,
+    ]
+    #expect(
+      offsets == [
+        0x00, 0x04, 0x08, 0x10, 0x14, 0x18, 0x1c, 0x20, 0x24, 0x28, 0x30, 0x34, 0x38, 0x40, 0x48, 0x50, 0x54, 0x58,
+        0x60, 0x68, 0x6c, 0x70,
+      ])
+    #expect(
+      [
+        Register.name, Register.uuid, Register.pciBusID, Register.computeMajor, Register.memorySize,
+        Register.cudaDriverVersion, Register.multiprocessorCount, Register.driverVersion,
+      ]
+        == [0x100, 0x140, 0x150, 0x160, 0x168, 0x170, 0x174, 0x178])
+    #expect(QueuePairBlock.completionWake == 64 && QueuePairBlock.ringsOffset == 128)
+  }
+
+  @Test func defaultLayout() throws {
+    let l = BARLayout()
+    #expect(l.doorbellOffset == 0x1000 && l.doorbellStride == 64)
+    #expect(l.queueAreaOffset == 0x2000)
+    #expect(l.queuePairStride == 0x7000)  // 128 + 256 × 96 bytes, page-aligned
+    #expect(l.stagingOffset == 0x3a000)
+    #expect(l.regionSize == 0x3a000 + 8 * 8 * (256 << 10))
+    #expect(l.submissionRing(1) == 0x9000 + 128)
+    #expect(l.completionRing(0) == 0x2000 + 128 + 256 * 64)
+    #expect(l.staging(2) == 0x3a000 + 2 * 8 * (256 << 10))
+  }
+
+  func registersWith(_ layout: BARLayout, size: Int? = nil, _ change: @Sendable (RegisterBlock) -> Void = { _ in })
+    throws
+    -> (MappedRegion, RegisterBlock)
+  {
+    let region = try MappedRegion.anonymous(size: size ?? Int(layout.regionSize))
+    let r = RegisterBlock(region.base)
+    layout.write(to: r)
+    change(r)
+    return (region, r)
+  }
+
+  @Test func layoutRoundTripsThroughRegisters() throws {
+    let layout = BARLayout(queuePairs: 3, depth: 64, stagingSlotSize: 128 << 10, slotsPerQueue: 4)
+    let (region, r) = try registersWith(layout)
+    #expect(try BARLayout(reading: r, size: region.size) == layout)
+  }
+
+  @Test(
+    arguments: [
+      ("queue pair count", { @Sendable (r: RegisterBlock) in r.store32(Register.queuePairCount, 0) }),
+      ("queue depth", { $0.store32(Register.queueDepth, 100) }),
+      ("queue depth", { $0.store32(Register.queueDepth, 8192) }),
+      ("submission entry size", { $0.store32(Register.submissionEntrySize, 32) }),
+      ("completion entry size", { $0.store32(Register.completionEntrySize, 16) }),
+      ("region size", { $0.store64(Register.regionSize, 1 << 40) }),
+      ("doorbell offset", { $0.store64(Register.doorbellOffset, 0) }),
+      ("doorbell stride", { $0.store32(Register.doorbellStride, 4) }),
+      ("queue pair stride", { $0.store32(Register.queuePairStride, 64) }),
+      ("queue area offset", { $0.store64(Register.queueAreaOffset, UInt64.max - 10) }),
+      ("staging slot size", { $0.store32(Register.stagingSlotSize, 1000) }),
+      ("staging slot size", { $0.store32(Register.stagingSlotsPerQueue, 0) }),
+      ("staging offset", { $0.store64(Register.stagingOffset, 0) }),
+      ("layout", { $0.store64(Register.stagingOffset, 0x2000) }),
+    ] as [(String, @Sendable (RegisterBlock) -> Void)])
+  func layoutChecksEveryField(field: String, change: @Sendable (RegisterBlock) -> Void) throws {
+    let (region, r) = try registersWith(
+      BARLayout(queuePairs: 2, depth: 16, stagingSlotSize: 4096, slotsPerQueue: 2), change)
+    #expect {
+      try BARLayout(reading: r, size: region.size)
+    } throws: { error in
+      (error as? LayoutError)?.field == field
+    }
+  }
+
+  @Test func identityRoundTripsAndStaysInItsFields() throws {
+    let region = try MappedRegion.anonymous(size: 4096)
+    let r = RegisterBlock(region.base)
+    let id = DeviceIdentity(
+      name: String(repeating: "x", count: 100), uuid: Array(0..<16), pciBusID: "0000:00:05.0",
+      computeCapability: (9, 0), memorySize: 80 << 30, cudaDriverVersion: 12080, multiprocessorCount: 132,
+      driverVersion: "570.124.06")
+    id.write(to: r)
+    let back = DeviceIdentity(reading: r)
+    #expect(back.name == String(repeating: "x", count: 63))
+    #expect(back.uuid == Array(0..<16) && back.pciBusID == "0000:00:05.0" && back.driverVersion == "570.124.06")
+    #expect(back.uuidString == "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f")
+    #expect(region.base.load(fromByteOffset: Register.uuid, as: UInt8.self) == 0)
+  }
+
+  @Test func statusMapsToCUresult() {
+    #expect(Status.success.cudaResult == 0)
+    #expect(Status.outOfMemory.cudaResult == 2)
+    #expect(Status.invalidHandle.cudaResult == 400)
+    #expect(Status.notReady.cudaResult == 600)
+    #expect(Status.launchFailed.cudaResult == 719)
+    #expect(Status.notSupported.cudaResult == 801)
+    #expect(Set(Status.allCases.map(\.description)).count == Status.allCases.count)
+  }
+}
