@@ -10,9 +10,11 @@ let package = Package(
     .library(name: "PCI", targets: ["PCI"]),
     .library(name: "VGPU", targets: ["VGPU"]),
     .executable(name: "pcitool", targets: ["pcitool"]),
+    .executable(name: "vgpu-mediator", targets: ["vgpu-mediator"]),
   ],
   dependencies: [
-    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
   ],
   targets: [
     // libpci, found through pkg-config; Debian's package is libpci-dev.
@@ -35,10 +37,21 @@ let package = Package(
     .executableTarget(
       name: "pcitool",
       dependencies: [
-        "PCI",
+        "PCI", "VGPU", "VGPUDevice", "VGPUProtocol", "CSupport",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
+    // The host side: serves a shared-memory BAR with the reference device.
+    .executableTarget(
+      name: "vgpu-mediator",
+      dependencies: [
+        "VGPUDevice", "VGPUProtocol", "DeviceAccess", "CSupport",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
+    // Helpers shared by the test targets.
+    .target(name: "TestSupport", path: "Tests/TestSupport"),
     // Reads the facts lspci states, for comparing our decoder with it.
     .target(name: "LspciFacts", dependencies: ["PCI"], path: "Tests/LspciFacts"),
     .testTarget(
@@ -47,10 +60,16 @@ let package = Package(
       exclude: ["Fixtures"]
     ),
     .testTarget(name: "VGPUDeviceTests", dependencies: ["VGPUDevice", "VGPUProtocol"]),
-    .testTarget(name: "VGPUTests", dependencies: ["VGPU", "VGPUDevice", "VGPUProtocol", "DeviceAccess"]),
+    .testTarget(
+      name: "VGPUTests", dependencies: ["VGPU", "VGPUDevice", "VGPUProtocol", "DeviceAccess", "TestSupport"]),
     // Counts heap allocations per thread, to prove the hot path makes none.
     .target(name: "MallocCounter", path: "Tests/MallocCounter"),
     .testTarget(name: "HotPathTests", dependencies: ["VGPU", "VGPUDevice", "VGPUProtocol", "MallocCounter"]),
+    // A client process for cross-process tests: holds memory, copies, exits on cue.
+    .executableTarget(name: "vgpu-test-client", dependencies: ["VGPU", "VGPUDevice"], path: "Tests/TestClient"),
+    .testTarget(
+      name: "MediatorTests",
+      dependencies: ["vgpu-mediator", "vgpu-test-client", "pcitool", "VGPU", "VGPUProtocol", "TestSupport"]),
     // Runs the built pcitool and compares it with lspci on this machine.
     .testTarget(name: "PCIToolTests", dependencies: ["pcitool", "PCI", "LspciFacts"]),
   ],

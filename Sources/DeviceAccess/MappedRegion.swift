@@ -13,11 +13,14 @@ public final class MappedRegion: @unchecked Sendable {
   public let size: Int
   /// Where the memory came from, for messages: `anonymous`, `/dev/shm/vgpu0`, ...
   public let origin: String
+  /// The open file behind the mapping (shared-memory files), or -1.
+  public let fileDescriptor: Int32
 
-  private init(base: UnsafeMutableRawPointer, size: Int, origin: String) {
+  private init(base: UnsafeMutableRawPointer, size: Int, origin: String, fileDescriptor: Int32 = -1) {
     self.base = base
     self.size = size
     self.origin = origin
+    self.fileDescriptor = fileDescriptor
   }
 
   /// Zero-filled memory of `size` bytes, page-aligned, as a simulated BAR.
@@ -31,7 +34,68 @@ public final class MappedRegion: @unchecked Sendable {
     return MappedRegion(base: p, size: size, origin: "anonymous")
   }
 
-  deinit { munmap(base, size) }
+  /// A shared-memory file (`/dev/shm/NAME`, or any file) mapped read-write and
+  /// shared, so that every process mapping it sees the same bytes.
+  ///
+  /// - Parameter create: the size to give the file, creating it (mode 0660) or
+  ///   resizing it; `nil` to map an existing file at its current size.
+  /// - Parameter exclusive: take an exclusive `flock` before touching the file,
+  ///   failing with `EWOULDBLOCK` if another process holds it. The kernel drops
+  ///   the lock when the holder exits, however it exits.
+  public static func sharedFile(_ path: String, create size: Int? = nil, exclusive: Bool = false) throws(RegionError)
+    -> MappedRegion
+  {
+    let flags = O_RDWR | O_CLOEXEC | (size != nil ? O_CREAT : 0)
+    let fd = open(path, flags, 0o660)
+    guard fd >= 0 else {
+      let e = errno
+      let found: String
+      switch e {
+      case ENOENT: found = "no such file"
+      case EACCES, EPERM: found = "permission denied"
+      default: found = "open failed"
+      }
+      throw RegionError(attempted: "open \(path)", found: found, errno: e)
+    }
+    if exclusive && flock(fd, LOCK_EX | LOCK_NB) != 0 {
+      let e = errno
+      close(fd)
+      throw RegionError(attempted: "lock \(path)", found: "another process holds it", errno: e)
+    }
+    var length: Int
+    if let size {
+      guard ftruncate(fd, off_t(size)) == 0 else {
+        let e = errno
+        close(fd)
+        throw RegionError(attempted: "size \(path) to \(size) bytes", found: "ftruncate failed", errno: e)
+      }
+      length = size
+    } else {
+      var st = stat()
+      guard fstat(fd, &st) == 0 else {
+        let e = errno
+        close(fd)
+        throw RegionError(attempted: "stat \(path)", found: "fstat failed", errno: e)
+      }
+      length = Int(st.st_size)
+      guard length > 0 else {
+        close(fd)
+        throw RegionError(attempted: "map \(path)", found: "the file is empty", errno: 0)
+      }
+    }
+    let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+    guard let p, p != MAP_FAILED else {
+      let e = errno
+      close(fd)
+      throw RegionError(attempted: "map \(length) bytes of \(path)", found: "mmap failed", errno: e)
+    }
+    return MappedRegion(base: p, size: length, origin: path, fileDescriptor: fd)
+  }
+
+  deinit {
+    munmap(base, size)
+    if fileDescriptor >= 0 { close(fileDescriptor) }
+  }
 
   /// Whether `[offset, offset + length)` lies inside the region, without overflow.
   @inline(__always)

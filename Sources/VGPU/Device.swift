@@ -59,8 +59,9 @@ public struct DeviceInfo: Sendable {
 public struct OpenOptions: Sendable {
   /// The deadline for the handshake and for each command's completion.
   public var timeout: Duration = .seconds(2)
-  /// Queue pairs to claim; more let more threads submit at once.
-  public var queuePairs = 4
+  /// Queue pairs to claim; more let more threads submit at once, fewer
+  /// leave more for other processes (a mediator has 8 by default).
+  public var queuePairs = 2
   /// `sim` only: the simulated device's configuration.
   public var simulated = ReferenceDeviceConfiguration()
   public init() {}
@@ -101,10 +102,18 @@ public final class Device: @unchecked Sendable {
       }
       device.start()
       return try Device(spec: parsed, region: device.region, simulated: device, options: options)
-    case .sharedMemory:
-      throw VGPUError(
-        .unsupported, "open \(parsed)", device: spec, found: "the shared-memory transport is not built yet",
-        remedy: "use sim")
+    case .sharedMemory(let path):
+      let region: MappedRegion
+      do throws(RegionError) { region = try MappedRegion.sharedFile(path) } catch {
+        let remedy =
+          switch error.errno {
+          case ENOENT: "start the mediator: vgpu-mediator --path \(path)"
+          case EACCES, EPERM: "run as a user allowed to read and write \(path) (its group, or root)"
+          default: "check that \(path) is a vGPU BAR file served by vgpu-mediator"
+          }
+        throw VGPUError(.unavailable, "open", device: spec, found: error.description, remedy: remedy)
+      }
+      return try Device(spec: parsed, region: region, options: options, servedByAnotherProcess: true)
     case .pci:
       throw VGPUError(
         .unsupported, "open \(parsed)", device: spec, found: "PCI mapping (VFIO, UIO, sysfs) is not built yet",
@@ -114,9 +123,14 @@ public final class Device: @unchecked Sendable {
 
   /// Attaches to a BAR that a device serves: checks registers and layout,
   /// claims queue pairs and sends `identify` on each.
-  init(spec: DeviceSpec, region: MappedRegion, simulated: ReferenceDevice? = nil, options: OpenOptions)
-    throws(VGPUError)
-  {
+  ///
+  /// - Parameter servedByAnotherProcess: the BAR names the serving process's pid
+  ///   (the mediator); refuse it at once if that process is gone, rather than
+  ///   time out on a file that nobody serves.
+  init(
+    spec: DeviceSpec, region: MappedRegion, simulated: ReferenceDevice? = nil, options: OpenOptions,
+    servedByAnotherProcess: Bool = false
+  ) throws(VGPUError) {
     let name = spec.description
     func fail(_ kind: VGPUError.Kind, _ found: String, _ remedy: String) -> VGPUError {
       VGPUError(kind, "open", device: name, found: found, remedy: remedy)
@@ -142,6 +156,18 @@ public final class Device: @unchecked Sendable {
         .versionMismatch,
         "the device speaks protocol \(version >> 16).\(version & 0xffff), this client \(ProtocolVersion.major).\(ProtocolVersion.minor)",
         "update the guest library or the device to the same major version")
+    }
+    if servedByAnotherProcess {
+      let server = registers.load32(Register.devicePID)
+      guard server != 0 else {
+        throw fail(
+          .unavailable, "no mediator serves it (the file is left from one that stopped)",
+          "start vgpu-mediator --path \(region.origin)")
+      }
+      guard kill(pid_t(server), 0) == 0 || errno == EPERM else {
+        throw fail(
+          .unavailable, "its mediator, pid \(server), is not running", "start vgpu-mediator --path \(region.origin)")
+      }
     }
     // A device may still be starting: give it the handshake deadline to become ready.
     let started = vgpu_monotonic_ns()

@@ -32,6 +32,8 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// For pipelined copies: the command using each staging slot.
   private let slotCommand: UnsafeMutablePointer<UInt16>
   private(set) var broken: VGPUError?
+  /// The device's progress register when last looked at.
+  private var lastProgress: UInt64 = 0
   private static let idle = UInt32.max
   /// Spin this long for a completion before sleeping on the wake word.
   static let spinNanoseconds: UInt64 = 20_000
@@ -113,7 +115,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// Waits for command `id` and hands back its completion (any status).
   mutating func wait(for id: UInt16, _ operation: StaticString) throws(VGPUError) -> CompletionEntry {
     let slot = Int(UInt32(id) & mask)
-    let started = vgpu_monotonic_ns()
+    var started = vgpu_monotonic_ns()
     var spinning = true
     while outstanding[slot] == UInt32(id) {
       if let broken { throw broken }
@@ -124,7 +126,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
         continue
       }
       spinning = false
-      try sleepUntilCompletion(started: started, now: now, operation)
+      try sleepUntilCompletion(started: &started, now: now, operation)
     }
     inFlight -= 1
     return results[slot]
@@ -132,19 +134,26 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
 
   /// Waits until at least one completion has been collected.
   private mutating func waitForAnyCompletion(_ operation: StaticString) throws(VGPUError) {
-    let started = vgpu_monotonic_ns()
+    var started = vgpu_monotonic_ns()
     while try drain(operation) == 0 {
       if let broken { throw broken }
-      try sleepUntilCompletion(started: started, now: vgpu_monotonic_ns(), operation)
+      try sleepUntilCompletion(started: &started, now: vgpu_monotonic_ns(), operation)
     }
   }
 
   /// Sleeps on the completion wake word, having said so (event suppression),
-  /// for at most a slice of the remaining deadline.
-  private mutating func sleepUntilCompletion(started: UInt64, now: UInt64, _ operation: StaticString)
+  /// for at most a slice of the remaining deadline. The deadline counts
+  /// silence: while the device's progress register moves (a long command is
+  /// running), `started` moves with it.
+  private mutating func sleepUntilCompletion(started: inout UInt64, now: UInt64, _ operation: StaticString)
     throws(VGPUError)
   {
     try checkDevice(operation)
+    let progress = registers.load64(Register.progress)
+    if progress != lastProgress {
+      lastProgress = progress
+      started = now
+    }
     let waited = now &- started
     guard waited < timeoutNanoseconds else {
       let error = VGPUError(

@@ -23,6 +23,8 @@ struct Refusal: Error {
 struct ServedQueuePair {
   var active = false
   var pid: UInt32 = 0
+  /// The owner's start time (/proc/PID/stat field 22), so a reused pid is not mistaken for it.
+  var ownerStart: UInt64 = 0
   var head: UInt32 = 0
   var completionTail: UInt32 = 0
   var phase: UInt16 = 1
@@ -98,7 +100,12 @@ final class Executor: @unchecked Sendable {
   var streams = HandleTable<Void>(kind: 3)
   var events = HandleTable<UInt64>(kind: 4)  // the time it was recorded, 0 = never
   var deviceTotals = StatisticsRecord()
+  var progress: UInt64 = 0
   let mask: UInt32
+  /// When each queue pair was first seen claiming without a pid (0 = not).
+  var claimingSince: [UInt64]
+  /// Told of attachments, releases, reclaims and faults (never per command).
+  var onEvent: (@Sendable (DeviceEvent) -> Void)?
 
   init(base: UnsafeMutableRawPointer, layout: BARLayout, memory: DeviceMemory, registers: RegisterBlock) {
     self.base = base
@@ -109,6 +116,7 @@ final class Executor: @unchecked Sendable {
     self.views = (0..<Int(layout.queuePairs)).map { QueuePairView(base: base, layout: layout, index: $0) }
     self.served = Array(repeating: ServedQueuePair(), count: Int(layout.queuePairs))
     self.mask = layout.depth - 1
+    self.claimingSince = Array(repeating: 0, count: Int(layout.queuePairs))
   }
 
   var memoryInUse: (allocated: UInt64, total: UInt64) { (allocator.allocatedBytes, memory.size) }
@@ -162,15 +170,24 @@ final class Executor: @unchecked Sendable {
 
   private func accept(_ qp: Int) {
     views[qp].resetRings()
-    served[qp] = ServedQueuePair(active: true, pid: views[qp].ownerPID)
+    let pid = views[qp].ownerPID
+    served[qp] = ServedQueuePair(active: true, pid: pid, ownerStart: ProcessLiveness.startTime(pid) ?? 0)
+    claimingSince[qp] = 0
     deviceTotals.queuePairs += 1
     views[qp].setState(.active)
+    onEvent?(.attached(queuePair: qp, pid: pid))
   }
 
   /// Closes a queue pair: its allocations and handles are reclaimed.
-  func release(_ qp: Int) {
+  func release(_ qp: Int, because reason: DeviceEvent.ReleaseReason = .closed) {
+    let pid = served[qp].pid
     for a in allocator.allocations where a.owner == UInt32(qp) { scrub(a.offset, a.size) }
-    _ = allocator.freeAll(owner: UInt32(qp))
+    let (count, bytes) = allocator.freeAll(owner: UInt32(qp))
+    deviceTotals.bytesAllocated -= bytes
+    if served[qp].active || reason != .closed {
+      onEvent?(.released(queuePair: qp, pid: pid, reason: reason, allocations: count, bytes: bytes))
+    }
+    claimingSince[qp] = 0
     modules.removeAll(queuePair: qp)
     functions.removeAll(queuePair: qp)
     streams.removeAll(queuePair: qp)
@@ -183,7 +200,7 @@ final class Executor: @unchecked Sendable {
 
   private func resetAll() {
     for qp in views.indices where views[qp].state != QueuePairState.free.rawValue || served[qp].active {
-      release(qp)
+      release(qp, because: .reset)
     }
     registers.store32(Register.control, ControlRequest.none.rawValue)
     registers.store32(Register.status, DeviceStatus.ready.rawValue)
@@ -238,6 +255,26 @@ final class Executor: @unchecked Sendable {
     served[qp].faulted = true
     views[qp].setFault(f)
     views[qp].wakeGuest()
+    onEvent?(.faulted(queuePair: qp, pid: served[qp].pid, fault: f))
+  }
+
+  /// Releases the queue pairs of processes that ended without closing them,
+  /// and claims abandoned before the claimer wrote its pid. Called a few
+  /// times a second, so a killed client's memory returns within a second.
+  func reapDeadOwners(now: UInt64) {
+    for qp in views.indices {
+      let state = views[qp].state
+      if served[qp].active && state != QueuePairState.free.rawValue {
+        let s = served[qp]
+        if !ProcessLiveness.isAlive(s.pid, startTime: s.ownerStart) { release(qp, because: .ownerExited) }
+      } else if state == QueuePairState.claiming.rawValue && views[qp].ownerPID == 0 {
+        if claimingSince[qp] == 0 {
+          claimingSince[qp] = now
+        } else if now &- claimingSince[qp] > 1_000_000_000 {
+          release(qp, because: .abandonedClaim)
+        }
+      }
+    }
   }
 
   // MARK: Commands
@@ -295,7 +332,7 @@ final class Executor: @unchecked Sendable {
         let length = e.a2
         let dst = try deviceRange(e.a0, length, pid: s.pid, argument: 1)
         let src = try deviceRange(e.a1, length, pid: s.pid, argument: 2)
-        memmove(dst, src, Int(length))
+        copyInChunks(dst, src, Int(length))
         countCopy(length, &s)
         return CompletionEntry(commandID: 0, status: .success, result0: length)
       case .memset:
@@ -370,12 +407,69 @@ final class Executor: @unchecked Sendable {
     let first = (offset + page - 1) / page * page
     let last = (offset + size) / page * page
     guard first < last else {
-      (memory.base + Int(offset)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(size))
+      Glibc.memset(memory.base + Int(offset), 0, Int(size))
       return
     }
-    (memory.base + Int(offset)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(first - offset))
-    (memory.base + Int(last)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(offset + size - last))
+    Glibc.memset(memory.base + Int(offset), 0, Int(first - offset))
+    Glibc.memset(memory.base + Int(last), 0, Int(offset + size - last))
     memory.discard(offset: first, length: last - first)
+  }
+
+  /// Long operations run in chunks of this size, telling waiting guests after
+  /// each that the device is working (the progress register), so that their
+  /// deadlines measure silence, not the size of the job.
+  static let chunk = 64 << 20
+
+  /// Bumps the progress register: "still working on your command".
+  @inline(__always) func tick() {
+    progress &+= 1
+    registers.store64(Register.progress, progress)
+  }
+
+  /// memmove, in chunks when the ranges do not overlap (they rarely do).
+  func copyInChunks(_ dst: UnsafeMutableRawPointer, _ src: UnsafeMutableRawPointer, _ count: Int) {
+    guard dst + count <= src || src + count <= dst else {
+      memmove(dst, src, count)
+      return
+    }
+    var done = 0
+    while done < count {
+      let n = min(Self.chunk, count - done)
+      memcpy(dst + done, src + done, n)
+      done += n
+      tick()
+    }
+  }
+
+  /// Fills `bytes` with a 1-, 2- or 4-byte pattern at libc speed (a debug
+  /// build's element loop would be 100× slower): the first bytes element by
+  /// element, the rest by copying what is already filled, doubling each time.
+  func fill(_ p: UnsafeMutableRawPointer, pattern: UInt64, width: Int, bytes: Int) {
+    if width == 1 {
+      var done = 0
+      while done < bytes {
+        let n = min(Self.chunk, bytes - done)
+        Glibc.memset(p + done, Int32(truncatingIfNeeded: pattern & 0xff), n)
+        done += n
+        tick()
+      }
+      return
+    }
+    let seed = min(bytes, 4096)
+    for i in stride(from: 0, to: seed, by: width) {
+      if width == 2 {
+        (p + i).storeBytes(of: UInt16(truncatingIfNeeded: pattern), as: UInt16.self)
+      } else {
+        (p + i).storeBytes(of: UInt32(truncatingIfNeeded: pattern), as: UInt32.self)
+      }
+    }
+    var filled = seed
+    while filled < bytes {
+      let n = min(filled, bytes - filled, Self.chunk)
+      memcpy(p + filled, p, n)
+      filled += n
+      if n == Self.chunk { tick() }
+    }
   }
 
   private func countCopy(_ length: UInt64, _ s: inout ServedQueuePair) {
@@ -410,11 +504,7 @@ final class Executor: @unchecked Sendable {
     let (bytes, overflow) = e.a3.multipliedReportingOverflow(by: width)
     guard !overflow else { throw Refusal(status: .invalidValue, detail: 4) }
     let p = try deviceRange(e.a0, bytes, pid: s.pid, argument: 1)
-    switch width {
-    case 1: p.initializeMemory(as: UInt8.self, repeating: UInt8(truncatingIfNeeded: e.a1), count: Int(e.a3))
-    case 2: p.initializeMemory(as: UInt16.self, repeating: UInt16(truncatingIfNeeded: e.a1), count: Int(e.a3))
-    default: p.initializeMemory(as: UInt32.self, repeating: UInt32(truncatingIfNeeded: e.a1), count: Int(e.a3))
-    }
+    fill(p, pattern: e.a1, width: Int(width), bytes: Int(bytes))
     return CompletionEntry(commandID: 0, status: .success, result0: bytes)
   }
 

@@ -26,6 +26,8 @@ public struct ReferenceDeviceConfiguration: Sendable {
   public var driverVersion = "570.124.06"
   /// How long the device polls an idle BAR before it sleeps on its wake word.
   public var spinNanoseconds: UInt64 = 50_000
+  /// How often to look for queue pairs whose owning process has ended.
+  public var reapIntervalNanoseconds: UInt64 = 200_000_000
 
   public init() {}
 
@@ -122,15 +124,33 @@ public final class ReferenceDevice: @unchecked Sendable {
     for view in executor.views { view.wakeGuest() }
   }
 
+  /// Called on the serving thread when a queue pair is attached, released,
+  /// reclaimed from a dead process, or faulted. Set it before `start()`.
+  public var onEvent: (@Sendable (DeviceEvent) -> Void)? {
+    get { executor.lock.withLock { _ in executor.onEvent } }
+    set { executor.lock.withLock { _ in executor.onEvent = newValue } }
+  }
+
+  /// Writes the serving process's pid where clients look for it (0 = in-process).
+  public func announce(pid: UInt32) { registers.store32(Register.devicePID, pid) }
+
   /// Device memory in use and its total, as the device accounts it.
   public var memoryInUse: (allocated: UInt64, total: UInt64) { executor.lock.withLock { _ in executor.memoryInUse } }
 
   private func serve() {
     var idleSince = vgpu_monotonic_ns()
+    var lastReap = idleSince
     var passes: UInt64 = 0
     while running.load(ordering: .relaxed) {
       passes &+= 1
       if passes & 0xffff == 0 { registers.store64(Register.heartbeat, passes) }
+      if passes & 0x3ff == 0 || vgpu_monotonic_ns() &- idleSince > configuration.spinNanoseconds {
+        let now = vgpu_monotonic_ns()
+        if now &- lastReap > configuration.reapIntervalNanoseconds {
+          lastReap = now
+          executor.lock.withLock { _ in executor.reapDeadOwners(now: now) }
+        }
+      }
       if executor.lock.withLock({ _ in executor.servePass() }) {
         idleSince = vgpu_monotonic_ns()
         continue

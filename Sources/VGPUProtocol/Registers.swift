@@ -41,6 +41,7 @@ public enum Register {
   public static let devicePID = 0x068  // u32 the serving process (mediator), 0 in-process
   public static let deviceSleeping = 0x06c  // u32 1 while the device waits on deviceWake
   public static let deviceWake = 0x070  // u32 futex word; guests add 1 and wake it
+  public static let progress = 0x078  // u64, bumped while a long command runs (guests extend deadlines)
   // Identity, 0x100...
   public static let name = 0x100  // 64 bytes UTF-8, NUL-padded
   public static let uuid = 0x140  // 16 bytes

@@ -1,6 +1,7 @@
 import DeviceAccess
 import Foundation
 import Synchronization
+import TestSupport
 import Testing
 import VGPUDevice
 import VGPUProtocol
@@ -106,6 +107,9 @@ import VGPUProtocol
       #expect(error.kind == .invalidArgument)
       #expect(error.description.contains("sim, shm:PATH"))
     }
-    do { _ = try Device.open("shm:/dev/shm/x") } catch { #expect(error.kind == .unsupported) }
+    do { _ = try Device.open("shm:/dev/shm/x-absent") } catch {
+      #expect(error.kind == .unavailable && error.description.contains("no such file"))
+    }
+    do { _ = try Device.open("vfio:0000:00:05.0") } catch { #expect(error.kind == .unsupported) }
   }
 }

@@ -1,30 +1,10 @@
+import Foundation
+import TestSupport
 import Testing
 import VGPUDevice
 import VGPUProtocol
 
 @testable import VGPU
-
-/// Random bytes, reproducible per seed (SplitMix64).
-func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
-  var state = seed
-  var out = [UInt8](repeating: 0, count: count)
-  out.withUnsafeMutableBytes { raw in
-    var i = 0
-    while i < count {
-      state &+= 0x9E37_79B9_7F4A_7C15
-      var z = state
-      z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-      z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-      z ^= z >> 31
-      withUnsafeBytes(of: z) { w in
-        let n = min(8, count - i)
-        raw.baseAddress!.advanced(by: i).copyMemory(from: w.baseAddress!, byteCount: n)
-      }
-      i += 8
-    }
-  }
-  return out
-}
 
 @Suite(.serialized) struct EndToEndTests {
   @Test func opensSimAndDescribesIt() throws {
@@ -49,7 +29,8 @@ func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
     let data = randomBytes(size, seed: UInt64(size))
     let p = try d.allocate(size)
     try d.copy(to: p, from: data)
-    #expect(try d.read(p, count: size) == data)
+    // memcmp: a debug build's Array == compares byte by byte, seconds for 256 MiB.
+    #expect(sameBytes(try d.read(p, count: size), data))
     try d.free(p)
     #expect(try d.memoryInfo().free == 80 << 30)
   }

@@ -1,0 +1,203 @@
+import ArgumentParser
+import DeviceAccess
+import Logging
+import VGPUDevice
+import VGPUProtocol
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The host side of the vGPU: serves a shared-memory BAR with the reference
+/// device, for any number of client processes (and, through QEMU's ivshmem,
+/// for a VM).
+struct Mediator: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "vgpu-mediator",
+    abstract: "Serve a vGPU over a shared-memory BAR file, with the reference device doing the work.",
+    discussion: """
+      Creates (or takes over) the BAR file, lays out the register block, doorbells, \
+      queue pairs and staging area (docs/PROTOCOL.md), and serves every client that \
+      maps it. Clients name it as shm:PATH, e.g.
+
+        vgpu-mediator &
+        VGPU_DEVICE=shm:/dev/shm/vgpu0 pcitool selftest
+
+      Each client process claims queue pairs under its pid; when it exits or is \
+      killed, its queue pairs and device memory are reclaimed within a second. \
+      SIGINT or SIGTERM stops the mediator: the commands in hand complete, the \
+      status register says the device stopped, and waiting clients get an error.
+
+      A second mediator on a file that a live one serves is refused (the file is \
+      locked while served). The file stays after exit; a new mediator reuses it.
+      Exit status: 0 after a clean stop, 1 when the device could not be set up, \
+      2 on a bad command line.
+      """)
+
+  @Option(name: .long, help: "The BAR file (a file on tmpfs: /dev/shm/NAME).")
+  var path = "/dev/shm/vgpu0"
+
+  @Option(name: .long, help: "Device memory, e.g. 80G, 512M. Only touched pages cost RAM.")
+  var memory = "80G"
+
+  @Option(name: .customLong("queue-pairs"), help: "Queue pairs (1-256): how many clients/threads can submit at once.")
+  var queuePairs = 8
+
+  @Option(name: .long, help: "Entries per ring (a power of two, 2-4096).")
+  var depth = 256
+
+  @Option(name: .customLong("slot-size"), help: "Staging slot size (whole pages, e.g. 256K).")
+  var slotSize = "256K"
+
+  @Option(name: .long, help: "Staging slots per queue pair: copies keep this many chunks in flight.")
+  var slots = 7
+
+  @Option(name: .long, help: "The device name clients see (cuDeviceGetName, nvidia-smi).")
+  var name = ReferenceDeviceConfiguration().name
+
+  @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+  var logLevel = "info"
+
+  func validate() throws {
+    guard Size.parse(memory) != nil else {
+      throw ValidationError("--memory '\(memory)' is not a size such as 80G or 512M")
+    }
+    guard let slot = Size.parse(slotSize), slot > 0, slot % 4096 == 0, slot <= 1 << 30 else {
+      throw ValidationError("--slot-size '\(slotSize)' must be whole 4 KiB pages, at most 1G")
+    }
+    guard (1...256).contains(queuePairs) else { throw ValidationError("--queue-pairs must be 1-256") }
+    guard (2...4096).contains(depth), depth & (depth - 1) == 0 else {
+      throw ValidationError("--depth must be a power of two from 2 to 4096")
+    }
+    guard (1...depth - 1).contains(slots) else { throw ValidationError("--slots must be 1 to depth-1") }
+    guard Logger.Level(rawValue: logLevel) != nil else {
+      throw ValidationError("--log-level '\(logLevel)' is not a level")
+    }
+  }
+
+  func run() throws {
+    LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+    var log = Logger(label: "vgpu-mediator")
+    log.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+
+    var config = ReferenceDeviceConfiguration()
+    config.name = name
+    config.memorySize = Size.parse(memory)!
+    config.layout = BARLayout(
+      queuePairs: UInt32(queuePairs), depth: UInt32(depth), stagingSlotSize: UInt32(Size.parse(slotSize)!),
+      slotsPerQueue: UInt32(slots))
+
+    // The lock comes first: the file of a live mediator must not be touched.
+    let region: MappedRegion
+    do {
+      region = try MappedRegion.sharedFile(path, create: Int(config.layout.regionSize), exclusive: true)
+    } catch {
+      if error.errno == EWOULDBLOCK {
+        throw Failure("\(path) is already served by \(Self.holder(of: path)); stop it first, or use another --path")
+      }
+      throw Failure(error.description)
+    }
+    let device: ReferenceDevice
+    do { device = try ReferenceDevice(configuration: config, region: region) } catch {
+      throw Failure(error.description)
+    }
+    let events = log
+    device.onEvent = { event in
+      switch event {
+      case .attached(let qp, let pid):
+        events.info("client attached", metadata: ["pid": "\(pid)", "queuePair": "\(qp)"])
+      case .released(let qp, let pid, let reason, let count, let bytes):
+        let level: Logger.Level = reason == .closed ? .info : .notice
+        events.log(
+          level: level, "queue pair released: \(reason.rawValue)",
+          metadata: ["pid": "\(pid)", "queuePair": "\(qp)", "allocations": "\(count)", "bytes": "\(bytes)"])
+      case .faulted(let qp, let pid, let fault):
+        events.warning(
+          "queue pair faulted: a doorbell index was out of range",
+          metadata: ["pid": "\(pid)", "queuePair": "\(qp)", "fault": "\(fault)"])
+      }
+    }
+
+    // Signals are taken by sigwait on this thread only: block them before the
+    // device thread starts, so it inherits the mask.
+    var signals = sigset_t()
+    sigemptyset(&signals)
+    sigaddset(&signals, SIGINT)
+    sigaddset(&signals, SIGTERM)
+    pthread_sigmask(SIG_BLOCK, &signals, nil)
+
+    device.announce(pid: UInt32(getpid()))
+    device.start()
+    log.info(
+      "serving",
+      metadata: [
+        "path": "\(path)", "bytes": "\(region.size)", "memory": "\(memory)", "queuePairs": "\(queuePairs)",
+        "depth": "\(depth)", "staging": "\(slots) x \(slotSize) per queue pair", "pid": "\(getpid())",
+      ])
+    var received: Int32 = 0
+    sigwait(&signals, &received)
+    log.info("stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
+    device.stop()
+    device.announce(pid: 0)
+    let (allocated, _) = device.memoryInUse
+    log.info("stopped", metadata: ["memoryStillAllocated": "\(allocated)"])
+  }
+
+  /// Who holds the lock on `path`, as the register block says (best effort).
+  static func holder(of path: String) -> String {
+    guard let r = try? MappedRegion.sharedFile(path), r.size >= Register.blockSize,
+      RegisterBlock(r.base).load32(Register.magic) == vgpuMagic
+    else { return "another process" }
+    let pid = RegisterBlock(r.base).load32(Register.devicePID)
+    return pid == 0 ? "another process" : "vgpu-mediator pid \(pid)"
+  }
+}
+
+struct Failure: Error, CustomStringConvertible {
+  var description: String
+  init(_ d: String) { description = d }
+}
+
+/// Sizes as people write them: 80G, 512M, 256K, or a byte count.
+enum Size {
+  static func parse(_ text: String) -> UInt64? {
+    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+    var digits = Substring(text.uppercased())
+    if digits.hasSuffix("B") { digits = digits.dropLast() }
+    var multiplier: UInt64 = 1
+    if let last = digits.last, let m = units[last] {
+      multiplier = m
+      digits = digits.dropLast()
+    }
+    guard let n = UInt64(digits), n > 0 else { return nil }
+    let (v, overflow) = n.multipliedReportingOverflow(by: multiplier)
+    return overflow ? nil : v
+  }
+}
+
+/// One line on standard error, written whole.
+func printError(_ line: String) {
+  let text = line + "\n"
+  _ = text.withCString { write(2, $0, strlen($0)) }
+}
+
+@main
+enum Main {
+  static func main() {
+    do {
+      var command = try Mediator.parseAsRoot()
+      try command.run()
+    } catch let failure as Failure {
+      printError("vgpu-mediator: \(failure)")
+      exit(1)
+    } catch {
+      let code = Mediator.exitCode(for: error)
+      if code == .success {
+        print(Mediator.fullMessage(for: error))
+        exit(0)
+      }
+      printError("vgpu-mediator: \(Mediator.message(for: error)) (see 'vgpu-mediator --help')")
+      exit(code == .validationFailure ? 2 : 1)
+    }
+  }
+}

@@ -1,0 +1,64 @@
+// A client process for the cross-process tests. Usage:
+//
+//   vgpu-test-client loop DEVICE BYTES [HOLD_BYTES] [THREADS]
+//
+// Allocates HOLD_BYTES (kept until exit), then in each of THREADS threads
+// copies BYTES of random data to the device and back, forever, verifying each
+// round trip. Prints "ready" once every thread has done one round trip, and
+// on the first failure prints "error: ..." and exits 1 (data mismatch: 2).
+import Foundation
+import VGPU
+
+/// A line on standard output, unbuffered: the test reads it while we run.
+func say(_ line: String) {
+  let text = line + "\n"
+  _ = text.withCString { write(1, $0, strlen($0)) }
+}
+
+func fail(_ message: String, _ code: Int32) -> Never {
+  say("error: \(message)")
+  exit(code)
+}
+
+let args = CommandLine.arguments
+guard args.count >= 4, args[1] == "loop", let bytes = Int(args[3]) else {
+  fail("usage: vgpu-test-client loop DEVICE BYTES [HOLD_BYTES] [THREADS]", 64)
+}
+let hold = args.count > 4 ? Int(args[4]) ?? 0 : 0
+let threads = args.count > 5 ? Int(args[5]) ?? 1 : 1
+
+let device: Device
+do { device = try Device.open(args[2]) } catch { fail("\(error)", 1) }
+if hold > 0 {
+  do {
+    let p = try device.allocate(hold)
+    try device.memset(p, value: 0x5a, count: hold)
+  } catch { fail("\(error)", 1) }
+}
+
+let started = DispatchSemaphore(value: 0)
+for t in 0..<threads {
+  Thread.detachNewThread {
+    var data = [UInt8](repeating: 0, count: bytes)
+    var seed = UInt64(getpid()) << 8 | UInt64(t)
+    do {
+      let p = try device.allocate(bytes)
+      var first = true
+      while true {
+        for i in data.indices {
+          seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+          data[i] = UInt8(truncatingIfNeeded: seed >> 56)
+        }
+        try device.copy(to: p, from: data)
+        if try device.read(p, count: bytes) != data { fail("thread \(t): data read back differs", 2) }
+        if first {
+          first = false
+          started.signal()
+        }
+      }
+    } catch { fail("\(error)", 1) }
+  }
+}
+for _ in 0..<threads { started.wait() }
+say("ready")
+while true { sleep(60) }
