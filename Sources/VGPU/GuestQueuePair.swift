@@ -1,6 +1,10 @@
 import CSupport
 import VGPUProtocol
 
+#if canImport(Glibc)
+  import Glibc
+#endif
+
 /// The guest's side of one queue pair: submission tail, completion head and
 /// phase, the commands in flight, and this pair's staging window.
 ///
@@ -19,6 +23,8 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   let slots: Int
   let timeoutNanoseconds: UInt64
   let deviceName: String
+  /// The process serving the BAR (a mediator), checked while waiting; 0 in-process.
+  let serverPID: Int32
 
   private var tail: UInt32 = 0
   private var deviceHead: UInt32 = 0
@@ -42,8 +48,9 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
 
   init(
     view: QueuePairView, registers: RegisterBlock, layout: BARLayout, base: UnsafeMutableRawPointer,
-    timeoutNanoseconds: UInt64, deviceName: String
+    timeoutNanoseconds: UInt64, deviceName: String, serverPID: Int32 = 0
   ) {
+    self.serverPID = serverPID
     self.view = view
     self.registers = registers
     self.mask = layout.depth - 1
@@ -220,6 +227,14 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
         remedy: status.contains(.needsReset)
           ? "reset the device (write 1 to its control register), then reopen it"
           : "restart the device or mediator, then reopen")
+      broken = error
+      throw error
+    }
+    // A mediator killed outright leaves its status "ready": ask the kernel instead.
+    if serverPID != 0 && kill(serverPID, 0) != 0 && errno == ESRCH {
+      let error = VGPUError(
+        .unavailable, "\(operation)", device: deviceName, found: "its mediator (pid \(serverPID)) has exited",
+        remedy: "restart vgpu-mediator, then reopen")
       broken = error
       throw error
     }

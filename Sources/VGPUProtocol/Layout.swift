@@ -17,9 +17,11 @@ public struct BARLayout: Equatable, Sendable {
 
   /// A compact layout: registers, doorbells, queue pair blocks, staging, each page-aligned.
   ///
-  /// Slots of 256 KiB pipeline best on these machines (../shared/LIMITS.md).
+  /// Slots of 256 KiB pipeline best on these machines (../shared/LIMITS.md);
+  /// 8 queue pairs of 7 slots keep the whole BAR (14.2 MiB) inside a 16 MiB
+  /// ivshmem shared-memory object.
   public init(
-    queuePairs: UInt32 = 8, depth: UInt32 = 256, stagingSlotSize: UInt32 = 256 << 10, slotsPerQueue: UInt32 = 8
+    queuePairs: UInt32 = 8, depth: UInt32 = 256, stagingSlotSize: UInt32 = 256 << 10, slotsPerQueue: UInt32 = 7
   ) {
     self.queuePairs = queuePairs
     self.depth = depth

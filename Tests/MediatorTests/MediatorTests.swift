@@ -219,6 +219,17 @@ func waitUntil(seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool
     }
   }
 
+  @Test func aKilledMediatorIsNoticedWithoutWaitingForTheDeadline() throws {
+    let mediator = try MediatorProcess()
+    let client = try ClientProcess("vgpu-test-client", ["loop", mediator.spec, "\(32 << 20)", "0", "1"])
+    #expect(client.waitFor("ready", seconds: 20) != nil)
+    let killed = Date()
+    kill(mediator.process.processIdentifier, SIGKILL)
+    let error = client.waitFor("error", seconds: 5)
+    #expect(error?.contains("has exited") == true, "\(client.output)")
+    #expect(Date().timeIntervalSince(killed) < 1.5)
+  }
+
   @Test func aSecondMediatorOnTheSameFileIsRefused() throws {
     let first = try MediatorProcess()
     let second = Process()
