@@ -19,9 +19,15 @@ struct PCITool: ParsableCommand {
     commandName: "pcitool",
     abstract: "Find, inspect and diagnose PCI devices — the vGPU at 0000:00:05.0 first of all.",
     discussion: """
-      DEVICE arguments take a PCI address, DDDD:BB:DD.F or BB:DD.F (hex, as lspci \
-      prints them), or a vendor:device ID such as 1af4:1110, which selects every \
-      matching function.
+      DEVICE arguments of list, show and dump take a PCI address, DDDD:BB:DD.F or \
+      BB:DD.F (hex, as lspci prints them), or a vendor:device ID such as 1af4:1110, \
+      which selects every matching function.
+
+      probe, selftest and bench talk to a vGPU: their DEVICE is sim (a simulated \
+      device in this process), shm:PATH (a shared-memory BAR served by \
+      vgpu-mediator) or a PCI address. Without one they use $VGPU_DEVICE if set, \
+      else 0000:00:05.0 if it is an ivshmem function (1af4:1110), else sim, and \
+      say which and why.
 
       Exit status: 0 on success, 1 when the operation failed (e.g. no such device), \
       2 when the command line is wrong. Errors are one line on standard error.
@@ -31,8 +37,11 @@ struct PCITool: ParsableCommand {
         pcitool show 00:05.0          decoded BARs, capabilities, driver, IOMMU group
         pcitool show 1af4:1110 --json the ivshmem devices, for scripts
         pcitool dump 0000:00:05.0     config space as hex, like `lspci -xxx`
+        pcitool probe sim             handshake and print the vGPU's identity
+        pcitool selftest              a checked workload on the default vGPU
+        pcitool bench shm:/dev/shm/vgpu0  latency and bandwidth vs baselines
       """,
-    subcommands: [List.self, Show.self, Dump.self]
+    subcommands: [List.self, Show.self, Dump.self, Probe.self, Selftest.self, Bench.self, PingPongChild.self]
   )
 }
 

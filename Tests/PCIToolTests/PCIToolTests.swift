@@ -16,10 +16,11 @@ import Testing
     return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("pcitool")
   }()
 
-  static func run(_ executable: URL, _ arguments: [String]) throws -> Output {
+  static func run(_ executable: URL, _ arguments: [String], environment: [String: String]? = nil) throws -> Output {
     let p = Process()
     p.executableURL = executable
     p.arguments = arguments
+    if let environment { p.environment = environment }
     let out = Pipe()
     let err = Pipe()
     p.standardOutput = out
