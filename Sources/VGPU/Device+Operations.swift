@@ -26,7 +26,7 @@ extension Device {
     }
     guard c.result0 != 0, c.result1 >= UInt64(bytes) else {
       throw VGPUError(
-        .protocolViolation, "allocate \(byteCount(UInt64(bytes)))", device: info.spec.description,
+        .protocolViolation, "allocate \(bytesText(UInt64(bytes)))", device: info.spec.description,
         found: "the device answered address 0x\(String(c.result0, radix: 16)) of \(c.result1) bytes")
     }
     return DevicePointer(c.result0)

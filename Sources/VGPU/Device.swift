@@ -224,7 +224,8 @@ public final class Device: @unchecked Sendable {
       }
       var pair = GuestQueuePair(
         view: view, registers: registers, layout: layout, base: region.base, timeoutNanoseconds: timeout,
-        deviceName: name, serverPID: servedByAnotherProcess ? Int32(bitPattern: registers.load32(Register.devicePID)) : 0)
+        deviceName: name,
+        serverPID: servedByAnotherProcess ? Int32(bitPattern: registers.load32(Register.devicePID)) : 0)
       do throws(VGPUError) {
         let c = try pair.execute(
           SubmissionEntry(.identify, UInt64(ProtocolVersion.packed), FeatureBits.all.rawValue), "identify")

@@ -254,7 +254,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     var found = "the device answered '\(status)'"
     if c.detail != 0 { found += " (argument \(c.detail))" }
     switch status {
-    case .outOfMemory: found += "; \(byteCount(c.result0)) free, largest free block \(byteCount(c.result1))"
+    case .outOfMemory: found += "; \(bytesText(c.result0)) free, largest free block \(bytesText(c.result1))"
     case .invalidParameters: found += "; the kernel takes \(c.result0) bytes of parameters, \(c.result1) were given"
     case .versionMismatch: found += "; the device speaks version \(c.result1 >> 16).\(c.result1 & 0xffff)"
     default: break

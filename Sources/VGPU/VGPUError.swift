@@ -58,8 +58,8 @@ public struct VGPUError: Error, CustomStringConvertible, Sendable {
   }
 }
 
-/// Byte counts as people read them: `256 MiB`, `1.5 KiB`, `17 B`.
-func byteCount(_ n: UInt64) -> String {
+/// Byte counts as people read them: `80 GiB`, `1.50 KiB`, `17 B`.
+public func bytesText(_ n: UInt64) -> String {
   let units = ["B", "KiB", "MiB", "GiB", "TiB"]
   var value = Double(n)
   var unit = 0
@@ -68,5 +68,7 @@ func byteCount(_ n: UInt64) -> String {
     unit += 1
   }
   if unit == 0 || value == value.rounded() { return "\(Int(value)) \(units[unit])" }
-  return "\((value * 10).rounded() / 10) \(units[unit])"
+  let hundredths = Int((value * 100).rounded())
+  let fraction = hundredths % 100
+  return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction) \(units[unit])"
 }

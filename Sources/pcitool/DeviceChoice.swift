@@ -89,19 +89,6 @@ extension ToolError {
 
 // MARK: Formatting shared by probe, selftest and bench
 
-/// Byte counts as people read them: `80 GiB`, `1.50 KiB`, `17 B`.
-func bytesText(_ n: UInt64) -> String {
-  let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-  var value = Double(n)
-  var unit = 0
-  while value >= 1024 && unit < units.count - 1 {
-    value /= 1024
-    unit += 1
-  }
-  if unit == 0 || value == value.rounded() { return "\(Int(value)) \(units[unit])" }
-  return String(format: "%.2f %@", value, units[unit])
-}
-
 /// Exact sizes: `16 MiB`, `16 MiB + 3 B`, `1000 B`.
 func exactBytesText(_ n: Int) -> String {
   for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] where n >= 1 << shift {
