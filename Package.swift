@@ -11,6 +11,9 @@ let package = Package(
     .library(name: "VGPU", targets: ["VGPU"]),
     .executable(name: "pcitool", targets: ["pcitool"]),
     .executable(name: "vgpu-mediator", targets: ["vgpu-mediator"]),
+    // The implementation behind the shim libraries (libcuda.so.1, libnvidia-ml.so.1,
+    // libvgpu.so), which are small C trampolines in shims/ that load it on first call.
+    .library(name: "vgpucore", type: .dynamic, targets: ["VGPUCore"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -34,6 +37,20 @@ let package = Package(
     .target(name: "VGPUDevice", dependencies: ["VGPUProtocol", "DeviceAccess", "CSupport"]),
     // The guest client API.
     .target(name: "VGPU", dependencies: ["VGPUProtocol", "DeviceAccess", "VGPUDevice", "CSupport"]),
+    // What every shim library shares: the lazily opened device, fork safety, diagnostics.
+    .target(name: "ShimCore", dependencies: ["VGPU"]),
+    // The CUDA driver API, NVML and the vgpu C ABI, as vgpucore_* C functions.
+    // Linked with the Swift runtime inside (runs without a toolchain) and
+    // exporting only vgpucore_* (exports.map). No test target may depend on it:
+    // these flags would apply to the test executable too; tests load the built library.
+    .target(
+      name: "VGPUCore", dependencies: ["ShimCore", "VGPU", "VGPUProtocol", "VGPUDevice"], exclude: ["exports.map"],
+      linkerSettings: [
+        .unsafeFlags([
+          "-static-stdlib", "-Xlinker", "-soname=libvgpucore.so", "-Xlinker",
+          "--version-script=Sources/VGPUCore/exports.map",
+        ])
+      ]),
     .executableTarget(
       name: "pcitool",
       dependencies: [

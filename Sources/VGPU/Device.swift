@@ -116,7 +116,7 @@ public final class Device: @unchecked Sendable {
       return try Device(spec: parsed, region: region, options: options, servedByAnotherProcess: true)
     case .pci:
       throw VGPUError(
-        .unsupported, "open \(parsed)", device: spec, found: "PCI mapping (VFIO, UIO, sysfs) is not built yet",
+        .unsupported, "open", device: spec, found: "PCI mapping (VFIO, UIO, sysfs) is not built yet",
         remedy: "use sim")
     }
   }
@@ -249,6 +249,17 @@ public final class Device: @unchecked Sendable {
   }
 
   deinit { close() }
+
+  /// The process that opened the device. After a fork the child is another
+  /// process: the queue pairs it inherited are the parent's and in use there.
+  public let openedBy = getpid()
+
+  /// For a forked child: lets go of the parent's device without touching its
+  /// queue pairs (closing them would take them from under the parent). The
+  /// child opens a device of its own.
+  public func abandonAfterFork() {
+    closed.store(true, ordering: .releasing)
+  }
 
   /// Gives the queue pairs back; the device reclaims their memory and handles.
   /// Safe to call twice. A simulated device stops with its client.

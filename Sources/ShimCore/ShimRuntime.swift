@@ -1,0 +1,100 @@
+import Synchronization
+import VGPU
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The one device a shim library (libcuda, libnvidia-ml, libvgpu) talks to,
+/// opened on the first call that needs it — never when the library loads.
+///
+/// Device selection: `VGPU_DEVICE` (sim, shm:PATH, a PCI address), else the
+/// vGPU's PCI slot 0000:00:05.0. There is no silent fallback to `sim`: no
+/// device means no device, and one line on stderr says why.
+///
+/// Every process finds the device on its own (nothing is inherited through
+/// the environment but the name), and a process forked after opening opens
+/// its own instead of sharing the parent's queue pairs.
+public final class ShimRuntime: Sendable {
+  /// Created on first use: Swift initialises globals lazily (swift_once), so
+  /// loading a library that contains this does nothing.
+  public static let shared = ShimRuntime()
+
+  /// The PCI slot of the vGPU in a VM (ARCHITECTURE.md).
+  public static let defaultDevice = "0000:00:05.0"
+
+  private struct State: ~Copyable {
+    var device: Device?
+    var error: VGPUError?
+    var reported = false
+  }
+  private let state = Mutex(State())
+
+  private init() {}
+
+  /// The device name this process uses.
+  public var deviceName: String {
+    if let value = getenv("VGPU_DEVICE"), value.pointee != 0 { return String(cString: value) }
+    return Self.defaultDevice
+  }
+
+  /// Whether `VGPU_DEBUG` asks for diagnostics on stderr.
+  public var debug: Bool { getenv("VGPU_DEBUG").map { $0.pointee != 0 && $0.pointee != 0x30 } ?? false }
+
+  /// The open device, opening it if needed (`retry`: try again after an
+  /// earlier failure, as cuInit / nvmlInit do). On failure the error.
+  public func device(retry: Bool = false) -> Result<Device, VGPUError> {
+    state.withLock { s in
+      if let d = s.device {
+        if d.openedBy == getpid() { return .success(d) }
+        // Forked: the parent's queue pairs stay the parent's.
+        d.abandonAfterFork()
+        s.device = nil
+        s.error = nil
+      }
+      if let e = s.error, !retry { return .failure(e) }
+      var options = OpenOptions()
+      options.queuePairs = 2
+      do throws(VGPUError) {
+        let d = try Device.open(deviceName, options: options)
+        s.device = d
+        s.error = nil
+        return .success(d)
+      } catch {
+        s.error = error
+        if debug && !s.reported {
+          s.reported = true
+          Self.printLine("vgpu: no device: \(error)")
+        }
+        return .failure(error)
+      }
+    }
+  }
+
+  /// The device if one is open or can be opened, else nil (a count of 0).
+  public var deviceIfAvailable: Device? { try? device().get() }
+
+  /// Says once, on stderr, why a call failed for want of a device.
+  public func reportFailure(_ call: String, _ error: VGPUError) {
+    let first = state.withLock { s in
+      defer { s.reported = true }
+      return !s.reported
+    }
+    if first || debug { Self.printLine("vgpu: \(call) failed: \(error)") }
+  }
+
+  /// Closes the device (nvmlShutdown, cuDevicePrimaryCtxReset on the last context).
+  public func close() {
+    let d = state.withLock { s -> Device? in
+      defer { s.device = nil }
+      return s.device
+    }
+    if let d, d.openedBy == getpid() { d.close() }
+  }
+
+  /// One line on stderr, written whole (the host program's stdio is not ours).
+  public static func printLine(_ line: String) {
+    let text = line + "\n"
+    _ = text.withCString { write(2, $0, strlen($0)) }
+  }
+}
