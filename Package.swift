@@ -68,7 +68,7 @@ let package = Package(
       ]
     ),
     // Helpers shared by the test targets.
-    .target(name: "TestSupport", path: "Tests/TestSupport"),
+    .target(name: "TestSupport", dependencies: ["VGPUProtocol"], path: "Tests/TestSupport"),
     // Reads the facts lspci states, for comparing our decoder with it.
     .target(name: "LspciFacts", dependencies: ["PCI"], path: "Tests/LspciFacts"),
     .testTarget(
@@ -87,6 +87,8 @@ let package = Package(
     .testTarget(
       name: "MediatorTests",
       dependencies: ["vgpu-mediator", "vgpu-test-client", "pcitool", "VGPU", "VGPUProtocol", "TestSupport"]),
+    // The shim libraries, loaded by real clients: C programs built here, Python packages in .venv.
+    .testTarget(name: "ShimTests", dependencies: ["TestSupport", "vgpu-mediator", "vgpu-test-client", "VGPU"]),
     // Runs the built pcitool and compares it with lspci on this machine.
     .testTarget(name: "PCIToolTests", dependencies: ["pcitool", "PCI", "LspciFacts"]),
   ],

@@ -1,0 +1,138 @@
+import Foundation
+import Synchronization
+import VGPUProtocol
+
+/// Where the package's build products and tools are, from the running test binary
+/// (`.build/<triple>/<config>/vgpuPackageTests.xctest`).
+public enum Paths {
+  public static let packageRoot: URL = {
+    var url = MediatorProcess.binaries
+    while url.path != "/" && url.lastPathComponent != ".build" { url.deleteLastPathComponent() }
+    return url.deletingLastPathComponent()
+  }()
+  /// The shim libraries built by tools/build-shims (tools/test runs it first).
+  public static var shims: URL {
+    packageRoot.appendingPathComponent(".build/shims/debug/lib")
+  }
+  /// The venv tools/setup fills with the real Python clients.
+  public static var python: URL { packageRoot.appendingPathComponent(".venv/bin/python") }
+}
+
+/// A real `vgpu-mediator` process serving a BAR file in /dev/shm, and real
+/// client processes (`vgpu-test-client`, `pcitool`) using it.
+public final class MediatorProcess: @unchecked Sendable {
+  public static let binaries: URL = {
+    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    return URL(fileURLWithPath: exe).deletingLastPathComponent()
+  }()
+  static let counter = Atomic<Int>(0)
+
+  public let path: String
+  public let process = Process()
+  let log = Pipe()
+
+  public init(path: String? = nil, arguments: [String] = []) throws {
+    self.path = path ?? "/dev/shm/vgpu-test-\(getpid())-\(Self.counter.add(1, ordering: .relaxed).newValue)"
+    if path == nil { unlink(self.path) }
+    process.executableURL = Self.binaries.appendingPathComponent("vgpu-mediator")
+    process.arguments = ["--path", self.path, "--memory", "8G"] + arguments
+    process.standardError = log
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    // Ready when the BAR names this process as its server.
+    let deadline = Date().addingTimeInterval(10)
+    while Date() < deadline {
+      if let region = try? Data(contentsOf: URL(fileURLWithPath: self.path), options: .alwaysMapped),
+        region.count >= 4096,
+        region.withUnsafeBytes({
+          $0.load(fromByteOffset: Register.devicePID, as: UInt32.self) == UInt32(process.processIdentifier)
+            && $0.load(fromByteOffset: Register.status, as: UInt32.self) & 1 == 1
+        })
+      {
+        return
+      }
+      guard process.isRunning else { break }
+      usleep(20_000)
+    }
+    throw MediatorError(description: "vgpu-mediator did not come up on \(self.path)")
+  }
+
+  public var spec: String { "shm:\(path)" }
+
+  /// SIGTERM, then its log once it has exited.
+  @discardableResult
+  public func stop() -> String {
+    if process.isRunning {
+      process.terminate()
+      process.waitUntilExit()
+    }
+    return String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+  }
+
+  /// User + system CPU time so far, in clock ticks (/proc/PID/stat fields 14, 15).
+  public var cpuTicks: Int {
+    guard let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
+      let close = stat.lastIndex(of: ")")
+    else { return -1 }
+    let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+    return (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)
+  }
+
+  deinit {
+    if process.isRunning {
+      process.terminate()
+      process.waitUntilExit()
+    }
+    unlink(path)
+  }
+}
+
+public struct MediatorError: Error, CustomStringConvertible { public var description: String }
+
+/// A client process whose output lines are collected as they come.
+public final class ClientProcess: @unchecked Sendable {
+  public let process = Process()
+  private let lines = Mutex<[String]>([])
+
+  public init(_ tool: String, _ arguments: [String]) throws {
+    process.executableURL = MediatorProcess.binaries.appendingPathComponent(tool)
+    process.arguments = arguments
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = out
+    out.fileHandleForReading.readabilityHandler = { [weak self] h in
+      let text = String(decoding: h.availableData, as: UTF8.self)
+      self?.lines.withLock { $0 += text.split(separator: "\n").map(String.init) }
+    }
+    try process.run()
+  }
+
+  public var output: [String] { lines.withLock { $0 } }
+
+  /// Waits up to `seconds` for a line starting with `prefix`.
+  public func waitFor(_ prefix: String, seconds: Double) -> String? {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+      if let line = output.first(where: { $0.hasPrefix(prefix) }) { return line }
+      usleep(10_000)
+    }
+    return nil
+  }
+
+  public func kill() {
+    Glibc.kill(process.processIdentifier, SIGKILL)
+    process.waitUntilExit()
+  }
+
+  deinit { if process.isRunning { kill() } }
+}
+
+public func waitUntil(seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool {
+  let deadline = Date().addingTimeInterval(seconds)
+  while Date() < deadline {
+    if try condition() { return true }
+    usleep(20_000)
+  }
+  return try condition()
+}
+
