@@ -17,13 +17,24 @@ public struct DevicePointer: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// A loaded module, a function in one, a stream, an event: device handles.
-public struct ModuleHandle: Hashable, Sendable { public var raw: UInt64 }
+public struct ModuleHandle: Hashable, Sendable {
+  public var raw: UInt64
+  /// A handle as the device gave it (e.g. one a C caller kept).
+  public init(raw: UInt64) { self.raw = raw }
+}
 public struct FunctionHandle: Hashable, Sendable {
   public var raw: UInt64
   /// Bytes of packed parameters the function takes.
   public var parameterSize: Int
+  public init(raw: UInt64, parameterSize: Int) {
+    self.raw = raw
+    self.parameterSize = parameterSize
+  }
 }
-public struct EventHandle: Hashable, Sendable { public var raw: UInt64 }
+public struct EventHandle: Hashable, Sendable {
+  public var raw: UInt64
+  public init(raw: UInt64) { self.raw = raw }
+}
 /// A stream: device work in order, bound to one of this client's queue pairs.
 public struct StreamHandle: Hashable, Sendable {
   public var raw: UInt64
@@ -114,10 +125,8 @@ public final class Device: @unchecked Sendable {
         throw VGPUError(.unavailable, "open", device: spec, found: error.description, remedy: remedy)
       }
       return try Device(spec: parsed, region: region, options: options, servedByAnotherProcess: true)
-    case .pci:
-      throw VGPUError(
-        .unsupported, "open", device: spec, found: "PCI mapping (VFIO, UIO, sysfs) is not built yet",
-        remedy: "use sim")
+    case .pci(let address, _):
+      throw PCISlot(address).openError(spec)
     }
   }
 
