@@ -88,7 +88,10 @@ let package = Package(
       name: "MediatorTests",
       dependencies: ["vgpu-mediator", "vgpu-test-client", "pcitool", "VGPU", "VGPUProtocol", "TestSupport"]),
     // The shim libraries, loaded by real clients: C programs built here, Python packages in .venv.
-    .testTarget(name: "ShimTests", dependencies: ["TestSupport", "vgpu-mediator", "vgpu-test-client", "VGPU"]),
+    // clients/: C and Python programs the tests build and run (not part of the test target).
+    .testTarget(
+      name: "ShimTests", dependencies: ["TestSupport", "vgpu-mediator", "vgpu-test-client", "VGPU"],
+      exclude: ["clients"]),
     // Runs the built pcitool and compares it with lspci on this machine.
     .testTarget(name: "PCIToolTests", dependencies: ["pcitool", "PCI", "LspciFacts"]),
   ],

@@ -27,6 +27,9 @@ public final class ShimRuntime: Sendable {
     var device: Device?
     var error: VGPUError?
     var reported = false
+    /// Users that need the device kept open whatever the others do (NVML between
+    /// nvmlInit and nvmlShutdown): while any hold it, `close` leaves it open.
+    var holds = 0
   }
   private let state = Mutex(State())
 
@@ -54,7 +57,10 @@ public final class ShimRuntime: Sendable {
       }
       if let e = s.error, !retry { return .failure(e) }
       var options = OpenOptions()
-      options.queuePairs = 2
+      // One queue pair per process: the shims' callers submit from few threads,
+      // and a default 8-pair device then serves 8 processes (Ollama runs
+      // several discovery processes at once).
+      options.queuePairs = 1
       do throws(VGPUError) {
         let d = try Device.open(deviceName, options: options)
         s.device = d
@@ -83,13 +89,21 @@ public final class ShimRuntime: Sendable {
     if first || debug { Self.printLine("vgpu: \(call) failed: \(error)") }
   }
 
-  /// Closes the device (nvmlShutdown, cuDevicePrimaryCtxReset on the last context).
+  /// Keeps the device open until the matching `release` (NVML's init/shutdown).
+  public func hold() { state.withLock { $0.holds += 1 } }
+  public func release() { state.withLock { $0.holds = max(0, $0.holds - 1) } }
+
+  /// Closes the device when nobody holds it (CUDA, when its last context goes),
+  /// so an idle process gives its queue pairs back. A device inherited through
+  /// fork is let go of without touching the parent's queue pairs.
   public func close() {
     let d = state.withLock { s -> Device? in
+      guard s.holds == 0 || s.device?.openedBy != getpid() else { return nil }
       defer { s.device = nil }
       return s.device
     }
-    if let d, d.openedBy == getpid() { d.close() }
+    guard let d else { return }
+    if d.openedBy == getpid() { d.close() } else { d.abandonAfterFork() }
   }
 
   /// One line on stderr, written whole (the host program's stdio is not ours).

@@ -118,14 +118,13 @@ extension Device {
     _ function: FunctionHandle, grid: Dimensions, block: Dimensions, sharedMemory: UInt32 = 0,
     parameters: [UInt8], stream: StreamHandle? = nil
   ) throws(VGPUError) {
-    let entry = { (address: UInt64) in
-      SubmissionEntry(
-        .launch, function.raw, UInt64(grid.x) | UInt64(grid.y) << 32, UInt64(grid.z) | UInt64(block.x) << 32,
-        UInt64(block.y) | UInt64(block.z) << 32, UInt64(sharedMemory) | UInt64(parameters.count) << 32, address,
-        stream?.raw ?? 0)
-    }
+    // Closures passed straight down, never stored: a stored one would cost a heap context per launch.
     _ = try withStaged(parameters, "launch", on: stream?.queuePair) { (qp, address) throws(VGPUError) in
-      try qp.execute(entry(address), "launch")
+      try qp.execute(
+        SubmissionEntry(
+          .launch, function.raw, UInt64(grid.x) | UInt64(grid.y) << 32, UInt64(grid.z) | UInt64(block.x) << 32,
+          UInt64(block.y) | UInt64(block.z) << 32, UInt64(sharedMemory) | UInt64(parameters.count) << 32, address,
+          stream?.raw ?? 0), "launch")
     }
   }
 
@@ -134,18 +133,24 @@ extension Device {
     _ bytes: [UInt8], _ operation: String, on queuePair: Int? = nil,
     _ body: (inout GuestQueuePair, UInt64) throws(VGPUError) -> R
   ) throws(VGPUError) -> R {
-    let run = { (qp: inout GuestQueuePair) throws(VGPUError) -> R in
-      guard bytes.count <= qp.slotSize else {
-        throw VGPUError(
-          .invalidArgument, operation, device: self.info.spec.description,
-          found: "\(bytes.count) bytes do not fit the \(qp.slotSize)-byte staging slot")
-      }
-      let (address, pointer) = qp.slot(0)
-      bytes.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-      return try body(&qp, address)
+    if let queuePair {
+      return try withQueuePair(queuePair) { (qp) throws(VGPUError) in try stage(bytes, operation, &qp, body) }
     }
-    if let queuePair { return try withQueuePair(queuePair, run) }
-    return try withQueuePair(run)
+    return try withQueuePair { (qp) throws(VGPUError) in try stage(bytes, operation, &qp, body) }
+  }
+
+  private func stage<R>(
+    _ bytes: [UInt8], _ operation: String, _ qp: inout GuestQueuePair,
+    _ body: (inout GuestQueuePair, UInt64) throws(VGPUError) -> R
+  ) throws(VGPUError) -> R {
+    guard bytes.count <= qp.slotSize else {
+      throw VGPUError(
+        .invalidArgument, operation, device: info.spec.description,
+        found: "\(bytes.count) bytes do not fit the \(qp.slotSize)-byte staging slot")
+    }
+    let (address, pointer) = qp.slot(0)
+    bytes.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    return try body(&qp, address)
   }
 
   // MARK: Streams, events, synchronization
@@ -230,6 +235,37 @@ extension Device {
       _ = try qp.execute(
         SubmissionEntry(.statistics, scope.rawValue, address, UInt64(StatisticsRecord.size)), "statistics")
       return pointer.load(as: StatisticsRecord.self)
+    }
+  }
+
+  /// Every process using the device (holding active queue pairs), with its
+  /// memory, launches and busy time: what NVML's process lists report.
+  ///
+  /// Needs protocol 1.1 (feature `processList`); a 1.0 device is never sent
+  /// the command, and the call fails as unsupported.
+  public func processes() throws(VGPUError) -> [ProcessRecord] {
+    guard info.features.contains(.processList) else {
+      throw VGPUError(
+        .unsupported, "list processes", device: info.spec.description,
+        found:
+          "the device speaks protocol \(info.protocolVersion.major).\(info.protocolVersion.minor) without the process list (feature 0x\(String(FeatureBits.processList.rawValue, radix: 16)) not negotiated)",
+        remedy: "update the device or vgpu-mediator to protocol 1.1")
+    }
+    let name = info.spec.description
+    return try withQueuePair { (qp) throws(VGPUError) in
+      let (address, pointer) = qp.slot(0)
+      let capacity = qp.slotSize / ProcessRecord.size
+      let c = try qp.execute(
+        SubmissionEntry(.processes, 0, address, UInt64(capacity * ProcessRecord.size)), "list processes")
+      // Checked before reading a byte: the count decides how far we read.
+      guard c.result0 <= UInt64(capacity), c.result0 <= c.result1 else {
+        throw VGPUError(
+          .protocolViolation, "list processes", device: name,
+          found: "the device wrote \(c.result0) records of \(c.result1) processes into room for \(capacity)")
+      }
+      return (0..<Int(c.result0)).map {
+        pointer.loadUnaligned(fromByteOffset: $0 * ProcessRecord.size, as: ProcessRecord.self)
+      }
     }
   }
 

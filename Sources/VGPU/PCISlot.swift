@@ -54,7 +54,8 @@ struct PCISlot {
 
   /// Why `spec` cannot be opened, in the words a person needs.
   func openError(_ spec: String) -> VGPUError {
-    let alternatives = "set VGPU_DEVICE=shm:/dev/shm/vgpu0 to use a vgpu-mediator on this host, or sim for the built-in device"
+    let alternatives =
+      "set VGPU_DEVICE=shm:/dev/shm/vgpu0 to use a vgpu-mediator on this host, or sim for the built-in device"
     guard let id else {
       let list = Self.present()
       return VGPUError(

@@ -1,16 +1,120 @@
 import ShimCore
+import Synchronization
 import VGPU
+import VGPUProtocol
 
-// CUresult values (cuda.h).
+// The CUDA driver API, as the vgpucore_cu* functions libcuda.so.1's
+// trampolines call (shims/cuda.c, shims/cuda.def). Split by concern:
+//   CUDA.swift         CUresult values, error mapping, cuInit, cuDriverGetVersion
+//   CUDADevice.swift   devices: count, name, UUID, memory, attributes, PCI ids
+//   CUDAObjects.swift  the handle tables and the per-thread context stack
+//   CUDAContext.swift  contexts and the primary context
+//   CUDAMemory.swift   device and host memory, copies, memsets
+//   CUDAModule.swift   modules, functions, kernel launches
+//   CUDAStream.swift   streams and events
+//
+// Every call completes on the device before it returns, so the Async forms
+// are the synchronous ones and every stream is always idle.
+
+// MARK: CUresult (cuda.h, enum cudaError_enum)
+
 let CUDA_SUCCESS: Int32 = 0
 let CUDA_ERROR_INVALID_VALUE: Int32 = 1
+let CUDA_ERROR_OUT_OF_MEMORY: Int32 = 2
+let CUDA_ERROR_NOT_INITIALIZED: Int32 = 3
+let CUDA_ERROR_DEINITIALIZED: Int32 = 4
+let CUDA_ERROR_DEVICE_UNAVAILABLE: Int32 = 46
 let CUDA_ERROR_NO_DEVICE: Int32 = 100
+let CUDA_ERROR_INVALID_DEVICE: Int32 = 101
+let CUDA_ERROR_INVALID_IMAGE: Int32 = 200
+let CUDA_ERROR_INVALID_CONTEXT: Int32 = 201
+let CUDA_ERROR_FILE_NOT_FOUND: Int32 = 301
+let CUDA_ERROR_INVALID_HANDLE: Int32 = 400
+let CUDA_ERROR_NOT_FOUND: Int32 = 500
+let CUDA_ERROR_NOT_READY: Int32 = 600
+let CUDA_ERROR_NOT_SUPPORTED: Int32 = 801
+let CUDA_ERROR_SYSTEM_DRIVER_MISMATCH: Int32 = 803
+let CUDA_ERROR_TIMEOUT: Int32 = 909
+let CUDA_ERROR_UNKNOWN: Int32 = 999
+
+/// Whether this process has called cuInit. Before it, CUDA answers
+/// CUDA_ERROR_NOT_INITIALIZED; after a cuInit that found no device,
+/// CUDA_ERROR_NO_DEVICE (and a device count of 0).
+let cuInitCalled = Atomic<Bool>(false)
+
+/// The CUresult for a failed device call. Device statuses map through
+/// `Status.cudaResult`; failures to reach the device are said once on stderr
+/// (every one with VGPU_DEBUG set).
+func cudaResult(_ error: VGPUError, _ call: StaticString) -> Int32 {
+  let runtime = ShimRuntime.shared
+  switch error.kind {
+  case .device(let status):
+    if runtime.debug { ShimRuntime.printLine("vgpu: \(call): \(error)") }
+    // Status.versionMismatch's cudaResult, 35, is a runtime-API code
+    // (cudaErrorInsufficientDriver) that cuda.h does not have.
+    return status == .versionMismatch ? CUDA_ERROR_SYSTEM_DRIVER_MISMATCH : status.cudaResult
+  case .invalidArgument:
+    if runtime.debug { ShimRuntime.printLine("vgpu: \(call): \(error)") }
+    return CUDA_ERROR_INVALID_VALUE
+  case .unsupported:
+    if runtime.debug { ShimRuntime.printLine("vgpu: \(call): \(error)") }
+    return CUDA_ERROR_NOT_SUPPORTED
+  case .timeout:
+    runtime.reportFailure("\(call)", error)
+    return CUDA_ERROR_TIMEOUT
+  case .protocolViolation:
+    runtime.reportFailure("\(call)", error)
+    return CUDA_ERROR_UNKNOWN
+  case .unavailable:
+    runtime.reportFailure("\(call)", error)
+    return CUDA_ERROR_DEVICE_UNAVAILABLE
+  case .versionMismatch:
+    runtime.reportFailure("\(call)", error)
+    return CUDA_ERROR_SYSTEM_DRIVER_MISMATCH
+  case .closed:
+    runtime.reportFailure("\(call)", error)
+    return CUDA_ERROR_DEINITIALIZED
+  }
+}
+
+/// Runs `body` with this process's device: CUDA_ERROR_NOT_INITIALIZED before
+/// cuInit, CUDA_ERROR_NO_DEVICE without a device, the mapped error if `body`
+/// throws. A forked child gets a device of its own (ShimRuntime).
+@inline(__always)
+func withDevice(_ call: StaticString, _ body: (Device) throws(VGPUError) -> Int32) -> Int32 {
+  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  let device: Device
+  switch ShimRuntime.shared.device() {
+  case .success(let d): device = d
+  case .failure(let error):
+    ShimRuntime.shared.reportFailure("\(call)", error)
+    return CUDA_ERROR_NO_DEVICE
+  }
+  do throws(VGPUError) {
+    return try body(device)
+  } catch {
+    return cudaResult(error, call)
+  }
+}
+
+/// Runs `body` with the device if `dev` names it (ordinal 0, the only one).
+@inline(__always)
+func withDevice(_ dev: Int32, _ call: StaticString, _ body: (Device) throws(VGPUError) -> Int32) -> Int32 {
+  withDevice(call) { (device) throws(VGPUError) in
+    guard dev == 0 else { return CUDA_ERROR_INVALID_DEVICE }
+    return try body(device)
+  }
+}
+
+// MARK: Initialization and version
 
 /// cuInit(unsigned int Flags): opens the device named by VGPU_DEVICE (else
-/// 0000:00:05.0); with none, CUDA_ERROR_NO_DEVICE.
+/// 0000:00:05.0), trying again after an earlier failure; with none,
+/// CUDA_ERROR_NO_DEVICE and one line on stderr saying why.
 @_cdecl("vgpucore_cuInit")
 public func vgpucore_cuInit(_ flags: UInt32) -> Int32 {
   guard flags == 0 else { return CUDA_ERROR_INVALID_VALUE }
+  cuInitCalled.store(true, ordering: .releasing)
   switch ShimRuntime.shared.device(retry: true) {
   case .success: return CUDA_SUCCESS
   case .failure(let error):
@@ -19,12 +123,21 @@ public func vgpucore_cuInit(_ flags: UInt32) -> Int32 {
   }
 }
 
-/// cuDriverGetVersion(int *driverVersion): the version the device reports
-/// (12080 = CUDA 12.8 for the reference device), without opening it if it is
-/// not open yet (Ollama calls this right after dlopen).
+/// The version reported before a device is open: CUDA 12.8, what the
+/// reference device reports too.
+let defaultDriverVersion: Int32 = 12080
+
+/// cuDriverGetVersion(int *driverVersion): the device's CUDA version once
+/// cuInit has opened it, else 12080 — without opening anything (Ollama and
+/// cuda-bindings call this right after dlopen).
 @_cdecl("vgpucore_cuDriverGetVersion")
 public func vgpucore_cuDriverGetVersion(_ version: UnsafeMutablePointer<Int32>?) -> Int32 {
   guard let version else { return CUDA_ERROR_INVALID_VALUE }
-  version.pointee = 12080
+  version.pointee = defaultDriverVersion
+  if cuInitCalled.load(ordering: .acquiring), case .success(let device) = ShimRuntime.shared.device(),
+    let reported = Int32(exactly: device.info.identity.cudaDriverVersion), reported > 0
+  {
+    version.pointee = reported
+  }
   return CUDA_SUCCESS
 }

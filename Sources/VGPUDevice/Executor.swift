@@ -393,6 +393,8 @@ final class Executor: @unchecked Sendable {
         return CompletionEntry(commandID: 0, status: .success, result0: end >= start ? end - start : 0)
       case .statistics:
         return try statistics(e, qp: qp, state: s)
+      case .processes:
+        return try processes(e, qp: qp, state: s)
       }
     } catch {
       return CompletionEntry(
@@ -579,6 +581,38 @@ final class Executor: @unchecked Sendable {
     }
     out.storeBytes(of: record, as: StatisticsRecord.self)
     return CompletionEntry(commandID: 0, status: .success, result0: UInt64(StatisticsRecord.size))
+  }
+
+  /// One ProcessRecord per pid among the active queue pairs, in the order of
+  /// each pid's first queue pair, as many as `a2` bytes hold. Allocates
+  /// nothing: a pid is new at its first queue pair, and its record sums the
+  /// pairs from there on (at most 256² steps).
+  private func processes(_ e: SubmissionEntry, qp: Int, state s: ServedQueuePair) throws(Refusal) -> CompletionEntry {
+    let size = UInt64(ProcessRecord.size)
+    guard e.a2 >= size, e.a2 % size == 0 else { throw Refusal(status: .invalidValue, detail: 3) }
+    let out = try stagingRange(e.a1, e.a2, qp: qp, argument: 2)
+    let capacity = e.a2 / size
+    // The submitting pair's counters are in `s` until this command completes.
+    func pair(_ i: Int) -> ServedQueuePair { i == qp ? s : served[i] }
+    var written: UInt64 = 0
+    var total: UInt64 = 0
+    for i in served.indices where pair(i).active {
+      let pid = pair(i).pid
+      if served[..<i].indices.contains(where: { pair($0).active && pair($0).pid == pid }) { continue }
+      total += 1
+      guard written < capacity else { continue }
+      var record = ProcessRecord(pid: pid)
+      for j in i..<served.count where pair(j).active && pair(j).pid == pid {
+        let stats = pair(j).stats
+        record.queuePairs += 1
+        record.bytesAllocated &+= stats.bytesAllocated
+        record.launches &+= stats.launches
+        record.busyNanoseconds &+= stats.busyNanoseconds
+      }
+      (out + Int(written * size)).storeBytes(of: record, as: ProcessRecord.self)
+      written += 1
+    }
+    return CompletionEntry(commandID: 0, status: .success, result0: written, result1: total)
   }
 
   // MARK: Validation

@@ -131,6 +131,11 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   case eventElapsed = 0x14
   /// a0 scope (StatisticsScope), a1 stg, a2 len (≥ 64) → a StatisticsRecord at stg; r0 = 64.
   case statistics = 0x15
+  /// Version 1.1, feature `processList`. a1 stg, a2 len (a multiple of 32,
+  /// at least 32) → one ProcessRecord per process with active queue pairs, in
+  /// the order of their first queue pair, as many as fit; r0 records written,
+  /// r1 processes in all.
+  case processes = 0x16
 }
 
 /// Which activity a `statistics` command reports.
@@ -178,4 +183,36 @@ public struct StatisticsRecord: Equatable, Sendable {
       busyNanoseconds: a.busyNanoseconds + b.busyNanoseconds, commands: a.commands + b.commands,
       queuePairs: a.queuePairs + b.queuePairs)
   }
+}
+
+/// What `processes` writes for each process using the device: 32 bytes.
+///
+/// Layout (pinned by tests): pid u32 @0, queuePairs u32 @4, bytesAllocated
+/// u64 @8, launches u64 @16, busyNanoseconds u64 @24. The counters are the
+/// sums over the process's active queue pairs, as `statistics` with scope
+/// `process` reports them to the process itself.
+@frozen
+public struct ProcessRecord: Equatable, Sendable {
+  /// As the process declared it when it claimed its queue pairs.
+  public var pid: UInt32
+  /// Active queue pairs the process holds.
+  public var queuePairs: UInt32
+  /// Live allocated bytes (rounded sizes) made through those queue pairs.
+  public var bytesAllocated: UInt64
+  /// Successful launches through them.
+  public var launches: UInt64
+  /// Device time spent executing their commands.
+  public var busyNanoseconds: UInt64
+
+  public init(
+    pid: UInt32, queuePairs: UInt32 = 0, bytesAllocated: UInt64 = 0, launches: UInt64 = 0, busyNanoseconds: UInt64 = 0
+  ) {
+    self.pid = pid
+    self.queuePairs = queuePairs
+    self.bytesAllocated = bytesAllocated
+    self.launches = launches
+    self.busyNanoseconds = busyNanoseconds
+  }
+
+  public static let size = 32
 }

@@ -1,4 +1,4 @@
-/// The vGPU wire format, version 1: one definition for the guest client and
+/// The vGPU wire format, version 1.1: one definition for the guest client and
 /// the device side (reference device, mediator). docs/PROTOCOL.md is the
 /// prose form of this module; tests pin every size and offset written here.
 ///
@@ -8,8 +8,10 @@
 public enum ProtocolVersion {
   /// A peer with another major version is refused.
   public static let major: UInt16 = 1
-  /// Minor versions add commands or fields behind feature bits.
-  public static let minor: UInt16 = 0
+  /// Minor versions add commands or fields behind feature bits; a peer with
+  /// an older minor is served, without what its version lacks.
+  /// 1.1 added `processes` (feature `processList`).
+  public static let minor: UInt16 = 1
   /// `major << 16 | minor`, as the version register holds it.
   public static var packed: UInt32 { UInt32(major) << 16 | UInt32(minor) }
 }
@@ -86,8 +88,13 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   public static let builtinKernels = FeatureBits(rawValue: 1 << 1)
   /// Streams and events.
   public static let streams = FeatureBits(rawValue: 1 << 2)
+  /// The `processes` command (version 1.1): who uses the device, per process.
+  /// A guest sends it only when both sides set this bit.
+  public static let processList = FeatureBits(rawValue: 1 << 3)
   /// Everything version 1.0 defines.
-  public static let all: FeatureBits = [.eventSuppression, .builtinKernels, .streams]
+  public static let version1_0: FeatureBits = [.eventSuppression, .builtinKernels, .streams]
+  /// Everything this version (1.1) defines.
+  public static let all: FeatureBits = [.eventSuppression, .builtinKernels, .streams, .processList]
 }
 
 /// Limits both sides hold each other to.

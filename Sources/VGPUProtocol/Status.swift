@@ -52,7 +52,7 @@ public enum Status: UInt16, Sendable, CaseIterable, CustomStringConvertible {
     case .launchFailed: 719  // CUDA_ERROR_LAUNCH_FAILED
     case .timeout: 909  // CUDA_ERROR_TIMEOUT
     case .notSupported, .invalidOpcode: 801  // CUDA_ERROR_NOT_SUPPORTED
-    case .versionMismatch: 35  // CUDA_ERROR_INSUFFICIENT_DRIVER
+    case .versionMismatch: 803  // CUDA_ERROR_SYSTEM_DRIVER_MISMATCH
     case .permissionDenied: 800  // CUDA_ERROR_NOT_PERMITTED
     }
   }

@@ -135,4 +135,3 @@ public func waitUntil(seconds: Double, _ condition: () throws -> Bool) rethrows 
   }
   return try condition()
 }
-

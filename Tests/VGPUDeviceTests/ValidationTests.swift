@@ -203,6 +203,53 @@ final class Harness {
     h.expect(SubmissionEntry(.statistics, 0, h.staging(1), 64), .invalidStaging, detail: 2)
   }
 
+  @Test func processesListsEachProcessOnce() throws {
+    let h = try Harness()
+    h.claim(0, pid: 1000)
+    h.claim(1, pid: 2000)
+    h.claim(2, pid: 1000)
+    _ = h.alloc(1 << 20, qp: 0)
+    _ = h.alloc(4096, qp: 2)
+    _ = h.alloc(8192, qp: 1)
+    let c = h.send(SubmissionEntry(.processes, 0, h.staging(), 64))
+    #expect(c.status == 0 && c.result0 == 2 && c.result1 == 2)
+    let records = (0..<2).map {
+      (h.device.region.base + Int(h.staging()) + $0 * 32).load(as: ProcessRecord.self)
+    }
+    #expect(records[0].pid == 1000 && records[0].queuePairs == 2 && records[0].bytesAllocated == (1 << 20) + 4096)
+    #expect(records[1].pid == 2000 && records[1].queuePairs == 1 && records[1].bytesAllocated == 8192)
+    #expect(records.allSatisfy { $0.busyNanoseconds > 0 && $0.launches == 0 })
+    // Room for one: the first, and the total says there are more.
+    let one = h.send(SubmissionEntry(.processes, 0, h.staging(), 32))
+    #expect(one.status == 0 && one.result0 == 1 && one.result1 == 2)
+    // A released pair leaves the list.
+    h.queues[1]!.view.setState(.closing)
+    h.device.servePass()
+    #expect(h.send(SubmissionEntry(.processes, 0, h.staging(), 64)).result1 == 1)
+  }
+
+  @Test func processesChecksLengthAndStaging() throws {
+    let h = try Harness()
+    h.claim(0)
+    h.claim(1)
+    h.expect(SubmissionEntry(.processes, 0, h.staging(), 0), .invalidValue, detail: 3)
+    h.expect(SubmissionEntry(.processes, 0, h.staging(), 31), .invalidValue, detail: 3)
+    h.expect(SubmissionEntry(.processes, 0, h.staging(), 48), .invalidValue, detail: 3)
+    h.expect(SubmissionEntry(.processes, 0, h.staging(1), 32), .invalidStaging, detail: 2)  // another pair's window
+    h.expect(SubmissionEntry(.processes, 0, h.staging(offset: (128 << 10) - 16), 32), .invalidStaging, detail: 2)
+    h.expect(SubmissionEntry(.processes, 0, UInt64.max - 16, 32), .invalidStaging, detail: 2)
+    h.expect(SubmissionEntry(.processes, 0, h.staging(), UInt64.max - 31), .invalidStaging, detail: 2)
+    #expect(h.send(SubmissionEntry(.processes, 0, h.staging(), 128 << 10)).status == 0)  // the whole window
+  }
+
+  @Test func aVersion1_0GuestIsServed() throws {
+    let h = try Harness()
+    h.claim(0, identify: false)
+    let c = h.send(SubmissionEntry(.identify, 0x0001_0000, FeatureBits.version1_0.rawValue))
+    #expect(c.status == 0 && c.result0 == FeatureBits.version1_0.rawValue && c.result1 == 0x0001_0001)
+    #expect(h.send(SubmissionEntry(.memoryInfo)).status == 0)
+  }
+
   @Test func badDoorbellsFaultOnlyThatQueuePair() throws {
     let h = try Harness()
     h.claim(0)

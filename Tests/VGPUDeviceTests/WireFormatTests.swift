@@ -33,6 +33,28 @@ import Testing
     #expect(MemoryLayout<StatisticsRecord>.offset(of: \.queuePairs) == 56)
   }
 
+  @Test func processRecordLayout() {
+    #expect(MemoryLayout<ProcessRecord>.size == 32)
+    #expect(MemoryLayout<ProcessRecord>.stride == 32)
+    #expect(ProcessRecord.size == 32)
+    let fields: [PartialKeyPath<ProcessRecord>] = [
+      \.pid, \.queuePairs, \.bytesAllocated, \.launches, \.busyNanoseconds,
+    ]
+    #expect(fields.map { MemoryLayout<ProcessRecord>.offset(of: $0) } == [0, 4, 8, 16, 24])
+    let bytes = withUnsafeBytes(of: ProcessRecord(pid: 0x0102_0304, queuePairs: 2, bytesAllocated: 0x1_0000_0000)) {
+      Array($0)
+    }
+    #expect(Array(bytes[0..<8]) == [0x04, 0x03, 0x02, 0x01, 0x02, 0, 0, 0])
+    #expect(Array(bytes[8..<16]) == [0, 0, 0, 0, 1, 0, 0, 0])
+  }
+
+  @Test func version1_1AddsTheProcessList() {
+    #expect(ProtocolVersion.packed == 0x0001_0001)
+    #expect(Opcode.processes.rawValue == 0x16)
+    #expect(FeatureBits.processList.rawValue == 1 << 3)
+    #expect(FeatureBits.all.rawValue == 0xf && FeatureBits.version1_0.rawValue == 0x7)
+  }
+
   @Test func entriesAreLittleEndianBytes() {
     var e = SubmissionEntry(.copyToDevice, 0x1122_3344_5566_7788)
     e.commandID = 0xabcd

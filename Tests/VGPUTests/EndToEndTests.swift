@@ -13,7 +13,7 @@ import VGPUProtocol
     #expect(d.info.identity.name.contains("H100"))
     #expect(d.info.identity.memorySize == 80 << 30)
     #expect(d.info.identity.computeCapability == (9, 0))
-    #expect(d.info.protocolVersion == (1, 0))
+    #expect(d.info.protocolVersion == (1, 1))
     #expect(d.info.features == FeatureBits.all)
     let (free, total) = try d.memoryInfo()
     #expect(free == total && total == 80 << 30)

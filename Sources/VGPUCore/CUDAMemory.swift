@@ -1,0 +1,229 @@
+import ShimCore
+import VGPU
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+// Device memory, copies and memsets, and page-locked host memory. Copies and
+// memsets complete before they return; the Async forms are the same calls
+// after checking their stream. None of them allocates.
+
+/// cuMemGetInfo_v2(size_t *free, size_t *total)
+@_cdecl("vgpucore_cuMemGetInfo_v2")
+public func vgpucore_cuMemGetInfo_v2(_ free: UnsafeMutablePointer<Int>?, _ total: UnsafeMutablePointer<Int>?) -> Int32 {
+  guard let free, let total else { return CUDA_ERROR_INVALID_VALUE }
+  return withDevice("cuMemGetInfo") { (device) throws(VGPUError) in
+    let info = try device.memoryInfo()
+    free.pointee = Int(clamping: info.free)
+    total.pointee = Int(clamping: info.total)
+    return CUDA_SUCCESS
+  }
+}
+
+/// cuMemGetInfo(unsigned int *free, unsigned int *total): the CUDA 2.x entry
+/// point, 32 bits wide; larger values are clamped to 4 GiB - 1.
+@_cdecl("vgpucore_cuMemGetInfo")
+public func vgpucore_cuMemGetInfo(_ free: UnsafeMutablePointer<UInt32>?, _ total: UnsafeMutablePointer<UInt32>?)
+  -> Int32
+{
+  guard let free, let total else { return CUDA_ERROR_INVALID_VALUE }
+  return withDevice("cuMemGetInfo") { (device) throws(VGPUError) in
+    let info = try device.memoryInfo()
+    free.pointee = UInt32(clamping: info.free)
+    total.pointee = UInt32(clamping: info.total)
+    return CUDA_SUCCESS
+  }
+}
+
+/// cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize): 256-byte aligned; 0 bytes is CUDA_ERROR_INVALID_VALUE.
+@_cdecl("vgpucore_cuMemAlloc_v2")
+public func vgpucore_cuMemAlloc_v2(_ dptr: UnsafeMutablePointer<UInt64>?, _ bytes: Int) -> Int32 {
+  guard let dptr, bytes > 0 else { return CUDA_ERROR_INVALID_VALUE }
+  return withDevice("cuMemAlloc") { (device) throws(VGPUError) in
+    dptr.pointee = try device.allocate(bytes).address
+    return CUDA_SUCCESS
+  }
+}
+
+/// cuMemFree_v2(CUdeviceptr dptr): freeing 0 does nothing.
+@_cdecl("vgpucore_cuMemFree_v2")
+public func vgpucore_cuMemFree_v2(_ dptr: UInt64) -> Int32 {
+  withDevice("cuMemFree") { (device) throws(VGPUError) in
+    if dptr != 0 { try device.free(DevicePointer(dptr)) }
+    return CUDA_SUCCESS
+  }
+}
+
+// MARK: Copies
+
+/// cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount)
+@_cdecl("vgpucore_cuMemcpyHtoD_v2")
+public func vgpucore_cuMemcpyHtoD_v2(_ dst: UInt64, _ src: UnsafeRawPointer?, _ count: Int) -> Int32 {
+  guard count >= 0, count == 0 || src != nil else { return CUDA_ERROR_INVALID_VALUE }
+  return withDevice("cuMemcpyHtoD") { (device) throws(VGPUError) in
+    try device.copy(to: DevicePointer(dst), from: UnsafeRawBufferPointer(start: src, count: count))
+    return CUDA_SUCCESS
+  }
+}
+
+/// cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount)
+@_cdecl("vgpucore_cuMemcpyDtoH_v2")
+public func vgpucore_cuMemcpyDtoH_v2(_ dst: UnsafeMutableRawPointer?, _ src: UInt64, _ count: Int) -> Int32 {
+  guard count >= 0, count == 0 || dst != nil else { return CUDA_ERROR_INVALID_VALUE }
+  return withDevice("cuMemcpyDtoH") { (device) throws(VGPUError) in
+    try device.copy(from: DevicePointer(src), into: UnsafeMutableRawBufferPointer(start: dst, count: count))
+    return CUDA_SUCCESS
+  }
+}
+
+/// cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount)
+@_cdecl("vgpucore_cuMemcpyDtoD_v2")
+public func vgpucore_cuMemcpyDtoD_v2(_ dst: UInt64, _ src: UInt64, _ count: Int) -> Int32 {
+  guard count >= 0 else { return CUDA_ERROR_INVALID_VALUE }
+  return withDevice("cuMemcpyDtoD") { (device) throws(VGPUError) in
+    try device.copy(to: DevicePointer(dst), from: DevicePointer(src), count: count)
+    return CUDA_SUCCESS
+  }
+}
+
+/// cuMemcpyHtoDAsync_v2(..., CUstream hStream): done when it returns.
+@_cdecl("vgpucore_cuMemcpyHtoDAsync_v2")
+public func vgpucore_cuMemcpyHtoDAsync_v2(
+  _ dst: UInt64, _ src: UnsafeRawPointer?, _ count: Int, _ stream: UnsafeMutableRawPointer?
+) -> Int32 {
+  if case .failure(let e) = lookUpStream(stream) { return e.result }
+  return vgpucore_cuMemcpyHtoD_v2(dst, src, count)
+}
+
+/// cuMemcpyDtoHAsync_v2(..., CUstream hStream): done when it returns.
+@_cdecl("vgpucore_cuMemcpyDtoHAsync_v2")
+public func vgpucore_cuMemcpyDtoHAsync_v2(
+  _ dst: UnsafeMutableRawPointer?, _ src: UInt64, _ count: Int, _ stream: UnsafeMutableRawPointer?
+) -> Int32 {
+  if case .failure(let e) = lookUpStream(stream) { return e.result }
+  return vgpucore_cuMemcpyDtoH_v2(dst, src, count)
+}
+
+/// cuMemcpyDtoDAsync_v2(..., CUstream hStream): done when it returns.
+@_cdecl("vgpucore_cuMemcpyDtoDAsync_v2")
+public func vgpucore_cuMemcpyDtoDAsync_v2(
+  _ dst: UInt64, _ src: UInt64, _ count: Int, _ stream: UnsafeMutableRawPointer?
+)
+  -> Int32
+{
+  if case .failure(let e) = lookUpStream(stream) { return e.result }
+  return vgpucore_cuMemcpyDtoD_v2(dst, src, count)
+}
+
+// MARK: Memsets
+
+func memset(_ call: StaticString, _ dst: UInt64, _ value: UInt32, _ elementSize: Int, _ count: Int) -> Int32 {
+  guard count >= 0 else { return CUDA_ERROR_INVALID_VALUE }
+  return withDevice(call) { (device) throws(VGPUError) in
+    if count > 0 { try device.memset(DevicePointer(dst), value: value, elementSize: elementSize, count: count) }
+    return CUDA_SUCCESS
+  }
+}
+
+/// cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char uc, size_t N)
+@_cdecl("vgpucore_cuMemsetD8_v2")
+public func vgpucore_cuMemsetD8_v2(_ dst: UInt64, _ value: UInt8, _ count: Int) -> Int32 {
+  memset("cuMemsetD8", dst, UInt32(value), 1, count)
+}
+
+/// cuMemsetD16_v2(CUdeviceptr dstDevice, unsigned short us, size_t N)
+@_cdecl("vgpucore_cuMemsetD16_v2")
+public func vgpucore_cuMemsetD16_v2(_ dst: UInt64, _ value: UInt16, _ count: Int) -> Int32 {
+  memset("cuMemsetD16", dst, UInt32(value), 2, count)
+}
+
+/// cuMemsetD32_v2(CUdeviceptr dstDevice, unsigned int ui, size_t N)
+@_cdecl("vgpucore_cuMemsetD32_v2")
+public func vgpucore_cuMemsetD32_v2(_ dst: UInt64, _ value: UInt32, _ count: Int) -> Int32 {
+  memset("cuMemsetD32", dst, value, 4, count)
+}
+
+/// cuMemsetD8Async(CUdeviceptr dstDevice, unsigned char uc, size_t N, CUstream hStream)
+@_cdecl("vgpucore_cuMemsetD8Async")
+public func vgpucore_cuMemsetD8Async(_ dst: UInt64, _ value: UInt8, _ count: Int, _ stream: UnsafeMutableRawPointer?)
+  -> Int32
+{
+  if case .failure(let e) = lookUpStream(stream) { return e.result }
+  return memset("cuMemsetD8Async", dst, UInt32(value), 1, count)
+}
+
+/// cuMemsetD16Async(CUdeviceptr dstDevice, unsigned short us, size_t N, CUstream hStream)
+@_cdecl("vgpucore_cuMemsetD16Async")
+public func vgpucore_cuMemsetD16Async(_ dst: UInt64, _ value: UInt16, _ count: Int, _ stream: UnsafeMutableRawPointer?)
+  -> Int32
+{
+  if case .failure(let e) = lookUpStream(stream) { return e.result }
+  return memset("cuMemsetD16Async", dst, UInt32(value), 2, count)
+}
+
+/// cuMemsetD32Async(CUdeviceptr dstDevice, unsigned int ui, size_t N, CUstream hStream)
+@_cdecl("vgpucore_cuMemsetD32Async")
+public func vgpucore_cuMemsetD32Async(_ dst: UInt64, _ value: UInt32, _ count: Int, _ stream: UnsafeMutableRawPointer?)
+  -> Int32
+{
+  if case .failure(let e) = lookUpStream(stream) { return e.result }
+  return memset("cuMemsetD32Async", dst, value, 4, count)
+}
+
+// MARK: Page-locked host memory
+
+/// cuMemHostAlloc flags (cuda.h): CU_MEMHOSTALLOC_PORTABLE 0x01,
+/// CU_MEMHOSTALLOC_DEVICEMAP 0x02, CU_MEMHOSTALLOC_WRITECOMBINED 0x04.
+let hostAllocFlagsMask: UInt32 = 0x07
+
+/// Host memory for copies: page-aligned (posix_memalign). Nothing here is
+/// faster for being page-locked (copies go through the BAR's staging
+/// buffers), so it is ordinary memory, remembered for cuMemFreeHost.
+func allocateHost(_ pp: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ bytes: Int) -> Int32 {
+  guard let pp, bytes > 0 else { return CUDA_ERROR_INVALID_VALUE }
+  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  var p: UnsafeMutableRawPointer?
+  guard posix_memalign(&p, Int(sysconf(Int32(_SC_PAGESIZE))), bytes) == 0, let p else {
+    return CUDA_ERROR_OUT_OF_MEMORY
+  }
+  _ = cudaObjects.withLock { $0.hostAllocations.insert(UInt(bitPattern: p)) }
+  pp.pointee = p
+  return CUDA_SUCCESS
+}
+
+/// cuMemAllocHost_v2(void **pp, size_t bytesize)
+@_cdecl("vgpucore_cuMemAllocHost_v2")
+public func vgpucore_cuMemAllocHost_v2(_ pp: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ bytes: Int) -> Int32 {
+  allocateHost(pp, bytes)
+}
+
+/// cuMemAllocHost(void **pp, unsigned int bytesize): the CUDA 2.x entry point.
+@_cdecl("vgpucore_cuMemAllocHost")
+public func vgpucore_cuMemAllocHost(_ pp: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ bytes: UInt32) -> Int32 {
+  allocateHost(pp, Int(bytes))
+}
+
+/// cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags): the flags
+/// are accepted and change nothing; a DEVICEMAP allocation has no device
+/// address (CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY is 0).
+@_cdecl("vgpucore_cuMemHostAlloc")
+public func vgpucore_cuMemHostAlloc(
+  _ pp: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ bytes: Int, _ flags: UInt32
+)
+  -> Int32
+{
+  guard flags & ~hostAllocFlagsMask == 0 else { return CUDA_ERROR_INVALID_VALUE }
+  return allocateHost(pp, bytes)
+}
+
+/// cuMemFreeHost(void *p): only what cuMemAllocHost / cuMemHostAlloc returned.
+@_cdecl("vgpucore_cuMemFreeHost")
+public func vgpucore_cuMemFreeHost(_ p: UnsafeMutableRawPointer?) -> Int32 {
+  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  guard let p else { return CUDA_ERROR_INVALID_VALUE }
+  let known = cudaObjects.withLock { $0.hostAllocations.remove(UInt(bitPattern: p)) != nil }
+  guard known else { return CUDA_ERROR_INVALID_VALUE }
+  Glibc.free(p)
+  return CUDA_SUCCESS
+}
