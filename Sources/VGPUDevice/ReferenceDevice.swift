@@ -28,6 +28,13 @@ public struct ReferenceDeviceConfiguration: Sendable {
   public var spinNanoseconds: UInt64 = 50_000
   /// How often to look for queue pairs whose owning process has ended.
   public var reapIntervalNanoseconds: UInt64 = 200_000_000
+  /// Whether owners are processes of this host, whose pids can be checked.
+  /// False for guests in a VM (their pids mean nothing here).
+  public var ownersAreLocalProcesses = true
+  /// The longest sleep while idle. A guest in a VM cannot wake the device's
+  /// futex, so across a VM boundary (without ivshmem doorbells) this bounds
+  /// the latency of a command that arrives while the device sleeps.
+  public var sleepSliceNanoseconds: UInt64 = 100_000_000
 
   public init() {}
 
@@ -146,7 +153,7 @@ public final class ReferenceDevice: @unchecked Sendable {
       if passes & 0xffff == 0 { registers.store64(Register.heartbeat, passes) }
       if passes & 0x3ff == 0 || vgpu_monotonic_ns() &- idleSince > configuration.spinNanoseconds {
         let now = vgpu_monotonic_ns()
-        if now &- lastReap > configuration.reapIntervalNanoseconds {
+        if configuration.ownersAreLocalProcesses && now &- lastReap > configuration.reapIntervalNanoseconds {
           lastReap = now
           executor.lock.withLock { _ in executor.reapDeadOwners(now: now) }
         }
@@ -168,7 +175,7 @@ public final class ReferenceDevice: @unchecked Sendable {
         continue
       }
       // Bounded, so housekeeping (heartbeat, claims) goes on while idle.
-      _ = vgpu_futex_wait(registers.deviceWakeWord, seen, 100_000_000)
+      _ = vgpu_futex_wait(registers.deviceWakeWord, seen, configuration.sleepSliceNanoseconds)
       registers.setDeviceSleeping(false)
       registers.store64(Register.heartbeat, passes)
       idleSince = vgpu_monotonic_ns()

@@ -58,6 +58,15 @@ struct Mediator: ParsableCommand {
   @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
   var logLevel = "info"
 
+  @Flag(
+    name: .long,
+    help: """
+      The clients are in a VM (the file backs QEMU's ivshmem device): their pids mean nothing \
+      on this host, so queue pairs are not reclaimed by pid, and the idle device sleeps in \
+      1 ms slices because a guest cannot wake it.
+      """)
+  var vm = false
+
   func validate() throws {
     guard Size.parse(memory) != nil else {
       throw ValidationError("--memory '\(memory)' is not a size such as 80G or 512M")
@@ -83,6 +92,10 @@ struct Mediator: ParsableCommand {
     var config = ReferenceDeviceConfiguration()
     config.name = name
     config.memorySize = Size.parse(memory)!
+    if vm {
+      config.ownersAreLocalProcesses = false
+      config.sleepSliceNanoseconds = 1_000_000
+    }
     config.layout = BARLayout(
       queuePairs: UInt32(queuePairs), depth: UInt32(depth), stagingSlotSize: UInt32(Size.parse(slotSize)!),
       slotsPerQueue: UInt32(slots))
@@ -90,7 +103,10 @@ struct Mediator: ParsableCommand {
     // The lock comes first: the file of a live mediator must not be touched.
     let region: MappedRegion
     do {
-      region = try MappedRegion.sharedFile(path, create: Int(config.layout.regionSize), exclusive: true)
+      // QEMU's ivshmem wants a power-of-two memory backend: round the file up in --vm mode.
+      var size = Int(config.layout.regionSize)
+      if vm { size = 1 << (Int.bitWidth - (size - 1).leadingZeroBitCount) }
+      region = try MappedRegion.sharedFile(path, create: size, exclusive: true)
     } catch {
       if error.errno == EWOULDBLOCK {
         throw Failure("\(path) is already served by \(Self.holder(of: path)); stop it first, or use another --path")
