@@ -6,8 +6,9 @@
 /// memory both sides of the protocol read and write.
 ///
 /// Kinds: anonymous shared memory (the simulated device, in one process),
-/// later a shared-memory file, a VFIO region or a sysfs `resourceN`. The
-/// mapping is released when the last reference goes away.
+/// a shared-memory file, a sysfs `resourceN` (``SysfsResource``, UIO) or a
+/// VFIO region (``VFIODevice``). The mapping is released when the last
+/// reference goes away.
 public final class MappedRegion: @unchecked Sendable {
   public let base: UnsafeMutableRawPointer
   public let size: Int
@@ -16,11 +17,39 @@ public final class MappedRegion: @unchecked Sendable {
   /// The open file behind the mapping (shared-memory files), or -1.
   public let fileDescriptor: Int32
 
+  /// The byte ranges that are mapped, when not all of it is: a VFIO BAR
+  /// whose sparse-mmap capability leaves out its MSI-X table. Touching a byte
+  /// outside them faults. `nil`: the whole region.
+  public let mappedRanges: [Range<Int>]?
+  /// Kept alive with the mapping (the VFIO device, group and container behind it).
+  public let owner: AnyObject?
+  private let unmap: (@Sendable (UnsafeMutableRawPointer, Int) -> Void)?
+  private let closeFile: (@Sendable (Int32) -> Void)?
+
   private init(base: UnsafeMutableRawPointer, size: Int, origin: String, fileDescriptor: Int32 = -1) {
     self.base = base
     self.size = size
     self.origin = origin
     self.fileDescriptor = fileDescriptor
+    self.mappedRanges = nil
+    self.owner = nil
+    self.unmap = nil
+    self.closeFile = nil
+  }
+
+  /// A mapping a backend made through ``SystemCalls``; released through them too.
+  init(
+    base: UnsafeMutableRawPointer, size: Int, origin: String, fileDescriptor: Int32, mappedRanges: [Range<Int>]?,
+    owner: AnyObject?, calls: SystemCalls
+  ) {
+    self.base = base
+    self.size = size
+    self.origin = origin
+    self.fileDescriptor = fileDescriptor
+    self.mappedRanges = mappedRanges
+    self.owner = owner
+    self.unmap = calls.munmap
+    self.closeFile = calls.close
   }
 
   /// Zero-filled memory of `size` bytes, page-aligned, as a simulated BAR.
@@ -93,8 +122,10 @@ public final class MappedRegion: @unchecked Sendable {
   }
 
   deinit {
-    munmap(base, size)
-    if fileDescriptor >= 0 { close(fileDescriptor) }
+    if let unmap { unmap(base, size) } else { munmap(base, size) }
+    if fileDescriptor >= 0 {
+      if let closeFile { closeFile(fileDescriptor) } else { close(fileDescriptor) }
+    }
   }
 
   /// Whether `[offset, offset + length)` lies inside the region, without overflow.

@@ -64,6 +64,10 @@ public struct DeviceInfo: Sendable {
   public var queueDepth: Int
   public var stagingSlotSize: Int
   public var stagingSlotsPerQueue: Int
+  /// How the BAR was reached: `vfio (type1v2 container /dev/vfio/vfio, group
+  /// /dev/vfio/7), BAR 2: 16 MiB`, `sysfs (...resource2) ...`, `shm (...)`, `sim (...)`.
+  /// For a bare PCI address it also says why the others were not chosen.
+  public var backend: String
 }
 
 /// How to open a device.
@@ -75,6 +79,9 @@ public struct OpenOptions: Sendable {
   public var queuePairs = 2
   /// `sim` only: the simulated device's configuration.
   public var simulated = ReferenceDeviceConfiguration()
+  /// Where PCI backends look for /sys, /dev and /proc and how they make
+  /// system calls: the real machine, or (tests) a fixture tree and fakes.
+  var host = HostEnvironment.live
   public init() {}
 }
 
@@ -112,7 +119,9 @@ public final class Device: @unchecked Sendable {
           remedy: "lower its memory size or free memory")
       }
       device.start()
-      return try Device(spec: parsed, region: device.region, simulated: device, options: options)
+      return try Device(
+        spec: parsed, region: device.region, simulated: device, options: options,
+        how: "sim (in-process reference device)")
     case .sharedMemory(let path):
       let region: MappedRegion
       do throws(RegionError) { region = try MappedRegion.sharedFile(path) } catch {
@@ -124,10 +133,30 @@ public final class Device: @unchecked Sendable {
           }
         throw VGPUError(.unavailable, "open", device: spec, found: error.description, remedy: remedy)
       }
-      return try Device(spec: parsed, region: region, options: options, servedByAnotherProcess: true)
-    case .pci(let address, _):
-      throw PCISlot(address).openError(spec)
+      return try Device(
+        spec: parsed, region: region, options: options, servedByAnotherProcess: true,
+        how: "shm (shared-memory file \(path))")
+    case .pci(let address, let backend):
+      let (region, how) = try PCISlot(address, host: options.host).map(spec: spec, backend: backend)
+      // The mediator serving the BAR runs on the VM's host: its pid means nothing here.
+      do throws(VGPUError) {
+        return try Device(spec: parsed, region: region, options: options, how: how)
+      } catch {
+        var e = error
+        e.found = "BAR mapped through \(how); \(e.found)"
+        if error.kind == .protocolViolation && registersAreBlank(region) {
+          e.remedy =
+            "the shared memory is blank: start vgpu-mediator on the VM's host on the file behind this ivshmem device (QEMU's -object memory-backend-file,mem-path=...)"
+        }
+        throw e
+      }
     }
+  }
+
+  /// No device has written the register block yet (all zero).
+  private static func registersAreBlank(_ region: MappedRegion) -> Bool {
+    let words = min(region.size, Register.blockSize) / 4
+    return (0..<words).allSatisfy { region.base.load(fromByteOffset: $0 * 4, as: UInt32.self) == 0 }
   }
 
   /// Attaches to a BAR that a device serves: checks registers and layout,
@@ -138,7 +167,7 @@ public final class Device: @unchecked Sendable {
   ///   time out on a file that nobody serves.
   init(
     spec: DeviceSpec, region: MappedRegion, simulated: ReferenceDevice? = nil, options: OpenOptions,
-    servedByAnotherProcess: Bool = false
+    servedByAnotherProcess: Bool = false, how: String? = nil
   ) throws(VGPUError) {
     let name = spec.description
     func fail(_ kind: VGPUError.Kind, _ found: String, _ remedy: String) -> VGPUError {
@@ -254,7 +283,7 @@ public final class Device: @unchecked Sendable {
       spec: spec, identity: identity, protocolVersion: (UInt16(version >> 16), UInt16(version & 0xffff)),
       features: features, queuePairs: queues.count, queuePairsOnDevice: Int(layout.queuePairs),
       queueDepth: Int(layout.depth), stagingSlotSize: Int(layout.stagingSlotSize),
-      stagingSlotsPerQueue: Int(layout.slotsPerQueue))
+      stagingSlotsPerQueue: Int(layout.slotsPerQueue), backend: how ?? "\(region.origin)")
   }
 
   deinit { close() }

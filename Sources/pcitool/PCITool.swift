@@ -40,8 +40,13 @@ struct PCITool: ParsableCommand {
         pcitool probe sim             handshake and print the vGPU's identity
         pcitool selftest              a checked workload on the default vGPU
         pcitool bench shm:/dev/shm/vgpu0  latency and bandwidth vs baselines
+        pcitool status 00:05.0        driver, IOMMU group, /dev/vfio, usable backends
+        pcitool bind 00:05.0 vfio-pci bind through driver_override (root; rolls back on failure)
       """,
-    subcommands: [List.self, Show.self, Dump.self, Probe.self, Selftest.self, Bench.self, PingPongChild.self]
+    subcommands: [
+      List.self, Show.self, Dump.self, Probe.self, Selftest.self, Bench.self, Bind.self, Unbind.self,
+      DeviceStatusCommand.self, PingPongChild.self,
+    ]
   )
 }
 

@@ -38,6 +38,8 @@ extension PCITool {
 struct ProbeReport: Encodable {
   var device: String
   var choice: String
+  /// How the BAR is reached: sim, shm file, or the PCI backend (vfio/uio/sysfs) and why.
+  var backend: String
   var name: String
   var uuid: String
   var pciBusID: String
@@ -62,6 +64,7 @@ struct ProbeReport: Encodable {
     let id = info.identity
     device = info.spec.description
     self.choice = choice.reason
+    backend = info.backend
     name = id.name
     uuid = id.uuidString
     pciBusID = id.pciBusID
@@ -97,6 +100,7 @@ struct ProbeReport: Encodable {
   var text: String {
     let rows: [(String, String)] = [
       ("Device", "\(device) (\(choice))"),
+      ("Backend", backend),
       ("Name", name),
       ("UUID", uuid),
       ("PCI bus ID", pciBusID),

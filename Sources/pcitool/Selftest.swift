@@ -177,7 +177,7 @@ final class SelftestRun {
       let i = device.info
       return
         "\(i.identity.name), protocol \(i.protocolVersion.major).\(i.protocolVersion.minor), "
-        + "\(i.queuePairs) of \(i.queuePairsOnDevice) queue pairs"
+        + "\(i.queuePairs) of \(i.queuePairsOnDevice) queue pairs, via \(i.backend)"
     }
   }
 

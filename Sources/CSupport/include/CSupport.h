@@ -9,6 +9,10 @@
 #include <stdint.h>
 #include <time.h>
 
+#ifdef __linux__
+#include "vgpu_vfio.h"
+#endif
+
 static inline uint32_t vgpu_load_acquire_u32(const void *p) {
   return __atomic_load_n((const uint32_t *)p, __ATOMIC_ACQUIRE);
 }
