@@ -54,7 +54,7 @@ let package = Package(
     .executableTarget(
       name: "pcitool",
       dependencies: [
-        "PCI", "VGPU", "VGPUDevice", "VGPUProtocol", "CSupport",
+        "PCI", "VGPU", "VGPUDevice", "VGPUProtocol", "CSupport", "DeviceAccess",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
