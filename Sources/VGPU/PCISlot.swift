@@ -88,8 +88,17 @@ struct PCISlot {
     let bar = Self.vgpuBAR
     switch backend {
     case .vfio:
-      let device = try VFIODevice.open(function)
+      let device: VFIODevice
+      do throws(AccessError) { device = try VFIODevice.open(function) } catch {
+        // The group is open in another process: if that is a vGPU client, its
+        // broker hands out the device fd (several processes, one VFIO group).
+        // Only on the real machine: a fixture tree's device is not the one a broker serves.
+        guard error.kind == .busy, function.host.root.isEmpty else { throw error }
+        guard let (region, pid) = try? VFIOBroker.attach(address, bar: bar, seconds: 2) else { throw error }
+        return (region, "vfio (device fd from the broker in pid \(pid)), BAR \(bar): \(bytesText(UInt64(region.size)))")
+      }
       let region = try device.mapBAR(bar)
+      if function.host.root.isEmpty { VFIOBroker.serve(device, bar: bar) }
       guard region.mappedRanges == nil else {
         throw AccessError(
           .notMappable, attempted: "map BAR \(bar) of \(address) through VFIO",

@@ -71,4 +71,13 @@ int vgpu_futex_wait(const void *addr, uint32_t expected, uint64_t timeout_ns);
 // Wakes up to `count` waiters; returns how many were woken, or -errno.
 int vgpu_futex_wake(const void *addr, int count);
 
+// File descriptors between processes (the VFIO broker): abstract-namespace
+// Unix sockets, peer credentials, SCM_RIGHTS. Negative errno on failure.
+#include <stddef.h>
+int vgpu_abstract_listen(const char *name);
+int vgpu_abstract_connect(const char *name);
+int vgpu_peer_credentials(int sock, uint32_t *pid, uint32_t *uid);
+int vgpu_send_fd(int sock, const void *data, size_t len, int fd);
+int vgpu_recv_fd(int sock, void *data, size_t len, int *fd);
+
 #endif

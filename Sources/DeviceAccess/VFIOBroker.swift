@@ -1,0 +1,137 @@
+import CSupport
+import Synchronization
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Lets several processes use one VFIO device, although a VFIO group opens
+/// only once (vfio.rst): the process that opened it listens on an
+/// abstract-namespace Unix socket named after the device and hands each
+/// process of the same user (or root) a duplicate of the device fd with
+/// SCM_RIGHTS — as DPDK passes the group fd to its secondary processes. The
+/// receiver maps the BAR from that fd itself; queue pairs are then claimed
+/// in the BAR as usual, so the broker assigns nothing else.
+///
+/// The listener is a thread started on the first real open, never at load.
+/// When its process exits the socket disappears; processes already attached
+/// keep their own fd and mapping.
+public enum VFIOBroker {
+  /// What the broker sends with the fd: where the BAR is in the device fd.
+  struct Grant {
+    var offset: UInt64
+    var size: UInt64
+    var pid: UInt32
+    var bar: UInt32
+  }
+
+  private static let serving = Mutex<[String: VFIODevice]>([:])
+
+  static func socketName(_ address: String) -> String { "vgpu-vfio-\(address)" }
+
+  /// Starts answering for `device` (once per device and process).
+  public static func serve(_ device: VFIODevice, bar: Int) {
+    let start = serving.withLock { s -> Bool in
+      guard s[device.address] == nil else { return false }
+      s[device.address] = device
+      return true
+    }
+    guard start, let info = try? device.regionInfo(UInt32(bar)) else { return }
+    let listener = vgpu_abstract_listen(socketName(device.address))
+    guard listener >= 0 else { return }  // another process already brokers it
+    let grant = Grant(offset: info.offset, size: info.size, pid: UInt32(getpid()), bar: UInt32(bar))
+    let context = BrokerContext(listener: listener, deviceFD: device.fd, grant: grant)
+    let box = Unmanaged.passRetained(context)
+    var thread = pthread_t()
+    if pthread_create(
+      &thread, nil,
+      { arg in
+        Unmanaged<BrokerContext>.fromOpaque(arg!).takeRetainedValue().run()
+        return nil
+      }, box.toOpaque()) == 0
+    {
+      pthread_detach(thread)
+    } else {
+      box.release()
+      close(listener)
+    }
+  }
+
+  /// Maps BAR `bar` of `address` through the broker of the process that holds
+  /// the device, waiting up to `seconds` for it to listen. Returns the region
+  /// and the broker's pid, or an error saying why not.
+  public static func attach(_ address: String, bar: Int, seconds: Double) throws(AccessError) -> (MappedRegion, UInt32)
+  {
+    let attempted = "get \(address) from the process that holds its VFIO group"
+    let deadline = vgpu_monotonic_ns() + UInt64(seconds * 1e9)
+    var sock: Int32
+    repeat {
+      sock = vgpu_abstract_connect(socketName(address))
+      if sock >= 0 { break }
+      usleep(10_000)
+    } while vgpu_monotonic_ns() < deadline
+    guard sock >= 0 else {
+      throw AccessError(
+        .busy, attempted: attempted, found: "no broker answers for \(address) (its holder is not a vGPU client)",
+        errno: Errno(-sock))
+    }
+    defer { close(sock) }
+    var grant = Grant(offset: 0, size: 0, pid: 0, bar: 0)
+    var fd: Int32 = -1
+    let rc = withUnsafeMutableBytes(of: &grant) { vgpu_recv_fd(sock, $0.baseAddress, $0.count, &fd) }
+    guard rc == 0, fd >= 0 else {
+      throw AccessError(
+        .permissionDenied, attempted: attempted,
+        found: "the broker refused or sent nothing (it serves only its own user and root)", errno: Errno(-rc))
+    }
+    // The grant comes from another process: check it before mapping.
+    guard grant.bar == UInt32(bar), grant.size > 0, grant.size <= 1 << 40 else {
+      close(fd)
+      throw AccessError(
+        .failed, attempted: attempted, found: "the broker described BAR \(grant.bar) of \(grant.size) bytes")
+    }
+    let p = mmap(nil, Int(grant.size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(Int64(bitPattern: grant.offset)))
+    guard let p, p != MAP_FAILED else {
+      let e = errno
+      close(fd)
+      throw AccessError(
+        .notMappable, attempted: attempted, found: "mmap of the device fd failed", errno: Errno(e))
+    }
+    let region = MappedRegion(
+      base: p, size: Int(grant.size), origin: "vfio device fd from pid \(grant.pid)", fileDescriptor: fd,
+      mappedRanges: nil, owner: nil, calls: .live)
+    return (region, grant.pid)
+  }
+}
+
+/// The listener thread's state (a class, so a raw pointer can carry it).
+private final class BrokerContext: @unchecked Sendable {
+  let listener: Int32
+  let deviceFD: Int32
+  let grant: VFIOBroker.Grant
+
+  init(listener: Int32, deviceFD: Int32, grant: VFIOBroker.Grant) {
+    self.listener = listener
+    self.deviceFD = deviceFD
+    self.grant = grant
+  }
+
+  func run() {
+    let me = getuid()
+    while true {
+      let c = accept(listener, nil, nil)
+      if c < 0 {
+        if errno == EINTR { continue }
+        return
+      }
+      var pid: UInt32 = 0
+      var uid: UInt32 = 0
+      // Same user or root only: the fd gives full access to the device.
+      if vgpu_peer_credentials(c, &pid, &uid) == 0 && (uid == me || uid == 0) {
+        var g = grant
+        _ = withUnsafeBytes(of: &g) { vgpu_send_fd(c, $0.baseAddress, $0.count, deviceFD) }
+      }
+      close(c)
+    }
+  }
+}
