@@ -21,7 +21,16 @@ import Testing
     let pid = UInt32(child.processIdentifier)
     let start = try #require(ProcessLiveness.startTime(pid))
     #expect(ProcessLiveness.isAlive(pid, startTime: start))
-    child.terminate()
+    // SIGKILL: the test runner's children may inherit a blocked SIGTERM (terminate()
+    // then waits for sleep's natural end). Checked before and after reaping: a
+    // zombie is not alive either.
+    kill(child.processIdentifier, SIGKILL)
+    var gone = false
+    for _ in 0..<200 where !gone {
+      gone = !ProcessLiveness.isAlive(pid, startTime: start)
+      if !gone { usleep(10_000) }
+    }
+    #expect(gone)
     child.waitUntilExit()
     #expect(!ProcessLiveness.isAlive(pid, startTime: start))
   }
