@@ -86,7 +86,7 @@ let package = Package(
     .executableTarget(name: "vgpu-test-client", dependencies: ["VGPU", "VGPUDevice"], path: "Tests/TestClient"),
     .testTarget(
       name: "MediatorTests",
-      dependencies: ["vgpu-mediator", "vgpu-test-client", "pcitool", "VGPU", "VGPUProtocol", "TestSupport"]),
+      dependencies: ["vgpu-mediator", "vgpu-test-client", "pcitool", "VGPU", "VGPUProtocol", "VGPUDevice", "DeviceAccess", "CSupport", "TestSupport"]),
     // The shim libraries, loaded by real clients: C programs built here, Python packages in .venv.
     // clients/: C and Python programs the tests build and run (not part of the test target).
     .testTarget(

@@ -53,30 +53,105 @@ int vgpu_peer_credentials(int sock, uint32_t *pid, uint32_t *uid) {
   return 0;
 }
 
-// SCM_RIGHTS (unix(7)): `len` bytes of data with one file descriptor.
-int vgpu_send_fd(int sock, const void *data, size_t len, int fd) {
+// SCM_RIGHTS (unix(7)): `len` bytes of data with up to VGPU_MAX_FDS file
+// descriptors (none when nfds is 0: a plain message).
+int vgpu_send_fds(int sock, const void *data, size_t len, const int *fds, int nfds) {
+  if (nfds < 0 || nfds > VGPU_MAX_FDS) return -EINVAL;
   struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
-  char control[CMSG_SPACE(sizeof(int))];
+  char control[CMSG_SPACE(sizeof(int) * VGPU_MAX_FDS)];
   memset(control, 0, sizeof control);
-  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
-  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (nfds > 0) {
+    m.msg_control = control;
+    m.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+  }
   ssize_t n = sendmsg(sock, &m, MSG_NOSIGNAL);
   return n == (ssize_t)len ? 0 : (n < 0 ? -errno : -EPROTO);
 }
 
-int vgpu_recv_fd(int sock, void *data, size_t len, int *fd) {
+int vgpu_send_fd(int sock, const void *data, size_t len, int fd) { return vgpu_send_fds(sock, data, len, &fd, 1); }
+
+// Receives exactly `len` bytes and the descriptors that came with them
+// (*nfds of them, at most `max`; extra ones are closed). 0 bytes: -EPIPE.
+int vgpu_recv_fds(int sock, void *data, size_t len, int *fds, int max, int *nfds) {
   struct iovec iov = {.iov_base = data, .iov_len = len};
-  char control[CMSG_SPACE(sizeof(int))];
+  char control[CMSG_SPACE(sizeof(int) * VGPU_MAX_FDS)];
   struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
-  ssize_t n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+  ssize_t n;
+  do n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+  while (n < 0 && errno == EINTR);
+  *nfds = 0;
   if (n < 0) return -errno;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    for (int i = 0; i < count; i++) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      if (*nfds < max) fds[(*nfds)++] = fd; else close(fd);
+    }
+  }
+  if (n == 0) return -EPIPE;
   if (n != (ssize_t)len) return -EPROTO;
-  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-  if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) return -EPROTO;
-  memcpy(fd, CMSG_DATA(c), sizeof *fd);
   return 0;
+}
+
+int vgpu_recv_fd(int sock, void *data, size_t len, int *fd) {
+  int n = 0;
+  int rc = vgpu_recv_fds(sock, data, len, fd, 1, &n);
+  if (rc != 0) return rc;
+  return n == 1 ? 0 : -EPROTO;
+}
+
+// A Unix socket address for a path in the file system; -ENAMETOOLONG if it does not fit.
+static int path_address(struct sockaddr_un *a, const char *path) {
+  memset(a, 0, sizeof *a);
+  a->sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof a->sun_path) return -ENAMETOOLONG;
+  strcpy(a->sun_path, path);
+  return 0;
+}
+
+// A Unix socket bound to a path (the ivshmem server's; QEMU connects to it).
+// A stale socket file left by a dead server is replaced; a live one is not.
+int vgpu_path_listen(const char *path) {
+  struct sockaddr_un a;
+  if (path_address(&a, path) != 0) return -ENAMETOOLONG;
+  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return -errno;
+  if (bind(s, (struct sockaddr *)&a, sizeof a) != 0) {
+    if (errno != EADDRINUSE) goto fail;
+    int probe = vgpu_path_connect(path);
+    if (probe >= 0) {
+      close(probe);
+      close(s);
+      return -EADDRINUSE;
+    }
+    unlink(path);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) != 0) goto fail;
+  }
+  if (listen(s, 4) != 0) goto fail;
+  return s;
+fail:;
+  int e = errno;
+  close(s);
+  return -e;
+}
+
+int vgpu_path_connect(const char *path) {
+  struct sockaddr_un a;
+  if (path_address(&a, path) != 0) return -ENAMETOOLONG;
+  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return -errno;
+  if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+    int e = errno;
+    close(s);
+    return -e;
+  }
+  return s;
 }

@@ -11,7 +11,9 @@ import Synchronization
 /// process of the same user (or root) a duplicate of the device fd with
 /// SCM_RIGHTS — as DPDK passes the group fd to its secondary processes. The
 /// receiver maps the BAR from that fd itself; queue pairs are then claimed
-/// in the BAR as usual, so the broker assigns nothing else.
+/// in the BAR as usual, so the broker assigns nothing else. The grant also
+/// says where BAR 0 is (the ivshmem doorbell) and how many MSI-X vectors the
+/// holder enabled: the receiver points its own pairs' vectors at its eventfds.
 ///
 /// The listener is a thread started on the first real open, never at load.
 /// When its process exits the socket disappears; processes already attached
@@ -23,6 +25,19 @@ public enum VFIOBroker {
     var size: UInt64
     var pid: UInt32
     var bar: UInt32
+    /// BAR 0's offset in the device fd, or UInt64.max when unknown.
+    var bar0Offset: UInt64
+    var vectors: UInt32
+    var reserved: UInt32 = 0
+  }
+
+  /// What a process gets from the broker.
+  public struct Attachment {
+    public var region: MappedRegion
+    public var pid: UInt32
+    public var bar0Offset: UInt64?
+    /// MSI-X vectors the holder enabled (0: none).
+    public var vectors: Int
   }
 
   private static let serving = Mutex<[String: VFIODevice]>([:])
@@ -30,7 +45,7 @@ public enum VFIOBroker {
   static func socketName(_ address: String) -> String { "vgpu-vfio-\(address)" }
 
   /// Starts answering for `device` (once per device and process).
-  public static func serve(_ device: VFIODevice, bar: Int) {
+  public static func serve(_ device: VFIODevice, bar: Int, bar0Offset: UInt64? = nil, vectors: Int = 0) {
     let start = serving.withLock { s -> Bool in
       guard s[device.address] == nil else { return false }
       s[device.address] = device
@@ -39,7 +54,9 @@ public enum VFIOBroker {
     guard start, let info = try? device.regionInfo(UInt32(bar)) else { return }
     let listener = vgpu_abstract_listen(socketName(device.address))
     guard listener >= 0 else { return }  // another process already brokers it
-    let grant = Grant(offset: info.offset, size: info.size, pid: UInt32(getpid()), bar: UInt32(bar))
+    let grant = Grant(
+      offset: info.offset, size: info.size, pid: UInt32(getpid()), bar: UInt32(bar), bar0Offset: bar0Offset ?? .max,
+      vectors: UInt32(vectors))
     let context = BrokerContext(listener: listener, deviceFD: device.fd, grant: grant)
     let box = Unmanaged.passRetained(context)
     var thread = pthread_t()
@@ -59,9 +76,8 @@ public enum VFIOBroker {
 
   /// Maps BAR `bar` of `address` through the broker of the process that holds
   /// the device, waiting up to `seconds` for it to listen. Returns the region
-  /// and the broker's pid, or an error saying why not.
-  public static func attach(_ address: String, bar: Int, seconds: Double) throws(AccessError) -> (MappedRegion, UInt32)
-  {
+  /// (which keeps the device fd) and what the broker said, or an error saying why not.
+  public static func attach(_ address: String, bar: Int, seconds: Double) throws(AccessError) -> Attachment {
     let attempted = "get \(address) from the process that holds its VFIO group"
     let deadline = vgpu_monotonic_ns() + UInt64(seconds * 1e9)
     var sock: Int32
@@ -76,7 +92,7 @@ public enum VFIOBroker {
         errno: Errno(-sock))
     }
     defer { close(sock) }
-    var grant = Grant(offset: 0, size: 0, pid: 0, bar: 0)
+    var grant = Grant(offset: 0, size: 0, pid: 0, bar: 0, bar0Offset: 0, vectors: 0)
     var fd: Int32 = -1
     let rc = withUnsafeMutableBytes(of: &grant) { vgpu_recv_fd(sock, $0.baseAddress, $0.count, &fd) }
     guard rc == 0, fd >= 0 else {
@@ -85,7 +101,7 @@ public enum VFIOBroker {
         found: "the broker refused or sent nothing (it serves only its own user and root)", errno: Errno(-rc))
     }
     // The grant comes from another process: check it before mapping.
-    guard grant.bar == UInt32(bar), grant.size > 0, grant.size <= 1 << 40 else {
+    guard grant.bar == UInt32(bar), grant.size > 0, grant.size <= 1 << 40, grant.vectors <= 2048 else {
       close(fd)
       throw AccessError(
         .failed, attempted: attempted, found: "the broker described BAR \(grant.bar) of \(grant.size) bytes")
@@ -100,7 +116,9 @@ public enum VFIOBroker {
     let region = MappedRegion(
       base: p, size: Int(grant.size), origin: "vfio device fd from pid \(grant.pid)", fileDescriptor: fd,
       mappedRanges: nil, owner: nil, calls: .live)
-    return (region, grant.pid)
+    return Attachment(
+      region: region, pid: grant.pid, bar0Offset: grant.bar0Offset == .max ? nil : grant.bar0Offset,
+      vectors: Int(grant.vectors))
   }
 }
 

@@ -297,7 +297,41 @@ public final class VFIODevice: @unchecked Sendable {
     }
   }
 
+  /// Enables `count` vectors of `index` with no eventfd behind any of them
+  /// yet: each process then wires the vectors it waits on with
+  /// ``setInterruptTrigger(deviceFD:index:vector:eventfd:calls:)`` (an fd of
+  /// -1 in VFIO_DEVICE_SET_IRQS enables a vector without a trigger).
+  public func enableInterruptsUnwired(index: UInt32 = VGPU_VFIO_PCI_MSIX_IRQ_INDEX, count: Int) throws(AccessError) {
+    let attempted = "enable \(count) interrupt vectors (index \(index)) of \(address)"
+    let available = try interruptCount(index: index)
+    guard count > 0, count <= available else {
+      throw AccessError(.notMappable, attempted: attempted, found: "the device has \(available) vectors there")
+    }
+    do throws(Errno) {
+      try Self.setInterrupts(fd, host.calls, index: index, start: 0, eventfds: Array(repeating: -1, count: count))
+    } catch {
+      throw AccessError(.failed, attempted: attempted, found: "VFIO_DEVICE_SET_IRQS failed", errno: error)
+    }
+    interruptFDs[index] = []
+  }
+
+  /// Points one enabled vector at `eventfd` (-1: at nothing). Works on any
+  /// fd of the device, so a process that got it from the broker wires the
+  /// vectors of its own queue pairs; vfio_msi_set_block replaces only that one.
+  public static func setInterruptTrigger(
+    deviceFD: Int32, index: UInt32 = VGPU_VFIO_PCI_MSIX_IRQ_INDEX, vector: Int, eventfd: Int32,
+    calls: SystemCalls = .live
+  ) throws(Errno) {
+    try setInterrupts(deviceFD, calls, index: index, start: UInt32(vector), eventfds: [eventfd])
+  }
+
   private func setInterrupts(index: UInt32, eventfds: [Int32]?) throws(Errno) {
+    try Self.setInterrupts(fd, host.calls, index: index, start: 0, eventfds: eventfds)
+  }
+
+  private static func setInterrupts(_ fd: Int32, _ calls: SystemCalls, index: UInt32, start: UInt32, eventfds: [Int32]?)
+    throws(Errno)
+  {
     let header = Int(VGPU_VFIO_IRQ_SET_HEADER_SIZE)
     let size = header + (eventfds?.count ?? 0) * 4
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
@@ -308,12 +342,12 @@ public final class VFIODevice: @unchecked Sendable {
       (eventfds == nil ? VGPU_VFIO_IRQ_SET_DATA_NONE : VGPU_VFIO_IRQ_SET_DATA_EVENTFD)
       | VGPU_VFIO_IRQ_SET_ACTION_TRIGGER
     set.index = index
-    set.start = 0
+    set.start = start
     set.count = UInt32(eventfds?.count ?? 0)
     withUnsafeBytes(of: set) { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0.prefix(header))) }
     for (i, fd) in (eventfds ?? []).enumerated() {
       buffer.storeBytes(of: fd, toByteOffset: header + 4 * i, as: Int32.self)
     }
-    _ = try host.calls.ioctl(fd, VGPU_VFIO_DEVICE_SET_IRQS, UInt(bitPattern: buffer.baseAddress))
+    _ = try calls.ioctl(fd, VGPU_VFIO_DEVICE_SET_IRQS, UInt(bitPattern: buffer.baseAddress))
   }
 }

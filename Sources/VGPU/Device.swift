@@ -68,6 +68,9 @@ public struct DeviceInfo: Sendable {
   /// /dev/vfio/7), BAR 2: 16 MiB`, `sysfs (...resource2) ...`, `shm (...)`, `sim (...)`.
   /// For a bare PCI address it also says why the others were not chosen.
   public var backend: String
+  /// How the client wakes the device and is woken by it: futexes on one
+  /// host; across a VM, the ivshmem doorbell and MSI-X interrupts (or polling).
+  public var wakeups: String
 }
 
 /// How to open a device.
@@ -98,6 +101,7 @@ public final class Device: @unchecked Sendable {
   private let queues: [QueuePairLock]
   /// The in-process device behind `sim`, kept alive with the client.
   private let simulated: ReferenceDevice?
+  private let wakeups: Wakeups
   private let closed = Atomic<Bool>(false)
   /// Round-robin counter placing new streams on queue pairs.
   let nextStream = Atomic<Int>(0)
@@ -137,10 +141,11 @@ public final class Device: @unchecked Sendable {
         spec: parsed, region: region, options: options, servedByAnotherProcess: true,
         how: "shm (shared-memory file \(path))")
     case .pci(let address, let backend):
-      let (region, how) = try PCISlot(address, host: options.host).map(spec: spec, backend: backend)
+      let mapped = try PCISlot(address, host: options.host).map(spec: spec, backend: backend)
+      let (region, how) = (mapped.region, mapped.how)
       // The mediator serving the BAR runs on the VM's host: its pid means nothing here.
       do throws(VGPUError) {
-        return try Device(spec: parsed, region: region, options: options, how: how)
+        return try Device(spec: parsed, region: region, options: options, how: how, wakeups: mapped.wakeups)
       } catch {
         var e = error
         e.found = "BAR mapped through \(how); \(e.found)"
@@ -151,6 +156,18 @@ public final class Device: @unchecked Sendable {
         throw e
       }
     }
+  }
+
+  /// The wake-up mechanism and, with interrupts, which vectors carry this client's pairs.
+  private static func describe(_ w: Wakeups, _ queues: [QueuePairLock]) -> String {
+    let notes = queues.compactMap { q in q.mutex.withLock { $0.interruptNote } }
+    let wired = queues.compactMap { q in q.mutex.withLock { $0.completionEventFD >= 0 ? $0.index % w.vectors : nil } }
+    var s = w.description
+    if !wired.isEmpty {
+      s += "; this client: vector\(wired.count == 1 ? "" : "s") \(wired.map(String.init).joined(separator: ", "))"
+    }
+    if let note = notes.first { s += "; but \(note), so it polls" }
+    return s
   }
 
   /// No device has written the register block yet (all zero).
@@ -167,7 +184,7 @@ public final class Device: @unchecked Sendable {
   ///   time out on a file that nobody serves.
   init(
     spec: DeviceSpec, region: MappedRegion, simulated: ReferenceDevice? = nil, options: OpenOptions,
-    servedByAnotherProcess: Bool = false, how: String? = nil
+    servedByAnotherProcess: Bool = false, how: String? = nil, wakeups: Wakeups = .sameHost
   ) throws(VGPUError) {
     let name = spec.description
     func fail(_ kind: VGPUError.Kind, _ found: String, _ remedy: String) -> VGPUError {
@@ -230,6 +247,7 @@ public final class Device: @unchecked Sendable {
     }
     let identity = DeviceIdentity(reading: registers)
     let offered = FeatureBits(rawValue: registers.load64(Register.features))
+    let wakeups = wakeups.restricted(to: offered)
 
     // Claim queue pairs: free → claiming (ours), then the device makes them active.
     let pid = UInt32(bitPattern: getpid())
@@ -244,8 +262,7 @@ public final class Device: @unchecked Sendable {
     guard !claimed.isEmpty else {
       throw fail(.unavailable, "all \(layout.queuePairs) queue pairs are in use", "close another client, or wait")
     }
-    _ = vgpu_fetch_add_u32(registers.deviceWakeWord, 1)
-    _ = vgpu_futex_wake(registers.deviceWakeWord, 1)
+    wakeups.wakeDevice(registers)
     var queues: [QueuePairLock] = []
     var features = offered
     for qp in claimed {
@@ -263,7 +280,8 @@ public final class Device: @unchecked Sendable {
       var pair = GuestQueuePair(
         view: view, registers: registers, layout: layout, base: region.base, timeoutNanoseconds: timeout,
         deviceName: name,
-        serverPID: servedByAnotherProcess ? Int32(bitPattern: registers.load32(Register.devicePID)) : 0)
+        serverPID: servedByAnotherProcess ? Int32(bitPattern: registers.load32(Register.devicePID)) : 0,
+        wakeups: wakeups)
       do throws(VGPUError) {
         let c = try pair.execute(
           SubmissionEntry(.identify, UInt64(ProtocolVersion.packed), FeatureBits.all.rawValue), "identify")
@@ -279,11 +297,13 @@ public final class Device: @unchecked Sendable {
     self.layout = layout
     self.queues = queues
     self.simulated = simulated
+    self.wakeups = wakeups
     self.info = DeviceInfo(
       spec: spec, identity: identity, protocolVersion: (UInt16(version >> 16), UInt16(version & 0xffff)),
       features: features, queuePairs: queues.count, queuePairsOnDevice: Int(layout.queuePairs),
       queueDepth: Int(layout.depth), stagingSlotSize: Int(layout.stagingSlotSize),
-      stagingSlotsPerQueue: Int(layout.slotsPerQueue), backend: how ?? "\(region.origin)")
+      stagingSlotsPerQueue: Int(layout.slotsPerQueue), backend: how ?? "\(region.origin)",
+      wakeups: Self.describe(wakeups, queues))
   }
 
   deinit { close() }
@@ -307,8 +327,7 @@ public final class Device: @unchecked Sendable {
     for q in queues {
       let view = q.mutex.withLock { $0.view }
       view.setState(.closing)
-      _ = vgpu_fetch_add_u32(registers.deviceWakeWord, 1)
-      _ = vgpu_futex_wake(registers.deviceWakeWord, 1)
+      wakeups.wakeDevice(registers)
       while view.state == QueuePairState.closing.rawValue && registers.status.contains(.ready)
         && vgpu_monotonic_ns() < deadline
       {

@@ -25,6 +25,12 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   let deviceName: String
   /// The process serving the BAR (a mediator), checked while waiting; 0 in-process.
   let serverPID: Int32
+  /// How the device is woken, and (across a VM) the eventfd this pair's
+  /// MSI-X vector signals, -1 when completions are waited for on the futex.
+  let wakeups: Wakeups
+  let completionEventFD: Int32
+  /// Why this pair could not get an interrupt, when it could not.
+  let interruptNote: String?
 
   private var tail: UInt32 = 0
   private var deviceHead: UInt32 = 0
@@ -45,12 +51,16 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   static let spinNanoseconds: UInt64 = 20_000
   /// Longest single sleep, so that a stopped device is noticed promptly.
   static let sleepSliceNanoseconds: UInt64 = 10_000_000
+  /// With an interrupt behind the sleep, wake-ups are not missed: sleep longer.
+  static let interruptSleepSliceNanoseconds: UInt64 = 100_000_000
 
   init(
     view: QueuePairView, registers: RegisterBlock, layout: BARLayout, base: UnsafeMutableRawPointer,
-    timeoutNanoseconds: UInt64, deviceName: String, serverPID: Int32 = 0
+    timeoutNanoseconds: UInt64, deviceName: String, serverPID: Int32 = 0, wakeups: Wakeups = .sameHost
   ) {
     self.serverPID = serverPID
+    self.wakeups = wakeups
+    (completionEventFD, interruptNote) = wakeups.completionEventFD(queuePair: view.index)
     self.view = view
     self.registers = registers
     self.mask = layout.depth - 1
@@ -68,6 +78,9 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   }
 
   deinit {
+    // The vector keeps pointing at this eventfd until the pair's next owner
+    // wires it again; the kernel holds its own reference meanwhile.
+    if completionEventFD >= 0 { close(completionEventFD) }
     outstanding.deallocate()
     results.deallocate()
     slotCommand.deallocate()
@@ -105,7 +118,8 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// Makes submitted commands visible and wakes the device if it sleeps.
   @inline(__always) func ring() {
     view.ringSubmission(tail: tail)
-    registers.wakeDeviceIfSleeping()
+    // Seq-cst store (tail) then load (flag): the device's mirror image sees one of them.
+    if registers.deviceSleeping { wakeups.wakeDevice(registers) }
   }
 
   /// Submits one command, waits for it, and returns its completion if it succeeded.
@@ -176,8 +190,14 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     vgpu_fence_seqcst()
     // Re-check after publishing the flag: the device may have posted just before.
     if view.completion(at: completionHead, phase: phase) == nil {
-      _ = vgpu_futex_wait(
-        view.completionWakeWord, seen, min(timeoutNanoseconds - waited, Self.sleepSliceNanoseconds))
+      if completionEventFD >= 0 {
+        // MSI-X → VFIO eventfd: a signal that came before this wait stays readable.
+        _ = vgpu_eventfd_wait(
+          completionEventFD, min(timeoutNanoseconds - waited, Self.interruptSleepSliceNanoseconds))
+      } else {
+        _ = vgpu_futex_wait(
+          view.completionWakeWord, seen, min(timeoutNanoseconds - waited, Self.sleepSliceNanoseconds))
+      }
     }
     view.setGuestWaiting(false)
   }

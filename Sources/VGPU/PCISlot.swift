@@ -1,3 +1,4 @@
+import CSupport
 import DeviceAccess
 
 #if canImport(Glibc)
@@ -26,9 +27,16 @@ struct PCISlot {
     function = PCIFunctionSysfs(address, host: host)
   }
 
-  /// Maps the vGPU's BAR through `backend` (the best available when `nil`);
-  /// returns the region and a sentence saying how.
-  func map(spec: String, backend: DeviceSpec.PCIBackend?) throws(VGPUError) -> (region: MappedRegion, how: String) {
+  /// What mapping the vGPU gives: its BAR, a sentence saying how, and the
+  /// ivshmem doorbell and interrupts that backend can reach.
+  struct Mapped {
+    var region: MappedRegion
+    var how: String
+    var wakeups: Wakeups
+  }
+
+  /// Maps the vGPU's BAR through `backend` (the best available when `nil`).
+  func map(spec: String, backend: DeviceSpec.PCIBackend?) throws(VGPUError) -> Mapped {
     try requireVGPU(spec)
     let driver = function.driver
     if let backend {
@@ -78,13 +86,13 @@ struct PCISlot {
     "\(t.0.rawValue): \(t.1.found)"
   }
 
-  private func chosen(_ backend: DeviceSpec.PCIBackend, _ notes: [String]) throws(AccessError) -> (MappedRegion, String)
-  {
-    let (region, how) = try map(with: backend)
-    return (region, notes.isEmpty ? how : "\(how) (chosen: \(notes.joined(separator: "; ")))")
+  private func chosen(_ backend: DeviceSpec.PCIBackend, _ notes: [String]) throws(AccessError) -> Mapped {
+    var m = try map(with: backend)
+    if !notes.isEmpty { m.how += " (chosen: \(notes.joined(separator: "; ")))" }
+    return m
   }
 
-  private func map(with backend: DeviceSpec.PCIBackend) throws(AccessError) -> (MappedRegion, String) {
+  private func map(with backend: DeviceSpec.PCIBackend) throws(AccessError) -> Mapped {
     let bar = Self.vgpuBAR
     switch backend {
     case .vfio:
@@ -94,28 +102,85 @@ struct PCISlot {
         // broker hands out the device fd (several processes, one VFIO group).
         // Only on the real machine: a fixture tree's device is not the one a broker serves.
         guard error.kind == .busy, function.host.root.isEmpty else { throw error }
-        guard let (region, pid) = try? VFIOBroker.attach(address, bar: bar, seconds: 2) else { throw error }
-        return (region, "vfio (device fd from the broker in pid \(pid)), BAR \(bar): \(bytesText(UInt64(region.size)))")
+        guard let a = try? VFIOBroker.attach(address, bar: bar, seconds: 2) else { throw error }
+        return Mapped(
+          region: a.region,
+          how: "vfio (device fd from the broker in pid \(a.pid)), BAR \(bar): \(bytesText(UInt64(a.region.size)))",
+          wakeups: Self.vfioWakeups(deviceFD: a.region.fileDescriptor, bar0Offset: a.bar0Offset, vectors: a.vectors))
       }
       let region = try device.mapBAR(bar)
-      if function.host.root.isEmpty { VFIOBroker.serve(device, bar: bar) }
       guard region.mappedRanges == nil else {
         throw AccessError(
           .notMappable, attempted: "map BAR \(bar) of \(address) through VFIO",
           found: "only parts of BAR \(bar) may be mapped (sparse mmap), but the vGPU needs all of it")
       }
+      // ivshmem-doorbell: BAR 0 holds the doorbell, MSI-X vectors carry
+      // completions. Enabled here once; each process wires its pairs' vectors.
+      let bar0 = try? device.regionInfo(VGPU_VFIO_PCI_BAR0_REGION_INDEX)
+      var vectors = (try? device.interruptCount(index: VGPU_VFIO_PCI_MSIX_IRQ_INDEX)) ?? 0
+      // An MSI is a memory write by the device: without bus mastering
+      // (PCI command bit 2) QEMU drops it.
+      if vectors > 0
+        && ((try? device.enableBusMaster()) == nil
+          || (try? device.enableInterruptsUnwired(count: vectors)) == nil)
+      {
+        vectors = 0
+      }
+      if function.host.root.isEmpty {
+        VFIOBroker.serve(device, bar: bar, bar0Offset: bar0?.offset, vectors: vectors)
+      }
       let group = device.group.map { ", group \($0.path)" } ?? ""
-      return (region, "vfio (\(device.ops.description)\(group)), BAR \(bar): \(bytesText(UInt64(region.size)))")
+      return Mapped(
+        region: region,
+        how: "vfio (\(device.ops.description)\(group)), BAR \(bar): \(bytesText(UInt64(region.size)))",
+        wakeups: Self.vfioWakeups(deviceFD: device.fd, bar0Offset: bar0?.offset, vectors: vectors))
     case .uio:
       let (region, node) = try UIOResource.map(function, bar: bar)
-      return (
-        region,
-        "uio (\(UIOResource.driver), /dev/\(node)), BAR \(bar) via \(region.origin): \(bytesText(UInt64(region.size)))"
-      )
+      return Mapped(
+        region: region,
+        how:
+          "uio (\(UIOResource.driver), /dev/\(node)), BAR \(bar) via \(region.origin): \(bytesText(UInt64(region.size)))",
+        wakeups: mappedDoorbell("uio_pci_generic enables no MSI-X"))
     case .sysfs:
       let region = try SysfsResource.map(function, bar: bar)
-      return (region, "sysfs (\(region.origin)), BAR \(bar): \(bytesText(UInt64(region.size)))")
+      return Mapped(
+        region: region, how: "sysfs (\(region.origin)), BAR \(bar): \(bytesText(UInt64(region.size)))",
+        wakeups: mappedDoorbell("no driver delivers interrupts"))
     }
+  }
+
+  /// The doorbell through VFIO (pwrite to BAR 0's region) and the vectors
+  /// this process may wire to its own eventfds.
+  private static func vfioWakeups(deviceFD: Int32, bar0Offset: UInt64?, vectors: Int) -> Wakeups {
+    var w = Wakeups()
+    if let bar0Offset { w.doorbell = .deviceFD(deviceFD, offset: Int64(bitPattern: bar0Offset)) }
+    if vectors > 0 {
+      w.interruptFD = deviceFD
+      w.vectors = vectors
+    }
+    w.description =
+      switch (bar0Offset != nil, vectors > 0) {
+      case (true, true):
+        "ivshmem doorbell (VFIO, BAR 0) to wake the device; completions by MSI-X (\(vectors) vectors, VFIO eventfds)"
+      case (true, false):
+        "ivshmem doorbell (VFIO, BAR 0) to wake the device; completions by polling in short sleeps (no MSI-X: ivshmem-plain?)"
+      default: "polling in short sleeps (BAR 0 not reachable through VFIO)"
+      }
+    return w
+  }
+
+  /// The doorbell through BAR 0 mapped from sysfs; completions are polled.
+  private func mappedDoorbell(_ why: String) -> Wakeups {
+    var w = Wakeups()
+    guard let bar0 = try? SysfsResource.map(function, bar: 0), bar0.size >= Ivshmem.doorbell + 4 else {
+      w.description = "polling in short sleeps (BAR 0, the doorbell, could not be mapped)"
+      return w
+    }
+    w.doorbell = .mapped(bar0.base)
+    w.keep = bar0
+    w.description =
+      "ivshmem doorbell (\(bar0.origin)) to wake the device; completions by polling in short sleeps (\(why))"
+    return w
   }
 
   private func errnoText(_ e: AccessError) -> String {

@@ -1,4 +1,5 @@
 import CSupport
+import DeviceAccess
 import Synchronization
 import VGPUProtocol
 
@@ -106,6 +107,8 @@ final class Executor: @unchecked Sendable {
   var claimingSince: [UInt64]
   /// Told of attachments, releases, reclaims and faults (never per command).
   var onEvent: (@Sendable (DeviceEvent) -> Void)?
+  /// Across a VM boundary: raises the guests' MSI-X vectors (set before serving).
+  var ivshmem: IvshmemServer?
 
   init(base: UnsafeMutableRawPointer, layout: BARLayout, memory: DeviceMemory, registers: RegisterBlock) {
     self.base = base
@@ -246,15 +249,22 @@ final class Executor: @unchecked Sendable {
       // Store (completion) then load (guestWaiting) needs a full barrier:
       // the guest does the mirror image, so one of us sees the other.
       vgpu_fence_seqcst()
-      if view.guestWaiting { view.wakeGuest() }
+      if view.guestWaiting { wakeGuest(qp) }
     }
     return posted
+  }
+
+  /// Wakes whoever waits on queue pair `qp`: a futex sleeper on this host,
+  /// and through ivshmem the guest's vector for the pair.
+  func wakeGuest(_ qp: Int) {
+    views[qp].wakeGuest()
+    ivshmem?.signalGuests(vector: qp)
   }
 
   private func fault(_ qp: Int, _ f: QueuePairFault) {
     served[qp].faulted = true
     views[qp].setFault(f)
-    views[qp].wakeGuest()
+    wakeGuest(qp)
     onEvent?(.faulted(queuePair: qp, pid: served[qp].pid, fault: f))
   }
 

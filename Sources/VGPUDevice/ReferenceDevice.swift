@@ -128,7 +128,7 @@ public final class ReferenceDevice: @unchecked Sendable {
     thread = nil
     registers.store32(Register.status, 0)
     // Wake every guest so none sleeps through the news.
-    for view in executor.views { view.wakeGuest() }
+    for qp in executor.views.indices { executor.wakeGuest(qp) }
   }
 
   /// Called on the serving thread when a queue pair is attached, released,
@@ -137,6 +137,17 @@ public final class ReferenceDevice: @unchecked Sendable {
     get { executor.lock.withLock { _ in executor.onEvent } }
     set { executor.lock.withLock { _ in executor.onEvent = newValue } }
   }
+
+  /// Serves guests in a VM through QEMU's ivshmem-doorbell: the device sleeps
+  /// on the server's host eventfd (a guest's doorbell write wakes it) and
+  /// raises a guest's MSI-X vector where it would wake a futex sleeper.
+  /// Advertised to guests as feature `ivshmemDoorbell`. Call before `start()`.
+  public func useDoorbells(_ server: IvshmemServer) {
+    executor.lock.withLock { _ in executor.ivshmem = server }
+    doorbells = server
+    registers.store64(Register.features, FeatureBits.all.union(.ivshmemDoorbell).rawValue)
+  }
+  private var doorbells: IvshmemServer?
 
   /// Writes the serving process's pid where clients look for it (0 = in-process).
   public func announce(pid: UInt32) { registers.store32(Register.devicePID, pid) }
@@ -175,7 +186,14 @@ public final class ReferenceDevice: @unchecked Sendable {
         continue
       }
       // Bounded, so housekeeping (heartbeat, claims) goes on while idle.
-      _ = vgpu_futex_wait(registers.deviceWakeWord, seen, configuration.sleepSliceNanoseconds)
+      if let doorbells {
+        // A guest's doorbell (or a wake-up missed meanwhile: the eventfd keeps it).
+        if vgpu_eventfd_wait(doorbells.hostEventFD, configuration.sleepSliceNanoseconds) == 1 {
+          doorbells.countDoorbell()
+        }
+      } else {
+        _ = vgpu_futex_wait(registers.deviceWakeWord, seen, configuration.sleepSliceNanoseconds)
+      }
       registers.setDeviceSleeping(false)
       registers.store64(Register.heartbeat, passes)
       idleSince = vgpu_monotonic_ns()

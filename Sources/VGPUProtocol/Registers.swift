@@ -10,8 +10,9 @@ public enum ProtocolVersion {
   public static let major: UInt16 = 1
   /// Minor versions add commands or fields behind feature bits; a peer with
   /// an older minor is served, without what its version lacks.
-  /// 1.1 added `processes` (feature `processList`).
-  public static let minor: UInt16 = 1
+  /// 1.1 added `processes` (feature `processList`); 1.2 the transport bit
+  /// `ivshmemDoorbell`.
+  public static let minor: UInt16 = 2
   /// `major << 16 | minor`, as the version register holds it.
   public static var packed: UInt32 { UInt32(major) << 16 | UInt32(minor) }
 }
@@ -91,9 +92,14 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   /// The `processes` command (version 1.1): who uses the device, per process.
   /// A guest sends it only when both sides set this bit.
   public static let processList = FeatureBits(rawValue: 1 << 3)
+  /// Transport, not negotiated by `identify`: the device listens on QEMU's
+  /// ivshmem doorbell (it is ivshmem peer 0, vector 0) and raises MSI-X
+  /// vector `qp % vectors` for a guest waiting on queue pair `qp`
+  /// (docs/PROTOCOL.md §11, "VM transport"). Set only in the features register.
+  public static let ivshmemDoorbell = FeatureBits(rawValue: 1 << 4)
   /// Everything version 1.0 defines.
   public static let version1_0: FeatureBits = [.eventSuppression, .builtinKernels, .streams]
-  /// Everything this version (1.1) defines.
+  /// Everything `identify` negotiates in this version (1.2).
   public static let all: FeatureBits = [.eventSuppression, .builtinKernels, .streams, .processList]
 }
 

@@ -45,7 +45,7 @@ struct PCITool: ParsableCommand {
       """,
     subcommands: [
       List.self, Show.self, Dump.self, Probe.self, Selftest.self, Bench.self, Bind.self, Unbind.self,
-      DeviceStatusCommand.self, PingPongChild.self, EduDMA.self,
+      DeviceStatusCommand.self, PingPongChild.self, EduDMA.self, Wakeups.self,
     ]
   )
 }

@@ -40,6 +40,8 @@ struct ProbeReport: Encodable {
   var choice: String
   /// How the BAR is reached: sim, shm file, or the PCI backend (vfio/uio/sysfs) and why.
   var backend: String
+  /// How the client and the device wake each other (futex; ivshmem doorbell + MSI-X; polling).
+  var wakeups: String
   var name: String
   var uuid: String
   var pciBusID: String
@@ -65,6 +67,7 @@ struct ProbeReport: Encodable {
     device = info.spec.description
     self.choice = choice.reason
     backend = info.backend
+    wakeups = info.wakeups
     name = id.name
     uuid = id.uuidString
     pciBusID = id.pciBusID
@@ -101,6 +104,7 @@ struct ProbeReport: Encodable {
     let rows: [(String, String)] = [
       ("Device", "\(device) (\(choice))"),
       ("Backend", backend),
+      ("Wake-ups", wakeups),
       ("Name", name),
       ("UUID", uuid),
       ("PCI bus ID", pciBusID),

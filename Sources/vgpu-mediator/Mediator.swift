@@ -55,6 +55,15 @@ struct Mediator: ParsableCommand {
   @Option(name: .long, help: "The device name clients see (cuDeviceGetName, nvidia-smi).")
   var name = ReferenceDeviceConfiguration().name
 
+  @Option(
+    name: .customLong("cuda-driver-version"),
+    help: ArgumentHelp(
+      """
+      The CUDA driver version the device reports (cuDriverGetVersion, nvidia-smi), as MAJOR.MINOR. \
+      A CUDA runtime needs a driver at least as new as itself: 13.0 or later for libcudart.so.13.
+      """, valueName: "version"))
+  var cudaDriverVersion = "12.8"
+
   @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
   var logLevel = "info"
 
@@ -62,10 +71,27 @@ struct Mediator: ParsableCommand {
     name: .long,
     help: """
       The clients are in a VM (the file backs QEMU's ivshmem device): their pids mean nothing \
-      on this host, so queue pairs are not reclaimed by pid, and the idle device sleeps in \
-      1 ms slices because a guest cannot wake it.
+      on this host, so queue pairs are not reclaimed by pid. Without --ivshmem-socket the idle \
+      device sleeps in 1 ms slices, because a guest cannot wake it.
       """)
   var vm = false
+
+  @Option(
+    name: .customLong("ivshmem-socket"),
+    help: ArgumentHelp(
+      """
+      Act as the ivshmem server for QEMU's ivshmem-doorbell on this Unix socket (implies --vm): \
+      a guest's doorbell wakes the device and completions raise MSI-X interrupts, so neither \
+      side polls while idle. QEMU: -chardev socket,path=PATH,id=vgpu \
+      -device ivshmem-doorbell,chardev=vgpu,vectors=N,addr=05.0 (N at least --vectors).
+      """, valueName: "path"))
+  var ivshmemSocket: String?
+
+  @Option(
+    help:
+      "MSI-X vectors per guest (with --ivshmem-socket); queue pair q raises vector q % N. Default: the queue pairs, at most 64."
+  )
+  var vectors: Int?
 
   func validate() throws {
     guard Size.parse(memory) != nil else {
@@ -79,6 +105,13 @@ struct Mediator: ParsableCommand {
       throw ValidationError("--depth must be a power of two from 2 to 4096")
     }
     guard (1...depth - 1).contains(slots) else { throw ValidationError("--slots must be 1 to depth-1") }
+    guard Self.cudaVersion(cudaDriverVersion) != nil else {
+      throw ValidationError("--cuda-driver-version '\(cudaDriverVersion)' is not MAJOR.MINOR, e.g. 12.8 or 13.0")
+    }
+    if let vectors {
+      guard ivshmemSocket != nil else { throw ValidationError("--vectors needs --ivshmem-socket") }
+      guard (1...64).contains(vectors) else { throw ValidationError("--vectors must be 1-64") }
+    }
     guard Logger.Level(rawValue: logLevel) != nil else {
       throw ValidationError("--log-level '\(logLevel)' is not a level")
     }
@@ -92,9 +125,12 @@ struct Mediator: ParsableCommand {
     var config = ReferenceDeviceConfiguration()
     config.name = name
     config.memorySize = Size.parse(memory)!
+    config.cudaDriverVersion = Self.cudaVersion(cudaDriverVersion)!
+    let vm = vm || ivshmemSocket != nil
     if vm {
       config.ownersAreLocalProcesses = false
-      config.sleepSliceNanoseconds = 1_000_000
+      // Without doorbells nothing wakes the device from a VM: it looks often.
+      if ivshmemSocket == nil { config.sleepSliceNanoseconds = 1_000_000 }
     }
     config.layout = BARLayout(
       queuePairs: UInt32(queuePairs), depth: UInt32(depth), stagingSlotSize: UInt32(Size.parse(slotSize)!),
@@ -116,6 +152,18 @@ struct Mediator: ParsableCommand {
     let device: ReferenceDevice
     do { device = try ReferenceDevice(configuration: config, region: region) } catch {
       throw Failure(error.description)
+    }
+    var server: IvshmemServer?
+    if let socket = ivshmemSocket {
+      let serverLog = log
+      do {
+        server = try IvshmemServer(
+          socketPath: socket, sharedMemoryFD: region.fileDescriptor, vectors: vectors ?? min(queuePairs, 64),
+          log: { serverLog.info("\($0)") })
+      } catch {
+        throw Failure(error.description)
+      }
+      device.useDoorbells(server!)
     }
     let events = log
     device.onEvent = { event in
@@ -143,6 +191,7 @@ struct Mediator: ParsableCommand {
     pthread_sigmask(SIG_BLOCK, &signals, nil)
 
     device.announce(pid: UInt32(getpid()))
+    server?.start()
     device.start()
     log.info(
       "serving",
@@ -150,13 +199,37 @@ struct Mediator: ParsableCommand {
         "path": "\(path)", "bytes": "\(region.size)", "memory": "\(memory)", "queuePairs": "\(queuePairs)",
         "depth": "\(depth)", "staging": "\(slots) x \(slotSize) per queue pair", "pid": "\(getpid())",
       ])
+    if let server {
+      log.info(
+        "ivshmem server listening",
+        metadata: [
+          "socket": "\(server.socketPath)",
+          "qemu":
+            "-chardev socket,path=\(server.socketPath),id=vgpu -device ivshmem-doorbell,chardev=vgpu,vectors=\(server.vectors),addr=05.0",
+        ])
+    }
     var received: Int32 = 0
     sigwait(&signals, &received)
     log.info("stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
     device.stop()
     device.announce(pid: 0)
+    server?.stop()
     let (allocated, _) = device.memoryInUse
-    log.info("stopped", metadata: ["memoryStillAllocated": "\(allocated)"])
+    var facts: Logger.Metadata = ["memoryStillAllocated": "\(allocated)"]
+    if let server {
+      facts["doorbellWakeups"] = "\(server.doorbellsReceived)"
+      facts["interruptsSent"] = "\(server.interruptsSent)"
+    }
+    log.info("stopped", metadata: facts)
+  }
+
+  /// "12.8" → 12080, as CUDA numbers versions (1000 × major + 10 × minor).
+  static func cudaVersion(_ text: String) -> UInt32? {
+    let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+    guard parts.count == 2, let major = UInt32(parts[0]), let minor = UInt32(parts[1]), (1...99).contains(major),
+      minor < 100
+    else { return nil }
+    return major * 1000 + minor * 10
   }
 
   /// Who holds the lock on `path`, as the register block says (best effort).

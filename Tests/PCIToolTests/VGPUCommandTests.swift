@@ -33,8 +33,9 @@ import Testing
     for fact in [
       "Name:", "vGPU Reference H100 80GB", "UUID:                GPU-", "PCI bus ID:          0000:00:05.0",
       "Compute capability:  9.0", "Memory:              80.00 GiB", "Driver version:      570.124.06",
-      "CUDA driver version: 12.8 (12080)", "Memory free/total:   80 GiB free of 80 GiB", "Protocol:            1.1",
-      "builtin-kernels", "Queue pairs:", "Queue depth:", "Staging:",
+      "CUDA driver version: 12.8 (12080)", "Memory free/total:   80 GiB free of 80 GiB", "Protocol:            1.2",
+      "builtin-kernels", "Wake-ups:            futexes in the shared BAR (same host)", "Queue pairs:", "Queue depth:",
+      "Staging:",
     ] {
       #expect(r.stdout.contains(fact), "missing \(fact) in:\n\(r.stdout)")
     }
@@ -53,6 +54,7 @@ import Testing
     #expect((j["queuePairsHeld"] as? Int ?? 0) >= 1)
     #expect((j["stagingSlotSize"] as? Int ?? 0) > 0)
     #expect((j["features"] as? [String])?.contains("builtin-kernels") == true)
+    #expect((j["wakeups"] as? String)?.hasPrefix("futexes") == true)
   }
 
   @Test func probeOfAMissingSharedMemoryFileFailsInOneLine() throws {

@@ -246,7 +246,7 @@ final class Harness {
     let h = try Harness()
     h.claim(0, identify: false)
     let c = h.send(SubmissionEntry(.identify, 0x0001_0000, FeatureBits.version1_0.rawValue))
-    #expect(c.status == 0 && c.result0 == FeatureBits.version1_0.rawValue && c.result1 == 0x0001_0001)
+    #expect(c.status == 0 && c.result0 == FeatureBits.version1_0.rawValue && c.result1 == 0x0001_0002)
     #expect(h.send(SubmissionEntry(.memoryInfo)).status == 0)
   }
 

@@ -48,11 +48,13 @@ import Testing
     #expect(Array(bytes[8..<16]) == [0, 0, 0, 0, 1, 0, 0, 0])
   }
 
-  @Test func version1_1AddsTheProcessList() {
-    #expect(ProtocolVersion.packed == 0x0001_0001)
+  @Test func version1_1AddsTheProcessListAnd1_2TheDoorbellBit() {
+    #expect(ProtocolVersion.packed == 0x0001_0002)
     #expect(Opcode.processes.rawValue == 0x16)
     #expect(FeatureBits.processList.rawValue == 1 << 3)
     #expect(FeatureBits.all.rawValue == 0xf && FeatureBits.version1_0.rawValue == 0x7)
+    // A transport bit: in the features register only, never negotiated.
+    #expect(FeatureBits.ivshmemDoorbell.rawValue == 1 << 4 && !FeatureBits.all.contains(.ivshmemDoorbell))
   }
 
   @Test func entriesAreLittleEndianBytes() {

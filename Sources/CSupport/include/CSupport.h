@@ -71,6 +71,14 @@ int vgpu_futex_wait(const void *addr, uint32_t expected, uint64_t timeout_ns);
 // Wakes up to `count` waiters; returns how many were woken, or -errno.
 int vgpu_futex_wake(const void *addr, int count);
 
+// eventfd wake-ups (wakeups.c). Negative errno on failure.
+// Adds 1 to the eventfd's counter.
+int vgpu_eventfd_signal(int fd);
+// Waits until the eventfd is readable (then clears it: 1) or timeout_ns passes (0).
+int vgpu_eventfd_wait(int fd, uint64_t timeout_ns);
+// Writes a 32-bit register through a device fd (VFIO region offset).
+int vgpu_pwrite_u32(int fd, uint32_t value, int64_t offset);
+
 // File descriptors between processes (the VFIO broker): abstract-namespace
 // Unix sockets, peer credentials, SCM_RIGHTS. Negative errno on failure.
 #include <stddef.h>
@@ -79,5 +87,12 @@ int vgpu_abstract_connect(const char *name);
 int vgpu_peer_credentials(int sock, uint32_t *pid, uint32_t *uid);
 int vgpu_send_fd(int sock, const void *data, size_t len, int fd);
 int vgpu_recv_fd(int sock, void *data, size_t len, int *fd);
+// Several descriptors with one message (ivshmem server, broker).
+#define VGPU_MAX_FDS 64
+int vgpu_send_fds(int sock, const void *data, size_t len, const int *fds, int nfds);
+int vgpu_recv_fds(int sock, void *data, size_t len, int *fds, int max, int *nfds);
+// Unix sockets bound to a path in the file system.
+int vgpu_path_listen(const char *path);
+int vgpu_path_connect(const char *path);
 
 #endif

@@ -1,0 +1,41 @@
+#define _GNU_SOURCE
+#include "CSupport.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+// eventfd(2): a write adds to the counter and makes the fd readable; a read
+// returns the counter and clears it. Across a VM boundary these carry what a
+// futex carries on one host (QEMU ivshmem: doorbell -> host eventfd, host
+// eventfd -> guest MSI-X vector -> VFIO eventfd).
+
+int vgpu_eventfd_signal(int fd) {
+  uint64_t one = 1;
+  ssize_t n;
+  do n = write(fd, &one, sizeof one);
+  while (n < 0 && errno == EINTR);
+  // EAGAIN: the counter is at its maximum, so the fd is readable already.
+  return n == (ssize_t)sizeof one || (n < 0 && errno == EAGAIN) ? 0 : -errno;
+}
+
+int vgpu_eventfd_wait(int fd, uint64_t timeout_ns) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  struct timespec ts = {.tv_sec = (time_t)(timeout_ns / 1000000000u), .tv_nsec = (long)(timeout_ns % 1000000000u)};
+  int rc = ppoll(&p, 1, &ts, NULL);
+  if (rc < 0) return -errno;
+  if (rc == 0) return 0;
+  if (!(p.revents & POLLIN)) return -EIO;
+  uint64_t value;
+  // Non-blocking fds: another waiter on the same fd may have cleared it first.
+  if (read(fd, &value, sizeof value) < 0 && errno != EAGAIN) return -errno;
+  return 1;
+}
+
+int vgpu_pwrite_u32(int fd, uint32_t value, int64_t offset) {
+  ssize_t n;
+  do n = pwrite(fd, &value, sizeof value, (off_t)offset);
+  while (n < 0 && errno == EINTR);
+  return n == (ssize_t)sizeof value ? 0 : (n < 0 ? -errno : -EIO);
+}
