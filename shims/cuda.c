@@ -8,6 +8,7 @@
  *    whose signature and behaviour equal an implemented one;
  *  - answered here without the core: cuGetProcAddress(_v2), cuGetErrorName,
  *    cuGetErrorString (static tables; they work even if the core cannot load);
+ *  - cuGetExportTable, the private tables of NVIDIA's CUDA runtime (cuda_export.c);
  *  - stubs (cuda_stubs.def): CUDA_ERROR_NOT_SUPPORTED, said once on stderr. */
 #include <stddef.h>
 #include <stdio.h>
@@ -31,7 +32,9 @@ typedef struct CUuuid_st {
 /* Passed through by pointer only. */
 typedef struct CUexecAffinityParam_st CUexecAffinityParam;
 typedef struct CUctxCreateParams_st CUctxCreateParams;
+typedef struct CUDA_MEMCPY2D_st CUDA_MEMCPY2D;
 typedef int CUdevice_attribute;               /* enum CUdevice_attribute_enum */
+typedef int CUpointer_attribute;              /* enum CUpointer_attribute_enum */
 typedef int CUjit_option;                     /* enum CUjit_option_enum */
 typedef int CUmoduleLoadingMode;              /* enum CUmoduleLoadingMode_enum */
 typedef int CUdriverProcAddressQueryResult;   /* enum CUdriverProcAddressQueryResult_enum */
@@ -86,6 +89,16 @@ ALIAS(cuMemcpyDtoHAsync_v2_ptsz, cuMemcpyDtoHAsync_v2,
       (void *dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream))
 ALIAS(cuMemcpyDtoDAsync_v2_ptsz, cuMemcpyDtoDAsync_v2,
       (CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream))
+ALIAS(cuMemcpy_ptds, cuMemcpy, (CUdeviceptr dst, CUdeviceptr src, size_t ByteCount))
+ALIAS(cuMemcpyAsync_ptsz, cuMemcpyAsync, (CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream))
+ALIAS(cuMemcpyPeer_ptds, cuMemcpyPeer,
+      (CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount))
+ALIAS(cuMemcpyPeerAsync_ptsz, cuMemcpyPeerAsync,
+      (CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount,
+       CUstream hStream))
+ALIAS(cuMemcpy2D_v2_ptds, cuMemcpy2D_v2, (const CUDA_MEMCPY2D *pCopy))
+ALIAS(cuMemcpy2DUnaligned_v2_ptds, cuMemcpy2DUnaligned_v2, (const CUDA_MEMCPY2D *pCopy))
+ALIAS(cuMemcpy2DAsync_v2_ptsz, cuMemcpy2DAsync_v2, (const CUDA_MEMCPY2D *pCopy, CUstream hStream))
 ALIAS(cuMemsetD8_v2_ptds, cuMemsetD8_v2, (CUdeviceptr dstDevice, unsigned char uc, size_t N))
 ALIAS(cuMemsetD16_v2_ptds, cuMemsetD16_v2, (CUdeviceptr dstDevice, unsigned short us, size_t N))
 ALIAS(cuMemsetD32_v2_ptds, cuMemsetD32_v2, (CUdeviceptr dstDevice, unsigned int ui, size_t N))
@@ -275,6 +288,7 @@ VGPU_API CUresult cuGetErrorString(CUresult error, const char **pStr) {
 VGPU_API CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
                                       CUdriverProcAddressQueryResult *symbolStatus);
 VGPU_API CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags);
+VGPU_API CUresult cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTableId); /* cuda_export.c */
 
 static const struct proc {
   const char *name;

@@ -107,6 +107,7 @@ func closeDeviceIfNoContexts() {
   let unused = cudaObjects.withLock { o -> Bool in
     guard o.primaryRetains == 0, o.contexts.values.allSatisfy(\.primary) else { return false }
     o.modules.removeAll()
+    o.deviceRanges.removeAll()
     o.functions.removeAll()
     o.streams.removeAll()
     o.events.removeAll()
@@ -198,6 +199,18 @@ public func vgpucore_cuCtxGetDevice(_ device: UnsafeMutablePointer<Int32>?) -> I
   }
 }
 
+/// cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx): CUDA 13's form; NULL means the current context.
+@_cdecl("vgpucore_cuCtxGetDevice_v2")
+public func vgpucore_cuCtxGetDevice_v2(_ device: UnsafeMutablePointer<Int32>?, _ ctx: UnsafeMutableRawPointer?) -> Int32
+{
+  guard ctx != nil else { return vgpucore_cuCtxGetDevice(device) }
+  guard let device else { return CUDA_ERROR_INVALID_VALUE }
+  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  guard let record = context(handleKey(ctx)) else { return CUDA_ERROR_INVALID_CONTEXT }
+  device.pointee = record.device
+  return CUDA_SUCCESS
+}
+
 /// cuCtxGetFlags(unsigned int *flags): the current context's flags.
 @_cdecl("vgpucore_cuCtxGetFlags")
 public func vgpucore_cuCtxGetFlags(_ flags: UnsafeMutablePointer<UInt32>?) -> Int32 {
@@ -247,6 +260,20 @@ public func vgpucore_cuCtxSynchronize() -> Int32 {
   }
 }
 
+/// cuCtxSynchronize_v2(CUcontext ctx): CUDA 13's form; NULL means the
+/// current context. All contexts share the process's device work, so this
+/// waits for all of it, as cuCtxSynchronize does.
+@_cdecl("vgpucore_cuCtxSynchronize_v2")
+public func vgpucore_cuCtxSynchronize_v2(_ ctx: UnsafeMutableRawPointer?) -> Int32 {
+  if ctx == nil {
+    if case .failure(let e) = currentContext() { return e.result }
+  } else {
+    guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+    guard context(handleKey(ctx)) != nil else { return CUDA_ERROR_INVALID_CONTEXT }
+  }
+  return vgpucore_cuCtxSynchronize()
+}
+
 // MARK: Primary context
 
 /// cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev): the same handle
@@ -258,11 +285,36 @@ public func vgpucore_cuDevicePrimaryCtxRetain(_ pctx: UnsafeMutablePointer<Unsaf
   guard let pctx else { return CUDA_ERROR_INVALID_VALUE }
   return withDevice(dev, "cuDevicePrimaryCtxRetain") { _ in
     let handle = cudaObjects.withLock { o in
-      if o.primary == 0 {
-        o.primary = o.newHandle(.context)
-        o.contexts[o.primary] = ContextRecord(device: dev, flags: o.primaryFlags, primary: true)
-      }
+      o.primaryContext(dev)
       o.primaryRetains += 1
+      return o.primary
+    }
+    pctx.pointee = handlePointer(handle)
+    return CUDA_SUCCESS
+  }
+}
+
+extension CUDAObjects {
+  /// Makes the primary context's handle on first use.
+  mutating func primaryContext(_ dev: Int32) {
+    if primary == 0 {
+      primary = newHandle(.context)
+      contexts[primary] = ContextRecord(device: dev, flags: primaryFlags, primary: true)
+    }
+  }
+}
+
+/// The primary context's handle, made if need be but not retained: slot 2 of
+/// the driver's private table 6bd5fb6c… that NVIDIA's CUDA runtime calls with
+/// (CUcontext *, CUdevice) (shims/cuda_export_tables.def).
+@_cdecl("vgpucore_cudartPrimaryContext")
+public func vgpucore_cudartPrimaryContext(_ pctx: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ dev: Int32)
+  -> Int32
+{
+  guard let pctx else { return CUDA_ERROR_INVALID_VALUE }
+  return withDevice(dev, "cudart primary context") { _ in
+    let handle = cudaObjects.withLock { o in
+      o.primaryContext(dev)
       return o.primary
     }
     pctx.pointee = handlePointer(handle)

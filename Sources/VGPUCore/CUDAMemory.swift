@@ -41,7 +41,9 @@ public func vgpucore_cuMemGetInfo(_ free: UnsafeMutablePointer<UInt32>?, _ total
 public func vgpucore_cuMemAlloc_v2(_ dptr: UnsafeMutablePointer<UInt64>?, _ bytes: Int) -> Int32 {
   guard let dptr, bytes > 0 else { return CUDA_ERROR_INVALID_VALUE }
   return withDevice("cuMemAlloc") { (device) throws(VGPUError) in
-    dptr.pointee = try device.allocate(bytes).address
+    let address = try device.allocate(bytes).address
+    cudaObjects.withLock { $0.deviceRanges.insert(address, size: UInt64(bytes)) }
+    dptr.pointee = address
     return CUDA_SUCCESS
   }
 }
@@ -50,7 +52,10 @@ public func vgpucore_cuMemAlloc_v2(_ dptr: UnsafeMutablePointer<UInt64>?, _ byte
 @_cdecl("vgpucore_cuMemFree_v2")
 public func vgpucore_cuMemFree_v2(_ dptr: UInt64) -> Int32 {
   withDevice("cuMemFree") { (device) throws(VGPUError) in
-    if dptr != 0 { try device.free(DevicePointer(dptr)) }
+    if dptr != 0 {
+      try device.free(DevicePointer(dptr))
+      _ = cudaObjects.withLock { $0.deviceRanges.remove(start: dptr) }
+    }
     return CUDA_SUCCESS
   }
 }
@@ -187,7 +192,7 @@ func allocateHost(_ pp: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ bytes
   guard posix_memalign(&p, Int(sysconf(Int32(_SC_PAGESIZE))), bytes) == 0, let p else {
     return CUDA_ERROR_OUT_OF_MEMORY
   }
-  _ = cudaObjects.withLock { $0.hostAllocations.insert(UInt(bitPattern: p)) }
+  cudaObjects.withLock { $0.hostRanges.insert(UInt64(UInt(bitPattern: p)), size: UInt64(bytes)) }
   pp.pointee = p
   return CUDA_SUCCESS
 }
@@ -222,7 +227,7 @@ public func vgpucore_cuMemHostAlloc(
 public func vgpucore_cuMemFreeHost(_ p: UnsafeMutableRawPointer?) -> Int32 {
   guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
   guard let p else { return CUDA_ERROR_INVALID_VALUE }
-  let known = cudaObjects.withLock { $0.hostAllocations.remove(UInt(bitPattern: p)) != nil }
+  let known = cudaObjects.withLock { $0.hostRanges.remove(start: UInt64(UInt(bitPattern: p))) }
   guard known else { return CUDA_ERROR_INVALID_VALUE }
   Glibc.free(p)
   return CUDA_SUCCESS

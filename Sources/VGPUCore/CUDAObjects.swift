@@ -81,8 +81,11 @@ struct CUDAObjects: ~Copyable {
   var functions: [UInt: FunctionRecord] = [:]
   var streams: [UInt: StreamHandle] = [:]
   var events: [UInt: EventRecord] = [:]
-  /// Page-locked host allocations (cuMemAllocHost, cuMemHostAlloc), for cuMemFreeHost to check.
-  var hostAllocations: Set<UInt> = []
+  /// Page-locked host allocations (cuMemAllocHost, cuMemHostAlloc), for
+  /// cuMemFreeHost to check and pointer attributes to report.
+  var hostRanges = AddressRanges()
+  /// This process's device allocations (cuMemAlloc), for address ranges and pointer attributes.
+  var deviceRanges = AddressRanges()
 
   /// A new handle: 0x0000_1K00_0000_0000 + 16 × serial for kind K.
   mutating func newHandle(_ kind: HandleKind) -> UInt {

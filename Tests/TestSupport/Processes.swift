@@ -5,14 +5,24 @@ import VGPUProtocol
 /// Where the package's build products and tools are, from the running test binary
 /// (`.build/<triple>/<config>/vgpuPackageTests.xctest`).
 public enum Paths {
+  /// The folder with Package.swift above the test binary.
   public static let packageRoot: URL = {
     var url = MediatorProcess.binaries
-    while url.path != "/" && url.lastPathComponent != ".build" { url.deleteLastPathComponent() }
-    return url.deletingLastPathComponent()
+    while url.path != "/" && !FileManager.default.fileExists(atPath: url.appendingPathComponent("Package.swift").path) {
+      url.deleteLastPathComponent()
+    }
+    return url
   }()
-  /// The shim libraries built by tools/build-shims (tools/test runs it first).
+  /// The SwiftPM scratch path the tests were built in: `.build`, or what
+  /// `--scratch-path` named (tools/test's VGPU_BUILD_DIR).
+  public static let buildDirectory: URL = {
+    var url = MediatorProcess.binaries
+    while url.path != "/" && url.deletingLastPathComponent().path != packageRoot.path { url.deleteLastPathComponent() }
+    return url
+  }()
+  /// The shim libraries built by tools/build-shims (tools/test runs it first) into the same scratch path.
   public static var shims: URL {
-    packageRoot.appendingPathComponent(".build/shims/debug/lib")
+    buildDirectory.appendingPathComponent("shims/debug/lib")
   }
   /// The venv tools/setup fills with the real Python clients.
   public static var python: URL { packageRoot.appendingPathComponent(".venv/bin/python") }
