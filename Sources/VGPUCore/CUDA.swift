@@ -123,18 +123,19 @@ public func vgpucore_cuInit(_ flags: UInt32) -> Int32 {
   }
 }
 
-/// The version reported before a device is open: CUDA 12.8, what the
-/// reference device reports too.
+/// The version reported when no device can be opened: CUDA 12.8, what the
+/// reference device reports by default.
 let defaultDriverVersion: Int32 = 12080
 
-/// cuDriverGetVersion(int *driverVersion): the device's CUDA version once
-/// cuInit has opened it, else 12080 — without opening anything (Ollama and
-/// cuda-bindings call this right after dlopen).
+/// cuDriverGetVersion(int *driverVersion): the device's CUDA version (the
+/// mediator's --cuda-driver-version). It opens the device if need be: CUDA
+/// 13's runtime asks before cuInit and refuses a driver older than itself.
+/// Without a device, 12080 and success, as a driver without GPUs answers.
 @_cdecl("vgpucore_cuDriverGetVersion")
 public func vgpucore_cuDriverGetVersion(_ version: UnsafeMutablePointer<Int32>?) -> Int32 {
   guard let version else { return CUDA_ERROR_INVALID_VALUE }
   version.pointee = defaultDriverVersion
-  if cuInitCalled.load(ordering: .acquiring), case .success(let device) = ShimRuntime.shared.device(),
+  if case .success(let device) = ShimRuntime.shared.device(),
     let reported = Int32(exactly: device.info.identity.cudaDriverVersion), reported > 0
   {
     version.pointee = reported

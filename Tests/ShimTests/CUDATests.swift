@@ -52,6 +52,17 @@ import VGPUDevice
     }
   }
 
+  /// The CUDA version the mediator is told to report reaches a program that
+  /// asks before cuInit (CUDA 13's runtime refuses a 12.x driver there).
+  @Test func theDriverVersionIsTheDevicesEvenBeforeCuInit() throws {
+    try CUDAClient.requireShims()
+    let mediator = try MediatorProcess(arguments: ["--cuda-driver-version", "13.0"])
+    let program = try CUDAClient.program("count_devices", linked: false)
+    let r = try CUDAClient.run(program.path, [], device: mediator.spec)
+    #expect(r.status == 0 && r.lines == ["version 13000 (0) cuInit 0 count 1 (0) cuDeviceGet 0"], "\(r)")
+    #expect(r.stderr.isEmpty, "\(r)")
+  }
+
   /// No VGPU_DEVICE, and no vGPU at 0000:00:05.0: no device — never a made-up
   /// one — and one line on stderr saying why. Likewise a mediator that is not there.
   @Test func noDeviceMeansZero() throws {
@@ -66,7 +77,8 @@ import VGPUDevice
       let r = try CUDAClient.run(program.path, [], device: device)
       #expect(r.status == 0, "\(r)")
       // cuInit: CUDA_ERROR_NO_DEVICE; count 0 (CUDA_SUCCESS); cuDeviceGet: CUDA_ERROR_NO_DEVICE.
-      #expect(r.lines == ["cuInit 100 count 0 (0) cuDeviceGet 100"], "\(r)")
+      // cuDriverGetVersion: 12080 and CUDA_SUCCESS, as a driver without GPUs answers.
+      #expect(r.lines == ["version 12080 (0) cuInit 100 count 0 (0) cuDeviceGet 100"], "\(r)")
       #expect(r.stderrLines.count == 1, "one line on stderr: \(r)")
       #expect(r.stderr.hasPrefix("vgpu: cuInit failed: "), "\(r)")
       if device != nil { #expect(r.stderr.contains("vgpu-mediator"), "says what to do: \(r)") }

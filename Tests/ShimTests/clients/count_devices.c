@@ -1,6 +1,7 @@
-/* What a program finds when there is no device: dlopen libcuda.so.1, cuInit,
- * cuDeviceGetCount. Prints "cuInit <result> count <n>"; the library says why
- * on stderr, once. */
+/* What a program finds: dlopen libcuda.so.1, cuDriverGetVersion before
+ * cuInit (as CUDA 13's runtime does), cuInit, cuDeviceGetCount. Prints
+ * "version <v> cuInit <result> count <n> ..."; without a device the library
+ * says why on stderr, once. */
 #include <dlfcn.h>
 #include <stdio.h>
 
@@ -13,6 +14,9 @@ int main(void) {
   int (*cuInit)(unsigned int) = (int (*)(unsigned int))dlsym(lib, "cuInit");
   int (*cuDeviceGetCount)(int *) = (int (*)(int *))dlsym(lib, "cuDeviceGetCount");
   int (*cuDeviceGet)(int *, int) = (int (*)(int *, int))dlsym(lib, "cuDeviceGet");
+  int (*cuDriverGetVersion)(int *) = (int (*)(int *))dlsym(lib, "cuDriverGetVersion");
+  int version = -1;
+  int v = cuDriverGetVersion(&version);
   int init = cuInit(0);
   int count = -1;
   int r = cuDeviceGetCount(&count);
@@ -21,6 +25,6 @@ int main(void) {
   /* Asking again says nothing more. */
   cuInit(0);
   cuDeviceGetCount(&count);
-  printf("cuInit %d count %d (%d) cuDeviceGet %d\n", init, count, r, get);
+  printf("version %d (%d) cuInit %d count %d (%d) cuDeviceGet %d\n", version, v, init, count, r, get);
   return 0;
 }
