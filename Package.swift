@@ -11,6 +11,7 @@ let package = Package(
     .library(name: "VGPU", targets: ["VGPU"]),
     .executable(name: "pcitool", targets: ["pcitool"]),
     .executable(name: "vgpu-mediator", targets: ["vgpu-mediator"]),
+    .executable(name: "vgpu-bench", targets: ["vgpu-bench"]),
     // The implementation behind the shim libraries (libcuda.so.1, libnvidia-ml.so.1,
     // libvgpu.so), which are small C trampolines in shims/ that load it on first call.
     .library(name: "vgpucore", type: .dynamic, targets: ["VGPUCore"]),
@@ -51,10 +52,20 @@ let package = Package(
           "--version-script=Sources/VGPUCore/exports.map",
         ])
       ]),
+    // Measuring code shared by vgpu-bench and pcitool bench: baselines, the socket RPC, the cases.
+    .target(name: "BenchKit", dependencies: ["VGPU", "VGPUDevice", "VGPUProtocol", "CSupport"]),
+    // Issue 7's benchmark suite (tools/bench): the vGPU against its ceilings and against socket RPC.
+    .executableTarget(
+      name: "vgpu-bench",
+      dependencies: [
+        "BenchKit", "VGPU", "VGPUDevice", "VGPUProtocol", "CSupport", "MallocCounter",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]
+    ),
     .executableTarget(
       name: "pcitool",
       dependencies: [
-        "PCI", "VGPU", "VGPUDevice", "VGPUProtocol", "CSupport", "DeviceAccess",
+        "PCI", "VGPU", "VGPUDevice", "VGPUProtocol", "CSupport", "DeviceAccess", "BenchKit",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
@@ -92,6 +103,8 @@ let package = Package(
     .testTarget(
       name: "ShimTests", dependencies: ["TestSupport", "vgpu-mediator", "vgpu-test-client", "VGPU"],
       exclude: ["clients"]),
+    // Runs vgpu-bench --quick and checks its report (shape, not timings).
+    .testTarget(name: "BenchTests", dependencies: ["vgpu-bench", "vgpu-mediator", "TestSupport"]),
     // Runs the built pcitool and compares it with lspci on this machine.
     .testTarget(name: "PCIToolTests", dependencies: ["pcitool", "PCI", "LspciFacts"]),
   ],

@@ -14,33 +14,42 @@ extern void *__libc_realloc(void *, size_t);
 extern void *__libc_memalign(size_t, size_t);
 extern void __libc_free(void *);
 
-static __thread uint64_t allocations;
+static __thread uint64_t thread_allocations;
+static uint64_t process_allocations;
 
-uint64_t malloc_counter_thread_allocations(void) { return allocations; }
+uint64_t malloc_counter_thread_allocations(void) { return thread_allocations; }
+uint64_t malloc_counter_process_allocations(void) {
+  return __atomic_load_n(&process_allocations, __ATOMIC_RELAXED);
+}
+
+static inline void counted(void) {
+  thread_allocations++;
+  __atomic_fetch_add(&process_allocations, 1, __ATOMIC_RELAXED);
+}
 
 void *malloc(size_t n) {
-  allocations++;
+  counted();
   return __libc_malloc(n);
 }
 void *calloc(size_t n, size_t m) {
-  allocations++;
+  counted();
   return __libc_calloc(n, m);
 }
 void *realloc(void *p, size_t n) {
-  allocations++;
+  counted();
   return __libc_realloc(p, n);
 }
 void free(void *p) { __libc_free(p); }
 void *memalign(size_t a, size_t n) {
-  allocations++;
+  counted();
   return __libc_memalign(a, n);
 }
 void *aligned_alloc(size_t a, size_t n) {
-  allocations++;
+  counted();
   return __libc_memalign(a, n);
 }
 int posix_memalign(void **out, size_t a, size_t n) {
-  allocations++;
+  counted();
   void *p = __libc_memalign(a, n);
   if (!p) return ENOMEM;
   *out = p;

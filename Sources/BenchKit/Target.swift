@@ -1,0 +1,52 @@
+import VGPU
+import VGPUDevice
+
+/// What a benchmark case drives: the vGPU through its queue pairs, or the
+/// same commands as request/response over a Unix socket (`SocketClient`).
+public protocol BenchTarget: AnyObject {
+  func nop() throws
+  /// `count` NOPs, `batch` per doorbell (per write, over a socket).
+  func nops(_ count: Int, batch: Int) throws
+  func allocate(_ bytes: Int) throws -> UInt64
+  func free(_ address: UInt64) throws
+  func copyIn(_ destination: UInt64, from source: UnsafeRawBufferPointer) throws
+  func copyOut(_ source: UInt64, into destination: UnsafeMutableRawBufferPointer) throws
+  func copyDevice(_ destination: UInt64, from source: UInt64, count: Int) throws
+  /// Loads the built-in `fill` kernel: what the launch case launches.
+  func loadFill() throws -> FunctionHandle
+  /// Launches `fill` on one element: the cost of a launch, not of its work.
+  func launchFill(_ function: FunctionHandle, parameters: [UInt8]) throws
+}
+
+/// The image of a module holding `fill`, and its parameters for one element at `address`.
+public enum FillKernel {
+  public static let image = Array(ModuleImage.text(kernels: [.fill]).utf8)
+  public static func parameters(_ address: UInt64) -> [UInt8] {
+    BuiltinKernel.pack(.fill, [.pointer(address), .f32(1), .u32(1)])
+  }
+}
+
+/// The client API as a benchmark target.
+public final class DeviceTarget: BenchTarget {
+  public let device: Device
+  public init(_ device: Device) { self.device = device }
+  public func nop() throws { try device.nop() }
+  public func nops(_ count: Int, batch: Int) throws { try device.nops(count, batch: batch) }
+  public func allocate(_ bytes: Int) throws -> UInt64 { try device.allocate(bytes).address }
+  public func free(_ address: UInt64) throws { try device.free(DevicePointer(address)) }
+  public func copyIn(_ destination: UInt64, from source: UnsafeRawBufferPointer) throws {
+    try device.copy(to: DevicePointer(destination), from: source)
+  }
+  public func copyOut(_ source: UInt64, into destination: UnsafeMutableRawBufferPointer) throws {
+    try device.copy(from: DevicePointer(source), into: destination)
+  }
+  public func copyDevice(_ destination: UInt64, from source: UInt64, count: Int) throws {
+    try device.copy(to: DevicePointer(destination), from: DevicePointer(source), count: count)
+  }
+  public func loadFill() throws -> FunctionHandle {
+    try device.function("fill", in: device.loadModule(FillKernel.image))
+  }
+  public func launchFill(_ function: FunctionHandle, parameters: [UInt8]) throws {
+    try device.launch(function, grid: Dimensions(1), block: Dimensions(1), parameters: parameters)
+  }
+}

@@ -1,0 +1,140 @@
+import BenchKit
+import Foundation
+import VGPU
+import VGPUDevice
+import VGPUProtocol
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The helper processes of the suite: this executable started as
+/// `vgpu-bench _MODE ...`. Not for people: the suite starts and stops them.
+enum Modes {
+  static func run(_ args: [String]) -> Int32 {
+    do {
+      switch args.first {
+      case "_pingpong": try PingPong.serve(args[1])
+      case "_ring": try SPSCRing.consume(args[1])
+      case "_rpc-server":
+        try SocketRPC.serve(args[1]) {
+          say("ready")
+        }
+      case "_client": try client(target: args[1], quick: args.contains("--quick"))
+      case "_nops": try nops(target: args[1], count: Int(args[2])!, batch: Int(args[3])!)
+      case "_direct-nops": try directNops(count: Int(args[1])!, batch: Int(args[2])!)
+      case "_idle": try idle(target: args[1])
+      default:
+        FileHandle.standardError.write(Data("vgpu-bench: unknown internal mode \(args.first ?? "")\n".utf8))
+        return 2
+      }
+      return 0
+    } catch {
+      FileHandle.standardError.write(Data("vgpu-bench \(args.first ?? ""): \(error)\n".utf8))
+      return 1
+    }
+  }
+
+  /// `shm:PATH` or `sim` is the vGPU, `socket:PATH` the socket server.
+  static func open(_ target: String) throws -> BenchTarget {
+    if target.hasPrefix("socket:") { return try SocketClient(path: String(target.dropFirst(7))) }
+    return DeviceTarget(try Device.open(target))
+  }
+
+  /// One client of the two-client cases: each case starts when the parent says go.
+  static func client(target: String, quick: Bool) throws {
+    let t = try open(target)
+    let plan = Plan(quick: quick)
+    var result = ClientResult()
+    let lines = LineReader(fd: 0)
+    func step(_ name: String, _ body: () throws -> Void) throws {
+      say("ready \(name)")
+      guard lines.next() == "go" else { throw BenchError("the suite went away") }
+      try body()
+    }
+    try step("nop") { result.nop = try latencies(plan, samples: plan.samples / 2) { try t.nop() } }
+    try step("batched") { result.batched = try Cases.batched(t, plan) }
+    try step("launch") { result.launch = try Cases.launches(t, plan) }
+    try step("alloc") { result.allocFree = try Cases.allocFree(t, plan) }
+    try step("copies") {
+      let r = try Cases.copies(t, plan, sizes: [Cases.twoClientCopySize], d2d: false)
+      result.h2d = r.h2d.first?.gbPerSecond
+      result.d2h = r.d2h.first?.gbPerSecond
+    }
+    let data = try JSONEncoder().encode(result)
+    say("result " + String(decoding: data, as: UTF8.self))
+    _ = lines.next()
+  }
+
+  /// For callgrind: `count` NOPs after a warm-up, nothing else.
+  static func nops(target: String, count: Int, batch: Int) throws {
+    let t = try open(target)
+    for _ in 0..<1000 { try t.nop() }
+    if batch <= 1 {
+      for _ in 0..<count { try t.nop() }
+    } else {
+      try t.nops(count, batch: batch)
+    }
+  }
+
+  /// For callgrind: the device's side alone, single-threaded.
+  static func directNops(count: Int, batch: Int) throws {
+    var config = ReferenceDeviceConfiguration()
+    config.memorySize = 1 << 30
+    let device = try ReferenceDevice(configuration: config)
+    var q = try DirectQueue(device: device, index: 0)
+    func run(_ n: Int) {
+      var left = n
+      while left > 0 {
+        let k = min(batch, left)
+        for _ in 0..<k { q.submit(SubmissionEntry(.nop)) }
+        q.complete { _ in }
+        left -= k
+      }
+    }
+    run(1000)
+    run(count)
+  }
+
+  /// An idle client: opens the device, does a little, then holds it open until stdin closes.
+  static func idle(target: String) throws {
+    let t = try open(target)
+    for _ in 0..<100 { try t.nop() }
+    say("ready")
+    _ = LineReader(fd: 0).next()
+    withExtendedLifetime(t) {}
+  }
+}
+
+struct ClientResult: Codable {
+  var nop: LatencySummary?
+  var batched: Double?
+  var launch: Double?
+  var allocFree: Double?
+  var h2d: Double?
+  var d2h: Double?
+}
+
+/// Lines from a file descriptor, read with read(2) (no Foundation run loop).
+final class LineReader {
+  let fd: Int32
+  var buffer: [UInt8] = []
+  init(fd: Int32) { self.fd = fd }
+
+  func next() -> String? {
+    while true {
+      if let i = buffer.firstIndex(of: 10) {
+        let line = String(decoding: buffer[..<i], as: UTF8.self)
+        buffer.removeSubrange(...i)
+        return line
+      }
+      var chunk = [UInt8](repeating: 0, count: 4096)
+      let n = read(fd, &chunk, 4096)
+      if n <= 0 { return nil }
+      buffer += chunk[..<n]
+    }
+  }
+}
+
+/// A line to the suite, unbuffered (stdout is a pipe).
+func say(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }

@@ -1,0 +1,142 @@
+import ArgumentParser
+import BenchKit
+import Foundation
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+struct VGPUBench: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "vgpu-bench",
+    abstract: "Measure the vGPU's data path against its ceilings and against socket-based API remoting.",
+    discussion: """
+      Usually run as `tools/bench` (a release build, then this, writing docs/bench/).
+
+      Starts a vgpu-mediator on a fresh /dev/shm file and a socket RPC server \
+      (rCUDA/GVirtuS-style API remoting: the same commands as request/response over \
+      a Unix socket, executed on the same reference device), then measures, all in \
+      one run:
+
+        ceilings     two-process cache-line ping-pong over /dev/shm; a raw SPSC ring \
+      of 64-byte slots (batches of 32 and of 1); single-thread memcpy
+        round trip   NOP p50 / p99 / p99.9: vGPU, ping-pong, socket RPC
+        rates        NOPs 32 a doorbell; launches; alloc + free
+        bandwidth    H2D, D2H, D2D from 4 KiB to --max-size (×4 steps)
+        efficiency   heap allocations per command (a malloc counter linked in); \
+      instructions per NOP (valgrind --tool=callgrind, N and 2N NOPs)
+        discovery    cuInit .. cuDeviceTotalMem_v2 through libcuda.so.1 in a fresh \
+      process vs an empty C program (cc builds both)
+        two clients  the same cases with two client processes at once
+        idle         CPU of an idle mediator and an idle client after a grace period
+
+      Every figure is printed as value, baseline, ratio (value / baseline) and \
+      advantage (how many times better). The machine is shared and noisy: compare \
+      ratios within a run, never absolute times across runs. Progress goes to stderr.
+
+      Writes OUT/report.json, OUT/plot.svg (and OUT/plot.png when rsvg-convert is \
+      installed) and prints the table. A full run takes a few minutes; --quick takes \
+      few samples and small sizes and skips callgrind (for tests, not for numbers).
+
+      Exit status: 0 when every case was measured (targets met or not), 1 when \
+      something could not be measured (the problems are listed), 2 on a bad command line.
+      """)
+
+  @Flag(help: "Few samples, sizes up to 1 MiB, no callgrind: checks that everything runs.")
+  var quick = false
+
+  @Option(help: "Directory for report.json and plot.svg / plot.png (created if missing).")
+  var out = "docs/bench"
+
+  @Flag(help: "Print the JSON report on stdout instead of the table.")
+  var json = false
+
+  @Option(name: .customLong("max-size"), help: "Largest copy, e.g. 1G, 256M (default 1G; 1M with --quick).")
+  var maxSize: String?
+
+  @Option(help: "The vgpu-mediator executable (default: the one next to this one).")
+  var mediator: String?
+
+  @Option(help: "Directory holding libcuda.so.1 (default: SCRATCH/shims/CONFIG/lib above this executable).")
+  var shims: String?
+
+  @Option(
+    name: .customLong("discovery-runs"),
+    help: "Fresh processes per discovery figure (median; default 30, 3 with --quick).")
+  var discoveryRuns: Int?
+
+  @Flag(name: .customLong("no-callgrind"), help: "Skip the instruction counts (they take about a minute).")
+  var noCallgrind = false
+
+  func validate() throws {
+    if let maxSize, parseSize(maxSize) == nil {
+      throw ValidationError("--max-size '\(maxSize)' is not a size such as 1G, 256M or 64K")
+    }
+    if let discoveryRuns, discoveryRuns < 1 { throw ValidationError("--discovery-runs must be at least 1") }
+  }
+
+  func run() throws {
+    let here = URL(fileURLWithPath: selfExecutable).deletingLastPathComponent()
+    let mediatorPath = mediator ?? here.appendingPathComponent("vgpu-mediator").path
+    guard FileManager.default.isExecutableFile(atPath: mediatorPath) else {
+      throw ValidationError(
+        "no vgpu-mediator at \(mediatorPath): build it (swift build -c release --product vgpu-mediator) or pass --mediator"
+      )
+    }
+    let options = SuiteOptions(
+      quick: quick, maxSize: maxSize.flatMap(parseSize) ?? (quick ? 1 << 20 : 1 << 30), mediator: mediatorPath,
+      shims: shims ?? findShims(from: here), callgrind: !quick && !noCallgrind,
+      discoveryRuns: discoveryRuns ?? (quick ? 3 : 30))
+    let report = try Suite(options).run()
+
+    try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+    let jsonPath = out + "/report.json"
+    let svgPath = out + "/plot.svg"
+    try report.json().write(to: URL(fileURLWithPath: jsonPath))
+    try Plot.svg(report).write(toFile: svgPath, atomically: true, encoding: .utf8)
+    var written = [jsonPath, svgPath]
+    if let rsvg = ["/usr/bin/rsvg-convert", "/usr/local/bin/rsvg-convert"].first(where: {
+      FileManager.default.isExecutableFile(atPath: $0)
+    }) {
+      let p = Process()
+      p.executableURL = URL(fileURLWithPath: rsvg)
+      p.arguments = ["-o", out + "/plot.png", svgPath]
+      try p.run()
+      p.waitUntilExit()
+      if p.terminationStatus == 0 { written.append(out + "/plot.png") }
+    }
+    if json {
+      FileHandle.standardOutput.write(try report.json())
+      print()
+    } else {
+      print(report.text)
+    }
+    FileHandle.standardError.write(Data("wrote \(written.joined(separator: ", "))\n".utf8))
+    if !report.problems.isEmpty { throw ExitCode(1) }
+  }
+
+  /// SCRATCH/shims/CONFIG/lib for the scratch directory this executable was built in.
+  func findShims(from here: URL) -> String? {
+    var dir = here
+    while dir.path != "/" {
+      let candidate = dir.appendingPathComponent("shims/\(buildKind)/lib")
+      if FileManager.default.fileExists(atPath: candidate.appendingPathComponent("libcuda.so.1").path) {
+        return candidate.path
+      }
+      dir.deleteLastPathComponent()
+    }
+    return nil
+  }
+}
+
+func parseSize(_ s: String) -> Int? {
+  let units: [Character: Int] = ["K": 10, "M": 20, "G": 30]
+  if let last = s.uppercased().last, let shift = units[last], let n = Int(s.dropLast()), n > 0 { return n << shift }
+  return Int(s).flatMap { $0 > 0 ? $0 : nil }
+}
+
+// Internal modes (helper processes the suite starts) bypass the parser.
+if CommandLine.arguments.count > 1, CommandLine.arguments[1].hasPrefix("_") {
+  exit(Modes.run(Array(CommandLine.arguments.dropFirst())))
+}
+VGPUBench.main()
