@@ -276,23 +276,28 @@ extension Device {
   }
 
   /// `count` NOPs submitted together, one doorbell per batch of up to `batch`.
+  /// Two batches are kept in flight, so the device works through one while
+  /// the next is written and the completions of the last are collected.
   public func nops(_ count: Int, batch: Int = 32) throws(VGPUError) {
     try withQueuePair { (qp) throws(VGPUError) in
-      var remaining = count
-      while remaining > 0 {
-        let n = min(batch, remaining, qp.depth - 1)
-        var first: UInt16 = 0
-        for i in 0..<n {
-          let id = try qp.submit(SubmissionEntry(.nop), "nop")
-          if i == 0 { first = id }
+      let n = max(1, min(batch, (qp.depth - 1) / 2))
+      var submitted = 0
+      var completed = 0
+      var oldest: UInt16 = 0  // ids are consecutive: each submit takes the next
+      while completed < count {
+        if submitted < count && submitted - completed <= n {
+          let k = min(n, count - submitted)
+          for i in 0..<k {
+            let id = try qp.submit(SubmissionEntry(.nop), "nop")
+            if i == 0 && submitted == completed { oldest = id }
+          }
+          qp.ring()
+          submitted += k
+        } else {
+          _ = try qp.wait(for: oldest, "nop")
+          oldest &+= 1
+          completed += 1
         }
-        qp.ring()
-        var id = first
-        for _ in 0..<n {
-          _ = try qp.wait(for: id, "nop")
-          id &+= 1
-        }
-        remaining -= n
       }
     }
   }

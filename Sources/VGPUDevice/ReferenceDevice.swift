@@ -159,21 +159,34 @@ public final class ReferenceDevice: @unchecked Sendable {
     var idleSince = vgpu_monotonic_ns()
     var lastReap = idleSince
     var passes: UInt64 = 0
+    // Passes without work since the last one that had some. The clock is
+    // read only every 32 of them: a read costs as much as a pass.
+    var idlePasses: UInt64 = 0
+    // After a sleep that ended by its timeout, nobody is about to submit:
+    // look once and sleep again, rather than spin (an idle device uses no CPU).
+    var spin = true
+    func reapIfDue() {
+      guard configuration.ownersAreLocalProcesses else { return }
+      let now = vgpu_monotonic_ns()
+      if now &- lastReap > configuration.reapIntervalNanoseconds {
+        lastReap = now
+        executor.lock.withLock { _ in executor.reapDeadOwners(now: now) }
+      }
+    }
     while running.load(ordering: .relaxed) {
       passes &+= 1
       if passes & 0xffff == 0 { registers.store64(Register.heartbeat, passes) }
-      if passes & 0x3ff == 0 || vgpu_monotonic_ns() &- idleSince > configuration.spinNanoseconds {
-        let now = vgpu_monotonic_ns()
-        if configuration.ownersAreLocalProcesses && now &- lastReap > configuration.reapIntervalNanoseconds {
-          lastReap = now
-          executor.lock.withLock { _ in executor.reapDeadOwners(now: now) }
-        }
-      }
-      if executor.lock.withLock({ _ in executor.servePass() }) {
-        idleSince = vgpu_monotonic_ns()
+      if passes & 0x3ff == 0 { reapIfDue() }
+      // Claims, closes and resets are looked for every 64th pass (and
+      // before sleeping); the passes between only serve active rings.
+      if executor.lock.withLock({ _ in executor.servePass(quick: passes & 63 != 0) }) {
+        idlePasses = 0
+        spin = true
         continue
       }
-      if vgpu_monotonic_ns() &- idleSince < configuration.spinNanoseconds {
+      idlePasses &+= 1
+      if idlePasses == 1 { idleSince = vgpu_monotonic_ns() }
+      if spin && (idlePasses & 31 != 0 || vgpu_monotonic_ns() &- idleSince < configuration.spinNanoseconds) {
         vgpu_cpu_relax()
         continue
       }
@@ -185,24 +198,29 @@ public final class ReferenceDevice: @unchecked Sendable {
         registers.setDeviceSleeping(false)
         continue
       }
-      // Bounded, so housekeeping (heartbeat, claims) goes on while idle.
+      // Bounded, so housekeeping (heartbeat, claims, reaping) goes on while idle.
       if let doorbells {
         // A guest's doorbell (or a wake-up missed meanwhile: the eventfd keeps it).
-        if vgpu_eventfd_wait(doorbells.hostEventFD, configuration.sleepSliceNanoseconds) == 1 {
-          doorbells.countDoorbell()
-        }
+        let woken = vgpu_eventfd_wait(doorbells.hostEventFD, configuration.sleepSliceNanoseconds) == 1
+        if woken { doorbells.countDoorbell() }
+        spin = woken
       } else {
-        _ = vgpu_futex_wait(registers.deviceWakeWord, seen, configuration.sleepSliceNanoseconds)
+        spin = vgpu_futex_wait(registers.deviceWakeWord, seen, configuration.sleepSliceNanoseconds) != -ETIMEDOUT
       }
       registers.setDeviceSleeping(false)
       registers.store64(Register.heartbeat, passes)
-      idleSince = vgpu_monotonic_ns()
+      idlePasses = 0
+      reapIfDue()
     }
   }
 
-  /// Serves one pass over every queue pair; for tests that drive the device by hand.
+  /// Serves one pass over every queue pair (`quick`: over the active ones'
+  /// rings only, as the device thread does between full passes); for tests
+  /// and benchmarks that drive the device by hand.
   @discardableResult
-  public func servePass() -> Bool { executor.lock.withLock { _ in executor.servePass() } }
+  public func servePass(quick: Bool = false) -> Bool {
+    executor.lock.withLock { _ in executor.servePass(quick: quick) }
+  }
 }
 
 /// Why a device could not be set up.

@@ -40,14 +40,14 @@ public struct BARLayout: Equatable, Sendable {
   public var stagingSize: UInt64 { regionSize - stagingOffset }
   public var stagingPerQueue: UInt64 { UInt64(slotsPerQueue) * UInt64(stagingSlotSize) }
 
-  @inline(__always) public func doorbell(_ qp: Int) -> Int { Int(doorbellOffset) + qp * Int(doorbellStride) }
-  @inline(__always) public func queuePair(_ qp: Int) -> Int { Int(queueAreaOffset) + qp * Int(queuePairStride) }
-  @inline(__always) public func submissionRing(_ qp: Int) -> Int { queuePair(qp) + QueuePairBlock.ringsOffset }
-  @inline(__always) public func completionRing(_ qp: Int) -> Int {
+  @inlinable @inline(__always) public func doorbell(_ qp: Int) -> Int { Int(doorbellOffset) + qp * Int(doorbellStride) }
+  @inlinable @inline(__always) public func queuePair(_ qp: Int) -> Int { Int(queueAreaOffset) + qp * Int(queuePairStride) }
+  @inlinable @inline(__always) public func submissionRing(_ qp: Int) -> Int { queuePair(qp) + QueuePairBlock.ringsOffset }
+  @inlinable @inline(__always) public func completionRing(_ qp: Int) -> Int {
     submissionRing(qp) + Int(depth) * SubmissionEntry.size
   }
   /// The first byte of queue pair `qp`'s staging window.
-  @inline(__always) public func staging(_ qp: Int) -> UInt64 { stagingOffset + UInt64(qp) * stagingPerQueue }
+  @inlinable @inline(__always) public func staging(_ qp: Int) -> UInt64 { stagingOffset + UInt64(qp) * stagingPerQueue }
 
   /// Writes the layout registers. Device side.
   public func write(to r: RegisterBlock) {
@@ -195,24 +195,24 @@ public struct RegisterBlock: @unchecked Sendable {
   public let base: UnsafeMutableRawPointer
   public init(_ base: UnsafeMutableRawPointer) { self.base = base }
 
-  @inline(__always) public func load32(_ offset: Int) -> UInt32 { vgpu_load_acquire_u32(base + offset) }
-  @inline(__always) public func store32(_ offset: Int, _ v: UInt32) { vgpu_store_release_u32(base + offset, v) }
-  @inline(__always) public func load64(_ offset: Int) -> UInt64 { vgpu_load_acquire_u64(base + offset) }
-  @inline(__always) public func store64(_ offset: Int, _ v: UInt64) { vgpu_store_release_u64(base + offset, v) }
+  @inlinable @inline(__always) public func load32(_ offset: Int) -> UInt32 { vgpu_load_acquire_u32(base + offset) }
+  @inlinable @inline(__always) public func store32(_ offset: Int, _ v: UInt32) { vgpu_store_release_u32(base + offset, v) }
+  @inlinable @inline(__always) public func load64(_ offset: Int) -> UInt64 { vgpu_load_acquire_u64(base + offset) }
+  @inlinable @inline(__always) public func store64(_ offset: Int, _ v: UInt64) { vgpu_store_release_u64(base + offset, v) }
 
   public var status: DeviceStatus { DeviceStatus(rawValue: load32(Register.status)) }
 }
 
 extension RegisterBlock {
-  @inline(__always) public var deviceSleeping: Bool { vgpu_load_seqcst_u32(base + Register.deviceSleeping) != 0 }
-  @inline(__always) public func setDeviceSleeping(_ sleeping: Bool) {
+  @inlinable @inline(__always) public var deviceSleeping: Bool { vgpu_load_seqcst_u32(base + Register.deviceSleeping) != 0 }
+  @inlinable @inline(__always) public func setDeviceSleeping(_ sleeping: Bool) {
     vgpu_store_seqcst_u32(base + Register.deviceSleeping, sleeping ? 1 : 0)
   }
-  @inline(__always) public var deviceWakeWord: UnsafeMutableRawPointer { base + Register.deviceWake }
+  @inlinable @inline(__always) public var deviceWakeWord: UnsafeMutableRawPointer { base + Register.deviceWake }
   /// Guest: wakes a device that said it sleeps. Called after the doorbell
   /// store (sequentially consistent), so a device that goes to sleep after
   /// this check still sees the doorbell when it re-checks before sleeping.
-  @inline(__always) public func wakeDeviceIfSleeping() {
+  @inlinable @inline(__always) public func wakeDeviceIfSleeping() {
     if deviceSleeping {
       _ = vgpu_fetch_add_u32(deviceWakeWord, 1)
       _ = vgpu_futex_wake(deviceWakeWord, 1)

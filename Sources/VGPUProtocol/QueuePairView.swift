@@ -25,55 +25,55 @@ public struct QueuePairView: @unchecked Sendable {
 
   // MARK: Queue pair words
 
-  @inline(__always) public var state: UInt32 { vgpu_load_acquire_u32(block + QueuePairBlock.state) }
-  @inline(__always) public func setState(_ s: QueuePairState) {
+  @inlinable @inline(__always) public var state: UInt32 { vgpu_load_acquire_u32(block + QueuePairBlock.state) }
+  @inlinable @inline(__always) public func setState(_ s: QueuePairState) {
     vgpu_store_seqcst_u32(block + QueuePairBlock.state, s.rawValue)
   }
   /// Moves the state from `from` to `to` if no one else did first.
-  @inline(__always) public func exchangeState(from: QueuePairState, to: QueuePairState) -> Bool {
+  @inlinable @inline(__always) public func exchangeState(from: QueuePairState, to: QueuePairState) -> Bool {
     vgpu_cas_u32(block + QueuePairBlock.state, from.rawValue, to.rawValue) != 0
   }
-  @inline(__always) public var ownerPID: UInt32 { vgpu_load_acquire_u32(block + QueuePairBlock.ownerPID) }
-  @inline(__always) public func setOwnerPID(_ pid: UInt32) {
+  @inlinable @inline(__always) public var ownerPID: UInt32 { vgpu_load_acquire_u32(block + QueuePairBlock.ownerPID) }
+  @inlinable @inline(__always) public func setOwnerPID(_ pid: UInt32) {
     vgpu_store_release_u32(block + QueuePairBlock.ownerPID, pid)
   }
-  @inline(__always) public var fault: UInt32 { vgpu_load_acquire_u32(block + QueuePairBlock.fault) }
-  @inline(__always) public func setFault(_ f: QueuePairFault) {
+  @inlinable @inline(__always) public var fault: UInt32 { vgpu_load_acquire_u32(block + QueuePairBlock.fault) }
+  @inlinable @inline(__always) public func setFault(_ f: QueuePairFault) {
     vgpu_store_release_u32(block + QueuePairBlock.fault, f.rawValue)
   }
 
   // MARK: Doorbells (guest-written)
 
-  @inline(__always) public var submissionTail: UInt32 {
+  @inlinable @inline(__always) public var submissionTail: UInt32 {
     vgpu_load_acquire_u32(doorbell + Doorbell.submissionTail)
   }
   /// Publishes new commands. Sequentially consistent, so that the guest's
   /// following read of `deviceSleeping` cannot be ordered before it.
-  @inline(__always) public func ringSubmission(tail: UInt32) {
+  @inlinable @inline(__always) public func ringSubmission(tail: UInt32) {
     vgpu_store_seqcst_u32(doorbell + Doorbell.submissionTail, tail)
   }
-  @inline(__always) public var completionHead: UInt32 {
+  @inlinable @inline(__always) public var completionHead: UInt32 {
     vgpu_load_acquire_u32(doorbell + Doorbell.completionHead)
   }
-  @inline(__always) public func ringCompletion(head: UInt32) {
+  @inlinable @inline(__always) public func ringCompletion(head: UInt32) {
     vgpu_store_release_u32(doorbell + Doorbell.completionHead, head)
   }
 
   // MARK: Submission ring
 
   /// Guest: writes a command into slot `slot`; made visible by `ringSubmission`.
-  @inline(__always) public func writeSubmission(_ e: SubmissionEntry, at slot: UInt32) {
+  @inlinable @inline(__always) public func writeSubmission(_ e: SubmissionEntry, at slot: UInt32) {
     (submissions + Int(slot) * SubmissionEntry.size).storeBytes(of: e, as: SubmissionEntry.self)
   }
   /// Device: reads the command in slot `slot` (after an acquire load of the tail).
-  @inline(__always) public func readSubmission(at slot: UInt32) -> SubmissionEntry {
+  @inlinable @inline(__always) public func readSubmission(at slot: UInt32) -> SubmissionEntry {
     (submissions + Int(slot) * SubmissionEntry.size).load(as: SubmissionEntry.self)
   }
 
   // MARK: Completion ring
 
   /// Device: writes a completion, its tag word (command id, phase) last with release order.
-  @inline(__always) public func postCompletion(_ e: CompletionEntry, at slot: UInt32) {
+  @inlinable @inline(__always) public func postCompletion(_ e: CompletionEntry, at slot: UInt32) {
     let p = completions + Int(slot) * CompletionEntry.size
     p.storeBytes(of: e.result0, toByteOffset: 0, as: UInt64.self)
     p.storeBytes(of: e.result1, toByteOffset: 8, as: UInt64.self)
@@ -85,7 +85,7 @@ public struct QueuePairView: @unchecked Sendable {
   }
 
   /// Guest: the completion in `slot` if its phase bit is `phase`, else nil.
-  @inline(__always) public func completion(at slot: UInt32, phase: UInt16) -> CompletionEntry? {
+  @inlinable @inline(__always) public func completion(at slot: UInt32, phase: UInt16) -> CompletionEntry? {
     let p = completions + Int(slot) * CompletionEntry.size
     let tag = vgpu_load_acquire_u32(p + CompletionEntry.tagOffset)
     guard UInt16(truncatingIfNeeded: tag >> 16) & 1 == phase else { return nil }
@@ -107,14 +107,14 @@ public struct QueuePairView: @unchecked Sendable {
 
   // MARK: Waking (event suppression)
 
-  @inline(__always) public var guestWaiting: Bool { vgpu_load_seqcst_u32(block + QueuePairBlock.guestWaiting) != 0 }
-  @inline(__always) public func setGuestWaiting(_ waiting: Bool) {
+  @inlinable @inline(__always) public var guestWaiting: Bool { vgpu_load_seqcst_u32(block + QueuePairBlock.guestWaiting) != 0 }
+  @inlinable @inline(__always) public func setGuestWaiting(_ waiting: Bool) {
     vgpu_store_seqcst_u32(block + QueuePairBlock.guestWaiting, waiting ? 1 : 0)
   }
-  @inline(__always) public var completionWakeWord: UnsafeMutableRawPointer { block + QueuePairBlock.completionWake }
-  @inline(__always) public var completionWakeValue: UInt32 { vgpu_load_acquire_u32(completionWakeWord) }
+  @inlinable @inline(__always) public var completionWakeWord: UnsafeMutableRawPointer { block + QueuePairBlock.completionWake }
+  @inlinable @inline(__always) public var completionWakeValue: UInt32 { vgpu_load_acquire_u32(completionWakeWord) }
   /// Device: tells a sleeping guest that completions are there.
-  @inline(__always) public func wakeGuest() {
+  @inlinable @inline(__always) public func wakeGuest() {
     _ = vgpu_fetch_add_u32(completionWakeWord, 1)
     _ = vgpu_futex_wake(completionWakeWord, Int32.max)
   }

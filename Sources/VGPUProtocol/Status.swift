@@ -37,6 +37,10 @@ public enum Status: UInt16, Sendable, CaseIterable, CustomStringConvertible {
   /// Launch parameters do not fit the kernel (r0 expected bytes, r1 given bytes).
   case invalidParameters = 17
 
+  /// The largest status value: statuses are 0...highest with no gaps
+  /// (WireFormatTests checks), so a guest validates one with a compare.
+  public static let highest: UInt16 = 17
+
   /// The `CUresult` value (cuda.h) this status becomes at the shim edge.
   public var cudaResult: Int32 {
     switch self {

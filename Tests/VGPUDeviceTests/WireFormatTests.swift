@@ -48,6 +48,10 @@ import Testing
     #expect(Array(bytes[8..<16]) == [0, 0, 0, 0, 1, 0, 0, 0])
   }
 
+  @Test func statusesAreContiguousUpToHighest() {
+    #expect(Status.allCases.map(\.rawValue) == Array(0...Status.highest))
+  }
+
   @Test func version1_1AddsTheProcessListAnd1_2TheDoorbellBit() {
     #expect(ProtocolVersion.packed == 0x0001_0002)
     #expect(Opcode.processes.rawValue == 0x16)
