@@ -23,6 +23,16 @@ public enum PingPong {
   }
 
   public static func measure(_ plan: Plan, child arguments: [String]) throws -> Result {
+    try measure(plan, child: arguments, against: nil).pingPong
+  }
+
+  /// The ping-pong, and `other`'s round trips taken in alternating blocks
+  /// with it: the two vCPUs here move between a near and a far placement
+  /// within seconds (LIMITS.md), so a ratio is only fair when both sides of
+  /// it saw the same placements.
+  public static func measure(_ plan: Plan, child arguments: [String], against other: (() throws -> Void)?) throws -> (
+    pingPong: Result, other: LatencySummary?
+  ) {
     let file = try SharedFile.create("vgpu-pingpong", size: fileSize)
     defer { file.unmap() }
     var unlinked = false
@@ -44,11 +54,38 @@ public enum PingPong {
       vgpu_store_release_u32(counter, ping)
       try spinWait("the ping-pong child's answer") { vgpu_load_acquire_u32(counter) == ping &+ 1 }
     }
-    let latency = try latencies(plan, roundTrip)
+    var otherLatency: LatencySummary?
+    let latency: LatencySummary
+    if let other {
+      let blocks = 20
+      var mine: [UInt64] = []
+      var theirs: [UInt64] = []
+      for _ in 0..<plan.warmup { try other() }
+      for _ in 0..<blocks {
+        mine += try samples(plan, count: plan.samples / blocks, roundTrip)
+        theirs += try samples(plan, count: plan.samples / blocks, other)
+      }
+      latency = LatencySummary(mine)
+      otherLatency = LatencySummary(theirs)
+    } else {
+      latency = try latencies(plan, roundTrip)
+    }
     let n = 10_000
     let t0 = now()
     for _ in 0..<n { try roundTrip() }
-    return Result(latency: latency, roundTripsPerSecond: Double(n) / Double(now() - t0) * 1e9)
+    return (Result(latency: latency, roundTripsPerSecond: Double(n) / Double(now() - t0) * 1e9), otherLatency)
+  }
+
+  /// `count` timed calls of `body` after a short warm-up (a block of an interleaved run).
+  static func samples(_ plan: Plan, count: Int, _ body: () throws -> Void) throws -> [UInt64] {
+    for _ in 0..<min(100, plan.warmup) { try body() }
+    var values = [UInt64](repeating: 0, count: count)
+    for i in 0..<count {
+      let t0 = now()
+      try body()
+      values[i] = now() &- t0
+    }
+    return values
   }
 
   /// The child's side: answer every odd value with the next even one until stopped.
@@ -75,6 +112,9 @@ public enum PingPong {
         let t = now()
         if spins == 256 { idleSince = t }
         if t - idleSince > idleDeadline { throw BenchError("no ping for 5 s; the parent is gone") }
+        // Idle for a millisecond: the parent measures something else in
+        // between (interleaved blocks); nap rather than take a core from it.
+        if t - idleSince > 1_000_000 { usleep(200) }
       }
       if spins >= 256 { sched_yield() }
     }

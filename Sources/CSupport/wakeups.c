@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 // eventfd(2): a write adds to the counter and makes the fd readable; a read
@@ -38,4 +39,16 @@ int vgpu_pwrite_u32(int fd, uint32_t value, int64_t offset) {
   do n = pwrite(fd, &value, sizeof value, (off_t)offset);
   while (n < 0 && errno == EINTR);
   return n == (ssize_t)sizeof value ? 0 : (n < 0 ? -errno : -EIO);
+}
+
+// pidfd_open(2) (Linux 5.3): an fd that becomes readable when the process
+// exits (a zombie counts). -errno on failure (ENOSYS on older kernels).
+int vgpu_pidfd_open(int pid) {
+#ifdef SYS_pidfd_open
+  long fd = syscall(SYS_pidfd_open, pid, 0);
+  return fd < 0 ? -errno : (int)fd;
+#else
+  (void)pid;
+  return -ENOSYS;
+#endif
 }

@@ -31,6 +31,8 @@ struct ServedQueuePair {
   var phase: UInt16 = 1
   var identified = false
   var faulted = false
+  /// Its owner's exit is reported by the OwnerWatch (else found by scanning /proc).
+  var watched = false
   var stats = StatisticsRecord()
 }
 
@@ -111,6 +113,8 @@ final class Executor: @unchecked Sendable {
   @exclusivity(unchecked) var claimingSince: [UInt64]
   /// Told of attachments, releases, reclaims and faults (never per command).
   var onEvent: (@Sendable (DeviceEvent) -> Void)?
+  /// Reports owners' exits as they happen (local owners, where pidfds work).
+  @exclusivity(unchecked) var ownerWatch: OwnerWatch?
   /// Across a VM boundary: raises the guests' MSI-X vectors (set before serving).
   @exclusivity(unchecked) var ivshmem: IvshmemServer?
 
@@ -186,6 +190,7 @@ final class Executor: @unchecked Sendable {
     views[qp].resetRings()
     let pid = views[qp].ownerPID
     served[qp] = ServedQueuePair(active: true, pid: pid, ownerStart: ProcessLiveness.startTime(pid) ?? 0)
+    served[qp].watched = ownerWatch?.watch(queuePair: qp, pid: pid) ?? false
     activeQueuePairs.append(qp)
     claimingSince[qp] = 0
     deviceTotals.queuePairs += 1
@@ -196,6 +201,7 @@ final class Executor: @unchecked Sendable {
   /// Closes a queue pair: its allocations and handles are reclaimed.
   func release(_ qp: Int, because reason: DeviceEvent.ReleaseReason = .closed) {
     let pid = served[qp].pid
+    if served[qp].watched { ownerWatch?.unwatch(queuePair: qp) }
     for a in allocator.allocations where a.owner == UInt32(qp) { scrub(a.offset, a.size) }
     let (count, bytes) = allocator.freeAll(owner: UInt32(qp))
     deviceTotals.bytesAllocated -= bytes
@@ -294,7 +300,7 @@ final class Executor: @unchecked Sendable {
       let state = views[qp].state
       if served[qp].active && state != QueuePairState.free.rawValue {
         let s = served[qp]
-        if !ProcessLiveness.isAlive(s.pid, startTime: s.ownerStart) { release(qp, because: .ownerExited) }
+        if !s.watched && !ProcessLiveness.isAlive(s.pid, startTime: s.ownerStart) { release(qp, because: .ownerExited) }
       } else if state == QueuePairState.claiming.rawValue && views[qp].ownerPID == 0 {
         if claimingSince[qp] == 0 {
           claimingSince[qp] = now
@@ -303,6 +309,29 @@ final class Executor: @unchecked Sendable {
         }
       }
     }
+  }
+
+  /// Releases the queue pairs whose owners the OwnerWatch saw exit (checked
+  /// once more in /proc; one still alive goes back to being scanned).
+  func reapExited() {
+    guard let watch = ownerWatch, watch.hasExits else { return }
+    for qp in watch.takeExited() where served[qp].active {
+      if ProcessLiveness.isAlive(served[qp].pid, startTime: served[qp].ownerStart) {
+        served[qp].watched = false
+      } else {
+        release(qp, because: .ownerExited)
+      }
+    }
+  }
+
+  /// Whether anything needs looking at while idle: owners only /proc can
+  /// tell about, or a claim still without its pid.
+  var needsPolling: Bool {
+    for qp in views.indices {
+      if served[qp].active && !served[qp].watched { return true }
+      if !served[qp].active && views[qp].state == QueuePairState.claiming.rawValue { return true }
+    }
+    return false
   }
 
   // MARK: Commands
@@ -350,7 +379,12 @@ final class Executor: @unchecked Sendable {
         let device = try deviceRange(e.a0, length, pid: s.pid, argument: 1)
         let staging = try stagingRange(e.a1, length, qp: qp, argument: 2)
         if op == .copyToDevice {
-          device.copyMemory(from: staging, byteCount: Int(length))
+          // A whole slot is part of a large copy: write around the cache.
+          if length >= 64 << 10 {
+            vgpu_copy_nontemporal(device, staging, Int(length))
+          } else {
+            device.copyMemory(from: staging, byteCount: Int(length))
+          }
         } else {
           staging.copyMemory(from: device, byteCount: Int(length))
         }

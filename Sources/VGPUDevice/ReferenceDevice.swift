@@ -31,10 +31,16 @@ public struct ReferenceDeviceConfiguration: Sendable {
   /// Whether owners are processes of this host, whose pids can be checked.
   /// False for guests in a VM (their pids mean nothing here).
   public var ownersAreLocalProcesses = true
-  /// The longest sleep while idle. A guest in a VM cannot wake the device's
-  /// futex, so across a VM boundary (without ivshmem doorbells) this bounds
-  /// the latency of a command that arrives while the device sleeps.
+  /// The longest sleep while idle when something must be polled (owners
+  /// whose exit only /proc tells, a claim without its pid). A guest in a VM
+  /// cannot wake the device's futex, so across a VM boundary (without ivshmem
+  /// doorbells) this bounds the latency of a command that arrives while the
+  /// device sleeps.
   public var sleepSliceNanoseconds: UInt64 = 100_000_000
+  /// The longest sleep when every wake-up comes as an event (doorbells,
+  /// claims, closes, owners' exits through pidfds): an idle device wakes
+  /// once a second, for its heartbeat.
+  public var idleSleepNanoseconds: UInt64 = 1_000_000_000
 
   public init() {}
 
@@ -102,6 +108,18 @@ public final class ReferenceDevice: @unchecked Sendable {
       return
     }
     registers.store32(Register.status, DeviceStatus.ready.rawValue)
+    if configuration.ownersAreLocalProcesses {
+      // An owner's exit wakes the device like a doorbell would.
+      let registers = registers
+      let doorbell = doorbells?.hostEventFD
+      executor.lock.withLock { _ in
+        executor.ownerWatch = OwnerWatch {
+          _ = vgpu_fetch_add_u32(registers.deviceWakeWord, 1)
+          _ = vgpu_futex_wake(registers.deviceWakeWord, 1)
+          if let doorbell { _ = vgpu_eventfd_signal(doorbell) }
+        }
+      }
+    }
     let box = Unmanaged.passRetained(self)
     var t = pthread_t()
     let rc = pthread_create(
@@ -126,6 +144,7 @@ public final class ReferenceDevice: @unchecked Sendable {
     _ = vgpu_futex_wake(registers.deviceWakeWord, Int32.max)
     if let thread { pthread_join(thread, nil) }
     thread = nil
+    executor.lock.withLock { _ in executor.ownerWatch?.stop() }
     registers.store32(Register.status, 0)
     // Wake every guest so none sleeps through the news.
     for qp in executor.views.indices { executor.wakeGuest(qp) }
@@ -167,6 +186,7 @@ public final class ReferenceDevice: @unchecked Sendable {
     var spin = true
     func reapIfDue() {
       guard configuration.ownersAreLocalProcesses else { return }
+      executor.lock.withLock { _ in executor.reapExited() }
       let now = vgpu_monotonic_ns()
       if now &- lastReap > configuration.reapIntervalNanoseconds {
         lastReap = now
@@ -199,13 +219,17 @@ public final class ReferenceDevice: @unchecked Sendable {
         continue
       }
       // Bounded, so housekeeping (heartbeat, claims, reaping) goes on while idle.
+      let slice =
+        executor.lock.withLock { _ in executor.ownerWatch != nil && !executor.needsPolling }
+        ? max(configuration.idleSleepNanoseconds, configuration.sleepSliceNanoseconds)
+        : configuration.sleepSliceNanoseconds
       if let doorbells {
         // A guest's doorbell (or a wake-up missed meanwhile: the eventfd keeps it).
-        let woken = vgpu_eventfd_wait(doorbells.hostEventFD, configuration.sleepSliceNanoseconds) == 1
+        let woken = vgpu_eventfd_wait(doorbells.hostEventFD, slice) == 1
         if woken { doorbells.countDoorbell() }
         spin = woken
       } else {
-        spin = vgpu_futex_wait(registers.deviceWakeWord, seen, configuration.sleepSliceNanoseconds) != -ETIMEDOUT
+        spin = vgpu_futex_wait(registers.deviceWakeWord, seen, slice) != -ETIMEDOUT
       }
       registers.setDeviceSleeping(false)
       registers.store64(Register.heartbeat, passes)

@@ -103,17 +103,20 @@ final class Suite {
     let vgpuSpec = "shm:\(barPath)"
     let helper = [selfExecutable]
 
-    progress.begin("ceilings: shared-memory ping-pong, SPSC ring, memcpy")
-    let pingPong = measured("ping-pong baseline") { try PingPong.measure(plan, child: ["_pingpong"]) }
+    let device = try DeviceTarget(Device.open(vgpuSpec))
+    let socket = try SocketClient(path: socketPath)
+
+    progress.begin("ceilings: shared-memory ping-pong (interleaved with vGPU NOPs), SPSC ring, memcpy")
+    let both = measured("ping-pong baseline and vGPU NOP latency") {
+      try PingPong.measure(plan, child: ["_pingpong"], against: { try device.nop() })
+    }
+    let pingPong = both?.pingPong
     let ring32 = measured("SPSC ring baseline") { try SPSCRing.measure(plan, batch: Cases.batch, child: ["_ring"]) }
     let ring1 = measured("SPSC ring baseline, batch 1") { try SPSCRing.measure(plan, batch: 1, child: ["_ring"]) }
     _ = helper
 
-    let device = try DeviceTarget(Device.open(vgpuSpec))
-    let socket = try SocketClient(path: socketPath)
-
-    progress.begin("NOP round trip: vGPU, socket RPC")
-    let nop = measured("vGPU NOP latency") { try latencies(plan) { try device.nop() } }
+    progress.begin("NOP round trip: socket RPC")
+    let nop = both?.other
     let socketNop = measured("socket NOP latency") {
       try latencies(plan, samples: plan.samples / 2) { try socket.nop() }
     }

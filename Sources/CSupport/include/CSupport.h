@@ -78,6 +78,10 @@ int vgpu_eventfd_signal(int fd);
 int vgpu_eventfd_wait(int fd, uint64_t timeout_ns);
 // Writes a 32-bit register through a device fd (VFIO region offset).
 int vgpu_pwrite_u32(int fd, uint32_t value, int64_t offset);
+// memcpy with streaming (cache-bypassing) stores on x86-64 (copy.c).
+void vgpu_copy_nontemporal(void *dst, const void *src, size_t n);
+// pidfd_open(pid, 0): readable once the process has exited.
+int vgpu_pidfd_open(int pid);
 
 // File descriptors between processes (the VFIO broker): abstract-namespace
 // Unix sockets, peer credentials, SCM_RIGHTS. Negative errno on failure.
