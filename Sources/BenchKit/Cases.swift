@@ -52,51 +52,53 @@ public enum Cases {
     public var d2d: [BandwidthPoint] = []
   }
 
-  /// H2D, D2H (and D2D) bandwidth at each size, each the median of `plan.copySamples`.
+  /// H2D, D2H (and D2D) bandwidth at each size, each the median of
+  /// `plan.copySamples`; with `other`, its copies too, and single-thread
+  /// memcpy of the same size between the same host buffers, all sampled in
+  /// turn so that the ratios between them are fair on a noisy machine.
   public static func copies(
-    _ t: BenchTarget, _ plan: Plan, sizes: [Int], d2d: Bool, progress: (String) -> Void = { _ in }
-  ) throws -> Copies {
+    _ t: BenchTarget, _ plan: Plan, sizes: [Int], d2d: Bool, against other: BenchTarget? = nil,
+    progress: (String) -> Void = { _ in }
+  ) throws -> (mine: Copies, other: Copies, memcpy: [BandwidthPoint]) {
     let most = sizes.max() ?? 0
     let host = hostBuffer(most, fill: 0x5A)
-    let other = hostBuffer(most, fill: 0xA5)
+    let back = hostBuffer(most, fill: 0xA5)
     defer {
       host.deallocate()
-      other.deallocate()
+      back.deallocate()
     }
-    let a = try t.allocate(most)
-    defer { try? t.free(a) }
-    let b = d2d ? try t.allocate(most) : 0
-    defer { if d2d { try? t.free(b) } }
-    var r = Copies()
+    let targets = [t] + (other.map { [$0] } ?? [])
+    var buffers: [(a: UInt64, b: UInt64)] = []
+    defer {
+      for (target, (a, b)) in zip(targets, buffers) {
+        try? target.free(a)
+        if d2d { try? target.free(b) }
+      }
+    }
+    for target in targets { buffers.append((try target.allocate(most), d2d ? try target.allocate(most) : 0)) }
+    var results = [Copies](repeating: Copies(), count: 2)
+    var memcpyPoints: [BandwidthPoint] = []
     for size in sizes {
       progress(sizeText(size))
       let source = UnsafeRawBufferPointer(rebasing: host[0..<size])
-      let destination = UnsafeMutableRawBufferPointer(rebasing: other[0..<size])
-      r.h2d.append(.init(bytes: size, gbPerSecond: try bandwidth(plan, bytes: size) { try t.copyIn(a, from: source) }))
-      r.d2h.append(
-        .init(bytes: size, gbPerSecond: try bandwidth(plan, bytes: size) { try t.copyOut(a, into: destination) }))
-      if d2d {
-        r.d2d.append(
-          .init(
-            bytes: size, gbPerSecond: try bandwidth(plan, bytes: size) { try t.copyDevice(b, from: a, count: size) }))
+      let destination = UnsafeMutableRawBufferPointer(rebasing: back[0..<size])
+      var bodies: [() throws -> Void] = [{ memcpy(back.baseAddress!, host.baseAddress!, size) }]
+      for (target, (a, b)) in zip(targets, buffers) {
+        bodies.append { try target.copyIn(a, from: source) }
+        bodies.append { try target.copyOut(a, into: destination) }
+        if d2d { bodies.append { try target.copyDevice(b, from: a, count: size) } }
+      }
+      let r = try interleavedBandwidth(plan, bytes: size, bodies)
+      memcpyPoints.append(.init(bytes: size, gbPerSecond: r[0]))
+      let per = d2d ? 3 : 2
+      for i in targets.indices {
+        let k = 1 + i * per
+        results[i].h2d.append(.init(bytes: size, gbPerSecond: r[k]))
+        results[i].d2h.append(.init(bytes: size, gbPerSecond: r[k + 1]))
+        if d2d { results[i].d2d.append(.init(bytes: size, gbPerSecond: r[k + 2])) }
       }
     }
-    return r
-  }
-
-  /// Single-thread memcpy between two host buffers at each size.
-  public static func memcpyBandwidth(_ plan: Plan, sizes: [Int]) -> [BandwidthPoint] {
-    let most = sizes.max() ?? 0
-    let host = hostBuffer(most, fill: 0x5A)
-    let other = hostBuffer(most, fill: 0xA5)
-    defer {
-      host.deallocate()
-      other.deallocate()
-    }
-    return sizes.map { size in
-      .init(
-        bytes: size, gbPerSecond: bandwidth(plan, bytes: size) { memcpy(other.baseAddress!, host.baseAddress!, size) })
-    }
+    return (results[0], results[1], memcpyPoints)
   }
 
   public static func sizeText(_ n: Int) -> String {

@@ -126,3 +126,25 @@ public func bandwidth(_ plan: Plan, bytes: Int, _ body: () throws -> Void) rethr
   }
   return median(results)
 }
+
+/// Like `bandwidth`, for several bodies whose samples are taken in turn
+/// (one of each, then again): each median then covers the same stretch of a
+/// noisy machine, so their ratios are fair.
+public func interleavedBandwidth(_ plan: Plan, bytes: Int, _ bodies: [() throws -> Void]) throws -> [Double] {
+  for body in bodies { try body() }  // warm: page faults, caches
+  var results = [[Double]](repeating: [], count: bodies.count)
+  for _ in 0..<plan.copySamples {
+    for (i, body) in bodies.enumerated() {
+      var n = 0
+      let t0 = now()
+      var t1 = t0
+      repeat {
+        try body()
+        n += 1
+        t1 = now()
+      } while t1 &- t0 < plan.copySampleTime
+      results[i].append(Double(bytes) * Double(n) / Double(t1 &- t0))
+    }
+  }
+  return results.map(median)
+}

@@ -56,6 +56,12 @@ public final class DeviceMemory: @unchecked Sendable {
     let page = sysconf(Int32(_SC_PAGESIZE))
     self.pageSize = page > 0 ? UInt64(page) : 4096
     let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+    // Transparent huge pages where the kernel offers them on request
+    // (transparent_hugepage=madvise, Debian's default): copies of hundreds of
+    // MiB then take 2 MiB faults and TLB entries instead of 4 KiB ones
+    // (vgpu-bench: H2D 1 GiB 84% -> 92% of memcpy). Untouched memory still
+    // costs nothing; touched memory is rounded up to 2 MiB.
+    if let p, p != MAP_FAILED { _ = madvise(p, Int(size), MADV_HUGEPAGE) }
     guard let p, p != MAP_FAILED else {
       let e = errno
       throw DeviceMemoryError(

@@ -74,12 +74,13 @@ extension PCITool {
           name: "NOPs, 32 a doorbell", unit: "commands/s", value: rate, baseline: pingPong?.roundTripsPerSecond,
           baselineName: "round trips/s of that ping-pong"))
       let sizes = [64 << 20, 256 << 20]
-      let memcpyPoints = Cases.memcpyBandwidth(plan, sizes: sizes)
-      let copies = measured("copies") { try Cases.copies(t, plan, sizes: sizes, d2d: false) }
+      // memcpy sampled in turn with the copies (Cases.copies).
+      let measuredCopies = measured("copies") { try Cases.copies(t, plan, sizes: sizes, d2d: false) }
+      let copies = measuredCopies?.mine
       for (i, bytes) in sizes.enumerated() {
         let size = exactBytesText(bytes)
         let memcpyName = "memcpy \(size), 1 thread"
-        let m = memcpyPoints[i].gbPerSecond
+        let m = measuredCopies?.memcpy[i].gbPerSecond
         cases.append(
           BenchCase(
             name: "H2D \(size)", unit: "GB/s", value: copies?.h2d[i].gbPerSecond, baseline: m, baselineName: memcpyName)

@@ -57,7 +57,7 @@ enum Modes {
     try step("launch") { result.launch = try Cases.launches(t, plan) }
     try step("alloc") { result.allocFree = try Cases.allocFree(t, plan) }
     try step("copies") {
-      let r = try Cases.copies(t, plan, sizes: [Cases.twoClientCopySize], d2d: false)
+      let r = try Cases.copies(t, plan, sizes: [Cases.twoClientCopySize], d2d: false).mine
       result.h2d = r.h2d.first?.gbPerSecond
       result.d2h = r.d2h.first?.gbPerSecond
     }

@@ -151,14 +151,13 @@ final class Suite {
         .against("socket RPC alloc + free", socketAllocs))
 
     progress.begin("bandwidth, \(sizeText(sizes.first!)) to \(sizeText(sizes.last!)): memcpy, vGPU, socket RPC")
-    let memcpyPoints = Cases.memcpyBandwidth(plan, sizes: sizes)
-    progress.detail("memcpy done")
-    let copies = measured("vGPU copies") {
-      try Cases.copies(device, plan, sizes: sizes, d2d: true) { self.progress.detail("vGPU \($0)") }
+    // memcpy, the vGPU and the socket RPC sampled in turn at each size.
+    let allCopies = measured("copies (vGPU, socket RPC, memcpy)") {
+      try Cases.copies(device, plan, sizes: sizes, d2d: true, against: socket) { self.progress.detail($0) }
     }
-    let socketCopies = measured("socket copies") {
-      try Cases.copies(socket, plan, sizes: sizes, d2d: true) { self.progress.detail("socket \($0)") }
-    }
+    let copies = allCopies?.mine
+    let socketCopies = allCopies?.other
+    let memcpyPoints = allCopies?.memcpy ?? sizes.map { BandwidthPoint(bytes: $0, gbPerSecond: nil) }
     report.bandwidth["memcpy, 1 thread (ceiling)"] = memcpyPoints
     if let copies {
       report.bandwidth["vGPU H2D"] = copies.h2d
@@ -314,6 +313,9 @@ final class Suite {
       options.simulated.memorySize = 1 << 30
       let sim = DeviceTarget(try Device.open("sim", options: options))
       defer { sim.device.close() }
+      // Steady state: the device's owner-watch thread sets up the new
+      // owners' pidfds (and allocates) just after the open.
+      usleep(20_000)
       let v = perCommand(10_000, process) { try sim.nop() }
       report.figures.append(
         Figure(
