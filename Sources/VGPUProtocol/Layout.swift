@@ -209,13 +209,4 @@ extension RegisterBlock {
     vgpu_store_seqcst_u32(base + Register.deviceSleeping, sleeping ? 1 : 0)
   }
   @inlinable @inline(__always) public var deviceWakeWord: UnsafeMutableRawPointer { base + Register.deviceWake }
-  /// Guest: wakes a device that said it sleeps. Called after the doorbell
-  /// store (sequentially consistent), so a device that goes to sleep after
-  /// this check still sees the doorbell when it re-checks before sleeping.
-  @inlinable @inline(__always) public func wakeDeviceIfSleeping() {
-    if deviceSleeping {
-      _ = vgpu_fetch_add_u32(deviceWakeWord, 1)
-      _ = vgpu_futex_wake(deviceWakeWord, 1)
-    }
-  }
 }
