@@ -184,6 +184,8 @@ public final class ReferenceDevice: @unchecked Sendable {
     // After a sleep that ended by its timeout, nobody is about to submit:
     // look once and sleep again, rather than spin (an idle device uses no CPU).
     var spin = true
+    // The first pass after a sleep is a full one: a claim or close may have woken it.
+    var fullPass = true
     func reapIfDue() {
       guard configuration.ownersAreLocalProcesses else { return }
       executor.lock.withLock { _ in executor.reapExited() }
@@ -199,7 +201,9 @@ public final class ReferenceDevice: @unchecked Sendable {
       if passes & 0x3ff == 0 { reapIfDue() }
       // Claims, closes and resets are looked for every 64th pass (and
       // before sleeping); the passes between only serve active rings.
-      if executor.lock.withLock({ _ in executor.servePass(quick: passes & 63 != 0) }) {
+      let quick = passes & 63 != 0 && !fullPass
+      fullPass = false
+      if executor.lock.withLock({ _ in executor.servePass(quick: quick) }) {
         idlePasses = 0
         spin = true
         continue
@@ -216,6 +220,7 @@ public final class ReferenceDevice: @unchecked Sendable {
       vgpu_fence_seqcst()
       if executor.lock.withLock({ _ in executor.hasPendingWork() }) || !running.load(ordering: .relaxed) {
         registers.setDeviceSleeping(false)
+        fullPass = true
         continue
       }
       // Bounded, so housekeeping (heartbeat, claims, reaping) goes on while idle.
@@ -234,6 +239,7 @@ public final class ReferenceDevice: @unchecked Sendable {
       registers.setDeviceSleeping(false)
       registers.store64(Register.heartbeat, passes)
       idlePasses = 0
+      fullPass = true
       reapIfDue()
     }
   }
