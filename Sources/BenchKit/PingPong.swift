@@ -78,7 +78,15 @@ public enum PingPong {
 
   /// `count` timed calls of `body` after a short warm-up (a block of an interleaved run).
   static func samples(_ plan: Plan, count: Int, _ body: () throws -> Void) throws -> [UInt64] {
-    for _ in 0..<min(100, plan.warmup) { try body() }
+    // Warm up for at least 200 µs: longer than the device's idle spin
+    // (50 µs), so a block is not timed while the other side's spinner from
+    // the previous block still holds a core.
+    let warm = now()
+    var calls = 0
+    while calls < min(100, plan.warmup) || now() &- warm < 200_000 {
+      try body()
+      calls += 1
+    }
     var values = [UInt64](repeating: 0, count: count)
     for i in 0..<count {
       let t0 = now()
