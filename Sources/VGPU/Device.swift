@@ -161,7 +161,7 @@ public final class Device: @unchecked Sendable {
   /// The wake-up mechanism and, with interrupts, which vectors carry this client's pairs.
   private static func describe(_ w: Wakeups, _ queues: [QueuePairLock]) -> String {
     let notes = queues.compactMap { q in q.mutex.withLock { $0.interruptNote } }
-    let wired = queues.compactMap { q in q.mutex.withLock { $0.completionEventFD >= 0 ? $0.index % w.vectors : nil } }
+    let wired = queues.compactMap { q in q.mutex.withLock { $0.completionEventFD >= 0 ? $0.index : nil } }
     var s = w.description
     if !wired.isEmpty {
       s += "; this client: vector\(wired.count == 1 ? "" : "s") \(wired.map(String.init).joined(separator: ", "))"
@@ -247,7 +247,7 @@ public final class Device: @unchecked Sendable {
     }
     let identity = DeviceIdentity(reading: registers)
     let offered = FeatureBits(rawValue: registers.load64(Register.features))
-    let wakeups = wakeups.restricted(to: offered)
+    let wakeups = wakeups.restricted(to: offered, deviceVectors: registers.load32(Register.ivshmemVectors))
 
     // Claim queue pairs: free → claiming (ours), then the device makes them active.
     let pid = UInt32(bitPattern: getpid())

@@ -11,7 +11,8 @@ import VGPUProtocol
 /// BAR. A futex does not cross a VM boundary: there QEMU's ivshmem-doorbell
 /// carries them — a write of `0 << 16 | 0` to the doorbell register in BAR 0
 /// wakes the mediator, and the mediator raises MSI-X vector `qp % vectors`,
-/// which VFIO delivers to an eventfd of the process owning that queue pair.
+/// which VFIO delivers to an eventfd of the process owning that queue pair
+/// (when qp is below both sides' vector counts, so no vector is shared).
 ///
 /// A value type with no existentials: it sits in every queue pair and its
 /// calls are on the submit and wait paths.
@@ -30,6 +31,9 @@ struct Wakeups: @unchecked Sendable {
   /// eventfds, and how many vectors are enabled; -1 / 0 when none.
   var interruptFD: Int32 = -1
   var vectors = 0
+  /// The vectors the device raises (its ivshmemVectors register); a pair
+  /// waits on an interrupt only below both counts.
+  var deviceVectors = 0
   /// What was set up, for `DeviceInfo.wakeups`.
   var description = "futexes in the shared BAR (same host)"
   /// Keeps a mapped BAR 0 alive.
@@ -52,8 +56,12 @@ struct Wakeups: @unchecked Sendable {
 
   /// Without the device's promise (feature `ivshmemDoorbell`) nobody listens
   /// at the doorbell or raises vectors: keep only what works without it.
-  func restricted(to features: FeatureBits) -> Wakeups {
-    if features.contains(.ivshmemDoorbell) { return self }
+  func restricted(to features: FeatureBits, deviceVectors: UInt32) -> Wakeups {
+    if features.contains(.ivshmemDoorbell) {
+      var w = self
+      w.deviceVectors = Int(deviceVectors)
+      return w
+    }
     if case .none = doorbell, interruptFD < 0 { return self }
     var w = Wakeups()
     w.description =
@@ -65,13 +73,21 @@ struct Wakeups: @unchecked Sendable {
   /// (and the reason) when this process cannot receive interrupts.
   func completionEventFD(queuePair qp: Int) -> (fd: Int32, note: String?) {
     guard interruptFD >= 0, vectors > 0 else { return (-1, nil) }
+    // Vector = qp on both sides only below both counts; a shared vector
+    // would wake only its last owner, a missing one nobody.
+    guard qp < vectors, qp < deviceVectors else {
+      return (
+        -1,
+        "queue pair \(qp) has no vector of its own (the device raises \(deviceVectors), the VM has \(vectors); QEMU's ivshmem-doorbell vectors= and the mediator's --vectors should both be at least its --queue-pairs)"
+      )
+    }
     let fd = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
     guard fd >= 0 else { return (-1, "eventfd failed (\(Errno(errno)))") }
     do throws(Errno) {
-      try VFIODevice.setInterruptTrigger(deviceFD: interruptFD, vector: qp % vectors, eventfd: fd)
+      try VFIODevice.setInterruptTrigger(deviceFD: interruptFD, vector: qp, eventfd: fd)
     } catch {
       close(fd)
-      return (-1, "wiring MSI-X vector \(qp % vectors) failed (\(error))")
+      return (-1, "wiring MSI-X vector \(qp) failed (\(error))")
     }
     return (fd, nil)
   }

@@ -164,6 +164,7 @@ public final class ReferenceDevice: @unchecked Sendable {
   public func useDoorbells(_ server: IvshmemServer) {
     executor.lock.withLock { _ in executor.ivshmem = server }
     doorbells = server
+    registers.store32(Register.ivshmemVectors, UInt32(server.vectors))
     registers.store64(Register.features, FeatureBits.all.union(.ivshmemDoorbell).rawValue)
   }
   private var doorbells: IvshmemServer?

@@ -44,6 +44,9 @@ public enum Register {
   public static let devicePID = 0x068  // u32 the serving process (mediator), 0 in-process
   public static let deviceSleeping = 0x06c  // u32 1 while the device waits on deviceWake
   public static let deviceWake = 0x070  // u32 futex word; guests add 1 and wake it
+  /// u32, with feature ivshmemDoorbell (1.2): the MSI-X vectors per guest the
+  /// device raises, vector = queue pair % this; 0 otherwise.
+  public static let ivshmemVectors = 0x074
   public static let progress = 0x078  // u64, bumped while a long command runs (guests extend deadlines)
   // Identity, 0x100...
   public static let name = 0x100  // 64 bytes UTF-8, NUL-padded

@@ -41,6 +41,8 @@ import VGPUProtocol
     }
     let features = FeatureBits(rawValue: RegisterBlock(region.base).load64(Register.features))
     #expect(features.contains(.ivshmemDoorbell) && features.isSuperset(of: .all))
+    // Guests wait on interrupts only for the pairs that have a vector of their own.
+    #expect(RegisterBlock(region.base).load32(Register.ivshmemVectors) == 4)
 
     // The order of ivshmem-spec.txt: version 0; the guest's id; -1 with the
     // shared memory; peer 0 (the device) with its eventfd; the guest's own

@@ -78,11 +78,12 @@ import Testing
       Register.doorbellOffset, Register.doorbellStride, Register.queuePairStride, Register.queueAreaOffset,
       Register.stagingOffset, Register.stagingSize, Register.stagingSlotSize, Register.stagingSlotsPerQueue,
       Register.regionSize, Register.heartbeat, Register.devicePID, Register.deviceSleeping, Register.deviceWake,
+      Register.ivshmemVectors, Register.progress,
     ]
     #expect(
       offsets == [
         0x00, 0x04, 0x08, 0x10, 0x14, 0x18, 0x1c, 0x20, 0x24, 0x28, 0x30, 0x34, 0x38, 0x40, 0x48, 0x50, 0x54, 0x58,
-        0x60, 0x68, 0x6c, 0x70,
+        0x60, 0x68, 0x6c, 0x70, 0x74, 0x78,
       ])
     #expect(
       [
