@@ -107,29 +107,11 @@ public func rate(_ time: UInt64, per: Int, _ body: () throws -> Void) rethrows -
   return Double(count) / Double(t &- start) * 1e9
 }
 
-/// Median bytes per nanosecond (= GB/s) of `body`, which moves `bytes`: each
-/// sample repeats it until `plan.copySampleTime` has passed, so that small
-/// sizes are not timed one call at a time.
-public func bandwidth(_ plan: Plan, bytes: Int, _ body: () throws -> Void) rethrows -> Double {
-  try body()  // warm: page faults, caches
-  var results: [Double] = []
-  for _ in 0..<plan.copySamples {
-    var n = 0
-    let t0 = now()
-    var t1 = t0
-    repeat {
-      try body()
-      n += 1
-      t1 = now()
-    } while t1 &- t0 < plan.copySampleTime
-    results.append(Double(bytes) * Double(n) / Double(t1 &- t0))
-  }
-  return median(results)
-}
-
-/// Like `bandwidth`, for several bodies whose samples are taken in turn
-/// (one of each, then again): each median then covers the same stretch of a
-/// noisy machine, so their ratios are fair.
+/// Median bytes per nanosecond (= GB/s) of each of `bodies`, which move
+/// `bytes` per call: each sample repeats one body until `plan.copySampleTime`
+/// has passed (small sizes are not timed one call at a time), and the bodies'
+/// samples are taken in turn, so each median covers the same stretch of a
+/// noisy machine and the ratios between them are fair.
 public func interleavedBandwidth(_ plan: Plan, bytes: Int, _ bodies: [() throws -> Void]) throws -> [Double] {
   for body in bodies { try body() }  // warm: page faults, caches
   var results = [[Double]](repeating: [], count: bodies.count)
