@@ -53,7 +53,7 @@ let package = Package(
         ])
       ]),
     // Measuring code shared by vgpu-bench and pcitool bench: baselines, the socket RPC, the cases.
-    .target(name: "BenchKit", dependencies: ["VGPU", "VGPUDevice", "VGPUProtocol", "CSupport"]),
+    .target(name: "BenchKit", dependencies: ["VGPU", "VGPUDevice", "VGPUProtocol", "DeviceAccess", "CSupport"]),
     // Issue 7's benchmark suite (tools/bench): the vGPU against its ceilings and against socket RPC.
     .executableTarget(
       name: "vgpu-bench",

@@ -13,8 +13,6 @@ public enum PingPong {
   static let counterOffset = 0
   static let readyOffset = 128
   static let stopOffset = 192
-  /// The child gives up when nothing new comes for this long.
-  static let idleDeadline: UInt64 = 5_000_000_000
 
   public struct Result: Sendable {
     public var latency: LatencySummary
@@ -103,28 +101,16 @@ public enum PingPong {
     let counter = file.base + counterOffset
     vgpu_store_release_u32(file.base + readyOffset, 1)
     var last: UInt32 = 0
-    var idleSince = now()
-    var spins = 0
+    var idle = ChildIdle(stop: file.base + stopOffset, what: "ping")
     while true {
       let v = vgpu_load_acquire_u32(counter)
       if v & 1 == 1 && v != last {
         vgpu_store_release_u32(counter, v &+ 1)
         last = v
-        spins = 0
+        idle.reset()
         continue
       }
-      vgpu_cpu_relax()
-      spins += 1
-      if spins & 255 == 0 {
-        if vgpu_load_acquire_u32(file.base + stopOffset) != 0 { return }
-        let t = now()
-        if spins == 256 { idleSince = t }
-        if t - idleSince > idleDeadline { throw BenchError("no ping for 5 s; the parent is gone") }
-        // Idle for a millisecond: the parent measures something else in
-        // between (interleaved blocks); nap rather than take a core from it.
-        if t - idleSince > 1_000_000 { usleep(200) }
-      }
-      if spins >= 256 { sched_yield() }
+      if try idle.idle() { return }
     }
   }
 }
@@ -188,8 +174,7 @@ public enum SPSCRing {
     vgpu_store_release_u32(file.base + readyOffset, 1)
     var head: UInt32 = 0
     var sum: UInt64 = 0
-    var spins = 0
-    var idleSince = now()
+    var idle = ChildIdle(stop: file.base + stopOffset, what: "message")
     while true {
       let tail = vgpu_load_acquire_u32(file.base + tailOffset)
       if tail != head {
@@ -199,18 +184,10 @@ public enum SPSCRing {
           head &+= 1
         }
         vgpu_store_release_u32(file.base + headOffset, head)
-        spins = 0
+        idle.reset()
         continue
       }
-      vgpu_cpu_relax()
-      spins += 1
-      if spins & 255 == 0 {
-        if vgpu_load_acquire_u32(file.base + stopOffset) != 0 { break }
-        let t = now()
-        if spins == 256 { idleSince = t }
-        if t - idleSince > 5_000_000_000 { throw BenchError("no message for 5 s; the producer is gone") }
-      }
-      if spins >= 256 { sched_yield() }
+      if try idle.idle() { break }
     }
     // Keeps the reads from being optimised away.
     if sum == 42 { print("") }

@@ -92,6 +92,41 @@ public func stop(_ process: Process, signal: Int32 = SIGTERM, grace: UInt64 = 3_
   process.waitUntilExit()
 }
 
+/// A benchmark child's wait for its parent's next message: spin ~8 µs, then
+/// yield the CPU on every poll, after 1 ms nap (the parent may be measuring
+/// something else in between, in interleaved blocks; a napping child does not
+/// take a core from it); stop when the parent sets the stop word, fail after
+/// 5 s of silence (the parent is gone).
+struct ChildIdle {
+  let stop: UnsafeMutableRawPointer
+  let what: String
+  private var spins = 0
+  private var idleSince: UInt64 = 0
+
+  init(stop: UnsafeMutableRawPointer, what: String) {
+    self.stop = stop
+    self.what = what
+  }
+
+  /// A message came: the next wait starts afresh.
+  mutating func reset() { spins = 0 }
+
+  /// After an empty poll. True when the parent asked the child to stop.
+  mutating func idle() throws -> Bool {
+    vgpu_cpu_relax()
+    spins += 1
+    if spins & 255 == 0 {
+      if vgpu_load_acquire_u32(stop) != 0 { return true }
+      let t = now()
+      if spins == 256 { idleSince = t }
+      if t - idleSince > 5_000_000_000 { throw BenchError("no \(what) for 5 s; the parent is gone") }
+      if t - idleSince > 1_000_000 { usleep(200) }
+    }
+    if spins >= 256 { sched_yield() }
+    return false
+  }
+}
+
 /// Waits for `condition` by spinning, then yielding the CPU, so that two
 /// processes that share one core still progress; fails after `deadline` ns.
 @inline(__always)

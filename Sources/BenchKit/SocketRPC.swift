@@ -1,4 +1,5 @@
 import CSupport
+import DeviceAccess
 import Foundation
 import VGPU
 import VGPUDevice
@@ -47,16 +48,8 @@ public enum SocketRPC {
       tune(fd)
       let index = next % Int(config.layout.queuePairs)
       next += 1
-      let box = Unmanaged.passRetained(Connection(fd: fd, device: device, index: index))
-      var t = pthread_t()
-      _ = pthread_create(
-        &t, nil,
-        { arg in
-          let c = Unmanaged<Connection>.fromOpaque(arg!).takeRetainedValue()
-          c.run()
-          return nil
-        }, box.toOpaque())
-      pthread_detach(t)
+      let connection = Connection(fd: fd, device: device, index: index)
+      if startThread(detached: true, { connection.run() }) == nil { close(fd) }
     }
   }
 

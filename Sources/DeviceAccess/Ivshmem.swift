@@ -106,16 +106,8 @@ public final class IvshmemServer: @unchecked Sendable {
   /// Starts the thread that accepts guests.
   public func start() {
     guard thread == nil else { return }
-    let box = Unmanaged.passRetained(self)
-    var t = pthread_t()
-    let rc = pthread_create(
-      &t, nil,
-      { arg in
-        Unmanaged<IvshmemServer>.fromOpaque(arg!).takeRetainedValue().run()
-        return nil
-      }, box.toOpaque())
-    precondition(rc == 0, "pthread_create failed: \(rc)")
-    thread = t
+    thread = startThread { self.run() }
+    precondition(thread != nil, "pthread_create failed: \(errno)")
   }
 
   /// Stops accepting, disconnects every guest and removes the socket file.

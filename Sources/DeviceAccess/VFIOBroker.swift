@@ -58,20 +58,7 @@ public enum VFIOBroker {
       offset: info.offset, size: info.size, pid: UInt32(getpid()), bar: UInt32(bar), bar0Offset: bar0Offset ?? .max,
       vectors: UInt32(vectors))
     let context = BrokerContext(listener: listener, deviceFD: device.fd, grant: grant)
-    let box = Unmanaged.passRetained(context)
-    var thread = pthread_t()
-    if pthread_create(
-      &thread, nil,
-      { arg in
-        Unmanaged<BrokerContext>.fromOpaque(arg!).takeRetainedValue().run()
-        return nil
-      }, box.toOpaque()) == 0
-    {
-      pthread_detach(thread)
-    } else {
-      box.release()
-      close(listener)
-    }
+    if startThread(detached: true, { context.run() }) == nil { close(listener) }
   }
 
   /// Maps BAR `bar` of `address` through the broker of the process that holds
@@ -122,7 +109,7 @@ public enum VFIOBroker {
   }
 }
 
-/// The listener thread's state (a class, so a raw pointer can carry it).
+/// The listener thread's state.
 private final class BrokerContext: @unchecked Sendable {
   let listener: Int32
   let deviceFD: Int32

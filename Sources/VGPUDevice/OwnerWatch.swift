@@ -1,4 +1,5 @@
 import CSupport
+import DeviceAccess
 import Synchronization
 
 #if canImport(Glibc)
@@ -32,17 +33,7 @@ final class OwnerWatch: @unchecked Sendable {
     wake = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
     guard wake >= 0 else { return nil }
     self.onExit = onExit
-    let box = Unmanaged.passRetained(self)
-    var t = pthread_t()
-    guard
-      pthread_create(
-        &t, nil,
-        { arg in
-          Unmanaged<OwnerWatch>.fromOpaque(arg!).takeRetainedValue().run()
-          return nil
-        }, box.toOpaque()) == 0
-    else {
-      box.release()
+    guard let t = startThread({ self.run() }) else {
       close(wake)
       return nil
     }

@@ -120,17 +120,8 @@ public final class ReferenceDevice: @unchecked Sendable {
         }
       }
     }
-    let box = Unmanaged.passRetained(self)
-    var t = pthread_t()
-    let rc = pthread_create(
-      &t, nil,
-      { arg in
-        let device = Unmanaged<ReferenceDevice>.fromOpaque(arg!).takeRetainedValue()
-        device.serve()
-        return nil
-      }, box.toOpaque())
-    precondition(rc == 0, "pthread_create failed: \(rc)")
-    thread = t
+    thread = startThread { self.serve() }
+    precondition(thread != nil, "pthread_create failed: \(errno)")
   }
 
   /// Says the device is stopping, finishes the command in hand, and joins the thread.
