@@ -36,8 +36,11 @@ let package = Package(
     .target(name: "VGPUProtocol", dependencies: ["CSupport"]),
     // The reference device: serves the protocol on the CPU.
     .target(name: "VGPUDevice", dependencies: ["VGPUProtocol", "DeviceAccess", "CSupport"]),
-    // The guest client API.
-    .target(name: "VGPU", dependencies: ["VGPUProtocol", "DeviceAccess", "VGPUDevice", "CSupport"]),
+    // The guest client API. It never links the device model.
+    .target(name: "VGPU", dependencies: ["VGPUProtocol", "DeviceAccess", "CSupport"]),
+    // `sim`: the reference device run inside a client's process. Programs
+    // that offer it (pcitool, the benchmark, tests) depend on it explicitly.
+    .target(name: "VGPUSimulator", dependencies: ["VGPU", "VGPUDevice", "DeviceAccess"]),
     // What every shim library shares: the lazily opened device, fork safety, diagnostics.
     .target(name: "ShimCore", dependencies: ["VGPU"]),
     // The CUDA driver API, NVML and the vgpu C ABI, as vgpucore_* C functions.
@@ -45,7 +48,7 @@ let package = Package(
     // exporting only vgpucore_* (exports.map). No test target may depend on it:
     // these flags would apply to the test executable too; tests load the built library.
     .target(
-      name: "VGPUCore", dependencies: ["ShimCore", "VGPU", "VGPUProtocol", "VGPUDevice"], exclude: ["exports.map"],
+      name: "VGPUCore", dependencies: ["ShimCore", "VGPU", "VGPUProtocol"], exclude: ["exports.map"],
       linkerSettings: [
         .unsafeFlags([
           "-static-stdlib", "-Xlinker", "-soname=libvgpucore.so", "-Xlinker",
@@ -53,19 +56,21 @@ let package = Package(
         ])
       ]),
     // Measuring code shared by vgpu-bench and pcitool bench: baselines, the socket RPC, the cases.
-    .target(name: "BenchKit", dependencies: ["VGPU", "VGPUDevice", "VGPUProtocol", "DeviceAccess", "CSupport"]),
+    .target(
+      name: "BenchKit",
+      dependencies: ["VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "DeviceAccess", "CSupport"]),
     // Issue 7's benchmark suite (tools/bench): the vGPU against its ceilings and against socket RPC.
     .executableTarget(
       name: "vgpu-bench",
       dependencies: [
-        "BenchKit", "VGPU", "VGPUDevice", "VGPUProtocol", "CSupport", "MallocCounter",
+        "BenchKit", "VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "CSupport", "MallocCounter",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
     .executableTarget(
       name: "pcitool",
       dependencies: [
-        "PCI", "VGPU", "VGPUDevice", "VGPUProtocol", "CSupport", "DeviceAccess", "BenchKit",
+        "PCI", "VGPU", "VGPUSimulator", "VGPUProtocol", "CSupport", "DeviceAccess", "BenchKit",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
@@ -87,17 +92,24 @@ let package = Package(
       dependencies: ["PCI", "LspciFacts"],
       exclude: ["Fixtures"]
     ),
-    .testTarget(name: "VGPUDeviceTests", dependencies: ["VGPUDevice", "VGPUProtocol"]),
+    // The wire format alone: rings, phases, batching, every command's codec, PROTOCOL.md's tables.
+    .testTarget(name: "VGPUProtocolTests", dependencies: ["VGPUProtocol", "CSupport"]),
+    .testTarget(name: "VGPUDeviceTests", dependencies: ["VGPUDevice", "VGPUProtocol", "TestSupport"]),
     .testTarget(
-      name: "VGPUTests", dependencies: ["VGPU", "VGPUDevice", "VGPUProtocol", "DeviceAccess", "TestSupport"]),
+      name: "VGPUTests",
+      dependencies: ["VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "DeviceAccess", "TestSupport"]),
     // Counts heap allocations per thread, to prove the hot path makes none.
     .target(name: "MallocCounter", path: "Tests/MallocCounter"),
-    .testTarget(name: "HotPathTests", dependencies: ["VGPU", "VGPUDevice", "VGPUProtocol", "MallocCounter"]),
+    .testTarget(
+      name: "HotPathTests", dependencies: ["VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "MallocCounter"]),
     // A client process for cross-process tests: holds memory, copies, exits on cue.
-    .executableTarget(name: "vgpu-test-client", dependencies: ["VGPU", "VGPUDevice"], path: "Tests/TestClient"),
+    .executableTarget(name: "vgpu-test-client", dependencies: ["VGPU", "VGPUSimulator"], path: "Tests/TestClient"),
     .testTarget(
       name: "MediatorTests",
-      dependencies: ["vgpu-mediator", "vgpu-test-client", "pcitool", "VGPU", "VGPUProtocol", "VGPUDevice", "DeviceAccess", "CSupport", "TestSupport"]),
+      dependencies: [
+        "vgpu-mediator", "vgpu-test-client", "pcitool", "VGPU", "VGPUSimulator", "VGPUProtocol", "VGPUDevice",
+        "DeviceAccess", "CSupport", "TestSupport",
+      ]),
     // The shim libraries, loaded by real clients: C programs built here, Python packages in .venv.
     // clients/: C and Python programs the tests build and run (not part of the test target).
     .testTarget(

@@ -1,3 +1,4 @@
+import CSupport
 import VGPUDevice
 import VGPUProtocol
 
@@ -12,62 +13,65 @@ import VGPUProtocol
 public struct DirectQueue: ~Copyable {
   let device: ReferenceDevice
   let view: QueuePairView
-  let mask: UInt32
-  var tail: UInt32 = 0
-  var head: UInt32 = 0
-  var phase: UInt16 = 1
+  var tail: SubmissionCursor
+  var completions: CompletionCursor
   public private(set) var pending = 0
   /// Staging slot 0 of this pair: BAR offset and local pointer.
   public let stagingAddress: UInt64
   public let staging: UnsafeMutableRawPointer
   public let slotSize: Int
-  public var depth: Int { Int(mask) + 1 }
+  public var depth: Int { Int(tail.mask) + 1 }
 
   public init(device: ReferenceDevice, index: Int) throws {
     self.device = device
     view = QueuePairView(base: device.region.base, layout: device.layout, index: index)
-    mask = device.layout.depth - 1
+    tail = SubmissionCursor(depth: device.layout.depth)
+    completions = CompletionCursor(depth: device.layout.depth)
     stagingAddress = device.layout.staging(index)
     staging = device.region.base + Int(stagingAddress)
     slotSize = Int(device.layout.stagingSlotSize)
-    guard view.exchangeState(from: .free, to: .claiming) else { throw BenchError("queue pair \(index) is taken") }
-    view.setOwnerPID(UInt32(getpid()))
-    for _ in 0..<100 where view.state != QueuePairState.active.rawValue { device.servePass() }
-    guard view.state == QueuePairState.active.rawValue else {
-      throw BenchError("the device did not accept queue pair \(index)")
+    guard QueuePairClaim.claim(view, pid: UInt32(getpid())) else { throw BenchError("queue pair \(index) is taken") }
+    var passes = 0
+    guard
+      QueuePairClaim.awaitAcceptance(view, deadline: vgpu_monotonic_ns() + 1_000_000_000, poll: {
+        passes += 1
+        device.servePass()
+      })
+    else {
+      throw BenchError("the device did not accept queue pair \(index) in \(passes) passes")
     }
-    _ = try execute(SubmissionEntry(.identify, UInt64(ProtocolVersion.packed), FeatureBits.all.rawValue))
+    let c = try execute(QueuePairClaim.identify)
+    if case .failure(let refusal) = QueuePairClaim.negotiated(c) {
+      throw BenchError("the device refused identify: status \(refusal.status)")
+    }
   }
 
   /// Writes a command (seen by the device at the next `complete`).
   public mutating func submit(_ entry: SubmissionEntry) {
     var e = entry
-    e.commandID = UInt16(truncatingIfNeeded: tail)
-    view.writeSubmission(e, at: tail)
-    tail = (tail + 1) & mask
+    e.commandID = UInt16(truncatingIfNeeded: tail.index)
+    tail.push(e, into: view)
     pending += 1
   }
 
   /// Rings, serves and collects until every submitted command completed, in order.
   public mutating func complete(_ each: (CompletionEntry) -> Void) {
-    view.ringSubmission(tail: tail)
+    view.ringSubmission(tail: tail.index)
     while pending > 0 {
       device.servePass(quick: true)
-      while let c = view.completion(at: head, phase: phase) {
+      while let c = completions.take(from: view) {
         each(c)
-        head = (head + 1) & mask
-        if head == 0 { phase ^= 1 }
         pending -= 1
       }
-      view.ringCompletion(head: head)
+      view.ringCompletion(head: completions.index)
     }
   }
 
   public mutating func execute(_ entry: SubmissionEntry) throws -> CompletionEntry {
     submit(entry)
-    var result = CompletionEntry(commandID: 0, status: .success)
+    var result = CompletionEntry(status: .success)
     complete { result = $0 }
-    guard result.status == Status.success.rawValue else {
+    guard result.status == CommandStatus.success.rawValue else {
       throw BenchError("the device answered status \(result.status) to opcode \(entry.opcode)")
     }
     return result

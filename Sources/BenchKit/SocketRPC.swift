@@ -157,46 +157,65 @@ public enum SocketRPC {
         switch Opcode(rawValue: e.opcode) {
         case .copyToDevice:
           var done = 0
-          var status = CompletionEntry(commandID: 0, status: .success)
+          var status = CompletionEntry(status: .success)
           let total = Int(e.a2)
           while done < total {
             let n = min(q.slotSize, total - done)
             try take(n, into: q.staging)
-            if status.status == Status.success.rawValue {
-              q.submit(SubmissionEntry(.copyToDevice, e.a0 + UInt64(done), q.stagingAddress, UInt64(n)))
+            if status.status == CommandStatus.success.rawValue {
+              q.submit(
+                Command.CopyToDevice(device: e.a0 + UInt64(done), staging: q.stagingAddress, length: UInt64(n)).entry)
               q.complete { status = $0 }
             }
             done += n
           }
-          if status.status == Status.success.rawValue { status.result0 = UInt64(total) }
+          if status.status == CommandStatus.success.rawValue { status.result0 = UInt64(total) }
           try answer(status)
         case .copyFromDevice:
           var done = 0
           let total = Int(e.a2)
           repeat {
             let n = min(q.slotSize, total - done)
-            var c = CompletionEntry(commandID: 0, status: .success)
-            q.submit(SubmissionEntry(.copyFromDevice, e.a0 + UInt64(done), q.stagingAddress, UInt64(n)))
+            var c = CompletionEntry(status: .success)
+            q.submit(
+              Command.CopyFromDevice(device: e.a0 + UInt64(done), staging: q.stagingAddress, length: UInt64(n)).entry)
             q.complete { c = $0 }
             if done == 0 {
               // The answer goes first; a failed copy sends no bytes.
               c.result0 = UInt64(total)
               try withUnsafeBytes(of: &c) { try writeAll(fd, $0.baseAddress!, CompletionEntry.size) }
-              if c.status != Status.success.rawValue { break }
-            } else if c.status != Status.success.rawValue {
+              if c.status != CommandStatus.success.rawValue { break }
+            } else if c.status != CommandStatus.success.rawValue {
               throw BenchError("copy from device failed after the answer was sent")
             }
             try writeAll(fd, q.staging, n)
             done += n
           } while done < total
         case .moduleLoad, .getFunction, .launch:
-          let length = e.opcode == Opcode.launch.rawValue ? Int(e.a4 >> 32) : Int(e.a2)
+          // The payload follows the request; it goes to the staging slot,
+          // whose address replaces the request's staging argument.
+          var entry: SubmissionEntry
+          let length: Int
+          switch Opcode(rawValue: e.opcode) {
+          case .moduleLoad:
+            var c = Command.ModuleLoad(e)
+            length = Int(c.length)
+            c.staging = q.stagingAddress
+            entry = c.entry
+          case .getFunction:
+            var c = Command.GetFunction(e)
+            length = Int(c.nameLength)
+            c.name = q.stagingAddress
+            entry = c.entry
+          default:
+            var c = Command.Launch(e)
+            length = Int(c.parameterLength)
+            c.parameters = q.stagingAddress
+            entry = c.entry
+          }
           guard length <= q.slotSize else { throw BenchError("request payload of \(length) bytes") }
           try take(length, into: q.staging)
-          var entry = e
-          entry.commandID = 0
-          if e.opcode == Opcode.launch.rawValue { entry.a5 = q.stagingAddress } else { entry.a1 = q.stagingAddress }
-          var c = CompletionEntry(commandID: 0, status: .success)
+          var c = CompletionEntry(status: .success)
           q.submit(entry)
           q.complete { c = $0 }
           try answer(c)
@@ -263,7 +282,7 @@ public final class SocketClient: BenchTarget {
   }
 
   @inline(__always) func check(_ c: CompletionEntry, _ what: StaticString) throws -> CompletionEntry {
-    guard c.status == Status.success.rawValue else { throw BenchError("\(what) over the socket: status \(c.status)") }
+    guard c.status == CommandStatus.success.rawValue else { throw BenchError("\(what) over the socket: status \(c.status)") }
     return c
   }
 
@@ -301,13 +320,13 @@ public final class SocketClient: BenchTarget {
     return try check(answers.load(as: CompletionEntry.self), what)
   }
 
-  public func nop() throws { _ = try call(SubmissionEntry(.nop), "nop") }
+  public func nop() throws { _ = try call(Command.Nop().entry, "nop") }
 
   public func nops(_ count: Int, batch: Int) throws {
     var left = count
     while left > 0 {
       let n = min(left, batch, Self.maxBatch)
-      for i in 0..<n { (requests + i * 64).storeBytes(of: SubmissionEntry(.nop), as: SubmissionEntry.self) }
+      for i in 0..<n { (requests + i * 64).storeBytes(of: Command.Nop().entry, as: SubmissionEntry.self) }
       try writeAll(fd, requests, n * SubmissionEntry.size)
       try readAll(fd, answers, n * CompletionEntry.size)
       for i in 0..<n { _ = try check((answers + i * 32).load(as: CompletionEntry.self), "nop") }
@@ -316,30 +335,34 @@ public final class SocketClient: BenchTarget {
   }
 
   public func allocate(_ bytes: Int) throws -> UInt64 {
-    try call(SubmissionEntry(.alloc, UInt64(bytes)), "alloc").result0
+    try call(Command.Alloc(length: UInt64(bytes)).entry, "alloc").result0
   }
-  public func free(_ address: UInt64) throws { _ = try call(SubmissionEntry(.free, address), "free") }
+  public func free(_ address: UInt64) throws { _ = try call(Command.Free(address: address).entry, "free") }
 
   public func copyIn(_ destination: UInt64, from source: UnsafeRawBufferPointer) throws {
-    _ = try call(SubmissionEntry(.copyToDevice, destination, 0, UInt64(source.count)), payload: source, "copy in")
+    _ = try call(
+      Command.CopyToDevice(device: destination, staging: 0, length: UInt64(source.count)).entry, payload: source,
+      "copy in")
   }
 
   public func copyOut(_ source: UInt64, into destination: UnsafeMutableRawBufferPointer) throws {
-    _ = try call(SubmissionEntry(.copyFromDevice, source, 0, UInt64(destination.count)), "copy out")
+    _ = try call(Command.CopyFromDevice(device: source, staging: 0, length: UInt64(destination.count)).entry, "copy out")
     try readAll(fd, destination.baseAddress!, destination.count)
   }
 
   public func copyDevice(_ destination: UInt64, from source: UInt64, count: Int) throws {
-    _ = try call(SubmissionEntry(.copyDeviceToDevice, destination, source, UInt64(count)), "copy device")
+    _ = try call(
+      Command.CopyDeviceToDevice(destination: destination, source: source, length: UInt64(count)).entry, "copy device")
   }
 
   public func loadFill() throws -> FunctionHandle {
     let module = try FillKernel.image.withUnsafeBytes {
-      try call(SubmissionEntry(.moduleLoad, 0, 0, UInt64($0.count)), payload: $0, "load module").result0
+      try call(Command.ModuleLoad(staging: 0, length: UInt64($0.count)).entry, payload: $0, "load module").result0
     }
     let name = Array("fill".utf8)
     let c = try name.withUnsafeBytes {
-      try call(SubmissionEntry(.getFunction, module, 0, UInt64($0.count)), payload: $0, "get function")
+      try call(
+        Command.GetFunction(module: module, name: 0, nameLength: UInt64($0.count)).entry, payload: $0, "get function")
     }
     return FunctionHandle(raw: c.result0, parameterSize: Int(c.result1))
   }
@@ -348,8 +371,10 @@ public final class SocketClient: BenchTarget {
     // The same fields as Device.launch: grid (1,1,1), block (1,1,1), the parameters after the request.
     _ = try parameters.withUnsafeBytes {
       try call(
-        SubmissionEntry(
-          .launch, function.raw, 1 | 1 << 32, 1 | 1 << 32, 1 | 1 << 32, UInt64($0.count) << 32, 0, 0),
+        Command.Launch(
+          function: function.raw, grid: Dimensions(1), block: Dimensions(1), parameterLength: UInt32($0.count),
+          parameters: 0
+        ).entry,
         payload: $0, "launch")
     }
   }

@@ -3,9 +3,21 @@
 /// resources and UIO node; and who holds a device node open (`/proc/PID/fd`).
 ///
 /// Everything is read through a ``HostEnvironment``, so a fixture tree shaped
-/// like `/sys` stands in for the real one in tests.
+/// like `/sys` stands in for the real one in tests. Paths are the ones a
+/// person would type; the environment resolves them.
 public struct PCIFunctionSysfs: Sendable {
+  /// Every PCI function, one folder each.
   public static let devices = "/sys/bus/pci/devices"
+  /// Every PCI driver, one folder each, with its `bind` and `unbind` files.
+  public static let drivers = "/sys/bus/pci/drivers"
+  /// Writing an address here makes the kernel probe drivers for it.
+  public static let driversProbe = "/sys/bus/pci/drivers_probe"
+
+  /// `/sys/bus/pci/drivers/vfio-pci`.
+  public static func driver(_ name: String) -> String { "\(drivers)/\(name)" }
+
+  /// The folder listing IOMMU group `group`'s functions.
+  public static func iommuGroupDevices(_ group: Int) -> String { "/sys/kernel/iommu_groups/\(group)/devices" }
 
   /// `DDDD:BB:DD.F`, as sysfs names it.
   public let address: String
@@ -20,6 +32,7 @@ public struct PCIFunctionSysfs: Sendable {
   /// `/sys/bus/pci/devices/0000:00:05.0`.
   public var path: String { "\(Self.devices)/\(address)" }
 
+  /// Whether sysfs shows the function (its `vendor` attribute reads).
   public var exists: Bool { host.readText("\(path)/vendor") != nil }
 
   /// `1af4:1110`, from the `vendor` and `device` attributes (`0x1af4`).
@@ -43,14 +56,19 @@ public struct PCIFunctionSysfs: Sendable {
   public var iommuGroup: Int? { host.linkName("\(path)/iommu_group").flatMap { Int($0) } }
 
   /// The functions in IOMMU group `group`, with their drivers.
-  public func groupMembers(_ group: Int) -> [(address: String, driver: String?)] {
-    host.list("/sys/kernel/iommu_groups/\(group)/devices").map { member in
+  public static func groupMembers(_ group: Int, host: HostEnvironment = .live) -> [(address: String, driver: String?)] {
+    host.list(iommuGroupDevices(group)).map { member in
       (member, PCIFunctionSysfs(member, host: host).driver)
     }
   }
 
   /// `uio0` for a device bound to a UIO driver (the `uio/` directory's entry).
   public var uioName: String? { host.list("\(path)/uio").first { $0.hasPrefix("uio") } }
+
+  /// The BAR files, `resource0` … (not the `_wc` variants nor the `resource` table).
+  public var resourceFiles: [String] {
+    host.list(path).filter { $0.hasPrefix("resource") && Int($0.dropFirst("resource".count)) != nil }
+  }
 
   /// Every PCI function sysfs lists, sorted.
   public static func present(host: HostEnvironment = .live) -> [String] { host.list(devices) }
@@ -71,20 +89,13 @@ public struct PCIFunctionSysfs: Sendable {
   public static let resourceIO: UInt64 = 0x100
   public static let resourceMemory: UInt64 = 0x200
 
-  /// The processes that hold `devicePath` (`/dev/vfio/7`) open, found by
-  /// reading every `/proc/PID/fd/*` link this user may read (others' need
-  /// root or the same user): pid and `comm`.
+  /// The processes that hold `devicePath` (`/dev/vfio/7`) open, found in
+  /// every `/proc/PID/fd` this user may read (others' need root or the same
+  /// user): pid and `comm`, once per process.
   public static func holders(of devicePath: String, host: HostEnvironment = .live) -> [(pid: Int32, command: String)] {
-    var found: [(Int32, String)] = []
-    let me = host.calls.getpid()
-    for entry in host.list("/proc") {
-      guard let pid = Int32(entry), pid != me else { continue }
-      let fds = "/proc/\(entry)/fd"
-      for fd in host.list(fds) where (try? host.calls.readlink(host.resolve("\(fds)/\(fd)"))) == devicePath {
-        found.append((pid, host.readText("/proc/\(entry)/comm") ?? "?"))
-        break
-      }
+    var seen = Set<Int32>()
+    return host.processFiles { $0 == devicePath }.files.compactMap { f in
+      seen.insert(f.pid).inserted ? (f.pid, f.command) : nil
     }
-    return found
   }
 }

@@ -83,6 +83,10 @@ public struct SystemCalls: Sendable {
   public var stat: @Sendable (_ path: String) throws(Errno) -> FileFacts
   public var readlink: @Sendable (_ path: String) throws(Errno) -> String
   public var listDirectory: @Sendable (_ path: String) throws(Errno) -> [String]
+  /// access(2): whether this user may use `path` in `mode` (`R_OK | W_OK`, ...).
+  public var access: @Sendable (_ path: String, _ mode: Int32) -> Bool
+  /// realpath(3): `path` with every symlink resolved.
+  public var realpath: @Sendable (_ path: String) throws(Errno) -> String
   /// getrlimit(2): (soft, hard), `nil` for RLIM_INFINITY.
   public var getrlimit: @Sendable (_ resource: Int32) -> (soft: UInt64?, hard: UInt64?)
   public var eventfd: @Sendable (_ initial: UInt32, _ flags: Int32) throws(Errno) -> Int32
@@ -102,6 +106,8 @@ public struct SystemCalls: Sendable {
     stat: @escaping @Sendable (String) throws(Errno) -> FileFacts,
     readlink: @escaping @Sendable (String) throws(Errno) -> String,
     listDirectory: @escaping @Sendable (String) throws(Errno) -> [String],
+    access: @escaping @Sendable (String, Int32) -> Bool,
+    realpath: @escaping @Sendable (String) throws(Errno) -> String,
     getrlimit: @escaping @Sendable (Int32) -> (soft: UInt64?, hard: UInt64?),
     eventfd: @escaping @Sendable (UInt32, Int32) throws(Errno) -> Int32,
     getpid: @escaping @Sendable () -> Int32
@@ -117,6 +123,8 @@ public struct SystemCalls: Sendable {
     self.stat = stat
     self.readlink = readlink
     self.listDirectory = listDirectory
+    self.access = access
+    self.realpath = realpath
     self.getrlimit = getrlimit
     self.eventfd = eventfd
     self.getpid = getpid
@@ -187,6 +195,12 @@ public struct SystemCalls: Sendable {
       }
       return names.sorted()
     },
+    access: { path, mode in Glibc.access(path, mode) == 0 },
+    realpath: { (path: String) throws(Errno) -> String in
+      guard let p = Glibc.realpath(path, nil) else { throw Errno.current }
+      defer { free(p) }
+      return String(cString: p)
+    },
     getrlimit: { resource in
       var limit = rlimit()
       guard Glibc.getrlimit(__rlimit_resource_t(UInt32(resource)), &limit) == 0 else { return (nil, nil) }
@@ -200,66 +214,4 @@ public struct SystemCalls: Sendable {
     },
     getpid: { Glibc.getpid() }
   )
-}
-
-/// Where the backends look, and how they ask: the roots of `/sys`, `/dev` and
-/// `/proc` (the real ones, or a fixture tree in tests), and the system calls.
-///
-/// Every path the backends read is `root + "/sys/..."` etc.; messages print
-/// the real path (without the root), as a person would type it.
-public struct HostEnvironment: Sendable {
-  /// Prepended to `/sys`, `/dev`, `/proc`; empty for the real machine.
-  public var root: String
-  public var calls: SystemCalls
-
-  public init(root: String = "", calls: SystemCalls = .live) {
-    self.root = root
-    self.calls = calls
-  }
-
-  public static let live = HostEnvironment()
-
-  /// The path to open for `path` (an absolute path such as `/sys/bus/pci/...`).
-  public func resolve(_ path: String) -> String { root + path }
-
-  /// A small text file (sysfs attribute), trimmed; `nil` when it cannot be read.
-  public func readText(_ path: String, limit: Int = 4096) -> String? {
-    try? readTextOrThrow(path, limit: limit)
-  }
-
-  public func readTextOrThrow(_ path: String, limit: Int = 4096) throws(Errno) -> String {
-    let fd = try calls.open(resolve(path), O_RDONLY, 0)
-    defer { calls.close(fd) }
-    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: limit, alignment: 8)
-    defer { buffer.deallocate() }
-    let n = try calls.pread(fd, buffer, 0)
-    var s = Substring(String(decoding: buffer[..<n], as: UTF8.self))
-    while let c = s.last, c == "\n" || c == " " || c == "\0" { s = s.dropLast() }
-    return String(s)
-  }
-
-  /// Writes `text` to a sysfs attribute (`driver_override`, `enable`, ...).
-  public func writeText(_ path: String, _ text: String) throws(Errno) {
-    let fd = try calls.open(resolve(path), O_WRONLY, 0)
-    defer { calls.close(fd) }
-    let bytes = Array(text.utf8)
-    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, bytes.count), alignment: 8)
-    defer { buffer.deallocate() }
-    buffer.copyBytes(from: bytes)
-    _ = try calls.pwrite(fd, UnsafeRawBufferPointer(rebasing: buffer[..<bytes.count]), 0)
-  }
-
-  /// The last component of a symlink's target (`driver` → `vfio-pci`).
-  public func linkName(_ path: String) -> String? {
-    guard let target = try? calls.readlink(resolve(path)) else { return nil }
-    return target.split(separator: "/").last.map(String.init)
-  }
-
-  public func list(_ path: String) -> [String] {
-    (try? calls.listDirectory(resolve(path))) ?? []
-  }
-
-  public func exists(_ path: String) -> Bool {
-    (try? calls.stat(resolve(path))) != nil || (try? calls.readlink(resolve(path))) != nil
-  }
 }

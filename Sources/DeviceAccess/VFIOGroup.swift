@@ -65,9 +65,7 @@ public final class VFIOGroup: @unchecked Sendable {
   /// Throws `.notViable` naming the devices of the group bound to other drivers.
   public func requireViable() throws(AccessError) {
     guard try !status().viable else { return }
-    let members = host.list("/sys/kernel/iommu_groups/\(number)/devices").map { m in
-      (address: m, driver: PCIFunctionSysfs(m, host: host).driver)
-    }
+    let members = PCIFunctionSysfs.groupMembers(number, host: host)
     let blockers = members.filter { m in m.driver.map { !Self.harmlessDrivers.contains($0) } ?? false }
     let names = blockers.map { "\($0.address) (bound to \($0.driver ?? "?"))" }
     let found =

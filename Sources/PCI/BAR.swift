@@ -36,8 +36,10 @@ public struct BAR: Sendable, Equatable, Codable {
   public var is64Bit: Bool { memoryType == .bits64 }
 }
 
-/// One line of sysfs `resource` (or the same facts from libpci): start, end
-/// and the kernel's `IORESOURCE_*` flags.
+/// One of the kernel's resources for a function, as libpci reports it (the
+/// lines of sysfs `resource`): start, end and the `IORESOURCE_*` flags. This
+/// layer reads sysfs only through libpci; DeviceAccess's `HostEnvironment` is
+/// the project's one reader of sysfs files.
 public struct PCIResource: Sendable, Equatable {
   public var start: UInt64
   public var end: UInt64
@@ -67,16 +69,6 @@ public struct PCIResource: Sendable, Equatable {
     var f: UInt32 = flags & Self.ioresourceMem64 != 0 ? 0x4 : 0x0
     if flags & Self.ioresourcePrefetch != 0 { f |= 0x8 }
     return f
-  }
-
-  /// Parses the text of `/sys/bus/pci/devices/*/resource`: one line per
-  /// resource, three hex numbers each.
-  public static func parseSysfs(_ text: String) -> [PCIResource] {
-    text.split(separator: "\n").compactMap { line in
-      let f = line.split(separator: " ").map { UInt64($0.dropFirst(2), radix: 16) }
-      guard f.count == 3, let s = f[0], let e = f[1], let fl = f[2] else { return nil }
-      return PCIResource(start: s, end: e, flags: fl)
-    }
   }
 }
 

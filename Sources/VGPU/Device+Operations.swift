@@ -1,4 +1,3 @@
-import VGPUDevice
 import VGPUProtocol
 
 extension Device {
@@ -6,7 +5,7 @@ extension Device {
 
   /// Free and total device memory, as `cuMemGetInfo` reports them.
   public func memoryInfo() throws(VGPUError) -> (free: UInt64, total: UInt64) {
-    let c = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(SubmissionEntry(.memoryInfo), "memory info") }
+    let c = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(Command.MemoryInfo().entry, "memory info") }
     guard c.result0 <= c.result1 else {
       throw VGPUError(
         .protocolViolation, "memory info", device: info.spec.description,
@@ -22,7 +21,7 @@ extension Device {
         .invalidArgument, "allocate \(bytes) bytes", device: info.spec.description, found: "the size must be positive")
     }
     let c = try withQueuePair { (qp) throws(VGPUError) in
-      try qp.execute(SubmissionEntry(.alloc, UInt64(bytes), UInt64(alignment)), "allocate")
+      try qp.execute(Command.Alloc(length: UInt64(bytes), alignment: UInt64(alignment)).entry, "allocate")
     }
     guard c.result0 != 0, c.result1 >= UInt64(bytes) else {
       throw VGPUError(
@@ -33,7 +32,7 @@ extension Device {
   }
 
   public func free(_ pointer: DevicePointer) throws(VGPUError) {
-    _ = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(SubmissionEntry(.free, pointer.address), "free") }
+    _ = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(Command.Free(address: pointer.address).entry, "free") }
   }
 
   // MARK: Copies
@@ -70,7 +69,7 @@ extension Device {
     guard count > 0 else { return }
     _ = try withQueuePair { (qp) throws(VGPUError) in
       try qp.execute(
-        SubmissionEntry(.copyDeviceToDevice, destination.address, source.address, UInt64(count)),
+        Command.CopyDeviceToDevice(destination: destination.address, source: source.address, length: UInt64(count)).entry,
         "copy device to device")
     }
   }
@@ -79,7 +78,9 @@ extension Device {
   public func memset(_ destination: DevicePointer, value: UInt32, elementSize: Int = 1, count: Int) throws(VGPUError) {
     _ = try withQueuePair { (qp) throws(VGPUError) in
       try qp.execute(
-        SubmissionEntry(.memset, destination.address, UInt64(value), UInt64(elementSize), UInt64(count)), "memset")
+        Command.Memset(
+          address: destination.address, value: UInt64(value), elementSize: UInt64(elementSize), count: UInt64(count)
+        ).entry, "memset")
     }
   }
 
@@ -88,29 +89,52 @@ extension Device {
   /// Loads a module image (docs/PROTOCOL.md, "Modules").
   public func loadModule(_ image: [UInt8]) throws(VGPUError) -> ModuleHandle {
     let c = try withStaged(image, "load module") { (qp, address) throws(VGPUError) in
-      try qp.execute(SubmissionEntry(.moduleLoad, 0, address, UInt64(image.count)), "load module")
+      try qp.execute(Command.ModuleLoad(staging: address, length: UInt64(image.count)).entry, "load module")
     }
     return ModuleHandle(raw: c.result0)
   }
 
   public func unloadModule(_ module: ModuleHandle) throws(VGPUError) {
     _ = try withQueuePair { (qp) throws(VGPUError) in
-      try qp.execute(SubmissionEntry(.moduleUnload, module.raw), "unload module")
+      try qp.execute(Command.ModuleUnload(module: module.raw).entry, "unload module")
     }
   }
 
-  /// Looks a kernel up by name in a loaded module.
+  /// Looks a kernel up by name in a loaded module. With feature
+  /// `functionInfo`, the device also says how its parameters are laid out
+  /// (``FunctionHandle/layout``), which is what packing `kernelParams` needs.
   public func function(_ name: String, in module: ModuleHandle) throws(VGPUError) -> FunctionHandle {
     let bytes = Array(name.utf8)
-    let c = try withStaged(bytes, "get function") { (qp, address) throws(VGPUError) in
-      try qp.execute(SubmissionEntry(.getFunction, module.raw, address, UInt64(bytes.count)), "get function")
+    let wantsLayout = info.features.contains(.functionInfo)
+    let deviceName = info.spec.description
+    return try withStaged(bytes, "get function") { (qp, address) throws(VGPUError) in
+      // The layout comes back right after the name, in the same slot.
+      let replyOffset = (bytes.count + 7) & ~7
+      let capacity = wantsLayout ? max(0, qp.slotSize - replyOffset) : 0
+      let c = try qp.execute(
+        Command.GetFunction(
+          module: module.raw, name: address, nameLength: UInt64(bytes.count), reply: address + UInt64(replyOffset),
+          replyCapacity: UInt64(capacity)
+        ).entry, "get function")
+      let reply = Command.GetFunction.Reply(c)
+      guard reply.parameterBytes <= UInt64(FunctionInfo.maximumParameterBytes) else {
+        throw VGPUError(
+          .protocolViolation, "get function \(name)", device: deviceName,
+          found: "a parameter size of \(reply.parameterBytes) bytes")
+      }
+      var layout: ParameterLayout?
+      if wantsLayout {
+        // Untrusted: every slot is checked to lie inside the buffer.
+        guard
+          let (_, l) = ParameterLayout.read(
+            from: qp.slot(0).pointer + replyOffset, capacity: capacity, parameterBytes: reply.parameterBytes)
+        else {
+          throw qp.rejectResult("get function", "a parameter layout for '\(name)' that does not fit its buffer")
+        }
+        layout = l
+      }
+      return FunctionHandle(raw: reply.function, parameterSize: Int(reply.parameterBytes), layout: layout)
     }
-    guard c.result1 <= 4096 else {
-      throw VGPUError(
-        .protocolViolation, "get function \(name)", device: info.spec.description,
-        found: "a parameter size of \(c.result1) bytes")
-    }
-    return FunctionHandle(raw: c.result0, parameterSize: Int(c.result1))
   }
 
   /// Launches `function` with its packed parameter buffer and waits for it to finish.
@@ -118,13 +142,63 @@ extension Device {
     _ function: FunctionHandle, grid: Dimensions, block: Dimensions, sharedMemory: UInt32 = 0,
     parameters: [UInt8], stream: StreamHandle? = nil
   ) throws(VGPUError) {
+    try parameters.withUnsafeBytes { p in
+      Result { () throws(VGPUError) in
+        try launch(function, grid: grid, block: block, sharedMemory: sharedMemory, parameters: p, stream: stream)
+      }
+    }.get()
+  }
+
+  /// Launches `function` with the packed parameters at `parameters` (the
+  /// form `cuLaunchKernel` gets with CU_LAUNCH_PARAM_BUFFER_POINTER) and
+  /// waits for it to finish. Allocates nothing.
+  public func launch(
+    _ function: FunctionHandle, grid: Dimensions, block: Dimensions, sharedMemory: UInt32 = 0,
+    parameters: UnsafeRawBufferPointer, stream: StreamHandle? = nil
+  ) throws(VGPUError) {
     // Closures passed straight down, never stored: a stored one would cost a heap context per launch.
     _ = try withStaged(parameters, "launch", on: stream?.queuePair) { (qp, address) throws(VGPUError) in
       try qp.execute(
-        SubmissionEntry(
-          .launch, function.raw, UInt64(grid.x) | UInt64(grid.y) << 32, UInt64(grid.z) | UInt64(block.x) << 32,
-          UInt64(block.y) | UInt64(block.z) << 32, UInt64(sharedMemory) | UInt64(parameters.count) << 32, address,
-          stream?.raw ?? 0), "launch")
+        Command.Launch(
+          function: function.raw, grid: grid, block: block, sharedBytes: sharedMemory,
+          parameterLength: UInt32(parameters.count), parameters: address, stream: stream?.raw ?? 0
+        ).entry, "launch")
+    }
+  }
+
+  /// Launches `function`, packing its parameters from `arguments` (one
+  /// pointer per parameter, as `cuLaunchKernel`'s `kernelParams`) by the
+  /// layout the device reported, straight into the staging slot.
+  public func launch(
+    _ function: FunctionHandle, grid: Dimensions, block: Dimensions, sharedMemory: UInt32 = 0,
+    arguments: UnsafePointer<UnsafeMutableRawPointer?>, stream: StreamHandle? = nil
+  ) throws(VGPUError) {
+    let deviceName = info.spec.description
+    guard let layout = function.layout else {
+      throw VGPUError(
+        .unsupported, "launch", device: deviceName,
+        found: "the device did not report the kernel's parameter layout (feature functionInfo, protocol 1.3)",
+        remedy: "pass the packed parameter buffer instead, or update the device")
+    }
+    try withQueuePair(stream?.queuePair) { (qp) throws(VGPUError) in
+      guard layout.bufferSize <= qp.slotSize else {
+        throw VGPUError(
+          .invalidArgument, "launch", device: deviceName,
+          found: "\(layout.bufferSize) bytes of parameters do not fit the \(qp.slotSize)-byte staging slot")
+      }
+      let (address, pointer) = qp.slot(0)
+      for (i, slot) in layout.slots.enumerated() {
+        guard let value = arguments[i] else {
+          throw VGPUError(
+            .invalidArgument, "launch", device: deviceName, found: "kernel parameter \(i) is a null pointer")
+        }
+        (pointer + Int(slot.offset)).copyMemory(from: value, byteCount: Int(slot.size))
+      }
+      _ = try qp.execute(
+        Command.Launch(
+          function: function.raw, grid: grid, block: block, sharedBytes: sharedMemory,
+          parameterLength: UInt32(layout.bufferSize), parameters: address, stream: stream?.raw ?? 0
+        ).entry, "launch")
     }
   }
 
@@ -133,24 +207,26 @@ extension Device {
     _ bytes: [UInt8], _ operation: String, on queuePair: Int? = nil,
     _ body: (inout GuestQueuePair, UInt64) throws(VGPUError) -> R
   ) throws(VGPUError) -> R {
-    if let queuePair {
-      return try withQueuePair(queuePair) { (qp) throws(VGPUError) in try stage(bytes, operation, &qp, body) }
-    }
-    return try withQueuePair { (qp) throws(VGPUError) in try stage(bytes, operation, &qp, body) }
+    try bytes.withUnsafeBytes { b in
+      Result { () throws(VGPUError) in try withStaged(b, operation, on: queuePair, body) }
+    }.get()
   }
 
-  private func stage<R>(
-    _ bytes: [UInt8], _ operation: String, _ qp: inout GuestQueuePair,
+  private func withStaged<R: Sendable>(
+    _ bytes: UnsafeRawBufferPointer, _ operation: String, on queuePair: Int? = nil,
     _ body: (inout GuestQueuePair, UInt64) throws(VGPUError) -> R
   ) throws(VGPUError) -> R {
-    guard bytes.count <= qp.slotSize else {
-      throw VGPUError(
-        .invalidArgument, operation, device: info.spec.description,
-        found: "\(bytes.count) bytes do not fit the \(qp.slotSize)-byte staging slot")
+    let deviceName = info.spec.description
+    return try withQueuePair(queuePair) { (qp) throws(VGPUError) in
+      guard bytes.count <= qp.slotSize else {
+        throw VGPUError(
+          .invalidArgument, operation, device: deviceName,
+          found: "\(bytes.count) bytes do not fit the \(qp.slotSize)-byte staging slot")
+      }
+      let (address, pointer) = qp.slot(0)
+      if let base = bytes.baseAddress { pointer.copyMemory(from: base, byteCount: bytes.count) }
+      return try body(&qp, address)
     }
-    let (address, pointer) = qp.slot(0)
-    bytes.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-    return try body(&qp, address)
   }
 
   // MARK: Streams, events, synchronization
@@ -159,14 +235,14 @@ extension Device {
     // Spread streams over the queue pairs so independent streams go in parallel.
     let index = Int(nextStream.add(1, ordering: .relaxed).oldValue) % info.queuePairs
     let c = try withQueuePair(index) { (qp) throws(VGPUError) in
-      try qp.execute(SubmissionEntry(.streamCreate), "create stream")
+      try qp.execute(Command.StreamCreate().entry, "create stream")
     }
     return StreamHandle(raw: c.result0, queuePair: index)
   }
 
   public func destroyStream(_ stream: StreamHandle) throws(VGPUError) {
     _ = try withQueuePair(stream.queuePair) { (qp) throws(VGPUError) in
-      try qp.execute(SubmissionEntry(.streamDestroy, stream.raw), "destroy stream")
+      try qp.execute(Command.StreamDestroy(stream: stream.raw).entry, "destroy stream")
     }
   }
 
@@ -174,7 +250,7 @@ extension Device {
   /// checks with the device that the stream is live).
   public func synchronize(_ stream: StreamHandle) throws(VGPUError) {
     _ = try withQueuePair(stream.queuePair) { (qp) throws(VGPUError) in
-      try qp.execute(SubmissionEntry(.streamSynchronize, stream.raw), "synchronize stream")
+      try qp.execute(Command.StreamSynchronize(stream: stream.raw).entry, "synchronize stream")
     }
   }
 
@@ -182,26 +258,26 @@ extension Device {
   public func synchronize() throws(VGPUError) {
     for i in 0..<info.queuePairs {
       _ = try withQueuePair(i) { (qp) throws(VGPUError) in
-        try qp.execute(SubmissionEntry(.streamSynchronize), "synchronize")
+        try qp.execute(Command.StreamSynchronize().entry, "synchronize")
       }
     }
   }
 
   public func createEvent() throws(VGPUError) -> EventHandle {
-    let c = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(SubmissionEntry(.eventCreate), "create event")
+    let c = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(Command.EventCreate().entry, "create event")
     }
     return EventHandle(raw: c.result0)
   }
 
   public func destroyEvent(_ event: EventHandle) throws(VGPUError) {
     _ = try withQueuePair { (qp) throws(VGPUError) in
-      try qp.execute(SubmissionEntry(.eventDestroy, event.raw), "destroy event")
+      try qp.execute(Command.EventDestroy(event: event.raw).entry, "destroy event")
     }
   }
 
   public func record(_ event: EventHandle, on stream: StreamHandle? = nil) throws(VGPUError) {
     let body = { (qp: inout GuestQueuePair) throws(VGPUError) in
-      _ = try qp.execute(SubmissionEntry(.eventRecord, event.raw, stream?.raw ?? 0), "record event")
+      _ = try qp.execute(Command.EventRecord(event: event.raw, stream: stream?.raw ?? 0).entry, "record event")
     }
     if let stream { try withQueuePair(stream.queuePair, body) } else { try withQueuePair(body) }
   }
@@ -210,7 +286,7 @@ extension Device {
   public func query(_ event: EventHandle) throws(VGPUError) -> Bool {
     do throws(VGPUError) {
       _ = try withQueuePair { (qp) throws(VGPUError) in
-        try qp.execute(SubmissionEntry(.eventQuery, event.raw), "query event")
+        try qp.execute(Command.EventQuery(event: event.raw).entry, "query event")
       }
       return true
     } catch {
@@ -222,7 +298,7 @@ extension Device {
   /// Nanoseconds between two recorded events.
   public func elapsed(from start: EventHandle, to end: EventHandle) throws(VGPUError) -> UInt64 {
     try withQueuePair { (qp) throws(VGPUError) in
-      try qp.execute(SubmissionEntry(.eventElapsed, start.raw, end.raw), "event elapsed time")
+      try qp.execute(Command.EventElapsed(start: start.raw, end: end.raw).entry, "event elapsed time")
     }.result0
   }
 
@@ -233,7 +309,7 @@ extension Device {
     try withQueuePair { (qp) throws(VGPUError) in
       let (address, pointer) = qp.slot(0)
       _ = try qp.execute(
-        SubmissionEntry(.statistics, scope.rawValue, address, UInt64(StatisticsRecord.size)), "statistics")
+        Command.Statistics(scope: scope, staging: address).entry, "statistics")
       return pointer.load(as: StatisticsRecord.self)
     }
   }
@@ -256,7 +332,7 @@ extension Device {
       let (address, pointer) = qp.slot(0)
       let capacity = qp.slotSize / ProcessRecord.size
       let c = try qp.execute(
-        SubmissionEntry(.processes, 0, address, UInt64(capacity * ProcessRecord.size)), "list processes")
+        Command.Processes(staging: address, length: UInt64(capacity * ProcessRecord.size)).entry, "list processes")
       // Checked before reading a byte: the count decides how far we read.
       guard c.result0 <= UInt64(capacity), c.result0 <= c.result1 else {
         throw VGPUError(
@@ -272,7 +348,7 @@ extension Device {
   /// One command that does nothing: the protocol's round trip.
   @inline(__always)
   public func nop() throws(VGPUError) {
-    _ = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(SubmissionEntry(.nop), "nop") }
+    _ = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(Command.Nop().entry, "nop") }
   }
 
   /// `count` NOPs submitted together, one doorbell per batch of up to `batch`.
@@ -288,7 +364,7 @@ extension Device {
         if submitted < count && submitted - completed <= n {
           let k = min(n, count - submitted)
           for i in 0..<k {
-            let id = try qp.submit(SubmissionEntry(.nop), "nop")
+            let id = try qp.submit(Command.Nop().entry, "nop")
             if i == 0 && submitted == completed { oldest = id }
           }
           qp.ring()

@@ -1,7 +1,6 @@
 import CSupport
 import DeviceAccess
 import Synchronization
-import VGPUDevice
 import VGPUProtocol
 
 #if canImport(Glibc)
@@ -26,10 +25,16 @@ public struct FunctionHandle: Hashable, Sendable {
   public var raw: UInt64
   /// Bytes of packed parameters the function takes.
   public var parameterSize: Int
-  public init(raw: UInt64, parameterSize: Int) {
+  /// Where each parameter goes in the packed buffer, as the device reported
+  /// it (nil from a device without feature `functionInfo`).
+  public var layout: ParameterLayout?
+  public init(raw: UInt64, parameterSize: Int, layout: ParameterLayout? = nil) {
     self.raw = raw
     self.parameterSize = parameterSize
+    self.layout = layout
   }
+  public static func == (a: Self, b: Self) -> Bool { a.raw == b.raw }
+  public func hash(into h: inout Hasher) { h.combine(raw) }
 }
 public struct EventHandle: Hashable, Sendable {
   public var raw: UInt64
@@ -42,15 +47,8 @@ public struct StreamHandle: Hashable, Sendable {
   public var queuePair: Int
 }
 
-/// Launch geometry, as CUDA's `gridDim` / `blockDim`.
-public struct Dimensions: Equatable, Sendable {
-  public var x: UInt32, y: UInt32, z: UInt32
-  public init(_ x: UInt32, _ y: UInt32 = 1, _ z: UInt32 = 1) {
-    self.x = x
-    self.y = y
-    self.z = z
-  }
-}
+/// Launch geometry, as CUDA's `gridDim` / `blockDim` (defined with the launch command).
+public typealias Dimensions = VGPUProtocol.Dimensions
 
 /// What the device said about itself when it was opened.
 public struct DeviceInfo: Sendable {
@@ -80,12 +78,23 @@ public struct OpenOptions: Sendable {
   /// Queue pairs to claim; more let more threads submit at once, fewer
   /// leave more for other processes (a mediator has 8 by default).
   public var queuePairs = 2
-  /// `sim` only: the simulated device's configuration.
-  public var simulated = ReferenceDeviceConfiguration()
+  /// What opens `sim`, the in-process device: the guest library carries no
+  /// device model, so a program that wants one supplies it (the
+  /// `VGPUSimulator` module's `OpenOptions.simulator(_:)`). Nil: `sim` is refused.
+  public var simulator: (@Sendable () throws(VGPUError) -> any InProcessDevice)?
   /// Where PCI backends look for /sys, /dev and /proc and how they make
   /// system calls: the real machine, or (tests) a fixture tree and fakes.
   var host = HostEnvironment.live
   public init() {}
+}
+
+/// A device model run inside the client's process (the `sim` device): a BAR
+/// in this process's memory, served by a thread, stopped when the client closes.
+public protocol InProcessDevice: AnyObject, Sendable {
+  /// The BAR the device serves.
+  var region: MappedRegion { get }
+  /// Stops serving; guests waiting see the device stop.
+  func stop()
 }
 
 /// A vGPU, opened: the client API that the shims and `pcitool` use.
@@ -100,7 +109,7 @@ public final class Device: @unchecked Sendable {
   let layout: BARLayout
   private let queues: [QueuePairLock]
   /// The in-process device behind `sim`, kept alive with the client.
-  private let simulated: ReferenceDevice?
+  private let simulated: (any InProcessDevice)?
   private let wakeups: Wakeups
   private let closed = Atomic<Bool>(false)
   /// Round-robin counter placing new streams on queue pairs.
@@ -116,13 +125,14 @@ public final class Device: @unchecked Sendable {
     let parsed = try DeviceSpec(parsing: spec)
     switch parsed {
     case .simulated:
-      let device: ReferenceDevice
-      do throws(DeviceSetupError) { device = try ReferenceDevice(configuration: options.simulated) } catch {
+      guard let simulator = options.simulator else {
         throw VGPUError(
-          .unavailable, "create the simulated device", device: "sim", found: error.description,
-          remedy: "lower its memory size or free memory")
+          .unavailable, "open", device: spec,
+          found: "sim is an in-process reference device, and this program carries none",
+          remedy:
+            "run the device in vgpu-mediator and open shm:PATH, or (a Swift program) set OpenOptions.simulator from VGPUSimulator")
       }
-      device.start()
+      let device = try simulator()
       return try Device(
         spec: parsed, region: device.region, simulated: device, options: options,
         how: "sim (in-process reference device)")
@@ -183,7 +193,7 @@ public final class Device: @unchecked Sendable {
   ///   (the mediator); refuse it at once if that process is gone, rather than
   ///   time out on a file that nobody serves.
   init(
-    spec: DeviceSpec, region: MappedRegion, simulated: ReferenceDevice? = nil, options: OpenOptions,
+    spec: DeviceSpec, region: MappedRegion, simulated: (any InProcessDevice)? = nil, options: OpenOptions,
     servedByAnotherProcess: Bool = false, how: String? = nil, wakeups: Wakeups = .sameHost
   ) throws(VGPUError) {
     let name = spec.description
@@ -198,14 +208,14 @@ public final class Device: @unchecked Sendable {
         .protocolViolation, "the BAR has \(region.size) bytes, fewer than the 4096 of the registers", "is this a vGPU?")
     }
     let registers = RegisterBlock(region.base)
-    let magic = registers.load32(Register.magic)
+    let magic = registers.load(Register.magic)
     guard magic == vgpuMagic else {
       throw fail(
         .protocolViolation,
         "magic is 0x\(String(magic, radix: 16)), expected 0x\(String(vgpuMagic, radix: 16)) ('VGPU')",
         "this is not a vGPU BAR, or its device has not initialised it yet")
     }
-    let version = registers.load32(Register.version)
+    let version = registers.load(Register.version)
     guard version >> 16 == UInt32(ProtocolVersion.major) else {
       throw fail(
         .versionMismatch,
@@ -213,7 +223,7 @@ public final class Device: @unchecked Sendable {
         "update the guest library or the device to the same major version")
     }
     if servedByAnotherProcess {
-      let server = registers.load32(Register.devicePID)
+      let server = registers.load(Register.devicePID)
       guard server != 0 else {
         throw fail(
           .unavailable, "no mediator serves it (the file is left from one that stopped)",
@@ -224,16 +234,24 @@ public final class Device: @unchecked Sendable {
           .unavailable, "its mediator, pid \(server), is not running", "start vgpu-mediator --path \(region.origin)")
       }
     }
-    // A device may still be starting: give it the handshake deadline to become ready.
+    // A device may still be starting: give it the handshake deadline to
+    // become ready. The status word is writable by every client, and the
+    // device puts a forged one back when woken: a bad status is believed
+    // once it has lasted the grace period.
     let started = vgpu_monotonic_ns()
     while true {
       let status = registers.status
-      if status.contains(.fatal) { throw fail(.unavailable, "the device reports a fatal error", "restart it") }
-      if status.contains(.needsReset) {
-        throw fail(.unavailable, "the device needs a reset", "reset it (write 1 to its control register), then reopen")
-      }
       if status.contains(.ready) && !status.contains(.stopping) { break }
-      if vgpu_monotonic_ns() &- started > timeout {
+      let waited = vgpu_monotonic_ns() &- started
+      wakeups.wakeDevice(registers)
+      if waited >= GuestQueuePair.statusGraceNanoseconds || waited > timeout {
+        if status.contains(.fatal) { throw fail(.unavailable, "the device reports a fatal error", "restart it") }
+        if status.contains(.needsReset) {
+          throw fail(
+            .unavailable, "the device needs a reset", "reset it (write 1 to its control register), then reopen")
+        }
+      }
+      if waited > timeout {
         throw fail(
           .unavailable,
           "the device is not ready (status 0x\(String(status.rawValue, radix: 16))) after \(options.timeout)",
@@ -246,48 +264,41 @@ public final class Device: @unchecked Sendable {
       throw fail(.protocolViolation, "its \(error)", "the device's layout is broken; report it")
     }
     let identity = DeviceIdentity(reading: registers)
-    let offered = FeatureBits(rawValue: registers.load64(Register.features))
-    let wakeups = wakeups.restricted(to: offered, deviceVectors: registers.load32(Register.ivshmemVectors))
+    let offered = FeatureBits(rawValue: registers.load(Register.features))
+    let wakeups = wakeups.restricted(to: offered, deviceVectors: registers.load(Register.ivshmemVectors))
 
     // Claim queue pairs: free → claiming (ours), then the device makes them active.
     let pid = UInt32(bitPattern: getpid())
-    var claimed: [Int] = []
-    for qp in 0..<Int(layout.queuePairs) where claimed.count < max(1, options.queuePairs) {
-      let view = QueuePairView(base: region.base, layout: layout, index: qp)
-      if view.exchangeState(from: .free, to: .claiming) {
-        view.setOwnerPID(pid)
-        claimed.append(qp)
-      }
+    let claimed = QueuePairClaim.claim(upTo: max(1, options.queuePairs), of: Int(layout.queuePairs), pid: pid) {
+      QueuePairView(base: region.base, layout: layout, index: $0)
     }
     guard !claimed.isEmpty else {
       throw fail(.unavailable, "all \(layout.queuePairs) queue pairs are in use", "close another client, or wait")
+    }
+    func handBack() {
+      for q in claimed { QueuePairClaim.release(QueuePairView(base: region.base, layout: layout, index: q)) }
     }
     wakeups.wakeDevice(registers)
     var queues: [QueuePairLock] = []
     var features = offered
     for qp in claimed {
       let view = QueuePairView(base: region.base, layout: layout, index: qp)
-      while view.state != QueuePairState.active.rawValue {
-        if vgpu_monotonic_ns() &- started > timeout {
-          // Hand them back the way a close does; only the device frees a pair.
-          for q in claimed { QueuePairView(base: region.base, layout: layout, index: q).setState(.closing) }
-          throw fail(
-            .timeout, "the device did not accept queue pair \(qp) within \(options.timeout)",
-            "the device (or the mediator serving it) is not answering; check that it runs")
-        }
-        usleep(50)
+      guard QueuePairClaim.awaitAcceptance(view, deadline: started + timeout, poll: { usleep(50) }) else {
+        handBack()
+        throw fail(
+          .timeout, "the device did not accept queue pair \(qp) within \(options.timeout)",
+          "the device (or the mediator serving it) is not answering; check that it runs")
       }
       var pair = GuestQueuePair(
         view: view, registers: registers, layout: layout, base: region.base, timeoutNanoseconds: timeout,
         deviceName: name,
-        serverPID: servedByAnotherProcess ? Int32(bitPattern: registers.load32(Register.devicePID)) : 0,
+        serverPID: servedByAnotherProcess ? Int32(bitPattern: registers.load(Register.devicePID)) : 0,
         wakeups: wakeups)
       do throws(VGPUError) {
-        let c = try pair.execute(
-          SubmissionEntry(.identify, UInt64(ProtocolVersion.packed), FeatureBits.all.rawValue), "identify")
-        features = features.intersection(FeatureBits(rawValue: c.result0))
+        let c = try pair.execute(QueuePairClaim.identify, "identify")
+        features = features.intersection(Command.Identify.Reply(c).features)
       } catch {
-        for q in claimed { QueuePairView(base: region.base, layout: layout, index: q).setState(.closing) }
+        handBack()
         throw error
       }
       queues.append(QueuePairLock(pair))
@@ -326,7 +337,7 @@ public final class Device: @unchecked Sendable {
     let deadline = vgpu_monotonic_ns() + 2_000_000_000
     for q in queues {
       let view = q.mutex.withLock { $0.view }
-      view.setState(.closing)
+      QueuePairClaim.release(view)
       wakeups.wakeDevice(registers)
       while view.state == QueuePairState.closing.rawValue && registers.status.contains(.ready)
         && vgpu_monotonic_ns() < deadline
@@ -364,5 +375,14 @@ public final class Device: @unchecked Sendable {
     -> R
   {
     try queues[index].mutex.withLock { (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) }
+  }
+
+  /// Queue pair `index` if given (a stream's), else any free one.
+  @inline(__always)
+  func withQueuePair<R: Sendable>(_ index: Int?, _ body: (inout GuestQueuePair) throws(VGPUError) -> R)
+    throws(VGPUError) -> R
+  {
+    if let index { return try withQueuePair(index, body) }
+    return try withQueuePair(body)
   }
 }

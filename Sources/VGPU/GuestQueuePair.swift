@@ -32,31 +32,44 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// Why this pair could not get an interrupt, when it could not.
   let interruptNote: String?
 
-  private var tail: UInt32 = 0
+  /// Where the next command goes (the guest's submission tail).
+  private var tail: SubmissionCursor
+  /// The device's submission head, as its last completion reported it.
   private var deviceHead: UInt32 = 0
-  private var completionHead: UInt32 = 0
+  /// Where the next completion is expected, with its phase.
+  private var completions: CompletionCursor
   /// Completions consumed since the CQ-head doorbell was last written.
   private var unacknowledged: UInt32 = 0
-  private var phase: UInt16 = 1
   private var nextID: UInt16 = 0
-  private var inFlight = 0
-  /// Per id slot (`id & mask`): the id in flight there, or `idle`.
-  private let outstanding: UnsafeMutablePointer<UInt32>
+  /// Commands submitted whose completion the caller has not yet taken with
+  /// `wait(for:)`. Each holds its id slot until then (its result is kept
+  /// there), so there are at most `capacity` of them.
+  private var uncollected = 0
+  /// Per id slot (`id & mask`): `idle`, the id of a command the device has
+  /// not answered, or that id with `answered` set once its completion is in `results`.
+  private let idSlots: UnsafeMutablePointer<UInt32>
   private let results: UnsafeMutablePointer<CompletionEntry>
   /// For pipelined copies: the command using each staging slot.
   private let slotCommand: UnsafeMutablePointer<UInt16>
   private(set) var broken: VGPUError?
   /// The device's progress register when last looked at.
   private var lastProgress: UInt64 = 0
+  /// When the status register was first seen saying the device is not
+  /// ready, with no completion or progress since (0: not so). See
+  /// `statusGraceNanoseconds`.
+  private var statusBadSince: UInt64 = 0
   private static let idle = UInt32.max
-  /// Spin this long for a completion before sleeping on the wake word.
-  static let spinNanoseconds: UInt64 = 20_000
-  /// Longest single sleep, so that a stopped device is noticed promptly.
-  static let sleepSliceNanoseconds: UInt64 = 10_000_000
+  private static let answered: UInt32 = 1 << 16
+  /// How long a "not ready" status must persist, with nothing coming back
+  /// from the device, before it is believed. The status word sits in memory
+  /// every client can write; the device puts it back within a few
+  /// housekeeping passes (it is woken for that), and a device that answers
+  /// is serving whatever the word says, so a co-tenant's scribble costs at
+  /// most a wait, never the device.
+  static let statusGraceNanoseconds: UInt64 = 50_000_000
   /// Copies from device memory this large are written out with streaming stores.
   static let streamingCopyBytes = 8 << 20
-  /// With an interrupt behind the sleep, wake-ups are not missed: sleep longer.
-  static let interruptSleepSliceNanoseconds: UInt64 = 100_000_000
+  let waitPolicy: WaitPolicy
 
   init(
     view: QueuePairView, registers: RegisterBlock, layout: BARLayout, base: UnsafeMutableRawPointer,
@@ -68,6 +81,9 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     self.view = view
     self.registers = registers
     self.mask = layout.depth - 1
+    self.tail = SubmissionCursor(depth: layout.depth)
+    self.completions = CompletionCursor(depth: layout.depth)
+    self.waitPolicy = completionEventFD >= 0 ? .guestWithInterrupt : .guest
     self.stagingAddress = layout.staging(view.index)
     self.staging = base + Int(stagingAddress)
     self.slotSize = Int(layout.stagingSlotSize)
@@ -75,8 +91,8 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     self.slots = min(Int(layout.slotsPerQueue), Int(layout.depth) - 1)
     self.timeoutNanoseconds = timeoutNanoseconds
     self.deviceName = deviceName
-    outstanding = .allocate(capacity: Int(layout.depth))
-    outstanding.initialize(repeating: Self.idle, count: Int(layout.depth))
+    idSlots = .allocate(capacity: Int(layout.depth))
+    idSlots.initialize(repeating: Self.idle, count: Int(layout.depth))
     results = .allocate(capacity: Int(layout.depth))
     slotCommand = .allocate(capacity: Int(layout.slotsPerQueue))
   }
@@ -85,13 +101,17 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     // The vector keeps pointing at this eventfd until the pair's next owner
     // wires it again; the kernel holds its own reference meanwhile.
     if completionEventFD >= 0 { close(completionEventFD) }
-    outstanding.deallocate()
+    idSlots.deallocate()
     results.deallocate()
     slotCommand.deallocate()
   }
 
   var index: Int { view.index }
   var depth: Int { Int(mask) + 1 }
+  /// Commands that may be submitted and not yet waited for: one ring entry
+  /// always stays empty, so that a full ring is not mistaken for an empty
+  /// one (NVMe 1.4 §4.1.2).
+  var capacity: Int { Int(mask) }
 
   /// The staging address (BAR offset) and local pointer of slot `s`.
   @inline(__always) func slot(_ s: Int) -> (address: UInt64, pointer: UnsafeMutableRawPointer) {
@@ -101,27 +121,37 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   // MARK: Submit
 
   /// Writes a command into the ring (not yet visible: see `ring`). Returns its id.
+  ///
+  /// At most `capacity` commands may wait to be collected: one more is a
+  /// caller's error, thrown at once (waiting could not help, as only the
+  /// caller's `wait(for:)` frees their places).
   mutating func submit(_ entry: SubmissionEntry, _ operation: StaticString) throws(VGPUError) -> UInt16 {
-    if broken != nil { throw broken! }
-    while (tail + 1) & mask == deviceHead || inFlight >= depth - 1 {
-      // The ring is full of commands the device has not consumed: make room.
+    if let broken { throw broken }
+    guard uncollected < capacity else {
+      throw VGPUError(
+        .invalidArgument, "\(operation)", device: deviceName,
+        found: "\(uncollected) commands on queue pair \(index) were submitted and not waited for; the ring holds \(capacity)",
+        remedy: "wait for earlier commands before submitting more (a bug in the caller)")
+    }
+    // The ring is full of commands the device has not consumed: collect
+    // completions until it has (it owes at least one, as uncollected > 0).
+    while tail.distance(to: deviceHead) == 1 {
       try waitForAnyCompletion(operation)
     }
     var id = nextID
-    while outstanding[Int(UInt32(id) & mask)] != Self.idle { id &+= 1 }
+    while idSlots[Int(UInt32(id) & mask)] != Self.idle { id &+= 1 }
     nextID = id &+ 1
     var e = entry
     e.commandID = id
-    view.writeSubmission(e, at: tail)
-    tail = (tail + 1) & mask
-    outstanding[Int(UInt32(id) & mask)] = UInt32(id)
-    inFlight += 1
+    tail.push(e, into: view)
+    idSlots[Int(UInt32(id) & mask)] = UInt32(id)
+    uncollected += 1
     return id
   }
 
   /// Makes submitted commands visible and wakes the device if it sleeps.
   @inline(__always) func ring() {
-    view.ringSubmission(tail: tail)
+    view.ringSubmission(tail: tail.index)
     // Seq-cst store (tail) then load (flag): the device's mirror image sees one of them.
     if registers.deviceSleeping { wakeups.wakeDevice(registers) }
   }
@@ -131,7 +161,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     let id = try submit(entry, operation)
     ring()
     let c = try wait(for: id, operation)
-    guard c.status == Status.success.rawValue else { throw deviceError(c, operation) }
+    guard c.status == CommandStatus.success.rawValue else { throw deviceError(c, operation) }
     return c
   }
 
@@ -140,55 +170,49 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// Waits for command `id` and hands back its completion (any status).
   mutating func wait(for id: UInt16, _ operation: StaticString) throws(VGPUError) -> CompletionEntry {
     let slot = Int(UInt32(id) & mask)
-    // The clock is read from the 32nd empty poll on, every 32 (a read costs
-    // more than a poll, and most waits end before).
-    var started: UInt64 = 0
+    var spin = Spin()
     var spinning = true
-    var polls: UInt32 = 0
-    while outstanding[slot] == UInt32(id) {
-      if broken != nil { throw broken! }
+    while idSlots[slot] == UInt32(id) {
+      if let broken { throw broken }
       if try drain(operation) > 0 { continue }
-      polls &+= 1
-      if spinning && polls & 31 != 0 {
-        vgpu_cpu_relax()
-        continue
-      }
-      let now = vgpu_monotonic_ns()
-      if started == 0 { started = now }
-      if spinning && now &- started < Self.spinNanoseconds {
+      if spinning && spin.keepPolling(waitPolicy) {
         vgpu_cpu_relax()
         continue
       }
       spinning = false
-      try sleepUntilCompletion(started: &started, now: now, operation)
+      spin.readClock()
+      try sleepUntilCompletion(&spin, operation)
     }
-    inFlight -= 1
+    precondition(idSlots[slot] == UInt32(id) | Self.answered, "waited for command \(id), which was not submitted")
+    idSlots[slot] = Self.idle
+    uncollected -= 1
     return results[slot]
   }
 
   /// Waits until at least one completion has been collected.
   private mutating func waitForAnyCompletion(_ operation: StaticString) throws(VGPUError) {
-    var started = vgpu_monotonic_ns()
+    var spin = Spin()
+    spin.readClock()
     while try drain(operation) == 0 {
-      if broken != nil { throw broken! }
-      try sleepUntilCompletion(started: &started, now: vgpu_monotonic_ns(), operation)
+      if let broken { throw broken }
+      spin.readClock()
+      try sleepUntilCompletion(&spin, operation)
     }
   }
 
   /// Sleeps on the completion wake word, having said so (event suppression),
   /// for at most a slice of the remaining deadline. The deadline counts
   /// silence: while the device's progress register moves (a long command is
-  /// running), `started` moves with it.
-  private mutating func sleepUntilCompletion(started: inout UInt64, now: UInt64, _ operation: StaticString)
-    throws(VGPUError)
-  {
+  /// running), the wait's start moves with it.
+  private mutating func sleepUntilCompletion(_ spin: inout Spin, _ operation: StaticString) throws(VGPUError) {
     try checkDevice(operation)
-    let progress = registers.load64(Register.progress)
+    let progress = registers.load(Register.progress)
     if progress != lastProgress {
       lastProgress = progress
-      started = now
+      spin.restartDeadline()
+      statusBadSince = 0
     }
-    let waited = now &- started
+    let waited = spin.elapsed
     guard waited < timeoutNanoseconds else {
       let error = VGPUError(
         .timeout, "\(operation)", device: deviceName,
@@ -203,14 +227,13 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     view.setGuestWaiting(true)
     vgpu_fence_seqcst()
     // Re-check after publishing the flag: the device may have posted just before.
-    if view.completion(at: completionHead, phase: phase) == nil {
+    if !completions.ready(in: view) {
+      let slice = min(timeoutNanoseconds - waited, waitPolicy.sleepSliceNanoseconds)
       if completionEventFD >= 0 {
         // MSI-X → VFIO eventfd: a signal that came before this wait stays readable.
-        _ = vgpu_eventfd_wait(
-          completionEventFD, min(timeoutNanoseconds - waited, Self.interruptSleepSliceNanoseconds))
+        _ = vgpu_eventfd_wait(completionEventFD, slice)
       } else {
-        _ = vgpu_futex_wait(
-          view.completionWakeWord, seen, min(timeoutNanoseconds - waited, Self.sleepSliceNanoseconds))
+        _ = vgpu_futex_wait(view.completionWakeWord, seen, slice)
       }
     }
     view.setGuestWaiting(false)
@@ -219,45 +242,55 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// Collects every posted completion, checking each. Returns how many.
   private mutating func drain(_ operation: StaticString) throws(VGPUError) -> Int {
     var collected = 0
-    while let c = view.completion(at: completionHead, phase: phase) {
+    while let c = completions.take(from: view) {
       let slot = Int(UInt32(c.commandID) & mask)
-      guard outstanding[slot] == UInt32(c.commandID) else {
+      guard idSlots[slot] == UInt32(c.commandID) else {
         throw violation(operation, "a completion for command id \(c.commandID), which is not in flight")
       }
-      guard c.status <= Status.highest else {
+      guard c.status <= CommandStatus.highest else {
         throw violation(operation, "status \(c.status) in the completion of command \(c.commandID), not a known status")
       }
       // The reported head must lie between the last one and our tail.
       let sqHead = UInt32(c.sqHead)
-      guard sqHead <= mask, (sqHead &- deviceHead) & mask <= (tail &- deviceHead) & mask else {
+      guard sqHead <= mask, (sqHead &- deviceHead) & mask <= (tail.index &- deviceHead) & mask else {
         throw violation(
           operation,
-          "submission head \(c.sqHead) outside the commands in flight (\(deviceHead)..<\(tail), depth \(depth))")
+          "submission head \(c.sqHead) outside the commands in flight (\(deviceHead)..<\(tail.index), depth \(depth))")
       }
       deviceHead = sqHead
       results[slot] = c
-      outstanding[slot] = Self.idle
-      completionHead = (completionHead + 1) & mask
-      if completionHead == 0 { phase ^= 1 }
+      idSlots[slot] = UInt32(c.commandID) | Self.answered
       collected += 1
     }
     if collected > 0 {
+      // The device answers: whatever the status word says, it is serving.
+      statusBadSince = 0
       // The CQ-head doorbell is written in batches (NVMe 1.4 §4.1 lets the
       // host free CQ entries in bulk): each write takes the doorbell's cache
       // line from the device. It is written before the device could find the
-      // CQ full — outstanding commands plus unacknowledged completions stay
+      // CQ full — commands in the ring plus unacknowledged completions stay
       // under half the ring — and before sleeping.
       unacknowledged &+= UInt32(collected)
-      if unacknowledged >= mask / 4 || ((tail &- completionHead) & mask) + unacknowledged >= mask / 2 {
+      if Self.shouldAcknowledge(
+        unacknowledged: unacknowledged, inRing: (tail.index &- completions.index) & mask, mask: mask)
+      {
         acknowledgeCompletions()
       }
     }
     return collected
   }
 
+  /// The batching rule for the CQ-head doorbell: a quarter of the ring
+  /// consumed, or commands in the ring plus unacknowledged completions
+  /// reaching half of it.
+  @inline(__always)
+  static func shouldAcknowledge(unacknowledged: UInt32, inRing: UInt32, mask: UInt32) -> Bool {
+    unacknowledged >= mask / 4 || inRing + unacknowledged >= mask / 2
+  }
+
   /// Writes the CQ-head doorbell: the device may reuse the slots up to it.
   @inline(__always) private mutating func acknowledgeCompletions() {
-    view.ringCompletion(head: completionHead)
+    view.ringCompletion(head: completions.index)
     unacknowledged = 0
   }
 
@@ -270,7 +303,15 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
         "fault \(fault) on queue pair \(index): it found a doorbell index out of range and stopped serving the pair")
     }
     let status = registers.status
-    if !status.contains(.ready) || status.contains(.stopping) {
+    if status.contains(.ready) && !status.contains(.stopping) {
+      statusBadSince = 0
+    } else {
+      // Believed only once it persists: wake the device so that it puts a
+      // forged status back, and look again at the next slice.
+      let now = vgpu_monotonic_ns()
+      if statusBadSince == 0 { statusBadSince = now }
+      wakeups.wakeDevice(registers)
+      guard now &- statusBadSince >= Self.statusGraceNanoseconds else { return }
       let error = VGPUError(
         .unavailable, "\(operation)", device: deviceName,
         found: "the device stopped answering (status 0x\(String(status.rawValue, radix: 16)))",
@@ -300,7 +341,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
 
   /// An error completion turned into an error that says what the device refused.
   func deviceError(_ c: CompletionEntry, _ operation: StaticString) -> VGPUError {
-    let status = Status(rawValue: c.status) ?? .invalidValue
+    let status = CommandStatus(rawValue: c.status) ?? .invalidValue
     var found = "the device answered '\(status)'"
     if c.detail != 0 { found += " (argument \(c.detail))" }
     switch status {
@@ -319,8 +360,9 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   mutating func copyToDevice(_ destination: UInt64, from source: UnsafeRawPointer, count: Int) throws(VGPUError) {
     try pipeline(count, "copy to device") { (qp: inout Self, chunk, s, length) throws(VGPUError) in
       qp.slot(s).pointer.copyMemory(from: source + chunk * qp.slotSize, byteCount: length)
-      return SubmissionEntry(
-        .copyToDevice, destination + UInt64(chunk * qp.slotSize), qp.slot(s).address, UInt64(length))
+      return Command.CopyToDevice(
+        device: destination + UInt64(chunk * qp.slotSize), staging: qp.slot(s).address, length: UInt64(length)
+      ).entry
     } collect: { _, _, _, _ in
     }
   }
@@ -331,7 +373,9 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     throws(VGPUError)
   {
     try pipeline(count, "copy from device") { (qp: inout Self, chunk, s, length) throws(VGPUError) in
-      SubmissionEntry(.copyFromDevice, source + UInt64(chunk * qp.slotSize), qp.slot(s).address, UInt64(length))
+      Command.CopyFromDevice(
+        device: source + UInt64(chunk * qp.slotSize), staging: qp.slot(s).address, length: UInt64(length)
+      ).entry
     } collect: { qp, chunk, s, length in
       // A large copy ends in memory no cache holds: write around the cache.
       // (Not for the way in: the device reads the slot at once, from this
@@ -380,7 +424,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     throws(VGPUError)
   {
     let c = try wait(for: slotCommand[s], operation)
-    if c.status != Status.success.rawValue {
+    if c.status != CommandStatus.success.rawValue {
       if firstError == nil { firstError = deviceError(c, operation) }
     } else if c.result0 != UInt64(expected) {
       throw violation(operation, "a copy length of \(c.result0) bytes for a chunk of \(expected)")

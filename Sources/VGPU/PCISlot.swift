@@ -101,7 +101,7 @@ struct PCISlot {
         // The group is open in another process: if that is a vGPU client, its
         // broker hands out the device fd (several processes, one VFIO group).
         // Only on the real machine: a fixture tree's device is not the one a broker serves.
-        guard error.kind == .busy, function.host.root.isEmpty else { throw error }
+        guard error.kind == .busy, function.host.isLive else { throw error }
         guard let a = try? VFIOBroker.attach(address, bar: bar, seconds: 2) else { throw error }
         return Mapped(
           region: a.region,
@@ -126,7 +126,7 @@ struct PCISlot {
       {
         vectors = 0
       }
-      if function.host.root.isEmpty {
+      if function.host.isLive {
         VFIOBroker.serve(device, bar: bar, bar0Offset: bar0?.offset, vectors: vectors)
       }
       let group = device.group.map { ", group \($0.path)" } ?? ""

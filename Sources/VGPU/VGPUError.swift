@@ -6,7 +6,7 @@ import VGPUProtocol
 public struct VGPUError: Error, CustomStringConvertible, Sendable {
   public enum Kind: Sendable, Equatable {
     /// The device answered with an error status.
-    case device(Status)
+    case device(CommandStatus)
     /// No answer within the deadline.
     case timeout
     /// The device broke the protocol (unknown command id, index or length out
@@ -45,7 +45,7 @@ public struct VGPUError: Error, CustomStringConvertible, Sendable {
   }
 
   /// The device's status, when it answered with one.
-  public var status: Status? {
+  public var status: CommandStatus? {
     if case .device(let s) = kind { return s }
     return nil
   }

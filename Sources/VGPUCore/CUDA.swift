@@ -43,14 +43,14 @@ let CUDA_ERROR_UNKNOWN: Int32 = 999
 let cuInitCalled = Atomic<Bool>(false)
 
 /// The CUresult for a failed device call. Device statuses map through
-/// `Status.cudaResult`; failures to reach the device are said once on stderr
+/// `CommandStatus.cudaResult`; failures to reach the device are said once on stderr
 /// (every one with VGPU_DEBUG set).
 func cudaResult(_ error: VGPUError, _ call: StaticString) -> Int32 {
   let runtime = ShimRuntime.shared
   switch error.kind {
   case .device(let status):
     if runtime.debug { ShimRuntime.printLine("vgpu: \(call): \(error)") }
-    // Status.versionMismatch's cudaResult, 35, is a runtime-API code
+    // CommandStatus.versionMismatch's cudaResult, 35, is a runtime-API code
     // (cudaErrorInsufficientDriver) that cuda.h does not have.
     return status == .versionMismatch ? CUDA_ERROR_SYSTEM_DRIVER_MISMATCH : status.cudaResult
   case .invalidArgument:

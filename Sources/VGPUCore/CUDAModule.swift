@@ -1,7 +1,7 @@
 import ShimCore
 import Synchronization
 import VGPU
-import VGPUDevice
+import VGPUProtocol
 
 #if canImport(Glibc)
   import Glibc
@@ -49,7 +49,7 @@ func loadModule(
 )
   -> Int32
 {
-  let magic = Array("\(ModuleImage.magic) ".utf8)
+  let magic = Array("\(BuiltinModuleImage.magic) ".utf8)
   guard bytes.count >= magic.count, zip(bytes, magic).allSatisfy({ $0 == $1 }) else {
     if !foreignImageReported.exchange(true, ordering: .relaxed) {
       ShimRuntime.printLine(
@@ -76,7 +76,7 @@ func loadModule(
 /// device, not read on and on); for another kind (a cubin or fatbin need not
 /// contain a NUL soon), enough to tell what it is: up to 16 bytes or a NUL.
 func imageBytes(_ image: UnsafeRawPointer) -> UnsafeRawBufferPointer {
-  let magic = Array("\(ModuleImage.magic) ".utf8)
+  let magic = Array("\(BuiltinModuleImage.magic) ".utf8)
   let p = image.assumingMemoryBound(to: UInt8.self)
   for i in 0..<magic.count where p[i] != magic[i] {
     var n = i
@@ -84,7 +84,7 @@ func imageBytes(_ image: UnsafeRawPointer) -> UnsafeRawBufferPointer {
     return UnsafeRawBufferPointer(start: image, count: n)
   }
   return UnsafeRawBufferPointer(
-    start: image, count: strnlen(image.assumingMemoryBound(to: CChar.self), ModuleImage.maxBytes + 1))
+    start: image, count: strnlen(image.assumingMemoryBound(to: CChar.self), BuiltinModuleImage.maxBytes + 1))
 }
 
 /// cuModuleLoadData(CUmodule *module, const void *image)
@@ -123,7 +123,7 @@ public func vgpucore_cuModuleLoad(
   guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
   guard let file = fopen(path, "rb") else { return CUDA_ERROR_FILE_NOT_FOUND }
   defer { fclose(file) }
-  var data = [UInt8](repeating: 0, count: ModuleImage.maxBytes + 1)
+  var data = [UInt8](repeating: 0, count: BuiltinModuleImage.maxBytes + 1)
   let n = data.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, file) }
   guard ferror(file) == 0 else { return CUDA_ERROR_FILE_NOT_FOUND }
   return data.withUnsafeBytes { loadModule("cuModuleLoad", module, UnsafeRawBufferPointer(rebasing: $0[..<n])) }
@@ -158,20 +158,18 @@ public func vgpucore_cuModuleGetFunction(
     let key = handleKey(hmod)
     guard let module = cudaObjects.withLock({ $0.modules[key]?.handle }) else { return CUDA_ERROR_INVALID_HANDLE }
     let function = try device.function(kernelName, in: module)
-    // The device knows the kernel; packing its parameters needs its layout here too.
-    guard let kernel = BuiltinKernel(rawValue: kernelName), let layout = ParameterLayout(kernel),
-      layout.bufferSize == function.parameterSize
-    else {
+    // Packing `kernelParams` needs the layout, which the device reports.
+    guard function.layout != nil else {
       ShimRuntime.printLine(
-        "vgpu: cuModuleGetFunction: the device's kernel '\(kernelName)' takes \(function.parameterSize) bytes of "
-          + "parameters, which this library cannot pack; update it to the device's version")
+        "vgpu: cuModuleGetFunction: the device did not report the parameter layout of '\(kernelName)' (protocol "
+          + "1.3, feature functionInfo); update vgpu-mediator to this library's version")
       return CUDA_ERROR_NOT_SUPPORTED
     }
     let handle = cudaObjects.withLock { o -> UInt? in
       // Unloaded meanwhile by another thread?
       guard o.modules[key] != nil else { return nil }
       let h = o.newHandle(.function)
-      o.functions[h] = FunctionRecord(handle: function, module: key, layout: layout)
+      o.functions[h] = FunctionRecord(handle: function, module: key)
       o.modules[key]?.functions.append(h)
       return h
     }
@@ -196,9 +194,9 @@ public func vgpucore_cuModuleGetLoadingMode(_ mode: UnsafeMutablePointer<Int32>?
 /// sharedMemBytes, CUstream hStream, void **kernelParams, void **extra).
 ///
 /// Parameters come either as `kernelParams`, one pointer per parameter (each
-/// copied, at its size, to its offset in the packed buffer), or as `extra`
-/// with CU_LAUNCH_PARAM_BUFFER_POINTER / _SIZE (the packed buffer itself).
-/// Packing uses a buffer this thread keeps, so a launch allocates nothing here.
+/// copied, at its size, to its offset in the staging slot, by the layout the
+/// device reported), or as `extra` with CU_LAUNCH_PARAM_BUFFER_POINTER /
+/// _SIZE (the packed buffer itself). A launch allocates nothing here.
 @_cdecl("vgpucore_cuLaunchKernel")
 public func vgpucore_cuLaunchKernel(
   _ f: UnsafeMutableRawPointer?, _ gridX: UInt32, _ gridY: UInt32, _ gridZ: UInt32, _ blockX: UInt32,
@@ -220,64 +218,51 @@ public func vgpucore_cuLaunchKernel(
     case .failure(let e): return e.result
     case .success(let s): target = s
     }
-    let layout = function.layout
-    let thread = CUDAThread.current
-    let slot = layout.bufferSize / 8
-    if thread.parameterBuffers.count <= slot {
-      thread.parameterBuffers.append(contentsOf: repeatElement([], count: slot + 1 - thread.parameterBuffers.count))
+    let grid = Dimensions(gridX, gridY, gridZ)
+    let block = Dimensions(blockX, blockY, blockZ)
+    // An `extra` that is just CU_LAUNCH_PARAM_END says nothing.
+    switch (kernelParams, extra.flatMap { $0[0] == nil ? nil : $0 }) {
+    case (let params?, nil):
+      try device.launch(
+        function.handle, grid: grid, block: block, sharedMemory: sharedMemory, arguments: params, stream: target)
+    case (nil, let extra?):
+      guard let buffer = packedBuffer(extra), buffer.count == function.handle.parameterSize else {
+        return CUDA_ERROR_INVALID_VALUE
+      }
+      try device.launch(
+        function.handle, grid: grid, block: block, sharedMemory: sharedMemory, parameters: buffer, stream: target)
+    case (nil, nil):
+      guard function.handle.parameterSize == 0 else { return CUDA_ERROR_INVALID_VALUE }
+      try device.launch(
+        function.handle, grid: grid, block: block, sharedMemory: sharedMemory,
+        parameters: UnsafeRawBufferPointer(start: nil, count: 0), stream: target)
+    case (_?, _?):
+      return CUDA_ERROR_INVALID_VALUE
     }
-    if thread.parameterBuffers[slot].count != layout.bufferSize {
-      thread.parameterBuffers[slot] = [UInt8](repeating: 0, count: layout.bufferSize)
-    }
-    let packed = thread.parameterBuffers[slot].withUnsafeMutableBytes { buffer -> Int32 in
-      pack(layout, into: buffer, kernelParams: kernelParams, extra: extra)
-    }
-    guard packed == CUDA_SUCCESS else { return packed }
-    try device.launch(
-      function.handle, grid: Dimensions(gridX, gridY, gridZ), block: Dimensions(blockX, blockY, blockZ),
-      sharedMemory: sharedMemory, parameters: thread.parameterBuffers[slot], stream: target)
     return CUDA_SUCCESS
   }
 }
 
-/// Fills `buffer` (the kernel's packed size) from `kernelParams` or `extra`.
+/// The packed parameter buffer `extra` names: CU_LAUNCH_PARAM_BUFFER_POINTER
+/// and _SIZE, key/value pairs up to CU_LAUNCH_PARAM_END (nil if malformed).
 @inline(__always)
-func pack(
-  _ layout: ParameterLayout, into buffer: UnsafeMutableRawBufferPointer,
-  kernelParams: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, extra: UnsafeMutablePointer<UnsafeMutableRawPointer?>?
-) -> Int32 {
-  // An `extra` that is just CU_LAUNCH_PARAM_END says nothing.
-  let extra = extra.flatMap { $0[0] == nil ? nil : $0 }
-  switch (kernelParams, extra) {
-  case (let params?, nil):
-    for i in 0..<layout.count {
-      guard let value = params[i] else { return CUDA_ERROR_INVALID_VALUE }
-      buffer.baseAddress!.advanced(by: layout.offset(i)).copyMemory(from: value, byteCount: layout.size(i))
+func packedBuffer(_ extra: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> UnsafeRawBufferPointer? {
+  var pointer: UnsafeMutableRawPointer?
+  var size: Int?
+  var i = 0
+  // A bound against a missing end.
+  while i < 64 {
+    let k = UInt(bitPattern: extra[i])
+    if k == CU_LAUNCH_PARAM_END { break }
+    switch k {
+    case CU_LAUNCH_PARAM_BUFFER_POINTER: pointer = extra[i + 1]
+    case CU_LAUNCH_PARAM_BUFFER_SIZE:
+      guard let p = extra[i + 1] else { return nil }
+      size = p.load(as: Int.self)
+    default: return nil
     }
-    return CUDA_SUCCESS
-  case (nil, let extra?):
-    var pointer: UnsafeMutableRawPointer?
-    var size: Int?
-    var i = 0
-    // Key/value pairs up to CU_LAUNCH_PARAM_END; a bound against a missing end.
-    while i < 64 {
-      let k = UInt(bitPattern: extra[i])
-      if k == CU_LAUNCH_PARAM_END { break }
-      switch k {
-      case CU_LAUNCH_PARAM_BUFFER_POINTER: pointer = extra[i + 1]
-      case CU_LAUNCH_PARAM_BUFFER_SIZE:
-        guard let p = extra[i + 1] else { return CUDA_ERROR_INVALID_VALUE }
-        size = p.load(as: Int.self)
-      default: return CUDA_ERROR_INVALID_VALUE
-      }
-      i += 2
-    }
-    guard i < 64, let pointer, let size, size == layout.bufferSize else { return CUDA_ERROR_INVALID_VALUE }
-    buffer.baseAddress!.copyMemory(from: pointer, byteCount: size)
-    return CUDA_SUCCESS
-  case (nil, nil):
-    return layout.count == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE
-  case (_?, _?):
-    return CUDA_ERROR_INVALID_VALUE
+    i += 2
   }
+  guard i < 64, let pointer, let size, size >= 0 else { return nil }
+  return UnsafeRawBufferPointer(start: pointer, count: size)
 }

@@ -1,6 +1,6 @@
 import Synchronization
 import VGPU
-import VGPUDevice
+import VGPUProtocol
 
 #if canImport(Glibc)
   import Glibc
@@ -31,37 +31,10 @@ struct ModuleRecord {
   var functions: [UInt] = []
 }
 
-/// Where each of a kernel's parameters goes in its packed buffer, computed
-/// once per cuModuleGetFunction so that a launch computes and allocates nothing.
-struct ParameterLayout {
-  static let maxParameters = 8
-  var count = 0
-  /// Byte `i`: parameter `i`'s offset in the buffer.
-  var offsets: UInt64 = 0
-  /// Byte `i`: parameter `i`'s size.
-  var sizes: UInt64 = 0
-  var bufferSize = 0
-
-  init?(_ kernel: BuiltinKernel) {
-    let kinds = kernel.parameters
-    let offsets = kernel.parameterOffsets
-    guard kinds.count <= Self.maxParameters, kernel.parameterBufferSize <= 255 else { return nil }
-    for (i, (kind, offset)) in zip(kinds, offsets).enumerated() {
-      self.offsets |= UInt64(offset) << (8 * i)
-      self.sizes |= UInt64(kind.size) << (8 * i)
-    }
-    count = kinds.count
-    bufferSize = kernel.parameterBufferSize
-  }
-
-  @inline(__always) func offset(_ i: Int) -> Int { Int(truncatingIfNeeded: offsets >> (8 * UInt64(i)) & 0xff) }
-  @inline(__always) func size(_ i: Int) -> Int { Int(truncatingIfNeeded: sizes >> (8 * UInt64(i)) & 0xff) }
-}
-
 struct FunctionRecord {
+  /// With the parameter layout the device reported.
   var handle: FunctionHandle
   var module: UInt
-  var layout: ParameterLayout
 }
 
 struct EventRecord {
@@ -108,7 +81,6 @@ let cudaObjects = Mutex(CUDAObjects())
 final class CUDAThread {
   var contexts: [UInt] = []
   /// Indexed by buffer size / 8: reused, so a launch allocates nothing.
-  var parameterBuffers: [[UInt8]] = []
 
   init() { contexts.reserveCapacity(8) }
 

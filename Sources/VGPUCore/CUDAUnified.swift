@@ -1,6 +1,6 @@
 import ShimCore
 import VGPU
-import VGPUDevice
+import VGPUProtocol
 
 #if canImport(Glibc)
   import Glibc

@@ -9,7 +9,7 @@ import VGPUProtocol
 // The vgpu C API (include/vgpu.h) over the client API: shims/vgpu.c forwards each vgpu_*
 // function to vgpucore_vgpu_* here. A vgpu_device * is a retained Device.
 
-/// vgpu_status values (include/vgpu.h): the protocol's Status values, and these below 0.
+/// vgpu_status values (include/vgpu.h): the protocol's CommandStatus values, and these below 0.
 enum VGPUStatusCode {
   static let success: Int32 = 0
   static let timeout: Int32 = -1
@@ -36,7 +36,7 @@ enum VGPUStatusCode {
 
   /// What vgpu_error_string says for each code.
   static func text(_ code: Int32) -> String {
-    if code >= 0, code <= Int32(UInt16.max), let status = Status(rawValue: UInt16(code)) {
+    if code >= 0, code <= Int32(UInt16.max), let status = CommandStatus(rawValue: UInt16(code)) {
       return status.description
     }
     switch code {
@@ -87,7 +87,7 @@ func vgpucFailArgument(_ call: String, _ what: String) -> Int32 {
 /// The strings of vgpu_error_string, made once, never freed (static for the caller).
 nonisolated(unsafe) let vgpucErrorStrings: [Int32: UnsafeMutablePointer<CChar>] = {
   var table: [Int32: UnsafeMutablePointer<CChar>] = [:]
-  for code in Int32(-8)...Int32(Status.allCases.count - 1) { table[code] = strdup(VGPUStatusCode.text(code))! }
+  for code in Int32(-8)...Int32(CommandStatus.allCases.count - 1) { table[code] = strdup(VGPUStatusCode.text(code))! }
   return table
 }()
 nonisolated(unsafe) let vgpucUnknownStatusCString: UnsafeMutablePointer<CChar> = strdup("unknown status")!
@@ -311,11 +311,11 @@ public func vgpucore_vgpu_launch(
   guard let grid, let block else { return vgpucFailArgument("vgpu_launch", "no dimensions") }
   if let bad = vgpucByteCount(parameterSize, "vgpu_launch") { return bad }
   guard parameterSize == 0 || parameters != nil else { return vgpucFailArgument("vgpu_launch", "params is NULL") }
-  let packed = parameterSize == 0 ? [] : Array(UnsafeRawBufferPointer(start: parameters, count: parameterSize))
   return vgpucWithDevice(handle, "vgpu_launch") { (d) throws(VGPUError) in
     try d.launch(
       FunctionHandle(raw: function, parameterSize: parameterSize), grid: Dimensions(grid[0], grid[1], grid[2]),
-      block: Dimensions(block[0], block[1], block[2]), sharedMemory: sharedBytes, parameters: packed)
+      block: Dimensions(block[0], block[1], block[2]), sharedMemory: sharedBytes,
+      parameters: UnsafeRawBufferPointer(start: parameterSize == 0 ? nil : parameters, count: parameterSize))
   }
 }
 

@@ -7,11 +7,23 @@ import VGPUProtocol
 /// Something a device operator wants in the log. Reported from the serving
 /// thread, never per command.
 public enum DeviceEvent: Sendable, Equatable {
-  public enum ReleaseReason: String, Sendable {
-    case closed = "closed by its owner"
-    case ownerExited = "its owner exited without closing it"
-    case abandonedClaim = "claimed but never given a pid"
-    case reset = "device reset"
+  public enum ReleaseReason: Sendable, Equatable, CustomStringConvertible {
+    case closed
+    case ownerExited
+    case abandonedClaim
+    case reset
+    /// A guest stored a state the protocol does not allow into the pair's state word.
+    case unexpectedState(UInt32)
+
+    public var description: String {
+      switch self {
+      case .closed: "closed by its owner"
+      case .ownerExited: "its owner exited without closing it"
+      case .abandonedClaim: "claimed but never given a pid"
+      case .reset: "device reset"
+      case .unexpectedState(let s): "a guest wrote state \(s) into it, which the protocol does not allow"
+      }
+    }
   }
   case attached(queuePair: Int, pid: UInt32)
   case released(queuePair: Int, pid: UInt32, reason: ReleaseReason, allocations: Int, bytes: UInt64)

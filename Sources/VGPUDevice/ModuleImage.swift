@@ -1,3 +1,5 @@
+import VGPUProtocol
+
 /// Why a module image was refused. Line numbers start at 1.
 public enum ModuleImageError: Error, Sendable, Equatable, CustomStringConvertible {
   /// The image is larger than `ModuleImage.maxBytes`.
@@ -60,11 +62,11 @@ public enum ModuleImageError: Error, Sendable, Equatable, CustomStringConvertibl
 /// ```
 public struct ModuleImage: Sendable, Equatable {
   /// The first word of every image.
-  public static let magic = "vgpu-module"
+  public static let magic = BuiltinModuleImage.magic
   /// The only version this device reads.
   public static let version = 1
   /// Largest accepted image, in bytes.
-  public static let maxBytes = 64 * 1024
+  public static let maxBytes = BuiltinModuleImage.maxBytes
   /// Most kernels one image may name.
   public static let maxKernels = 64
 

@@ -24,19 +24,18 @@ public struct ReferenceDeviceConfiguration: Sendable {
   public var multiprocessorCount: UInt32 = 132
   /// An R570 driver, new enough for Ollama's bundled runtimes.
   public var driverVersion = "570.124.06"
-  /// How long the device polls an idle BAR before it sleeps on its wake word.
-  public var spinNanoseconds: UInt64 = 50_000
+  /// How long the device polls an idle BAR before it sleeps on its wake
+  /// word, and its longest sleep while something must be polled (owners
+  /// whose exit only /proc tells, a claim without its pid). A guest in a VM
+  /// cannot wake the device's futex, so across a VM boundary (without
+  /// ivshmem doorbells) the sleep bounds the latency of a command that
+  /// arrives while the device sleeps.
+  public var wait = WaitPolicy.device
   /// How often to look for queue pairs whose owning process has ended.
   public var reapIntervalNanoseconds: UInt64 = 200_000_000
   /// Whether owners are processes of this host, whose pids can be checked.
   /// False for guests in a VM (their pids mean nothing here).
   public var ownersAreLocalProcesses = true
-  /// The longest sleep while idle when something must be polled (owners
-  /// whose exit only /proc tells, a claim without its pid). A guest in a VM
-  /// cannot wake the device's futex, so across a VM boundary (without ivshmem
-  /// doorbells) this bounds the latency of a command that arrives while the
-  /// device sleeps.
-  public var sleepSliceNanoseconds: UInt64 = 100_000_000
   /// The longest sleep when every wake-up comes as an event (doorbells,
   /// claims, closes, owners' exits through pidfds): an idle device wakes
   /// once a second, for its heartbeat.
@@ -90,14 +89,15 @@ public final class ReferenceDevice: @unchecked Sendable {
     registers = RegisterBlock(self.region.base)
     executor = Executor(base: self.region.base, layout: layout, memory: memory, registers: registers)
 
-    registers.store32(Register.status, 0)
-    registers.store32(Register.magic, vgpuMagic)
-    registers.store32(Register.version, ProtocolVersion.packed)
-    registers.store64(Register.features, FeatureBits.all.rawValue)
-    registers.store32(Register.control, ControlRequest.none.rawValue)
+    executor.setStatus([])
+    registers.store(Register.magic, vgpuMagic)
+    registers.store(Register.version, ProtocolVersion.packed)
+    registers.store(Register.features, FeatureBits.all.rawValue)
+    registers.store(Register.control, ControlRequest.none.rawValue)
     layout.write(to: registers)
     configuration.identity.write(to: registers)
     for qp in 0..<Int(layout.queuePairs) { executor.views[qp].setState(.free) }
+    executor.rememberRegisters()
   }
 
   deinit { stop() }
@@ -107,7 +107,7 @@ public final class ReferenceDevice: @unchecked Sendable {
     guard running.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
       return
     }
-    registers.store32(Register.status, DeviceStatus.ready.rawValue)
+    executor.lock.withLock { _ in executor.setStatus(.ready) }
     if configuration.ownersAreLocalProcesses {
       // An owner's exit wakes the device like a doorbell would.
       let registers = registers
@@ -130,13 +130,15 @@ public final class ReferenceDevice: @unchecked Sendable {
     guard running.compareExchange(expected: true, desired: false, ordering: .acquiringAndReleasing).exchanged else {
       return
     }
-    registers.store32(Register.status, DeviceStatus.stopping.rawValue)
+    executor.lock.withLock { _ in executor.setStatus(.stopping) }
     _ = vgpu_fetch_add_u32(registers.deviceWakeWord, 1)
     _ = vgpu_futex_wake(registers.deviceWakeWord, Int32.max)
     if let thread { pthread_join(thread, nil) }
     thread = nil
-    executor.lock.withLock { _ in executor.ownerWatch?.stop() }
-    registers.store32(Register.status, 0)
+    executor.lock.withLock { _ in
+      executor.ownerWatch?.stop()
+      executor.setStatus([])
+    }
     // Wake every guest so none sleeps through the news.
     for qp in executor.views.indices { executor.wakeGuest(qp) }
   }
@@ -155,30 +157,36 @@ public final class ReferenceDevice: @unchecked Sendable {
   public func useDoorbells(_ server: IvshmemServer) {
     executor.lock.withLock { _ in executor.ivshmem = server }
     doorbells = server
-    registers.store32(Register.ivshmemVectors, UInt32(server.vectors))
-    registers.store64(Register.features, FeatureBits.all.union(.ivshmemDoorbell).rawValue)
+    registers.store(Register.ivshmemVectors, UInt32(server.vectors))
+    registers.store(Register.features, FeatureBits.all.union(.ivshmemDoorbell).rawValue)
+    executor.lock.withLock { _ in executor.rememberRegisters() }
   }
   private var doorbells: IvshmemServer?
 
   /// Writes the serving process's pid where clients look for it (0 = in-process).
-  public func announce(pid: UInt32) { registers.store32(Register.devicePID, pid) }
+  public func announce(pid: UInt32) {
+    registers.store(Register.devicePID, pid)
+    executor.lock.withLock { _ in executor.rememberRegisters() }
+  }
 
   /// Device memory in use and its total, as the device accounts it.
   public var memoryInUse: (allocated: UInt64, total: UInt64) { executor.lock.withLock { _ in executor.memoryInUse } }
 
   private func serve() {
-    var idleSince = vgpu_monotonic_ns()
-    var lastReap = idleSince
+    var lastReap = vgpu_monotonic_ns()
     var passes: UInt64 = 0
-    // Passes without work since the last one that had some. The clock is
-    // read only every 32 of them: a read costs as much as a pass.
-    var idlePasses: UInt64 = 0
+    // Idle polls since the last pass that had work.
+    var idle = Spin()
     // After a sleep that ended by its timeout, nobody is about to submit:
     // look once and sleep again, rather than spin (an idle device uses no CPU).
     var spin = true
     // The first pass after a sleep is a full one: a claim or close may have woken it.
     var fullPass = true
-    func reapIfDue() {
+    func housekeeping() {
+      // Guests' stores into the device's registers are undone here, a few
+      // times a second at most, so a client that scribbles on `status` or
+      // the layout cannot lock new clients out.
+      executor.lock.withLock { _ in _ = executor.restoreRegisters() }
       guard configuration.ownersAreLocalProcesses else { return }
       executor.lock.withLock { _ in executor.reapExited() }
       let now = vgpu_monotonic_ns()
@@ -189,20 +197,18 @@ public final class ReferenceDevice: @unchecked Sendable {
     }
     while running.load(ordering: .relaxed) {
       passes &+= 1
-      if passes & 0xffff == 0 { registers.store64(Register.heartbeat, passes) }
-      if passes & 0x3ff == 0 { reapIfDue() }
+      if passes & 0xffff == 0 { registers.store(Register.heartbeat, passes) }
+      if passes & 0x3ff == 0 { housekeeping() }
       // Claims, closes and resets are looked for every 64th pass (and
       // before sleeping); the passes between only serve active rings.
       let quick = passes & 63 != 0 && !fullPass
       fullPass = false
       if executor.lock.withLock({ _ in executor.servePass(quick: quick) }) {
-        idlePasses = 0
+        idle.restart()
         spin = true
         continue
       }
-      idlePasses &+= 1
-      if idlePasses == 1 { idleSince = vgpu_monotonic_ns() }
-      if spin && (idlePasses & 31 != 0 || vgpu_monotonic_ns() &- idleSince < configuration.spinNanoseconds) {
+      if spin && idle.keepPolling(configuration.wait) {
         vgpu_cpu_relax()
         continue
       }
@@ -216,10 +222,10 @@ public final class ReferenceDevice: @unchecked Sendable {
         continue
       }
       // Bounded, so housekeeping (heartbeat, claims, reaping) goes on while idle.
+      let sleepSlice = configuration.wait.sleepSliceNanoseconds
       let slice =
         executor.lock.withLock { _ in executor.ownerWatch != nil && !executor.needsPolling }
-        ? max(configuration.idleSleepNanoseconds, configuration.sleepSliceNanoseconds)
-        : configuration.sleepSliceNanoseconds
+        ? max(configuration.idleSleepNanoseconds, sleepSlice) : sleepSlice
       if let doorbells {
         // A guest's doorbell (or a wake-up missed meanwhile: the eventfd keeps it).
         let woken = vgpu_eventfd_wait(doorbells.hostEventFD, slice) == 1
@@ -229,10 +235,10 @@ public final class ReferenceDevice: @unchecked Sendable {
         spin = vgpu_futex_wait(registers.deviceWakeWord, seen, slice) != -ETIMEDOUT
       }
       registers.setDeviceSleeping(false)
-      registers.store64(Register.heartbeat, passes)
-      idlePasses = 0
+      registers.store(Register.heartbeat, passes)
+      idle.restart()
       fullPass = true
-      reapIfDue()
+      housekeeping()
     }
   }
 

@@ -17,10 +17,12 @@ public struct SubmissionEntry: Equatable, Sendable {
   public var a5: UInt64
   public var a6: UInt64
 
+  /// An entry with the given words; the typed commands (``Command``) build
+  /// these, so the meaning of each word is written once.
   @inlinable
   public init(
-    _ opcode: Opcode, _ a0: UInt64 = 0, _ a1: UInt64 = 0, _ a2: UInt64 = 0, _ a3: UInt64 = 0,
-    _ a4: UInt64 = 0, _ a5: UInt64 = 0, _ a6: UInt64 = 0
+    opcode: Opcode, a0: UInt64 = 0, a1: UInt64 = 0, a2: UInt64 = 0, a3: UInt64 = 0, a4: UInt64 = 0, a5: UInt64 = 0,
+    a6: UInt64 = 0
   ) {
     self.opcode = opcode.rawValue
     self.flags = 0
@@ -33,6 +35,16 @@ public struct SubmissionEntry: Equatable, Sendable {
     self.a4 = a4
     self.a5 = a5
     self.a6 = a6
+  }
+
+  /// Raw words, for tests that send what no typed command would (an
+  /// argument out of range, a malformed launch). Everything else uses ``Command``.
+  @inlinable
+  public init(
+    raw opcode: Opcode, _ a0: UInt64 = 0, _ a1: UInt64 = 0, _ a2: UInt64 = 0, _ a3: UInt64 = 0, _ a4: UInt64 = 0,
+    _ a5: UInt64 = 0, _ a6: UInt64 = 0
+  ) {
+    self.init(opcode: opcode, a0: a0, a1: a1, a2: a2, a3: a3, a4: a4, a5: a5, a6: a6)
   }
 
   public static let size = 64
@@ -60,7 +72,7 @@ public struct CompletionEntry: Equatable, Sendable {
 
   @inlinable
   public init(
-    commandID: UInt16, status: Status, result0: UInt64 = 0, result1: UInt64 = 0, detail: UInt32 = 0,
+    commandID: UInt16 = 0, status: CommandStatus, result0: UInt64 = 0, result1: UInt64 = 0, detail: UInt32 = 0,
     sqHead: UInt16 = 0, phase: UInt16 = 0
   ) {
     self.result0 = result0
@@ -106,8 +118,9 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   case moduleLoad = 0x09
   /// a0 module handle.
   case moduleUnload = 0x0a
-  /// a0 module handle, a1 stg, a2 len of the UTF-8 name → r0 function handle,
-  /// r1 the parameter buffer size the function takes.
+  /// a0 module handle, a1 stg, a2 len of the UTF-8 name, a3 stg and a4
+  /// capacity for a ``FunctionInfo`` (1.3, feature `functionInfo`; a4 = 0:
+  /// none) → r0 function handle, r1 the parameter buffer size the function takes.
   case getFunction = 0x0b
   /// a0 function handle; a1 grid x | y << 32; a2 grid z | block x << 32;
   /// a3 block y | z << 32; a4 shared bytes | parameter len << 32; a5 stg of the

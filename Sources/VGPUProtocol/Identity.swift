@@ -43,42 +43,38 @@ public struct DeviceIdentity: Equatable, Sendable {
   }
 
   public func write(to r: RegisterBlock) {
-    Self.writeString(name, to: r, at: Register.name, capacity: 64)
-    for i in 0..<16 { (r.base + Register.uuid + i).storeBytes(of: i < uuid.count ? uuid[i] : 0, as: UInt8.self) }
-    Self.writeString(pciBusID, to: r, at: Register.pciBusID, capacity: 16)
-    r.store32(Register.computeMajor, computeCapability.major)
-    r.store32(Register.computeMinor, computeCapability.minor)
-    r.store64(Register.memorySize, memorySize)
-    r.store32(Register.cudaDriverVersion, cudaDriverVersion)
-    r.store32(Register.multiprocessorCount, multiprocessorCount)
-    Self.writeString(driverVersion, to: r, at: Register.driverVersion, capacity: 32)
+    Self.writeString(name, to: r, at: Register.name)
+    let u = r.bytes(Register.uuid)
+    for i in u.indices { u[i] = i < uuid.count ? uuid[i] : 0 }
+    Self.writeString(pciBusID, to: r, at: Register.pciBusID)
+    r.store(Register.computeMajor, computeCapability.major)
+    r.store(Register.computeMinor, computeCapability.minor)
+    r.store(Register.memorySize, memorySize)
+    r.store(Register.cudaDriverVersion, cudaDriverVersion)
+    r.store(Register.multiprocessorCount, multiprocessorCount)
+    Self.writeString(driverVersion, to: r, at: Register.driverVersion)
   }
 
   /// Reads the identity registers; strings stop at the first NUL and at the
   /// field's end, and invalid UTF-8 is replaced, so hostile bytes stay harmless.
   public init(reading r: RegisterBlock) {
-    name = Self.readString(r, at: Register.name, capacity: 64)
-    uuid = (0..<16).map { (r.base + Register.uuid + $0).load(as: UInt8.self) }
-    pciBusID = Self.readString(r, at: Register.pciBusID, capacity: 16)
-    computeCapability = (r.load32(Register.computeMajor), r.load32(Register.computeMinor))
-    memorySize = r.load64(Register.memorySize)
-    cudaDriverVersion = r.load32(Register.cudaDriverVersion)
-    multiprocessorCount = r.load32(Register.multiprocessorCount)
-    driverVersion = Self.readString(r, at: Register.driverVersion, capacity: 32)
+    name = Self.readString(r, at: Register.name)
+    uuid = Array(r.bytes(Register.uuid))
+    pciBusID = Self.readString(r, at: Register.pciBusID)
+    computeCapability = (r.load(Register.computeMajor), r.load(Register.computeMinor))
+    memorySize = r.load(Register.memorySize)
+    cudaDriverVersion = r.load(Register.cudaDriverVersion)
+    multiprocessorCount = r.load(Register.multiprocessorCount)
+    driverVersion = Self.readString(r, at: Register.driverVersion)
   }
 
-  static func writeString(_ s: String, to r: RegisterBlock, at offset: Int, capacity: Int) {
-    let bytes = Array(s.utf8.prefix(capacity - 1))
-    for i in 0..<capacity { (r.base + offset + i).storeBytes(of: i < bytes.count ? bytes[i] : 0, as: UInt8.self) }
+  static func writeString(_ s: String, to r: RegisterBlock, at field: RegisterBytes) {
+    let bytes = Array(s.utf8.prefix(field.count - 1))
+    let out = r.bytes(field)
+    for i in out.indices { out[i] = i < bytes.count ? bytes[i] : 0 }
   }
 
-  static func readString(_ r: RegisterBlock, at offset: Int, capacity: Int) -> String {
-    var bytes: [UInt8] = []
-    for i in 0..<capacity {
-      let b = (r.base + offset + i).load(as: UInt8.self)
-      if b == 0 { break }
-      bytes.append(b)
-    }
-    return String(decoding: bytes, as: UTF8.self)
+  static func readString(_ r: RegisterBlock, at field: RegisterBytes) -> String {
+    String(decoding: r.bytes(field).prefix { $0 != 0 }, as: UTF8.self)
   }
 }

@@ -51,19 +51,19 @@ public struct BARLayout: Equatable, Sendable {
 
   /// Writes the layout registers. Device side.
   public func write(to r: RegisterBlock) {
-    r.store32(Register.queuePairCount, queuePairs)
-    r.store32(Register.queueDepth, depth)
-    r.store32(Register.submissionEntrySize, UInt32(SubmissionEntry.size))
-    r.store32(Register.completionEntrySize, UInt32(CompletionEntry.size))
-    r.store64(Register.doorbellOffset, doorbellOffset)
-    r.store32(Register.doorbellStride, doorbellStride)
-    r.store32(Register.queuePairStride, queuePairStride)
-    r.store64(Register.queueAreaOffset, queueAreaOffset)
-    r.store64(Register.stagingOffset, stagingOffset)
-    r.store64(Register.stagingSize, stagingSize)
-    r.store32(Register.stagingSlotSize, stagingSlotSize)
-    r.store32(Register.stagingSlotsPerQueue, slotsPerQueue)
-    r.store64(Register.regionSize, regionSize)
+    r.store(Register.queuePairCount, queuePairs)
+    r.store(Register.queueDepth, depth)
+    r.store(Register.submissionEntrySize, UInt32(SubmissionEntry.size))
+    r.store(Register.completionEntrySize, UInt32(CompletionEntry.size))
+    r.store(Register.doorbellOffset, doorbellOffset)
+    r.store(Register.doorbellStride, doorbellStride)
+    r.store(Register.queuePairStride, queuePairStride)
+    r.store(Register.queueAreaOffset, queueAreaOffset)
+    r.store(Register.stagingOffset, stagingOffset)
+    r.store(Register.stagingSize, stagingSize)
+    r.store(Register.stagingSlotSize, stagingSlotSize)
+    r.store(Register.stagingSlotsPerQueue, slotsPerQueue)
+    r.store(Register.regionSize, regionSize)
   }
 
   /// Reads and checks a layout from the registers of a BAR of `size` bytes.
@@ -72,16 +72,16 @@ public struct BARLayout: Equatable, Sendable {
     func fail(_ field: String, _ value: UInt64, _ why: String) -> LayoutError {
       LayoutError(field: field, value: value, problem: why)
     }
-    queuePairs = r.load32(Register.queuePairCount)
-    depth = r.load32(Register.queueDepth)
-    doorbellOffset = r.load64(Register.doorbellOffset)
-    doorbellStride = r.load32(Register.doorbellStride)
-    queueAreaOffset = r.load64(Register.queueAreaOffset)
-    queuePairStride = r.load32(Register.queuePairStride)
-    stagingOffset = r.load64(Register.stagingOffset)
-    stagingSlotSize = r.load32(Register.stagingSlotSize)
-    slotsPerQueue = r.load32(Register.stagingSlotsPerQueue)
-    regionSize = r.load64(Register.regionSize)
+    queuePairs = r.load(Register.queuePairCount)
+    depth = r.load(Register.queueDepth)
+    doorbellOffset = r.load(Register.doorbellOffset)
+    doorbellStride = r.load(Register.doorbellStride)
+    queueAreaOffset = r.load(Register.queueAreaOffset)
+    queuePairStride = r.load(Register.queuePairStride)
+    stagingOffset = r.load(Register.stagingOffset)
+    stagingSlotSize = r.load(Register.stagingSlotSize)
+    slotsPerQueue = r.load(Register.stagingSlotsPerQueue)
+    regionSize = r.load(Register.regionSize)
     let bar = UInt64(size)
 
     guard (1...ProtocolLimits.maximumQueuePairs).contains(queuePairs) else {
@@ -90,11 +90,11 @@ public struct BARLayout: Equatable, Sendable {
     guard depth >= ProtocolLimits.minimumDepth, depth <= ProtocolLimits.maximumDepth, depth & (depth - 1) == 0 else {
       throw fail("queue depth", UInt64(depth), "must be a power of two in 2...4096")
     }
-    guard r.load32(Register.submissionEntrySize) == UInt32(SubmissionEntry.size) else {
-      throw fail("submission entry size", UInt64(r.load32(Register.submissionEntrySize)), "must be 64")
+    guard r.load(Register.submissionEntrySize) == UInt32(SubmissionEntry.size) else {
+      throw fail("submission entry size", UInt64(r.load(Register.submissionEntrySize)), "must be 64")
     }
-    guard r.load32(Register.completionEntrySize) == UInt32(CompletionEntry.size) else {
-      throw fail("completion entry size", UInt64(r.load32(Register.completionEntrySize)), "must be 32")
+    guard r.load(Register.completionEntrySize) == UInt32(CompletionEntry.size) else {
+      throw fail("completion entry size", UInt64(r.load(Register.completionEntrySize)), "must be 32")
     }
     guard regionSize <= bar else { throw fail("region size", regionSize, "exceeds the BAR's \(bar) bytes") }
     guard doorbellStride >= 8, doorbellStride % 8 == 0 else {
@@ -195,18 +195,31 @@ public struct RegisterBlock: @unchecked Sendable {
   public let base: UnsafeMutableRawPointer
   public init(_ base: UnsafeMutableRawPointer) { self.base = base }
 
-  @inlinable @inline(__always) public func load32(_ offset: Int) -> UInt32 { vgpu_load_acquire_u32(base + offset) }
-  @inlinable @inline(__always) public func store32(_ offset: Int, _ v: UInt32) { vgpu_store_release_u32(base + offset, v) }
-  @inlinable @inline(__always) public func load64(_ offset: Int) -> UInt64 { vgpu_load_acquire_u64(base + offset) }
-  @inlinable @inline(__always) public func store64(_ offset: Int, _ v: UInt64) { vgpu_store_release_u64(base + offset, v) }
-
-  public var status: DeviceStatus { DeviceStatus(rawValue: load32(Register.status)) }
-}
-
-extension RegisterBlock {
-  @inlinable @inline(__always) public var deviceSleeping: Bool { vgpu_load_seqcst_u32(base + Register.deviceSleeping) != 0 }
-  @inlinable @inline(__always) public func setDeviceSleeping(_ sleeping: Bool) {
-    vgpu_store_seqcst_u32(base + Register.deviceSleeping, sleeping ? 1 : 0)
+  @inlinable @inline(__always) public func load(_ r: Register32) -> UInt32 { vgpu_load_acquire_u32(base + r.offset) }
+  @inlinable @inline(__always) public func store(_ r: Register32, _ v: UInt32) {
+    vgpu_store_release_u32(base + r.offset, v)
   }
-  @inlinable @inline(__always) public var deviceWakeWord: UnsafeMutableRawPointer { base + Register.deviceWake }
+  @inlinable @inline(__always) public func load(_ r: Register64) -> UInt64 { vgpu_load_acquire_u64(base + r.offset) }
+  @inlinable @inline(__always) public func store(_ r: Register64, _ v: UInt64) {
+    vgpu_store_release_u64(base + r.offset, v)
+  }
+  /// The field's bytes.
+  public func bytes(_ r: RegisterBytes) -> UnsafeMutableRawBufferPointer {
+    UnsafeMutableRawBufferPointer(start: base + r.offset, count: r.count)
+  }
+
+  public var status: StatusRegister { StatusRegister(rawValue: load(Register.status)) }
+
+  @inlinable @inline(__always) public var deviceSleeping: Bool {
+    vgpu_load_seqcst_u32(base + Register.deviceSleeping.offset) != 0
+  }
+  @inlinable @inline(__always) public func setDeviceSleeping(_ sleeping: Bool) {
+    vgpu_store_seqcst_u32(base + Register.deviceSleeping.offset, sleeping ? 1 : 0)
+  }
+  @inlinable @inline(__always) public var deviceWakeWord: UnsafeMutableRawPointer { base + Register.deviceWake.offset }
 }
+
+/// Where device addresses start (docs/PROTOCOL.md, "Device addresses"):
+/// nonzero, so NULL is never valid, and in the range CUDA's unified
+/// addressing hands out, so they look familiar. The device's memory follows it.
+public let deviceAddressBase: UInt64 = 0x7000_0000_0000

@@ -1,4 +1,4 @@
-/// The vGPU wire format, version 1.1: one definition for the guest client and
+/// The vGPU wire format, version 1.3: one definition for the guest client and
 /// the device side (reference device, mediator). docs/PROTOCOL.md is the
 /// prose form of this module; tests pin every size and offset written here.
 ///
@@ -11,8 +11,9 @@ public enum ProtocolVersion {
   /// Minor versions add commands or fields behind feature bits; a peer with
   /// an older minor is served, without what its version lacks.
   /// 1.1 added `processes` (feature `processList`); 1.2 the transport bit
-  /// `ivshmemDoorbell`.
-  public static let minor: UInt16 = 2
+  /// `ivshmemDoorbell`; 1.3 the parameter layout `getFunction` writes
+  /// (feature `functionInfo`).
+  public static let minor: UInt16 = 3
   /// `major << 16 | minor`, as the version register holds it.
   public static var packed: UInt32 { UInt32(major) << 16 | UInt32(minor) }
 }
@@ -20,65 +21,103 @@ public enum ProtocolVersion {
 /// "VGPU" in ASCII, read as a little-endian u32 at offset 0.
 public let vgpuMagic: UInt32 = 0x5550_4756
 
-/// Byte offsets in the register block. Device-written unless noted.
+/// A 32-bit register: its byte offset in the register block. The width is in
+/// the type, so a register cannot be read or written at the wrong width.
+@frozen
+public struct Register32: Sendable, Equatable {
+  public let offset: Int
+  @inlinable public init(_ offset: Int) { self.offset = offset }
+}
+
+/// A 64-bit register (8-byte aligned).
+@frozen
+public struct Register64: Sendable, Equatable {
+  public let offset: Int
+  @inlinable public init(_ offset: Int) { self.offset = offset }
+}
+
+/// A fixed-size byte field of the register block (identity strings, UUID).
+public struct RegisterBytes: Sendable, Equatable {
+  public let offset: Int
+  public let count: Int
+  public init(_ offset: Int, count: Int) {
+    self.offset = offset
+    self.count = count
+  }
+}
+
+/// The register block (docs/PROTOCOL.md §3). Device-written unless noted;
+/// a guest writes only `control` and `deviceWake`, and the device takes
+/// nothing else a guest may have stored there on trust (§12).
 public enum Register {
-  public static let magic = 0x000  // u32 vgpuMagic
-  public static let version = 0x004  // u32 major << 16 | minor
-  public static let features = 0x008  // u64 FeatureBits offered by the device
-  public static let status = 0x010  // u32 DeviceStatus bits
-  public static let control = 0x014  // u32, guest-written: ControlRequest
-  public static let queuePairCount = 0x018  // u32
-  public static let queueDepth = 0x01c  // u32 entries per ring, power of two, 2...4096
-  public static let submissionEntrySize = 0x020  // u32, 64
-  public static let completionEntrySize = 0x024  // u32, 32
-  public static let doorbellOffset = 0x028  // u64
-  public static let doorbellStride = 0x030  // u32 bytes between queue pairs' doorbells
-  public static let queuePairStride = 0x034  // u32 bytes between queue pair blocks
-  public static let queueAreaOffset = 0x038  // u64
-  public static let stagingOffset = 0x040  // u64
-  public static let stagingSize = 0x048  // u64
-  public static let stagingSlotSize = 0x050  // u32 bytes per slot
-  public static let stagingSlotsPerQueue = 0x054  // u32
-  public static let regionSize = 0x058  // u64 bytes in the whole BAR, for validation
-  public static let heartbeat = 0x060  // u64, bumped by a live device
-  public static let devicePID = 0x068  // u32 the serving process (mediator), 0 in-process
-  public static let deviceSleeping = 0x06c  // u32 1 while the device waits on deviceWake
-  public static let deviceWake = 0x070  // u32 futex word; guests add 1 and wake it
-  /// u32, with feature ivshmemDoorbell (1.2): the MSI-X vectors per guest the
+  public static let magic = Register32(0x000)  // vgpuMagic
+  public static let version = Register32(0x004)  // major << 16 | minor
+  public static let features = Register64(0x008)  // FeatureBits offered by the device
+  public static let status = Register32(0x010)  // StatusRegister bits
+  /// Guest-written: ControlRequest.
+  public static let control = Register32(0x014)
+  public static let queuePairCount = Register32(0x018)
+  public static let queueDepth = Register32(0x01c)  // entries per ring, power of two, 2...4096
+  public static let submissionEntrySize = Register32(0x020)  // 64
+  public static let completionEntrySize = Register32(0x024)  // 32
+  public static let doorbellOffset = Register64(0x028)
+  public static let doorbellStride = Register32(0x030)  // bytes between queue pairs' doorbells
+  public static let queuePairStride = Register32(0x034)  // bytes between queue pair blocks
+  public static let queueAreaOffset = Register64(0x038)
+  public static let stagingOffset = Register64(0x040)
+  public static let stagingSize = Register64(0x048)
+  public static let stagingSlotSize = Register32(0x050)  // bytes per slot
+  public static let stagingSlotsPerQueue = Register32(0x054)
+  public static let regionSize = Register64(0x058)  // bytes in the whole BAR, for validation
+  public static let heartbeat = Register64(0x060)  // bumped by a live device
+  public static let devicePID = Register32(0x068)  // the serving process (mediator), 0 in-process
+  public static let deviceSleeping = Register32(0x06c)  // 1 while the device waits on deviceWake
+  /// Guest-written (added to): the device's futex word; guests add 1 and wake it.
+  public static let deviceWake = Register32(0x070)
+  /// With feature ivshmemDoorbell (1.2): the MSI-X vectors per guest the
   /// device raises, vector = queue pair % this; 0 otherwise.
-  public static let ivshmemVectors = 0x074
-  public static let progress = 0x078  // u64, bumped while a long command runs (guests extend deadlines)
+  public static let ivshmemVectors = Register32(0x074)
+  public static let progress = Register64(0x078)  // bumped while a long command runs (guests extend deadlines)
   // Identity, 0x100...
-  public static let name = 0x100  // 64 bytes UTF-8, NUL-padded
-  public static let uuid = 0x140  // 16 bytes
-  public static let pciBusID = 0x150  // 16 bytes ASCII "0000:00:05.0", NUL-padded
-  public static let computeMajor = 0x160  // u32
-  public static let computeMinor = 0x164  // u32
-  public static let memorySize = 0x168  // u64 bytes of device memory
-  public static let cudaDriverVersion = 0x170  // u32, as cuDriverGetVersion: 12080 = 12.8
-  public static let multiprocessorCount = 0x174  // u32
-  public static let driverVersion = 0x178  // 32 bytes ASCII, as NVML: "570.124.06"
-  public static let blockSize = 0x1000  // the register block is one page
+  public static let name = RegisterBytes(0x100, count: 64)  // UTF-8, NUL-padded
+  public static let uuid = RegisterBytes(0x140, count: 16)
+  public static let pciBusID = RegisterBytes(0x150, count: 16)  // ASCII "0000:00:05.0", NUL-padded
+  public static let computeMajor = Register32(0x160)
+  public static let computeMinor = Register32(0x164)
+  public static let memorySize = Register64(0x168)  // bytes of device memory
+  public static let cudaDriverVersion = Register32(0x170)  // as cuDriverGetVersion: 12080 = 12.8
+  public static let multiprocessorCount = Register32(0x174)
+  public static let driverVersion = RegisterBytes(0x178, count: 32)  // ASCII, as NVML: "570.124.06"
+  /// The register block is one page.
+  public static let blockSize = 0x1000
+  /// The words the device changes while it runs (everything else it writes
+  /// once at start, and puts back if a guest overwrote it).
+  public static let changing: Set<Int> = [
+    status.offset, control.offset, heartbeat.offset, heartbeat.offset + 4, deviceSleeping.offset,
+    deviceWake.offset, progress.offset, progress.offset + 4,
+  ]
 }
 
 /// Bits of the status register.
-public struct DeviceStatus: OptionSet, Sendable, Hashable {
+public struct StatusRegister: OptionSet, Sendable, Hashable {
   public let rawValue: UInt32
   public init(rawValue: UInt32) { self.rawValue = rawValue }
   /// Serving commands.
-  public static let ready = DeviceStatus(rawValue: 1 << 0)
+  public static let ready = StatusRegister(rawValue: 1 << 0)
   /// Refuses commands until a guest writes `ControlRequest.reset`.
-  public static let needsReset = DeviceStatus(rawValue: 1 << 1)
+  public static let needsReset = StatusRegister(rawValue: 1 << 1)
   /// Broken beyond reset; the message is in the device's log.
-  public static let fatal = DeviceStatus(rawValue: 1 << 2)
+  public static let fatal = StatusRegister(rawValue: 1 << 2)
   /// Stopping: in-flight commands finish, new ones fail with `deviceLost`.
-  public static let stopping = DeviceStatus(rawValue: 1 << 3)
+  public static let stopping = StatusRegister(rawValue: 1 << 3)
 }
 
 /// Values a guest writes to the control register.
 public enum ControlRequest: UInt32, Sendable {
   case none = 0
-  /// Drop all queue pairs and device state, then return to `ready`.
+  /// While the status says `needsReset`: drop all queue pairs and device
+  /// state, then return to `ready`. At any other time the device ignores it
+  /// (a guest must not be able to drop other guests' work) and clears the word.
   case reset = 1
 }
 
@@ -102,8 +141,11 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   public static let ivshmemDoorbell = FeatureBits(rawValue: 1 << 4)
   /// Everything version 1.0 defines.
   public static let version1_0: FeatureBits = [.eventSuppression, .builtinKernels, .streams]
-  /// Everything `identify` negotiates in this version (1.2).
-  public static let all: FeatureBits = [.eventSuppression, .builtinKernels, .streams, .processList]
+  /// `getFunction` writes the function's ``FunctionInfo`` (1.3): its
+  /// parameter layout, so a guest packs `kernelParams` without a catalogue.
+  public static let functionInfo = FeatureBits(rawValue: 1 << 5)
+  /// Everything `identify` negotiates in this version (1.3).
+  public static let all: FeatureBits = [.eventSuppression, .builtinKernels, .streams, .processList, .functionInfo]
 }
 
 /// Limits both sides hold each other to.

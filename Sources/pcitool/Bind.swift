@@ -1,4 +1,5 @@
 import ArgumentParser
+import DeviceAccess
 import Foundation
 
 /// Options bind and unbind share.
@@ -16,7 +17,7 @@ struct BindOptions: ParsableArguments {
   }
 }
 
-/// How bind, unbind and status find sysfs; see ``SystemPaths`` (the environment variables are for tests).
+/// How bind, unbind and status find sysfs; see ``HostEnvironment/fromToolEnvironment(_:)`` (the environment variables are for tests).
 private let sysfsDiscussion = """
   The sysfs and /dev roots can be moved with PCITOOL_SYSFS_ROOT and \
   PCITOOL_DEV_ROOT; that is for tests on fixture trees, not for use.
@@ -60,10 +61,10 @@ extension PCITool {
     }
 
     func run() throws {
-      let paths = SystemPaths.fromEnvironment()
-      let device = try SysfsDevice.find(address, paths: paths)
+      let host = HostEnvironment.fromToolEnvironment()
+      let device = try PCIFunctionSysfs.find(address, host: host)
       let binder = Binder(
-        paths: paths, kernel: paths.kernel, timeout: options.timeout, force: options.force,
+        host: host, kernel: host.hostKernel(), timeout: options.timeout, force: options.force,
         commandLine: "pcitool bind \(device.address) \(driver)")
       try finish(try binder.bind(device, to: driver), json: options.output.json)
     }
@@ -90,16 +91,16 @@ extension PCITool {
     @OptionGroup var options: BindOptions
 
     func run() throws {
-      let paths = SystemPaths.fromEnvironment()
-      let device = try SysfsDevice.find(address, paths: paths)
+      let host = HostEnvironment.fromToolEnvironment()
+      let device = try PCIFunctionSysfs.find(address, host: host)
       let binder = Binder(
-        paths: paths, kernel: paths.kernel, timeout: options.timeout, force: options.force,
+        host: host, kernel: host.hostKernel(), timeout: options.timeout, force: options.force,
         commandLine: "pcitool unbind \(device.address)")
       try finish(try binder.unbind(device), json: options.output.json)
     }
   }
 
-  struct DeviceStatusCommand: ParsableCommand {
+  struct BindingStatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
       commandName: "status",
       abstract: "Say how a device is bound and which mapping backends (vfio, uio, sysfs) would work for you.",
@@ -119,8 +120,8 @@ extension PCITool {
     @OptionGroup var output: JSONOption
 
     func run() throws {
-      let device = try SysfsDevice.find(address, paths: SystemPaths.fromEnvironment())
-      let status = DeviceStatus(device)
+      let device = try PCIFunctionSysfs.find(address, host: HostEnvironment.fromToolEnvironment())
+      let status = BindingStatus(device)
       if output.json { try printJSON(status) } else { print(status.text) }
     }
   }

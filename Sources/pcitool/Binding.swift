@@ -1,3 +1,4 @@
+import DeviceAccess
 import Foundation
 import PCI
 
@@ -5,41 +6,41 @@ import PCI
   import Glibc
 #endif
 
-/// A PCI function as sysfs describes it; every property reads sysfs afresh.
-struct SysfsDevice {
-  let address: String
-  let paths: SystemPaths
-
-  var dir: String { paths.device(address) }
-  var driver: String? { FS.linkName(dir + "/driver") }
-  /// `nil` when unset; the kernel reads an unset override back as `(null)`.
-  var override: String? {
-    FS.read(dir + "/driver_override").flatMap { $0.isEmpty || $0 == "(null)" ? nil : $0 }
-  }
-  var iommuGroup: Int? { FS.linkName(dir + "/iommu_group").flatMap { Int($0) } }
-  var id: PCIDeviceID? {
-    guard let v = FS.read(dir + "/vendor"), let d = FS.read(dir + "/device") else { return nil }
-    return PCIDeviceID(parsing: "\(v.dropFirst(2)):\(d.dropFirst(2))")
-  }
-  var binding: BindingState { BindingState(driver: driver, driverOverride: override) }
+extension PCIFunctionSysfs {
+  /// The vendor:device ID, from the `vendor` and `device` attributes.
+  var deviceID: PCIDeviceID? { id.flatMap { PCIDeviceID(parsing: $0) } }
+  var binding: BindingState { BindingState(driver: driver, driverOverride: driverOverride) }
+  /// The device's folder as opened, for messages (a fixture tree's path in tests).
+  var dir: String { host.resolve(path) }
 
   /// The device at a user's address (`0000:00:05.0` or `00:05.0`): a bad
   /// address is a usage error; an absent device names the ones present.
-  static func find(_ text: String, paths: SystemPaths) throws -> SysfsDevice {
+  static func find(_ text: String, host: HostEnvironment) throws -> PCIFunctionSysfs {
     let address: PCIAddress
     do { address = try PCIAddress(parsing: text) } catch {
       throw ToolError(status: .usage, description: error.description)
     }
-    let device = SysfsDevice(address: address.description, paths: paths)
-    guard FS.isDirectory(device.dir) else {
-      guard FS.isDirectory(paths.devices) else {
-        throw ToolError(status: .failure, description: PCIError.noPCISubsystem(path: paths.devices).description)
+    let device = PCIFunctionSysfs(address.description, host: host)
+    guard host.isDirectory(device.path) else {
+      guard host.isDirectory(devices) else {
+        throw ToolError(
+          status: .failure, description: PCIError.noPCISubsystem(path: host.resolve(devices)).description)
       }
-      let present = FS.list(paths.devices).compactMap { try? PCIAddress(parsing: $0) }.sorted()
+      let present = present(host: host).compactMap { try? PCIAddress(parsing: $0) }.sorted()
       throw ToolError(
         status: .failure, description: PCIError.noSuchDevice(address.description, present: present).description)
     }
     return device
+  }
+}
+
+/// Polls `condition` every 10 ms until it holds or `seconds` have passed.
+func waitUntil(seconds: Double, _ condition: () -> Bool) -> Bool {
+  let deadline = Date().addingTimeInterval(seconds)
+  while true {
+    if condition() { return true }
+    if Date() >= deadline { return false }
+    usleep(10_000)
   }
 }
 
@@ -96,33 +97,33 @@ struct BindReport: Encodable {
 /// `bind`, whose errno says why a probe failed) → verify the `driver` link →
 /// on failure restore the old override and rebind the old driver.
 struct Binder {
-  var paths: SystemPaths
-  var kernel: any Kernel
+  var host: HostEnvironment
+  var kernel: any HostKernel
   /// Bound on each wait for the kernel (the `driver` link to appear or go).
   var timeout: Double
   var force: Bool
   /// The command line, for advice such as "run sudo …".
   var commandLine: String
 
-  func bind(_ device: SysfsDevice, to driver: String) throws -> BindReport {
+  func bind(_ device: PCIFunctionSysfs, to driver: String) throws -> BindReport {
     let address = device.address
-    guard FS.exists(device.dir + "/driver_override") else {
+    guard host.exists(device.path + "/driver_override") else {
       throw failure("\(address) has no driver_override attribute (it needs Linux 3.16 or later); nothing was changed")
     }
     let before = device.binding
     var report = BindReport(command: "bind", address: address, driver: driver, before: before, after: before)
     report.forced = force
 
-    if !FS.isDirectory(paths.driver(driver)) {
-      let available = FS.list(paths.drivers).joined(separator: ", ")
+    if !host.isDirectory(PCIFunctionSysfs.driver(driver)) {
+      let available = host.list(PCIFunctionSysfs.drivers).joined(separator: ", ")
       if let problem = kernel.loadModule(driver) {
         throw failure(
-          "unknown driver '\(driver)': there is no \(paths.driver(driver)) and \(problem); "
+          "unknown driver '\(driver)': there is no \(host.resolve(PCIFunctionSysfs.driver(driver))) and \(problem); "
             + "available drivers: \(available.isEmpty ? "none" : available); nothing was changed")
       }
-      guard FS.isDirectory(paths.driver(driver)) else {
+      guard host.isDirectory(PCIFunctionSysfs.driver(driver)) else {
         throw failure(
-          "modprobe \(driver) worked, but no PCI driver '\(driver)' appeared in \(paths.drivers); "
+          "modprobe \(driver) worked, but no PCI driver '\(driver)' appeared in \(host.resolve(PCIFunctionSysfs.drivers)); "
             + "available drivers: \(available.isEmpty ? "none" : available); nothing was changed")
       }
       report.steps.append("loaded module \(driver) (modprobe \(driver))")
@@ -137,7 +138,7 @@ struct Binder {
 
     try checkUsers(device, &report)
 
-    do { try kernel.write(driver, to: device.dir + "/driver_override") } catch {
+    do { try kernel.write(driver, to: device.path + "/driver_override") } catch {
       throw writeFailure(error)
     }
     report.steps.append("driver_override: \(before.driverOverride ?? "none") → \(driver)")
@@ -151,7 +152,7 @@ struct Binder {
     }
 
     if let old = before.driver {
-      do { try kernel.write(address, to: device.dir + "/driver/unbind") } catch {
+      do { try kernel.write(address, to: device.path + "/driver/unbind") } catch {
         return rollback(report, device, because: "unbinding from \(old): \(error)")
       }
       guard waitUntil(seconds: timeout, { device.driver == nil }) else {
@@ -162,15 +163,15 @@ struct Binder {
 
     var how = "drivers_probe"
     var bindError: AttributeWriteError?
-    if FS.exists(paths.driversProbe) {
-      do { try kernel.write(address, to: paths.driversProbe) } catch { bindError = error }
+    if host.exists(PCIFunctionSysfs.driversProbe) {
+      do { try kernel.write(address, to: PCIFunctionSysfs.driversProbe) } catch { bindError = error }
       _ = waitUntil(seconds: timeout) { device.driver != nil }
     }
     if device.driver == nil {
       // The driver's own bind file answers with the probe's errno.
       how = "drivers/\(driver)/bind"
       do {
-        try kernel.write(address, to: paths.driver(driver) + "/bind")
+        try kernel.write(address, to: PCIFunctionSysfs.driver(driver) + "/bind")
         _ = waitUntil(seconds: timeout) { device.driver != nil }
       } catch { bindError = error }
     }
@@ -195,7 +196,7 @@ struct Binder {
     return report
   }
 
-  func unbind(_ device: SysfsDevice) throws -> BindReport {
+  func unbind(_ device: PCIFunctionSysfs) throws -> BindReport {
     let address = device.address
     let before = device.binding
     var report = BindReport(command: "unbind", address: address, before: before, after: before)
@@ -209,11 +210,11 @@ struct Binder {
     try checkUsers(device, &report)
 
     if let override = before.driverOverride {
-      do { try kernel.write("\n", to: device.dir + "/driver_override") } catch { throw writeFailure(error) }
+      do { try kernel.write("\n", to: device.path + "/driver_override") } catch { throw writeFailure(error) }
       report.steps.append("driver_override: \(override) → none")
     }
     if let old = before.driver {
-      do { try kernel.write(address, to: device.dir + "/driver/unbind") } catch {
+      do { try kernel.write(address, to: device.path + "/driver/unbind") } catch {
         if before.driverOverride == nil, error.isPermission { throw writeFailure(error) }
         return rollback(report, device, because: "unbinding from \(old): \(error)")
       }
@@ -233,8 +234,8 @@ struct Binder {
   private func failure(_ text: String) -> ToolError { ToolError(status: .failure, description: text) }
 
   /// Refuses a device in use unless forced (then says so in the steps).
-  private func checkUsers(_ device: SysfsDevice, _ report: inout BindReport) throws {
-    let users = DeviceUsers.scan(address: device.address, paths: paths, group: device.iommuGroup)
+  private func checkUsers(_ device: PCIFunctionSysfs, _ report: inout BindReport) throws {
+    let users = DeviceUsers.scan(device)
     report.users = users
     guard users.inUse else { return }
     if force {
@@ -256,7 +257,7 @@ struct Binder {
   }
 
   /// Puts back the override and the driver the device had, and says how far that got.
-  private func rollback(_ partial: BindReport, _ device: SysfsDevice, because cause: String) -> BindReport {
+  private func rollback(_ partial: BindReport, _ device: PCIFunctionSysfs, because cause: String) -> BindReport {
     var report = partial
     let before = report.before
     let address = device.address
@@ -265,27 +266,27 @@ struct Binder {
 
     if let stray = device.driver, stray != before.driver {
       do {
-        try kernel.write(address, to: device.dir + "/driver/unbind")
+        try kernel.write(address, to: device.path + "/driver/unbind")
         report.steps.append("rollback: unbound from \(stray)")
       } catch { problems.append("unbinding from \(stray): \(error)") }
       _ = waitUntil(seconds: timeout) { device.driver == nil }
     }
-    if device.override != before.driverOverride {
+    if device.driverOverride != before.driverOverride {
       do {
-        try kernel.write(before.driverOverride ?? "\n", to: device.dir + "/driver_override")
+        try kernel.write(before.driverOverride ?? "\n", to: device.path + "/driver_override")
         report.steps.append("rollback: driver_override restored to \(before.driverOverride ?? "none")")
       } catch { problems.append("restoring driver_override: \(error)") }
     }
     if let old = before.driver, device.driver != old {
-      do { try kernel.write(address, to: paths.driver(old) + "/bind") } catch {
-        try? kernel.write(address, to: paths.driversProbe)
+      do { try kernel.write(address, to: PCIFunctionSysfs.driver(old) + "/bind") } catch {
+        try? kernel.write(address, to: PCIFunctionSysfs.driversProbe)
       }
       if waitUntil(seconds: timeout, { device.driver == old }) {
         report.steps.append("rollback: rebound to \(old)")
       } else {
         problems.append(
           "\(address) could not be rebound to \(old) (it has \(device.driver ?? "no driver") now); "
-            + "try: echo \(address) > \(paths.driversProbe)")
+            + "try: echo \(address) > \(host.resolve(PCIFunctionSysfs.driversProbe))")
       }
     }
     report.after = device.binding

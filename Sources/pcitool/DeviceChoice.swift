@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import PCI
 import VGPU
+import VGPUSimulator
 
 /// Which vGPU a command talks to, and why: the DEVICE argument if given, else
 /// `VGPU_DEVICE`, else the ivshmem function at 0000:00:05.0 if there is one,
@@ -74,7 +75,8 @@ func openDevice(_ spec: String, timeout: Double) throws -> Device {
 
 /// The library's defaults with the command's deadline.
 func openOptions(timeout: Double, threads: Int = 1) -> OpenOptions {
-  var options = OpenOptions()
+  // `sim` is offered: pcitool links the reference device.
+  var options = OpenOptions.simulator()
   options.timeout = .milliseconds(Int64((timeout * 1000).rounded()))
   // One queue pair per thread that submits at once, as far as the device has them.
   options.queuePairs = max(options.queuePairs, threads)

@@ -1,8 +1,4 @@
-import Foundation
-
-#if canImport(Glibc)
-  import Glibc
-#endif
+import DeviceAccess
 
 /// Who is using a PCI device, so that bind and unbind do not pull it from
 /// under a running program (dpdk-devbind refuses an active network device the
@@ -37,51 +33,28 @@ struct DeviceUsers: Encodable {
   /// Scans `/proc/*/fd` and `/proc/*/maps` for the device's files (its sysfs
   /// folder: `config`, `resourceN`; its VFIO group; its UIO nodes), and the
   /// device's network interfaces for the up flag.
-  static func scan(address: String, paths: SystemPaths, group: Int?) -> DeviceUsers {
-    let deviceDir = paths.device(address)
+  static func scan(_ device: PCIFunctionSysfs) -> DeviceUsers {
+    let host = device.host
+    // /proc names files by their real paths.
     var prefixes: [String] = []
-    if let real = FS.realPath(deviceDir) { prefixes.append(real + "/") }
-    var exact: [String] = []
-    if let group { exact.append(FS.realPath(paths.vfioGroup(group)) ?? paths.vfioGroup(group)) }
-    for uio in FS.list(deviceDir + "/uio") {
-      let node = paths.dev + "/" + uio
-      exact.append(FS.realPath(node) ?? node)
-    }
-    func matches(_ path: String) -> Bool {
-      exact.contains(path) || prefixes.contains { path.hasPrefix($0) }
-    }
+    if let real = host.canonicalPath(device.path) { prefixes.append(real + "/") }
+    var nodes = host.list(device.path + "/uio").map { "/dev/" + $0 }
+    if let group = device.iommuGroup { nodes.insert("/dev/vfio/\(group)", at: 0) }
+    let exact = nodes.map { host.canonicalPath($0) ?? host.resolve($0) }
 
     var users = DeviceUsers()
-    let me = getpid()
-    for entry in FS.list("/proc") {
-      guard let pid = Int32(entry), pid != me else { continue }
-      let proc = "/proc/\(entry)"
-      let fds: [String]
-      do { fds = try FileManager.default.contentsOfDirectory(atPath: proc + "/fd") } catch {
-        if FS.exists(proc) { users.uncheckedProcesses += 1 }
-        continue
-      }
-      let command = FS.read(proc + "/comm") ?? "?"
-      for fd in fds {
-        if let target = FS.readLink(proc + "/fd/" + fd), matches(target) {
-          users.holders.append(Holder(pid: pid, command: command, path: target))
-        }
-      }
-      // A BAR mapped from resourceN stays in use after its fd is closed.
-      if let maps = FS.read(proc + "/maps") {
-        for line in maps.split(separator: "\n") {
-          guard let slash = line.firstIndex(of: "/") else { continue }
-          let path = String(line[slash...])
-          if matches(path) { users.holders.append(Holder(pid: pid, command: command, path: path)) }
-        }
-      }
+    let found = host.processFiles(mappings: true) { path in
+      exact.contains(path) || prefixes.contains { path.hasPrefix($0) }
     }
+    users.holders = found.files.map { Holder(pid: $0.pid, command: $0.command, path: $0.path) }
+    users.uncheckedProcesses = found.unreadable
     // A virtio NIC's interface hangs below its virtio device: ADDR/virtio2/net/eth0.
     let netDirs =
-      [deviceDir + "/net"] + FS.list(deviceDir).filter { $0.hasPrefix("virtio") }.map { deviceDir + "/\($0)/net" }
+      [device.path + "/net"]
+      + host.list(device.path).filter { $0.hasPrefix("virtio") }.map { device.path + "/\($0)/net" }
     for dir in netDirs {
-      for interface in FS.list(dir) {
-        let flags = FS.read(dir + "/\(interface)/flags").flatMap { UInt32($0.dropFirst(2), radix: 16) } ?? 0
+      for interface in host.list(dir) {
+        let flags = host.readText(dir + "/\(interface)/flags").flatMap { UInt32($0.dropFirst(2), radix: 16) } ?? 0
         if flags & 0x1 != 0 { users.upInterfaces.append(interface) }  // IFF_UP
       }
     }

@@ -3,14 +3,14 @@ import Foundation
 import PCI
 
 /// Exit statuses: 0 done, 1 the operation failed, 2 the command line was wrong.
-enum Status: Int32 {
+enum ExitStatus: Int32 {
   case failure = 1
   case usage = 2
 }
 
 /// An error to print as one line and exit with its status.
 struct ToolError: Error, CustomStringConvertible {
-  var status: Status
+  var status: ExitStatus
   var description: String
 }
 
@@ -45,7 +45,7 @@ struct PCITool: ParsableCommand {
       """,
     subcommands: [
       List.self, Show.self, Dump.self, Probe.self, Selftest.self, Bench.self, Bind.self, Unbind.self,
-      DeviceStatusCommand.self, PingPongChild.self, EduDMA.self, Wakeups.self,
+      BindingStatusCommand.self, PingPongChild.self, EduDMA.self, WakeupsProbe.self,
     ]
   )
 }
@@ -179,9 +179,9 @@ enum Main {
         exit(0)
       }
       if code == .validationFailure {
-        fail(PCITool.message(for: error) + " (see 'pcitool --help')", status: Status.usage.rawValue)
+        fail(PCITool.message(for: error) + " (see 'pcitool --help')", status: ExitStatus.usage.rawValue)
       }
-      fail(PCITool.message(for: error), status: Status.failure.rawValue)
+      fail(PCITool.message(for: error), status: ExitStatus.failure.rawValue)
     }
   }
 

@@ -3,6 +3,7 @@ import Foundation
 import VGPU
 import VGPUDevice
 import VGPUProtocol
+import VGPUSimulator
 
 #if canImport(Glibc)
   import Glibc
@@ -38,7 +39,7 @@ enum Modes {
   /// `shm:PATH` or `sim` is the vGPU, `socket:PATH` the socket server.
   static func open(_ target: String) throws -> BenchTarget {
     if target.hasPrefix("socket:") { return try SocketClient(path: String(target.dropFirst(7))) }
-    return DeviceTarget(try Device.open(target))
+    return DeviceTarget(try Device.open(target, options: .simulator()))
   }
 
   /// One client of the two-client cases: each case starts when the parent says go.
@@ -87,7 +88,7 @@ enum Modes {
       var left = n
       while left > 0 {
         let k = min(batch, left)
-        for _ in 0..<k { q.submit(SubmissionEntry(.nop)) }
+        for _ in 0..<k { q.submit(Command.Nop().entry) }
         q.complete { _ in }
         left -= k
       }

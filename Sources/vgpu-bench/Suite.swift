@@ -3,7 +3,9 @@ import CSupport
 import Foundation
 import MallocCounter
 import VGPU
+import VGPUDevice
 import VGPUProtocol
+import VGPUSimulator
 
 #if canImport(Glibc)
   import Glibc
@@ -103,7 +105,7 @@ final class Suite {
     let vgpuSpec = "shm:\(barPath)"
     let helper = [selfExecutable]
 
-    let device = try DeviceTarget(Device.open(vgpuSpec))
+    let device = try DeviceTarget(Device.open(vgpuSpec, options: .simulator()))
     let socket = try SocketClient(path: socketPath)
 
     progress.begin("ceilings: shared-memory ping-pong (interleaved with vGPU NOPs), SPSC ring, memcpy")
@@ -233,7 +235,7 @@ final class Suite {
       if let bar = try? SharedFile(path: barPath, size: 4096, create: false) {
         defer { bar.unmap() }
         let r = RegisterBlock(bar.base)
-        if r.load32(Register.devicePID) == UInt32(p.processIdentifier) && r.status.contains(.ready) { return }
+        if r.load(Register.devicePID) == UInt32(p.processIdentifier) && r.status.contains(.ready) { return }
       }
       guard p.isRunning else { break }
       usleep(20_000)
@@ -309,8 +311,9 @@ final class Suite {
     }
     // Both sides in one process: the in-process device's thread counts too.
     do {
-      var options = OpenOptions()
-      options.simulated.memorySize = 1 << 30
+      var configuration = ReferenceDeviceConfiguration()
+      configuration.memorySize = 1 << 30
+      let options = OpenOptions.simulator(configuration)
       let sim = DeviceTarget(try Device.open("sim", options: options))
       defer { sim.device.close() }
       // Steady state: the device's owner-watch thread sets up the new

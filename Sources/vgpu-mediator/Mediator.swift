@@ -130,7 +130,7 @@ struct Mediator: ParsableCommand {
     if vm {
       config.ownersAreLocalProcesses = false
       // Without doorbells nothing wakes the device from a VM: it looks often.
-      if ivshmemSocket == nil { config.sleepSliceNanoseconds = 1_000_000 }
+      if ivshmemSocket == nil { config.wait.sleepSliceNanoseconds = 1_000_000 }
     }
     config.layout = BARLayout(
       queuePairs: UInt32(queuePairs), depth: UInt32(depth), stagingSlotSize: UInt32(Size.parse(slotSize)!),
@@ -173,7 +173,7 @@ struct Mediator: ParsableCommand {
       case .released(let qp, let pid, let reason, let count, let bytes):
         let level: Logger.Level = reason == .closed ? .info : .notice
         events.log(
-          level: level, "queue pair released: \(reason.rawValue)",
+          level: level, "queue pair released: \(reason)",
           metadata: ["pid": "\(pid)", "queuePair": "\(qp)", "allocations": "\(count)", "bytes": "\(bytes)"])
       case .faulted(let qp, let pid, let fault):
         events.warning(
@@ -235,9 +235,9 @@ struct Mediator: ParsableCommand {
   /// Who holds the lock on `path`, as the register block says (best effort).
   static func holder(of path: String) -> String {
     guard let r = try? MappedRegion.sharedFile(path), r.size >= Register.blockSize,
-      RegisterBlock(r.base).load32(Register.magic) == vgpuMagic
+      RegisterBlock(r.base).load(Register.magic) == vgpuMagic
     else { return "another process" }
-    let pid = RegisterBlock(r.base).load32(Register.devicePID)
+    let pid = RegisterBlock(r.base).load(Register.devicePID)
     return pid == 0 ? "another process" : "vgpu-mediator pid \(pid)"
   }
 }

@@ -55,8 +55,8 @@ public final class MediatorProcess: @unchecked Sendable {
       if let region = try? Data(contentsOf: URL(fileURLWithPath: self.path), options: .alwaysMapped),
         region.count >= 4096,
         region.withUnsafeBytes({
-          $0.load(fromByteOffset: Register.devicePID, as: UInt32.self) == UInt32(process.processIdentifier)
-            && $0.load(fromByteOffset: Register.status, as: UInt32.self) & 1 == 1
+          $0.load(fromByteOffset: Register.devicePID.offset, as: UInt32.self) == UInt32(process.processIdentifier)
+            && $0.load(fromByteOffset: Register.status.offset, as: UInt32.self) & 1 == 1
         })
       {
         return

@@ -11,7 +11,7 @@ import VGPU
 /// (used by tools/vm/e2e; hidden from --help): NOPs sent after pauses long
 /// enough for the device to fall asleep, timed, with the CPU this process
 /// used and — in a VM guest — the MSI-X interrupts the kernel counted.
-struct Wakeups: ParsableCommand {
+struct WakeupsProbe: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "_wakeups", abstract: "Cold-start NOPs after idle pauses (tests).", shouldDisplay: false)
 

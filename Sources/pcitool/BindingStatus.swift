@@ -1,3 +1,4 @@
+import DeviceAccess
 import Foundation
 import PCI
 
@@ -5,8 +6,9 @@ import PCI
   import Glibc
 #endif
 
-/// Everything that decides whether this user can map a device, read from sysfs and /dev.
-struct DeviceStatus: Encodable {
+/// How a device is bound, and everything else that decides whether this user
+/// can map it, read from sysfs and /dev (`pcitool status`).
+struct BindingStatus: Encodable {
   struct Member: Encodable {
     var address: String
     var driver: String?
@@ -20,6 +22,7 @@ struct DeviceStatus: Encodable {
 
   /// A device node: who owns it and whether this user may read and write it.
   struct Node: Encodable {
+    /// The file as opened (a fixture tree's path in tests).
     var path: String
     var exists: Bool
     var owner: String?
@@ -28,15 +31,15 @@ struct DeviceStatus: Encodable {
     var mode: String?
     var readWrite: Bool
 
-    init(_ path: String) {
-      self.path = path
-      var s = stat()
-      exists = stat(path, &s) == 0
-      readWrite = exists && access(path, R_OK | W_OK) == 0
-      guard exists else { return }
-      owner = getpwuid(s.st_uid).map { String(cString: $0.pointee.pw_name) } ?? String(s.st_uid)
-      group = getgrgid(s.st_gid).map { String(cString: $0.pointee.gr_name) } ?? String(s.st_gid)
-      mode = String(format: "%04o", s.st_mode & 0o7777)
+    init(_ path: String, host: HostEnvironment) {
+      self.path = host.resolve(path)
+      let facts = host.facts(path)
+      exists = facts != nil
+      readWrite = exists && host.isReadWrite(path)
+      guard let facts else { return }
+      owner = facts.owner
+      group = facts.group
+      mode = String(format: "%04o", facts.mode & 0o7777)
     }
 
     /// `root:vgpu 0660`.
@@ -93,13 +96,10 @@ struct DeviceStatus: Encodable {
     try c.encode(backends, forKey: .backends)
   }
 
-  /// Drivers that leave a VFIO group viable besides vfio-pci itself (and no driver).
-  static let groupFriendlyDrivers: Set<String> = ["vfio-pci", "pci-stub", "pcieport"]
-
-  init(_ d: SysfsDevice) {
-    let paths = d.paths
+  init(_ d: PCIFunctionSysfs) {
+    let host = d.host
     address = d.address
-    if let id = d.id {
+    if let id = d.deviceID {
       vendorID = String(format: "%04x", id.vendor)
       deviceID = String(format: "%04x", id.device)
       let names = PCIIDNames.lookup(id)
@@ -107,17 +107,17 @@ struct DeviceStatus: Encodable {
       device = names.device
     }
     driver = d.driver
-    driverOverride = d.override
+    driverOverride = d.driverOverride
     iommuGroup = d.iommuGroup
     groupMembers =
       iommuGroup.map { group in
-        FS.list(paths.iommuGroup(group)).filter { $0 != d.address }.map {
-          Member(address: $0, driver: FS.linkName(paths.device($0) + "/driver"))
+        PCIFunctionSysfs.groupMembers(group, host: host).filter { $0.address != d.address }.map {
+          Member(address: $0.address, driver: $0.driver)
         }
       } ?? []
-    vfioGroup = iommuGroup.map { Node(paths.vfioGroup($0)) }
-    vfioContainer = Node(paths.vfioContainer)
-    users = DeviceUsers.scan(address: d.address, paths: paths, group: iommuGroup)
+    vfioGroup = iommuGroup.map { Node("/dev/vfio/\($0)", host: host) }
+    vfioContainer = Node(VFIOContainer.path, host: host)
+    users = DeviceUsers.scan(d)
     let uid = getuid()
     user = User(uid: uid, name: getpwuid(uid).map { String(cString: $0.pointee.pw_name) } ?? String(uid))
     backends = []
@@ -139,7 +139,7 @@ struct DeviceStatus: Encodable {
     guard driver == "vfio-pci" else {
       return no("bound to \(driver ?? "no driver"), not vfio-pci: run `pcitool bind \(address) vfio-pci`")
     }
-    let blockers = groupMembers.filter { m in m.driver.map { !Self.groupFriendlyDrivers.contains($0) } ?? false }
+    let blockers = groupMembers.filter { m in m.driver.map { !VFIOGroup.harmlessDrivers.contains($0) } ?? false }
     guard blockers.isEmpty else {
       let list = blockers.map { "\($0.address) (\($0.driver ?? ""))" }.joined(separator: ", ")
       return no("IOMMU group \(group) is not viable: \(list) must be bound to vfio-pci or unbound too")
@@ -157,35 +157,30 @@ struct DeviceStatus: Encodable {
       name: "vfio", usable: true, reason: "bound to vfio-pci, group \(group) viable, \(node.path) read-write")
   }
 
-  /// The device's BAR files, `resource0` … (without the `_wc` variants).
-  private static func resourceFiles(_ d: SysfsDevice) -> [String] {
-    FS.list(d.dir).filter { $0.hasPrefix("resource") && Int($0.dropFirst("resource".count)) != nil }
-  }
-
-  private func uioBackend(_ d: SysfsDevice) -> Backend {
+  private func uioBackend(_ d: PCIFunctionSysfs) -> Backend {
     func no(_ why: String) -> Backend { Backend(name: "uio", usable: false, reason: why) }
     guard driver == "uio_pci_generic" else {
       return no("bound to \(driver ?? "no driver"), not uio_pci_generic: run `pcitool bind \(address) uio_pci_generic`")
     }
-    guard let uio = FS.list(d.dir + "/uio").first else { return no("\(d.dir)/uio has no uioN entry") }
-    let node = Node(d.paths.dev + "/" + uio)
+    guard let uio = d.uioName else { return no("\(d.dir)/uio has no uioN entry") }
+    let node = Node("/dev/" + uio, host: d.host)
     guard node.exists else { return no("\(node.path) is missing") }
     guard node.readWrite else { return no("permission denied: \(node.path) is \(node.ownership); \(permissionAdvice)") }
-    if let locked = Self.resourceFiles(d).map({ Node(d.dir + "/" + $0) }).first(where: { !$0.readWrite }) {
+    if let locked = d.resourceFiles.map({ Node(d.path + "/" + $0, host: d.host) }).first(where: { !$0.readWrite }) {
       return no(
         "permission denied: \(locked.path) (the BARs are mapped through it) is \(locked.ownership); run as root")
     }
     return Backend(name: "uio", usable: true, reason: "bound to uio_pci_generic, \(node.path) read-write")
   }
 
-  private func sysfsBackend(_ d: SysfsDevice) -> Backend {
+  private func sysfsBackend(_ d: PCIFunctionSysfs) -> Backend {
     func no(_ why: String) -> Backend { Backend(name: "sysfs", usable: false, reason: why) }
-    let files = Self.resourceFiles(d)
+    let files = d.resourceFiles
     guard !files.isEmpty else { return no("\(d.dir) has no resourceN files (no memory BARs to map)") }
     if let driver, !["uio_pci_generic", "vfio-pci", "pci-stub"].contains(driver) {
       return no("bound to \(driver), which drives the device itself: run `pcitool unbind \(address)` first")
     }
-    if let locked = files.map({ Node(d.dir + "/" + $0) }).first(where: { !$0.readWrite }) {
+    if let locked = files.map({ Node(d.path + "/" + $0, host: d.host) }).first(where: { !$0.readWrite }) {
       return no("permission denied: \(locked.path) is \(locked.ownership); run as root")
     }
     return Backend(name: "sysfs", usable: true, reason: "\(files.joined(separator: ", ")) read-write")

@@ -1,6 +1,6 @@
 /// The status of a completion. Chosen so that each maps onto one `CUresult`
 /// at the shim edge (values from `cuda.h`, given in `cudaResult`).
-public enum Status: UInt16, Sendable, CaseIterable, CustomStringConvertible {
+public enum CommandStatus: UInt16, Sendable, CaseIterable, CustomStringConvertible {
   case success = 0
   /// An argument is out of range (detail: which, 1-based).
   case invalidValue = 1

@@ -1,0 +1,68 @@
+import VGPUProtocol
+
+/// identify, statistics, processes: what the device says about itself and its users.
+extension Executor {
+  func identify(_ c: Command.Identify, qp: Int) throws(Refusal) -> CompletionEntry {
+    guard c.guestVersion >> 16 == UInt32(ProtocolVersion.major) else {
+      throw Refusal(status: .versionMismatch, detail: 1, result1: UInt64(ProtocolVersion.packed))
+    }
+    served[qp].identified = true
+    return Command.Identify.Reply(
+      features: FeatureBits.all.intersection(c.guestFeatures), deviceVersion: ProtocolVersion.packed
+    ).completion
+  }
+
+  func statistics(_ c: Command.Statistics, qp: Int) throws(Refusal) -> CompletionEntry {
+    guard let scope = StatisticsScope(rawValue: c.scope) else { throw Refusal(status: .invalidValue, detail: 1) }
+    guard c.length >= UInt64(StatisticsRecord.size) else { throw Refusal(status: .invalidValue, detail: 3) }
+    let out = try stagingRange(c.staging, UInt64(StatisticsRecord.size), qp: qp, argument: 2)
+    var record: StatisticsRecord
+    switch scope {
+    case .queuePair:
+      record = served[qp].stats
+      record.queuePairs = 1
+    case .process:
+      record = StatisticsRecord()
+      for i in served.indices where served[i].active && served[i].pid == served[qp].pid {
+        record = record + served[i].stats
+        record.queuePairs += 1
+      }
+    case .device:
+      record = deviceTotals
+      record.bytesAllocated = allocator.allocatedBytes
+      record.queuePairs = UInt64(served.count { $0.active })
+    }
+    out.storeBytes(of: record, as: StatisticsRecord.self)
+    return CompletionEntry(status: .success, result0: UInt64(StatisticsRecord.size))
+  }
+
+  /// One ProcessRecord per pid among the active queue pairs, in the order of
+  /// each pid's first queue pair, as many as fit. Allocates nothing: a pid
+  /// is new at its first queue pair, and its record sums the pairs from
+  /// there on (at most 256² steps).
+  func processes(_ c: Command.Processes, qp: Int) throws(Refusal) -> CompletionEntry {
+    let size = UInt64(ProcessRecord.size)
+    guard c.length >= size, c.length % size == 0 else { throw Refusal(status: .invalidValue, detail: 3) }
+    let out = try stagingRange(c.staging, c.length, qp: qp, argument: 2)
+    let capacity = c.length / size
+    var written: UInt64 = 0
+    var total: UInt64 = 0
+    for i in served.indices where served[i].active {
+      let pid = served[i].pid
+      if served[..<i].contains(where: { $0.active && $0.pid == pid }) { continue }
+      total += 1
+      guard written < capacity else { continue }
+      var record = ProcessRecord(pid: pid)
+      for j in i..<served.count where served[j].active && served[j].pid == pid {
+        let stats = served[j].stats
+        record.queuePairs += 1
+        record.bytesAllocated &+= stats.bytesAllocated
+        record.launches &+= stats.launches
+        record.busyNanoseconds &+= stats.busyNanoseconds
+      }
+      (out + Int(written * size)).storeBytes(of: record, as: ProcessRecord.self)
+      written += 1
+    }
+    return Command.Processes.Reply(written: written, total: total).completion
+  }
+}

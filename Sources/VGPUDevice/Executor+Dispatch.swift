@@ -1,0 +1,44 @@
+import VGPUProtocol
+
+extension Executor {
+  /// Runs one command for queue pair `qp` and returns its completion (the
+  /// serving loop sets its id, head and phase). The one place an opcode
+  /// meets its handler: each decodes its arguments with the protocol's
+  /// typed command and lives in its family's file (Commands+Memory,
+  /// +Modules, +Sync, +Info).
+  func execute(_ e: SubmissionEntry, qp: Int) -> CompletionEntry {
+    do throws(Refusal) {
+      guard e.flags == 0, e.reserved == 0 else { throw Refusal(status: .invalidValue, detail: 0) }
+      guard let op = Opcode(rawValue: e.opcode) else { throw Refusal(status: .invalidOpcode) }
+      if op != .identify && op != .nop && !served[qp].identified { throw Refusal(status: .notInitialized) }
+      switch op {
+      case .nop: return CompletionEntry(status: .success)
+      case .identify: return try identify(Command.Identify(e), qp: qp)
+      case .memoryInfo: return memoryInfo()
+      case .alloc: return try alloc(Command.Alloc(e), qp: qp)
+      case .free: return try free(Command.Free(e), qp: qp)
+      case .copyToDevice: return try copyToDevice(Command.CopyToDevice(e), qp: qp)
+      case .copyFromDevice: return try copyFromDevice(Command.CopyFromDevice(e), qp: qp)
+      case .copyDeviceToDevice: return try copyDeviceToDevice(Command.CopyDeviceToDevice(e), qp: qp)
+      case .memset: return try memset(Command.Memset(e), qp: qp)
+      case .moduleLoad: return try moduleLoad(Command.ModuleLoad(e), qp: qp)
+      case .moduleUnload: return try moduleUnload(Command.ModuleUnload(e), qp: qp)
+      case .getFunction: return try getFunction(Command.GetFunction(e), qp: qp)
+      case .launch: return try launch(Command.Launch(e), qp: qp)
+      case .streamCreate: return streamCreate(qp: qp)
+      case .streamDestroy: return try streamDestroy(Command.StreamDestroy(e), qp: qp)
+      case .streamSynchronize: return try streamSynchronize(Command.StreamSynchronize(e), qp: qp)
+      case .eventCreate: return eventCreate(qp: qp)
+      case .eventDestroy: return try eventDestroy(Command.EventDestroy(e), qp: qp)
+      case .eventRecord: return try eventRecord(Command.EventRecord(e), qp: qp)
+      case .eventQuery: return try eventQuery(Command.EventQuery(e), qp: qp)
+      case .eventElapsed: return try eventElapsed(Command.EventElapsed(e), qp: qp)
+      case .statistics: return try statistics(Command.Statistics(e), qp: qp)
+      case .processes: return try processes(Command.Processes(e), qp: qp)
+      }
+    } catch {
+      return CompletionEntry(
+        status: error.status, result0: error.result0, result1: error.result1, detail: error.detail)
+    }
+  }
+}

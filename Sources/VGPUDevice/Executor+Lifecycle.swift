@@ -1,0 +1,199 @@
+import CSupport
+import VGPUProtocol
+
+/// The queue pair lifecycle (docs/PROTOCOL.md §5) as the device enforces it.
+/// The state word, the owner's pid, `control` and `status` sit in guest-
+/// writable memory, so each is hostile input: the device acts only on the
+/// transitions the protocol allows, and everything else ends the pair that
+/// was written to (as a close would: its memory and handles reclaimed, the
+/// counters exact) or is undone. Nothing a guest writes stops the device or
+/// touches another pair.
+extension Executor {
+  /// What the device makes of a pair's state word, given its own record.
+  enum LifecycleAction: Equatable {
+    case none
+    /// A free pair was claimed and its owner's pid is there.
+    case accept
+    /// The owner closed it (or handed back a claim the device never took).
+    case release
+    /// A state the device never set for this pair: a guest wrote it.
+    case unexpected(UInt32)
+  }
+
+  func lifecycleAction(_ qp: Int) -> LifecycleAction {
+    let state = views[qp].state
+    if served[qp].active {
+      switch state {
+      case QueuePairState.active.rawValue: return .none
+      case QueuePairState.closing.rawValue: return .release
+      default: return .unexpected(state)
+      }
+    }
+    switch state {
+    case QueuePairState.free.rawValue: return .none
+    // The guest writes its pid right after claiming; accept once it is there.
+    case QueuePairState.claiming.rawValue: return views[qp].ownerPID != 0 ? .accept : .none
+    case QueuePairState.closing.rawValue: return .release
+    default: return .unexpected(state)
+    }
+  }
+
+  func lifecycleNeedsAction(_ qp: Int) -> Bool { lifecycleAction(qp) != .none }
+
+  /// Acts on queue pair `qp`'s state word. Returns whether anything changed.
+  func observeLifecycle(_ qp: Int) -> Bool {
+    switch lifecycleAction(qp) {
+    case .none:
+      return false
+    case .accept:
+      accept(qp)
+    case .release:
+      release(qp)
+    case .unexpected(let state) where served[qp].active:
+      release(qp, because: .unexpectedState(state))
+    case .unexpected:
+      // Nothing was held: put the word back, quietly (a scribbler must not
+      // flood the operator's log).
+      views[qp].setOwnerPID(0)
+      views[qp].setState(.free)
+    }
+    return true
+  }
+
+  /// The guest's `control` word: a reset is honoured only while the device
+  /// asks for one (`needsReset`); anything else is cleared, so that no guest
+  /// can drop the others' queue pairs.
+  func observeControl() -> Bool {
+    let request = registers.load(Register.control)
+    guard request != ControlRequest.none.rawValue else { return false }
+    registers.store(Register.control, ControlRequest.none.rawValue)
+    if request == ControlRequest.reset.rawValue && status.contains(.needsReset) { resetAll() }
+    return true
+  }
+
+  private func accept(_ qp: Int) {
+    views[qp].resetRings()
+    let pid = views[qp].ownerPID
+    // The claim may have been withdrawn meanwhile: take it only if it still stands.
+    guard views[qp].exchangeState(from: .claiming, to: .active) else { return }
+    served[qp] = ServedQueuePair(depth: layout.depth)
+    served[qp].active = true
+    served[qp].pid = pid
+    served[qp].ownerStart = ProcessLiveness.startTime(pid) ?? 0
+    served[qp].watched = ownerWatch?.watch(queuePair: qp, pid: pid) ?? false
+    activeQueuePairs.append(qp)
+    claimingSince[qp] = 0
+    deviceTotals.queuePairs &+= 1
+    onEvent?(.attached(queuePair: qp, pid: pid))
+  }
+
+  /// Closes a queue pair: its allocations and handles are reclaimed, and it is free again.
+  func release(_ qp: Int, because reason: DeviceEvent.ReleaseReason = .closed) {
+    let pid = served[qp].pid
+    if served[qp].watched { ownerWatch?.unwatch(queuePair: qp) }
+    let (count, bytes) = freeAll(ownedBy: qp)
+    if served[qp].active || reason != .closed {
+      onEvent?(.released(queuePair: qp, pid: pid, reason: reason, allocations: count, bytes: bytes))
+    }
+    claimingSince[qp] = 0
+    modules.removeAll(queuePair: qp)
+    functions.removeAll(queuePair: qp)
+    streams.removeAll(queuePair: qp)
+    events.removeAll(queuePair: qp)
+    served[qp] = ServedQueuePair(depth: layout.depth)
+    activeQueuePairs.removeAll { $0 == qp }
+    views[qp].resetRings()
+    views[qp].setOwnerPID(0)
+    views[qp].setState(.free)
+  }
+
+  func resetAll() {
+    for qp in views.indices where views[qp].state != QueuePairState.free.rawValue || served[qp].active {
+      release(qp, because: .reset)
+    }
+    setStatus(.ready)
+  }
+
+  /// Stops serving a pair whose doorbells broke the protocol, until its owner closes it.
+  func fault(_ qp: Int, _ f: QueuePairFault) {
+    served[qp].faulted = true
+    views[qp].setFault(f)
+    wakeGuest(qp)
+    onEvent?(.faulted(queuePair: qp, pid: served[qp].pid, fault: f))
+  }
+
+  /// Releases the queue pairs of processes that ended without closing them,
+  /// and claims abandoned before the claimer wrote its pid. Called a few
+  /// times a second, so a killed client's memory returns within a second.
+  func reapDeadOwners(now: UInt64) {
+    for qp in views.indices {
+      let state = views[qp].state
+      if served[qp].active {
+        if !served[qp].watched && !ProcessLiveness.isAlive(served[qp].pid, startTime: served[qp].ownerStart) {
+          release(qp, because: .ownerExited)
+        }
+      } else if state == QueuePairState.claiming.rawValue && views[qp].ownerPID == 0 {
+        if claimingSince[qp] == 0 {
+          claimingSince[qp] = now
+        } else if now &- claimingSince[qp] > 1_000_000_000 {
+          release(qp, because: .abandonedClaim)
+        }
+      }
+    }
+  }
+
+  /// Releases the queue pairs whose owners the OwnerWatch saw exit (checked
+  /// once more in /proc; one still alive goes back to being scanned).
+  func reapExited() {
+    guard let watch = ownerWatch, watch.hasExits else { return }
+    for qp in watch.takeExited() where served[qp].active {
+      if ProcessLiveness.isAlive(served[qp].pid, startTime: served[qp].ownerStart) {
+        served[qp].watched = false
+      } else {
+        release(qp, because: .ownerExited)
+      }
+    }
+  }
+
+  /// Whether anything needs looking at while idle: owners only /proc can
+  /// tell about, or a claim still without its pid.
+  var needsPolling: Bool {
+    for qp in views.indices {
+      if served[qp].active && !served[qp].watched { return true }
+      if !served[qp].active && views[qp].state == QueuePairState.claiming.rawValue { return true }
+    }
+    return false
+  }
+
+  // MARK: Registers a guest must not change
+
+  /// Sets the status register, and what it is put back to.
+  func setStatus(_ s: StatusRegister) {
+    status = s
+    registers.store(Register.status, s.rawValue)
+  }
+
+  /// Remembers the register block as the device wrote it (after setup, and
+  /// after each later change of a fixed register, such as the mediator's pid).
+  func rememberRegisters() {
+    registerImage = (0..<Register.blockSize / 4).compactMap { i in
+      Register.changing.contains(i * 4) ? nil : (Register32(i * 4), registers.load(Register32(i * 4)))
+    }
+  }
+
+  /// Undoes guests' stores into device-written registers: the status, the
+  /// layout and identity that new clients read. Returns how many words were put back.
+  @discardableResult
+  func restoreRegisters() -> Int {
+    var restored = 0
+    if registers.load(Register.status) != status.rawValue {
+      registers.store(Register.status, status.rawValue)
+      restored += 1
+    }
+    for (register, word) in registerImage where registers.load(register) != word {
+      registers.store(register, word)
+      restored += 1
+    }
+    return restored
+  }
+}

@@ -1,0 +1,85 @@
+import CSupport
+import VGPUProtocol
+
+extension Executor {
+  /// One pass: over every queue pair (claims, closes, the state words, the
+  /// control register), or — `quick` — over the active ones' rings only,
+  /// which is what a busy device does between full passes. Returns whether
+  /// anything happened.
+  func servePass(quick: Bool = false) -> Bool {
+    var worked = false
+    if quick {
+      for qp in activeQueuePairs where !served[qp].faulted { worked = serve(qp) || worked }
+      return worked
+    }
+    worked = observeControl()
+    for qp in views.indices {
+      worked = observeLifecycle(qp) || worked
+      if served[qp].active && !served[qp].faulted { worked = serve(qp) || worked }
+    }
+    return worked
+  }
+
+  /// Whether a pass would find work: before the device sleeps, after saying so.
+  func hasPendingWork() -> Bool {
+    if registers.load(Register.control) != ControlRequest.none.rawValue { return true }
+    for qp in views.indices {
+      if lifecycleNeedsAction(qp) { return true }
+      // Work is pending only if it can be done: commands waiting and room for their completions.
+      let s = served[qp]
+      if s.active && !s.faulted && views[qp].submissionTail != s.head.index
+        && !s.completions.isFull(guestHead: views[qp].completionHead)
+      {
+        return true
+      }
+    }
+    return false
+  }
+
+  /// Executes the commands waiting on queue pair `qp` while the completion
+  /// ring has room. Returns whether any was posted.
+  func serve(_ qp: Int) -> Bool {
+    let view = views[qp]
+    let tail = view.submissionTail
+    guard tail <= layout.depth - 1 else {
+      fault(qp, .tailOutOfRange)
+      return true
+    }
+    var posted = false
+    // Busy time is taken per pass over the ring, from its first command
+    // that does work: two clock reads cost more than a NOP.
+    var started: UInt64 = 0
+    while served[qp].head.index != tail {
+      let completionHead = view.completionHead
+      guard completionHead <= layout.depth - 1 else {
+        fault(qp, .headOutOfRange)
+        return true
+      }
+      // Full: the guest has not consumed enough completions yet.
+      if served[qp].completions.isFull(guestHead: completionHead) { break }
+      let entry = served[qp].head.pop(from: view)
+      if started == 0 && entry.opcode != Opcode.nop.rawValue { started = vgpu_monotonic_ns() }
+      var c = execute(entry, qp: qp)
+      countCommand(qp)
+      c.commandID = entry.commandID
+      c.sqHead = UInt16(served[qp].head.index)
+      served[qp].completions.post(c, into: view)
+      posted = true
+    }
+    if started != 0 { countBusy(vgpu_monotonic_ns() &- started, qp) }
+    if posted {
+      // Store (completion) then load (guestWaiting) needs a full barrier:
+      // the guest does the mirror image, so one of us sees the other.
+      vgpu_fence_seqcst()
+      if view.guestWaiting { wakeGuest(qp) }
+    }
+    return posted
+  }
+
+  /// Wakes whoever waits on queue pair `qp`: a futex sleeper on this host,
+  /// and through ivshmem the guest's vector for the pair.
+  func wakeGuest(_ qp: Int) {
+    views[qp].wakeGuest()
+    ivshmem?.signalGuests(vector: qp)
+  }
+}

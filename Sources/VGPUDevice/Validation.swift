@@ -1,0 +1,53 @@
+import VGPUProtocol
+
+/// A command the device refuses: its status, the 1-based argument at fault
+/// (or the status's own fact, as docs/PROTOCOL.md §8 gives it), and results.
+struct Refusal: Error {
+  var status: CommandStatus
+  var detail: UInt32 = 0
+  var result0: UInt64 = 0
+  var result1: UInt64 = 0
+}
+
+/// Every address a guest names is checked here before it is used.
+extension Executor {
+  func deviceOffset(_ address: UInt64, argument: UInt32) throws(Refusal) -> UInt64 {
+    guard address >= deviceAddressBase, address - deviceAddressBase < memory.size else {
+      throw Refusal(status: .invalidAddress, detail: argument)
+    }
+    return address - deviceAddressBase
+  }
+
+  /// `length` bytes at device `address`, inside one live allocation of process `pid`.
+  func deviceRange(_ address: UInt64, _ length: UInt64, pid: UInt32, argument: UInt32) throws(Refusal)
+    -> UnsafeMutableRawPointer
+  {
+    let offset = try deviceOffset(address, argument: argument)
+    guard let a = allocator.allocation(containing: offset, length: max(length, 1)) else {
+      throw Refusal(status: .invalidAddress, detail: argument)
+    }
+    guard served[Int(a.owner)].pid == pid else { throw Refusal(status: .permissionDenied, detail: argument) }
+    return memory.base + Int(offset)
+  }
+
+  /// `length` bytes at staging address `address`, inside queue pair `qp`'s window.
+  func stagingRange(_ address: UInt64, _ length: UInt64, qp: Int, argument: UInt32) throws(Refusal)
+    -> UnsafeMutableRawPointer
+  {
+    let start = layout.staging(qp)
+    guard address >= start, length <= layout.stagingPerQueue, address - start <= layout.stagingPerQueue - length else {
+      throw Refusal(status: .invalidStaging, detail: argument)
+    }
+    return base + Int(address)
+  }
+}
+
+/// Kernel memory: device addresses checked against the launching process's allocations.
+struct ResolvingMemory: KernelMemory {
+  unowned(unsafe) let executor: Executor
+  let pid: UInt32
+
+  func resolve(_ address: UInt64, byteCount: UInt64) -> UnsafeMutableRawPointer? {
+    try? executor.deviceRange(address, byteCount, pid: pid, argument: 0)
+  }
+}
