@@ -8,9 +8,9 @@ import VGPU
 /// The one device a shim library (libcuda, libnvidia-ml, libvgpu) talks to,
 /// opened on the first call that needs it — never when the library loads.
 ///
-/// Device selection: `VGPU_DEVICE` (sim, shm:PATH, a PCI address), else the
-/// vGPU's PCI slot 0000:00:05.0. There is no silent fallback to `sim`: no
-/// device means no device, and one line on stderr says why.
+/// Device selection: `VGPU_DEVICE` (shm:PATH, a PCI address), else the
+/// vGPU's PCI slot 0000:00:05.0. No device means no device, and one line on
+/// stderr says why. (`sim` is refused: this library carries no device model.)
 ///
 /// Every process finds the device on its own (nothing is inherited through
 /// the environment but the name), and a process forked after opening opens

@@ -113,8 +113,8 @@ extension Device {
       let capacity = wantsLayout ? max(0, qp.slotSize - replyOffset) : 0
       let c = try qp.execute(
         Command.GetFunction(
-          module: module.raw, name: address, nameLength: UInt64(bytes.count), reply: address + UInt64(replyOffset),
-          replyCapacity: UInt64(capacity)
+          module: module.raw, name: address, nameLength: UInt64(bytes.count),
+          reply: wantsLayout ? address + UInt64(replyOffset) : 0, replyCapacity: UInt64(capacity)
         ).entry, "get function")
       let reply = Command.GetFunction.Reply(c)
       guard reply.parameterBytes <= UInt64(FunctionInfo.maximumParameterBytes) else {
@@ -129,7 +129,11 @@ extension Device {
           let (_, l) = ParameterLayout.read(
             from: qp.slot(0).pointer + replyOffset, capacity: capacity, parameterBytes: reply.parameterBytes)
         else {
-          throw qp.rejectResult("get function", "a parameter layout for '\(name)' that does not fit its buffer")
+          // Fails this call only: the queue pair itself is in order.
+          throw VGPUError(
+            .protocolViolation, "get function \(name)", device: deviceName,
+            found: "a parameter layout that does not fit its \(reply.parameterBytes)-byte buffer or the reply's room",
+            remedy: "report this device bug; the function cannot be launched with kernelParams")
         }
         layout = l
       }

@@ -265,27 +265,14 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     if collected > 0 {
       // The device answers: whatever the status word says, it is serving.
       statusBadSince = 0
-      // The CQ-head doorbell is written in batches (NVMe 1.4 §4.1 lets the
-      // host free CQ entries in bulk): each write takes the doorbell's cache
-      // line from the device. It is written before the device could find the
-      // CQ full — commands in the ring plus unacknowledged completions stay
-      // under half the ring — and before sleeping.
+      // The CQ-head doorbell is written in batches (and before sleeping).
       unacknowledged &+= UInt32(collected)
-      if Self.shouldAcknowledge(
-        unacknowledged: unacknowledged, inRing: (tail.index &- completions.index) & mask, mask: mask)
+      if completions.shouldAcknowledge(unacknowledged: unacknowledged, inRing: tail.distance(from: completions.index))
       {
         acknowledgeCompletions()
       }
     }
     return collected
-  }
-
-  /// The batching rule for the CQ-head doorbell: a quarter of the ring
-  /// consumed, or commands in the ring plus unacknowledged completions
-  /// reaching half of it.
-  @inline(__always)
-  static func shouldAcknowledge(unacknowledged: UInt32, inRing: UInt32, mask: UInt32) -> Bool {
-    unacknowledged >= mask / 4 || inRing + unacknowledged >= mask / 2
   }
 
   /// Writes the CQ-head doorbell: the device may reuse the slots up to it.
@@ -429,10 +416,5 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     } else if c.result0 != UInt64(expected) {
       throw violation(operation, "a copy length of \(c.result0) bytes for a chunk of \(expected)")
     }
-  }
-
-  /// Marks the pair broken by a result that makes no sense (a length or count out of range).
-  mutating func rejectResult(_ operation: StaticString, _ what: String) -> VGPUError {
-    violation(operation, what)
   }
 }

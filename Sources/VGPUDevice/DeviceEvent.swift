@@ -12,8 +12,6 @@ public enum DeviceEvent: Sendable, Equatable {
     case ownerExited
     case abandonedClaim
     case reset
-    /// A guest stored a state the protocol does not allow into the pair's state word.
-    case unexpectedState(UInt32)
 
     public var description: String {
       switch self {
@@ -21,7 +19,6 @@ public enum DeviceEvent: Sendable, Equatable {
       case .ownerExited: "its owner exited without closing it"
       case .abandonedClaim: "claimed but never given a pid"
       case .reset: "device reset"
-      case .unexpectedState(let s): "a guest wrote state \(s) into it, which the protocol does not allow"
       }
     }
   }

@@ -1,13 +1,13 @@
 import CSupport
 import VGPUProtocol
 
-/// The queue pair lifecycle (docs/PROTOCOL.md §5) as the device enforces it.
+/// The queue pair lifecycle (docs/PROTOCOL.md §7) as the device enforces it.
 /// The state word, the owner's pid, `control` and `status` sit in guest-
 /// writable memory, so each is hostile input: the device acts only on the
-/// transitions the protocol allows, and everything else ends the pair that
-/// was written to (as a close would: its memory and handles reclaimed, the
-/// counters exact) or is undone. Nothing a guest writes stops the device or
-/// touches another pair.
+/// transitions the protocol allows (claiming → active, active → closing →
+/// free) and puts any other value back as it was, so that a scribble changes
+/// nothing: no second accept, no lost or double-counted memory. Nothing a
+/// guest writes stops the device or touches another pair's resources.
 extension Executor {
   /// What the device makes of a pair's state word, given its own record.
   enum LifecycleAction: Equatable {
@@ -16,8 +16,9 @@ extension Executor {
     case accept
     /// The owner closed it (or handed back a claim the device never took).
     case release
-    /// A state the device never set for this pair: a guest wrote it.
-    case unexpected(UInt32)
+    /// A state the protocol does not allow here: a guest wrote it. The word
+    /// is put back to what the device knows (`active` or `free`).
+    case restore(QueuePairState)
   }
 
   func lifecycleAction(_ qp: Int) -> LifecycleAction {
@@ -26,7 +27,7 @@ extension Executor {
       switch state {
       case QueuePairState.active.rawValue: return .none
       case QueuePairState.closing.rawValue: return .release
-      default: return .unexpected(state)
+      default: return .restore(.active)
       }
     }
     switch state {
@@ -34,7 +35,7 @@ extension Executor {
     // The guest writes its pid right after claiming; accept once it is there.
     case QueuePairState.claiming.rawValue: return views[qp].ownerPID != 0 ? .accept : .none
     case QueuePairState.closing.rawValue: return .release
-    default: return .unexpected(state)
+    default: return .restore(.free)
     }
   }
 
@@ -49,13 +50,11 @@ extension Executor {
       accept(qp)
     case .release:
       release(qp)
-    case .unexpected(let state) where served[qp].active:
-      release(qp, because: .unexpectedState(state))
-    case .unexpected:
-      // Nothing was held: put the word back, quietly (a scribbler must not
-      // flood the operator's log).
-      views[qp].setOwnerPID(0)
-      views[qp].setState(.free)
+    case .restore(let state):
+      // Quietly: a scribbler must not flood the operator's log. The owner
+      // of an active pair keeps it, with everything it holds.
+      views[qp].setState(state)
+      if state == .free { views[qp].setOwnerPID(0) }
     }
     return true
   }

@@ -1,7 +1,7 @@
 import VGPUProtocol
 
 /// A command the device refuses: its status, the 1-based argument at fault
-/// (or the status's own fact, as docs/PROTOCOL.md §8 gives it), and results.
+/// (or the status's own fact, as docs/PROTOCOL.md §14 and §15 give it), and results.
 struct Refusal: Error {
   var status: CommandStatus
   var detail: UInt32 = 0

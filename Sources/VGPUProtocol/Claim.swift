@@ -1,6 +1,6 @@
 import CSupport
 
-/// Taking and handing back a queue pair (docs/PROTOCOL.md §5), the one
+/// Taking and handing back a queue pair (docs/PROTOCOL.md §7), the one
 /// implementation every guest uses: the client library, the benchmark's
 /// direct queue, the tests. The guest moves free → claiming (a compare and
 /// swap, so two guests never take the same pair) and writes its pid; the

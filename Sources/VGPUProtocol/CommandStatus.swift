@@ -2,11 +2,13 @@
 /// at the shim edge (values from `cuda.h`, given in `cudaResult`).
 public enum CommandStatus: UInt16, Sendable, CaseIterable, CustomStringConvertible {
   case success = 0
-  /// An argument is out of range (detail: which, 1-based).
+  /// An argument is out of range (detail: which, 1-based; 0 = flags or
+  /// reserved bits; launch detail 6: matmul dimensions overflow; getFunction
+  /// detail 5: r0 the FunctionInfo bytes needed).
   case invalidValue = 1
   /// No free block large enough (r0 free bytes, r1 largest free block).
   case outOfMemory = 2
-  /// A handle or device address that is not live (detail: which argument).
+  /// A handle that is not live or not of the expected kind (detail: which argument).
   case invalidHandle = 3
   /// A named thing does not exist (a function in a module).
   case notFound = 4
@@ -20,21 +22,22 @@ public enum CommandStatus: UInt16, Sendable, CaseIterable, CustomStringConvertib
   case notSupported = 8
   /// An opcode this device does not know.
   case invalidOpcode = 9
-  /// A device address range outside any live allocation (detail: which argument).
+  /// A device address range outside any live allocation (detail: which
+  /// argument; launch: 100 + i for kernel pointer parameter i, 0-based).
   case invalidAddress = 10
   /// A staging range outside the queue pair's staging window (detail: which argument).
   case invalidStaging = 11
-  /// Work is still pending (event query).
+  /// Work still pending, or an event not recorded yet (eventElapsed, detail: which argument).
   case notReady = 12
   /// Identify: the guest's major version is not the device's (r1 device version).
   case versionMismatch = 13
   /// The handle or memory belongs to another process (detail: which argument).
   case permissionDenied = 14
-  /// A module image the device cannot read (detail: line number).
+  /// A module image the device cannot read (detail: line number, 0 = the whole image).
   case invalidImage = 15
   /// The command came before `identify`.
   case notInitialized = 16
-  /// Launch parameters do not fit the kernel (r0 expected bytes, r1 given bytes).
+  /// Launch parameters do not fit the kernel (detail 5; r0 expected bytes, r1 given bytes).
   case invalidParameters = 17
 
   /// The largest status value: statuses are 0...highest with no gaps

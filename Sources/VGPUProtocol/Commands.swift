@@ -6,7 +6,7 @@
 ///
 /// Adding an opcode: a case in ``Opcode``, a type here (arguments, reply,
 /// `entry`, `init(_:)`), and its handler in the device (VGPUDevice's
-/// `Commands+<Family>.swift`); docs/PROTOCOL.md §7 lists it.
+/// `Commands+<Family>.swift`); docs/PROTOCOL.md §14 lists it.
 ///
 /// Decoding never fails: it only reads words. Whether the values make sense
 /// (a live handle, a range inside an allocation) is the device's validation.
@@ -207,8 +207,6 @@ extension Command {
     }
   }
 
-  /// Loads a module image from the staging window; r0 the module handle.
-  /// With `invalidImage`, the detail is the line at fault.
   /// Loads a module image from the staging window (docs/PROTOCOL.md §18);
   /// r0 the module handle. With `invalidImage`, detail is the line at fault.
   @frozen public struct ModuleLoad: CommandCodec {
@@ -272,7 +270,7 @@ extension Command {
     }
   }
 
-  /// Runs a kernel. Packing (docs/PROTOCOL.md §7): a1 grid x | y << 32;
+  /// Runs a kernel. Packing (docs/PROTOCOL.md §14): a1 grid x | y << 32;
   /// a2 grid z | block x << 32; a3 block y | z << 32; a4 shared bytes |
   /// parameter length << 32; a5 the packed parameters (staging); a6 stream (0 = default).
   /// With `invalidParameters`: r0 the bytes the kernel takes, r1 those given.
@@ -369,7 +367,8 @@ extension Command {
     @inlinable public var entry: SubmissionEntry { SubmissionEntry(opcode: .eventRecord, a0: event, a1: stream) }
   }
 
-  /// Success once the recorded work is done, `notReady` before.
+  /// Whether the work before the event is done: commands run to completion,
+  /// so the reference device always answers success (recorded or not).
   @frozen public struct EventQuery: CommandCodec {
     public static var opcode: Opcode { .eventQuery }
     public var event: UInt64

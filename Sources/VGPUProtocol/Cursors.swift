@@ -32,6 +32,9 @@ public struct SubmissionCursor: Sendable, Equatable {
 
   /// Entries from this cursor up to `other` (going forward, wrapping).
   @inlinable @inline(__always) public func distance(to other: UInt32) -> UInt32 { (other &- index) & mask }
+
+  /// Entries from `other` up to this cursor (going forward, wrapping).
+  @inlinable @inline(__always) public func distance(from other: UInt32) -> UInt32 { (index &- other) & mask }
 }
 
 /// A position in the completion ring with its phase: the device's tail
@@ -80,6 +83,19 @@ public struct CompletionCursor: Sendable, Equatable {
   /// Guest: whether a completion is waiting at the cursor, without taking it.
   @inlinable @inline(__always) public func ready(in view: QueuePairView) -> Bool {
     view.completion(at: index, phase: phase) != nil
+  }
+
+  /// Guest: whether to write the CQ-head doorbell now, with `unacknowledged`
+  /// completions consumed since it was last written and `inRing` commands
+  /// submitted past the consumed ones. Each write takes the doorbell's
+  /// cache line from the device, so it is batched (NVMe 1.4 §4.1 lets the
+  /// host free CQ entries in bulk): once a quarter of the ring is consumed,
+  /// or once commands in the ring plus unacknowledged completions reach half
+  /// of it, so the device never finds a CQ full that the guest has drained.
+  /// (A guest also writes it before it sleeps.)
+  @inlinable @inline(__always)
+  public func shouldAcknowledge(unacknowledged: UInt32, inRing: UInt32) -> Bool {
+    unacknowledged >= mask / 4 || inRing &+ unacknowledged >= mask / 2
   }
 
   /// Device: whether posting one more would overwrite a completion the

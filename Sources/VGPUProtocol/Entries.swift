@@ -60,8 +60,11 @@ public struct SubmissionEntry: Equatable, Sendable {
 public struct CompletionEntry: Equatable, Sendable {
   public var result0: UInt64
   public var result1: UInt64
-  /// With an error status: which argument was at fault (1-based a0...a6 = 1...7),
-  /// or a status-specific fact documented with the status.
+  /// With an error status: which argument was at fault (1-based a0...a6 = 1...7,
+  /// 0 = none or the whole command), or a status-specific fact documented
+  /// with the status: the line for `invalidImage`; for `launch`, 100 + i
+  /// (`invalidAddress`: kernel pointer parameter i, 0-based) and 6
+  /// (`invalidValue`: matmul dimensions overflow).
   public var detail: UInt32
   public var status: UInt16
   /// The device's submission-ring head after consuming this command (as NVMe's SQHD).
@@ -97,14 +100,16 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   /// Nothing; completes with success. Measures the round trip.
   case nop = 0x00
   /// a0 guest version (major << 16 | minor), a1 guest features →
-  /// r0 features both sides have, r1 device version. Must be the first command.
+  /// r0 features both sides have, r1 device version. Every command but `nop`
+  /// needs it first (else `notInitialized`); it may be sent again.
   case identify = 0x01
   /// → r0 free bytes, r1 total bytes of device memory.
   case memoryInfo = 0x02
   /// a0 len, a1 alignment (0 = 256; else a power of two ≥ 256) → r0 dev,
   /// r1 bytes reserved (len rounded up to 256).
   case alloc = 0x03
-  /// a0 dev (as alloc returned it) → r0 bytes released.
+  /// a0 dev (as alloc returned it) → r0 bytes released: the rounded size
+  /// (alloc's r1), not the length asked for.
   case free = 0x04
   /// a0 dev (destination), a1 stg, a2 len → r0 len.
   case copyToDevice = 0x05
@@ -121,10 +126,15 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   /// a0 module handle, a1 stg, a2 len of the UTF-8 name, a3 stg and a4
   /// capacity for a ``FunctionInfo`` (1.3, feature `functionInfo`; a4 = 0:
   /// none) → r0 function handle, r1 the parameter buffer size the function takes.
+  /// A nonzero a4 below the record's size: `invalidValue`, detail 5, r0 the size needed.
   case getFunction = 0x0b
   /// a0 function handle; a1 grid x | y << 32; a2 grid z | block x << 32;
   /// a3 block y | z << 32; a4 shared bytes | parameter len << 32; a5 stg of the
-  /// packed parameter buffer; a6 stream handle (0 = default stream).
+  /// packed parameter buffer; a6 stream handle (0 = default stream). Besides
+  /// argument numbers, a refusal's detail may be 100 + i (`invalidAddress`:
+  /// pointer parameter i, 0-based, does not resolve) or 6 (`invalidValue`:
+  /// matmul dimensions overflow); `invalidParameters` has r0 the bytes the
+  /// kernel takes, r1 those given.
   case launch = 0x0c
   /// → r0 stream handle.
   case streamCreate = 0x0d
@@ -138,7 +148,9 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   case eventDestroy = 0x11
   /// a0 event handle, a1 stream handle (0 = default): the work it follows.
   case eventRecord = 0x12
-  /// a0 event handle → success once recorded work is done, notReady before.
+  /// a0 event handle → success. Commands run to completion, so the work an
+  /// event follows is always done: the reference device never answers
+  /// `notReady`, recorded or not.
   case eventQuery = 0x13
   /// a0 start event, a1 end event → r0 nanoseconds between them.
   case eventElapsed = 0x14

@@ -46,9 +46,9 @@ public struct RegisterBytes: Sendable, Equatable {
   }
 }
 
-/// The register block (docs/PROTOCOL.md §3). Device-written unless noted;
+/// The register block (docs/PROTOCOL.md §4). Device-written unless noted;
 /// a guest writes only `control` and `deviceWake`, and the device takes
-/// nothing else a guest may have stored there on trust (§12).
+/// nothing else a guest may have stored there on trust (§4, §7).
 public enum Register {
   public static let magic = Register32(0x000)  // vgpuMagic
   public static let version = Register32(0x004)  // major << 16 | minor

@@ -1,7 +1,7 @@
 import CSupport
 
 /// How one side waits for the other: poll briefly, then sleep, telling the
-/// other side first (event suppression, docs/PROTOCOL.md §9). Spinning wins
+/// other side first (event suppression, docs/PROTOCOL.md §11). Spinning wins
 /// when the answer comes within microseconds (a wake-up costs tens of them);
 /// sleeping keeps an idle side off a CPU that, on two cores, the other side needs.
 public struct WaitPolicy: Sendable, Equatable {

@@ -3,8 +3,10 @@
 
 // Shared-memory primitives for the queue pairs. Both sides of a BAR may be
 // different processes (or a VM and its host), so every access to a word the
-// other side writes is an explicit atomic with a stated ordering; Swift's
-// Synchronization.Atomic cannot be placed on memory it did not allocate.
+// other side writes is an explicit atomic with a stated ordering. Swift's
+// Synchronization.Atomic<T> is a non-copyable value whose storage Swift owns
+// (a stored property or global), with no API to use a raw address, such as a
+// word of the shared mapping, as one; futex and eventfd calls need C anyway.
 
 #include <stdint.h>
 #include <time.h>
