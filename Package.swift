@@ -101,7 +101,8 @@ let package = Package(
     // Counts heap allocations per thread, to prove the hot path makes none.
     .target(name: "MallocCounter", path: "Tests/MallocCounter"),
     .testTarget(
-      name: "HotPathTests", dependencies: ["VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "MallocCounter"]),
+      name: "HotPathTests",
+      dependencies: ["VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "MallocCounter", "TestSupport"]),
     // A client process for cross-process tests: holds memory, copies, exits on cue.
     .executableTarget(name: "vgpu-test-client", dependencies: ["VGPU", "VGPUSimulator"], path: "Tests/TestClient"),
     .testTarget(

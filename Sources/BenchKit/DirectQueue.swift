@@ -33,10 +33,12 @@ public struct DirectQueue: ~Copyable {
     guard QueuePairClaim.claim(view, pid: UInt32(getpid())) else { throw BenchError("queue pair \(index) is taken") }
     var passes = 0
     guard
-      QueuePairClaim.awaitAcceptance(view, deadline: vgpu_monotonic_ns() + 1_000_000_000, poll: {
-        passes += 1
-        device.servePass()
-      })
+      QueuePairClaim.awaitAcceptance(
+        view, deadline: vgpu_monotonic_ns() + 1_000_000_000,
+        poll: {
+          passes += 1
+          device.servePass()
+        })
     else {
       throw BenchError("the device did not accept queue pair \(index) in \(passes) passes")
     }

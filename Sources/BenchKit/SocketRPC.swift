@@ -282,7 +282,9 @@ public final class SocketClient: BenchTarget {
   }
 
   @inline(__always) func check(_ c: CompletionEntry, _ what: StaticString) throws -> CompletionEntry {
-    guard c.status == CommandStatus.success.rawValue else { throw BenchError("\(what) over the socket: status \(c.status)") }
+    guard c.status == CommandStatus.success.rawValue else {
+      throw BenchError("\(what) over the socket: status \(c.status)")
+    }
     return c
   }
 
@@ -346,7 +348,8 @@ public final class SocketClient: BenchTarget {
   }
 
   public func copyOut(_ source: UInt64, into destination: UnsafeMutableRawBufferPointer) throws {
-    _ = try call(Command.CopyFromDevice(device: source, staging: 0, length: UInt64(destination.count)).entry, "copy out")
+    _ = try call(
+      Command.CopyFromDevice(device: source, staging: 0, length: UInt64(destination.count)).entry, "copy out")
     try readAll(fd, destination.baseAddress!, destination.count)
   }
 

@@ -32,7 +32,9 @@ extension Device {
   }
 
   public func free(_ pointer: DevicePointer) throws(VGPUError) {
-    _ = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(Command.Free(address: pointer.address).entry, "free") }
+    _ = try withQueuePair { (qp) throws(VGPUError) in
+      try qp.execute(Command.Free(address: pointer.address).entry, "free")
+    }
   }
 
   // MARK: Copies
@@ -69,7 +71,8 @@ extension Device {
     guard count > 0 else { return }
     _ = try withQueuePair { (qp) throws(VGPUError) in
       try qp.execute(
-        Command.CopyDeviceToDevice(destination: destination.address, source: source.address, length: UInt64(count)).entry,
+        Command.CopyDeviceToDevice(destination: destination.address, source: source.address, length: UInt64(count))
+          .entry,
         "copy device to device")
     }
   }
@@ -191,12 +194,15 @@ extension Device {
           found: "\(layout.bufferSize) bytes of parameters do not fit the \(qp.slotSize)-byte staging slot")
       }
       let (address, pointer) = qp.slot(0)
-      for (i, slot) in layout.slots.enumerated() {
+      let slots = layout.slots
+      var i = 0
+      while i < slots.count {
         guard let value = arguments[i] else {
           throw VGPUError(
             .invalidArgument, "launch", device: deviceName, found: "kernel parameter \(i) is a null pointer")
         }
-        (pointer + Int(slot.offset)).copyMemory(from: value, byteCount: Int(slot.size))
+        (pointer + Int(slots[i].offset)).copyMemory(from: value, byteCount: Int(slots[i].size))
+        i += 1
       }
       _ = try qp.execute(
         Command.Launch(

@@ -130,7 +130,8 @@ public final class Device: @unchecked Sendable {
           .unavailable, "open", device: spec,
           found: "sim is an in-process reference device, and this program carries none",
           remedy:
-            "run the device in vgpu-mediator and open shm:PATH, or (a Swift program) set OpenOptions.simulator from VGPUSimulator")
+            "run the device in vgpu-mediator and open shm:PATH, or (a Swift program) set OpenOptions.simulator from VGPUSimulator"
+        )
       }
       let device = try simulator()
       return try Device(

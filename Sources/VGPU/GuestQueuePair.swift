@@ -65,8 +65,11 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// every client can write; the device puts it back within a few
   /// housekeeping passes (it is woken for that), and a device that answers
   /// is serving whatever the word says, so a co-tenant's scribble costs at
-  /// most a wait, never the device.
-  static let statusGraceNanoseconds: UInt64 = 50_000_000
+  /// most a wait, never the device. A second: long enough that a device
+  /// starved of CPU for a while is not declared dead, short enough next to
+  /// the command deadline; a mediator that exits is noticed at once anyway
+  /// (its pid, checked while waiting).
+  static let statusGraceNanoseconds: UInt64 = 1_000_000_000
   /// Copies from device memory this large are written out with streaming stores.
   static let streamingCopyBytes = 8 << 20
   let waitPolicy: WaitPolicy
@@ -130,7 +133,8 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     guard uncollected < capacity else {
       throw VGPUError(
         .invalidArgument, "\(operation)", device: deviceName,
-        found: "\(uncollected) commands on queue pair \(index) were submitted and not waited for; the ring holds \(capacity)",
+        found:
+          "\(uncollected) commands on queue pair \(index) were submitted and not waited for; the ring holds \(capacity)",
         remedy: "wait for earlier commands before submitting more (a bug in the caller)")
     }
     // The ring is full of commands the device has not consumed: collect
@@ -267,8 +271,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
       statusBadSince = 0
       // The CQ-head doorbell is written in batches (and before sleeping).
       unacknowledged &+= UInt32(collected)
-      if completions.shouldAcknowledge(unacknowledged: unacknowledged, inRing: tail.distance(from: completions.index))
-      {
+      if completions.shouldAcknowledge(unacknowledged: unacknowledged, inRing: tail.distance(from: completions.index)) {
         acknowledgeCompletions()
       }
     }

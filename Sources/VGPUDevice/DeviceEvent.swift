@@ -1,3 +1,4 @@
+import CSupport
 import VGPUProtocol
 
 #if canImport(Glibc)
@@ -25,6 +26,37 @@ public enum DeviceEvent: Sendable, Equatable {
   case attached(queuePair: Int, pid: UInt32)
   case released(queuePair: Int, pid: UInt32, reason: ReleaseReason, allocations: Int, bytes: UInt64)
   case faulted(queuePair: Int, pid: UInt32, fault: QueuePairFault)
+  /// `count` events of the pair were not reported in the second before: a
+  /// client cycling its pair's state that fast would otherwise flood the log
+  /// (and a logger that blocks would stall the device for everyone).
+  case suppressed(queuePair: Int, count: Int)
+}
+
+/// How many events one queue pair may report a second.
+public struct EventBudget {
+  public static let perSecond = 20
+  var windowStart: UInt64 = 0
+  var reported = 0
+  var suppressed = 0
+}
+
+extension Executor {
+  /// Reports `event` of queue pair `qp`, at most `EventBudget.perSecond` a
+  /// second per pair; the rest are counted and reported as one `suppressed`.
+  func report(_ event: DeviceEvent, _ qp: Int) {
+    guard let onEvent else { return }
+    let now = vgpu_monotonic_ns()
+    if now &- eventBudget[qp].windowStart >= 1_000_000_000 {
+      if eventBudget[qp].suppressed > 0 { onEvent(.suppressed(queuePair: qp, count: eventBudget[qp].suppressed)) }
+      eventBudget[qp] = EventBudget(windowStart: now)
+    }
+    if eventBudget[qp].reported < EventBudget.perSecond {
+      eventBudget[qp].reported += 1
+      onEvent(event)
+    } else {
+      eventBudget[qp].suppressed += 1
+    }
+  }
 }
 
 /// Whether a process still runs, from /proc. A pid alone is not enough: a

@@ -83,7 +83,7 @@ extension Executor {
     activeQueuePairs.append(qp)
     claimingSince[qp] = 0
     deviceTotals.queuePairs &+= 1
-    onEvent?(.attached(queuePair: qp, pid: pid))
+    report(.attached(queuePair: qp, pid: pid), qp)
   }
 
   /// Closes a queue pair: its allocations and handles are reclaimed, and it is free again.
@@ -92,7 +92,7 @@ extension Executor {
     if served[qp].watched { ownerWatch?.unwatch(queuePair: qp) }
     let (count, bytes) = freeAll(ownedBy: qp)
     if served[qp].active || reason != .closed {
-      onEvent?(.released(queuePair: qp, pid: pid, reason: reason, allocations: count, bytes: bytes))
+      report(.released(queuePair: qp, pid: pid, reason: reason, allocations: count, bytes: bytes), qp)
     }
     claimingSince[qp] = 0
     modules.removeAll(queuePair: qp)
@@ -118,7 +118,7 @@ extension Executor {
     served[qp].faulted = true
     views[qp].setFault(f)
     wakeGuest(qp)
-    onEvent?(.faulted(queuePair: qp, pid: served[qp].pid, fault: f))
+    report(.faulted(queuePair: qp, pid: served[qp].pid, fault: f), qp)
   }
 
   /// Releases the queue pairs of processes that ended without closing them,

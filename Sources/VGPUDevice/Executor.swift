@@ -68,6 +68,9 @@ final class Executor: @unchecked Sendable {
   @exclusivity(unchecked) var claimingSince: [UInt64]
   /// Told of attachments, releases, reclaims and faults (never per command).
   var onEvent: (@Sendable (DeviceEvent) -> Void)?
+  /// Per queue pair: the events reported in the current second, and those
+  /// held back (see `report`).
+  @exclusivity(unchecked) var eventBudget: [EventBudget]
   /// Reports owners' exits as they happen (local owners, where pidfds work).
   @exclusivity(unchecked) var ownerWatch: OwnerWatch?
   /// Across a VM boundary: raises the guests' MSI-X vectors (set before serving).
@@ -83,6 +86,7 @@ final class Executor: @unchecked Sendable {
     self.served = .allocate(capacity: Int(layout.queuePairs))
     served.initialize(repeating: ServedQueuePair(depth: layout.depth))
     self.claimingSince = Array(repeating: 0, count: Int(layout.queuePairs))
+    self.eventBudget = Array(repeating: EventBudget(), count: Int(layout.queuePairs))
   }
 
   deinit {

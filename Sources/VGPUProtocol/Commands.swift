@@ -93,7 +93,9 @@ extension Command {
         self.total = total
       }
       @inlinable public init(_ c: CompletionEntry) { (free, total) = (c.result0, c.result1) }
-      @inlinable public var completion: CompletionEntry { CompletionEntry(status: .success, result0: free, result1: total) }
+      @inlinable public var completion: CompletionEntry {
+        CompletionEntry(status: .success, result0: free, result1: total)
+      }
     }
   }
 
@@ -242,8 +244,9 @@ extension Command {
     /// Where the FunctionInfo goes (staging), and how many bytes it may take; 0 = none.
     public var reply: UInt64
     public var replyCapacity: UInt64
-    @inlinable public init(module: UInt64, name: UInt64, nameLength: UInt64, reply: UInt64 = 0, replyCapacity: UInt64 = 0)
-    {
+    @inlinable public init(
+      module: UInt64, name: UInt64, nameLength: UInt64, reply: UInt64 = 0, replyCapacity: UInt64 = 0
+    ) {
       self.module = module
       self.name = name
       self.nameLength = nameLength
@@ -297,9 +300,11 @@ extension Command {
     }
     @inlinable public init(_ e: SubmissionEntry) {
       function = e.a0
-      grid = Dimensions(UInt32(truncatingIfNeeded: e.a1), UInt32(truncatingIfNeeded: e.a1 >> 32), UInt32(truncatingIfNeeded: e.a2))
+      grid = Dimensions(
+        UInt32(truncatingIfNeeded: e.a1), UInt32(truncatingIfNeeded: e.a1 >> 32), UInt32(truncatingIfNeeded: e.a2))
       block = Dimensions(
-        UInt32(truncatingIfNeeded: e.a2 >> 32), UInt32(truncatingIfNeeded: e.a3), UInt32(truncatingIfNeeded: e.a3 >> 32))
+        UInt32(truncatingIfNeeded: e.a2 >> 32), UInt32(truncatingIfNeeded: e.a3), UInt32(truncatingIfNeeded: e.a3 >> 32)
+      )
       sharedBytes = UInt32(truncatingIfNeeded: e.a4)
       parameterLength = UInt32(truncatingIfNeeded: e.a4 >> 32)
       parameters = e.a5
@@ -430,7 +435,9 @@ extension Command {
         self.total = total
       }
       @inlinable public init(_ c: CompletionEntry) { (written, total) = (c.result0, c.result1) }
-      @inlinable public var completion: CompletionEntry { CompletionEntry(status: .success, result0: written, result1: total) }
+      @inlinable public var completion: CompletionEntry {
+        CompletionEntry(status: .success, result0: written, result1: total)
+      }
     }
   }
 }
@@ -524,7 +531,8 @@ public struct ParameterLayout: Equatable, Sendable {
     var slots: [ParameterSlot] = []
     slots.reserveCapacity(count)
     for i in 0..<count {
-      let s = p.loadUnaligned(fromByteOffset: FunctionInfo.headerSize + i * FunctionInfo.slotSize, as: ParameterSlot.self)
+      let s = p.loadUnaligned(
+        fromByteOffset: FunctionInfo.headerSize + i * FunctionInfo.slotSize, as: ParameterSlot.self)
       guard s.size > 0, UInt64(s.offset) + UInt64(s.size) <= UInt64(info.parameterBytes) else { return nil }
       slots.append(s)
     }

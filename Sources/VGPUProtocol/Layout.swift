@@ -41,8 +41,12 @@ public struct BARLayout: Equatable, Sendable {
   public var stagingPerQueue: UInt64 { UInt64(slotsPerQueue) * UInt64(stagingSlotSize) }
 
   @inlinable @inline(__always) public func doorbell(_ qp: Int) -> Int { Int(doorbellOffset) + qp * Int(doorbellStride) }
-  @inlinable @inline(__always) public func queuePair(_ qp: Int) -> Int { Int(queueAreaOffset) + qp * Int(queuePairStride) }
-  @inlinable @inline(__always) public func submissionRing(_ qp: Int) -> Int { queuePair(qp) + QueuePairBlock.ringsOffset }
+  @inlinable @inline(__always) public func queuePair(_ qp: Int) -> Int {
+    Int(queueAreaOffset) + qp * Int(queuePairStride)
+  }
+  @inlinable @inline(__always) public func submissionRing(_ qp: Int) -> Int {
+    queuePair(qp) + QueuePairBlock.ringsOffset
+  }
   @inlinable @inline(__always) public func completionRing(_ qp: Int) -> Int {
     submissionRing(qp) + Int(depth) * SubmissionEntry.size
   }

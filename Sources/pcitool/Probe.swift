@@ -92,7 +92,7 @@ struct ProbeReport: Encodable {
   static func names(_ features: FeatureBits) -> [String] {
     let known: [(FeatureBits, String)] = [
       (.eventSuppression, "event-suppression"), (.builtinKernels, "builtin-kernels"), (.streams, "streams"),
-      (.processList, "process-list"),
+      (.processList, "process-list"), (.functionInfo, "function-info"),
     ]
     var names = known.filter { features.contains($0.0) }.map(\.1)
     let unknown = features.subtracting(FeatureBits(known.map(\.0)))

@@ -179,6 +179,10 @@ struct Mediator: ParsableCommand {
         events.warning(
           "queue pair faulted: a doorbell index was out of range",
           metadata: ["pid": "\(pid)", "queuePair": "\(qp)", "fault": "\(fault)"])
+      case .suppressed(let qp, let count):
+        events.warning(
+          "\(count) events of one queue pair not logged: its client changes the pair's state faster than \(EventBudget.perSecond) times a second",
+          metadata: ["queuePair": "\(qp)"])
       }
     }
 

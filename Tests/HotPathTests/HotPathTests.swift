@@ -1,7 +1,9 @@
 import MallocCounter
+import TestSupport
 import Testing
 import VGPUDevice
 import VGPUProtocol
+import VGPUSimulator
 
 @testable import VGPU
 
@@ -20,7 +22,7 @@ import VGPUProtocol
   }
 
   @Test func guestNOPAllocatesNothing() throws {
-    let device = try Device.open("sim")
+    let device = try Device.open("sim", options: .simulator())
     defer { device.close() }
     for _ in 0..<1000 { try device.nop() }  // warm up: lazy runtime metadata, page faults
     let n = try allocations { for _ in 0..<10_000 { try device.nop() } }
@@ -30,7 +32,7 @@ import VGPUProtocol
   }
 
   @Test func guestCopiesAllocateNothing() throws {
-    let device = try Device.open("sim")
+    let device = try Device.open("sim", options: .simulator())
     defer { device.close() }
     let size = 3 << 20
     let host = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
@@ -48,47 +50,117 @@ import VGPUProtocol
     #expect(n == 0, "\(n) allocations in 60 copies")
   }
 
+  @Test func guestLaunchesAllocateNothing() throws {
+    let device = try Device.open("sim", options: .simulator())
+    defer { device.close() }
+    let n = 1024
+    let p = try device.allocate(n * 4)
+    let module = try device.loadModule(Array(ModuleImage.text(kernels: [.fill]).utf8))
+    let fill = try device.function(BuiltinKernel.fill.rawValue, in: module)
+    #expect(fill.layout != nil)
+    let packed = BuiltinKernel.pack(.fill, [.pointer(p.address), .f32(2), .u32(UInt32(n))])
+    // kernelParams as CUDA passes them: one pointer per parameter.
+    var address = p.address
+    var value: Float = 3
+    var count = UInt32(n)
+    try withUnsafeMutableBytes(of: &address) { a in
+      try withUnsafeMutableBytes(of: &value) { v in
+        try withUnsafeMutableBytes(of: &count) { c in
+          let arguments: [UnsafeMutableRawPointer?] = [a.baseAddress, v.baseAddress, c.baseAddress]
+          try packed.withUnsafeBytes { parameters in
+            try arguments.withUnsafeBufferPointer { args in
+              let grid = Dimensions(UInt32(n / 256))
+              let block = Dimensions(256)
+              for _ in 0..<100 {  // warm up
+                try device.launch(fill, grid: grid, block: block, parameters: parameters)
+                try device.launch(fill, grid: grid, block: block, arguments: args.baseAddress!)
+              }
+              let packedCount = try allocations {
+                for _ in 0..<100 { try device.launch(fill, grid: grid, block: block, parameters: parameters) }
+              }
+              #expect(packedCount == 0, "\(packedCount) allocations in 100 launches with a packed buffer")
+              let argumentCount = try allocations {
+                for _ in 0..<100 { try device.launch(fill, grid: grid, block: block, arguments: args.baseAddress!) }
+              }
+              #expect(argumentCount == 0, "\(argumentCount) allocations in 100 launches with kernelParams")
+            }
+          }
+        }
+      }
+    }
+    #expect(try device.read(p, count: 4).withUnsafeBytes { $0.load(as: Float.self) } == 3)
+  }
+
   @Test func deviceServingAllocatesNothing() throws {
     var config = ReferenceDeviceConfiguration()
     config.memorySize = 1 << 30
     config.layout = BARLayout(queuePairs: 1, depth: 64, stagingSlotSize: 64 << 10, slotsPerQueue: 2)
     let device = try ReferenceDevice(configuration: config)
-    let view = QueuePairView(base: device.region.base, layout: config.layout, index: 0)
-    _ = view.exchangeState(from: .free, to: .claiming)
-    view.setOwnerPID(1)
-    device.servePass()
-    var tail: UInt32 = 0
-    var head: UInt32 = 0
-    var phase: UInt16 = 1
-    func batch(_ entries: [SubmissionEntry]) -> UInt64 {
-      for e in entries {
-        view.writeSubmission(e, at: tail)
-        tail = (tail + 1) % 64
-      }
-      view.ringSubmission(tail: tail)
+    var queue = HandQueue(base: device.region.base, layout: config.layout, index: 0)
+    #expect(queue.claim(pid: 1) { device.servePass() })
+    let serve: () -> Void = { device.servePass() }
+    let negotiated = queue.identify(serve: serve)
+    #expect(try negotiated?.get() == .all)
+    // Set up outside the counted region: memory, a module, a function, the launch's parameters.
+    let stg = config.layout.staging(0)
+    let stage = { (bytes: [UInt8], at: UInt64) in
+      (device.region.base + Int(at)).copyMemory(from: bytes, byteCount: bytes.count)
+    }
+    func setUp(_ entry: SubmissionEntry) throws -> CompletionEntry {
+      let reply = queue.send(entry, serve: serve)
+      let c = try #require(reply)
+      #expect(c.status == CommandStatus.success.rawValue, "\(Opcode(rawValue: entry.opcode)!)")
+      return c
+    }
+    let address = Command.Alloc.Reply(try setUp(Command.Alloc(length: 1 << 20).entry)).address
+    let image = Array(ModuleImage.text(kernels: [.fill]).utf8)
+    stage(image, stg)
+    let module = try setUp(Command.ModuleLoad(staging: stg, length: UInt64(image.count)).entry).result0
+    let name = Array(BuiltinKernel.fill.rawValue.utf8)
+    stage(name, stg)
+    let function = Command.GetFunction.Reply(
+      try setUp(Command.GetFunction(module: module, name: stg, nameLength: UInt64(name.count)).entry))
+    let parameters = BuiltinKernel.pack(.fill, [.pointer(address + 8192), .f32(2), .u32(1024)])
+    #expect(function.parameterBytes == UInt64(parameters.count))
+    let parameterStaging = stg + 65536  // the second slot: the copies use the first
+    stage(parameters, parameterStaging)
+
+    let work = [
+      Command.Nop().entry,
+      Command.CopyToDevice(device: address, staging: stg, length: 65536).entry,
+      Command.CopyFromDevice(device: address + 65536, staging: stg, length: 65536).entry,
+      Command.CopyDeviceToDevice(destination: address, source: address + 4096, length: 4096).entry,
+      Command.Memset(address: address, value: 7, elementSize: 4, count: 1024).entry,
+      Command.MemoryInfo().entry,
+      Command.Launch(
+        function: function.function, grid: Dimensions(4), block: Dimensions(256),
+        parameterLength: UInt32(parameters.count), parameters: parameterStaging
+      ).entry,
+    ]
+    var failures: [String] = []
+    failures.reserveCapacity(work.count)
+    var completed = 0
+    func batch() -> UInt64 {
+      for e in work { queue.submit(e) }
+      queue.ring()
       let n = allocations { device.servePass() }
-      while view.completion(at: head, phase: phase) != nil {
-        head = (head + 1) % 64
-        if head == 0 { phase ^= 1 }
+      queue.takeAll { c in
+        completed += 1
+        if c.status != CommandStatus.success.rawValue { failures.append("command \(c.commandID): status \(c.status)") }
       }
-      view.ringCompletion(head: head)
       return n
     }
-    _ = batch([SubmissionEntry(.identify, UInt64(ProtocolVersion.packed))])
-    let alloc = SubmissionEntry(.alloc, 1 << 20)
-    _ = batch([alloc])
-    let address = deviceAddressBase
-    let stg = config.layout.staging(0)
-    let work = [
-      SubmissionEntry(.nop), SubmissionEntry(.copyToDevice, address, stg, 65536),
-      SubmissionEntry(.copyFromDevice, address + 65536, stg, 65536),
-      SubmissionEntry(.copyDeviceToDevice, address, address + 4096, 4096),
-      SubmissionEntry(.memset, address, 7, 4, 1024),
-      SubmissionEntry(.memoryInfo),
-    ]
-    _ = batch(work)  // warm up
+    _ = batch()  // warm up
     var total: UInt64 = 0
-    for _ in 0..<100 { total += batch(work) }
-    #expect(total == 0, "\(total) allocations serving 600 commands")
+    for _ in 0..<100 { total += batch() }
+    #expect(total == 0, "\(total) allocations serving \(100 * work.count) commands")
+    #expect(completed == 101 * work.count)
+    #expect(failures.isEmpty, "\(failures.prefix(10))")
+    // The launches ran: fill wrote 2.0 into 1024 floats.
+    let filled = queue.send(
+      Command.CopyFromDevice(device: address + 8192, staging: stg, length: 4096).entry, serve: serve)
+    #expect(filled?.status == CommandStatus.success.rawValue)
+    let floats = UnsafeRawBufferPointer(start: device.region.base + Int(stg), count: 4096)
+    #expect((0..<1024).allSatisfy { floats.load(fromByteOffset: $0 * 4, as: Float.self) == 2 })
   }
 }

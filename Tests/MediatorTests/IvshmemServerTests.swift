@@ -39,10 +39,10 @@ import VGPUProtocol
       device.stop()
       server.stop()
     }
-    let features = FeatureBits(rawValue: RegisterBlock(region.base).load64(Register.features))
+    let features = FeatureBits(rawValue: RegisterBlock(region.base).load(Register.features))
     #expect(features.contains(.ivshmemDoorbell) && features.isSuperset(of: .all))
     // Guests wait on interrupts only for the pairs that have a vector of their own.
-    #expect(RegisterBlock(region.base).load32(Register.ivshmemVectors) == 4)
+    #expect(RegisterBlock(region.base).load(Register.ivshmemVectors) == 4)
 
     // The order of ivshmem-spec.txt: version 0; the guest's id; -1 with the
     // shared memory; peer 0 (the device) with its eventfd; the guest's own
@@ -69,7 +69,7 @@ import VGPUProtocol
     // The fd is the BAR: what the device wrote there reads back through it.
     let mapped = mmap(nil, 4096, PROT_READ, MAP_SHARED, memory.fd, 0)
     try #require(mapped != MAP_FAILED)
-    #expect(RegisterBlock(mapped!).load32(Register.magic) == vgpuMagic)
+    #expect(RegisterBlock(mapped!).load(Register.magic) == vgpuMagic)
     munmap(mapped, 4096)
 
     // Guest → device: once the device sleeps, a doorbell (QEMU writes the

@@ -42,3 +42,15 @@ struct Fixture: CustomStringConvertible {
       resources: PCIResource.parseSysfs(try text(".resource")), lspciVerbose: try text(".lspci-vv.txt"))
   }
 }
+
+extension PCIResource {
+  /// Parses a captured `/sys/bus/pci/devices/*/resource`: one line per
+  /// resource, three hex numbers each (drivers/pci/pci-sysfs.c, resource_show).
+  static func parseSysfs(_ text: String) -> [PCIResource] {
+    text.split(separator: "\n").compactMap { line in
+      let f = line.split(separator: " ").map { UInt64($0.dropFirst(2), radix: 16) }
+      guard f.count == 3, let s = f[0], let e = f[1], let fl = f[2] else { return nil }
+      return PCIResource(start: s, end: e, flags: fl)
+    }
+  }
+}

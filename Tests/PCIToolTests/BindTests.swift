@@ -8,7 +8,7 @@ import Testing
 /// A sysfs and /dev tree in a temporary folder: regular files stand in for
 /// attributes, symlinks for `driver` and `iommu_group`. pcitool runs on it with
 /// PCITOOL_FIXTURE_KERNEL=1, which plays the kernel's part on writes to bind,
-/// unbind, drivers_probe and driver_override (see FixtureKernel in Sysfs.swift).
+/// unbind, drivers_probe and driver_override (see FixtureHostKernel in HostKernel.swift).
 final class SysfsFixture {
   let root: String
   var sysfs: String { root + "/sys" }

@@ -9,10 +9,9 @@ import VGPUDevice
 
 /// libcuda.so.1 as real clients use it: C programs built with cc (Ollama's
 /// discovery, a program linked against the driver, a fork), and NVIDIA's
-/// cuda-bindings from Python, against the simulated device and a real
-/// vgpu-mediator process.
+/// cuda-bindings from Python, against a real vgpu-mediator process.
 @Suite struct CUDATests {
-  /// What the reference device says it is (mediator and sim alike).
+  /// What the reference device says it is (as the mediator serves it).
   static let identity = ReferenceDeviceConfiguration().identity
 
   /// The lines of `output` that process `pid` printed ("pid=N ..."), without the prefix.
@@ -23,11 +22,10 @@ import VGPUDevice
   /// Ollama's discovery, all three generations' symbols and the v0.12.3 and
   /// v0.30 sequences, in a parent and in 4 children running at once, each
   /// finding the device on its own.
-  @Test(arguments: CUDATarget.allCases)
-  func ollamaDiscovery(target: CUDATarget) throws {
+  @Test func ollamaDiscovery() throws {
     try CUDAClient.requireShims()
     let program = try CUDAClient.program("ollama_discovery", linked: false)
-    try target.with { device, memory in
+    try CUDATarget.mediator { device, memory in
       let r = try CUDAClient.run(program.path, ["--children", "4"], device: device)
       #expect(r.status == 0, "\(r)")
       #expect(r.stderr.isEmpty, "\(r)")
@@ -85,15 +83,27 @@ import VGPUDevice
     }
   }
 
+  /// `sim` names the in-process reference device, which the shims do not
+  /// carry: no device, and one line on stderr saying what to use instead.
+  @Test func simIsRefused() throws {
+    try CUDAClient.requireShims()
+    let program = try CUDAClient.program("count_devices", linked: false)
+    let r = try CUDAClient.run(program.path, [], device: "sim")
+    #expect(r.status == 0, "\(r)")
+    #expect(r.lines == ["version 12080 (0) cuInit 100 count 0 (0) cuDeviceGet 100"], "\(r)")
+    #expect(r.stderrLines.count == 1, "one line on stderr: \(r)")
+    #expect(r.stderr.hasPrefix("vgpu: cuInit failed: open on sim: "), "\(r)")
+    #expect(r.stderr.contains("carries none") && r.stderr.contains("vgpu-mediator"), "says what to do: \(r)")
+  }
+
   /// NVIDIA's cuda-bindings: everything through cuGetProcAddress_v2 by name
   /// and version; copies of random bytes, a module of built-in kernels and a
   /// launch, checked in the script.
-  @Test(arguments: CUDATarget.allCases)
-  func cudaBindings(target: CUDATarget) throws {
+  @Test func cudaBindings() throws {
     try CUDAClient.requireShims()
     let python = try CUDAClient.requirePython()
     let script = CUDAClient.sources.appendingPathComponent("cuda_bindings_client.py").path
-    try target.with { device, memory in
+    try CUDATarget.mediator { device, memory in
       let r = try CUDAClient.run(python, [script], device: device)
       #expect(r.status == 0, "\(r)")
       let facts = r.lines
@@ -115,11 +125,10 @@ import VGPUDevice
   /// A program that initialises, allocates and copies, then forks: the child
   /// opens the device on its own and works; the parent's memory and queues
   /// still work after the child has gone.
-  @Test(arguments: CUDATarget.allCases)
-  func forkAfterInitialisation(target: CUDATarget) throws {
+  @Test func forkAfterInitialisation() throws {
     try CUDAClient.requireShims()
     let program = try CUDAClient.program("fork_after_init", linked: true)
-    try target.with { device, _ in
+    try CUDATarget.mediator { device, _ in
       let r = try CUDAClient.run(program.path, [], device: device)
       #expect(r.status == 0, "\(r)")
       #expect(r.lines == ["child ok", "parent ok"], "\(r)")
@@ -130,11 +139,10 @@ import VGPUDevice
   /// The rest of the driver API a linked program uses: cuGetProcAddress's
   /// version table, errors, contexts, attributes, memory, modules, launches,
   /// streams, events, stubs, and no allocations on the copy path.
-  @Test(arguments: CUDATarget.allCases)
-  func driverAPI(target: CUDATarget) throws {
+  @Test func driverAPI() throws {
     try CUDAClient.requireShims()
     let program = try CUDAClient.program("cuda_api", linked: true)
-    try target.with { device, _ in
+    try CUDATarget.mediator { device, _ in
       let r = try CUDAClient.run(program.path, [], device: device)
       #expect(r.status == 0, "\(r)")
       #expect(r.lines.last?.hasPrefix("ok ") == true, "\(r)")

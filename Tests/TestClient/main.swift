@@ -8,6 +8,7 @@
 // on the first failure prints "error: ..." and exits 1 (data mismatch: 2).
 import Foundation
 import VGPU
+import VGPUSimulator
 
 /// A line on standard output, unbuffered: the test reads it while we run.
 func say(_ line: String) {
@@ -28,7 +29,7 @@ let hold = args.count > 4 ? Int(args[4]) ?? 0 : 0
 let threads = args.count > 5 ? Int(args[5]) ?? 1 : 1
 
 let device: Device
-do { device = try Device.open(args[2]) } catch { fail("\(error)", 1) }
+do { device = try Device.open(args[2], options: .simulator()) } catch { fail("\(error)", 1) }
 if hold > 0 {
   do {
     let p = try device.allocate(hold)

@@ -39,13 +39,24 @@ public final class MediatorProcess: @unchecked Sendable {
 
   public let path: String
   public let process = Process()
-  let log = Pipe()
+  /// Its stderr goes to a file, not a pipe: a pipe nobody reads fills up
+  /// (64 KiB) and the mediator then blocks in its logger, serving no one.
+  let logPath: String
 
   public init(path: String? = nil, arguments: [String] = []) throws {
     self.path = path ?? "/dev/shm/vgpu-test-\(getpid())-\(Self.counter.add(1, ordering: .relaxed).newValue)"
     if path == nil { unlink(self.path) }
     process.executableURL = Self.binaries.appendingPathComponent("vgpu-mediator")
     process.arguments = ["--path", self.path, "--memory", "8G"] + arguments
+    logPath =
+      FileManager.default.temporaryDirectory
+      .appendingPathComponent(
+        "\(URL(fileURLWithPath: self.path).lastPathComponent)-\(getpid())-\(Self.counter.add(1, ordering: .relaxed).newValue).log"
+      ).path
+    guard FileManager.default.createFile(atPath: logPath, contents: nil),
+      let log = FileHandle(forWritingAtPath: logPath)
+    else { throw MediatorError(description: "cannot create \(logPath)") }
+    defer { try? log.close() }
     process.standardError = log
     process.standardOutput = FileHandle.nullDevice
     try process.run()
@@ -76,7 +87,7 @@ public final class MediatorProcess: @unchecked Sendable {
       process.terminate()
       process.waitUntilExit()
     }
-    return String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    return (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
   }
 
   /// User + system CPU time so far, in clock ticks (/proc/PID/stat fields 14, 15).
@@ -94,6 +105,7 @@ public final class MediatorProcess: @unchecked Sendable {
       process.waitUntilExit()
     }
     unlink(path)
+    unlink(logPath)
   }
 }
 

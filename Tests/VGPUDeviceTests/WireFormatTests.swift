@@ -49,20 +49,21 @@ import Testing
   }
 
   @Test func statusesAreContiguousUpToHighest() {
-    #expect(Status.allCases.map(\.rawValue) == Array(0...Status.highest))
+    #expect(CommandStatus.allCases.map(\.rawValue) == Array(0...CommandStatus.highest))
   }
 
-  @Test func version1_1AddsTheProcessListAnd1_2TheDoorbellBit() {
-    #expect(ProtocolVersion.packed == 0x0001_0002)
+  @Test func version1_1AddsTheProcessList1_2TheDoorbellBit1_3FunctionInfo() {
+    #expect(ProtocolVersion.packed == 0x0001_0003)
     #expect(Opcode.processes.rawValue == 0x16)
     #expect(FeatureBits.processList.rawValue == 1 << 3)
-    #expect(FeatureBits.all.rawValue == 0xf && FeatureBits.version1_0.rawValue == 0x7)
+    #expect(FeatureBits.functionInfo.rawValue == 1 << 5)
+    #expect(FeatureBits.all.rawValue == 0x2f && FeatureBits.version1_0.rawValue == 0x7)
     // A transport bit: in the features register only, never negotiated.
     #expect(FeatureBits.ivshmemDoorbell.rawValue == 1 << 4 && !FeatureBits.all.contains(.ivshmemDoorbell))
   }
 
   @Test func entriesAreLittleEndianBytes() {
-    var e = SubmissionEntry(.copyToDevice, 0x1122_3344_5566_7788)
+    var e = Command.CopyToDevice(device: 0x1122_3344_5566_7788, staging: 0, length: 0).entry
     e.commandID = 0xabcd
     let bytes = withUnsafeBytes(of: e) { Array($0) }
     #expect(bytes[0] == 0x05 && bytes[2] == 0xcd && bytes[3] == 0xab)
@@ -73,12 +74,17 @@ import Testing
     #expect(vgpuMagic == 0x5550_4756)
     #expect(withUnsafeBytes(of: vgpuMagic.littleEndian) { Array($0) } == Array("VGPU".utf8))
     let offsets = [
-      Register.magic, Register.version, Register.features, Register.status, Register.control,
-      Register.queuePairCount, Register.queueDepth, Register.submissionEntrySize, Register.completionEntrySize,
-      Register.doorbellOffset, Register.doorbellStride, Register.queuePairStride, Register.queueAreaOffset,
-      Register.stagingOffset, Register.stagingSize, Register.stagingSlotSize, Register.stagingSlotsPerQueue,
-      Register.regionSize, Register.heartbeat, Register.devicePID, Register.deviceSleeping, Register.deviceWake,
-      Register.ivshmemVectors, Register.progress,
+      Register.magic.offset, Register.version.offset, Register.features.offset, Register.status.offset,
+      Register.control.offset,
+      Register.queuePairCount.offset, Register.queueDepth.offset, Register.submissionEntrySize.offset,
+      Register.completionEntrySize.offset,
+      Register.doorbellOffset.offset, Register.doorbellStride.offset, Register.queuePairStride.offset,
+      Register.queueAreaOffset.offset,
+      Register.stagingOffset.offset, Register.stagingSize.offset, Register.stagingSlotSize.offset,
+      Register.stagingSlotsPerQueue.offset,
+      Register.regionSize.offset, Register.heartbeat.offset, Register.devicePID.offset, Register.deviceSleeping.offset,
+      Register.deviceWake.offset,
+      Register.ivshmemVectors.offset, Register.progress.offset,
     ]
     #expect(
       offsets == [
@@ -87,8 +93,9 @@ import Testing
       ])
     #expect(
       [
-        Register.name, Register.uuid, Register.pciBusID, Register.computeMajor, Register.memorySize,
-        Register.cudaDriverVersion, Register.multiprocessorCount, Register.driverVersion,
+        Register.name.offset, Register.uuid.offset, Register.pciBusID.offset, Register.computeMajor.offset,
+        Register.memorySize.offset,
+        Register.cudaDriverVersion.offset, Register.multiprocessorCount.offset, Register.driverVersion.offset,
       ]
         == [0x100, 0x140, 0x150, 0x160, 0x168, 0x170, 0x174, 0x178])
     #expect(QueuePairBlock.completionWake == 64 && QueuePairBlock.ringsOffset == 128)
@@ -126,20 +133,20 @@ import Testing
 
   @Test(
     arguments: [
-      ("queue pair count", { @Sendable (r: RegisterBlock) in r.store32(Register.queuePairCount, 0) }),
-      ("queue depth", { $0.store32(Register.queueDepth, 100) }),
-      ("queue depth", { $0.store32(Register.queueDepth, 8192) }),
-      ("submission entry size", { $0.store32(Register.submissionEntrySize, 32) }),
-      ("completion entry size", { $0.store32(Register.completionEntrySize, 16) }),
-      ("region size", { $0.store64(Register.regionSize, 1 << 40) }),
-      ("doorbell offset", { $0.store64(Register.doorbellOffset, 0) }),
-      ("doorbell stride", { $0.store32(Register.doorbellStride, 4) }),
-      ("queue pair stride", { $0.store32(Register.queuePairStride, 64) }),
-      ("queue area offset", { $0.store64(Register.queueAreaOffset, UInt64.max - 10) }),
-      ("staging slot size", { $0.store32(Register.stagingSlotSize, 1000) }),
-      ("staging slot size", { $0.store32(Register.stagingSlotsPerQueue, 0) }),
-      ("staging offset", { $0.store64(Register.stagingOffset, 0) }),
-      ("layout", { $0.store64(Register.stagingOffset, 0x2000) }),
+      ("queue pair count", { @Sendable (r: RegisterBlock) in r.store(Register.queuePairCount, 0) }),
+      ("queue depth", { $0.store(Register.queueDepth, 100) }),
+      ("queue depth", { $0.store(Register.queueDepth, 8192) }),
+      ("submission entry size", { $0.store(Register.submissionEntrySize, 32) }),
+      ("completion entry size", { $0.store(Register.completionEntrySize, 16) }),
+      ("region size", { $0.store(Register.regionSize, 1 << 40) }),
+      ("doorbell offset", { $0.store(Register.doorbellOffset, 0) }),
+      ("doorbell stride", { $0.store(Register.doorbellStride, 4) }),
+      ("queue pair stride", { $0.store(Register.queuePairStride, 64) }),
+      ("queue area offset", { $0.store(Register.queueAreaOffset, UInt64.max - 10) }),
+      ("staging slot size", { $0.store(Register.stagingSlotSize, 1000) }),
+      ("staging slot size", { $0.store(Register.stagingSlotsPerQueue, 0) }),
+      ("staging offset", { $0.store(Register.stagingOffset, 0) }),
+      ("layout", { $0.store(Register.stagingOffset, 0x2000) }),
     ] as [(String, @Sendable (RegisterBlock) -> Void)])
   func layoutChecksEveryField(field: String, change: @Sendable (RegisterBlock) -> Void) throws {
     let (region, r) = try registersWith(
@@ -163,16 +170,16 @@ import Testing
     #expect(back.name == String(repeating: "x", count: 63))
     #expect(back.uuid == Array(0..<16) && back.pciBusID == "0000:00:05.0" && back.driverVersion == "570.124.06")
     #expect(back.uuidString == "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f")
-    #expect(region.base.load(fromByteOffset: Register.uuid, as: UInt8.self) == 0)
+    #expect(region.base.load(fromByteOffset: Register.uuid.offset, as: UInt8.self) == 0)
   }
 
   @Test func statusMapsToCUresult() {
-    #expect(Status.success.cudaResult == 0)
-    #expect(Status.outOfMemory.cudaResult == 2)
-    #expect(Status.invalidHandle.cudaResult == 400)
-    #expect(Status.notReady.cudaResult == 600)
-    #expect(Status.launchFailed.cudaResult == 719)
-    #expect(Status.notSupported.cudaResult == 801)
-    #expect(Set(Status.allCases.map(\.description)).count == Status.allCases.count)
+    #expect(CommandStatus.success.cudaResult == 0)
+    #expect(CommandStatus.outOfMemory.cudaResult == 2)
+    #expect(CommandStatus.invalidHandle.cudaResult == 400)
+    #expect(CommandStatus.notReady.cudaResult == 600)
+    #expect(CommandStatus.launchFailed.cudaResult == 719)
+    #expect(CommandStatus.notSupported.cudaResult == 801)
+    #expect(Set(CommandStatus.allCases.map(\.description)).count == CommandStatus.allCases.count)
   }
 }

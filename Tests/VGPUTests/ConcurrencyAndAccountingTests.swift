@@ -5,12 +5,13 @@ import TestSupport
 import Testing
 import VGPUDevice
 import VGPUProtocol
+import VGPUSimulator
 
 @testable import VGPU
 
 @Suite(.serialized) struct ConcurrencyAndAccountingTests {
   @Test func manyThreadsSubmitAtOnceAndEachGetsItsOwnData() throws {
-    let device = try Device.open("sim")
+    let device = try Device.open("sim", options: .simulator())
     defer { device.close() }
     let threads = 8
     let failures = Mutex<[String]>([])
@@ -41,7 +42,7 @@ import VGPUProtocol
   }
 
   @Test func accountingReturnsToZeroAfterFrees() throws {
-    let device = try Device.open("sim")
+    let device = try Device.open("sim", options: .simulator())
     defer { device.close() }
     var pointers: [DevicePointer] = []
     for i in 1...50 { pointers.append(try device.allocate(i * 4099)) }
@@ -74,7 +75,7 @@ import VGPUProtocol
   }
 
   @Test func eightyGigabytesCostOnlyTouchedPages() throws {
-    let device = try Device.open("sim")
+    let device = try Device.open("sim", options: .simulator())
     defer { device.close() }
     let p = try device.allocate(79 << 30)
     try device.copy(to: p + (78 << 30), from: [1, 2, 3])
@@ -83,7 +84,7 @@ import VGPUProtocol
   }
 
   @Test func outOfMemorySaysHowMuchIsFree() throws {
-    let device = try Device.open("sim")
+    let device = try Device.open("sim", options: .simulator())
     defer { device.close() }
     do {
       _ = try device.allocate(81 << 30)
@@ -103,24 +104,24 @@ import VGPUProtocol
     for bad in ["", "simulator", "shm:", "vfio:", "vfio:nonsense", "gpu0", "00:05"] {
       #expect(throws: VGPUError.self) { try DeviceSpec(parsing: bad) }
     }
-    do { _ = try Device.open("nonsense") } catch {
-      #expect(error.kind == .invalidArgument)
-      #expect(error.description.contains("sim, shm:PATH"))
-    }
-    do { _ = try Device.open("shm:/dev/shm/x-absent") } catch {
-      #expect(error.kind == .unavailable && error.description.contains("no such file"))
-    }
+    let nonsense = #expect(throws: VGPUError.self) { _ = try Device.open("nonsense") }
+    #expect(nonsense?.kind == .invalidArgument)
+    #expect(nonsense?.description.contains("sim, shm:PATH") == true, "\(String(describing: nonsense))")
+    let absent = #expect(throws: VGPUError.self) { _ = try Device.open("shm:/dev/shm/x-absent") }
+    #expect(absent?.kind == .unavailable && absent?.description.contains("no such file") == true)
     // What sits at the vGPU's slot decides the diagnosis; on these machines a virtio RNG does.
-    do { _ = try Device.open("vfio:0000:00:05.0") } catch {
+    let vfio = #expect(throws: VGPUError.self) { _ = try Device.open("vfio:0000:00:05.0") }
+    if let vfio {
       let id = (try? String(contentsOfFile: "/sys/bus/pci/devices/0000:00:05.0/device", encoding: .utf8)) ?? ""
       if id.hasPrefix("0x1110") {
-        #expect(error.kind == .unavailable)
+        #expect(vfio.kind == .unavailable)
       } else {
-        #expect(error.kind == .unavailable && error.description.contains("not a vGPU"), "\(error)")
+        #expect(vfio.kind == .unavailable && vfio.description.contains("not a vGPU"), "\(vfio)")
       }
     }
-    do { _ = try Device.open("0000:7f:1f.7") } catch {
-      #expect(error.description.contains("no PCI device at 0000:7f:1f.7 (devices here: "), "\(error)")
-    }
+    let noDevice = #expect(throws: VGPUError.self) { _ = try Device.open("0000:7f:1f.7") }
+    #expect(
+      noDevice?.description.contains("no PCI device at 0000:7f:1f.7 (devices here: ") == true,
+      "\(String(describing: noDevice))")
   }
 }

@@ -2,6 +2,7 @@ import TestSupport
 import Testing
 import VGPUDevice
 import VGPUProtocol
+import VGPUSimulator
 
 @testable import VGPU
 
@@ -11,7 +12,7 @@ import VGPUProtocol
   let module: ModuleHandle
 
   init() throws {
-    device = try Device.open("sim")
+    device = try Device.open("sim", options: .simulator())
     module = try device.loadModule(Array(ModuleImage.text(kernels: BuiltinKernel.allCases).utf8))
   }
 

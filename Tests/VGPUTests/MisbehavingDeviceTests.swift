@@ -5,6 +5,7 @@ import Synchronization
 import Testing
 import VGPUDevice
 import VGPUProtocol
+import VGPUSimulator
 
 @testable import VGPU
 
@@ -40,7 +41,7 @@ final class RogueDevice: @unchecked Sendable {
     let template = try ReferenceDevice(configuration: config)
     region = template.region
     registers = RegisterBlock(region.base)
-    registers.store32(Register.status, DeviceStatus.ready.rawValue)
+    registers.store(Register.status, StatusRegister.ready.rawValue)
     self.reply = reply
     self.acceptQueuePairs = acceptQueuePairs
     configure(registers)
@@ -58,38 +59,41 @@ final class RogueDevice: @unchecked Sendable {
   func stop() { running.store(false, ordering: .relaxed) }
   deinit { stop() }
 
-  private var head = [UInt32](repeating: 0, count: 2)
-  private var tail = [UInt32](repeating: 0, count: 2)
-  private var phase = [UInt16](repeating: 1, count: 2)
+  private lazy var submissions = [SubmissionCursor](repeating: SubmissionCursor(depth: layout.depth), count: 2)
+  private lazy var completions = [CompletionCursor](repeating: CompletionCursor(depth: layout.depth), count: 2)
 
   private func servePass() {
     for qp in 0..<2 {
       let view = QueuePairView(base: region.base, layout: layout, index: qp)
       if view.state == QueuePairState.claiming.rawValue && acceptQueuePairs {
         view.resetRings()
-        head[qp] = 0
-        tail[qp] = 0
-        phase[qp] = 1
+        submissions[qp] = SubmissionCursor(depth: layout.depth)
+        completions[qp] = CompletionCursor(depth: layout.depth)
         view.setState(.active)
       }
       if view.state == QueuePairState.closing.rawValue { view.setState(.free) }
       guard view.state == QueuePairState.active.rawValue else { continue }
-      while head[qp] != view.submissionTail {
-        let e = view.readSubmission(at: head[qp])
-        head[qp] = (head[qp] + 1) % layout.depth
+      while submissions[qp].index != view.submissionTail {
+        let e = submissions[qp].pop(from: view)
         var r: Reply =
           e.opcode == Opcode.identify.rawValue
           ? .answer(
-            CompletionEntry(commandID: 0, status: .success, result0: e.a1, result1: UInt64(ProtocolVersion.packed)))
+            Command.Identify.Reply(
+              features: Command.Identify(e).guestFeatures, deviceVersion: ProtocolVersion.packed
+            ).completion)
           : reply(e)
         if case .answer(let c) = r { r = .answerWith(c, sqHead: nil, flipPhase: false) }
-        guard case .answerWith(var c, let sqHead, let flip) = r else { continue }
+        guard case .answerWith(var c, let sqHead, let stale) = r else { continue }
         if c.commandID == 0 { c.commandID = e.commandID }
-        c.sqHead = sqHead ?? UInt16(head[qp])
-        c.phase = flip ? phase[qp] ^ 1 : phase[qp]
-        view.postCompletion(c, at: tail[qp])
-        tail[qp] = (tail[qp] + 1) % layout.depth
-        if tail[qp] == 0 { phase[qp] ^= 1 }
+        c.sqHead = sqHead ?? UInt16(submissions[qp].index)
+        if stale {
+          // A completion carrying the last lap's phase, in the slot the guest
+          // looks at next: the guest must not take it (the cursor does not move).
+          c.phase = completions[qp].phase == 0 ? 1 : 0
+          view.postCompletion(c, at: completions[qp].index)
+        } else {
+          completions[qp].post(c, into: view)
+        }
         view.wakeGuest()
       }
     }
@@ -126,21 +130,21 @@ func elapsed(_ body: () throws -> Void) rethrows -> Double {
   }
 
   @Test func wrongMagic() throws {
-    let rogue = try RogueDevice(configure: { $0.store32(Register.magic, 0xdead_beef) }) { _ in .silent }
+    let rogue = try RogueDevice(configure: { $0.store(Register.magic, 0xdead_beef) }) { _ in .silent }
     expectError(.protocolViolation, containing: ["magic is 0xdeadbeef"]) { _ = try rogue.open() }
   }
 
   @Test func otherMajorVersion() throws {
-    let rogue = try RogueDevice(configure: { $0.store32(Register.version, 2 << 16 | 3) }) { _ in .silent }
+    let rogue = try RogueDevice(configure: { $0.store(Register.version, 2 << 16 | 3) }) { _ in .silent }
     expectError(.versionMismatch, containing: ["2.3"]) { _ = try rogue.open() }
   }
 
   @Test func layoutOutOfRange() throws {
-    let rogue = try RogueDevice(configure: { $0.store32(Register.queueDepth, 3) }) { _ in .silent }
+    let rogue = try RogueDevice(configure: { $0.store(Register.queueDepth, 3) }) { _ in .silent }
     expectError(.protocolViolation, containing: ["queue depth"]) { _ = try rogue.open() }
-    let big = try RogueDevice(configure: { $0.store64(Register.stagingOffset, 1 << 40) }) { _ in .silent }
+    let big = try RogueDevice(configure: { $0.store(Register.stagingOffset, 1 << 40) }) { _ in .silent }
     expectError(.protocolViolation, containing: ["staging"]) { _ = try big.open() }
-    let overlap = try RogueDevice(configure: { $0.store64(Register.queueAreaOffset, 4096) }) { _ in .silent }
+    let overlap = try RogueDevice(configure: { $0.store(Register.queueAreaOffset, 4096) }) { _ in .silent }
     expectError(.protocolViolation) { _ = try overlap.open() }
   }
 
@@ -215,7 +219,7 @@ func elapsed(_ body: () throws -> Void) rethrows -> Double {
     let rogue = try RogueDevice { _ in .silent }
     let device = try rogue.open(timeout: .seconds(10))
     DispatchQueue.global().asyncAfter(deadline: .now() + 0.2) {
-      rogue.registers.store32(Register.status, DeviceStatus.stopping.rawValue)
+      rogue.registers.store(Register.status, StatusRegister.stopping.rawValue)
     }
     let seconds = elapsed { expectError(.unavailable, containing: ["stopped answering"]) { try device.nop() } }
     // Noticed within a sleep slice or so, not at the 10 s deadline (loose: the machine is shared).
@@ -223,7 +227,7 @@ func elapsed(_ body: () throws -> Void) rethrows -> Double {
   }
 
   @Test func referenceDeviceStoppedMeansUnavailableNotAHang() throws {
-    var options = OpenOptions()
+    var options = OpenOptions.simulator()
     options.timeout = .seconds(10)
     let device = try Device.open("sim", options: options)
     let server = try #require(

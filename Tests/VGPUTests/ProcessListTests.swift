@@ -3,6 +3,7 @@ import Synchronization
 import Testing
 import VGPUDevice
 import VGPUProtocol
+import VGPUSimulator
 
 @testable import VGPU
 
@@ -10,7 +11,7 @@ import VGPUProtocol
 /// report it; and a 1.0 device, which is never sent the command.
 @Suite struct ProcessListTests {
   @Test func listsThisProcessWithItsMemoryAndLaunches() throws {
-    let d = try Device.open("sim")
+    let d = try Device.open("sim", options: .simulator())
     defer { d.close() }
     #expect(d.info.features.contains(.processList))
     #expect(try d.processes().isEmpty == false)
@@ -33,8 +34,8 @@ import VGPUProtocol
   @Test func aVersion1_0DeviceIsNeverSentTheCommand() throws {
     let seen = Mutex<Set<UInt8>>([])
     let rogue = try RogueDevice(configure: {
-      $0.store32(Register.version, 0x0001_0000)
-      $0.store64(Register.features, FeatureBits.version1_0.rawValue)
+      $0.store(Register.version, 0x0001_0000)
+      $0.store(Register.features, FeatureBits.version1_0.rawValue)
     }) { e in
       seen.withLock { _ = $0.insert(e.opcode) }
       return .answer(CompletionEntry(commandID: 0, status: .success))
