@@ -3,6 +3,19 @@
 
 #include <pci/pci.h>
 
+// pci_alloc() leaves the access's error, warning and debug callbacks NULL;
+// pci_init() would fill them, but it also picks an access method (and exits
+// the process when there is none), which a look-up of names does not need.
+// libpci calls them on a name it cannot find or an ID file it cannot read, so
+// a look-up without pci_init needs these set (pciutils' lib/init.c fills the
+// same three fields in pci_init_v35).
+static void vgpu_pci_ignore(char *msg, ...) { (void)msg; }
+static inline void vgpu_pci_quiet(struct pci_access *a) {
+  a->error = vgpu_pci_ignore;
+  a->warning = vgpu_pci_ignore;
+  a->debug = vgpu_pci_ignore;
+}
+
 // pci_lookup_name() is variadic, which Swift cannot call. These fixed-arity
 // wrappers cover the look-ups lspci makes (see pciutils' lspci.c, show_terse).
 

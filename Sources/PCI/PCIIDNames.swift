@@ -11,6 +11,7 @@ public enum PCIIDNames {
     // and exits the process when there is none) is not needed for names.
     guard let access = pci_alloc() else { return (nil, nil, nil) }
     defer { pci_cleanup(access) }
+    vgpu_pci_quiet(access)
     let onlyNames = Int32(PCI_LOOKUP_NO_NUMBERS.rawValue)
     let v = UInt32(id.vendor)
     let d = UInt32(id.device)

@@ -235,30 +235,48 @@ public final class Device: @unchecked Sendable {
           .unavailable, "its mediator, pid \(server), is not running", "start vgpu-mediator --path \(region.origin)")
       }
     }
-    // A device may still be starting: give it the handshake deadline to
-    // become ready. The status word is writable by every client, and the
-    // device puts a forged one back when woken: a bad status is believed
-    // once it has lasted the grace period.
+    // A device may still be starting: wait up to the status grace for it to
+    // say it is ready. The status word is writable by every client, so past
+    // the grace it is not believed alone: the claim below proves whether the
+    // device serves (a device that accepts a claim is serving, whatever the
+    // word says), and its failure is reported with the status seen.
     let started = vgpu_monotonic_ns()
-    while true {
-      let status = registers.status
-      if status.contains(.ready) && !status.contains(.stopping) { break }
+    var claimDeadline = started + timeout
+    var statusSeen = registers.status
+    while !(statusSeen.contains(.ready) && !statusSeen.contains(.stopping)) {
       let waited = vgpu_monotonic_ns() &- started
       wakeups.wakeDevice(registers)
-      if waited >= GuestQueuePair.statusGraceNanoseconds || waited > timeout {
-        if status.contains(.fatal) { throw fail(.unavailable, "the device reports a fatal error", "restart it") }
-        if status.contains(.needsReset) {
-          throw fail(
-            .unavailable, "the device needs a reset", "reset it (write 1 to its control register), then reopen")
+      if waited >= min(GuestQueuePair.statusGraceNanoseconds, timeout) {
+        // A device reporting an error gets one more grace to answer, not the whole deadline.
+        if !statusSeen.intersection([.fatal, .needsReset]).isEmpty {
+          claimDeadline = min(claimDeadline, vgpu_monotonic_ns() + GuestQueuePair.statusGraceNanoseconds)
         }
-      }
-      if waited > timeout {
-        throw fail(
-          .unavailable,
-          "the device is not ready (status 0x\(String(status.rawValue, radix: 16))) after \(options.timeout)",
-          "start the device or mediator")
+        break
       }
       usleep(1000)
+      statusSeen = registers.status
+    }
+    let notAccepted = { (qp: UInt32) -> VGPUError in
+      let status = registers.status
+      let hex = "status 0x\(String(status.rawValue, radix: 16))"
+      if status.contains(.fatal) {
+        return fail(
+          .unavailable, "the device reports a fatal error (\(hex)) and did not accept a queue pair", "restart it")
+      }
+      if status.contains(.needsReset) {
+        return fail(
+          .unavailable, "the device needs a reset (\(hex)) and did not accept a queue pair",
+          "reset it (write 1 to its control register), then reopen")
+      }
+      if !status.contains(.ready) || status.contains(.stopping) {
+        return fail(
+          .unavailable,
+          "the device is not ready (\(hex)) and did not accept queue pair \(qp) within \(options.timeout)",
+          "start the device or mediator")
+      }
+      return fail(
+        .timeout, "the device did not accept queue pair \(qp) within \(options.timeout)",
+        "the device (or the mediator serving it) is not answering; check that it runs")
     }
     let layout: BARLayout
     do throws(LayoutError) { layout = try BARLayout(reading: registers, size: region.size) } catch {
@@ -284,11 +302,9 @@ public final class Device: @unchecked Sendable {
     var features = offered
     for qp in claimed {
       let view = QueuePairView(base: region.base, layout: layout, index: qp)
-      guard QueuePairClaim.awaitAcceptance(view, deadline: started + timeout, poll: { usleep(50) }) else {
+      guard QueuePairClaim.awaitAcceptance(view, deadline: claimDeadline, poll: { usleep(50) }) else {
         handBack()
-        throw fail(
-          .timeout, "the device did not accept queue pair \(qp) within \(options.timeout)",
-          "the device (or the mediator serving it) is not answering; check that it runs")
+        throw notAccepted(UInt32(qp))
       }
       var pair = GuestQueuePair(
         view: view, registers: registers, layout: layout, base: region.base, timeoutNanoseconds: timeout,

@@ -90,4 +90,30 @@ import VGPUProtocol
     #expect(!log.lowercased().contains("fatal"), "\(log.suffix(2000))")
     print("hostile client: \(stores.load(ordering: .relaxed)) stores over \(Self.seconds) s; \(runs) selftests passed")
   }
+
+  /// The reported lock-out: a client stores 0 into `status` (over and over
+  /// here); new clients still open the device and work.
+  @Test func aZeroedStatusDoesNotLockOutNewClients() throws {
+    let mediator = try MediatorProcess()
+    let region = try MappedRegion.sharedFile(mediator.path)
+    let registers = RegisterBlock(region.base)
+    let stop = Atomic<Bool>(false)
+    let scribbler = Thread {
+      while !stop.load(ordering: .relaxed) {
+        registers.store(Register.status, 0)
+        usleep(100)
+      }
+    }
+    scribbler.start()
+    defer { stop.store(true, ordering: .relaxed) }
+    for _ in 0..<3 {
+      let client = try Device.open(mediator.spec)
+      let p = try client.allocate(4096)
+      try client.copy(to: p, from: [UInt8](repeating: 7, count: 4096))
+      #expect(try client.read(p, count: 4096) == [UInt8](repeating: 7, count: 4096))
+      try client.free(p)
+      client.close()
+    }
+    #expect(mediator.process.isRunning)
+  }
 }
