@@ -102,7 +102,9 @@ let package = Package(
     .target(name: "MallocCounter", path: "Tests/MallocCounter"),
     .testTarget(
       name: "HotPathTests",
-      dependencies: ["VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "MallocCounter", "TestSupport"]),
+      dependencies: [
+        "VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "DeviceAccess", "MallocCounter", "TestSupport",
+      ]),
     // A client process for cross-process tests: holds memory, copies, exits on cue.
     .executableTarget(name: "vgpu-test-client", dependencies: ["VGPU", "VGPUSimulator"], path: "Tests/TestClient"),
     .testTarget(

@@ -55,14 +55,16 @@ extension Device {
     }
   }
 
-  // (withUnsafeBytes only rethrows untyped errors, hence the Results.)
+  // Arrays are read through their spans: Array.withUnsafeBytes only
+  // rethrows untyped errors, and Span's keeps VGPUError without a Result.
   public func copy(to destination: DevicePointer, from bytes: [UInt8]) throws(VGPUError) {
-    try bytes.withUnsafeBytes { b in Result { () throws(VGPUError) in try copy(to: destination, from: b) } }.get()
+    try bytes.span.withUnsafeBytes { (b) throws(VGPUError) in try copy(to: destination, from: b) }
   }
 
   public func read(_ source: DevicePointer, count: Int) throws(VGPUError) -> [UInt8] {
     var out = [UInt8](repeating: 0, count: count)
-    try out.withUnsafeMutableBytes { b in Result { () throws(VGPUError) in try copy(from: source, into: b) } }.get()
+    var span = out.mutableSpan
+    try span.withUnsafeMutableBytes { (b) throws(VGPUError) in try copy(from: source, into: b) }
     return out
   }
 
@@ -149,11 +151,9 @@ extension Device {
     _ function: FunctionHandle, grid: Dimensions, block: Dimensions, sharedMemory: UInt32 = 0,
     parameters: [UInt8], stream: StreamHandle? = nil
   ) throws(VGPUError) {
-    try parameters.withUnsafeBytes { p in
-      Result { () throws(VGPUError) in
-        try launch(function, grid: grid, block: block, sharedMemory: sharedMemory, parameters: p, stream: stream)
-      }
-    }.get()
+    try parameters.span.withUnsafeBytes { (p) throws(VGPUError) in
+      try launch(function, grid: grid, block: block, sharedMemory: sharedMemory, parameters: p, stream: stream)
+    }
   }
 
   /// Launches `function` with the packed parameters at `parameters` (the
@@ -180,17 +180,17 @@ extension Device {
     _ function: FunctionHandle, grid: Dimensions, block: Dimensions, sharedMemory: UInt32 = 0,
     arguments: UnsafePointer<UnsafeMutableRawPointer?>, stream: StreamHandle? = nil
   ) throws(VGPUError) {
-    let deviceName = info.spec.description
     guard let layout = function.layout else {
       throw VGPUError(
-        .unsupported, "launch", device: deviceName,
+        .unsupported, "launch", device: self.info.spec.description,
         found: "the device did not report the kernel's parameter layout (feature functionInfo, protocol 1.3)",
         remedy: "pass the packed parameter buffer instead, or update the device")
     }
+    // The device's name is formatted only for an error: it costs an allocation.
     try withQueuePair(stream?.queuePair) { (qp) throws(VGPUError) in
       guard layout.bufferSize <= qp.slotSize else {
         throw VGPUError(
-          .invalidArgument, "launch", device: deviceName,
+          .invalidArgument, "launch", device: self.info.spec.description,
           found: "\(layout.bufferSize) bytes of parameters do not fit the \(qp.slotSize)-byte staging slot")
       }
       let (address, pointer) = qp.slot(0)
@@ -199,7 +199,8 @@ extension Device {
       while i < slots.count {
         guard let value = arguments[i] else {
           throw VGPUError(
-            .invalidArgument, "launch", device: deviceName, found: "kernel parameter \(i) is a null pointer")
+            .invalidArgument, "launch", device: self.info.spec.description,
+            found: "kernel parameter \(i) is a null pointer")
         }
         (pointer + Int(slots[i].offset)).copyMemory(from: value, byteCount: Int(slots[i].size))
         i += 1
@@ -217,20 +218,17 @@ extension Device {
     _ bytes: [UInt8], _ operation: String, on queuePair: Int? = nil,
     _ body: (inout GuestQueuePair, UInt64) throws(VGPUError) -> R
   ) throws(VGPUError) -> R {
-    try bytes.withUnsafeBytes { b in
-      Result { () throws(VGPUError) in try withStaged(b, operation, on: queuePair, body) }
-    }.get()
+    try bytes.span.withUnsafeBytes { (b) throws(VGPUError) in try withStaged(b, operation, on: queuePair, body) }
   }
 
   private func withStaged<R: Sendable>(
     _ bytes: UnsafeRawBufferPointer, _ operation: String, on queuePair: Int? = nil,
     _ body: (inout GuestQueuePair, UInt64) throws(VGPUError) -> R
   ) throws(VGPUError) -> R {
-    let deviceName = info.spec.description
     return try withQueuePair(queuePair) { (qp) throws(VGPUError) in
       guard bytes.count <= qp.slotSize else {
         throw VGPUError(
-          .invalidArgument, operation, device: deviceName,
+          .invalidArgument, operation, device: self.info.spec.description,
           found: "\(bytes.count) bytes do not fit the \(qp.slotSize)-byte staging slot")
       }
       let (address, pointer) = qp.slot(0)
