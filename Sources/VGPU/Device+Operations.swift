@@ -91,12 +91,78 @@ extension Device {
 
   // MARK: Modules and launches
 
-  /// Loads a module image (docs/PROTOCOL.md, "Modules").
+  /// Loads a module image (docs/PROTOCOL.md, "Modules"): a fat binary, a
+  /// cubin, PTX text (with its NUL or without), sent unchanged; the device
+  /// chooses what to run.
   public func loadModule(_ image: [UInt8]) throws(VGPUError) -> ModuleHandle {
-    let c = try withStaged(image, "load module") { (qp, address) throws(VGPUError) in
-      try qp.execute(Command.ModuleLoad(staging: address, length: UInt64(image.count)).entry, "load module")
+    try image.span.withUnsafeBytes { (b) throws(VGPUError) in try loadModule(b) }
+  }
+
+  /// Loads a module image of any size up to 512 MiB: one that fits a
+  /// staging slot goes in one command; a larger one in chunks through every
+  /// slot of a queue pair (`moduleUpload`), pipelined, then `moduleLoad`.
+  public func loadModule(_ image: UnsafeRawBufferPointer) throws(VGPUError) -> ModuleHandle {
+    let c = try withQueuePair { (qp) throws(VGPUError) -> CompletionEntry in
+      if image.count <= qp.slotSize {
+        let (address, pointer) = qp.slot(0)
+        if let b = image.baseAddress { pointer.copyMemory(from: b, byteCount: image.count) }
+        return try qp.execute(Command.ModuleLoad(staging: address, length: UInt64(image.count)).entry, "load module")
+      }
+      guard info.features.contains(.kernelImages) else {
+        throw VGPUError(
+          .unsupported, "load module", device: self.info.spec.description,
+          found:
+            "a \(image.count)-byte image, larger than one staging slot, and the device has no uploads (protocol 2.0)",
+          remedy: "update the device or vgpu-mediator")
+      }
+      guard UInt64(image.count) <= Command.ModuleUpload.maximumImageBytes else {
+        throw VGPUError(
+          .invalidArgument, "load module", device: self.info.spec.description,
+          found: "a \(image.count)-byte image; at most \(Command.ModuleUpload.maximumImageBytes >> 20) MiB are taken")
+      }
+      let upload = try qp.upload(image)
+      return try qp.execute(Command.ModuleLoad(upload: upload).entry, "load module")
     }
     return ModuleHandle(raw: c.result0)
+  }
+
+  /// A module variable's device address and size (`cuModuleGetGlobal`).
+  public func global(_ name: String, in module: ModuleHandle) throws(VGPUError) -> (
+    address: DevicePointer, size: Int
+  ) {
+    let bytes = Array(name.utf8)
+    let c = try withStaged(bytes, "get global") { (qp, address) throws(VGPUError) in
+      try qp.execute(
+        Command.ModuleGlobal(module: module.raw, name: address, nameLength: UInt64(bytes.count)).entry, "get global")
+    }
+    let reply = Command.ModuleGlobal.Reply(c)
+    return (DevicePointer(reply.address), Int(clamping: reply.size))
+  }
+
+  /// Takes the device output (kernels' `printf`) held for this process:
+  /// the bytes, and how many were dropped because the device's buffer was
+  /// full. Empty when the device keeps none (before protocol 2.0).
+  public func takeOutput() throws(VGPUError) -> (bytes: [UInt8], dropped: UInt64) {
+    guard info.features.contains(.kernelImages) else { return ([], 0) }
+    var bytes: [UInt8] = []
+    var dropped: UInt64 = 0
+    try withQueuePair { (qp) throws(VGPUError) in
+      let (address, pointer) = qp.slot(0)
+      while true {
+        let c = try qp.execute(Command.Output(staging: address, capacity: UInt64(qp.slotSize)).entry, "take output")
+        let reply = Command.Output.Reply(c)
+        guard reply.written <= UInt64(qp.slotSize) else {
+          throw VGPUError(
+            .protocolViolation, "take output", device: self.info.spec.description,
+            found: "the device says it wrote \(reply.written) bytes into a \(qp.slotSize)-byte slot")
+        }
+        bytes.append(contentsOf: UnsafeRawBufferPointer(start: pointer, count: Int(reply.written)))
+        dropped &+= UInt64(reply.dropped)
+        // Bounded: what a device says is left is not believed past its 1 MiB buffer.
+        if reply.remaining == 0 || reply.written == 0 || bytes.count > 4 << 20 { break }
+      }
+    }
+    return (bytes, dropped)
   }
 
   public func unloadModule(_ module: ModuleHandle) throws(VGPUError) {
@@ -333,7 +399,7 @@ extension Device {
         .unsupported, "list processes", device: info.spec.description,
         found:
           "the device speaks protocol \(info.protocolVersion.major).\(info.protocolVersion.minor) without the process list (feature 0x\(String(FeatureBits.processList.rawValue, radix: 16)) not negotiated)",
-        remedy: "update the device or vgpu-mediator to protocol 1.1")
+        remedy: "update the device or vgpu-mediator (the process list came with protocol 1.1)")
     }
     let name = info.spec.description
     return try withQueuePair { (qp) throws(VGPUError) in

@@ -313,7 +313,9 @@ public final class Device: @unchecked Sendable {
         wakeups: wakeups)
       do throws(VGPUError) {
         let c = try pair.execute(QueuePairClaim.identify, "identify")
-        features = features.intersection(Command.Identify.Reply(c).features)
+        let both = offered.intersection(Command.Identify.Reply(c).features)
+        features = features.intersection(both)
+        pair.deviceExplainsFailures = both.contains(.kernelImages)
       } catch {
         handBack()
         throw error

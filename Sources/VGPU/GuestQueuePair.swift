@@ -165,8 +165,44 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     let id = try submit(entry, operation)
     ring()
     let c = try wait(for: id, operation)
-    guard c.status == CommandStatus.success.rawValue else { throw deviceError(c, operation) }
+    guard c.status == CommandStatus.success.rawValue else { throw failure(c, operation) }
     return c
+  }
+
+  /// The statuses whose completion the device's error text explains.
+  static let explained: Set<CommandStatus> = [
+    .invalidValue, .outOfMemory, .notFound, .launchFailed, .invalidImage, .invalidParameters, .illegalAddress,
+    .assertTriggered, .launchTimeout, .noBinaryForGPU, .invalidPTX,
+  ]
+
+  /// Whether the device keeps the text of a failed command (2.0, feature
+  /// `kernelImages`); set once identify has negotiated it.
+  var deviceExplainsFailures = false
+
+  /// The error for a failed command, with the device's own line about it
+  /// when it keeps one (a PTX syntax error's line and token, the thread
+  /// that touched a bad address).
+  mutating func failure(_ c: CompletionEntry, _ operation: StaticString) -> VGPUError {
+    var error = deviceError(c, operation)
+    // Only for refusals of what was sent (an image, a name, a kernel's
+    // run): a device that is stopping or lost would not answer the question.
+    guard deviceExplainsFailures, let status = CommandStatus(rawValue: c.status), Self.explained.contains(status)
+    else { return error }
+    // The last slot: a failed command's data is not wanted any more.
+    let (address, pointer) = slot(slots - 1)
+    let capacity = min(slotSize, 4096)
+    guard
+      let id = try? submit(Command.ErrorText(staging: address, capacity: UInt64(capacity)).entry, "error text")
+    else { return error }
+    ring()
+    guard let t = try? wait(for: id, "error text"), t.status == CommandStatus.success.rawValue,
+      t.result0 > 0, t.result0 <= UInt64(capacity)
+    else { return error }
+    // Untrusted text: only printable, at most `capacity` bytes.
+    let text = String(decoding: UnsafeRawBufferPointer(start: pointer, count: Int(t.result0)), as: UTF8.self)
+      .filter { !$0.isNewline && ($0.asciiValue.map { $0 >= 0x20 } ?? true) }
+    error.found += ": " + text
+    return error
   }
 
   // MARK: Complete
@@ -344,6 +380,31 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   }
 
   // MARK: Pipelined copies
+
+  /// Sends a module image in slot-sized chunks (`moduleUpload`): the first
+  /// starts the upload and names it; the rest go through every slot, several
+  /// in flight. Returns the upload handle for `moduleLoad`.
+  mutating func upload(_ image: UnsafeRawBufferPointer) throws(VGPUError) -> UInt64 {
+    guard let base = image.baseAddress else { return 0 }
+    let total = UInt64(image.count)
+    let first = min(image.count, slotSize)
+    slot(0).pointer.copyMemory(from: base, byteCount: first)
+    let c = try execute(
+      Command.ModuleUpload(upload: 0, staging: slot(0).address, length: UInt64(first), offset: 0, totalLength: total)
+        .entry, "upload module")
+    let handle = c.result1
+    let rest = image.count - first
+    guard rest > 0 else { return handle }
+    try pipeline(rest, "upload module") { (qp: inout Self, chunk, s, length) throws(VGPUError) in
+      let offset = first + chunk * qp.slotSize
+      qp.slot(s).pointer.copyMemory(from: base + offset, byteCount: length)
+      return Command.ModuleUpload(
+        upload: handle, staging: qp.slot(s).address, length: UInt64(length), offset: UInt64(offset)
+      ).entry
+    } collect: { _, _, _, _ in
+    }
+    return handle
+  }
 
   /// Copies host bytes to device memory through the staging slots: while the
   /// device copies chunk k out of its slot, chunk k+1 is copied into the next.

@@ -1,100 +1,243 @@
+import Glibc
 import VGPUProtocol
 
-/// Modules, functions and launches.
+/// A loaded module: the backend's, and where its variables live.
+struct ModuleEntry {
+  let module: any BackendModule
+  /// Names, device addresses and sizes of the module's variables, which the
+  /// device allocated (owned by the loading queue pair) at load.
+  var variables: [(name: String, address: UInt64, size: UInt64)]
+}
+
+/// A kernel handle's target, and the module it came from (unloading the
+/// module ends its functions, as cuModuleUnload does).
+struct FunctionEntry {
+  let function: any BackendFunction
+  let module: UInt64
+}
+
+/// One process's device output, boxed so a launch reaches it without a
+/// dictionary modify.
+final class OutputBox {
+  var output = DeviceOutput()
+}
+
+/// A module image arriving in chunks (`moduleUpload`). Anonymous memory, so
+/// the pages no chunk wrote read as zeros and cost nothing.
+final class UploadBuffer {
+  let base: UnsafeMutableRawPointer
+  let size: Int
+  /// Bytes received, counted per chunk (overlaps count twice; only a sanity check).
+  var received: UInt64 = 0
+
+  init?(size: Int) {
+    guard let p = mmap(nil, max(size, 1), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+      p != MAP_FAILED
+    else { return nil }
+    base = p
+    self.size = size
+  }
+  deinit { munmap(base, max(size, 1)) }
+}
+
+/// Modules, functions, variables, launches and the device output.
 extension Executor {
-  func moduleLoad(_ c: Command.ModuleLoad, qp: Int) throws(Refusal) -> CompletionEntry {
-    let staging = try stagingRange(c.staging, c.length, qp: qp, argument: 2)
-    do throws(ModuleImageError) {
-      let image = try ModuleImage(parsing: UnsafeRawBufferPointer(start: staging, count: Int(c.length)))
-      return CompletionEntry(status: .success, result0: modules.insert(image, pid: served[qp].pid, queuePair: qp))
-    } catch {
-      throw Refusal(status: .invalidImage, detail: UInt32(clamping: error.line))
+  /// Uploads in progress, at most this many bytes in all: a guest cannot
+  /// make the device hold more host memory than this for images.
+  static let uploadBudget: UInt64 = 1 << 30
+
+  func moduleUpload(_ c: Command.ModuleUpload, qp: Int) throws(Refusal) -> CompletionEntry {
+    let pid = served[qp].pid
+    var handle = c.upload
+    if handle == 0 {
+      guard c.totalLength > 0, c.totalLength <= Command.ModuleUpload.maximumImageBytes else {
+        throw Refusal(
+          status: .invalidValue, detail: 5,
+          message:
+            "an image of \(c.totalLength) bytes; uploads take 1 byte to \(Command.ModuleUpload.maximumImageBytes >> 20) MiB"
+        )
+      }
+      guard uploadBytes + c.totalLength <= Self.uploadBudget, let buffer = UploadBuffer(size: Int(c.totalLength))
+      else {
+        throw Refusal(
+          status: .outOfMemory, detail: 5,
+          message: "uploads in progress hold \(uploadBytes >> 20) MiB; load or drop them first")
+      }
+      uploadBytes += c.totalLength
+      handle = uploads.insert(buffer, pid: pid, queuePair: qp)
     }
+    let buffer = try uploads.value(handle, pid: pid, argument: 1)
+    guard c.offset <= UInt64(buffer.size), c.length <= UInt64(buffer.size) - c.offset else {
+      throw Refusal(
+        status: .invalidValue, detail: 4,
+        message: "chunk \(c.offset)..+\(c.length) lies outside the \(buffer.size)-byte image")
+    }
+    let staging = try stagingRange(c.staging, c.length, qp: qp, argument: 2)
+    (buffer.base + Int(c.offset)).copyMemory(from: staging, byteCount: Int(c.length))
+    buffer.received &+= c.length
+    return CompletionEntry(status: .success, result0: c.length, result1: handle)
+  }
+
+  func moduleLoad(_ c: Command.ModuleLoad, qp: Int) throws(Refusal) -> CompletionEntry {
+    let pid = served[qp].pid
+    let image: UnsafeRawBufferPointer
+    var upload: UploadBuffer? = nil
+    if c.upload != 0 {
+      let slot = try uploads.slot(c.upload, pid: pid, argument: 1)
+      guard let buffer = uploads.slots[slot].value else { throw Refusal(status: .invalidHandle, detail: 1) }
+      uploads.remove(at: slot)
+      uploadBytes -= UInt64(buffer.size)
+      guard buffer.received >= UInt64(buffer.size) else {
+        throw Refusal(
+          status: .invalidImage, detail: 1,
+          message: "the upload received \(buffer.received) of its \(buffer.size) bytes; send every chunk before loading"
+        )
+      }
+      upload = buffer
+      image = UnsafeRawBufferPointer(start: buffer.base, count: buffer.size)
+    } else {
+      image = UnsafeRawBufferPointer(
+        start: try stagingRange(c.staging, c.length, qp: qp, argument: 2), count: Int(c.length))
+    }
+    defer { withExtendedLifetime(upload) {} }
+    let module: any BackendModule
+    do throws(BackendError) { module = try backend.loadModule(image) } catch { throw Refusal(error) }
+    // Place the module's variables in device memory, owned by this queue
+    // pair (freed with it, or at unload), initialised from the image.
+    var placed: [(name: String, address: UInt64, size: UInt64)] = []
+    for v in module.variables {
+      let size = UInt64(max(v.size, 1))
+      // The allocator's 256 bytes cover every PTX alignment but absurd ones, which are capped.
+      let wanted = UInt64(min(max(v.alignment, 1), 4096))
+      let alignment = max(DeviceAllocator.granularity, 1 << (64 - (wanted - 1).leadingZeroBitCount))
+      guard let a = try? allocator.allocate(size, alignment: alignment, owner: UInt32(qp)) else {
+        for p in placed { freeVariable(p.address) }
+        throw Refusal(
+          status: .outOfMemory, detail: 1, message: "no device memory for module variable '\(v.name)' (\(v.size) bytes)"
+        )
+      }
+      countAllocation(a.size, owner: qp)
+      let host = memory.base + Int(a.offset)
+      host.initializeMemory(as: UInt8.self, repeating: 0, count: Int(size))
+      v.initializer.prefix(v.size).withUnsafeBytes { host.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+      placed.append((v.name, deviceAddressBase + a.offset, UInt64(v.size)))
+    }
+    module.bind(variableAddresses: placed.map(\.address))
+    return CompletionEntry(
+      status: .success, result0: modules.insert(ModuleEntry(module: module, variables: placed), pid: pid, queuePair: qp)
+    )
+  }
+
+  private func freeVariable(_ address: UInt64) {
+    guard let freed = try? allocator.free(offset: address - deviceAddressBase, owner: nil) else { return }
+    countFree(freed.size, owner: Int(freed.owner))
   }
 
   func moduleUnload(_ c: Command.ModuleUnload, qp: Int) throws(Refusal) -> CompletionEntry {
-    modules.remove(at: try modules.slot(c.module, pid: served[qp].pid, argument: 1))
+    let slot = try modules.slot(c.module, pid: served[qp].pid, argument: 1)
+    for v in modules.slots[slot].value?.variables ?? [] { freeVariable(v.address) }
+    modules.remove(at: slot)
+    for i in functions.slots.indices where functions.slots[i].value?.module == c.module { functions.remove(at: i) }
     return CompletionEntry(status: .success)
   }
 
-  /// Names are at most 256 bytes; with room at `reply`, the kernel's
-  /// ``FunctionInfo`` and parameter slots go there (feature `functionInfo`).
+  /// Names are at most 4096 bytes (C++ mangled names run long); with room
+  /// at `reply`, the kernel's ``FunctionInfo`` and parameter slots go there
+  /// (feature `functionInfo`).
   func getFunction(_ c: Command.GetFunction, qp: Int) throws(Refusal) -> CompletionEntry {
     let pid = served[qp].pid
-    let slot = try modules.slot(c.module, pid: pid, argument: 1)
-    guard c.nameLength > 0, c.nameLength <= 256 else { throw Refusal(status: .invalidValue, detail: 3) }
-    let staging = try stagingRange(c.name, c.nameLength, qp: qp, argument: 2)
-    let name = String(decoding: UnsafeRawBufferPointer(start: staging, count: Int(c.nameLength)), as: UTF8.self)
-    guard let kernel = modules.slots[slot].value?.kernels.first(where: { $0.rawValue == name }) else {
-      throw Refusal(status: .notFound, detail: 3)
-    }
+    let module = try modules.value(c.module, pid: pid, argument: 1).module
+    let name = try stagedName(c.name, c.nameLength, qp: qp)
+    let function: any BackendFunction
+    do throws(BackendError) { function = try module.function(named: name) } catch { throw Refusal(error) }
     if c.replyCapacity > 0 {
-      let slots = kernel.parameterSlots
+      let slots = function.slots
       let needed = UInt64(FunctionInfo.size(parameters: slots.count))
       guard c.replyCapacity >= needed else { throw Refusal(status: .invalidValue, detail: 5, result0: needed) }
       let reply = try stagingRange(c.reply, needed, qp: qp, argument: 4)
-      ParameterLayout.write(kernel.functionInfo, slots, to: reply)
+      ParameterLayout.write(function.info, slots, to: reply)
     }
-    let function = functions.insert(kernel, pid: pid, queuePair: qp)
-    return Command.GetFunction.Reply(function: function, parameterBytes: UInt64(kernel.parameterBufferSize)).completion
+    let handle = functions.insert(FunctionEntry(function: function, module: c.module), pid: pid, queuePair: qp)
+    return Command.GetFunction.Reply(function: handle, parameterBytes: UInt64(function.info.parameterBytes)).completion
+  }
+
+  func moduleGlobal(_ c: Command.ModuleGlobal, qp: Int) throws(Refusal) -> CompletionEntry {
+    let entry = try modules.value(c.module, pid: served[qp].pid, argument: 1)
+    let name = try stagedName(c.name, c.nameLength, qp: qp)
+    guard let v = entry.variables.first(where: { $0.name == name }) else {
+      throw Refusal(status: .notFound, detail: 2, message: "no variable '\(name)' in this module")
+    }
+    return Command.ModuleGlobal.Reply(address: v.address, size: v.size).completion
+  }
+
+  private func stagedName(_ address: UInt64, _ length: UInt64, qp: Int) throws(Refusal) -> String {
+    guard length > 0, length <= 4096 else { throw Refusal(status: .invalidValue, detail: 3) }
+    let staging = try stagingRange(address, length, qp: qp, argument: 2)
+    return String(decoding: UnsafeRawBufferPointer(start: staging, count: Int(length)), as: UTF8.self)
   }
 
   func launch(_ c: Command.Launch, qp: Int) throws(Refusal) -> CompletionEntry {
     let pid = served[qp].pid
     let slot = try functions.slot(c.function, pid: pid, argument: 1)
-    guard let kernel = functions.slots[slot].value else { throw Refusal(status: .invalidHandle, detail: 1) }
+    guard let function = functions.slots[slot].value?.function else { throw Refusal(status: .invalidHandle, detail: 1) }
     if c.stream != 0 { _ = try streams.slot(c.stream, pid: pid, argument: 7) }
-    let grid = (UInt64(c.grid.x), UInt64(c.grid.y), UInt64(c.grid.z))
-    let block = (UInt64(c.block.x), UInt64(c.block.y), UInt64(c.block.z))
+    let grid = c.grid
+    let block = c.block
     // CUDA limits (CUDA C++ Programming Guide, "Compute Capabilities", table 21):
     // grid x < 2^31, y and z < 65536; at most 1024 threads per block, block z ≤ 64.
-    guard grid.0 >= 1, grid.0 < 1 << 31, grid.1 >= 1, grid.1 < 65536, grid.2 >= 1, grid.2 < 65536 else {
+    guard grid.x >= 1, grid.x < 1 << 31, grid.y >= 1, grid.y < 65536, grid.z >= 1, grid.z < 65536 else {
       throw Refusal(status: .invalidValue, detail: 2)
     }
-    // Each dimension is bounded first, so the products below cannot overflow.
-    guard (1...1024).contains(block.0), (1...1024).contains(block.1), (1...64).contains(block.2),
-      block.0 * block.1 * block.2 <= 1024
+    // Each dimension is bounded first, so the product below cannot overflow.
+    guard (1...1024).contains(block.x), (1...1024).contains(block.y), (1...64).contains(block.z),
+      block.x * block.y * block.z <= 1024
     else {
       throw Refusal(status: .invalidValue, detail: 3)
     }
     guard c.sharedBytes <= 228 << 10 else { throw Refusal(status: .invalidValue, detail: 5) }  // H100: 228 KiB per SM
     let length = UInt64(c.parameterLength)
-    guard length == UInt64(kernel.parameterBufferSize) else {
-      throw Refusal(status: .invalidParameters, detail: 5, result0: UInt64(kernel.parameterBufferSize), result1: length)
+    let expected = UInt64(function.info.parameterBytes)
+    guard length == expected else {
+      throw Refusal(status: .invalidParameters, detail: 5, result0: expected, result1: length)
     }
     let parameters = try stagingRange(c.parameters, length, qp: qp, argument: 6)
-    // Below 2^31 · 2^16 · 2^16 · 2^10 = 2^73: saturate rather than trap.
-    let (gridThreads, o1) = (grid.0 * grid.1).multipliedReportingOverflow(by: grid.2)
-    let (threads, o2) = gridThreads.multipliedReportingOverflow(by: block.0 * block.1 * block.2)
-    do throws(KernelError) {
-      try kernel.run(
+    // A box per process, found with the dictionary's getter: its modify
+    // accessor (and a default value's closure) would allocate per launch.
+    let box: OutputBox
+    if let b = outputs[pid] {
+      box = b
+    } else {
+      box = OutputBox()
+      outputs[pid] = box
+    }
+    do throws(BackendError) {
+      try function.launch(
+        KernelGeometry(grid: grid, block: block, sharedBytes: c.sharedBytes),
         parameters: UnsafeRawBufferPointer(start: parameters, count: Int(length)),
-        threads: o1 || o2 ? UInt64.max : threads,
-        memory: ResolvingMemory(executor: self, pid: pid))
+        memory: KernelMemoryView(executor: self, pid: pid), output: &box.output)
     } catch {
-      switch error {
-      case .parameterSize(let expected, let got):
-        throw Refusal(status: .invalidParameters, detail: 5, result0: UInt64(expected), result1: UInt64(got))
-      case .invalidPointer(let index, _, _):
-        throw Refusal(status: .invalidAddress, detail: UInt32(100 + index))
-      case .dimensionsOverflow:
-        throw Refusal(status: .invalidValue, detail: 6)
-      }
+      throw Refusal(error)
     }
     countLaunch(qp)
     return CompletionEntry(status: .success)
   }
-}
 
-extension BuiltinKernel {
-  /// What `getFunction` reports: the built-in kernels are Swift, so they
-  /// have no PTX or binary version, registers or static memory.
-  var functionInfo: FunctionInfo {
-    FunctionInfo(parameterCount: UInt32(parameters.count), parameterBytes: UInt32(parameterBufferSize))
+  func output(_ c: Command.Output, qp: Int) throws(Refusal) -> CompletionEntry {
+    let pid = served[qp].pid
+    let staging = try stagingRange(c.staging, c.capacity, qp: qp, argument: 2)
+    guard let box = outputs[pid] else { return Command.Output.Reply(written: 0, remaining: 0, dropped: 0).completion }
+    let (written, dropped) = box.output.take(into: staging, capacity: Int(c.capacity))
+    return Command.Output.Reply(
+      written: UInt64(written), remaining: UInt64(box.output.count), dropped: UInt32(clamping: dropped)
+    ).completion
   }
 
-  var parameterSlots: [ParameterSlot] {
-    zip(parameterOffsets, parameters).map { ParameterSlot(offset: UInt32($0), size: UInt32($1.size)) }
+  func errorText(_ c: Command.ErrorText, qp: Int) throws(Refusal) -> CompletionEntry {
+    let staging = try stagingRange(c.staging, c.capacity, qp: qp, argument: 2)
+    let text = served[qp].errorText.utf8
+    let n = min(text.count, Int(c.capacity))
+    UnsafeMutableRawBufferPointer(start: staging, count: n).copyBytes(from: text.prefix(n))
+    return CompletionEntry(status: .success, result0: UInt64(n))
   }
 }
 

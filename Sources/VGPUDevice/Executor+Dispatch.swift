@@ -35,8 +35,16 @@ extension Executor {
       case .eventElapsed: return try eventElapsed(Command.EventElapsed(e), qp: qp)
       case .statistics: return try statistics(Command.Statistics(e), qp: qp)
       case .processes: return try processes(Command.Processes(e), qp: qp)
+      case .moduleUpload: return try moduleUpload(Command.ModuleUpload(e), qp: qp)
+      case .moduleGlobal: return try moduleGlobal(Command.ModuleGlobal(e), qp: qp)
+      case .output: return try output(Command.Output(e), qp: qp)
+      case .errorText: return try errorText(Command.ErrorText(e), qp: qp)
       }
     } catch {
+      served[qp].errorText =
+        error.message.isEmpty
+        ? "\(Opcode(rawValue: e.opcode).map { "\($0)" } ?? "opcode \(e.opcode)"): \(error.status) (detail \(error.detail))"
+        : error.message
       return CompletionEntry(
         status: error.status, result0: error.result0, result1: error.result1, detail: error.detail)
     }

@@ -97,6 +97,12 @@ extension Executor {
     claimingSince[qp] = 0
     modules.removeAll(queuePair: qp)
     functions.removeAll(queuePair: qp)
+    for i in uploads.slots.indices where uploads.slots[i].queuePair == qp {
+      if let u = uploads.slots[i].value { uploadBytes -= UInt64(u.size) }
+    }
+    uploads.removeAll(queuePair: qp)
+    // The output of a process that holds no other queue pair goes with it.
+    if !activeQueuePairs.contains(where: { $0 != qp && served[$0].pid == pid }) { outputs[pid] = nil }
     streams.removeAll(queuePair: qp)
     events.removeAll(queuePair: qp)
     served[qp] = ServedQueuePair(depth: layout.depth)

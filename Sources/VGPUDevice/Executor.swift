@@ -19,6 +19,8 @@ struct ServedQueuePair {
   /// Its owner's exit is reported by the OwnerWatch (else found by scanning /proc).
   var watched = false
   var stats = StatisticsRecord()
+  /// The text of the last failed command (`errorText`).
+  var errorText = ""
 
   init(depth: UInt32) {
     head = SubmissionCursor(depth: depth)
@@ -54,8 +56,15 @@ final class Executor: @unchecked Sendable {
   @exclusivity(unchecked) var allocator: DeviceAllocator
   /// The queue pairs accepted and not yet released, for the quick pass.
   @exclusivity(unchecked) var activeQueuePairs: [Int] = []
-  @exclusivity(unchecked) var modules = HandleTable<ModuleImage>(kind: 1)
-  @exclusivity(unchecked) var functions = HandleTable<BuiltinKernel>(kind: 2)
+  @exclusivity(unchecked) var modules = HandleTable<ModuleEntry>(kind: 1)
+  @exclusivity(unchecked) var functions = HandleTable<FunctionEntry>(kind: 2)
+  @exclusivity(unchecked) var uploads = HandleTable<UploadBuffer>(kind: 5)
+  /// Bytes held by uploads in progress (at most `uploadBudget`).
+  @exclusivity(unchecked) var uploadBytes: UInt64 = 0
+  /// Each process's device output (kernels' printf), until it fetches it.
+  @exclusivity(unchecked) var outputs: [UInt32: OutputBox] = [:]
+  /// What runs kernels.
+  let backend: any ExecutionBackend
   @exclusivity(unchecked) var streams = HandleTable<Void>(kind: 3)
   @exclusivity(unchecked) var events = HandleTable<UInt64>(kind: 4)  // the time it was recorded, 0 = never
   @exclusivity(unchecked) var deviceTotals = StatisticsRecord()
@@ -76,7 +85,11 @@ final class Executor: @unchecked Sendable {
   /// Across a VM boundary: raises the guests' MSI-X vectors (set before serving).
   @exclusivity(unchecked) var ivshmem: IvshmemServer?
 
-  init(base: UnsafeMutableRawPointer, layout: BARLayout, memory: DeviceMemory, registers: RegisterBlock) {
+  init(
+    base: UnsafeMutableRawPointer, layout: BARLayout, memory: DeviceMemory, registers: RegisterBlock,
+    backend: any ExecutionBackend
+  ) {
+    self.backend = backend
     self.base = base
     self.layout = layout
     self.registers = registers

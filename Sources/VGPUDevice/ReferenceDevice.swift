@@ -87,7 +87,8 @@ public final class ReferenceDevice: @unchecked Sendable {
       throw DeviceSetupError(description: error.description)
     }
     registers = RegisterBlock(self.region.base)
-    executor = Executor(base: self.region.base, layout: layout, memory: memory, registers: registers)
+    executor = Executor(
+      base: self.region.base, layout: layout, memory: memory, registers: registers, backend: BuiltinBackend())
 
     executor.setStatus([])
     registers.store(Register.magic, vgpuMagic)

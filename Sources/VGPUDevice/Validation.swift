@@ -7,6 +7,20 @@ struct Refusal: Error {
   var detail: UInt32 = 0
   var result0: UInt64 = 0
   var result1: UInt64 = 0
+  /// What a person reads (`errorText`); empty: the status and detail say it all.
+  var message: String = ""
+
+  init(status: CommandStatus, detail: UInt32 = 0, result0: UInt64 = 0, result1: UInt64 = 0, message: String = "") {
+    self.status = status
+    self.detail = detail
+    self.result0 = result0
+    self.result1 = result1
+    self.message = message
+  }
+
+  init(_ e: BackendError) {
+    self.init(status: e.status, detail: e.detail, result0: e.result0, result1: e.result1, message: e.message)
+  }
 }
 
 /// Every address a guest names is checked here before it is used.

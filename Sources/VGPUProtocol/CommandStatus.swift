@@ -39,10 +39,23 @@ public enum CommandStatus: UInt16, Sendable, CaseIterable, CustomStringConvertib
   case notInitialized = 16
   /// Launch parameters do not fit the kernel (detail 5; r0 expected bytes, r1 given bytes).
   case invalidParameters = 17
+  /// 2.0: a kernel read or wrote memory outside every live allocation of its
+  /// process (r0 the address; the error text names the kernel and thread).
+  /// Sticky in CUDA: the context is unusable afterwards.
+  case illegalAddress = 18
+  /// 2.0: a kernel's `assert` failed (the error text has the message).
+  case assertTriggered = 19
+  /// 2.0: a kernel ran past the device's execution budget.
+  case launchTimeout = 20
+  /// 2.0: the image has no code this device runs (e.g. a cubin for one GPU
+  /// architecture, without PTX).
+  case noBinaryForGPU = 21
+  /// 2.0: PTX the device cannot parse (detail: the line).
+  case invalidPTX = 22
 
   /// The largest status value: statuses are 0...highest with no gaps
   /// (WireFormatTests checks), so a guest validates one with a compare.
-  public static let highest: UInt16 = 17
+  public static let highest: UInt16 = 22
 
   /// The `CUresult` value (cuda.h) this status becomes at the shim edge.
   public var cudaResult: Int32 {
@@ -61,6 +74,11 @@ public enum CommandStatus: UInt16, Sendable, CaseIterable, CustomStringConvertib
     case .notSupported, .invalidOpcode: 801  // CUDA_ERROR_NOT_SUPPORTED
     case .versionMismatch: 803  // CUDA_ERROR_SYSTEM_DRIVER_MISMATCH
     case .permissionDenied: 800  // CUDA_ERROR_NOT_PERMITTED
+    case .illegalAddress: 700  // CUDA_ERROR_ILLEGAL_ADDRESS
+    case .assertTriggered: 710  // CUDA_ERROR_ASSERT
+    case .launchTimeout: 702  // CUDA_ERROR_LAUNCH_TIMEOUT
+    case .noBinaryForGPU: 209  // CUDA_ERROR_NO_BINARY_FOR_GPU
+    case .invalidPTX: 218  // CUDA_ERROR_INVALID_PTX
     }
   }
 
@@ -84,6 +102,11 @@ public enum CommandStatus: UInt16, Sendable, CaseIterable, CustomStringConvertib
     case .invalidImage: "invalid module image"
     case .notInitialized: "identify has not been sent"
     case .invalidParameters: "launch parameters do not fit the kernel"
+    case .illegalAddress: "a kernel touched memory outside its allocations"
+    case .assertTriggered: "a kernel's assert failed"
+    case .launchTimeout: "a kernel ran past its time budget"
+    case .noBinaryForGPU: "no code in the image this device runs"
+    case .invalidPTX: "invalid PTX"
     }
   }
 }

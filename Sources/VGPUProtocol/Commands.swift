@@ -211,16 +211,124 @@ extension Command {
 
   /// Loads a module image from the staging window (docs/PROTOCOL.md §18);
   /// r0 the module handle. With `invalidImage`, detail is the line at fault.
+  /// Loads a module from an image in one staging range, or (2.0) from an
+  /// upload whose chunks `moduleUpload` sent.
   @frozen public struct ModuleLoad: CommandCodec {
     public static var opcode: Opcode { .moduleLoad }
+    /// 0: the image is at `staging`; else the upload holding it.
+    public var upload: UInt64
     public var staging: UInt64
     public var length: UInt64
     @inlinable public init(staging: UInt64, length: UInt64) {
+      self.upload = 0
       self.staging = staging
       self.length = length
     }
-    @inlinable public init(_ e: SubmissionEntry) { (staging, length) = (e.a1, e.a2) }
-    @inlinable public var entry: SubmissionEntry { SubmissionEntry(opcode: .moduleLoad, a1: staging, a2: length) }
+    @inlinable public init(upload: UInt64) {
+      self.upload = upload
+      self.staging = 0
+      self.length = 0
+    }
+    @inlinable public init(_ e: SubmissionEntry) { (upload, staging, length) = (e.a0, e.a1, e.a2) }
+    @inlinable public var entry: SubmissionEntry {
+      SubmissionEntry(opcode: .moduleLoad, a0: upload, a1: staging, a2: length)
+    }
+  }
+
+  /// One chunk of a large module image (2.0).
+  @frozen public struct ModuleUpload: CommandCodec {
+    public static var opcode: Opcode { .moduleUpload }
+    /// 0 starts an upload of `totalLength` bytes.
+    public var upload: UInt64
+    public var staging: UInt64
+    public var length: UInt64
+    public var offset: UInt64
+    public var totalLength: UInt64
+    /// The largest image an upload takes: PyTorch's and cuSPARSELt's fat
+    /// binaries run to hundreds of MiB (docs/REAL-KERNELS, §4).
+    public static let maximumImageBytes: UInt64 = 512 << 20
+    @inlinable public init(upload: UInt64, staging: UInt64, length: UInt64, offset: UInt64, totalLength: UInt64 = 0) {
+      self.upload = upload
+      self.staging = staging
+      self.length = length
+      self.offset = offset
+      self.totalLength = totalLength
+    }
+    @inlinable public init(_ e: SubmissionEntry) {
+      (upload, staging, length, offset, totalLength) = (e.a0, e.a1, e.a2, e.a3, e.a4)
+    }
+    @inlinable public var entry: SubmissionEntry {
+      SubmissionEntry(opcode: .moduleUpload, a0: upload, a1: staging, a2: length, a3: offset, a4: totalLength)
+    }
+  }
+
+  /// A module variable's device address and size (2.0).
+  @frozen public struct ModuleGlobal: CommandCodec {
+    public static var opcode: Opcode { .moduleGlobal }
+    public var module: UInt64
+    public var name: UInt64
+    public var nameLength: UInt64
+    @inlinable public init(module: UInt64, name: UInt64, nameLength: UInt64) {
+      self.module = module
+      self.name = name
+      self.nameLength = nameLength
+    }
+    @inlinable public init(_ e: SubmissionEntry) { (module, name, nameLength) = (e.a0, e.a1, e.a2) }
+    @inlinable public var entry: SubmissionEntry {
+      SubmissionEntry(opcode: .moduleGlobal, a0: module, a1: name, a2: nameLength)
+    }
+    @frozen public struct Reply {
+      public var address: UInt64
+      public var size: UInt64
+      @inlinable public init(address: UInt64, size: UInt64) {
+        self.address = address
+        self.size = size
+      }
+      @inlinable public init(_ c: CompletionEntry) { (address, size) = (c.result0, c.result1) }
+      @inlinable public var completion: CompletionEntry {
+        CompletionEntry(status: .success, result0: address, result1: size)
+      }
+    }
+  }
+
+  /// The process's device output (kernels' `printf`), oldest first (2.0).
+  @frozen public struct Output: CommandCodec {
+    public static var opcode: Opcode { .output }
+    public var staging: UInt64
+    public var capacity: UInt64
+    @inlinable public init(staging: UInt64, capacity: UInt64) {
+      self.staging = staging
+      self.capacity = capacity
+    }
+    @inlinable public init(_ e: SubmissionEntry) { (staging, capacity) = (e.a1, e.a2) }
+    @inlinable public var entry: SubmissionEntry { SubmissionEntry(opcode: .output, a1: staging, a2: capacity) }
+    @frozen public struct Reply {
+      public var written: UInt64
+      public var remaining: UInt64
+      public var dropped: UInt32
+      @inlinable public init(written: UInt64, remaining: UInt64, dropped: UInt32) {
+        self.written = written
+        self.remaining = remaining
+        self.dropped = dropped
+      }
+      @inlinable public init(_ c: CompletionEntry) { (written, remaining, dropped) = (c.result0, c.result1, c.detail) }
+      @inlinable public var completion: CompletionEntry {
+        CompletionEntry(status: .success, result0: written, result1: remaining, detail: dropped)
+      }
+    }
+  }
+
+  /// The text of the queue pair's last failed command (2.0).
+  @frozen public struct ErrorText: CommandCodec {
+    public static var opcode: Opcode { .errorText }
+    public var staging: UInt64
+    public var capacity: UInt64
+    @inlinable public init(staging: UInt64, capacity: UInt64) {
+      self.staging = staging
+      self.capacity = capacity
+    }
+    @inlinable public init(_ e: SubmissionEntry) { (staging, capacity) = (e.a1, e.a2) }
+    @inlinable public var entry: SubmissionEntry { SubmissionEntry(opcode: .errorText, a1: staging, a2: capacity) }
   }
 
   @frozen public struct ModuleUnload: CommandCodec {

@@ -119,7 +119,9 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   case copyDeviceToDevice = 0x07
   /// a0 dev, a1 value (low bytes used), a2 element size (1, 2 or 4), a3 count → r0 bytes set.
   case memset = 0x08
-  /// a1 stg, a2 len of a module image → r0 module handle.
+  /// a1 stg, a2 len of a module image (2.0: a fat binary, its wrapper's
+  /// data, an ELF cubin or PTX text; 1.x: the built-in text image); or a0 an
+  /// upload handle (2.0) whose chunks hold the image → r0 module handle.
   case moduleLoad = 0x09
   /// a0 module handle.
   case moduleUnload = 0x0a
@@ -161,6 +163,26 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   /// the order of their first queue pair, as many as fit; r0 records written,
   /// r1 processes in all.
   case processes = 0x16
+  /// 2.0, feature `kernelImages`. One chunk of a module image too large for
+  /// one staging slot: a0 upload handle (0 = start one; then a4 is the
+  /// image's total length, at most 512 MiB), a1 stg, a2 len, a3 the chunk's
+  /// offset in the image → r0 len (as a copy answers), r1 upload handle. Chunks may come in any order
+  /// and be pipelined once the handle is known; `moduleLoad` with a0 = the
+  /// handle loads the image and ends the upload.
+  case moduleUpload = 0x17
+  /// 2.0, feature `kernelImages`. a0 module handle, a1 stg, a2 len of the
+  /// UTF-8 name of a module variable (`__device__`, `__constant__`) → r0 its
+  /// device address, r1 its size in bytes.
+  case moduleGlobal = 0x18
+  /// 2.0, feature `kernelImages`. a1 stg, a2 capacity → the oldest bytes of
+  /// the process's device output (kernels' `printf`), as many as fit; r0
+  /// bytes written, r1 bytes still held, detail = bytes dropped since the
+  /// last `output` because the buffer was full (clamped to 2^32 − 1).
+  case output = 0x19
+  /// 2.0, feature `kernelImages`. a1 stg, a2 capacity → the text of the last
+  /// failed command on this queue pair (UTF-8, one line, no NUL), as much as
+  /// fits; r0 bytes written. Empty after a success.
+  case errorText = 0x1a
 }
 
 /// Which activity a `statistics` command reports.

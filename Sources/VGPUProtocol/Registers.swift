@@ -1,4 +1,4 @@
-/// The vGPU wire format, version 1.3: one definition for the guest client and
+/// The vGPU wire format, version 2.0: one definition for the guest client and
 /// the device side (reference device, mediator). docs/PROTOCOL.md is the
 /// prose form of this module; tests pin every size and offset written here.
 ///
@@ -7,13 +7,17 @@
 /// offsets the register block gives (so a device may lay them out freely).
 public enum ProtocolVersion {
   /// A peer with another major version is refused.
-  public static let major: UInt16 = 1
+  /// 2.0 carries real module images (fat binaries, cubins, PTX) of any size
+  /// and CUDA's launch errors, whose statuses a 1.x guest would take for a
+  /// device bug.
+  public static let major: UInt16 = 2
   /// Minor versions add commands or fields behind feature bits; a peer with
   /// an older minor is served, without what its version lacks.
   /// 1.1 added `processes` (feature `processList`); 1.2 the transport bit
   /// `ivshmemDoorbell`; 1.3 the parameter layout `getFunction` writes
-  /// (feature `functionInfo`).
-  public static let minor: UInt16 = 3
+  /// (feature `functionInfo`); 2.0 module uploads, globals, device output
+  /// and error text (feature `kernelImages`).
+  public static let minor: UInt16 = 0
   /// `major << 16 | minor`, as the version register holds it.
   public static var packed: UInt32 { UInt32(major) << 16 | UInt32(minor) }
 }
@@ -144,8 +148,13 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   /// `getFunction` writes the function's ``FunctionInfo`` (1.3): its
   /// parameter layout, so a guest packs `kernelParams` without a catalogue.
   public static let functionInfo = FeatureBits(rawValue: 1 << 5)
-  /// Everything `identify` negotiates in this version (1.3).
-  public static let all: FeatureBits = [.eventSuppression, .builtinKernels, .streams, .processList, .functionInfo]
+  /// Real module images (2.0): `moduleUpload`, `moduleGlobal`, `output`,
+  /// `errorText`, and the launch statuses of CUDA's sticky errors.
+  public static let kernelImages = FeatureBits(rawValue: 1 << 6)
+  /// Everything `identify` negotiates in this version (2.0).
+  public static let all: FeatureBits = [
+    .eventSuppression, .builtinKernels, .streams, .processList, .functionInfo, .kernelImages,
+  ]
 }
 
 /// Limits both sides hold each other to.

@@ -12,7 +12,7 @@ import VGPUProtocol
     let h = try Harness()
     h.claim(0, identify: false)
     h.expect(Command.MemoryInfo().entry, .notInitialized)
-    h.expect(Command.Identify(guestVersion: 2 << 16, guestFeatures: []).entry, .versionMismatch, detail: 1)
+    h.expect(Command.Identify(guestVersion: 3 << 16, guestFeatures: []).entry, .versionMismatch, detail: 1)
     #expect(h.send(Command.Identify(guestFeatures: []).entry).status == 0)
     var e = Command.Nop().entry
     e.opcode = 0xee
@@ -191,10 +191,21 @@ import VGPUProtocol
     #expect(h.send(processes(h.staging(), 128 << 10)).status == 0)  // the whole window
   }
 
-  @Test func aVersion1_0GuestIsServed() throws {
+  /// 2.0 answers statuses a 1.x guest would take for a device bug: such a
+  /// guest is refused at identify, before anything else.
+  @Test func aVersion1GuestIsRefused() throws {
     let h = try Harness()
     h.claim(0, identify: false)
-    let c = h.send(Command.Identify(guestVersion: 0x0001_0000, guestFeatures: .version1_0).entry)
+    let c = h.send(Command.Identify(guestVersion: 0x0001_0003, guestFeatures: .all).entry)
+    #expect(c.status == CommandStatus.versionMismatch.rawValue && c.detail == 1)
+    #expect(c.result1 == UInt64(ProtocolVersion.packed))
+    h.expect(Command.MemoryInfo().entry, .notInitialized)
+  }
+
+  @Test func a2_0GuestWithFewerFeaturesIsServedWithThose() throws {
+    let h = try Harness()
+    h.claim(0, identify: false)
+    let c = h.send(Command.Identify(guestVersion: 0x0002_0000, guestFeatures: .version1_0).entry)
     let reply = Command.Identify.Reply(c)
     #expect(c.status == 0 && reply.features == .version1_0 && reply.deviceVersion == ProtocolVersion.packed)
     #expect(h.send(Command.MemoryInfo().entry).status == 0)

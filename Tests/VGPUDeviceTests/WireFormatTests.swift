@@ -52,12 +52,15 @@ import Testing
     #expect(CommandStatus.allCases.map(\.rawValue) == Array(0...CommandStatus.highest))
   }
 
-  @Test func version1_1AddsTheProcessList1_2TheDoorbellBit1_3FunctionInfo() {
-    #expect(ProtocolVersion.packed == 0x0001_0003)
+  @Test func version2_0AddsKernelImagesToWhat1_xHad() {
+    #expect(ProtocolVersion.packed == 0x0002_0000)
     #expect(Opcode.processes.rawValue == 0x16)
+    #expect(
+      [Opcode.moduleUpload, .moduleGlobal, .output, .errorText].map(\.rawValue) == [0x17, 0x18, 0x19, 0x1a])
     #expect(FeatureBits.processList.rawValue == 1 << 3)
     #expect(FeatureBits.functionInfo.rawValue == 1 << 5)
-    #expect(FeatureBits.all.rawValue == 0x2f && FeatureBits.version1_0.rawValue == 0x7)
+    #expect(FeatureBits.kernelImages.rawValue == 1 << 6)
+    #expect(FeatureBits.all.rawValue == 0x6f && FeatureBits.version1_0.rawValue == 0x7)
     // A transport bit: in the features register only, never negotiated.
     #expect(FeatureBits.ivshmemDoorbell.rawValue == 1 << 4 && !FeatureBits.all.contains(.ivshmemDoorbell))
   }

@@ -14,7 +14,7 @@ let codecs: [(type: any CommandCodec.Type, words: [Int: UInt64])] = [
   (Command.CopyFromDevice.self, [0: ~0, 1: ~0, 2: ~0]),
   (Command.CopyDeviceToDevice.self, [0: ~0, 1: ~0, 2: ~0]),
   (Command.Memset.self, [0: ~0, 1: ~0, 2: ~0, 3: ~0]),
-  (Command.ModuleLoad.self, [1: ~0, 2: ~0]),
+  (Command.ModuleLoad.self, [0: ~0, 1: ~0, 2: ~0]),
   (Command.ModuleUnload.self, [0: ~0]),
   (Command.GetFunction.self, [0: ~0, 1: ~0, 2: ~0, 3: ~0, 4: ~0]),
   (Command.Launch.self, [0: ~0, 1: ~0, 2: ~0, 3: ~0, 4: ~0, 5: ~0, 6: ~0]),
@@ -28,6 +28,10 @@ let codecs: [(type: any CommandCodec.Type, words: [Int: UInt64])] = [
   (Command.EventElapsed.self, [0: ~0, 1: ~0]),
   (Command.Statistics.self, [0: ~0, 1: ~0, 2: ~0]),
   (Command.Processes.self, [1: ~0, 2: ~0]),
+  (Command.ModuleUpload.self, [0: ~0, 1: ~0, 2: ~0, 3: ~0, 4: ~0]),
+  (Command.ModuleGlobal.self, [0: ~0, 1: ~0, 2: ~0]),
+  (Command.Output.self, [1: ~0, 2: ~0]),
+  (Command.ErrorText.self, [1: ~0, 2: ~0]),
 ]
 
 func words(_ e: SubmissionEntry) -> [UInt64] { [e.a0, e.a1, e.a2, e.a3, e.a4, e.a5, e.a6] }
@@ -215,6 +219,11 @@ func decodeAndEncode<C: CommandCodec>(_ type: C.Type, _ e: SubmissionEntry) -> S
     case .invalidImage: "invalidImage"
     case .notInitialized: "notInitialized"
     case .invalidParameters: "invalidParameters"
+    case .illegalAddress: "illegalAddress"
+    case .assertTriggered: "assertTriggered"
+    case .launchTimeout: "launchTimeout"
+    case .noBinaryForGPU: "noBinaryForGPU"
+    case .invalidPTX: "invalidPTX"
     }
   }
 

@@ -1,0 +1,146 @@
+import VGPUProtocol
+
+/// What runs kernels for the device. The reference device's backend reads
+/// PTX and interprets it; a host's real GPU (issue 14) would hand the same
+/// images to its driver. The executor sees only this interface: it owns
+/// handles, memory, accounting and validation; a backend owns code.
+///
+/// Calls come from the serving thread, under the executor's lock, one at a time.
+public protocol ExecutionBackend: AnyObject, Sendable {
+  /// A short name for logs and `probe` ("PTX interpreter").
+  var name: String { get }
+  /// Reads a module image as the guest sent it (a fat binary, a wrapper's
+  /// data, an ELF cubin or PTX text). Every byte is untrusted.
+  func loadModule(_ image: UnsafeRawBufferPointer) throws(BackendError) -> any BackendModule
+}
+
+/// A loaded module: its variables (placed by the device) and its kernels.
+public protocol BackendModule: AnyObject {
+  /// The module's `.global` and `.const` variables the device must place
+  /// in its memory before any launch, in a fixed order.
+  var variables: [ModuleVariable] { get }
+  /// Where the device placed `variables` (same order): kernels see these addresses.
+  func bind(variableAddresses: [UInt64])
+  /// A kernel by name: its layout, attributes and code. A kernel whose code
+  /// could not be read fails here, alone (the rest of the module works).
+  func function(named name: String) throws(BackendError) -> any BackendFunction
+}
+
+/// One kernel, ready to launch.
+public protocol BackendFunction: AnyObject {
+  /// Attributes `getFunction` reports.
+  var info: FunctionInfo { get }
+  /// Where each parameter sits in the packed buffer.
+  var slots: [ParameterSlot] { get }
+  /// Runs the kernel to completion. `parameters` has exactly
+  /// `info.parameterBytes` bytes; global memory goes through `memory`,
+  /// which checks every access against the launching process's allocations;
+  /// `printf` text is appended to `output`.
+  func launch(
+    _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, memory: KernelMemoryView,
+    output: inout DeviceOutput
+  ) throws(BackendError)
+}
+
+/// A grid: blocks, threads per block and dynamic shared memory (cuLaunchKernel's arguments).
+public struct KernelGeometry: Sendable, Equatable {
+  public var grid: Dimensions
+  public var block: Dimensions
+  public var sharedBytes: UInt32
+  public init(grid: Dimensions, block: Dimensions, sharedBytes: UInt32 = 0) {
+    self.grid = grid
+    self.block = block
+    self.sharedBytes = sharedBytes
+  }
+}
+
+/// A module variable (`__device__`, `__constant__`, printf's format strings).
+public struct ModuleVariable: Sendable, Equatable {
+  public var name: String
+  public var size: Int
+  public var alignment: Int
+  /// The bytes it starts with; shorter than `size` means zeros after.
+  public var initializer: [UInt8]
+  public init(name: String, size: Int, alignment: Int, initializer: [UInt8] = []) {
+    self.name = name
+    self.size = size
+    self.alignment = alignment
+    self.initializer = initializer
+  }
+}
+
+/// Why a backend refused an image or a kernel failed: the status the guest
+/// gets (with CUDA's number at the shim edge), and one line for a person,
+/// which the guest fetches with `errorText`.
+public struct BackendError: Error, Sendable, CustomStringConvertible {
+  public var status: CommandStatus
+  public var detail: UInt32
+  /// Facts for the guest (an illegal address: the address in r0).
+  public var result0: UInt64
+  public var result1: UInt64 = 0
+  public var message: String
+  public init(_ status: CommandStatus, _ message: String, detail: UInt32 = 0, result0: UInt64 = 0) {
+    self.status = status
+    self.message = message
+    self.detail = detail
+    self.result0 = result0
+  }
+  func with(result1: UInt64) -> BackendError {
+    var e = self
+    e.result1 = result1
+    return e
+  }
+  public var description: String { message }
+}
+
+/// Device memory as a kernel of one process sees it: device addresses
+/// checked against that process's live allocations and translated into the
+/// device's reservation. A value type, so a backend's generic code calls it
+/// without existential dispatch.
+public struct KernelMemoryView {
+  unowned(unsafe) let executor: Executor
+  let pid: UInt32
+
+  /// A host pointer to `count` bytes at device `address`, or nil when any
+  /// of them is outside the process's live allocations.
+  @inline(__always)
+  public func resolve(_ address: UInt64, count: Int) -> UnsafeMutableRawPointer? {
+    try? executor.deviceRange(address, UInt64(count), pid: pid, argument: 0)
+  }
+}
+
+/// A process's device output (kernels' `printf`), oldest first, bounded as
+/// CUDA's printf FIFO is (1 MiB by default, cudaLimitPrintfFifoSize): what
+/// does not fit is dropped and counted, never blocking a kernel.
+public struct DeviceOutput: Sendable {
+  public static let capacity = 1 << 20
+  private(set) var bytes: [UInt8] = []
+  private(set) var dropped: UInt64 = 0
+
+  public init() {}
+
+  /// Appends `text`, or counts it as dropped when the buffer is full.
+  public mutating func append(_ text: some Collection<UInt8>) {
+    guard bytes.count + text.count <= Self.capacity else {
+      dropped &+= UInt64(text.count)
+      return
+    }
+    bytes.append(contentsOf: text)
+  }
+
+  /// Moves up to `capacity` of the oldest bytes to `destination`; returns
+  /// how many, and the drop count (then reset).
+  mutating func take(into destination: UnsafeMutableRawPointer, capacity: Int) -> (written: Int, dropped: UInt64) {
+    let n = min(capacity, bytes.count)
+    if n > 0 {
+      bytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress!, byteCount: n) }
+      bytes.removeFirst(n)
+    }
+    let d = dropped
+    dropped = 0
+    return (n, d)
+  }
+
+  var isEmpty: Bool { bytes.isEmpty }
+  var count: Int { bytes.count }
+}
