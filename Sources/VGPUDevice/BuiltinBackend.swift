@@ -21,6 +21,7 @@ final class BuiltinModule: BackendModule {
   init(_ image: ModuleImage) { self.image = image }
   var variables: [ModuleVariable] { [] }
   func bind(variableAddresses: [UInt64]) {}
+  func initializer(ofVariable index: Int) throws(BackendError) -> [UInt8] { [] }
   func function(named name: String) throws(BackendError) -> any BackendFunction {
     guard let kernel = image.kernels.first(where: { $0.rawValue == name }) else {
       let known = image.kernels.map(\.rawValue).joined(separator: ", ")

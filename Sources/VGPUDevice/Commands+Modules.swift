@@ -103,9 +103,11 @@ extension Executor {
     let module: any BackendModule
     do throws(BackendError) { module = try backend.loadModule(image) } catch { throw Refusal(error) }
     // Place the module's variables in device memory, owned by this queue
-    // pair (freed with it, or at unload), initialised from the image.
+    // pair (freed with it, or at unload), then initialise them from the
+    // image (whose initializers may hold the addresses just chosen).
     var placed: [(name: String, address: UInt64, size: UInt64)] = []
-    for v in module.variables {
+    let variables = module.variables
+    for v in variables {
       let size = UInt64(max(v.size, 1))
       // The allocator's 256 bytes cover every PTX alignment but absurd ones, which are capped.
       let wanted = UInt64(min(max(v.alignment, 1), 4096))
@@ -117,12 +119,23 @@ extension Executor {
         )
       }
       countAllocation(a.size, owner: qp)
-      let host = memory.base + Int(a.offset)
-      host.initializeMemory(as: UInt8.self, repeating: 0, count: Int(size))
-      v.initializer.prefix(v.size).withUnsafeBytes { host.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+      (memory.base + Int(a.offset)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(size))
       placed.append((v.name, deviceAddressBase + a.offset, UInt64(v.size)))
     }
     module.bind(variableAddresses: placed.map(\.address))
+    for (i, v) in placed.enumerated() {
+      let bytes: [UInt8]
+      do throws(BackendError) { bytes = try module.initializer(ofVariable: i) } catch {
+        for p in placed { freeVariable(p.address) }
+        throw Refusal(error)
+      }
+      let n = min(bytes.count, Int(v.size))
+      if n > 0 {
+        bytes.withUnsafeBytes {
+          (memory.base + Int(v.address - deviceAddressBase)).copyMemory(from: $0.baseAddress!, byteCount: n)
+        }
+      }
+    }
     return CompletionEntry(
       status: .success, result0: modules.insert(ModuleEntry(module: module, variables: placed), pid: pid, queuePair: qp)
     )

@@ -21,6 +21,10 @@ public protocol BackendModule: AnyObject {
   var variables: [ModuleVariable] { get }
   /// Where the device placed `variables` (same order): kernels see these addresses.
   func bind(variableAddresses: [UInt64])
+  /// Variable `index`'s first bytes, once bound (an initializer may hold
+  /// other variables' addresses: printf's format strings, numba's
+  /// environment); shorter than its size means zeros after.
+  func initializer(ofVariable index: Int) throws(BackendError) -> [UInt8]
   /// A kernel by name: its layout, attributes and code. A kernel whose code
   /// could not be read fails here, alone (the rest of the module works).
   func function(named name: String) throws(BackendError) -> any BackendFunction
@@ -59,13 +63,10 @@ public struct ModuleVariable: Sendable, Equatable {
   public var name: String
   public var size: Int
   public var alignment: Int
-  /// The bytes it starts with; shorter than `size` means zeros after.
-  public var initializer: [UInt8]
-  public init(name: String, size: Int, alignment: Int, initializer: [UInt8] = []) {
+  public init(name: String, size: Int, alignment: Int) {
     self.name = name
     self.size = size
     self.alignment = alignment
-    self.initializer = initializer
   }
 }
 
