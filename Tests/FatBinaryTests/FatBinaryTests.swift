@@ -302,3 +302,108 @@ func atEndOfPage(_ bytes: [UInt8], _ body: (UnsafeRawPointer) throws -> Void) th
   bytes.withUnsafeBytes { start.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
   try body(UnsafeRawPointer(start))
 }
+
+/// An ELF64 header and section table built by hand, for the sizer's rules
+/// (gABI): the table need not be last, NOBITS sections take no file bytes,
+/// and e_shnum = 0 means section 0's sh_size holds the count.
+func handmadeELF(
+  shoff: UInt64, sections: [(type: UInt32, offset: UInt64, size: UInt64)], phoff: UInt64 = 0, phnum: UInt16 = 0,
+  extendedCount: Bool = false, length: Int
+) -> [UInt8] {
+  var image = [UInt8](repeating: 0, count: length)
+  func put<T: FixedWidthInteger>(_ v: T, at offset: Int) {
+    withUnsafeBytes(of: v.littleEndian) { image.replaceSubrange(offset..<offset + $0.count, with: $0) }
+  }
+  image.replaceSubrange(0..<4, with: [0x7F, 0x45, 0x4C, 0x46])
+  image[4] = 2  // ELFCLASS64
+  image[5] = 1  // ELFDATA2LSB
+  image[6] = 1
+  put(UInt16(190), at: 18)  // EM_CUDA
+  put(phoff, at: 32)
+  put(shoff, at: 40)
+  put(UInt16(56), at: 54)  // e_phentsize
+  put(phnum, at: 56)
+  put(UInt16(64), at: 58)  // e_shentsize
+  put(UInt16(extendedCount ? 0 : sections.count), at: 60)
+  for (i, s) in sections.enumerated() {
+    let at = Int(shoff) + 64 * i
+    put(s.type, at: at + 4)
+    put(s.offset, at: at + 24)
+    put(s.size, at: at + 32)
+  }
+  if extendedCount { put(UInt64(sections.count), at: Int(shoff) + 32) }
+  return image
+}
+
+@Suite struct ModuleImageSizerTests {
+  func size(_ image: [UInt8]) throws(ModuleImageSizeError) -> Int {
+    var result: Result<Int, ModuleImageSizeError>!
+    image.withUnsafeBytes { raw in
+      result = Result { () throws(ModuleImageSizeError) in try ModuleImageSizer.extent(of: raw).bytes.count }
+    }
+    return try result.get()
+  }
+
+  @Test func elfSizeIsTheFurthestEnd() throws {
+    // Section table at 64 (2 × 64 bytes, ends at 192); a PROGBITS section ends at 300;
+    // a NOBITS one "ends" at 1 MiB but takes no file bytes.
+    let elf = handmadeELF(
+      shoff: 64, sections: [(0, 0, 0), (1, 200, 100), (8, 200, 1 << 20)], length: 400)
+    #expect(try size(elf) == 300)
+    // A program header table past the sections counts too.
+    let withPhdrs = handmadeELF(shoff: 64, sections: [(0, 0, 0), (1, 256, 16)], phoff: 300, phnum: 2, length: 420)
+    #expect(try size(withPhdrs) == 412)
+    // e_shnum = 0: the count is section 0's sh_size.
+    let extended = handmadeELF(shoff: 64, sections: [(0, 0, 0), (1, 256, 44)], extendedCount: true, length: 400)
+    #expect(try size(extended) == 300)
+    // The pointer variant agrees, with nothing readable past the image.
+    try atEndOfPage(Array(elf.prefix(300))) { p throws in #expect(try ModuleImageSizer.extent(at: p).bytes.count == 300)
+    }
+  }
+
+  @Test func elfFieldsThatPointOutside() throws {
+    let past = handmadeELF(shoff: 64, sections: [(0, 0, 0), (1, 200, 1000)], length: 400)
+    #expect(
+      throws: ModuleImageSizeError.truncated(
+        what: "ELF image (sections and program headers)", needed: 1200, available: 400)
+    ) {
+      try size(past)
+    }
+    let overflow = handmadeELF(shoff: 64, sections: [(0, 0, 0), (1, .max - 8, 100)], length: 400)
+    #expect(throws: ModuleImageSizeError.tooLarge(kind: .elf, size: .max, limit: ModuleImageLayout.defaultLimit)) {
+      try size(overflow)
+    }
+    let tableOutside = handmadeELF(shoff: 64, sections: [(0, 0, 0)], length: 200)
+    var moved = tableOutside
+    moved[40] = 0xF0  // e_shoff = 240: the table is past the end
+    #expect(throws: ModuleImageSizeError.self) { try size(moved) }
+    var bigEndian = tableOutside
+    bigEndian[5] = 2
+    #expect(
+      throws: ModuleImageSizeError.malformed(
+        kind: .elf, reason: "class 2 / data 2, expected ELFCLASS64 (2) little-endian (1)")
+    ) {
+      try size(bigEndian)
+    }
+  }
+
+  @Test func fatbinHeaderFields() throws {
+    let fatbin = handmadeFatbin([(1, 75, ptxText("x"))])
+    #expect(try size(fatbin + [1, 2, 3]) == fatbin.count)
+    #expect(
+      throws: ModuleImageSizeError.truncated(
+        what: "fat binary (header 16 + files \(fatbin.count - 16))", needed: fatbin.count, available: fatbin.count - 1)
+    ) {
+      try size(Array(fatbin.dropLast()))
+    }
+    var huge = fatbin
+    huge.replaceSubrange(8..<16, with: [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])
+    #expect(throws: ModuleImageSizeError.tooLarge(kind: .fatbin, size: .max, limit: ModuleImageLayout.defaultLimit)) {
+      try size(huge)
+    }
+    var shortHeader = fatbin
+    shortHeader[6] = 8
+    #expect(throws: ModuleImageSizeError.self) { try size(shortHeader) }
+    #expect(throws: ModuleImageSizeError.unknownKind(firstBytes: [1, 2, 3])) { try size([1, 2, 3]) }
+  }
+}

@@ -75,3 +75,25 @@ func entryNames(_ ptx: String) -> Set<String> {
 
   func expected(_ file: String) -> Set<String> { corpus.first { $0.file == file }!.entries }
 }
+
+@Suite struct CUDAToolchainTests {
+  /// A compile error comes back with NVRTC's log: the file, the line, the message.
+  @Test func nvrtcErrorCarriesTheLog() throws {
+    do {
+      _ = try CUDAToolchain.nvrtcPTX(source: "extern \"C\" __global__ void k() { undeclared(); }", name: "broken.cu")
+      Issue.record("NVRTC compiled a call to an undeclared function")
+    } catch let error as CUDAToolchainError {
+      #expect(error.description.contains("NVRTC_ERROR_COMPILATION"))
+      #expect(error.description.contains("broken.cu(1)"))
+      #expect(error.description.contains("undeclared"))
+    }
+  }
+
+  /// NVRTC with -arch=sm_XX gives a cubin for that arch.
+  @Test func nvrtcCubin() throws {
+    let source = try String(contentsOf: CUDAToolchain.kernels.appendingPathComponent("saxpy.cu"), encoding: .utf8)
+    let cubin = try CUDAToolchain.nvrtc(source: source, target: .cubin(sm: 90))
+    #expect(Array(cubin.prefix(4)) == [0x7F, 0x45, 0x4C, 0x46])
+    #expect(cubin.withUnsafeBytes { ModuleImageLoader.cubinArch($0) } == 90)
+  }
+}
