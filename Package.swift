@@ -9,6 +9,7 @@ let package = Package(
   products: [
     .library(name: "PCI", targets: ["PCI"]),
     .library(name: "VGPU", targets: ["VGPU"]),
+    .library(name: "PTX", targets: ["PTX"]),
     .executable(name: "pcitool", targets: ["pcitool"]),
     .executable(name: "vgpu-mediator", targets: ["vgpu-mediator"]),
     .executable(name: "vgpu-bench", targets: ["vgpu-bench"]),
@@ -83,6 +84,9 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ]
     ),
+    // The PTX engine: parser, lowering and interpreter for the reference device. Depends on nothing here.
+    .target(name: "PTX"),
+    .testTarget(name: "PTXTests", dependencies: ["PTX"]),
     // Helpers shared by the test targets.
     .target(name: "TestSupport", dependencies: ["VGPUProtocol"], path: "Tests/TestSupport"),
     // Reads the facts lspci states, for comparing our decoder with it.
