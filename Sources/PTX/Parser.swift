@@ -180,7 +180,7 @@ struct Parser {
       }
       if accept("=") { d.initializer = try parseInitializer() }
       decls.append(d)
-    } while accept(",")
+    } while terminated && accept(",")
     if terminated { try expect(";") }
     return decls
   }
@@ -246,7 +246,6 @@ struct Parser {
         _ = next()
       }
       if tok.kind == .string { _ = next() }
-      _ = accept(";")
     }
     if accept(";") { return f }
     guard isPunct("{") else { throw fail("'{' or ';' after function header") }
