@@ -134,7 +134,7 @@ import Testing
       #expect(file == "k.cu")
       #expect(line == 42)
       #expect(function == "check")
-      #expect(thread == PTXDim3(2))
+      #expect(thread == PTXDim3(2, 0, 0))
       #expect(e.cudaError == 710)
     }
   }
