@@ -9,6 +9,7 @@ let package = Package(
   products: [
     .library(name: "PCI", targets: ["PCI"]),
     .library(name: "VGPU", targets: ["VGPU"]),
+    .library(name: "PTX", targets: ["PTX"]),
     .executable(name: "pcitool", targets: ["pcitool"]),
     .executable(name: "vgpu-mediator", targets: ["vgpu-mediator"]),
     .executable(name: "vgpu-bench", targets: ["vgpu-bench"]),
@@ -87,6 +88,9 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ]
     ),
+    // The PTX engine: parser, lowering and interpreter for the reference device. Depends on nothing here.
+    .target(name: "PTX"),
+    .testTarget(name: "PTXTests", dependencies: ["PTX"]),
     // Helpers shared by the test targets.
     .target(name: "TestSupport", dependencies: ["VGPUProtocol"], path: "Tests/TestSupport"),
     // The project's CUDA corpus (Tests/Kernels/*.cu) built by nvcc 13.5 and NVRTC 12.9 from .venv.

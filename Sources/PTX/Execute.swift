@@ -1,0 +1,643 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Darwin)
+  import Darwin
+#endif
+import Synchronization
+
+extension BlockRunner {
+  /// Runs thread `t` until it parks at a sync point or exits. The loop keeps the frame pointer,
+  /// code pointer and pc in locals; each instruction is one `switch` case over slot indices.
+  mutating func run(_ t: Int) throws(Fault) {
+    var st = threads[t]
+    let base = stack + t * stackSlots
+    var r = base + Int(st.frame)
+    var fn = funcs[Int(st.fn)]
+    var code = fn.code
+    var pc = Int(st.pc)
+    var pbase = UnsafeMutableRawPointer(r + fn.slots)
+    var n: UInt64 = 0
+    let limit = budget &- executed
+    let localBase = local + t * localBytes
+    defer { executed &+= n }
+
+    @inline(__always) func save(_ status: UInt8) {
+      st.pc = Int32(pc)
+      st.frame = Int32(r - base)
+      st.status = status
+      threads[t] = st
+    }
+
+    while true {
+      let i = code[pc]
+      n &+= 1
+      if i.guardSlot >= 0 && (r[Int(i.guardSlot)] != 0) == i.guardNeg {
+        pc += 1
+        continue
+      }
+      let d = Int(i.d)
+      let a = r[Int(i.a)]
+      let b = r[Int(i.b)]
+      switch i.op {
+      case .add: r[d] = (a &+ b) & i.mask
+      case .sub: r[d] = (a &- b) & i.mask
+      case .mulLo: r[d] = (a &* b) & i.mask
+      case .mulHiU:
+        if i.sh == 0 {
+          r[d] = a.multipliedFullWidth(by: b).high
+        } else {
+          let m = ~UInt64(0) >> UInt64(i.sh)
+          r[d] = (((a & m) &* (b & m)) >> UInt64(64 - i.sh)) & i.mask
+        }
+      case .mulHiS:
+        if i.sh == 0 {
+          r[d] = UInt64(bitPattern: Int64(bitPattern: a).multipliedFullWidth(by: Int64(bitPattern: b)).high)
+        } else {
+          r[d] = UInt64(bitPattern: (sext(a, i.sh) &* sext(b, i.sh)) >> Int64(64 - i.sh)) & i.mask
+        }
+      case .mulWideU:
+        let m = ~UInt64(0) >> UInt64(i.sh)
+        r[d] = ((a & m) &* (b & m)) & i.mask
+      case .mulWideS: r[d] = UInt64(bitPattern: sext(a, i.sh) &* sext(b, i.sh)) & i.mask
+      case .madLo: r[d] = (a &* b &+ r[Int(i.c)]) & i.mask
+      case .madHiU, .madHiS:
+        var hi: UInt64
+        if i.sh == 0 {
+          hi =
+            i.op == .madHiU
+            ? a.multipliedFullWidth(by: b).high
+            : UInt64(bitPattern: Int64(bitPattern: a).multipliedFullWidth(by: Int64(bitPattern: b)).high)
+        } else if i.op == .madHiU {
+          let m = ~UInt64(0) >> UInt64(i.sh)
+          hi = ((a & m) &* (b & m)) >> UInt64(64 - i.sh)
+        } else {
+          hi = UInt64(bitPattern: (sext(a, i.sh) &* sext(b, i.sh)) >> Int64(64 - i.sh))
+        }
+        r[d] = (hi &+ r[Int(i.c)]) & i.mask
+      case .madWideU:
+        let m = ~UInt64(0) >> UInt64(i.sh)
+        r[d] = ((a & m) &* (b & m) &+ r[Int(i.c)]) & i.mask
+      case .madWideS: r[d] = (UInt64(bitPattern: sext(a, i.sh) &* sext(b, i.sh)) &+ r[Int(i.c)]) & i.mask
+      case .divU:
+        let y = b & i.mask
+        r[d] = y == 0 ? i.mask : (a & i.mask) / y
+      case .divS:
+        let y = sext(b, i.sh)
+        r[d] = y == 0 ? i.mask : UInt64(bitPattern: sext(a, i.sh).dividedReportingOverflow(by: y).partialValue) & i.mask
+      case .remU:
+        let y = b & i.mask
+        r[d] = y == 0 ? a & i.mask : (a & i.mask) % y
+      case .remS:
+        let y = sext(b, i.sh)
+        r[d] =
+          y == 0 ? a & i.mask : UInt64(bitPattern: sext(a, i.sh).remainderReportingOverflow(dividingBy: y).partialValue) & i.mask
+      case .minU: r[d] = Swift.min(a & i.mask, b & i.mask)
+      case .maxU: r[d] = Swift.max(a & i.mask, b & i.mask)
+      case .minS: r[d] = UInt64(bitPattern: Swift.min(sext(a, i.sh), sext(b, i.sh))) & i.mask
+      case .maxS: r[d] = UInt64(bitPattern: Swift.max(sext(a, i.sh), sext(b, i.sh))) & i.mask
+      case .absS:
+        let x = sext(a, i.sh)
+        r[d] = UInt64(bitPattern: x < 0 ? 0 &- x : x) & i.mask
+      case .neg: r[d] = (0 &- a) & i.mask
+      case .and: r[d] = a & b & i.mask
+      case .or: r[d] = (a | b) & i.mask
+      case .xor: r[d] = (a ^ b) & i.mask
+      case .not: r[d] = ~a & i.mask
+      case .cnot: r[d] = a & i.mask == 0 ? 1 : 0
+      case .shl:
+        let s = b & 0xffff_ffff
+        r[d] = s >= UInt64(64 - i.sh) ? 0 : (a << s) & i.mask
+      case .shrU:
+        let s = b & 0xffff_ffff
+        r[d] = s >= UInt64(64 - i.sh) ? 0 : (a & i.mask) >> s
+      case .shrS:
+        let s = Swift.min(b & 0xffff_ffff, 63)
+        r[d] = UInt64(bitPattern: sext(a, i.sh) >> Int64(s)) & i.mask
+      case .addSat, .subSat:
+        let x = sext(a, 32)
+        let y = sext(b, 32)
+        let v = i.op == .addSat ? x + y : x - y
+        r[d] = UInt64(bitPattern: Swift.min(Swift.max(v, Int64(Int32.min)), Int64(Int32.max))) & 0xffff_ffff
+      case .popc: r[d] = UInt64((a & (~UInt64(0) >> UInt64(i.sh))).nonzeroBitCount)
+      case .clz:
+        let x = a & (~UInt64(0) >> UInt64(i.sh))
+        r[d] = x == 0 ? UInt64(64 - i.sh) : UInt64((x << UInt64(i.sh)).leadingZeroBitCount)
+      case .brev: r[d] = reverseBits(a) >> UInt64(i.sh)
+      case .bfeU, .bfeS:
+        let width = UInt64(64 - i.sh)
+        let pos = b & 0xff
+        let len = r[Int(i.c)] & 0xff
+        let x = a & (~UInt64(0) >> UInt64(i.sh))
+        if len == 0 {
+          r[d] = 0
+        } else {
+          let lenMask: UInt64 = len >= 64 ? ~0 : (1 << len) - 1
+          var v = pos >= width ? 0 : (x >> pos) & lenMask
+          if i.op == .bfeS {
+            let signPos = Swift.min(pos + len - 1, width - 1)
+            if (x >> signPos) & 1 == 1 && len < 64 { v |= ~lenMask }
+          }
+          r[d] = v & i.mask
+        }
+      case .bfi:
+        let width = UInt64(64 - i.sh)
+        let pos = r[Int(i.c)] & 0xff
+        let len = r[Int(i.e)] & 0xff
+        if len == 0 || pos >= width {
+          r[d] = b & i.mask
+        } else {
+          let lenMask: UInt64 = len >= 64 ? ~0 : (1 << len) - 1
+          let m = (lenMask << pos) & i.mask
+          r[d] = ((b & ~m) | ((a << pos) & m)) & i.mask
+        }
+      case .prmt:
+        let bytes = (b & 0xffff_ffff) << 32 | (a & 0xffff_ffff)
+        let sel = r[Int(i.c)]
+        var v: UInt64 = 0
+        for k in 0..<4 {
+          let s = (sel >> UInt64(4 * k)) & 0xf
+          var byte = (bytes >> ((s & 7) * 8)) & 0xff
+          if s & 8 != 0 { byte = byte & 0x80 != 0 ? 0xff : 0 }
+          v |= byte << UInt64(8 * k)
+        }
+        r[d] = v
+      case .mul24U: r[d] = ((a & 0xff_ffff) &* (b & 0xff_ffff)) & i.mask
+      case .mul24S: r[d] = UInt64(bitPattern: sext(a, 40) &* sext(b, 40)) & i.mask
+      case .mad24U: r[d] = ((a & 0xff_ffff) &* (b & 0xff_ffff) &+ r[Int(i.c)]) & i.mask
+      case .mad24S: r[d] = (UInt64(bitPattern: sext(a, 40) &* sext(b, 40)) &+ r[Int(i.c)]) & i.mask
+      case .shfL, .shfR:
+        let c = r[Int(i.c)] & 0xffff_ffff
+        let s = i.flags & Flag.wrap != 0 ? c & 31 : Swift.min(c, 32)
+        let wide = (b & 0xffff_ffff) << 32 | (a & 0xffff_ffff)
+        r[d] = i.op == .shfL ? ((wide << s) >> 32) & 0xffff_ffff : (wide >> s) & 0xffff_ffff
+      case .bfindU, .bfindS:
+        var x = a & (~UInt64(0) >> UInt64(i.sh))
+        if i.op == .bfindS && sext(a, i.sh) < 0 { x = ~x & (~UInt64(0) >> UInt64(i.sh)) }
+        r[d] = x == 0 ? 0xffff_ffff : UInt64(63 - x.leadingZeroBitCount)
+
+      // f32 (PTX ISA §9.7.3); rounding modifiers other than .rn are not modelled for arithmetic.
+      case .fadd: r[d] = fout(fin(a, i.flags) + fin(b, i.flags), i.flags)
+      case .fsub: r[d] = fout(fin(a, i.flags) - fin(b, i.flags), i.flags)
+      case .fmul: r[d] = fout(fin(a, i.flags) * fin(b, i.flags), i.flags)
+      case .ffma: r[d] = fout(fin(r[Int(i.c)], i.flags).addingProduct(fin(a, i.flags), fin(b, i.flags)), i.flags)
+      case .fdiv: r[d] = fout(fin(a, i.flags) / fin(b, i.flags), i.flags)
+      case .fmin, .fmax:
+        let v = fminmax(Double(fin(a, i.flags)), Double(fin(b, i.flags)), i.op == .fmax, i.flags & Flag.nan != 0)
+        r[d] = fout(Float(v), i.flags)
+      case .fabs: r[d] = fout(abs(fin(a, i.flags)), i.flags)
+      case .fneg: r[d] = fout(-fin(a, i.flags), i.flags)
+      case .frcp: r[d] = fout(1 / fin(a, i.flags), i.flags)
+      case .fsqrt: r[d] = fout(fin(a, i.flags).squareRoot(), i.flags)
+      case .frsqrt: r[d] = fout(1 / fin(a, i.flags).squareRoot(), i.flags)
+      case .fex2: r[d] = fout(exp2f(fin(a, i.flags)), i.flags)
+      case .flg2: r[d] = fout(log2f(fin(a, i.flags)), i.flags)
+      case .fsin: r[d] = fout(sinf(fin(a, i.flags)), i.flags)
+      case .fcos: r[d] = fout(cosf(fin(a, i.flags)), i.flags)
+      case .ftanh: r[d] = fout(tanhf(fin(a, i.flags)), i.flags)
+      case .fcopysign: r[d] = bits(Float(sign: f32(a).sign, exponentBitPattern: f32(b).exponentBitPattern, significandBitPattern: f32(b).significandBitPattern))
+      case .dadd: r[d] = dout(f64(a) + f64(b), i.flags)
+      case .dsub: r[d] = dout(f64(a) - f64(b), i.flags)
+      case .dmul: r[d] = dout(f64(a) * f64(b), i.flags)
+      case .dfma: r[d] = dout(f64(r[Int(i.c)]).addingProduct(f64(a), f64(b)), i.flags)
+      case .ddiv: r[d] = dout(f64(a) / f64(b), i.flags)
+      case .dmin, .dmax: r[d] = fminmax(f64(a), f64(b), i.op == .dmax, i.flags & Flag.nan != 0).bitPattern
+      case .dabs: r[d] = abs(f64(a)).bitPattern
+      case .dneg: r[d] = (-f64(a)).bitPattern
+      case .drcp: r[d] = (1 / f64(a)).bitPattern
+      case .dsqrt: r[d] = f64(a).squareRoot().bitPattern
+      case .drsqrt: r[d] = (1 / f64(a).squareRoot()).bitPattern
+      case .dex2: r[d] = exp2(f64(a)).bitPattern
+      case .dlg2: r[d] = log2(f64(a)).bitPattern
+      case .dsin: r[d] = sin(f64(a)).bitPattern
+      case .dcos: r[d] = cos(f64(a)).bitPattern
+      case .dtanh: r[d] = tanh(f64(a)).bitPattern
+      case .dcopysign: r[d] = (f64(a).bitPattern & (1 << 63)) | (f64(b).bitPattern & ~(1 << 63))
+      case .hadd: r[d] = bits16(f16(a) + f16(b))
+      case .hsub: r[d] = bits16(f16(a) - f16(b))
+      case .hmul: r[d] = bits16(f16(a) * f16(b))
+      case .hfma: r[d] = bits16(f16(r[Int(i.c)]).addingProduct(f16(a), f16(b)))
+      case .hneg: r[d] = (a ^ 0x8000) & 0xffff
+      case .habs: r[d] = a & 0x7fff
+      case .hmin, .hmax: r[d] = bits16(Float(fminmax(Double(f16(a)), Double(f16(b)), i.op == .hmax, i.flags & Flag.nan != 0)))
+      case .testpF, .testpD:
+        let x = i.op == .testpF ? Double(f32(a)) : f64(a)
+        let sub = i.op == .testpF ? f32(a).isSubnormal : x.isSubnormal
+        let res: Bool
+        switch i.mod {
+        case 0: res = x.isFinite
+        case 1: res = x.isInfinite
+        case 2: res = !x.isNaN
+        case 3: res = x.isNaN
+        case 4: res = x.isNormal && !sub
+        default: res = sub
+        }
+        r[d] = res ? 1 : 0
+
+      case .setpI, .setpF, .setpD, .setpH:
+        let c: Bool
+        switch i.op {
+        case .setpI: c = icompare(a, b, i.flags & Flag.signed != 0, i.sh, i.mod)
+        case .setpF: c = fcompare(Double(fin(a, i.flags)), Double(fin(b, i.flags)), i.mod)
+        case .setpH: c = fcompare(Double(f16(a)), Double(f16(b)), i.mod)
+        default: c = fcompare(f64(a), f64(b), i.mod)
+        }
+        if i.ty2 == 0 {
+          r[d] = c ? 1 : 0
+          r[Int(i.e)] = c ? 0 : 1
+        } else {
+          let q = (r[Int(i.c)] != 0) != (i.flags & Flag.negC != 0)
+          switch i.ty2 {
+          case 1:
+            r[d] = c && q ? 1 : 0
+            r[Int(i.e)] = !c && q ? 1 : 0
+          case 2:
+            r[d] = c || q ? 1 : 0
+            r[Int(i.e)] = !c || q ? 1 : 0
+          default:
+            r[d] = c != q ? 1 : 0
+            r[Int(i.e)] = !c != q ? 1 : 0
+          }
+        }
+      case .selp: r[d] = r[Int(i.c)] != 0 ? a : b
+      case .mov: r[d] = a & i.mask
+      case .movSR: r[d] = special(Special(rawValue: i.imm) ?? .zero, st, t) & i.mask
+      case .pack:
+        let count = Int(i.b)
+        let eb = UInt64(TypeCode.bits(i.ty) / count)
+        let em: UInt64 = eb >= 64 ? ~0 : (1 << eb) - 1
+        var v: UInt64 = 0
+        for k in 0..<count { v |= (r[Int(fn.extra(Int(i.a) + k))] & em) << (UInt64(k) * eb) }
+        r[d] = v
+      case .unpack:
+        let count = Int(i.b)
+        let eb = UInt64(TypeCode.bits(i.ty) / count)
+        let em: UInt64 = eb >= 64 ? ~0 : (1 << eb) - 1
+        for k in 0..<count { r[Int(fn.extra(d + k))] = (a >> (UInt64(k) * eb)) & em }
+      case .cvt: r[d] = convert(a, i)
+      case .isspace:
+        let inShared = a &- Memory.sharedWindow < 1 << 32
+        let inLocal = a &- Memory.localWindow < Memory.localStride * 1024
+        switch i.mod {
+        case 0: r[d] = !inShared && !inLocal ? 1 : 0
+        case 1: r[d] = inShared ? 1 : 0
+        case 2: r[d] = inLocal ? 1 : 0
+        default: r[d] = 0
+        }
+
+      // Memory (PTX ISA §9.7.9.8 ld, §9.7.9.9 st).
+      case .ldKParam:
+        let size = Int(i.ty2) * Int(i.e)
+        guard i.imm >= 0, Int(i.imm) + size <= paramBytes else { throw .illegal(UInt64(i.imm), size, false, i.line) }
+        loadInto(r, i, UnsafeMutableRawPointer(mutating: params + Int(i.imm)), fn)
+      case .ldParam: loadInto(r, i, pbase + Int(i.imm), fn)
+      case .stParam: storeFrom(r, i, pbase + Int(i.imm), fn)
+      case .ldGlobal, .ldGeneric, .ldShared, .ldLocal, .stGlobal, .stGeneric, .stShared, .stLocal:
+        let addr = a &+ UInt64(bitPattern: i.imm)
+        let size = Int(i.ty2) * Int(i.e)
+        let isStore = i.op.rawValue >= Op.stParam.rawValue
+        if addr & UInt64(size - 1) != 0 && size & (size - 1) == 0 { throw .misaligned(addr, size, i.line) }
+        let p: UnsafeMutableRawPointer?
+        switch i.op {
+        case .ldGlobal, .stGlobal: p = global(addr, size, write: isStore)
+        case .ldShared, .stShared: p = addr &+ UInt64(size) <= UInt64(sharedBytes) ? shared + Int(addr) : nil
+        case .ldLocal, .stLocal: p = addr &+ UInt64(size) <= UInt64(localBytes) ? localBase + Int(addr) : nil
+        default: p = generic(addr, size, write: isStore)
+        }
+        guard let p else { throw .illegal(addr, size, isStore, i.line) }
+        if isStore { storeFrom(r, i, p, fn) } else { loadInto(r, i, p, fn) }
+      case .atomGlobal, .atomShared, .atomGeneric:
+        let addr = a &+ UInt64(bitPattern: i.imm)
+        let size = Int(i.ty2)
+        if addr & UInt64(size - 1) != 0 { throw .misaligned(addr, size, i.line) }
+        var p: UnsafeMutableRawPointer?
+        var plain = true
+        switch i.op {
+        case .atomShared: p = addr &+ UInt64(size) <= UInt64(sharedBytes) ? shared + Int(addr) : nil
+        case .atomGlobal:
+          p = global(addr, size, write: true)
+          plain = false
+        default:
+          p = generic(addr, size, write: true)
+          plain = addr &- Memory.sharedWindow < 1 << 32 || addr &- Memory.localWindow < Memory.localStride * 1024
+        }
+        guard let p else { throw .illegal(addr, size, true, i.line) }
+        r[d] = atomic(p, i, b, r[Int(i.c)], plain: plain)
+
+      // Control flow (PTX ISA §9.7.13).
+      case .bra:
+        if n > limit { throw .budget }
+        pc = Int(i.imm)
+        continue
+      case .call:
+        let site = module.callSite(Int(st.fn), Int(i.a))
+        switch site.target {
+        case .function(let callee):
+          if n > limit { throw .budget }
+          let cf = funcs[callee]
+          let newR = r + fn.frameSlots
+          let newLocal = r[Int(Slot.localBase)] + UInt64(fn.localBytes)
+          guard newR + cf.frameSlots <= base + stackSlots, Int(newLocal) + cf.localBytes <= localBytes else {
+            throw .launch("call stack overflow calling a function from PTX line \(i.line) (recursion too deep)")
+          }
+          newR.update(from: cf.template, count: cf.slots)
+          newR[Int(Slot.localBase)] = newLocal
+          newR[Int(Slot.returnPC)] = UInt64(pc + 1)
+          newR[Int(Slot.callerFrame)] = UInt64(r - base)
+          newR[Int(Slot.callerFunction)] = UInt64(st.fn)
+          newR[Int(Slot.callSite)] = UInt64(i.a)
+          newR[Int(Slot.localWindow)] = r[Int(Slot.localWindow)]
+          let newP = UnsafeMutableRawPointer(newR + cf.slots)
+          for arg in site.args {
+            switch arg.source {
+            case .param(let off): (newP + arg.calleeOffset).copyMemory(from: pbase + off, byteCount: arg.size)
+            case .slot(let s): (newP + arg.calleeOffset).copyMemory(from: r + Int(s), byteCount: Swift.min(arg.size, 8))
+            }
+          }
+          st.fn = Int32(callee)
+          fn = cf
+          code = cf.code
+          r = newR
+          pbase = newP
+          pc = 0
+          continue
+        case .vprintf:
+          func arg(_ k: Int) -> UInt64 {
+            guard k < site.args.count else { return 0 }
+            switch site.args[k].source {
+            case .param(let off): return load(pbase + off, 8)
+            case .slot(let s): return r[Int(s)]
+            }
+          }
+          let text = formatPrintf(format: arg(0), args: arg(1))
+          printf?(text)
+          for res in site.results { store(pbase + res.callerOffset, UInt8(Swift.min(res.size, 4)), UInt64(text.utf8.count)) }
+        case .assertfail:
+          func arg(_ k: Int, _ size: UInt8) -> UInt64 {
+            guard k < site.args.count else { return 0 }
+            switch site.args[k].source {
+            case .param(let off): return load(pbase + off, size)
+            case .slot(let s): return r[Int(s)]
+            }
+          }
+          throw .assertion(cString(arg(0, 8)), cString(arg(1, 8)), Int(Int32(truncatingIfNeeded: arg(2, 4))), cString(arg(3, 8)))
+        case .unsupported(let name):
+          throw .unsupported("call \(name)", i.line)
+        }
+      case .ret:
+        if r == base {
+          save(Status.exited)
+          return
+        }
+        let callerFn = Int(r[Int(Slot.callerFunction)])
+        let site = module.callSite(callerFn, Int(r[Int(Slot.callSite)]))
+        let callerR = base + Int(r[Int(Slot.callerFrame)])
+        let cf = funcs[callerFn]
+        let callerP = UnsafeMutableRawPointer(callerR + cf.slots)
+        for res in site.results {
+          (callerP + res.callerOffset).copyMemory(from: pbase + res.calleeOffset, byteCount: res.size)
+        }
+        pc = Int(r[Int(Slot.returnPC)])
+        st.fn = Int32(callerFn)
+        fn = cf
+        code = cf.code
+        r = callerR
+        pbase = callerP
+        continue
+      case .exit:
+        save(Status.exited)
+        return
+      case .trap: throw .trap(i.line)
+      case .nop: break
+      case .unsupported:
+        throw .unsupported(module.unsupportedText(Int(st.fn), pc), i.line)
+
+      // Sync points: park (PTX ISA §9.7.13.1 bar/barrier).
+      case .barSync:
+        if n > limit { throw .budget }
+        pc += 1
+        st.barrier = UInt8(a & 15)
+        st.barrierCount = i.b >= 0 ? UInt32(truncatingIfNeeded: r[Int(i.b)]) : 0
+        save(Status.barrier)
+        return
+      case .barArrive:
+        arrivals[Int(a & 15)] += 1
+      case .warpSync, .shfl, .vote, .activemask, .redux:
+        if n > limit { throw .budget }
+        save(Status.collective)
+        return
+      }
+      pc += 1
+    }
+  }
+
+  @inline(__always) func loadInto(_ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: FuncRT) {
+    if i.e == 1 {
+      var v = load(p, i.ty2)
+      if i.flags & Flag.signed != 0 { v = UInt64(bitPattern: sext(v, 64 - 8 * i.ty2)) }
+      r[Int(i.d)] = v & i.mask
+      return
+    }
+    for k in 0..<Int(i.e) {
+      var v = load(p + k * Int(i.ty2), i.ty2)
+      if i.flags & Flag.signed != 0 { v = UInt64(bitPattern: sext(v, 64 - 8 * i.ty2)) }
+      r[Int(fn.extra(Int(i.d) + k))] = v & i.mask
+    }
+  }
+
+  @inline(__always) func storeFrom(_ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: FuncRT) {
+    if i.e == 1 {
+      store(p, i.ty2, r[Int(i.d)])
+      return
+    }
+    for k in 0..<Int(i.e) { store(p + k * Int(i.ty2), i.ty2, r[Int(fn.extra(Int(i.d) + k))]) }
+  }
+
+  func special(_ s: Special, _ st: ThreadState, _ t: Int) -> UInt64 {
+    let lane = UInt64(t % 32)
+    switch s {
+    case .tidX: return UInt64(st.x)
+    case .tidY: return UInt64(st.y)
+    case .tidZ: return UInt64(st.z)
+    case .ntidX: return UInt64(block.x)
+    case .ntidY: return UInt64(block.y)
+    case .ntidZ: return UInt64(block.z)
+    case .ctaidX: return UInt64(ctaid.x)
+    case .ctaidY: return UInt64(ctaid.y)
+    case .ctaidZ: return UInt64(ctaid.z)
+    case .nctaidX: return UInt64(grid.x)
+    case .nctaidY: return UInt64(grid.y)
+    case .nctaidZ: return UInt64(grid.z)
+    case .laneid: return lane
+    case .warpid: return UInt64(t / 32)
+    case .nwarpid: return UInt64((nthreads + 31) / 32)
+    case .lanemaskEq: return 1 << lane
+    case .lanemaskLe: return (2 << lane) - 1
+    case .lanemaskLt: return (1 << lane) - 1
+    case .lanemaskGe: return 0xffff_ffff & ~((1 << lane) - 1)
+    case .lanemaskGt: return 0xffff_ffff & ~((2 << lane) - 1)
+    case .clock, .clock64: return executed
+    case .globaltimer:
+      var ts = timespec()
+      clock_gettime(CLOCK_REALTIME, &ts)
+      return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    case .smid, .gridid, .zero: return 0
+    case .nsmid: return 1
+    case .dynamicSmem: return UInt64(dynamicShared)
+    case .totalSmem: return UInt64(sharedBytes)
+    }
+  }
+
+  /// `cvt` (PTX ISA §9.7.9.21): float→int rounds as asked (default .rzi per NVRTC output) and
+  /// saturates, NaN → 0; int→int with .sat clamps; f32→f32 with .rni etc. rounds to integral.
+  func convert(_ a: UInt64, _ i: Instr) -> UInt64 {
+    let dk = TypeCode.kind(i.ty)
+    let sk = TypeCode.kind(i.ty2)
+    let dbits = TypeCode.bits(i.ty)
+    let sbits = TypeCode.bits(i.ty2)
+    let srcFloat = sk == TypeCode.f || sk == TypeCode.bf
+    let dstFloat = dk == TypeCode.f || dk == TypeCode.bf
+    func rounded(_ x: Double) -> Double {
+      switch i.mod {
+      case 5, 1: return x.rounded(.toNearestOrEven)
+      case 7, 3: return x.rounded(.down)
+      case 8, 4: return x.rounded(.up)
+      default: return x.rounded(.towardZero)
+      }
+    }
+    var x: Double
+    if srcFloat {
+      switch sbits {
+      case 16: x = sk == TypeCode.bf ? Double(Float(bitPattern: UInt32(a & 0xffff) << 16)) : Double(f16(a))
+      case 32: x = Double(fin(a, i.flags))
+      default: x = f64(a)
+      }
+    } else if !dstFloat {
+      // int → int with .sat (plain ones were lowered to a mask).
+      let signedSrc = sk == TypeCode.s
+      let v: Int64 = signedSrc ? sext(a, i.sh) : Int64(bitPattern: a & (~UInt64(0) >> UInt64(i.sh)))
+      if !signedSrc && (a & (~UInt64(0) >> UInt64(i.sh))) > UInt64(Int64.max) {
+        return dk == TypeCode.s ? (UInt64(1) << UInt64(dbits - 1)) - 1 : i.mask
+      }
+      if i.flags & Flag.sat == 0 { return UInt64(bitPattern: v) & i.mask }
+      if dk == TypeCode.s {
+        let hi = dbits == 64 ? Int64.max : (Int64(1) << Int64(dbits - 1)) - 1
+        let lo = dbits == 64 ? Int64.min : -(Int64(1) << Int64(dbits - 1))
+        return UInt64(bitPattern: Swift.min(Swift.max(v, lo), hi)) & i.mask
+      }
+      return v < 0 ? 0 : Swift.min(UInt64(v), i.mask)
+    } else {
+      let signedSrc = sk == TypeCode.s
+      if signedSrc {
+        let v = sext(a, i.sh)
+        x = Double(v)
+        if dbits == 32 { return fout(Float(v), i.flags) }
+        if dbits == 16 { return bits16(Float(v)) }
+        return x.bitPattern
+      }
+      let v = a & (~UInt64(0) >> UInt64(i.sh))
+      if dbits == 32 { return fout(Float(v), i.flags) }
+      if dbits == 16 { return bits16(Float(v)) }
+      return Double(v).bitPattern
+    }
+    if dstFloat {
+      if i.mod >= 5 { x = rounded(x) }
+      switch dbits {
+      case 16:
+        if dk == TypeCode.bf { return UInt64(Float(x).bitPattern >> 16) }
+        return bits16(Float(x))
+      case 32:
+        var f = Float(x)
+        if i.mod == 2 && Double(f).magnitude > x.magnitude { f = f.nextDown.magnitude * (f < 0 ? -1 : 1) }
+        return fout(f, i.flags)
+      default:
+        return dout(x, i.flags)
+      }
+    }
+    if x.isNaN { return 0 }
+    x = rounded(x)
+    if dk == TypeCode.s {
+      let hi = dbits == 64 ? Double(Int64.max) : Double((Int64(1) << Int64(dbits - 1)) - 1)
+      let lo = dbits == 64 ? Double(Int64.min) : -Double(Int64(1) << Int64(dbits - 1))
+      if x >= hi { return UInt64(bitPattern: dbits == 64 ? Int64.max : Int64(hi)) & i.mask }
+      if x <= lo { return UInt64(bitPattern: dbits == 64 ? Int64.min : Int64(lo)) & i.mask }
+      return UInt64(bitPattern: Int64(x)) & i.mask
+    }
+    if x <= 0 { return 0 }
+    if x >= Double(i.mask) { return i.mask }
+    return UInt64(x) & i.mask
+  }
+
+  /// atom/red (PTX ISA §9.7.13.5): global memory uses real atomics so that blocks may later
+  /// run concurrently; shared and local memory belong to one host thread and use plain RMW.
+  func atomic(_ p: UnsafeMutableRawPointer, _ i: Instr, _ b: UInt64, _ c: UInt64, plain: Bool) -> UInt64 {
+    if plain {
+      let old = load(p, i.ty2)
+      store(p, i.ty2, rmw(old, i, b, c))
+      return old
+    }
+    if i.ty2 == 4 {
+      let atom = p.assumingMemoryBound(to: Atomic<UInt32>.self)
+      var old = atom.pointee.load(ordering: .relaxed)
+      while true {
+        let new = UInt32(truncatingIfNeeded: rmw(UInt64(old), i, b, c))
+        let (done, seen) = atom.pointee.compareExchange(expected: old, desired: new, ordering: .relaxed)
+        if done { return UInt64(old) }
+        old = seen
+      }
+    }
+    let atom = p.assumingMemoryBound(to: Atomic<UInt64>.self)
+    var old = atom.pointee.load(ordering: .relaxed)
+    while true {
+      let new = rmw(old, i, b, c)
+      let (done, seen) = atom.pointee.compareExchange(expected: old, desired: new, ordering: .relaxed)
+      if done { return old }
+      old = seen
+    }
+  }
+
+  @inline(__always) func rmw(_ old: UInt64, _ i: Instr, _ b: UInt64, _ c: UInt64) -> UInt64 {
+    let kind = TypeCode.kind(i.ty)
+    let isFloat = kind == TypeCode.f
+    let wide = i.ty2 == 8
+    let m = i.mask
+    switch AtomicOp(rawValue: i.mod)! {
+    case .add:
+      if isFloat { return wide ? (f64(old) + f64(b)).bitPattern : bits(f32(old) + f32(b)) }
+      return (old &+ b) & m
+    case .min, .max:
+      let isMax = i.mod == AtomicOp.max.rawValue
+      if isFloat {
+        let v = fminmax(wide ? f64(old) : Double(f32(old)), wide ? f64(b) : Double(f32(b)), isMax, false)
+        return wide ? v.bitPattern : bits(Float(v))
+      }
+      if kind == TypeCode.s {
+        let x = sext(old, i.sh)
+        let y = sext(b, i.sh)
+        return UInt64(bitPattern: isMax ? Swift.max(x, y) : Swift.min(x, y)) & m
+      }
+      return isMax ? Swift.max(old & m, b & m) : Swift.min(old & m, b & m)
+    case .inc: return (old & m) >= (b & m) ? 0 : (old &+ 1) & m
+    case .dec: return (old & m) == 0 || (old & m) > (b & m) ? b & m : (old &- 1) & m
+    case .and: return old & b & m
+    case .or: return (old | b) & m
+    case .xor: return (old ^ b) & m
+    case .exch: return b & m
+    case .cas: return (old & m) == (b & m) ? c & m : old
+    }
+  }
+}
+
+extension FuncRT {
+  @inline(__always) func extra(_ k: Int) -> Int32 { extraPointer[k] }
+}
+
+extension PTXModule {
+  func callSite(_ f: Int, _ k: Int) -> CallSite {
+    guard case .success(let lf) = functions[f] else { fatalError("call from a function that failed to load") }
+    return lf.calls[k]
+  }
+  func unsupportedText(_ f: Int, _ pc: Int) -> String {
+    guard case .success(let lf) = functions[f] else { return "?" }
+    return lf.texts[Int32(pc)] ?? "?"
+  }
+}

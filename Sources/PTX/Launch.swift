@@ -1,0 +1,149 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Darwin)
+  import Darwin
+#endif
+
+/// One allocation of device global memory, as the device hands it to the engine.
+public struct PTXMemoryRegion {
+  /// Device address of the first byte.
+  public var base: UInt64
+  /// Size in bytes; the engine never touches bytes outside `base ..< base + count`.
+  public var count: Int
+  /// Host memory behind it. It must stay valid until the launch returns.
+  public var pointer: UnsafeMutableRawPointer
+  /// Whether stores and atomics may write it.
+  public var writable: Bool
+  /// Describes an allocation.
+  public init(base: UInt64, count: Int, pointer: UnsafeMutableRawPointer, writable: Bool = true) {
+    self.base = base
+    self.count = count
+    self.pointer = pointer
+    self.writable = writable
+  }
+}
+
+/// The device's global memory as the engine sees it. The engine asks for the allocation that
+/// holds an address and caches it per block, so the device is called on a cache miss only; the
+/// engine bounds-checks every access against the region returned.
+///
+/// Blocks may later run on several host threads at once, so `region(containing:)` must be safe
+/// to call concurrently (a read-only lookup is).
+public protocol PTXGlobalMemory {
+  /// The allocation containing `address`, or nil when no allocation does.
+  func region(containing address: UInt64) -> PTXMemoryRegion?
+}
+
+/// Per-launch settings beyond the geometry.
+public struct PTXLaunchOptions {
+  /// The most thread-instructions the launch may run before failing with `budgetExhausted`.
+  public var instructionBudget: UInt64
+  /// Receives each device `printf`'s formatted text, in execution order.
+  public var printf: ((String) -> Void)?
+  /// Default settings: a budget of 10^10 thread-instructions, printf output dropped.
+  public init(instructionBudget: UInt64 = 10_000_000_000, printf: ((String) -> Void)? = nil) {
+    self.instructionBudget = instructionBudget
+    self.printf = printf
+  }
+}
+
+/// What a finished launch reports.
+public struct PTXLaunchStats: Sendable {
+  /// Thread-instructions executed (guarded-off ones included).
+  public var instructions: UInt64
+}
+
+struct FuncRT {
+  var code: UnsafeMutablePointer<Instr>
+  var slots: Int
+  var frameSlots: Int
+  var localBytes: Int
+  var template: UnsafeMutablePointer<UInt64>
+  var extraPointer: UnsafeMutablePointer<Int32>
+}
+
+extension PTXModule {
+  /// Runs `kernel` over `grid` × `block` threads. `parameters` is the packed parameter buffer
+  /// laid out as `kernel(named:)` reports; `dynamicSharedBytes` is the launch's dynamic shared
+  /// memory. Blocks run one after another on the calling thread.
+  public func launch(
+    kernel: String, grid: PTXDim3, block: PTXDim3, dynamicSharedBytes: Int = 0, parameters: UnsafeRawBufferPointer,
+    memory: any PTXGlobalMemory, options: PTXLaunchOptions = PTXLaunchOptions()
+  ) throws(PTXError) -> PTXLaunchStats {
+    let info = try self.kernel(named: kernel)
+    let (root, _) = try lowered(kernel)
+    guard block.count > 0, block.count <= 1024, grid.count > 0, block.z <= 64 else {
+      throw .launchFailed(kernel: kernel, reason: "invalid launch geometry grid \(grid) block \(block)")
+    }
+    guard parameters.count >= info.parameterBytes else {
+      throw .launchFailed(
+        kernel: kernel, reason: "parameter buffer has \(parameters.count) bytes, the kernel needs \(info.parameterBytes)")
+    }
+    let reach = try reachable(root)
+    let layout = sharedLayout(reach)
+    let stack = stackNeeds(root)
+    let sharedBytes = layout.dynamicBase + max(0, dynamicSharedBytes)
+
+    // Per-function tables and register templates: constants, symbol addresses.
+    let funcs = UnsafeMutablePointer<FuncRT>.allocate(capacity: functions.count)
+    var templates: [UnsafeMutablePointer<UInt64>] = []
+    defer {
+      for t in templates { t.deallocate() }
+      funcs.deallocate()
+    }
+    for i in 0..<functions.count {
+      guard reach.contains(i), case .success(let f) = functions[i] else {
+        funcs[i] = FuncRT(
+          code: UnsafeMutablePointer(bitPattern: 8)!, slots: 0, frameSlots: 0, localBytes: 0,
+          template: UnsafeMutablePointer(bitPattern: 8)!, extraPointer: UnsafeMutablePointer(bitPattern: 8)!)
+        continue
+      }
+      let t = UnsafeMutablePointer<UInt64>.allocate(capacity: f.slots)
+      t.initialize(repeating: 0, count: f.slots)
+      templates.append(t)
+      for (slot, source) in f.constants {
+        switch source {
+        case .value(let v): t[Int(slot)] = v
+        case .global(let g, let off):
+          guard let a = addresses[g] else { throw .unboundSymbol(name: globals[g].name) }
+          t[Int(slot)] = a &+ UInt64(bitPattern: off)
+        case .shared(let s, let off, let generic):
+          t[Int(slot)] = (layout.offsets[s] ?? 0) &+ UInt64(bitPattern: off) &+ (generic ? Memory.sharedWindow : 0)
+        }
+      }
+      funcs[i] = FuncRT(code: f.code, slots: f.slots, frameSlots: f.frameSlots, localBytes: (f.localBytes + 15) / 16 * 16, template: t,
+        extraPointer: f.extra)
+    }
+
+    var runner = BlockRunner(
+      kernel: kernel, module: self, funcs: funcs, root: root, block: block, grid: grid,
+      stackSlots: stack.frameSlots + 64, localBytes: stack.localBytes, sharedBytes: sharedBytes,
+      dynamicShared: UInt32(max(0, dynamicSharedBytes)),
+      params: parameters, memory: memory, budget: options.instructionBudget, printf: options.printf)
+    defer { runner.release() }
+    for z in 0..<grid.z {
+      for y in 0..<grid.y {
+        for x in 0..<grid.x {
+          try runner.runBlock(PTXDim3(x, y, z))
+        }
+      }
+    }
+    return PTXLaunchStats(instructions: runner.executed)
+  }
+
+  /// Convenience overload taking the parameter buffer as bytes.
+  public func launch(
+    kernel: String, grid: PTXDim3, block: PTXDim3, dynamicSharedBytes: Int = 0, parameters: [UInt8],
+    memory: any PTXGlobalMemory, options: PTXLaunchOptions = PTXLaunchOptions()
+  ) throws(PTXError) -> PTXLaunchStats {
+    var result: Result<PTXLaunchStats, PTXError> = .failure(.launchFailed(kernel: kernel, reason: "not run"))
+    parameters.withUnsafeBytes { buf in
+      result = Result { () throws(PTXError) -> PTXLaunchStats in
+        try launch(
+          kernel: kernel, grid: grid, block: block, dynamicSharedBytes: dynamicSharedBytes, parameters: buf,
+          memory: memory, options: options)
+      }
+    }
+    return try result.get()
+  }
+}

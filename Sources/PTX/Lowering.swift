@@ -1,0 +1,686 @@
+/// Turns one function's syntax into `LoweredFunction`: names to slots and offsets, opcodes with
+/// their modifiers to specialised `Instr`s (PTX ISA §9.7 gives each instruction's semantics).
+struct Lowering {
+  enum Name {
+    case reg(Int32, UInt8)
+    case param(Int, kernel: Bool)  // byte offset: in the launch buffer (kernel) or the frame's param area
+    case local(Int)
+    case shared(Int)
+  }
+
+  let module: ModuleContext
+  let function: FunctionSyntax
+  var scopes: [[String: Name]] = [[:]]
+  var code: [Instr] = []
+  var extra: [Int32] = []
+  var calls: [CallSite] = []
+  var texts: [Int32: String] = [:]
+  var labels: [String: Int] = [:]
+  var fixups: [(Int, String, Int)] = []
+  var constants: [(slot: Int32, source: ConstSource)] = []
+  var constantSlots: [UInt64: Int32] = [:]
+  var nextSlot = Slot.firstFree
+  var paramBytes = 0
+  var localBytes = 0
+  var sharedUsed: Set<Int> = []
+  var registerCount = 0
+  var line = 0
+  var guardSlot: Int32 = -1
+  var guardNeg = false
+
+  init(module: ModuleContext, function: FunctionSyntax) {
+    self.module = module
+    self.function = function
+  }
+
+  func fail(_ token: String, _ expected: String) -> PTXError {
+    .parse(line: line, token: token, expected: expected)
+  }
+
+  // MARK: names
+
+  func lookup(_ name: String) -> Name? {
+    for s in scopes.reversed() { if let n = s[name] { return n } }
+    return nil
+  }
+
+  mutating func declare(_ d: VariableDecl) throws(PTXError) {
+    line = d.line
+    switch d.space {
+    case .reg:
+      guard let t = TypeCode.parse(d.type.dropFirst()) else { throw fail(d.type, "a register type") }
+      let n = d.rangeCount ?? 1
+      for i in 0..<n {
+        let name = d.rangeCount == nil ? d.name : d.name + String(i)
+        scopes[scopes.count - 1][name] = .reg(nextSlot, t)
+        nextSlot += 1
+        registerCount += 1
+      }
+    case .param:
+      let (size, align) = Lowering.layout(d)
+      paramBytes = (paramBytes + align - 1) / align * align
+      scopes[scopes.count - 1][d.name] = .param(paramBytes, kernel: false)
+      paramBytes += size
+    case .local:
+      let (size, align) = Lowering.layout(d)
+      localBytes = (localBytes + align - 1) / align * align
+      scopes[scopes.count - 1][d.name] = .local(localBytes)
+      localBytes += size
+    case .shared:
+      guard let index = module.sharedIndex["\(function.name)::\(d.name)"] else {
+        throw fail(d.name, "a shared variable")
+      }
+      scopes[scopes.count - 1][d.name] = .shared(index)
+    default:
+      throw fail(d.name, "a .reg, .param, .local or .shared declaration")
+    }
+  }
+
+  /// Size and alignment of a variable (PTX ISA §5.4: natural alignment unless `.align`).
+  static func layout(_ d: VariableDecl) -> (size: Int, align: Int) {
+    let elem = (TypeCode.parse(d.type.dropFirst()).map { TypeCode.bytes($0) } ?? 1) * d.vector
+    var count = 1
+    for n in d.dims ?? [] { count *= n }
+    if d.dims == [0] { count = 0 }
+    return (elem * count, max(d.align ?? elem, 1))
+  }
+
+  mutating func constant(_ v: UInt64) -> Int32 {
+    if v == 0 { return Slot.zero }
+    if let s = constantSlots[v] { return s }
+    let s = nextSlot
+    nextSlot += 1
+    constantSlots[v] = s
+    constants.append((s, .value(v)))
+    return s
+  }
+
+  mutating func temp() -> Int32 {
+    nextSlot += 1
+    return nextSlot - 1
+  }
+
+  // MARK: operands
+
+  mutating func emit(_ i: Instr) {
+    var i = i
+    i.line = Int32(line)
+    i.guardSlot = guardSlot
+    i.guardNeg = guardNeg
+    code.append(i)
+  }
+
+  /// The address of a symbol as a slot: module variables and shared variables are constants
+  /// filled at launch; `.local` variables are relative to the frame's local base.
+  mutating func symbolAddress(_ name: String, _ off: Int64, generic: Bool) throws(PTXError) -> Int32? {
+    if let n = lookup(name) {
+      switch n {
+      case .shared(let i):
+        sharedUsed.insert(i)
+        let s = temp()
+        constants.append((s, .shared(i, off, generic: generic)))
+        return s
+      case .local(let o):
+        let t = temp()
+        emit(Instr(op: .add, d: t, a: Slot.localBase, b: constant(UInt64(bitPattern: Int64(o) + off))))
+        if generic { emit(Instr(op: .add, d: t, a: t, b: Slot.localWindow)) }
+        return t
+      case .param: throw fail(name, "a symbol whose address can be taken (.param addresses are not supported)")
+      case .reg: return nil
+      }
+    }
+    if let g = module.globalIndex[name] {
+      let s = temp()
+      constants.append((s, .global(g, off)))
+      return s
+    }
+    if let i = module.sharedIndex[name] {
+      sharedUsed.insert(i)
+      let s = temp()
+      constants.append((s, .shared(i, off, generic: generic)))
+      return s
+    }
+    return nil
+  }
+
+  mutating func source(_ o: SyntaxOperand, _ t: UInt8) throws(PTXError) -> Int32 {
+    let isFloat = TypeCode.kind(t) == TypeCode.f
+    let bits = TypeCode.bits(t)
+    switch o {
+    case .word(let w):
+      if case .reg(let s, _)? = lookup(w) { return s }
+      if let sr = Special.names[w] {
+        let tmp = temp()
+        emit(Instr(op: .movSR, d: tmp, imm: sr.rawValue))
+        return tmp
+      }
+      if w.hasPrefix("%envreg") { return Slot.zero }
+      if let s = try symbolAddress(w, 0, generic: false) { return s }
+      throw fail(w, "a register or symbol")
+    case .symbolOffset(let w, let off):
+      if let s = try symbolAddress(w, off, generic: false) { return s }
+      throw fail(w, "a symbol")
+    case .int(let v):
+      if isFloat {
+        let d = Double(Int64(bitPattern: v))
+        return constant(bits == 64 ? d.bitPattern : bits == 32 ? UInt64(Float(d).bitPattern) : UInt64(Float16(Float(d)).bitPattern))
+      }
+      return constant(t == TypeCode.pred ? (v != 0 ? 1 : 0) : v & TypeCode.mask(t))
+    case .f32(let b):
+      if isFloat && bits == 64 { return constant(Double(Float(bitPattern: b)).bitPattern) }
+      return constant(UInt64(b))
+    case .f64(let b):
+      if isFloat && bits == 32 { return constant(UInt64(Float(Double(bitPattern: b)).bitPattern)) }
+      if !isFloat { return constant(UInt64(bitPattern: Int64(Double(bitPattern: b))) & TypeCode.mask(t)) }
+      return constant(b)
+    default:
+      throw fail("\(o)", "a scalar operand")
+    }
+  }
+
+  func dest(_ o: SyntaxOperand) throws(PTXError) -> Int32 {
+    switch o {
+    case .sink: return Slot.sink
+    case .word(let w):
+      if case .reg(let s, _)? = lookup(w) { return s }
+      throw fail(w, "a destination register")
+    default: throw fail("\(o)", "a destination register")
+    }
+  }
+
+  func predicate(_ name: String) throws(PTXError) -> Int32 {
+    if case .reg(let s, _)? = lookup(name) { return s }
+    throw fail(name, "a predicate register")
+  }
+
+  enum AddressKind {
+    case register(Int32, Int64)
+    case kernelParam(Int)
+    case frameParam(Int)
+  }
+
+  /// `[reg+off]`, `[sym+off]`, `[imm]`. In the generic space a shared or local symbol means its generic address.
+  mutating func address(_ o: SyntaxOperand, generic: Bool) throws(PTXError) -> AddressKind {
+    guard case .address(let base, let off) = o else { throw fail("\(o)", "an address [..]") }
+    guard let base else { return .register(Slot.zero, off) }
+    switch lookup(base) {
+    case .reg(let s, _)?: return .register(s, off)
+    case .param(let p, let kernel)?: return kernel ? .kernelParam(p + Int(off)) : .frameParam(p + Int(off))
+    case .local(let l)?:
+      if generic, let s = try symbolAddress(base, off, generic: true) { return .register(s, 0) }
+      return .register(Slot.localBase, Int64(l) + off)
+    default:
+      if let s = try symbolAddress(base, 0, generic: generic) { return .register(s, off) }
+      throw fail(base, "a register or symbol in the address")
+    }
+  }
+
+  /// Slots of a scalar or `{a, b, ...}` operand, stored in `extra`; returns (first index, count).
+  mutating func slotList(_ o: SyntaxOperand, _ t: UInt8, isDest: Bool) throws(PTXError) -> (Int32, Int32) {
+    let elems: [SyntaxOperand]
+    if case .vector(let v) = o { elems = v } else { elems = [o] }
+    var slots: [Int32] = []
+    for e in elems { slots.append(isDest ? try dest(e) : try source(e, t)) }
+    let first = Int32(extra.count)
+    extra += slots
+    return (first, Int32(slots.count))
+  }
+
+  // MARK: instructions
+
+  static let floatOps: [String: (Op, Op, Op?)] = [
+    "add": (.fadd, .dadd, .hadd), "sub": (.fsub, .dsub, .hsub), "mul": (.fmul, .dmul, .hmul),
+    "fma": (.ffma, .dfma, .hfma), "mad": (.ffma, .dfma, .hfma), "div": (.fdiv, .ddiv, nil),
+    "min": (.fmin, .dmin, .hmin), "max": (.fmax, .dmax, .hmax), "abs": (.fabs, .dabs, .habs),
+    "neg": (.fneg, .dneg, .hneg), "rcp": (.frcp, .drcp, nil), "sqrt": (.fsqrt, .dsqrt, nil),
+    "rsqrt": (.frsqrt, .drsqrt, nil), "ex2": (.fex2, .dex2, nil), "lg2": (.flg2, .dlg2, nil),
+    "sin": (.fsin, .dsin, nil), "cos": (.fcos, .dcos, nil), "tanh": (.ftanh, .dtanh, nil),
+    "copysign": (.fcopysign, .dcopysign, nil), "testp": (.testpF, .testpD, nil),
+  ]
+  static let cmps: [String: Cmp] = [
+    "eq": .eq, "ne": .ne, "lt": .lt, "le": .le, "gt": .gt, "ge": .ge, "lo": .lo, "ls": .ls, "hi": .hi, "hs": .hs,
+    "equ": .equ, "neu": .neu, "ltu": .ltu, "leu": .leu, "gtu": .gtu, "geu": .geu, "num": .num, "nan": .nan,
+  ]
+  static let roundings: [String: UInt8] = [
+    "rn": 1, "rz": 2, "rm": 3, "rp": 4, "rni": 5, "rzi": 6, "rmi": 7, "rpi": 8, "rna": 1, "rs": 1,
+  ]
+  static let atomics: [String: AtomicOp] = [
+    "add": .add, "min": .min, "max": .max, "inc": .inc, "dec": .dec, "and": .and, "or": .or, "xor": .xor,
+    "exch": .exch, "cas": .cas,
+  ]
+
+  mutating func lower() throws(PTXError) -> LoweredFunction {
+    // Formal parameters: kernel params index the launch buffer; .func params and results the frame.
+    if function.isEntry {
+      var off = 0
+      for p in function.params {
+        let (size, align) = Lowering.layout(p)
+        off = (off + align - 1) / align * align
+        scopes[0][p.name] = .param(off, kernel: true)
+        off += size
+      }
+    } else {
+      for p in function.returns + function.params { try declare(p) }
+    }
+    for st in function.body ?? [] {
+      switch st {
+      case .open: scopes.append([:])
+      case .close: scopes.removeLast()
+      case .declaration(let d): try declare(d)
+      case .label(let l): labels[l] = code.count
+      case .instruction(let i): try lower(i)
+      }
+    }
+    for (index, label, l) in fixups {
+      guard let target = labels[label] else { throw .parse(line: l, token: label, expected: "a label in this function") }
+      code[index].imm = Int64(target)
+    }
+    // Falling off the end behaves as `ret` (PTX requires an explicit one; be forgiving).
+    code.append(Instr(op: .ret, line: Int32(line)))
+    return LoweredFunction(
+      name: function.name, code: code, slots: Int(nextSlot), paramBytes: paramBytes, localBytes: localBytes,
+      constants: constants, calls: calls, extra: extra, texts: texts, sharedSymbols: sharedUsed,
+      registerCount: registerCount)
+  }
+
+  mutating func lower(_ ins: SyntaxInstruction) throws(PTXError) {
+    line = ins.line
+    guardSlot = -1
+    guardNeg = ins.guardNegated
+    if let g = ins.guardName { guardSlot = try predicate(g) }
+    let parts = ins.opcode.split(separator: ".")
+    let base = String(parts[0])
+    let mods = parts.dropFirst().map(String.init)
+    let types = mods.compactMap { TypeCode.parse(Substring($0)) }
+    let t = types.last ?? TypeCode.b | 2
+    let ops = ins.operands
+    let mask = TypeCode.mask(t)
+    let sh = UInt8(64 - TypeCode.bits(t))
+    let isFloat = TypeCode.kind(t) == TypeCode.f && !["mov", "ld", "st", "cvt", "setp", "selp", "atom", "red", "shfl", "cvta"].contains(base)
+    var flags: UInt8 = 0
+    if mods.contains("ftz") { flags |= Flag.ftz }
+    if mods.contains("sat") { flags |= Flag.sat }
+    if mods.contains("NaN") { flags |= Flag.nan }
+    if TypeCode.kind(t) == TypeCode.s { flags |= Flag.signed }
+
+    func need(_ n: Int) throws(PTXError) {
+      if ops.count < n { throw .parse(line: ins.line, token: ins.opcode, expected: "\(n) operands") }
+    }
+    func unsupported() {
+      texts[Int32(code.count)] = ins.opcode
+      emit(Instr(op: .unsupported))
+    }
+
+    if isFloat, let (f, d, h) = Lowering.floatOps[base] {
+      let bits = TypeCode.bits(t)
+      guard let op = bits == 64 ? d : bits == 32 ? f : h else { return unsupported() }
+      try need(2)
+      var i = Instr(op: op, ty: t, flags: flags)
+      if base == "testp" {
+        let classes = ["finite", "infinite", "number", "notanumber", "normal", "subnormal"]
+        i.mod = UInt8(classes.firstIndex { mods.contains($0) } ?? 0)
+      }
+      i.d = try dest(ops[0])
+      i.a = try source(ops[1], t)
+      if ops.count > 2 { i.b = try source(ops[2], t) }
+      if ops.count > 3 { i.c = try source(ops[3], t) }
+      return emit(i)
+    }
+
+    switch base {
+    case "add", "sub", "mul", "mad", "div", "rem", "min", "max", "abs", "neg", "and", "or", "xor", "not", "cnot", "shl",
+      "shr", "popc", "clz", "brev", "bfe", "bfi", "prmt", "mul24", "mad24", "shf", "bfind":
+      if mods.contains("cc") || base == "addc" { return unsupported() }
+      try need(2)
+      let signed = TypeCode.kind(t) == TypeCode.s
+      var op: Op
+      var m = mask
+      switch base {
+      case "add": op = mods.contains("sat") ? .addSat : .add
+      case "sub": op = mods.contains("sat") ? .subSat : .sub
+      case "mul", "mad":
+        let mad = base == "mad"
+        if mods.contains("wide") {
+          op = mad ? (signed ? .madWideS : .madWideU) : (signed ? .mulWideS : .mulWideU)
+          m = TypeCode.bits(t) >= 32 ? ~0 : (1 << UInt64(2 * TypeCode.bits(t))) - 1
+        } else if mods.contains("hi") {
+          op = mad ? (signed ? .madHiS : .madHiU) : (signed ? .mulHiS : .mulHiU)
+        } else {
+          op = mad ? .madLo : .mulLo
+        }
+      case "mul24", "mad24":
+        if mods.contains("hi") { return unsupported() }
+        op = base == "mul24" ? (signed ? .mul24S : .mul24U) : (signed ? .mad24S : .mad24U)
+      case "div": op = signed ? .divS : .divU
+      case "rem": op = signed ? .remS : .remU
+      case "min": op = signed ? .minS : .minU
+      case "max": op = signed ? .maxS : .maxU
+      case "abs": op = .absS
+      case "neg": op = .neg
+      case "and": op = .and
+      case "or": op = .or
+      case "xor": op = .xor
+      case "not": op = .not
+      case "cnot": op = .cnot
+      case "shl": op = .shl
+      case "shr": op = signed ? .shrS : .shrU
+      case "popc": op = .popc
+      case "clz": op = .clz
+      case "brev": op = .brev
+      case "bfe": op = signed ? .bfeS : .bfeU
+      case "bfi": op = .bfi
+      case "prmt":
+        if mods.count > 1 { return unsupported() }  // only the default mode
+        op = .prmt
+      case "shf": op = mods.contains("l") ? .shfL : .shfR
+      case "bfind":
+        if mods.contains("shiftamt") { return unsupported() }
+        op = signed ? .bfindS : .bfindU
+      default: return unsupported()
+      }
+      if base == "popc" || base == "clz" || base == "bfind" { m = 0xffff_ffff }
+      var i = Instr(op: op, ty: t, flags: flags, sh: sh, mask: m)
+      if mods.contains("wrap") { i.flags |= Flag.wrap }
+      // Shift amounts, bit positions and lengths are .u32 whatever the data type.
+      let u32 = TypeCode.u | 2
+      let secondType = ["shl", "shr"].contains(base) ? u32 : t
+      let thirdType = ["bfe", "shf"].contains(base) ? u32 : t
+      i.d = try dest(ops[0])
+      i.a = try source(ops[1], t)
+      if ops.count > 2 { i.b = try source(ops[2], base == "bfe" ? u32 : secondType) }
+      if ops.count > 3 { i.c = try source(ops[3], base == "bfi" ? u32 : thirdType) }
+      if ops.count > 4 { i.e = try source(ops[4], u32) }
+      return emit(i)
+
+    case "setp", "set":
+      guard base == "setp" else { return unsupported() }
+      try need(3)
+      guard let cmp = mods.compactMap({ Lowering.cmps[$0] }).first else { throw fail(ins.opcode, "a comparison") }
+      let kind = TypeCode.kind(t)
+      let op: Op = kind == TypeCode.f ? (TypeCode.bits(t) == 64 ? .setpD : TypeCode.bits(t) == 32 ? .setpF : .setpH) : .setpI
+      var i = Instr(op: op, ty: t, mod: cmp.rawValue, flags: flags, sh: sh, mask: mask)
+      if mods.contains("and") { i.ty2 = 1 } else if mods.contains("or") { i.ty2 = 2 } else if mods.contains("xor") { i.ty2 = 3 }
+      switch ops[0] {
+      case .pair(let p, let q):
+        i.d = try predicate(p)
+        i.e = try predicate(q)
+      default: i.d = try dest(ops[0])
+      }
+      i.a = try source(ops[1], t)
+      i.b = try source(ops[2], t)
+      if ops.count > 3 {
+        switch ops[3] {
+        case .not(let p):
+          i.c = try predicate(p)
+          i.flags |= Flag.negC
+        default: i.c = try source(ops[3], TypeCode.pred)
+        }
+      } else if i.ty2 != 0 {
+        throw fail(ins.opcode, "a combining predicate")
+      }
+      return emit(i)
+
+    case "selp":
+      try need(4)
+      var i = Instr(op: .selp, ty: t)
+      i.d = try dest(ops[0])
+      i.a = try source(ops[1], t)
+      i.b = try source(ops[2], t)
+      i.c = try source(ops[3], TypeCode.pred)
+      return emit(i)
+
+    case "mov":
+      try need(2)
+      if case .vector = ops[1] {  // pack: mov.b64 %rd, {%r1, %r2}
+        let (first, count) = try slotList(ops[1], TypeCode.b | UInt8(max(0, Int(t & 0xF) - 1)), isDest: false)
+        return emit(Instr(op: .pack, ty: t, d: try dest(ops[0]), a: first, b: count))
+      }
+      if case .vector = ops[0] {  // unpack: mov.b64 {%r1, %r2}, %rd
+        let (first, count) = try slotList(ops[0], t, isDest: true)
+        return emit(Instr(op: .unpack, ty: t, d: first, a: try source(ops[1], t), b: count))
+      }
+      if case .word(let w) = ops[1] {
+        if let sr = Special.names[w] { return emit(Instr(op: .movSR, d: try dest(ops[0]), mask: mask, imm: sr.rawValue)) }
+        if case .local? = lookup(w) {  // the frame's local area: an add, done by symbolAddress
+          let s = try symbolAddress(w, 0, generic: false)!
+          return emit(Instr(op: .and, d: try dest(ops[0]), a: s, b: constant(~0), mask: mask))
+        }
+      }
+      return emit(Instr(op: .mov, d: try dest(ops[0]), a: try source(ops[1], t), mask: mask))
+
+    case "cvt":
+      try need(2)
+      guard types.count >= 2 else { throw fail(ins.opcode, "two types") }
+      let (dt, st) = (types[types.count - 2], types[types.count - 1])
+      var i = Instr(op: .cvt, ty: dt, ty2: st, flags: flags, mask: TypeCode.mask(dt))
+      i.mod = mods.compactMap { Lowering.roundings[$0] }.first ?? 0
+      i.sh = UInt8(64 - TypeCode.bits(st))
+      i.d = try dest(ops[0])
+      i.a = try source(ops[1], st)
+      let intKinds = [TypeCode.u, TypeCode.s, TypeCode.b]
+      if intKinds.contains(TypeCode.kind(dt)) && intKinds.contains(TypeCode.kind(st)) && flags & Flag.sat == 0
+        && (TypeCode.kind(st) != TypeCode.s || TypeCode.bits(dt) <= TypeCode.bits(st))
+      {
+        i.op = .and  // truncation or zero extension is a mask
+        i.b = constant(~0)
+      }
+      return emit(i)
+
+    case "cvta":
+      try need(2)
+      let toSpace = mods.contains("to")
+      var i = Instr(op: .mov, d: try dest(ops[0]), a: try source(ops[1], t), mask: mask)
+      if mods.contains("shared") {
+        i.op = toSpace ? .sub : .add
+        i.b = constant(Memory.sharedWindow)
+      } else if mods.contains("local") {
+        i.op = toSpace ? .sub : .add
+        i.b = Slot.localWindow
+      } else if mods.contains("param") {
+        return unsupported()
+      }
+      return emit(i)
+
+    case "isspacep":
+      try need(2)
+      let spaces = ["global", "shared", "local", "const", "param"]
+      let s = spaces.firstIndex { mods.contains($0) } ?? 0
+      return emit(Instr(op: .isspace, mod: UInt8(s), d: try dest(ops[0]), a: try source(ops[1], TypeCode.u | 3)))
+
+    case "ld", "ldu", "st":
+      try need(2)
+      let isStore = base == "st"
+      let generic = !(mods.contains("param") || mods.contains("global") || mods.contains("shared") || mods.contains("local") || mods.contains("const"))
+      let addrOperand = isStore ? ops[0] : ops[1]
+      let valOperand = isStore ? ops[1] : ops[0]
+      let kind = try address(addrOperand, generic: generic)
+      let (first, count) = try slotList(valOperand, t, isDest: !isStore)
+      var i = Instr(op: .ldGlobal, ty: t, ty2: UInt8(TypeCode.bytes(t)), flags: flags, e: count, mask: mask)
+      if t == TypeCode.pred { i.ty2 = 1 }
+      // Loads into a wider register: sign-extend .s types to the register's width (PTX ISA §9.7.9.8).
+      if !isStore, case .word(let w) = valOperand, case .reg(_, let rt)? = lookup(w), rt != TypeCode.pred {
+        i.mask = TypeCode.mask(rt)
+      }
+      if count == 1 { i.d = extra[Int(first)] } else { i.d = first }
+      switch kind {
+      case .register(let s, let off):
+        i.a = s
+        i.imm = off
+        if mods.contains("param") {
+          throw fail(ins.opcode, "a .param symbol as the address")
+        } else if mods.contains("shared") {
+          i.op = isStore ? .stShared : .ldShared
+        } else if mods.contains("local") {
+          i.op = isStore ? .stLocal : .ldLocal
+        } else if generic {
+          i.op = isStore ? .stGeneric : .ldGeneric
+        } else {
+          i.op = isStore ? .stGlobal : .ldGlobal
+        }
+      case .kernelParam(let off):
+        if isStore { throw fail(ins.opcode, "no stores to kernel parameters") }
+        i.op = .ldKParam
+        i.imm = Int64(off)
+      case .frameParam(let off):
+        i.op = isStore ? .stParam : .ldParam
+        i.imm = Int64(off)
+      }
+      return emit(i)
+
+    case "atom", "red":
+      let isRed = base == "red"
+      try need(isRed ? 2 : 3)
+      guard let aop = mods.compactMap({ Lowering.atomics[$0] }).first else { throw fail(ins.opcode, "an atomic operation") }
+      if TypeCode.bytes(t) < 4 || mods.contains("v2") || mods.contains("v4") { return unsupported() }
+      let generic = !(mods.contains("global") || mods.contains("shared"))
+      let kind = try address(ops[isRed ? 0 : 1], generic: generic)
+      guard case .register(let s, let off) = kind else { throw fail(ins.opcode, "a global or shared address") }
+      var i = Instr(op: mods.contains("shared") ? .atomShared : generic ? .atomGeneric : .atomGlobal)
+      i.ty = t
+      i.ty2 = UInt8(TypeCode.bytes(t))
+      i.mod = aop.rawValue
+      i.mask = mask
+      i.sh = sh
+      i.a = s
+      i.imm = off
+      i.d = isRed ? Slot.sink : try dest(ops[0])
+      i.b = try source(ops[isRed ? 1 : 2], t)
+      if aop == .cas { i.c = try source(ops[isRed ? 2 : 3], t) }
+      return emit(i)
+
+    case "bra", "brx":
+      guard base == "bra", case .word(let l)? = ops.first else { return unsupported() }
+      fixups.append((code.count, l, ins.line))
+      return emit(Instr(op: .bra))
+
+    case "call":
+      return try lowerCall(ins)
+    case "ret":
+      return emit(Instr(op: .ret))
+    case "exit":
+      return emit(Instr(op: .exit))
+    case "trap":
+      return emit(Instr(op: .trap))
+    case "membar", "fence", "nanosleep", "prefetch", "prefetchu", "brkpt", "pmevent", "discard", "applypriority",
+      "griddepcontrol":
+      return emit(Instr(op: .nop))
+
+    case "bar", "barrier":
+      if mods.contains("warp") {  // bar.warp.sync membermask
+        try need(1)
+        return emit(Instr(op: .warpSync, a: try source(ops[0], TypeCode.b | 2)))
+      }
+      if mods.contains("red") { return unsupported() }
+      try need(1)
+      var i = Instr(op: mods.contains("arrive") ? .barArrive : .barSync)
+      i.a = try source(ops[0], TypeCode.u | 2)
+      i.b = ops.count > 1 ? try source(ops[1], TypeCode.u | 2) : -1
+      return emit(i)
+
+    case "shfl":
+      try need(4)
+      let modes = ["up", "down", "bfly", "idx"]
+      guard let mode = modes.firstIndex(where: { mods.contains($0) }) else { throw fail(ins.opcode, "a shfl mode") }
+      var i = Instr(op: .shfl, mod: UInt8(mode))
+      switch ops[0] {
+      case .pair(let r, let p):
+        i.d = try dest(.word(r))
+        i.e = try predicate(p)
+      default: i.d = try dest(ops[0])
+      }
+      let u32 = TypeCode.b | 2
+      i.a = try source(ops[1], u32)
+      i.b = try source(ops[2], u32)
+      i.c = try source(ops[3], u32)
+      i.imm = Int64(ops.count > 4 ? try source(ops[4], u32) : constant(0xffff_ffff))
+      return emit(i)
+
+    case "vote":
+      try need(2)
+      let modes = ["all", "any", "uni", "ballot"]
+      guard let mode = modes.firstIndex(where: { mods.contains($0) }) else { throw fail(ins.opcode, "a vote mode") }
+      var i = Instr(op: .vote, mod: UInt8(mode))
+      i.d = try dest(ops[0])
+      switch ops[1] {
+      case .not(let p):
+        i.a = try predicate(p)
+        i.flags |= Flag.negC
+      default: i.a = try source(ops[1], TypeCode.pred)
+      }
+      i.b = ops.count > 2 ? try source(ops[2], TypeCode.b | 2) : constant(0xffff_ffff)
+      return emit(i)
+
+    case "activemask":
+      try need(1)
+      return emit(Instr(op: .activemask, d: try dest(ops[0])))
+
+    case "redux":
+      try need(3)
+      let reduxOps: [String: AtomicOp] = ["add": .add, "min": .min, "max": .max, "and": .and, "or": .or, "xor": .xor]
+      guard let aop = mods.compactMap({ reduxOps[$0] }).first, TypeCode.bits(t) == 32 else { return unsupported() }
+      var i = Instr(op: .redux, ty: t, mod: aop.rawValue, flags: flags)
+      i.d = try dest(ops[0])
+      i.a = try source(ops[1], t)
+      i.b = try source(ops[2], TypeCode.b | 2)
+      return emit(i)
+
+    default:
+      return unsupported()
+    }
+  }
+
+  /// `call[.uni] (ret, ...), name, (arg, ...) [, prototype];` (PTX ISA §9.7.13.4).
+  mutating func lowerCall(_ ins: SyntaxInstruction) throws(PTXError) {
+    var ops = ins.operands[...]
+    var rets: [SyntaxOperand] = []
+    if case .list(let r)? = ops.first {
+      rets = r
+      ops = ops.dropFirst()
+    }
+    guard case .word(let name)? = ops.first else { throw fail(ins.opcode, "a function name") }
+    ops = ops.dropFirst()
+    var args: [SyntaxOperand] = []
+    if case .list(let a)? = ops.first { args = a }
+    var site = CallSite(target: .unsupported(name), args: [], results: [])
+    var calleeParams: [(Int, Int)] = []
+    var calleeReturns: [(Int, Int)] = []
+    if name == "vprintf" {
+      site.target = .vprintf
+      calleeParams = [(0, 8), (8, 8)]
+      calleeReturns = [(16, 4)]
+    } else if name == "__assertfail" {
+      site.target = .assertfail
+      calleeParams = [(0, 8), (8, 8), (16, 4), (24, 8), (32, 8)]
+    } else if let f = module.functionIndex[name] {
+      site.target = .function(f)
+      calleeParams = module.paramLayouts[f].params
+      calleeReturns = module.paramLayouts[f].returns
+    } else if case .reg? = lookup(name) {
+      texts[Int32(code.count)] = "call (indirect)"
+      return emit(Instr(op: .unsupported))
+    } else {
+      throw fail(name, "a declared function")
+    }
+    for (k, a) in args.enumerated() where k < calleeParams.count {
+      let (off, size) = calleeParams[k]
+      switch a {
+      case .word(let w):
+        if case .param(let p, false)? = lookup(w) {
+          site.args.append((.param(p), off, size))
+          continue
+        }
+        site.args.append((.slot(try source(a, size == 8 ? TypeCode.b | 3 : TypeCode.b | 2)), off, size))
+      default:
+        site.args.append((.slot(try source(a, size == 8 ? TypeCode.b | 3 : TypeCode.b | 2)), off, size))
+      }
+    }
+    for (k, r) in rets.enumerated() where k < calleeReturns.count {
+      guard case .word(let w) = r, case .param(let p, false)? = lookup(w) else {
+        throw fail("\(r)", "a .param variable for the result")
+      }
+      site.results.append((calleeReturns[k].0, p, calleeReturns[k].1))
+    }
+    calls.append(site)
+    emit(Instr(op: .call, a: Int32(calls.count - 1)))
+  }
+}
