@@ -40,7 +40,7 @@ let package = Package(
     // The device side of module images: fat binary entries, decompression, PTX selection. Trusts no field.
     .target(name: "FatBinary", dependencies: ["VGPUProtocol", "CCompression"]),
     // The reference device: serves the protocol on the CPU.
-    .target(name: "VGPUDevice", dependencies: ["VGPUProtocol", "DeviceAccess", "CSupport"]),
+    .target(name: "VGPUDevice", dependencies: ["VGPUProtocol", "DeviceAccess", "CSupport", "PTX", "FatBinary"]),
     // The guest client API. It never links the device model.
     .target(name: "VGPU", dependencies: ["VGPUProtocol", "DeviceAccess", "CSupport"]),
     // `sim`: the reference device run inside a client's process. Programs

@@ -88,7 +88,9 @@ public final class ReferenceDevice: @unchecked Sendable {
     }
     registers = RegisterBlock(self.region.base)
     executor = Executor(
-      base: self.region.base, layout: layout, memory: memory, registers: registers, backend: BuiltinBackend())
+      base: self.region.base, layout: layout, memory: memory, registers: registers,
+      backend: ReferenceBackend(
+        computeCapability: configuration.computeCapability.major * 10 + configuration.computeCapability.minor))
 
     executor.setStatus([])
     registers.store(Register.magic, vgpuMagic)

@@ -44,6 +44,18 @@ extension Executor {
     return memory.base + Int(offset)
   }
 
+  /// The live allocation of process `pid` holding device `address`: its
+  /// start, size and host pointer (what a kernel may touch).
+  func allocation(containing address: UInt64, pid: UInt32) -> (
+    address: UInt64, size: UInt64, pointer: UnsafeMutableRawPointer
+  )? {
+    guard address >= deviceAddressBase, address - deviceAddressBase < memory.size,
+      let a = allocator.allocation(containing: address - deviceAddressBase, length: 1),
+      served[Int(a.owner)].pid == pid
+    else { return nil }
+    return (deviceAddressBase + a.offset, a.size, memory.base + Int(a.offset))
+  }
+
   /// `length` bytes at staging address `address`, inside queue pair `qp`'s window.
   func stagingRange(_ address: UInt64, _ length: UInt64, qp: Int, argument: UInt32) throws(Refusal)
     -> UnsafeMutableRawPointer

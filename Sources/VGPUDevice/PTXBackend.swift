@@ -1,0 +1,169 @@
+import FatBinary
+import PTX
+import VGPUProtocol
+
+/// The reference device's execution backend: a module image's PTX (plain,
+/// or chosen from a fat binary for this device's compute capability, then
+/// decompressed) parsed by the PTX engine, and its kernels interpreted on
+/// the device's CPU with every global access checked.
+final class PTXBackend: ExecutionBackend {
+  /// `major × 10 + minor`, as fat binary entries name architectures.
+  let computeCapability: UInt32
+  /// Thread-instructions a launch may run before it fails with 702 (a
+  /// watchdog, as a display GPU's): 10^10 is minutes of interpretation.
+  let instructionBudget: UInt64
+
+  init(computeCapability: UInt32, instructionBudget: UInt64 = 10_000_000_000) {
+    self.computeCapability = computeCapability
+    self.instructionBudget = instructionBudget
+  }
+
+  var name: String { "PTX interpreter" }
+
+  func loadModule(_ image: UnsafeRawBufferPointer) throws(BackendError) -> any BackendModule {
+    let source: PTXSource
+    do throws(FatBinaryError) {
+      source = try ModuleImageLoader.ptx(from: image, computeCapability: computeCapability)
+    } catch {
+      switch error {
+      case .noPTX:
+        throw BackendError(
+          .noBinaryForGPU,
+          "\(error); this device runs PTX only: build with PTX in the image (nvcc -gencode arch=compute_XX,code=compute_XX; CuPy: CUPY_COMPILE_WITH_PTX=1)"
+        )
+      default: throw BackendError(.invalidImage, error.description)
+      }
+    }
+    do throws(PTXError) {
+      return PTXBackendModule(try PTXModule(source: source.text), budget: instructionBudget)
+    } catch {
+      if case .parse(let line, _, _) = error {
+        throw BackendError(.invalidPTX, error.description, detail: UInt32(clamping: line))
+      }
+      throw BackendError(.invalidPTX, error.description)
+    }
+  }
+}
+
+final class PTXBackendModule: BackendModule {
+  let module: PTXModule
+  let budget: UInt64
+  /// The variables the device places: defined ones (an `.extern` is another module's).
+  let placed: [PTXGlobalVariable]
+
+  init(_ module: PTXModule, budget: UInt64) {
+    self.module = module
+    self.budget = budget
+    placed = module.globals.filter { !$0.isExtern && ($0.space == .global || $0.space == .const) }
+  }
+
+  var variables: [ModuleVariable] {
+    placed.map { ModuleVariable(name: $0.name, size: $0.size, alignment: $0.alignment) }
+  }
+
+  func bind(variableAddresses: [UInt64]) {
+    module.bind(globalAddresses: Dictionary(zip(placed.map(\.name), variableAddresses)) { first, _ in first })
+  }
+
+  func initializer(ofVariable index: Int) throws(BackendError) -> [UInt8] {
+    do throws(PTXError) { return try module.initialBytes(ofGlobal: placed[index].name) } catch {
+      throw BackendError(.invalidPTX, error.description)
+    }
+  }
+
+  func function(named name: String) throws(BackendError) -> any BackendFunction {
+    do throws(PTXError) {
+      return PTXBackendFunction(module: self, info: try module.kernel(named: name))
+    } catch {
+      switch error {
+      case .functionNotFound:
+        let known = module.kernelNames.prefix(20).joined(separator: ", ")
+        throw BackendError(.notFound, "no kernel '\(name)' in this module (it has: \(known))", detail: 3)
+      default: throw BackendError(.invalidPTX, error.description, detail: 3)
+      }
+    }
+  }
+}
+
+final class PTXBackendFunction: BackendFunction {
+  let module: PTXBackendModule
+  let name: String
+  let info: FunctionInfo
+  let slots: [ParameterSlot]
+
+  init(module: PTXBackendModule, info k: PTXKernelInfo) {
+    self.module = module
+    name = k.name
+    // sm_XY from the module's `.target` (e.g. "sm_52"), as binaryVersion would be.
+    let sm = UInt16(k.target.split(separator: ",").first.map { $0.dropFirst(3).prefix { $0.isNumber } } ?? "") ?? 0
+    info = FunctionInfo(
+      parameterCount: UInt32(k.parameters.count), parameterBytes: UInt32(k.parameterBytes), maxThreadsPerBlock: 1024,
+      sharedBytes: UInt32(k.staticSharedBytes), localBytes: UInt32(k.localBytesPerThread),
+      constBytes: UInt32(k.constBytes), registers: UInt32(k.registerCount),
+      ptxVersion: UInt16(k.ptxVersion.major * 10 + k.ptxVersion.minor), binaryVersion: sm)
+    slots = k.parameters.map { ParameterSlot(offset: UInt32($0.offset), size: UInt32($0.size)) }
+  }
+
+  func launch(
+    _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, memory: KernelMemoryView,
+    output: inout DeviceOutput
+  ) throws(BackendError) {
+    var text: [UInt8] = []
+    let g = geometry.grid
+    let b = geometry.block
+    do throws(PTXError) {
+      _ = try module.module.launch(
+        kernel: name, grid: PTXDim3(g.x, g.y, g.z), block: PTXDim3(b.x, b.y, b.z),
+        dynamicSharedBytes: Int(geometry.sharedBytes), parameters: parameters, memory: memory,
+        options: PTXLaunchOptions(instructionBudget: module.budget, printf: { text.append(contentsOf: $0.utf8) }))
+    } catch {
+      output.append(text)
+      throw BackendError(Self.status(error), error.description, result0: Self.address(error))
+    }
+    if !text.isEmpty { output.append(text) }
+  }
+
+  static func status(_ e: PTXError) -> CommandStatus {
+    switch e {
+    case .illegalAddress: .illegalAddress
+    case .assertion: .assertTriggered
+    case .budgetExhausted: .launchTimeout
+    case .parse, .functionInvalid: .invalidPTX
+    case .functionNotFound, .unboundSymbol: .notFound
+    case .misalignedAddress, .deadlock, .unsupported, .launchFailed: .launchFailed
+    }
+  }
+
+  static func address(_ e: PTXError) -> UInt64 {
+    switch e {
+    case .illegalAddress(_, _, _, let address, _, _, _), .misalignedAddress(_, _, _, let address, _, _): address
+    default: 0
+    }
+  }
+}
+
+/// The engine asks for the allocation holding an address (and caches it);
+/// the device answers from the launching process's live allocations.
+extension KernelMemoryView: PTXGlobalMemory {
+  public func region(containing address: UInt64) -> PTXMemoryRegion? {
+    guard let a = executor.allocation(containing: address, pid: pid) else { return nil }
+    return PTXMemoryRegion(base: a.address, count: Int(a.size), pointer: a.pointer)
+  }
+}
+
+/// The reference device's backend while the built-in text image is still
+/// accepted: an image that starts with "vgpu-module" names built-in
+/// kernels; every other image is PTX, a fat binary or a cubin.
+final class ReferenceBackend: ExecutionBackend {
+  let builtin = BuiltinBackend()
+  let ptx: PTXBackend
+  init(computeCapability: UInt32) { ptx = PTXBackend(computeCapability: computeCapability) }
+  var name: String { "PTX interpreter" }
+  func loadModule(_ image: UnsafeRawBufferPointer) throws(BackendError) -> any BackendModule {
+    let magic = BuiltinModuleImage.magic.utf8
+    if image.count >= magic.count && zip(image, magic).allSatisfy({ $0 == $1 }) {
+      return try builtin.loadModule(image)
+    }
+    return try ptx.loadModule(image)
+  }
+}
