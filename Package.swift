@@ -87,6 +87,8 @@ let package = Package(
     // The PTX engine: parser, lowering and interpreter for the reference device. Depends on nothing here.
     .target(name: "PTX"),
     .testTarget(name: "PTXTests", dependencies: ["PTX"]),
+    // Thread-instructions per second on vector add: `swift run -c release ptx-bench`.
+    .executableTarget(name: "ptx-bench", dependencies: ["PTX"], path: "Tests/PTXBench"),
     // Helpers shared by the test targets.
     .target(name: "TestSupport", dependencies: ["VGPUProtocol"], path: "Tests/TestSupport"),
     // Reads the facts lspci states, for comparing our decoder with it.
