@@ -91,6 +91,8 @@ let package = Package(
     // The PTX engine: parser, lowering and interpreter for the reference device. Depends on nothing here.
     .target(name: "PTX"),
     .testTarget(name: "PTXTests", dependencies: ["PTX"]),
+    // Thread-instructions per second on vector add: `swift run -c release ptx-bench`.
+    .executableTarget(name: "ptx-bench", dependencies: ["PTX"], path: "Tests/PTXBench"),
     // Helpers shared by the test targets.
     .target(name: "TestSupport", dependencies: ["VGPUProtocol"], path: "Tests/TestSupport"),
     // The project's CUDA corpus (Tests/Kernels/*.cu) built by nvcc 13.5 and NVRTC 12.9 from .venv.

@@ -1,9 +1,10 @@
+import Synchronization
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Darwin)
   import Darwin
 #endif
-import Synchronization
 
 extension BlockRunner {
   /// Runs thread `t` until it parks at a sync point or exits. The loop keeps the frame pointer,
@@ -90,7 +91,9 @@ extension BlockRunner {
       case .remS:
         let y = sext(b, i.sh)
         r[d] =
-          y == 0 ? a & i.mask : UInt64(bitPattern: sext(a, i.sh).remainderReportingOverflow(dividingBy: y).partialValue) & i.mask
+          y == 0
+          ? a & i.mask
+          : UInt64(bitPattern: sext(a, i.sh).remainderReportingOverflow(dividingBy: y).partialValue) & i.mask
       case .minU: r[d] = Swift.min(a & i.mask, b & i.mask)
       case .maxU: r[d] = Swift.max(a & i.mask, b & i.mask)
       case .minS: r[d] = UInt64(bitPattern: Swift.min(sext(a, i.sh), sext(b, i.sh))) & i.mask
@@ -194,7 +197,11 @@ extension BlockRunner {
       case .fsin: r[d] = fout(sinf(fin(a, i.flags)), i.flags)
       case .fcos: r[d] = fout(cosf(fin(a, i.flags)), i.flags)
       case .ftanh: r[d] = fout(tanhf(fin(a, i.flags)), i.flags)
-      case .fcopysign: r[d] = bits(Float(sign: f32(a).sign, exponentBitPattern: f32(b).exponentBitPattern, significandBitPattern: f32(b).significandBitPattern))
+      case .fcopysign:
+        r[d] = bits(
+          Float(
+            sign: f32(a).sign, exponentBitPattern: f32(b).exponentBitPattern,
+            significandBitPattern: f32(b).significandBitPattern))
       case .dadd: r[d] = dout(f64(a) + f64(b), i.flags)
       case .dsub: r[d] = dout(f64(a) - f64(b), i.flags)
       case .dmul: r[d] = dout(f64(a) * f64(b), i.flags)
@@ -218,7 +225,8 @@ extension BlockRunner {
       case .hfma: r[d] = bits16(f16(r[Int(i.c)]).addingProduct(f16(a), f16(b)))
       case .hneg: r[d] = (a ^ 0x8000) & 0xffff
       case .habs: r[d] = a & 0x7fff
-      case .hmin, .hmax: r[d] = bits16(Float(fminmax(Double(f16(a)), Double(f16(b)), i.op == .hmax, i.flags & Flag.nan != 0)))
+      case .hmin, .hmax:
+        r[d] = bits16(Float(fminmax(Double(f16(a)), Double(f16(b)), i.op == .hmax, i.flags & Flag.nan != 0)))
       case .testpF, .testpD:
         let x = i.op == .testpF ? Double(f32(a)) : f64(a)
         let sub = i.op == .testpF ? f32(a).isSubnormal : x.isSubnormal
@@ -370,7 +378,9 @@ extension BlockRunner {
           }
           let text = formatPrintf(format: arg(0), args: arg(1))
           printf?(text)
-          for res in site.results { store(pbase + res.callerOffset, UInt8(Swift.min(res.size, 4)), UInt64(text.utf8.count)) }
+          for res in site.results {
+            store(pbase + res.callerOffset, UInt8(Swift.min(res.size, 4)), UInt64(text.utf8.count))
+          }
         case .assertfail:
           func arg(_ k: Int, _ size: UInt8) -> UInt64 {
             guard k < site.args.count else { return 0 }
@@ -379,7 +389,8 @@ extension BlockRunner {
             case .slot(let s): return r[Int(s)]
             }
           }
-          throw .assertion(cString(arg(0, 8)), cString(arg(1, 8)), Int(Int32(truncatingIfNeeded: arg(2, 4))), cString(arg(3, 8)))
+          throw .assertion(
+            cString(arg(0, 8)), cString(arg(1, 8)), Int(Int32(truncatingIfNeeded: arg(2, 4))), cString(arg(3, 8)))
         case .unsupported(let name):
           throw .unsupported("call \(name)", i.line)
         }
@@ -430,7 +441,9 @@ extension BlockRunner {
     }
   }
 
-  @inline(__always) func loadInto(_ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: FuncRT) {
+  @inline(__always) func loadInto(
+    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: FuncRT
+  ) {
     if i.e == 1 {
       var v = load(p, i.ty2)
       if i.flags & Flag.signed != 0 { v = UInt64(bitPattern: sext(v, 64 - 8 * i.ty2)) }
@@ -444,7 +457,9 @@ extension BlockRunner {
     }
   }
 
-  @inline(__always) func storeFrom(_ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: FuncRT) {
+  @inline(__always) func storeFrom(
+    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: FuncRT
+  ) {
     if i.e == 1 {
       store(p, i.ty2, r[Int(i.d)])
       return

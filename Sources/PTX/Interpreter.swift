@@ -1,9 +1,10 @@
+import Synchronization
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Darwin)
   import Darwin
 #endif
-import Synchronization
 
 struct ThreadState {
   var pc: Int32 = 0
@@ -41,7 +42,9 @@ enum Fault: Error {
 @inline(__always) func bits(_ f: Float) -> UInt64 { UInt64(f.bitPattern) }
 @inline(__always) func bits16(_ f: Float) -> UInt64 { UInt64(Float16(f).bitPattern) }
 /// `.ftz`: subnormal f32 inputs and results become zero of the same sign (PTX ISA §9.7.3).
-@inline(__always) func flush(_ x: Float) -> Float { x.isSubnormal ? Float(sign: x.sign, exponent: 0, significand: 0) : x }
+@inline(__always) func flush(_ x: Float) -> Float {
+  x.isSubnormal ? Float(sign: x.sign, exponent: 0, significand: 0) : x
+}
 @inline(__always) func fin(_ v: UInt64, _ fl: UInt8) -> Float { fl & Flag.ftz != 0 ? flush(f32(v)) : f32(v) }
 @inline(__always) func fout(_ v: Float, _ fl: UInt8) -> UInt64 {
   if fl & (Flag.ftz | Flag.sat) == 0 { return bits(v) }
@@ -207,7 +210,8 @@ struct BlockRunner {
       return .misalignedAddress(kernel: kernel, block: ctaid, thread: dim(t), address: a, size: size, line: Int(line))
     case .unsupported(let text, let line): return .unsupported(kernel: kernel, instruction: text, line: Int(line))
     case .budget: return .budgetExhausted(kernel: kernel, budget: budget)
-    case .trap(let line): return .launchFailed(kernel: kernel, reason: "trap at PTX line \(line) in block \(ctaid) thread \(dim(t))")
+    case .trap(let line):
+      return .launchFailed(kernel: kernel, reason: "trap at PTX line \(line) in block \(ctaid) thread \(dim(t))")
     case .assertion(let m, let file, let line, let fn):
       return .assertion(message: m, file: file, line: line, function: fn, block: ctaid, thread: dim(t))
     case .launch(let reason): return .launchFailed(kernel: kernel, reason: reason)
@@ -369,7 +373,9 @@ struct BlockRunner {
           while true {
             var next = members
             for m in 0..<lanes where members & (1 << UInt32(m)) != 0 {
-              let mask = UInt32(truncatingIfNeeded: laneRegs(w * 32 + m)[Int(ins.op == .shfl ? Int32(ins.imm) : ins.op == .vote || ins.op == .redux ? ins.b : ins.a)])
+              let mask = UInt32(
+                truncatingIfNeeded: laneRegs(w * 32 + m)[
+                  Int(ins.op == .shfl ? Int32(ins.imm) : ins.op == .vote || ins.op == .redux ? ins.b : ins.a)])
               if mask & existing & ~(members | exited) != 0 { next &= ~(1 << UInt32(m)) }
             }
             if next == members { break }

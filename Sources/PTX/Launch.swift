@@ -77,7 +77,8 @@ extension PTXModule {
     }
     guard parameters.count >= info.parameterBytes else {
       throw .launchFailed(
-        kernel: kernel, reason: "parameter buffer has \(parameters.count) bytes, the kernel needs \(info.parameterBytes)")
+        kernel: kernel,
+        reason: "parameter buffer has \(parameters.count) bytes, the kernel needs \(info.parameterBytes)")
     }
     let reach = try reachable(root)
     let layout = sharedLayout(reach)
@@ -111,7 +112,8 @@ extension PTXModule {
           t[Int(slot)] = (layout.offsets[s] ?? 0) &+ UInt64(bitPattern: off) &+ (generic ? Memory.sharedWindow : 0)
         }
       }
-      funcs[i] = FuncRT(code: f.code, slots: f.slots, frameSlots: f.frameSlots, localBytes: (f.localBytes + 15) / 16 * 16, template: t,
+      funcs[i] = FuncRT(
+        code: f.code, slots: f.slots, frameSlots: f.frameSlots, localBytes: (f.localBytes + 15) / 16 * 16, template: t,
         extraPointer: f.extra)
     }
 

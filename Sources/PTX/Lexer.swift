@@ -99,7 +99,9 @@ struct Lexer {
       }
       if c >= 48 && c <= 57 || c == 46 {
         let start = i
-        while i < n && (isWordChar(bytes[i]) || ((bytes[i] == 43 || bytes[i] == 45) && (bytes[i - 1] | 0x20) == 101 && !isHexPrefixed(bytes, start)))
+        while i < n
+          && (isWordChar(bytes[i])
+            || ((bytes[i] == 43 || bytes[i] == 45) && (bytes[i - 1] | 0x20) == 101 && !isHexPrefixed(bytes, start)))
         {
           i += 1
         }

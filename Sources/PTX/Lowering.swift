@@ -163,7 +163,8 @@ struct Lowering {
     case .int(let v):
       if isFloat {
         let d = Double(Int64(bitPattern: v))
-        return constant(bits == 64 ? d.bitPattern : bits == 32 ? UInt64(Float(d).bitPattern) : UInt64(Float16(Float(d)).bitPattern))
+        return constant(
+          bits == 64 ? d.bitPattern : bits == 32 ? UInt64(Float(d).bitPattern) : UInt64(Float16(Float(d)).bitPattern))
       }
       return constant(t == TypeCode.pred ? (v != 0 ? 1 : 0) : v & TypeCode.mask(t))
     case .f32(let b):
@@ -272,7 +273,9 @@ struct Lowering {
       }
     }
     for (index, label, l) in fixups {
-      guard let target = labels[label] else { throw .parse(line: l, token: label, expected: "a label in this function") }
+      guard let target = labels[label] else {
+        throw .parse(line: l, token: label, expected: "a label in this function")
+      }
       code[index].imm = Int64(target)
     }
     // Falling off the end behaves as `ret` (PTX requires an explicit one; be forgiving).
@@ -296,7 +299,9 @@ struct Lowering {
     let ops = ins.operands
     let mask = TypeCode.mask(t)
     let sh = UInt8(64 - TypeCode.bits(t))
-    let isFloat = TypeCode.kind(t) == TypeCode.f && !["mov", "ld", "st", "cvt", "setp", "selp", "atom", "red", "shfl", "cvta"].contains(base)
+    let isFloat =
+      TypeCode.kind(t) == TypeCode.f
+      && !["mov", "ld", "st", "cvt", "setp", "selp", "atom", "red", "shfl", "cvta"].contains(base)
     var flags: UInt8 = 0
     if mods.contains("ftz") { flags |= Flag.ftz }
     if mods.contains("sat") { flags |= Flag.sat }
@@ -397,9 +402,16 @@ struct Lowering {
       try need(3)
       guard let cmp = mods.compactMap({ Lowering.cmps[$0] }).first else { throw fail(ins.opcode, "a comparison") }
       let kind = TypeCode.kind(t)
-      let op: Op = kind == TypeCode.f ? (TypeCode.bits(t) == 64 ? .setpD : TypeCode.bits(t) == 32 ? .setpF : .setpH) : .setpI
+      let op: Op =
+        kind == TypeCode.f ? (TypeCode.bits(t) == 64 ? .setpD : TypeCode.bits(t) == 32 ? .setpF : .setpH) : .setpI
       var i = Instr(op: op, ty: t, mod: cmp.rawValue, flags: flags, sh: sh, mask: mask)
-      if mods.contains("and") { i.ty2 = 1 } else if mods.contains("or") { i.ty2 = 2 } else if mods.contains("xor") { i.ty2 = 3 }
+      if mods.contains("and") {
+        i.ty2 = 1
+      } else if mods.contains("or") {
+        i.ty2 = 2
+      } else if mods.contains("xor") {
+        i.ty2 = 3
+      }
       switch ops[0] {
       case .pair(let p, let q):
         i.d = try predicate(p)
@@ -440,7 +452,9 @@ struct Lowering {
         return emit(Instr(op: .unpack, ty: t, d: first, a: try source(ops[1], t), b: count))
       }
       if case .word(let w) = ops[1] {
-        if let sr = Special.names[w] { return emit(Instr(op: .movSR, d: try dest(ops[0]), mask: mask, imm: sr.rawValue)) }
+        if let sr = Special.names[w] {
+          return emit(Instr(op: .movSR, d: try dest(ops[0]), mask: mask, imm: sr.rawValue))
+        }
         if case .local? = lookup(w) {  // the frame's local area: an add, done by symbolAddress
           let s = try symbolAddress(w, 0, generic: false)!
           return emit(Instr(op: .and, d: try dest(ops[0]), a: s, b: constant(~0), mask: mask))
@@ -490,7 +504,9 @@ struct Lowering {
     case "ld", "ldu", "st":
       try need(2)
       let isStore = base == "st"
-      let generic = !(mods.contains("param") || mods.contains("global") || mods.contains("shared") || mods.contains("local") || mods.contains("const"))
+      let generic =
+        !(mods.contains("param") || mods.contains("global") || mods.contains("shared") || mods.contains("local")
+        || mods.contains("const"))
       let addrOperand = isStore ? ops[0] : ops[1]
       let valOperand = isStore ? ops[1] : ops[0]
       let kind = try address(addrOperand, generic: generic)
@@ -530,7 +546,9 @@ struct Lowering {
     case "atom", "red":
       let isRed = base == "red"
       try need(isRed ? 2 : 3)
-      guard let aop = mods.compactMap({ Lowering.atomics[$0] }).first else { throw fail(ins.opcode, "an atomic operation") }
+      guard let aop = mods.compactMap({ Lowering.atomics[$0] }).first else {
+        throw fail(ins.opcode, "an atomic operation")
+      }
       if TypeCode.bytes(t) < 4 || mods.contains("v2") || mods.contains("v4") { return unsupported() }
       let generic = !(mods.contains("global") || mods.contains("shared"))
       let kind = try address(ops[isRed ? 0 : 1], generic: generic)

@@ -243,7 +243,9 @@ public final class PTXModule: @unchecked Sendable {
     for r in g.relocations {
       guard let base = address(ofGlobal: r.symbol) else { throw .unboundSymbol(name: r.symbol) }
       let v = base &+ UInt64(bitPattern: r.addend)
-      for j in 0..<min(8, bytes.count - r.offset) { bytes[r.offset + j] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(j))) }
+      for j in 0..<min(8, bytes.count - r.offset) {
+        bytes[r.offset + j] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(j)))
+      }
     }
     return bytes
   }

@@ -3,13 +3,14 @@ import Testing
 
 @Suite struct ErrorTests {
   @Test func parseErrorHasLineAndToken() {
-    let src = header + """
-      .visible .entry k()
-      {
-      	.reg .b32 %r<2>;
-      	mov.u32 %r1, ;
-      }
-      """
+    let src =
+      header + """
+        .visible .entry k()
+        {
+        	.reg .b32 %r<2>;
+        	mov.u32 %r1, ;
+        }
+        """
     // A broken body fails only that function; the error keeps line and token.
     let m = try? PTXModule(source: src)
     #expect(m != nil)
@@ -36,14 +37,15 @@ import Testing
   }
 
   @Test func badFunctionFailsAlone() throws {
-    let src = vectorAddPTX + """
+    let src =
+      vectorAddPTX + """
 
-      .visible .entry broken(.param .u64 p)
-      {
-      	.reg .b32 %r<2>;
-      	add.u32 %r1, %r1 %r1;
-      }
-      """
+        .visible .entry broken(.param .u64 p)
+        {
+        	.reg .b32 %r<2>;
+        	add.u32 %r1, %r1 %r1;
+        }
+        """
     let m = try PTXModule(source: src)
     #expect(m.kernelNames == ["_Z6vecAddPKfS0_Pfi", "broken"])
     #expect(throws: PTXError.self) { try m.kernel(named: "broken") }
@@ -77,13 +79,14 @@ import Testing
   }
 
   @Test func endlessLoopHitsBudget() throws {
-    let src = header + """
-      .visible .entry spin()
-      {
-      $L__BB0_1:
-      	bra.uni 	$L__BB0_1;
-      }
-      """
+    let src =
+      header + """
+        .visible .entry spin()
+        {
+        $L__BB0_1:
+        	bra.uni 	$L__BB0_1;
+        }
+        """
     #expect(throws: PTXError.budgetExhausted(kernel: "spin", budget: 10_000)) {
       try run(src, "spin", block: PTXDim3(32), args: [], memory: TestMemory(), budget: 10_000)
     }
@@ -91,22 +94,23 @@ import Testing
 
   @Test func divergentBarrierDeadlocks() throws {
     // Even threads wait at barrier 1, odd ones at barrier 2; none exits, nothing can release.
-    let src = header + """
-      .visible .entry dl()
-      {
-      	.reg .pred 	%p<2>;
-      	.reg .b32 	%r<3>;
-      	mov.u32 	%r1, %tid.x;
-      	and.b32 	%r2, %r1, 1;
-      	setp.eq.s32 	%p1, %r2, 0;
-      	@%p1 bra 	$L__BB0_2;
-      	bar.sync 	2;
-      	ret;
-      $L__BB0_2:
-      	bar.sync 	1;
-      	ret;
-      }
-      """
+    let src =
+      header + """
+        .visible .entry dl()
+        {
+        	.reg .pred 	%p<2>;
+        	.reg .b32 	%r<3>;
+        	mov.u32 	%r1, %tid.x;
+        	and.b32 	%r2, %r1, 1;
+        	setp.eq.s32 	%p1, %r2, 0;
+        	@%p1 bra 	$L__BB0_2;
+        	bar.sync 	2;
+        	ret;
+        $L__BB0_2:
+        	bar.sync 	1;
+        	ret;
+        }
+        """
     do {
       try run(src, "dl", block: PTXDim3(64), args: [], memory: TestMemory())
       Issue.record("expected a deadlock")
@@ -122,66 +126,69 @@ import Testing
 
   @Test func exitCountsAsBarrierArrival() throws {
     // Threads ≥ 16 exit before the barrier; the rest must still pass it.
-    let src = header + """
-      .visible .entry early(.param .u64 out)
-      {
-      	.reg .pred 	%p<2>;
-      	.reg .b32 	%r<3>;
-      	.reg .b64 	%rd<4>;
-      	ld.param.u64 	%rd1, [out];
-      	mov.u32 	%r1, %tid.x;
-      	setp.ge.u32 	%p1, %r1, 16;
-      	@%p1 exit;
-      	bar.sync 	0;
-      	mul.wide.u32 	%rd2, %r1, 4;
-      	add.s64 	%rd3, %rd1, %rd2;
-      	st.global.u32 	[%rd3], 7;
-      	ret;
-      }
-      """
+    let src =
+      header + """
+        .visible .entry early(.param .u64 out)
+        {
+        	.reg .pred 	%p<2>;
+        	.reg .b32 	%r<3>;
+        	.reg .b64 	%rd<4>;
+        	ld.param.u64 	%rd1, [out];
+        	mov.u32 	%r1, %tid.x;
+        	setp.ge.u32 	%p1, %r1, 16;
+        	@%p1 exit;
+        	bar.sync 	0;
+        	mul.wide.u32 	%rd2, %r1, 4;
+        	add.s64 	%rd3, %rd1, %rd2;
+        	st.global.u32 	[%rd3], 7;
+        	ret;
+        }
+        """
     let mem = TestMemory()
     let out = mem.alloc(64 * 4)
     try run(src, "early", block: PTXDim3(64), args: [out], memory: mem)
-    #expect(mem.download(out, count: 64, as: UInt32.self) == Array(repeating: 7, count: 16) + Array(repeating: 0, count: 48))
+    #expect(
+      mem.download(out, count: 64, as: UInt32.self) == Array(repeating: 7, count: 16) + Array(repeating: 0, count: 48))
   }
 }
 
 @Suite struct WarpTests {
   /// Lanes < 16 ballot with mask 0x0000ffff, lanes ≥ 16 vote.any with mask 0xffff0000, then a
   /// full-warp shfl.idx and shfl.up with the predicate; results per lane go to `out`.
-  static let src = header + """
-    .visible .entry warp(.param .u64 out)
-    {
-    	.reg .pred 	%p<6>;
-    	.reg .b32 	%r<12>;
-    	.reg .b64 	%rd<4>;
-    	ld.param.u64 	%rd1, [out];
-    	mov.u32 	%r1, %laneid;
-    	and.b32 	%r2, %r1, 1;
-    	setp.eq.s32 	%p1, %r2, 1;
-    	setp.ge.u32 	%p2, %r1, 16;
-    	@%p2 bra 	$L__hi;
-    	vote.sync.ballot.b32 	%r3, %p1, 0x0000ffff;
-    	bra.uni 	$L__join;
-    $L__hi:
-    	setp.eq.s32 	%p3, %r1, 20;
-    	vote.sync.any.pred 	%p4, %p3, 0xffff0000;
-    	selp.u32 	%r3, 100, 200, %p4;
-    $L__join:
-    	shfl.sync.idx.b32 	%r4, %r1, 5, 31, -1;
-    	shfl.sync.up.b32 	%r5|%p5, %r1, 3, 0, -1;
-    	selp.u32 	%r6, 1, 0, %p5;
-    	shfl.sync.bfly.b32 	%r7, %r1, 1, 31, -1;
-    	activemask.b32 	%r8;
-    	vote.sync.all.pred 	%p3, %p1, -1;
-    	selp.u32 	%r9, 1, 0, %p3;
-    	mul.wide.u32 	%rd2, %r1, 32;
-    	add.s64 	%rd3, %rd1, %rd2;
-    	st.global.v4.u32 	[%rd3], {%r3, %r4, %r5, %r6};
-    	st.global.v4.u32 	[%rd3+16], {%r7, %r8, %r9, %r1};
-    	ret;
-    }
-    """
+  static let src =
+    header + """
+      .visible .entry warp(.param .u64 out)
+      {
+      	.reg .pred 	%p<6>;
+      	.reg .b32 	%r<12>;
+      	.reg .b64 	%rd<4>;
+      	ld.param.u64 	%rd1, [out];
+      	mov.u32 	%r1, %laneid;
+      	and.b32 	%r2, %r1, 1;
+      	setp.eq.s32 	%p1, %r2, 1;
+      	setp.ge.u32 	%p2, %r1, 16;
+      	@%p2 bra 	$L__hi;
+      	vote.sync.ballot.b32 	%r3, %p1, 0x0000ffff;
+      	bra.uni 	$L__join;
+      $L__hi:
+      	setp.eq.s32 	%p3, %r1, 20;
+      	vote.sync.any.pred 	%p4, %p3, 0xffff0000;
+      	selp.u32 	%r3, 100, 200, %p4;
+      $L__join:
+      	shfl.sync.idx.b32 	%r4, %r1, 5, 31, -1;
+      	shfl.sync.up.b32 	%r5|%p5, %r1, 3, 0, -1;
+      	selp.u32 	%r6, 1, 0, %p5;
+      	shfl.sync.bfly.b32 	%r7, %r1, 1, 31, -1;
+      	activemask.b32 	%r8;
+      	vote.sync.all.pred 	%p3, %p1, -1;
+      	selp.u32 	%r9, 1, 0, %p3;
+      	mul.wide.u32 	%rd2, %r1, 32;
+      	add.s64 	%rd3, %rd1, %rd2;
+      	st.global.v4.u32 	[%rd3], {%r3, %r4, %r5, %r6};
+      	st.global.v4.u32 	[%rd3+16], {%r7, %r8, %r9, %r1};
+      	ret;
+      }
+      """
 
   @Test func divergentVoteAndShuffle() throws {
     let mem = TestMemory()

@@ -1,8 +1,9 @@
 import PTX
+import Testing
+
 #if canImport(Glibc)
   import Glibc
 #endif
-import Testing
 
 @Suite struct KernelTests {
   @Test func vectorAdd() throws {
@@ -47,7 +48,8 @@ import Testing
     let y = (0..<n).map { Float(n - $0) * 0.25 }
     let dx = mem.upload(x)
     let dy = mem.upload(y)
-    try run(saxpyPTX, "saxpy", grid: PTXDim3(3), block: PTXDim3(128), args: [Float(2.5), dx, dy, Int32(n)], memory: mem)
+    try run(
+      saxpyPTX, "saxpy", grid: PTXDim3(3), block: PTXDim3(128), args: [Float(2.5), dx, dy, Int32(n)], memory: mem)
     #expect(mem.download(dy, count: n, as: Float.self) == zip(x, y).map { $1.addingProduct($0, 2.5) })
   }
 
@@ -70,7 +72,8 @@ import Testing
     let db = mem.upload(b)
     let dc = mem.alloc(n * n * 4)
     let g = UInt32((n + 15) / 16)
-    try run(matmulPTX, "matmul", grid: PTXDim3(g, g), block: PTXDim3(16, 16), args: [da, db, dc, Int32(n)], memory: mem)
+    try run(
+      matmulPTX, "matmul", grid: PTXDim3(g, g), block: PTXDim3(16, 16), args: [da, db, dc, Int32(n)], memory: mem)
     var expect = [Float](repeating: 0, count: n * n)
     for i in 0..<n {
       for j in 0..<n {
@@ -147,7 +150,8 @@ import Testing
     let dx = mem.upload(x)
     let dy = mem.upload(y)
     let dr = mem.alloc(n * 4)
-    try run(numbaPTX, "axpy", grid: PTXDim3(2), block: PTXDim3(64), args: [dr, dx, dy, UInt64(n), Float(2)], memory: mem)
+    try run(
+      numbaPTX, "axpy", grid: PTXDim3(2), block: PTXDim3(64), args: [dr, dx, dy, UInt64(n), Float(2)], memory: mem)
     #expect(mem.download(dr, count: n, as: Float.self) == zip(x, y).map { $1.addingProduct(2, $0) })
   }
 

@@ -10,459 +10,467 @@ let header = """
 
   """
 
-let vectorAddPTX = header + """
-  	// .globl	_Z6vecAddPKfS0_Pfi
-  .visible .entry _Z6vecAddPKfS0_Pfi(
-  	.param .u64 _Z6vecAddPKfS0_Pfi_param_0,
-  	.param .u64 _Z6vecAddPKfS0_Pfi_param_1,
-  	.param .u64 _Z6vecAddPKfS0_Pfi_param_2,
-  	.param .u32 _Z6vecAddPKfS0_Pfi_param_3
-  )
-  {
-  	.reg .pred 	%p<2>;
-  	.reg .b32 	%r<6>;
-  	.reg .f32 	%f<4>;
-  	.reg .b64 	%rd<11>;
+let vectorAddPTX =
+  header + """
+    	// .globl	_Z6vecAddPKfS0_Pfi
+    .visible .entry _Z6vecAddPKfS0_Pfi(
+    	.param .u64 _Z6vecAddPKfS0_Pfi_param_0,
+    	.param .u64 _Z6vecAddPKfS0_Pfi_param_1,
+    	.param .u64 _Z6vecAddPKfS0_Pfi_param_2,
+    	.param .u32 _Z6vecAddPKfS0_Pfi_param_3
+    )
+    {
+    	.reg .pred 	%p<2>;
+    	.reg .b32 	%r<6>;
+    	.reg .f32 	%f<4>;
+    	.reg .b64 	%rd<11>;
 
-  	ld.param.u64 	%rd1, [_Z6vecAddPKfS0_Pfi_param_0];
-  	ld.param.u64 	%rd2, [_Z6vecAddPKfS0_Pfi_param_1];
-  	ld.param.u64 	%rd3, [_Z6vecAddPKfS0_Pfi_param_2];
-  	ld.param.u32 	%r2, [_Z6vecAddPKfS0_Pfi_param_3];
-  	mov.u32 	%r3, %ctaid.x;
-  	mov.u32 	%r4, %ntid.x;
-  	mov.u32 	%r5, %tid.x;
-  	mad.lo.s32 	%r1, %r3, %r4, %r5;
-  	setp.ge.s32 	%p1, %r1, %r2;
-  	@%p1 bra 	$L__BB0_2;
+    	ld.param.u64 	%rd1, [_Z6vecAddPKfS0_Pfi_param_0];
+    	ld.param.u64 	%rd2, [_Z6vecAddPKfS0_Pfi_param_1];
+    	ld.param.u64 	%rd3, [_Z6vecAddPKfS0_Pfi_param_2];
+    	ld.param.u32 	%r2, [_Z6vecAddPKfS0_Pfi_param_3];
+    	mov.u32 	%r3, %ctaid.x;
+    	mov.u32 	%r4, %ntid.x;
+    	mov.u32 	%r5, %tid.x;
+    	mad.lo.s32 	%r1, %r3, %r4, %r5;
+    	setp.ge.s32 	%p1, %r1, %r2;
+    	@%p1 bra 	$L__BB0_2;
 
-  	cvta.to.global.u64 	%rd4, %rd1;
-  	mul.wide.s32 	%rd5, %r1, 4;
-  	add.s64 	%rd6, %rd4, %rd5;
-  	cvta.to.global.u64 	%rd7, %rd2;
-  	add.s64 	%rd8, %rd7, %rd5;
-  	ld.global.f32 	%f1, [%rd8];
-  	ld.global.f32 	%f2, [%rd6];
-  	add.f32 	%f3, %f2, %f1;
-  	cvta.to.global.u64 	%rd9, %rd3;
-  	add.s64 	%rd10, %rd9, %rd5;
-  	st.global.f32 	[%rd10], %f3;
+    	cvta.to.global.u64 	%rd4, %rd1;
+    	mul.wide.s32 	%rd5, %r1, 4;
+    	add.s64 	%rd6, %rd4, %rd5;
+    	cvta.to.global.u64 	%rd7, %rd2;
+    	add.s64 	%rd8, %rd7, %rd5;
+    	ld.global.f32 	%f1, [%rd8];
+    	ld.global.f32 	%f2, [%rd6];
+    	add.f32 	%f3, %f2, %f1;
+    	cvta.to.global.u64 	%rd9, %rd3;
+    	add.s64 	%rd10, %rd9, %rd5;
+    	st.global.f32 	[%rd10], %f3;
 
-  $L__BB0_2:
-  	ret;
+    $L__BB0_2:
+    	ret;
 
-  }
-  """
+    }
+    """
 
-let saxpyPTX = header + """
-  .visible .entry saxpy(
-  	.param .f32 saxpy_param_0,
-  	.param .u64 saxpy_param_1,
-  	.param .u64 saxpy_param_2,
-  	.param .u32 saxpy_param_3
-  )
-  {
-  	.reg .pred 	%p<2>;
-  	.reg .b32 	%r<6>;
-  	.reg .f32 	%f<5>;
-  	.reg .b64 	%rd<8>;
+let saxpyPTX =
+  header + """
+    .visible .entry saxpy(
+    	.param .f32 saxpy_param_0,
+    	.param .u64 saxpy_param_1,
+    	.param .u64 saxpy_param_2,
+    	.param .u32 saxpy_param_3
+    )
+    {
+    	.reg .pred 	%p<2>;
+    	.reg .b32 	%r<6>;
+    	.reg .f32 	%f<5>;
+    	.reg .b64 	%rd<8>;
 
-  	ld.param.f32 	%f1, [saxpy_param_0];
-  	ld.param.u64 	%rd1, [saxpy_param_1];
-  	ld.param.u64 	%rd2, [saxpy_param_2];
-  	ld.param.u32 	%r2, [saxpy_param_3];
-  	mov.u32 	%r3, %ntid.x;
-  	mov.u32 	%r4, %ctaid.x;
-  	mov.u32 	%r5, %tid.x;
-  	mad.lo.s32 	%r1, %r4, %r3, %r5;
-  	setp.ge.s32 	%p1, %r1, %r2;
-  	@%p1 bra 	$L__BB0_2;
-  	cvta.to.global.u64 	%rd3, %rd1;
-  	mul.wide.s32 	%rd4, %r1, 4;
-  	add.s64 	%rd5, %rd3, %rd4;
-  	cvta.to.global.u64 	%rd6, %rd2;
-  	add.s64 	%rd7, %rd6, %rd4;
-  	ld.global.f32 	%f2, [%rd7];
-  	ld.global.f32 	%f3, [%rd5];
-  	fma.rn.f32 	%f4, %f3, %f1, %f2;
-  	st.global.f32 	[%rd7], %f4;
-  $L__BB0_2:
-  	ret;
-  }
-  """
+    	ld.param.f32 	%f1, [saxpy_param_0];
+    	ld.param.u64 	%rd1, [saxpy_param_1];
+    	ld.param.u64 	%rd2, [saxpy_param_2];
+    	ld.param.u32 	%r2, [saxpy_param_3];
+    	mov.u32 	%r3, %ntid.x;
+    	mov.u32 	%r4, %ctaid.x;
+    	mov.u32 	%r5, %tid.x;
+    	mad.lo.s32 	%r1, %r4, %r3, %r5;
+    	setp.ge.s32 	%p1, %r1, %r2;
+    	@%p1 bra 	$L__BB0_2;
+    	cvta.to.global.u64 	%rd3, %rd1;
+    	mul.wide.s32 	%rd4, %r1, 4;
+    	add.s64 	%rd5, %rd3, %rd4;
+    	cvta.to.global.u64 	%rd6, %rd2;
+    	add.s64 	%rd7, %rd6, %rd4;
+    	ld.global.f32 	%f2, [%rd7];
+    	ld.global.f32 	%f3, [%rd5];
+    	fma.rn.f32 	%f4, %f3, %f1, %f2;
+    	st.global.f32 	[%rd7], %f4;
+    $L__BB0_2:
+    	ret;
+    }
+    """
 
 /// Block sum: warp shuffle down, one partial per warp in shared memory, then atomicAdd.
-let reducePTX = header + """
-  .visible .entry reduce(
-  	.param .u64 reduce_param_0,
-  	.param .u64 reduce_param_1,
-  	.param .u32 reduce_param_2
-  )
-  {
-  	.reg .pred 	%p<12>;
-  	.reg .b32 	%r<40>;
-  	.reg .f32 	%f<40>;
-  	.reg .b64 	%rd<12>;
-  	// demoted variable
-  	.shared .align 4 .b8 _ZZ6reduceE4warp[128];
-  	ld.param.u64 	%rd2, [reduce_param_0];
-  	ld.param.u64 	%rd3, [reduce_param_1];
-  	ld.param.u32 	%r3, [reduce_param_2];
-  	mov.u32 	%r4, %ctaid.x;
-  	mov.u32 	%r5, %ntid.x;
-  	mov.u32 	%r1, %tid.x;
-  	mad.lo.s32 	%r6, %r4, %r5, %r1;
-  	mov.f32 	%f20, 0f00000000;
-  	setp.ge.s32 	%p1, %r6, %r3;
-  	@%p1 bra 	$L__BB0_2;
-  	cvta.to.global.u64 	%rd4, %rd2;
-  	mul.wide.s32 	%rd5, %r6, 4;
-  	add.s64 	%rd6, %rd4, %rd5;
-  	ld.global.f32 	%f20, [%rd6];
-  $L__BB0_2:
-  	mov.b32 	%r7, %f20;
-  	mov.u32 	%r8, 31;
-  	mov.u32 	%r9, 16;
-  	mov.u32 	%r10, -1;
-  	shfl.sync.down.b32 	%r11|%p2, %r7, %r9, %r8, %r10;
-  	mov.b32 	%f21, %r11;
-  	add.f32 	%f22, %f20, %f21;
-  	mov.b32 	%r12, %f22;
-  	mov.u32 	%r13, 8;
-  	shfl.sync.down.b32 	%r14|%p3, %r12, %r13, %r8, %r10;
-  	mov.b32 	%f23, %r14;
-  	add.f32 	%f24, %f22, %f23;
-  	mov.b32 	%r15, %f24;
-  	shfl.sync.down.b32 	%r16|%p4, %r15, 4, 31, -1;
-  	mov.b32 	%f25, %r16;
-  	add.f32 	%f26, %f24, %f25;
-  	mov.b32 	%r17, %f26;
-  	shfl.sync.down.b32 	%r18|%p5, %r17, 2, 31, -1;
-  	mov.b32 	%f27, %r18;
-  	add.f32 	%f28, %f26, %f27;
-  	mov.b32 	%r19, %f28;
-  	shfl.sync.down.b32 	%r20|%p6, %r19, 1, 31, -1;
-  	mov.b32 	%f29, %r20;
-  	add.f32 	%f1, %f28, %f29;
-  	and.b32  	%r2, %r1, 31;
-  	setp.ne.s32 	%p7, %r2, 0;
-  	shr.u32 	%r21, %r1, 3;
-  	mov.u32 	%r22, _ZZ6reduceE4warp;
-  	add.s32 	%r23, %r22, %r21;
-  	@%p7 bra 	$L__BB0_4;
-  	st.shared.f32 	[%r23], %f1;
-  $L__BB0_4:
-  	bar.sync 	0;
-  	setp.ne.s32 	%p8, %r1, 0;
-  	@%p8 bra 	$L__BB0_8;
-  	mov.u32 	%r24, %ntid.x;
-  	shr.u32 	%r25, %r24, 5;
-  	mov.f32 	%f30, 0f00000000;
-  	mov.u32 	%r26, 0;
-  $L__BB0_6:
-  	shl.b32 	%r27, %r26, 2;
-  	add.s32 	%r28, %r22, %r27;
-  	ld.shared.f32 	%f31, [%r28];
-  	add.f32 	%f30, %f30, %f31;
-  	add.s32 	%r26, %r26, 1;
-  	setp.lt.u32 	%p9, %r26, %r25;
-  	@%p9 bra 	$L__BB0_6;
-  	cvta.to.global.u64 	%rd7, %rd3;
-  	atom.global.add.f32 	%f32, [%rd7], %f30;
-  $L__BB0_8:
-  	ret;
-  }
-  """
+let reducePTX =
+  header + """
+    .visible .entry reduce(
+    	.param .u64 reduce_param_0,
+    	.param .u64 reduce_param_1,
+    	.param .u32 reduce_param_2
+    )
+    {
+    	.reg .pred 	%p<12>;
+    	.reg .b32 	%r<40>;
+    	.reg .f32 	%f<40>;
+    	.reg .b64 	%rd<12>;
+    	// demoted variable
+    	.shared .align 4 .b8 _ZZ6reduceE4warp[128];
+    	ld.param.u64 	%rd2, [reduce_param_0];
+    	ld.param.u64 	%rd3, [reduce_param_1];
+    	ld.param.u32 	%r3, [reduce_param_2];
+    	mov.u32 	%r4, %ctaid.x;
+    	mov.u32 	%r5, %ntid.x;
+    	mov.u32 	%r1, %tid.x;
+    	mad.lo.s32 	%r6, %r4, %r5, %r1;
+    	mov.f32 	%f20, 0f00000000;
+    	setp.ge.s32 	%p1, %r6, %r3;
+    	@%p1 bra 	$L__BB0_2;
+    	cvta.to.global.u64 	%rd4, %rd2;
+    	mul.wide.s32 	%rd5, %r6, 4;
+    	add.s64 	%rd6, %rd4, %rd5;
+    	ld.global.f32 	%f20, [%rd6];
+    $L__BB0_2:
+    	mov.b32 	%r7, %f20;
+    	mov.u32 	%r8, 31;
+    	mov.u32 	%r9, 16;
+    	mov.u32 	%r10, -1;
+    	shfl.sync.down.b32 	%r11|%p2, %r7, %r9, %r8, %r10;
+    	mov.b32 	%f21, %r11;
+    	add.f32 	%f22, %f20, %f21;
+    	mov.b32 	%r12, %f22;
+    	mov.u32 	%r13, 8;
+    	shfl.sync.down.b32 	%r14|%p3, %r12, %r13, %r8, %r10;
+    	mov.b32 	%f23, %r14;
+    	add.f32 	%f24, %f22, %f23;
+    	mov.b32 	%r15, %f24;
+    	shfl.sync.down.b32 	%r16|%p4, %r15, 4, 31, -1;
+    	mov.b32 	%f25, %r16;
+    	add.f32 	%f26, %f24, %f25;
+    	mov.b32 	%r17, %f26;
+    	shfl.sync.down.b32 	%r18|%p5, %r17, 2, 31, -1;
+    	mov.b32 	%f27, %r18;
+    	add.f32 	%f28, %f26, %f27;
+    	mov.b32 	%r19, %f28;
+    	shfl.sync.down.b32 	%r20|%p6, %r19, 1, 31, -1;
+    	mov.b32 	%f29, %r20;
+    	add.f32 	%f1, %f28, %f29;
+    	and.b32  	%r2, %r1, 31;
+    	setp.ne.s32 	%p7, %r2, 0;
+    	shr.u32 	%r21, %r1, 3;
+    	mov.u32 	%r22, _ZZ6reduceE4warp;
+    	add.s32 	%r23, %r22, %r21;
+    	@%p7 bra 	$L__BB0_4;
+    	st.shared.f32 	[%r23], %f1;
+    $L__BB0_4:
+    	bar.sync 	0;
+    	setp.ne.s32 	%p8, %r1, 0;
+    	@%p8 bra 	$L__BB0_8;
+    	mov.u32 	%r24, %ntid.x;
+    	shr.u32 	%r25, %r24, 5;
+    	mov.f32 	%f30, 0f00000000;
+    	mov.u32 	%r26, 0;
+    $L__BB0_6:
+    	shl.b32 	%r27, %r26, 2;
+    	add.s32 	%r28, %r22, %r27;
+    	ld.shared.f32 	%f31, [%r28];
+    	add.f32 	%f30, %f30, %f31;
+    	add.s32 	%r26, %r26, 1;
+    	setp.lt.u32 	%p9, %r26, %r25;
+    	@%p9 bra 	$L__BB0_6;
+    	cvta.to.global.u64 	%rd7, %rd3;
+    	atom.global.add.f32 	%f32, [%rd7], %f30;
+    $L__BB0_8:
+    	ret;
+    }
+    """
 
 /// C = A×B for n×n matrices with 16×16 shared tiles.
-let matmulPTX = header + """
-  .visible .entry matmul(
-  	.param .u64 matmul_param_0,
-  	.param .u64 matmul_param_1,
-  	.param .u64 matmul_param_2,
-  	.param .u32 matmul_param_3
-  )
-  {
-  	.reg .pred 	%p<8>;
-  	.reg .b32 	%r<40>;
-  	.reg .f32 	%f<10>;
-  	.reg .b64 	%rd<20>;
-  	.shared .align 4 .b8 _ZZ6matmulE2As[1024];
-  	.shared .align 4 .b8 _ZZ6matmulE2Bs[1024];
-  	ld.param.u64 	%rd1, [matmul_param_0];
-  	ld.param.u64 	%rd2, [matmul_param_1];
-  	ld.param.u64 	%rd3, [matmul_param_2];
-  	ld.param.u32 	%r10, [matmul_param_3];
-  	cvta.to.global.u64 	%rd4, %rd1;
-  	cvta.to.global.u64 	%rd5, %rd2;
-  	mov.u32 	%r1, %tid.x;
-  	mov.u32 	%r2, %tid.y;
-  	mov.u32 	%r11, %ctaid.y;
-  	shl.b32 	%r12, %r11, 4;
-  	add.s32 	%r3, %r12, %r2;
-  	mov.u32 	%r13, %ctaid.x;
-  	shl.b32 	%r14, %r13, 4;
-  	add.s32 	%r4, %r14, %r1;
-  	mov.f32 	%f9, 0f00000000;
-  	mov.u32 	%r5, 0;
-  	// As[ty][tx] and Bs[ty][tx] addresses
-  	shl.b32 	%r15, %r2, 6;
-  	shl.b32 	%r16, %r1, 2;
-  	add.s32 	%r17, %r15, %r16;
-  	mov.u32 	%r18, _ZZ6matmulE2As;
-  	add.s32 	%r6, %r18, %r17;
-  	mov.u32 	%r19, _ZZ6matmulE2Bs;
-  	add.s32 	%r7, %r19, %r17;
-  $L__BB0_1:
-  	// A[row*n + t*16 + tx]
-  	setp.lt.s32 	%p1, %r3, %r10;
-  	add.s32 	%r20, %r5, %r1;
-  	setp.lt.s32 	%p2, %r20, %r10;
-  	and.pred  	%p3, %p1, %p2;
-  	mov.f32 	%f1, 0f00000000;
-  	@!%p3 bra 	$L__BB0_3;
-  	mad.lo.s32 	%r21, %r3, %r10, %r20;
-  	mul.wide.s32 	%rd6, %r21, 4;
-  	add.s64 	%rd7, %rd4, %rd6;
-  	ld.global.f32 	%f1, [%rd7];
-  $L__BB0_3:
-  	st.shared.f32 	[%r6], %f1;
-  	// B[(t*16 + ty)*n + col]
-  	add.s32 	%r22, %r5, %r2;
-  	setp.ge.s32 	%p4, %r22, %r10;
-  	setp.ge.s32 	%p5, %r4, %r10;
-  	or.pred  	%p6, %p4, %p5;
-  	mov.f32 	%f2, 0f00000000;
-  	@%p6 bra 	$L__BB0_5;
-  	mad.lo.s32 	%r23, %r22, %r10, %r4;
-  	mul.wide.s32 	%rd8, %r23, 4;
-  	add.s64 	%rd9, %rd5, %rd8;
-  	ld.global.f32 	%f2, [%rd9];
-  $L__BB0_5:
-  	st.shared.f32 	[%r7], %f2;
-  	bar.sync 	0;
-  	mov.u32 	%r24, 0;
-  $L__BB0_6:
-  	shl.b32 	%r25, %r24, 2;
-  	add.s32 	%r26, %r18, %r15;
-  	add.s32 	%r27, %r26, %r25;
-  	ld.shared.f32 	%f3, [%r27];
-  	shl.b32 	%r28, %r24, 6;
-  	add.s32 	%r29, %r19, %r28;
-  	add.s32 	%r30, %r29, %r16;
-  	ld.shared.f32 	%f4, [%r30];
-  	fma.rn.f32 	%f9, %f3, %f4, %f9;
-  	add.s32 	%r24, %r24, 1;
-  	setp.ne.s32 	%p7, %r24, 16;
-  	@%p7 bra 	$L__BB0_6;
-  	bar.sync 	0;
-  	add.s32 	%r5, %r5, 16;
-  	setp.lt.s32 	%p1, %r5, %r10;
-  	@%p1 bra 	$L__BB0_1;
-  	setp.ge.s32 	%p1, %r3, %r10;
-  	setp.ge.or.s32 	%p2, %r4, %r10, %p1;
-  	@%p2 bra 	$L__BB0_9;
-  	mad.lo.s32 	%r31, %r3, %r10, %r4;
-  	cvta.to.global.u64 	%rd10, %rd3;
-  	mul.wide.s32 	%rd11, %r31, 4;
-  	add.s64 	%rd12, %rd10, %rd11;
-  	st.global.f32 	[%rd12], %f9;
-  $L__BB0_9:
-  	ret;
-  }
-  """
+let matmulPTX =
+  header + """
+    .visible .entry matmul(
+    	.param .u64 matmul_param_0,
+    	.param .u64 matmul_param_1,
+    	.param .u64 matmul_param_2,
+    	.param .u32 matmul_param_3
+    )
+    {
+    	.reg .pred 	%p<8>;
+    	.reg .b32 	%r<40>;
+    	.reg .f32 	%f<10>;
+    	.reg .b64 	%rd<20>;
+    	.shared .align 4 .b8 _ZZ6matmulE2As[1024];
+    	.shared .align 4 .b8 _ZZ6matmulE2Bs[1024];
+    	ld.param.u64 	%rd1, [matmul_param_0];
+    	ld.param.u64 	%rd2, [matmul_param_1];
+    	ld.param.u64 	%rd3, [matmul_param_2];
+    	ld.param.u32 	%r10, [matmul_param_3];
+    	cvta.to.global.u64 	%rd4, %rd1;
+    	cvta.to.global.u64 	%rd5, %rd2;
+    	mov.u32 	%r1, %tid.x;
+    	mov.u32 	%r2, %tid.y;
+    	mov.u32 	%r11, %ctaid.y;
+    	shl.b32 	%r12, %r11, 4;
+    	add.s32 	%r3, %r12, %r2;
+    	mov.u32 	%r13, %ctaid.x;
+    	shl.b32 	%r14, %r13, 4;
+    	add.s32 	%r4, %r14, %r1;
+    	mov.f32 	%f9, 0f00000000;
+    	mov.u32 	%r5, 0;
+    	// As[ty][tx] and Bs[ty][tx] addresses
+    	shl.b32 	%r15, %r2, 6;
+    	shl.b32 	%r16, %r1, 2;
+    	add.s32 	%r17, %r15, %r16;
+    	mov.u32 	%r18, _ZZ6matmulE2As;
+    	add.s32 	%r6, %r18, %r17;
+    	mov.u32 	%r19, _ZZ6matmulE2Bs;
+    	add.s32 	%r7, %r19, %r17;
+    $L__BB0_1:
+    	// A[row*n + t*16 + tx]
+    	setp.lt.s32 	%p1, %r3, %r10;
+    	add.s32 	%r20, %r5, %r1;
+    	setp.lt.s32 	%p2, %r20, %r10;
+    	and.pred  	%p3, %p1, %p2;
+    	mov.f32 	%f1, 0f00000000;
+    	@!%p3 bra 	$L__BB0_3;
+    	mad.lo.s32 	%r21, %r3, %r10, %r20;
+    	mul.wide.s32 	%rd6, %r21, 4;
+    	add.s64 	%rd7, %rd4, %rd6;
+    	ld.global.f32 	%f1, [%rd7];
+    $L__BB0_3:
+    	st.shared.f32 	[%r6], %f1;
+    	// B[(t*16 + ty)*n + col]
+    	add.s32 	%r22, %r5, %r2;
+    	setp.ge.s32 	%p4, %r22, %r10;
+    	setp.ge.s32 	%p5, %r4, %r10;
+    	or.pred  	%p6, %p4, %p5;
+    	mov.f32 	%f2, 0f00000000;
+    	@%p6 bra 	$L__BB0_5;
+    	mad.lo.s32 	%r23, %r22, %r10, %r4;
+    	mul.wide.s32 	%rd8, %r23, 4;
+    	add.s64 	%rd9, %rd5, %rd8;
+    	ld.global.f32 	%f2, [%rd9];
+    $L__BB0_5:
+    	st.shared.f32 	[%r7], %f2;
+    	bar.sync 	0;
+    	mov.u32 	%r24, 0;
+    $L__BB0_6:
+    	shl.b32 	%r25, %r24, 2;
+    	add.s32 	%r26, %r18, %r15;
+    	add.s32 	%r27, %r26, %r25;
+    	ld.shared.f32 	%f3, [%r27];
+    	shl.b32 	%r28, %r24, 6;
+    	add.s32 	%r29, %r19, %r28;
+    	add.s32 	%r30, %r29, %r16;
+    	ld.shared.f32 	%f4, [%r30];
+    	fma.rn.f32 	%f9, %f3, %f4, %f9;
+    	add.s32 	%r24, %r24, 1;
+    	setp.ne.s32 	%p7, %r24, 16;
+    	@%p7 bra 	$L__BB0_6;
+    	bar.sync 	0;
+    	add.s32 	%r5, %r5, 16;
+    	setp.lt.s32 	%p1, %r5, %r10;
+    	@%p1 bra 	$L__BB0_1;
+    	setp.ge.s32 	%p1, %r3, %r10;
+    	setp.ge.or.s32 	%p2, %r4, %r10, %p1;
+    	@%p2 bra 	$L__BB0_9;
+    	mad.lo.s32 	%r31, %r3, %r10, %r4;
+    	cvta.to.global.u64 	%rd10, %rd3;
+    	mul.wide.s32 	%rd11, %r31, 4;
+    	add.s64 	%rd12, %rd10, %rd11;
+    	st.global.f32 	[%rd12], %f9;
+    $L__BB0_9:
+    	ret;
+    }
+    """
 
 /// out[i] = expf(x[i]) the way NVRTC inlines it (fma.rm, cvt.sat, ex2.approx.ftz, shl), then divides by a sum.
-let expPTX = header + """
-  .visible .entry expk(
-  	.param .u64 expk_param_0,
-  	.param .u64 expk_param_1,
-  	.param .f32 expk_param_2
-  )
-  {
-  	.reg .b32 	%r<4>;
-  	.reg .f32 	%f<20>;
-  	.reg .b64 	%rd<8>;
-  	ld.param.u64 	%rd1, [expk_param_0];
-  	ld.param.u64 	%rd2, [expk_param_1];
-  	ld.param.f32 	%f19, [expk_param_2];
-  	mov.u32 	%r1, %tid.x;
-  	cvt.s64.s32 	%rd3, %r1;
-  	shl.b64 	%rd4, %rd3, 2;
-  	add.s64 	%rd5, %rd1, %rd4;
-  	ld.global.f32 	%f1, [%rd5];
-  	fma.rn.f32 	%f2, %f1, 0f3BBB989D, 0f3F000000;
-  	cvt.sat.f32.f32 	%f3, %f2;
-  	fma.rm.f32 	%f4, %f3, 0f437C0000, 0f4B400001;
-  	add.f32 	%f5, %f4, 0fCB40007F;
-  	neg.f32 	%f6, %f5;
-  	fma.rn.f32 	%f7, %f1, 0f3FB8AA3B, %f6;
-  	fma.rn.f32 	%f8, %f1, 0f32A57060, %f7;
-  	mov.b32 	%r2, %f4;
-  	shl.b32 	%r3, %r2, 23;
-  	mov.b32 	%f9, %r3;
-  	ex2.approx.ftz.f32 	%f10, %f8;
-  	mul.f32 	%f11, %f10, %f9;
-  	div.rn.f32 	%f12, %f11, %f19;
-  	max.f32 	%f13, %f12, 0f00000000;
-  	add.s64 	%rd6, %rd2, %rd4;
-  	st.global.f32 	[%rd6], %f13;
-  	ret;
-  }
-  """
+let expPTX =
+  header + """
+    .visible .entry expk(
+    	.param .u64 expk_param_0,
+    	.param .u64 expk_param_1,
+    	.param .f32 expk_param_2
+    )
+    {
+    	.reg .b32 	%r<4>;
+    	.reg .f32 	%f<20>;
+    	.reg .b64 	%rd<8>;
+    	ld.param.u64 	%rd1, [expk_param_0];
+    	ld.param.u64 	%rd2, [expk_param_1];
+    	ld.param.f32 	%f19, [expk_param_2];
+    	mov.u32 	%r1, %tid.x;
+    	cvt.s64.s32 	%rd3, %r1;
+    	shl.b64 	%rd4, %rd3, 2;
+    	add.s64 	%rd5, %rd1, %rd4;
+    	ld.global.f32 	%f1, [%rd5];
+    	fma.rn.f32 	%f2, %f1, 0f3BBB989D, 0f3F000000;
+    	cvt.sat.f32.f32 	%f3, %f2;
+    	fma.rm.f32 	%f4, %f3, 0f437C0000, 0f4B400001;
+    	add.f32 	%f5, %f4, 0fCB40007F;
+    	neg.f32 	%f6, %f5;
+    	fma.rn.f32 	%f7, %f1, 0f3FB8AA3B, %f6;
+    	fma.rn.f32 	%f8, %f1, 0f32A57060, %f7;
+    	mov.b32 	%r2, %f4;
+    	shl.b32 	%r3, %r2, 23;
+    	mov.b32 	%f9, %r3;
+    	ex2.approx.ftz.f32 	%f10, %f8;
+    	mul.f32 	%f11, %f10, %f9;
+    	div.rn.f32 	%f12, %f11, %f19;
+    	max.f32 	%f13, %f12, 0f00000000;
+    	add.s64 	%rd6, %rd2, %rd4;
+    	st.global.f32 	[%rd6], %f13;
+    	ret;
+    }
+    """
 
-let atomicsPTX = header + """
-  .visible .entry atomics(
-  	.param .u64 atomics_param_0,
-  	.param .u64 atomics_param_1
-  )
-  {
-  	.reg .b32 	%r<12>;
-  	.reg .f32 	%f<4>;
-  	.reg .b64 	%rd<6>;
-  	ld.param.u64 	%rd1, [atomics_param_0];
-  	ld.param.u64 	%rd2, [atomics_param_1];
-  	cvta.to.global.u64 	%rd3, %rd1;
-  	cvta.to.global.u64 	%rd4, %rd2;
-  	mov.u32 	%r1, %tid.x;
-  	mov.u32 	%r2, %ctaid.x;
-  	mov.u32 	%r3, %ntid.x;
-  	mad.lo.s32 	%r4, %r2, %r3, %r1;
-  	atom.global.add.u32 	%r5, [%rd3], 1;
-  	atom.global.max.u32 	%r6, [%rd3+4], %r4;
-  	atom.global.min.s32 	%r7, [%rd3+8], %r4;
-  	cvt.rn.f32.s32 	%f1, %r4;
-  	atom.global.add.f32 	%f2, [%rd4], %f1;
-  	atom.global.cas.b32 	%r8, [%rd3+12], 0, %r4;
-  	red.global.or.b32 	[%rd3+16], %r4;
-  	atom.global.inc.u32 	%r9, [%rd3+20], 9;
-  	atom.global.exch.b32 	%r10, [%rd3+24], 7;
-  	atom.global.add.u64 	%rd5, [%rd4+8], 3;
-  	ret;
-  }
-  """
+let atomicsPTX =
+  header + """
+    .visible .entry atomics(
+    	.param .u64 atomics_param_0,
+    	.param .u64 atomics_param_1
+    )
+    {
+    	.reg .b32 	%r<12>;
+    	.reg .f32 	%f<4>;
+    	.reg .b64 	%rd<6>;
+    	ld.param.u64 	%rd1, [atomics_param_0];
+    	ld.param.u64 	%rd2, [atomics_param_1];
+    	cvta.to.global.u64 	%rd3, %rd1;
+    	cvta.to.global.u64 	%rd4, %rd2;
+    	mov.u32 	%r1, %tid.x;
+    	mov.u32 	%r2, %ctaid.x;
+    	mov.u32 	%r3, %ntid.x;
+    	mad.lo.s32 	%r4, %r2, %r3, %r1;
+    	atom.global.add.u32 	%r5, [%rd3], 1;
+    	atom.global.max.u32 	%r6, [%rd3+4], %r4;
+    	atom.global.min.s32 	%r7, [%rd3+8], %r4;
+    	cvt.rn.f32.s32 	%f1, %r4;
+    	atom.global.add.f32 	%f2, [%rd4], %f1;
+    	atom.global.cas.b32 	%r8, [%rd3+12], 0, %r4;
+    	red.global.or.b32 	[%rd3+16], %r4;
+    	atom.global.inc.u32 	%r9, [%rd3+20], 9;
+    	atom.global.exch.b32 	%r10, [%rd3+24], 7;
+    	atom.global.add.u64 	%rd5, [%rd4+8], 3;
+    	ret;
+    }
+    """
 
-let printfPTX = header + """
-  .extern .func  (.param .b32 func_retval0) vprintf
-  (
-  	.param .b64 vprintf_param_0,
-  	.param .b64 vprintf_param_1
-  )
-  ;
-  .global .align 1 .b8 $str[31] = {116, 104, 114, 101, 97, 100, 32, 37, 100, 58, 32, 37, 53, 46, 50, 102, 32, 37, 115, 32, 37, 108, 108, 117, 32, 37, 120, 32, 37, 99, 0};
-  .global .align 1 .b8 $str$1[3] = {111, 107, 0};
+let printfPTX =
+  header + """
+    .extern .func  (.param .b32 func_retval0) vprintf
+    (
+    	.param .b64 vprintf_param_0,
+    	.param .b64 vprintf_param_1
+    )
+    ;
+    .global .align 1 .b8 $str[31] = {116, 104, 114, 101, 97, 100, 32, 37, 100, 58, 32, 37, 53, 46, 50, 102, 32, 37, 115, 32, 37, 108, 108, 117, 32, 37, 120, 32, 37, 99, 0};
+    .global .align 1 .b8 $str$1[3] = {111, 107, 0};
 
-  .visible .entry hello(
-  	.param .f32 hello_param_0
-  )
-  {
-  	.local .align 8 .b8 	__local_depot0[40];
-  	.reg .b64 	%SP;
-  	.reg .b64 	%SPL;
-  	.reg .b32 	%r<4>;
-  	.reg .f32 	%f<2>;
-  	.reg .f64 	%fd<2>;
-  	.reg .b64 	%rd<8>;
+    .visible .entry hello(
+    	.param .f32 hello_param_0
+    )
+    {
+    	.local .align 8 .b8 	__local_depot0[40];
+    	.reg .b64 	%SP;
+    	.reg .b64 	%SPL;
+    	.reg .b32 	%r<4>;
+    	.reg .f32 	%f<2>;
+    	.reg .f64 	%fd<2>;
+    	.reg .b64 	%rd<8>;
 
-  	mov.u64 	%SPL, __local_depot0;
-  	cvta.local.u64 	%SP, %SPL;
-  	ld.param.f32 	%f1, [hello_param_0];
-  	add.u64 	%rd1, %SP, 0;
-  	add.u64 	%rd2, %SPL, 0;
-  	mov.u32 	%r1, %tid.x;
-  	cvt.f64.f32 	%fd1, %f1;
-  	st.local.u32 	[%rd2], %r1;
-  	st.local.f64 	[%rd2+8], %fd1;
-  	mov.u64 	%rd3, $str$1;
-  	cvta.global.u64 	%rd4, %rd3;
-  	st.local.u64 	[%rd2+16], %rd4;
-  	mov.u64 	%rd5, 12345678901234;
-  	st.local.u64 	[%rd2+24], %rd5;
-  	mov.u32 	%r2, 255;
-  	mov.u32 	%r3, 65;
-  	st.local.v2.u32 	[%rd2+32], {%r2, %r3};
-  	mov.u64 	%rd6, $str;
-  	cvta.global.u64 	%rd7, %rd6;
-  	{ // callseq 0, 0
-  	.param .b64 param0;
-  	st.param.b64 	[param0+0], %rd7;
-  	.param .b64 param1;
-  	st.param.b64 	[param1+0], %rd1;
-  	.param .b32 retval0;
-  	call.uni (retval0),
-  	vprintf,
-  	(
-  	param0,
-  	param1
-  	);
-  	ld.param.b32 	%r3, [retval0+0];
-  	} // callseq 0
-  	ret;
-  }
-  """
+    	mov.u64 	%SPL, __local_depot0;
+    	cvta.local.u64 	%SP, %SPL;
+    	ld.param.f32 	%f1, [hello_param_0];
+    	add.u64 	%rd1, %SP, 0;
+    	add.u64 	%rd2, %SPL, 0;
+    	mov.u32 	%r1, %tid.x;
+    	cvt.f64.f32 	%fd1, %f1;
+    	st.local.u32 	[%rd2], %r1;
+    	st.local.f64 	[%rd2+8], %fd1;
+    	mov.u64 	%rd3, $str$1;
+    	cvta.global.u64 	%rd4, %rd3;
+    	st.local.u64 	[%rd2+16], %rd4;
+    	mov.u64 	%rd5, 12345678901234;
+    	st.local.u64 	[%rd2+24], %rd5;
+    	mov.u32 	%r2, 255;
+    	mov.u32 	%r3, 65;
+    	st.local.v2.u32 	[%rd2+32], {%r2, %r3};
+    	mov.u64 	%rd6, $str;
+    	cvta.global.u64 	%rd7, %rd6;
+    	{ // callseq 0, 0
+    	.param .b64 param0;
+    	st.param.b64 	[param0+0], %rd7;
+    	.param .b64 param1;
+    	st.param.b64 	[param1+0], %rd1;
+    	.param .b32 retval0;
+    	call.uni (retval0),
+    	vprintf,
+    	(
+    	param0,
+    	param1
+    	);
+    	ld.param.b32 	%r3, [retval0+0];
+    	} // callseq 0
+    	ret;
+    }
+    """
 
-let assertPTX = header + """
-  .extern .func __assertfail
-  (
-  	.param .b64 __assertfail_param_0,
-  	.param .b64 __assertfail_param_1,
-  	.param .b32 __assertfail_param_2,
-  	.param .b64 __assertfail_param_3,
-  	.param .b64 __assertfail_param_4
-  )
-  .noreturn;
-  .global .align 1 .b8 $str[7] = {120, 32, 60, 32, 49, 48, 0};
-  .global .align 1 .b8 $str$1[6] = {107, 46, 99, 117, 0, 0};
-  .global .align 1 .b8 __unnamed_1[7] = {99, 104, 101, 99, 107, 0, 0};
+let assertPTX =
+  header + """
+    .extern .func __assertfail
+    (
+    	.param .b64 __assertfail_param_0,
+    	.param .b64 __assertfail_param_1,
+    	.param .b32 __assertfail_param_2,
+    	.param .b64 __assertfail_param_3,
+    	.param .b64 __assertfail_param_4
+    )
+    .noreturn;
+    .global .align 1 .b8 $str[7] = {120, 32, 60, 32, 49, 48, 0};
+    .global .align 1 .b8 $str$1[6] = {107, 46, 99, 117, 0, 0};
+    .global .align 1 .b8 __unnamed_1[7] = {99, 104, 101, 99, 107, 0, 0};
 
-  .visible .entry check(
-  	.param .u64 check_param_0
-  )
-  {
-  	.reg .pred 	%p<2>;
-  	.reg .b32 	%r<4>;
-  	.reg .b64 	%rd<12>;
-  	ld.param.u64 	%rd1, [check_param_0];
-  	cvta.to.global.u64 	%rd2, %rd1;
-  	mov.u32 	%r1, %tid.x;
-  	mul.wide.u32 	%rd3, %r1, 4;
-  	add.s64 	%rd4, %rd2, %rd3;
-  	ld.global.u32 	%r2, [%rd4];
-  	setp.lt.s32 	%p1, %r2, 10;
-  	@%p1 bra 	$L__BB0_2;
-  	mov.u64 	%rd5, $str;
-  	cvta.global.u64 	%rd6, %rd5;
-  	mov.u64 	%rd7, $str$1;
-  	cvta.global.u64 	%rd8, %rd7;
-  	mov.u64 	%rd9, __unnamed_1;
-  	cvta.global.u64 	%rd10, %rd9;
-  	mov.u32 	%r3, 42;
-  	mov.u64 	%rd11, 1;
-  	{ // callseq 1, 0
-  	.param .b64 param0;
-  	st.param.b64 	[param0+0], %rd6;
-  	.param .b64 param1;
-  	st.param.b64 	[param1+0], %rd8;
-  	.param .b32 param2;
-  	st.param.b32 	[param2+0], %r3;
-  	.param .b64 param3;
-  	st.param.b64 	[param3+0], %rd10;
-  	.param .b64 param4;
-  	st.param.b64 	[param4+0], %rd11;
-  	call.uni
-  	__assertfail,
-  	(
-  	param0,
-  	param1,
-  	param2,
-  	param3,
-  	param4
-  	);
-  	} // callseq 1
-  	trap;
-  $L__BB0_2:
-  	ret;
-  }
-  """
+    .visible .entry check(
+    	.param .u64 check_param_0
+    )
+    {
+    	.reg .pred 	%p<2>;
+    	.reg .b32 	%r<4>;
+    	.reg .b64 	%rd<12>;
+    	ld.param.u64 	%rd1, [check_param_0];
+    	cvta.to.global.u64 	%rd2, %rd1;
+    	mov.u32 	%r1, %tid.x;
+    	mul.wide.u32 	%rd3, %r1, 4;
+    	add.s64 	%rd4, %rd2, %rd3;
+    	ld.global.u32 	%r2, [%rd4];
+    	setp.lt.s32 	%p1, %r2, 10;
+    	@%p1 bra 	$L__BB0_2;
+    	mov.u64 	%rd5, $str;
+    	cvta.global.u64 	%rd6, %rd5;
+    	mov.u64 	%rd7, $str$1;
+    	cvta.global.u64 	%rd8, %rd7;
+    	mov.u64 	%rd9, __unnamed_1;
+    	cvta.global.u64 	%rd10, %rd9;
+    	mov.u32 	%r3, 42;
+    	mov.u64 	%rd11, 1;
+    	{ // callseq 1, 0
+    	.param .b64 param0;
+    	st.param.b64 	[param0+0], %rd6;
+    	.param .b64 param1;
+    	st.param.b64 	[param1+0], %rd8;
+    	.param .b32 param2;
+    	st.param.b32 	[param2+0], %r3;
+    	.param .b64 param3;
+    	st.param.b64 	[param3+0], %rd10;
+    	.param .b64 param4;
+    	st.param.b64 	[param4+0], %rd11;
+    	call.uni
+    	__assertfail,
+    	(
+    	param0,
+    	param1,
+    	param2,
+    	param3,
+    	param4
+    	);
+    	} // callseq 1
+    	trap;
+    $L__BB0_2:
+    	ret;
+    }
+    """
 
 /// numba style: generic ld/st with no cvta, 64-bit index, selp, `.common` global.
 let numbaPTX = """
@@ -516,65 +524,66 @@ let numbaPTX = """
 
 /// A `.func` returning a 16-byte struct through `.param .align 8 .b8 func_retval0[16]`, with an
 /// argument struct and a local depot in the callee.
-let funcPTX = header + """
-  .func  (.param .align 8 .b8 func_retval0[16]) _Z6minmaxdd(
-  	.param .b64 _Z6minmaxdd_param_0,
-  	.param .b64 _Z6minmaxdd_param_1
-  )
-  {
-  	.local .align 8 .b8 	__local_depot1[16];
-  	.reg .b64 	%SPL;
-  	.reg .f64 	%fd<5>;
-  	mov.u64 	%SPL, __local_depot1;
-  	ld.param.f64 	%fd1, [_Z6minmaxdd_param_0];
-  	ld.param.f64 	%fd2, [_Z6minmaxdd_param_1];
-  	min.f64 	%fd3, %fd1, %fd2;
-  	max.f64 	%fd4, %fd1, %fd2;
-  	st.local.f64 	[%SPL], %fd3;
-  	st.local.f64 	[%SPL+8], %fd4;
-  	ld.local.f64 	%fd3, [%SPL];
-  	ld.local.f64 	%fd4, [%SPL+8];
-  	st.param.f64 	[func_retval0+0], %fd3;
-  	st.param.f64 	[func_retval0+8], %fd4;
-  	ret;
-  }
+let funcPTX =
+  header + """
+    .func  (.param .align 8 .b8 func_retval0[16]) _Z6minmaxdd(
+    	.param .b64 _Z6minmaxdd_param_0,
+    	.param .b64 _Z6minmaxdd_param_1
+    )
+    {
+    	.local .align 8 .b8 	__local_depot1[16];
+    	.reg .b64 	%SPL;
+    	.reg .f64 	%fd<5>;
+    	mov.u64 	%SPL, __local_depot1;
+    	ld.param.f64 	%fd1, [_Z6minmaxdd_param_0];
+    	ld.param.f64 	%fd2, [_Z6minmaxdd_param_1];
+    	min.f64 	%fd3, %fd1, %fd2;
+    	max.f64 	%fd4, %fd1, %fd2;
+    	st.local.f64 	[%SPL], %fd3;
+    	st.local.f64 	[%SPL+8], %fd4;
+    	ld.local.f64 	%fd3, [%SPL];
+    	ld.local.f64 	%fd4, [%SPL+8];
+    	st.param.f64 	[func_retval0+0], %fd3;
+    	st.param.f64 	[func_retval0+8], %fd4;
+    	ret;
+    }
 
-  .visible .entry callk(
-  	.param .u64 callk_param_0,
-  	.param .u64 callk_param_1
-  )
-  {
-  	.reg .b32 	%r<3>;
-  	.reg .f64 	%fd<7>;
-  	.reg .b64 	%rd<8>;
-  	ld.param.u64 	%rd1, [callk_param_0];
-  	ld.param.u64 	%rd2, [callk_param_1];
-  	cvta.to.global.u64 	%rd3, %rd1;
-  	mov.u32 	%r1, %tid.x;
-  	mul.wide.u32 	%rd4, %r1, 16;
-  	add.s64 	%rd5, %rd3, %rd4;
-  	ld.global.nc.v2.f64 	{%fd1, %fd2}, [%rd5];
-  	{ // callseq 0, 0
-  	.reg .b32 temp_param_reg;
-  	.param .b64 param0;
-  	st.param.f64 	[param0+0], %fd1;
-  	.param .b64 param1;
-  	st.param.f64 	[param1+0], %fd2;
-  	.param .align 8 .b8 retval0[16];
-  	call.uni (retval0),
-  	_Z6minmaxdd,
-  	(
-  	param0,
-  	param1
-  	);
-  	ld.param.f64 	%fd3, [retval0+0];
-  	ld.param.f64 	%fd4, [retval0+8];
-  	} // callseq 0
-  	sub.f64 	%fd5, %fd4, %fd3;
-  	cvta.to.global.u64 	%rd6, %rd2;
-  	mul.wide.u32 	%rd4, %r1, 8;
-  	add.s64 	%rd7, %rd6, %rd4;
-  	st.global.f64 	[%rd7], %fd5;
-  	ret;
-  }
-  """
+    .visible .entry callk(
+    	.param .u64 callk_param_0,
+    	.param .u64 callk_param_1
+    )
+    {
+    	.reg .b32 	%r<3>;
+    	.reg .f64 	%fd<7>;
+    	.reg .b64 	%rd<8>;
+    	ld.param.u64 	%rd1, [callk_param_0];
+    	ld.param.u64 	%rd2, [callk_param_1];
+    	cvta.to.global.u64 	%rd3, %rd1;
+    	mov.u32 	%r1, %tid.x;
+    	mul.wide.u32 	%rd4, %r1, 16;
+    	add.s64 	%rd5, %rd3, %rd4;
+    	ld.global.nc.v2.f64 	{%fd1, %fd2}, [%rd5];
+    	{ // callseq 0, 0
+    	.reg .b32 temp_param_reg;
+    	.param .b64 param0;
+    	st.param.f64 	[param0+0], %fd1;
+    	.param .b64 param1;
+    	st.param.f64 	[param1+0], %fd2;
+    	.param .align 8 .b8 retval0[16];
+    	call.uni (retval0),
+    	_Z6minmaxdd,
+    	(
+    	param0,
+    	param1
+    	);
+    	ld.param.f64 	%fd3, [retval0+0];
+    	ld.param.f64 	%fd4, [retval0+8];
+    	} // callseq 0
+    	sub.f64 	%fd5, %fd4, %fd3;
+    	cvta.to.global.u64 	%rd6, %rd2;
+    	mul.wide.u32 	%rd4, %r1, 8;
+    	add.s64 	%rd7, %rd6, %rd4;
+    	st.global.f64 	[%rd7], %fd5;
+    	ret;
+    }
+    """
