@@ -18,7 +18,15 @@ extension BlockRunner {
     var pc = Int(st.pc)
     var pbase = UnsafeMutableRawPointer(r + fn.slots)
     var n: UInt64 = 0
-    let limit = budget &- executed
+    // Checked where a thread can loop (branches, calls, sync points): past
+    // `limit`, either the budget is spent or it is time to report progress.
+    var limit = min(budget &- executed, progressInterval)
+    func checkpoint() throws(Fault) {
+      let remaining = budget &- executed
+      if n > remaining { throw .budget }
+      progress?()
+      limit = min(remaining, n &+ progressInterval)
+    }
     let localBase = local + t * localBytes
     defer { executed &+= n }
 
@@ -333,14 +341,14 @@ extension BlockRunner {
 
       // Control flow (PTX ISA §9.7.13).
       case .bra:
-        if n > limit { throw .budget }
+        if n > limit { try checkpoint() }
         pc = Int(i.imm)
         continue
       case .call:
         let site = module.callSite(Int(st.fn), Int(i.a))
         switch site.target {
         case .function(let callee):
-          if n > limit { throw .budget }
+          if n > limit { try checkpoint() }
           let cf = funcs[callee]
           let newR = r + fn.frameSlots
           let newLocal = r[Int(Slot.localBase)] + UInt64(fn.localBytes)
@@ -424,7 +432,7 @@ extension BlockRunner {
 
       // Sync points: park (PTX ISA §9.7.13.1 bar/barrier).
       case .barSync:
-        if n > limit { throw .budget }
+        if n > limit { try checkpoint() }
         pc += 1
         st.barrier = UInt8(a & 15)
         st.barrierCount = i.b >= 0 ? UInt32(truncatingIfNeeded: r[Int(i.b)]) : 0
@@ -433,7 +441,7 @@ extension BlockRunner {
       case .barArrive:
         arrivals[Int(a & 15)] += 1
       case .warpSync, .shfl, .vote, .activemask, .redux:
-        if n > limit { throw .budget }
+        if n > limit { try checkpoint() }
         save(Status.collective)
         return
       }

@@ -152,6 +152,8 @@ struct BlockRunner {
   let threads: UnsafeMutablePointer<ThreadState>
   let budget: UInt64
   let printf: ((String) -> Void)?
+  let progress: (() -> Void)?
+  let progressInterval: UInt64
   var executed: UInt64 = 0
   var ctaid = PTXDim3(0)
   var arrivals = [Int](repeating: 0, count: 16)
@@ -162,8 +164,11 @@ struct BlockRunner {
   init(
     kernel: String, module: PTXModule, funcs: UnsafeMutablePointer<FuncRT>, root: Int, block: PTXDim3, grid: PTXDim3,
     stackSlots: Int, localBytes: Int, sharedBytes: Int, dynamicShared: UInt32, params: UnsafeRawBufferPointer,
-    memory: any PTXGlobalMemory, budget: UInt64, printf: ((String) -> Void)?
+    memory: any PTXGlobalMemory, budget: UInt64, printf: ((String) -> Void)?, progress: (() -> Void)? = nil,
+    progressInterval: UInt64 = 1 << 20
   ) {
+    self.progress = progress
+    self.progressInterval = progressInterval
     self.kernel = kernel
     self.module = module
     self.funcs = funcs

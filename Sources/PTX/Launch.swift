@@ -40,10 +40,20 @@ public struct PTXLaunchOptions {
   public var instructionBudget: UInt64
   /// Receives each device `printf`'s formatted text, in execution order.
   public var printf: ((String) -> Void)?
+  /// Called about every `progressInterval` thread-instructions of a thread
+  /// that keeps running (a loop), so the device can show it is alive while a
+  /// long kernel runs (clients' waits count silence, not time).
+  public var progress: (() -> Void)?
+  /// Thread-instructions between `progress` calls (2^20: milliseconds in a
+  /// release build, a fraction of a second in a debug one).
+  public var progressInterval: UInt64 = 1 << 20
   /// Default settings: a budget of 10^10 thread-instructions, printf output dropped.
-  public init(instructionBudget: UInt64 = 10_000_000_000, printf: ((String) -> Void)? = nil) {
+  public init(
+    instructionBudget: UInt64 = 10_000_000_000, printf: ((String) -> Void)? = nil, progress: (() -> Void)? = nil
+  ) {
     self.instructionBudget = instructionBudget
     self.printf = printf
+    self.progress = progress
   }
 }
 
@@ -121,7 +131,8 @@ extension PTXModule {
       kernel: kernel, module: self, funcs: funcs, root: root, block: block, grid: grid,
       stackSlots: stack.frameSlots + 64, localBytes: stack.localBytes, sharedBytes: sharedBytes,
       dynamicShared: UInt32(max(0, dynamicSharedBytes)),
-      params: parameters, memory: memory, budget: options.instructionBudget, printf: options.printf)
+      params: parameters, memory: memory, budget: options.instructionBudget, printf: options.printf,
+      progress: options.progress, progressInterval: max(1, options.progressInterval))
     defer { runner.release() }
     for z in 0..<grid.z {
       for y in 0..<grid.y {

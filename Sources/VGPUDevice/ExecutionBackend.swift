@@ -108,6 +108,13 @@ public struct KernelMemoryView {
   public func resolve(_ address: UInt64, count: Int) -> UnsafeMutableRawPointer? {
     try? executor.deviceRange(address, UInt64(count), pid: pid, argument: 0)
   }
+
+  /// Says the device is alive while a long kernel runs: moves the progress
+  /// register, which clients' deadlines watch (PROTOCOL.md §11).
+  public func reportProgress() {
+    executor.progress &+= 1
+    executor.registers.store(Register.progress, executor.progress)
+  }
 }
 
 /// A process's device output (kernels' `printf`), oldest first, bounded as

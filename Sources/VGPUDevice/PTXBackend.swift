@@ -115,7 +115,9 @@ final class PTXBackendFunction: BackendFunction {
       _ = try module.module.launch(
         kernel: name, grid: PTXDim3(g.x, g.y, g.z), block: PTXDim3(b.x, b.y, b.z),
         dynamicSharedBytes: Int(geometry.sharedBytes), parameters: parameters, memory: memory,
-        options: PTXLaunchOptions(instructionBudget: module.budget, printf: { text.append(contentsOf: $0.utf8) }))
+        options: PTXLaunchOptions(
+          instructionBudget: module.budget, printf: { text.append(contentsOf: $0.utf8) },
+          progress: { memory.reportProgress() }))
     } catch {
       output.append(text)
       throw BackendError(Self.status(error), error.description, result0: Self.address(error))
@@ -157,7 +159,9 @@ extension KernelMemoryView: PTXGlobalMemory {
 final class ReferenceBackend: ExecutionBackend {
   let builtin = BuiltinBackend()
   let ptx: PTXBackend
-  init(computeCapability: UInt32) { ptx = PTXBackend(computeCapability: computeCapability) }
+  init(computeCapability: UInt32, instructionBudget: UInt64) {
+    ptx = PTXBackend(computeCapability: computeCapability, instructionBudget: instructionBudget)
+  }
   var name: String { "PTX interpreter" }
   func loadModule(_ image: UnsafeRawBufferPointer) throws(BackendError) -> any BackendModule {
     let magic = BuiltinModuleImage.magic.utf8

@@ -12,6 +12,9 @@ public struct ReferenceDeviceConfiguration: Sendable {
   public var name = "vGPU Reference H100 80GB"
   /// Device memory; address space is reserved, pages cost RAM only once touched.
   public var memorySize: UInt64 = 80 << 30
+  /// Thread-instructions a kernel launch may run before it fails with
+  /// `launchTimeout` (CUDA 702): the watchdog that ends an endless loop.
+  public var kernelInstructionBudget: UInt64 = 10_000_000_000
   public var layout = BARLayout()
   public var uuid: [UInt8] = [
     0x56, 0x47, 0x50, 0x55, 0x2d, 0x72, 0x65, 0x66, 0x2d, 0x64, 0x65, 0x76, 0x69, 0x63, 0x65, 0x30,
@@ -90,7 +93,8 @@ public final class ReferenceDevice: @unchecked Sendable {
     executor = Executor(
       base: self.region.base, layout: layout, memory: memory, registers: registers,
       backend: ReferenceBackend(
-        computeCapability: configuration.computeCapability.major * 10 + configuration.computeCapability.minor))
+        computeCapability: configuration.computeCapability.major * 10 + configuration.computeCapability.minor,
+        instructionBudget: configuration.kernelInstructionBudget))
 
     executor.setStatus([])
     registers.store(Register.magic, vgpuMagic)

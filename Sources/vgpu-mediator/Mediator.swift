@@ -93,6 +93,16 @@ struct Mediator: ParsableCommand {
   )
   var vectors: Int?
 
+  @Option(
+    name: .customLong("kernel-budget"),
+    help: ArgumentHelp(
+      """
+      Thread-instructions one kernel launch may run before it fails with CUDA error 702 \
+      (launch timeout), as a watchdog ends an endless loop. The interpreter runs about \
+      7×10^7 a second per core.
+      """, valueName: "count"))
+  var kernelBudget: UInt64 = 10_000_000_000
+
   func validate() throws {
     guard Size.parse(memory) != nil else {
       throw ValidationError("--memory '\(memory)' is not a size such as 80G or 512M")
@@ -124,6 +134,7 @@ struct Mediator: ParsableCommand {
 
     var config = ReferenceDeviceConfiguration()
     config.name = name
+    config.kernelInstructionBudget = kernelBudget
     config.memorySize = Size.parse(memory)!
     config.cudaDriverVersion = Self.cudaVersion(cudaDriverVersion)!
     let vm = vm || ivshmemSocket != nil
