@@ -24,7 +24,7 @@ extension BlockRunner {
     func checkpoint() throws(Fault) {
       let remaining = budget &- executed
       if n > remaining { throw .budget }
-      progress?()
+      if let progress, !progress() { throw .cancelled }
       limit = min(remaining, n &+ progressInterval)
     }
     let localBase = local + t * localBytes

@@ -30,6 +30,7 @@ enum Fault: Error {
   case misaligned(UInt64, Int, Int32)
   case unsupported(String, Int32)
   case budget
+  case cancelled
   case trap(Int32)
   case assertion(String, String, Int, String)
   case launch(String)
@@ -152,7 +153,7 @@ struct BlockRunner {
   let threads: UnsafeMutablePointer<ThreadState>
   let budget: UInt64
   let printf: ((String) -> Void)?
-  let progress: (() -> Void)?
+  let progress: (() -> Bool)?
   let progressInterval: UInt64
   var executed: UInt64 = 0
   var ctaid = PTXDim3(0)
@@ -164,8 +165,8 @@ struct BlockRunner {
   init(
     kernel: String, module: PTXModule, funcs: UnsafeMutablePointer<FuncRT>, root: Int, block: PTXDim3, grid: PTXDim3,
     stackSlots: Int, localBytes: Int, sharedBytes: Int, dynamicShared: UInt32, params: UnsafeRawBufferPointer,
-    memory: any PTXGlobalMemory, budget: UInt64, printf: ((String) -> Void)?, progress: (() -> Void)? = nil,
-    progressInterval: UInt64 = 1 << 20
+    memory: any PTXGlobalMemory, budget: UInt64, printf: ((String) -> Void)?, progress: (() -> Bool)? = nil,
+    progressInterval: UInt64 = 1 << 18
   ) {
     self.progress = progress
     self.progressInterval = progressInterval
@@ -215,6 +216,7 @@ struct BlockRunner {
       return .misalignedAddress(kernel: kernel, block: ctaid, thread: dim(t), address: a, size: size, line: Int(line))
     case .unsupported(let text, let line): return .unsupported(kernel: kernel, instruction: text, line: Int(line))
     case .budget: return .budgetExhausted(kernel: kernel, budget: budget)
+    case .cancelled: return .launchFailed(kernel: kernel, reason: "cancelled by the device (its client went away)")
     case .trap(let line):
       return .launchFailed(kernel: kernel, reason: "trap at PTX line \(line) in block \(ctaid) thread \(dim(t))")
     case .assertion(let m, let file, let line, let fn):

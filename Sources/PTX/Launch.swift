@@ -42,14 +42,15 @@ public struct PTXLaunchOptions {
   public var printf: ((String) -> Void)?
   /// Called about every `progressInterval` thread-instructions of a thread
   /// that keeps running (a loop), so the device can show it is alive while a
-  /// long kernel runs (clients' waits count silence, not time).
-  public var progress: (() -> Void)?
-  /// Thread-instructions between `progress` calls (2^20: milliseconds in a
-  /// release build, a fraction of a second in a debug one).
-  public var progressInterval: UInt64 = 1 << 20
+  /// long kernel runs (clients' waits count silence, not time). Returning
+  /// false stops the launch (`launchFailed`, cancelled): its client went away.
+  public var progress: (() -> Bool)?
+  /// Thread-instructions between `progress` calls (2^18: a few milliseconds
+  /// in a release build, well under a second in a debug one on a busy machine).
+  public var progressInterval: UInt64 = 1 << 18
   /// Default settings: a budget of 10^10 thread-instructions, printf output dropped.
   public init(
-    instructionBudget: UInt64 = 10_000_000_000, printf: ((String) -> Void)? = nil, progress: (() -> Void)? = nil
+    instructionBudget: UInt64 = 10_000_000_000, printf: ((String) -> Void)? = nil, progress: (() -> Bool)? = nil
   ) {
     self.instructionBudget = instructionBudget
     self.printf = printf

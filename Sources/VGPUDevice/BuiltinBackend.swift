@@ -1,3 +1,4 @@
+import Synchronization
 import VGPUProtocol
 
 /// The six Swift kernels named by the text image (docs/PROTOCOL.md §18),
@@ -45,9 +46,11 @@ final class BuiltinFunction: BackendFunction {
     }
   }
 
+  var runsInline: Bool { true }
+
   func launch(
     _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, memory: KernelMemoryView,
-    output: inout DeviceOutput
+    output: inout DeviceOutput, cancelled: borrowing Atomic<Bool>
   ) throws(BackendError) {
     let g = geometry.grid
     let b = geometry.block

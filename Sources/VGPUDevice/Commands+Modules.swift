@@ -223,11 +223,21 @@ extension Executor {
       box = OutputBox()
       outputs[pid] = box
     }
+    let geometry = KernelGeometry(grid: grid, block: block, sharedBytes: c.sharedBytes)
+    if let workers = workers, !function.runsInline {
+      _ = workers
+      // Handed to a worker: `serve` gives it its ids and stops serving the pair until it is done.
+      handedOver = LaunchJob(
+        qp: qp, generation: served[qp].generation, function: function, geometry: geometry,
+        parameters: UnsafeRawBufferPointer(start: parameters, count: Int(length)),
+        memory: KernelMemoryView(executor: self, pid: pid, locked: false))
+      return CompletionEntry(status: .success)
+    }
     do throws(BackendError) {
       try function.launch(
-        KernelGeometry(grid: grid, block: block, sharedBytes: c.sharedBytes),
-        parameters: UnsafeRawBufferPointer(start: parameters, count: Int(length)),
-        memory: KernelMemoryView(executor: self, pid: pid), output: &box.output)
+        geometry, parameters: UnsafeRawBufferPointer(start: parameters, count: Int(length)),
+        memory: KernelMemoryView(executor: self, pid: pid, locked: true), output: &box.output,
+        cancelled: inlineCancelled)
     } catch {
       throw Refusal(error)
     }

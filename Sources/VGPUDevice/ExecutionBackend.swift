@@ -1,3 +1,4 @@
+import Synchronization
 import VGPUProtocol
 
 /// What runs kernels for the device. The reference device's backend reads
@@ -39,11 +40,15 @@ public protocol BackendFunction: AnyObject {
   /// Runs the kernel to completion. `parameters` has exactly
   /// `info.parameterBytes` bytes; global memory goes through `memory`,
   /// which checks every access against the launching process's allocations;
-  /// `printf` text is appended to `output`.
+  /// `printf` text is appended to `output`. A long kernel looks at
+  /// `cancelled` now and then, and stops when it is set.
   func launch(
     _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, memory: KernelMemoryView,
-    output: inout DeviceOutput
+    output: inout DeviceOutput, cancelled: borrowing Atomic<Bool>
   ) throws(BackendError)
+  /// Whether launches run on the serving thread (quick Swift kernels) rather
+  /// than on a worker (interpreted PTX, which may run for seconds).
+  var runsInline: Bool { get }
 }
 
 /// A grid: blocks, threads per block and dynamic shared memory (cuLaunchKernel's arguments).
@@ -98,9 +103,12 @@ public struct BackendError: Error, Sendable, CustomStringConvertible {
 /// checked against that process's live allocations and translated into the
 /// device's reservation. A value type, so a backend's generic code calls it
 /// without existential dispatch.
-public struct KernelMemoryView {
+public struct KernelMemoryView: @unchecked Sendable {
   unowned(unsafe) let executor: Executor
   let pid: UInt32
+  /// Whether the caller holds the executor's lock (a launch on the serving
+  /// thread); a worker takes it for each lookup (only on its cache misses).
+  let locked: Bool
 
   /// A host pointer to `count` bytes at device `address`, or nil when any
   /// of them is outside the process's live allocations.
@@ -112,8 +120,11 @@ public struct KernelMemoryView {
   /// Says the device is alive while a long kernel runs: moves the progress
   /// register, which clients' deadlines watch (PROTOCOL.md §11).
   public func reportProgress() {
-    executor.progress &+= 1
-    executor.registers.store(Register.progress, executor.progress)
+    if locked {
+      executor.noteProgress()
+    } else {
+      executor.lock.withLock { _ in executor.noteProgress() }
+    }
   }
 }
 
@@ -148,6 +159,8 @@ public struct DeviceOutput: Sendable {
     dropped = 0
     return (n, d)
   }
+
+  mutating func countDropped(_ n: UInt64) { dropped &+= n }
 
   var isEmpty: Bool { bytes.isEmpty }
   var count: Int { bytes.count }

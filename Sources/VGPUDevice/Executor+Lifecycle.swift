@@ -77,6 +77,8 @@ extension Executor {
     guard views[qp].exchangeState(from: .claiming, to: .active) else { return }
     served[qp] = ServedQueuePair(depth: layout.depth)
     served[qp].active = true
+    generations &+= 1
+    served[qp].generation = generations
     served[qp].pid = pid
     served[qp].ownerStart = ProcessLiveness.startTime(pid) ?? 0
     served[qp].watched = ownerWatch?.watch(queuePair: qp, pid: pid) ?? false
@@ -88,6 +90,12 @@ extension Executor {
 
   /// Closes a queue pair: its allocations and handles are reclaimed, and it is free again.
   func release(_ qp: Int, because reason: DeviceEvent.ReleaseReason = .closed) {
+    if let job = served[qp].busy {
+      // Its kernel may still touch the pair's memory: stop it, release when it has.
+      job.cancelled.store(true, ordering: .relaxed)
+      served[qp].pendingRelease = reason
+      return
+    }
     let pid = served[qp].pid
     if served[qp].watched { ownerWatch?.unwatch(queuePair: qp) }
     let (count, bytes) = freeAll(ownedBy: qp)

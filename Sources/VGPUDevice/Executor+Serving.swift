@@ -8,6 +8,7 @@ extension Executor {
   /// anything happened.
   func servePass(quick: Bool = false) -> Bool {
     var worked = false
+    if let workers, workers.finished.load(ordering: .acquiring) > 0 { worked = collectLaunches(workers) }
     if quick {
       for qp in activeQueuePairs where !served[qp].faulted { worked = serve(qp) || worked }
       return worked
@@ -23,11 +24,12 @@ extension Executor {
   /// Whether a pass would find work: before the device sleeps, after saying so.
   func hasPendingWork() -> Bool {
     if registers.load(Register.control) != ControlRequest.none.rawValue { return true }
+    if let workers, workers.finished.load(ordering: .acquiring) > 0 { return true }
     for qp in views.indices {
       if lifecycleNeedsAction(qp) { return true }
       // Work is pending only if it can be done: commands waiting and room for their completions.
       let s = served[qp]
-      if s.active && !s.faulted && views[qp].submissionTail != s.head.index
+      if s.active && !s.faulted && s.busy == nil && views[qp].submissionTail != s.head.index
         && !s.completions.isFull(guestHead: views[qp].completionHead)
       {
         return true
@@ -50,6 +52,8 @@ extension Executor {
     // that does work: two clock reads cost more than a NOP.
     var started: UInt64 = 0
     while served[qp].head.index != tail {
+      // A launch of this pair runs on a worker: its later commands wait.
+      if served[qp].busy != nil { break }
       let completionHead = view.completionHead
       guard completionHead <= layout.depth - 1 else {
         fault(qp, .headOutOfRange)
@@ -61,6 +65,14 @@ extension Executor {
       if started == 0 && entry.opcode != Opcode.nop.rawValue { started = vgpu_monotonic_ns() }
       var c = execute(entry, qp: qp)
       countCommand(qp)
+      if let job = handedOver {
+        handedOver = nil
+        job.commandID = entry.commandID
+        job.sqHead = UInt16(served[qp].head.index)
+        served[qp].busy = job
+        workers?.submit(job)
+        break
+      }
       c.commandID = entry.commandID
       c.sqHead = UInt16(served[qp].head.index)
       served[qp].completions.post(c, into: view)
@@ -81,5 +93,51 @@ extension Executor {
   func wakeGuest(_ qp: Int) {
     views[qp].wakeGuest()
     ivshmem?.signalGuests(vector: qp)
+  }
+}
+
+extension Executor {
+  /// Posts the completions of launches the workers finished, each on its
+  /// pair (which served nothing else meanwhile, so its ring has room), with
+  /// the kernel's output and error text; a pair released meanwhile is
+  /// released now. Returns whether any was posted.
+  func collectLaunches(_ workers: KernelWorkers) -> Bool {
+    var posted = false
+    for job in workers.collect() {
+      let qp = job.qp
+      guard served[qp].busy === job, served[qp].generation == job.generation else { continue }
+      served[qp].busy = nil
+      if let reason = served[qp].pendingRelease {
+        served[qp].pendingRelease = nil
+        release(qp, because: reason)
+        continue
+      }
+      let pid = served[qp].pid
+      if !job.output.isEmpty {
+        let box = outputs[pid] ?? OutputBox()
+        outputs[pid] = box
+        box.output.append(job.output.bytes)
+        box.output.countDropped(job.output.dropped)
+      }
+      var c = job.result
+      if c.status == CommandStatus.success.rawValue {
+        countLaunch(qp)
+      } else {
+        served[qp].errorText = job.errorText
+      }
+      c.commandID = job.commandID
+      c.sqHead = job.sqHead
+      served[qp].completions.post(c, into: views[qp])
+      posted = true
+      vgpu_fence_seqcst()
+      if views[qp].guestWaiting { wakeGuest(qp) }
+    }
+    return posted
+  }
+
+  /// Moves the progress register: a guest waiting on a long command sees the device alive.
+  func noteProgress() {
+    progress &+= 1
+    registers.store(Register.progress, progress)
   }
 }

@@ -21,6 +21,12 @@ struct ServedQueuePair {
   var stats = StatisticsRecord()
   /// The text of the last failed command (`errorText`).
   var errorText = ""
+  /// Its launch running on a worker: the pair serves nothing else meanwhile.
+  var busy: LaunchJob?
+  /// A release that waits for `busy` to finish (its kernel may still touch the pair's memory).
+  var pendingRelease: DeviceEvent.ReleaseReason?
+  /// Which claim of this pair this is (bumped at each accept).
+  var generation: UInt64 = 0
 
   init(depth: UInt32) {
     head = SubmissionCursor(depth: depth)
@@ -65,6 +71,14 @@ final class Executor: @unchecked Sendable {
   @exclusivity(unchecked) var outputs: [UInt32: OutputBox] = [:]
   /// What runs kernels.
   let backend: any ExecutionBackend
+  /// The threads that run kernels which do not run inline; nil while the
+  /// device is driven by hand (tests): then every launch runs inline.
+  @exclusivity(unchecked) var workers: KernelWorkers?
+  /// A launch the handler handed over, for `serve` to give its ids and submit.
+  @exclusivity(unchecked) var handedOver: LaunchJob?
+  @exclusivity(unchecked) var generations: UInt64 = 0
+  /// Never set: inline launches are not cancelled.
+  let inlineCancelled = Atomic<Bool>(false)
   @exclusivity(unchecked) var streams = HandleTable<Void>(kind: 3)
   @exclusivity(unchecked) var events = HandleTable<UInt64>(kind: 4)  // the time it was recorded, 0 = never
   @exclusivity(unchecked) var deviceTotals = StatisticsRecord()

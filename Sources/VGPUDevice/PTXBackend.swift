@@ -1,5 +1,6 @@
 import FatBinary
 import PTX
+import Synchronization
 import VGPUProtocol
 
 /// The reference device's execution backend: a module image's PTX (plain,
@@ -104,10 +105,15 @@ final class PTXBackendFunction: BackendFunction {
     slots = k.parameters.map { ParameterSlot(offset: UInt32($0.offset), size: UInt32($0.size)) }
   }
 
+  var runsInline: Bool { false }
+
   func launch(
     _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, memory: KernelMemoryView,
-    output: inout DeviceOutput
+    output: inout DeviceOutput, cancelled: borrowing Atomic<Bool>
   ) throws(BackendError) {
+    // The flag outlives the launch (the job holds it); the engine's
+    // checkpoint reads it through this pointer.
+    let stop = withUnsafePointer(to: cancelled) { UnsafeRawPointer($0) }
     var text: [UInt8] = []
     let g = geometry.grid
     let b = geometry.block
@@ -117,7 +123,10 @@ final class PTXBackendFunction: BackendFunction {
         dynamicSharedBytes: Int(geometry.sharedBytes), parameters: parameters, memory: memory,
         options: PTXLaunchOptions(
           instructionBudget: module.budget, printf: { text.append(contentsOf: $0.utf8) },
-          progress: { memory.reportProgress() }))
+          progress: {
+            memory.reportProgress()
+            return !stop.assumingMemoryBound(to: Atomic<Bool>.self).pointee.load(ordering: .relaxed)
+          }))
     } catch {
       output.append(text)
       throw BackendError(Self.status(error), error.description, result0: Self.address(error))
@@ -148,7 +157,11 @@ final class PTXBackendFunction: BackendFunction {
 /// the device answers from the launching process's live allocations.
 extension KernelMemoryView: PTXGlobalMemory {
   public func region(containing address: UInt64) -> PTXMemoryRegion? {
-    guard let a = executor.allocation(containing: address, pid: pid) else { return nil }
+    let found =
+      locked
+      ? executor.allocation(containing: address, pid: pid)
+      : executor.lock.withLock { _ in executor.allocation(containing: address, pid: pid) }
+    guard let a = found else { return nil }
     return PTXMemoryRegion(base: a.address, count: Int(a.size), pointer: a.pointer)
   }
 }

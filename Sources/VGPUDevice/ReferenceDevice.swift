@@ -15,6 +15,10 @@ public struct ReferenceDeviceConfiguration: Sendable {
   /// Thread-instructions a kernel launch may run before it fails with
   /// `launchTimeout` (CUDA 702): the watchdog that ends an endless loop.
   public var kernelInstructionBudget: UInt64 = 10_000_000_000
+  /// Threads that run kernels (interpreted PTX) beside the serving thread,
+  /// so that clients' kernels run at once and a long one holds up no one
+  /// else's commands. Default: the host's cores, at least 2.
+  public var kernelWorkers = max(2, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
   public var layout = BARLayout()
   public var uuid: [UInt8] = [
     0x56, 0x47, 0x50, 0x55, 0x2d, 0x72, 0x65, 0x66, 0x2d, 0x64, 0x65, 0x76, 0x69, 0x63, 0x65, 0x30,
@@ -127,6 +131,15 @@ public final class ReferenceDevice: @unchecked Sendable {
         }
       }
     }
+    let registers = registers
+    let doorbell = doorbells?.hostEventFD
+    let workers = KernelWorkers(count: configuration.kernelWorkers) {
+      // A finished kernel wakes the device as a doorbell would.
+      _ = vgpu_fetch_add_u32(registers.deviceWakeWord, 1)
+      _ = vgpu_futex_wake(registers.deviceWakeWord, 1)
+      if let doorbell { _ = vgpu_eventfd_signal(doorbell) }
+    }
+    executor.lock.withLock { _ in executor.workers = workers }
     thread = startThread { self.serve() }
     precondition(thread != nil, "pthread_create failed: \(errno)")
   }
@@ -142,6 +155,12 @@ public final class ReferenceDevice: @unchecked Sendable {
     _ = vgpu_futex_wake(registers.deviceWakeWord, Int32.max)
     if let thread { pthread_join(thread, nil) }
     thread = nil
+    // Kernels still running are stopped at their next checkpoint.
+    let workers = executor.lock.withLock { _ in
+      for qp in executor.views.indices { executor.served[qp].busy?.cancelled.store(true, ordering: .relaxed) }
+      return executor.workers
+    }
+    workers?.stop()
     executor.lock.withLock { _ in
       executor.ownerWatch?.stop()
       executor.setStatus([])

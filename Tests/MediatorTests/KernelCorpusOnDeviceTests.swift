@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TestSupport
 import Testing
 import VGPU
@@ -362,6 +363,34 @@ import VGPUProtocol
     }
     print("endless loop: stopped after \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
     try d.nop()
+  }
+
+  /// Kernels run on the device's workers: while one client's kernel loops,
+  /// another client opens the device, runs its own kernel and its commands.
+  @Test func aLongKernelHoldsUpNoOtherClient() throws {
+    let d = try Self.open()
+    defer { d.close() }
+    let flag = try Self.upload(d, [Int32(0)])
+    let looping = try Kernel(d, "endless_loop", "endless_loop", .nvrtc)
+    let params = try Self.pack(looping.function, [.ptr(flag)])
+    final class Flag: Sendable { let value = Atomic<Bool>(false) }
+    let flagBox = Flag()
+    let thread = Thread {
+      _ = try? d.launch(looping.function, grid: Dimensions(1), block: Dimensions(32), parameters: params)
+      flagBox.value.store(true, ordering: .releasing)
+    }
+    thread.start()
+    usleep(200_000)  // the loop is running
+    let other = try Self.open()
+    defer { other.close() }
+    let p = try Self.upload(other, [Float](repeating: 1, count: 64))
+    try Kernel(other, "vector_add", "vector_add", .nvrtc).launch(
+      grid: Dimensions(1), block: Dimensions(64), [.ptr(p), .ptr(p), .ptr(p), .i32(64)])
+    for _ in 0..<100 { try other.nop() }
+    #expect(try Self.download(other, p, 64, as: Float.self) == [Float](repeating: 2, count: 64))
+    let loopStillRunning = !flagBox.value.load(ordering: .acquiring)
+    #expect(loopStillRunning, "the other client waited for the loop to end")
+    while !flagBox.value.load(ordering: .acquiring) { usleep(10_000) }
   }
 
   /// Images the device cannot use: each its own CUDA error and one line,

@@ -1,0 +1,129 @@
+import CSupport
+import DeviceAccess
+import Synchronization
+import VGPUProtocol
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// A launch handed to a worker thread, and what comes back: the serving
+/// thread posts its completion, in its pair's order (the pair serves nothing
+/// else meanwhile), and appends its output to the process's.
+final class LaunchJob: @unchecked Sendable {
+  let qp: Int
+  /// The pair's generation when the launch was taken: a completion for a
+  /// pair released and claimed again since is dropped.
+  let generation: UInt64
+  var commandID: UInt16 = 0
+  var sqHead: UInt16 = 0
+  let function: any BackendFunction
+  let geometry: KernelGeometry
+  /// A copy: the guest may reuse its staging slot once the launch is taken.
+  let parameters: UnsafeMutableRawBufferPointer
+  let memory: KernelMemoryView
+  // Written by the worker, read by the serving thread after `finished`.
+  var output = DeviceOutput()
+  var result = CompletionEntry(status: .success)
+  var errorText = ""
+  /// Set when the pair goes away: the kernel stops at its next checkpoint.
+  let cancelled = Atomic<Bool>(false)
+
+  init(
+    qp: Int, generation: UInt64, function: any BackendFunction, geometry: KernelGeometry,
+    parameters: UnsafeRawBufferPointer, memory: KernelMemoryView
+  ) {
+    self.qp = qp
+    self.generation = generation
+    self.function = function
+    self.geometry = geometry
+    self.parameters = .allocate(byteCount: max(parameters.count, 1), alignment: 16)
+    if let b = parameters.baseAddress { self.parameters.baseAddress!.copyMemory(from: b, byteCount: parameters.count) }
+    self.parameterCount = parameters.count
+    self.memory = memory
+  }
+
+  private let parameterCount: Int
+
+  deinit { parameters.deallocate() }
+
+  func run() {
+    do throws(BackendError) {
+      try function.launch(
+        geometry, parameters: UnsafeRawBufferPointer(start: parameters.baseAddress, count: parameterCount),
+        memory: memory, output: &output, cancelled: cancelled)
+    } catch {
+      result = CompletionEntry(
+        status: error.status, result0: error.result0, result1: error.result1, detail: error.detail)
+      errorText = error.message
+    }
+  }
+}
+
+/// The threads that run kernels, so that a long kernel of one client does
+/// not hold up another client's commands: the serving thread hands a launch
+/// over and goes on serving the other pairs; a pair's later commands wait
+/// for its launch (in order per pair, and so per stream).
+final class KernelWorkers: @unchecked Sendable {
+  private let queue = Mutex<[LaunchJob]>([])
+  private let done = Mutex<[LaunchJob]>([])
+  /// Bumped per job queued; workers sleep on it (futex).
+  private let word = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+  /// Jobs finished and not yet collected: the serving thread's cheap check.
+  let finished = Atomic<Int>(0)
+  private let running = Atomic<Bool>(true)
+  private var threads: [pthread_t] = []
+  /// Wakes the serving thread (as a doorbell would) when a job is done.
+  private let wakeDevice: @Sendable () -> Void
+
+  init(count: Int, wakeDevice: @escaping @Sendable () -> Void) {
+    word.initialize(to: 0)
+    self.wakeDevice = wakeDevice
+    for _ in 0..<max(1, count) {
+      if let t = startThread({ [self] in work() }) { threads.append(t) }
+    }
+  }
+
+  deinit { word.deallocate() }
+
+  func submit(_ job: LaunchJob) {
+    queue.withLock { $0.append(job) }
+    _ = vgpu_fetch_add_u32(word, 1)
+    _ = vgpu_futex_wake(word, 1)
+  }
+
+  /// The finished jobs, oldest first.
+  func collect() -> [LaunchJob] {
+    let jobs = done.withLock { d -> [LaunchJob] in
+      let all = d
+      d.removeAll(keepingCapacity: true)
+      return all
+    }
+    finished.subtract(jobs.count, ordering: .relaxed)
+    return jobs
+  }
+
+  /// Stops the workers after the jobs in hand (cancel them first to be quick).
+  func stop() {
+    running.store(false, ordering: .releasing)
+    _ = vgpu_fetch_add_u32(word, 1)
+    _ = vgpu_futex_wake(word, Int32.max)
+    for t in threads { pthread_join(t, nil) }
+    threads = []
+  }
+
+  private func work() {
+    while running.load(ordering: .acquiring) {
+      let seen = vgpu_load_acquire_u32(word)
+      guard let job = queue.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else {
+        // Bounded, so a stop is noticed even if its wake-up is missed.
+        _ = vgpu_futex_wait(word, seen, 100_000_000)
+        continue
+      }
+      job.run()
+      done.withLock { $0.append(job) }
+      finished.add(1, ordering: .releasing)
+      wakeDevice()
+    }
+  }
+}
