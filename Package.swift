@@ -34,6 +34,10 @@ let package = Package(
     .target(name: "DeviceAccess", dependencies: ["CSupport"]),
     // The wire format, shared by the guest client and the reference device.
     .target(name: "VGPUProtocol", dependencies: ["CSupport"]),
+    // liblz4 and libzstd (Debian liblz4-dev, libzstd-dev; pkg-config liblz4, libzstd), linked by the modulemap.
+    .systemLibrary(name: "CCompression", providers: [.apt(["liblz4-dev", "libzstd-dev"])]),
+    // The device side of module images: fat binary entries, decompression, PTX selection. Trusts no field.
+    .target(name: "FatBinary", dependencies: ["VGPUProtocol", "CCompression"]),
     // The reference device: serves the protocol on the CPU.
     .target(name: "VGPUDevice", dependencies: ["VGPUProtocol", "DeviceAccess", "CSupport"]),
     // The guest client API. It never links the device model.
@@ -85,6 +89,10 @@ let package = Package(
     ),
     // Helpers shared by the test targets.
     .target(name: "TestSupport", dependencies: ["VGPUProtocol"], path: "Tests/TestSupport"),
+    // The project's CUDA corpus (Tests/Kernels/*.cu) built by nvcc 13.5 and NVRTC 12.9 from .venv.
+    .testTarget(name: "KernelCorpusTests", dependencies: ["TestSupport", "FatBinary"]),
+    // Fat binaries and the module image sizer, on images nvcc builds at test time and on garbage.
+    .testTarget(name: "FatBinaryTests", dependencies: ["FatBinary", "VGPUProtocol", "TestSupport"]),
     // Reads the facts lspci states, for comparing our decoder with it.
     .target(name: "LspciFacts", dependencies: ["PCI"], path: "Tests/LspciFacts"),
     .testTarget(
