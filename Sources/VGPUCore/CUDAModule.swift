@@ -20,8 +20,18 @@ import VGPUProtocol
 // error). The reference device's text image ("vgpu-module 1\nkernel fill\n",
 // docs/PROTOCOL.md §18) is one more kind, sent without its NUL.
 
-/// CU_MODULE_EAGER_LOADING (cuda.h, CUmoduleLoadingMode_enum).
+/// CU_MODULE_EAGER_LOADING, CU_MODULE_LAZY_LOADING (cuda.h, CUmoduleLoadingMode_enum).
 let CU_MODULE_EAGER_LOADING: Int32 = 1
+let CU_MODULE_LAZY_LOADING: Int32 = 2
+
+/// Whether libraries load at their first use: CUDA_MODULE_LOADING=EAGER
+/// turns it off, as it does for NVIDIA's driver (CUDA C++ Programming Guide,
+/// "Lazy Loading"; LAZY is the Linux default since CUDA 12.2). Read at the
+/// first load, not when the library is loaded.
+let lazyLoading: Bool = {
+  guard let mode = getenv("CUDA_MODULE_LOADING") else { return true }
+  return String(cString: mode) != "EAGER"
+}()
 
 /// cuLaunchKernel's `extra` keys (cuda.h): CU_LAUNCH_PARAM_END_AS_INT 0x00,
 /// CU_LAUNCH_PARAM_BUFFER_POINTER_AS_INT 0x01, CU_LAUNCH_PARAM_BUFFER_SIZE_AS_INT 0x02.
@@ -90,7 +100,8 @@ func moduleImage(inFile bytes: UnsafeRawBufferPointer) -> Result<
   }
 }
 
-/// Loads a sized image and makes a module (or library) handle for it.
+/// Loads a sized image and makes a module (or library) handle for it. A
+/// library's image is copied and loaded at its first use (ModuleRecord).
 func loadModule(
   _ call: StaticString, _ module: UnsafeMutablePointer<UnsafeMutableRawPointer?>,
   _ sized: Result<(ModuleImageKind?, UnsafeRawBufferPointer), ModuleImageSizeError>, library: Bool = false
@@ -108,26 +119,76 @@ func loadModule(
       }
       return CUDA_ERROR_INVALID_IMAGE
     }
-    let loaded: ModuleHandle
-    do throws(VGPUError) {
-      loaded = try device.loadModule(bytes)
-    } catch {
-      guard let status = error.status else { throw error }
-      if ShimRuntime.shared.debug || refusedImagesReported.add(1, ordering: .relaxed).oldValue < refusedImagesShown {
-        ShimRuntime.printLine(
-          "vgpu: \(call): the device refused a \(bytes.count)-byte \(kind.map(\.description) ?? "text") image "
-            + "(\(cudaErrorName(status.cudaResult))): \(error)")
+    var record: ModuleRecord
+    if library && lazyLoading {
+      record = ModuleRecord(handle: nil, library: true)
+      record.pending = (kind, [UInt8](bytes))
+    } else {
+      switch try send(call, device, kind, bytes) {
+      case .success(let loaded): record = ModuleRecord(handle: loaded, library: library)
+      case .failure(let e): return e.result
       }
-      return status.cudaResult
     }
     let handle = cudaObjects.withLock { o in
       let h = o.newHandle(.module)
-      o.modules[h] = ModuleRecord(handle: loaded, library: library)
+      o.modules[h] = record
       return h
     }
     module.pointee = handlePointer(handle)
     return CUDA_SUCCESS
   }
+}
+
+/// Sends an image to the device; a refusal is the device's status, with its line on stderr.
+func send(_ call: StaticString, _ device: Device, _ kind: ModuleImageKind?, _ bytes: UnsafeRawBufferPointer)
+  throws(VGPUError) -> Result<ModuleHandle, CUDAError>
+{
+  do throws(VGPUError) {
+    return .success(try device.loadModule(bytes))
+  } catch {
+    guard let status = error.status else { throw error }
+    if ShimRuntime.shared.debug || refusedImagesReported.add(1, ordering: .relaxed).oldValue < refusedImagesShown {
+      ShimRuntime.printLine(
+        "vgpu: \(call): the device refused a \(bytes.count)-byte \(kind.map(\.description) ?? "text") image "
+          + "(\(cudaErrorName(status.cudaResult))): \(error)")
+    }
+    return .failure(CUDAError(status.cudaResult))
+  }
+}
+
+/// The device module of module or library `key`, loading a library's image
+/// on its first use; CUDA_ERROR_INVALID_HANDLE for no such module.
+func deviceModule(_ call: StaticString, _ key: UInt, _ device: Device) throws(VGPUError) -> Result<
+  ModuleHandle, CUDAError
+> {
+  let state = cudaObjects.withLock { o -> Result<ModuleHandle, CUDAError>? in
+    guard let m = o.modules[key] else { return .failure(CUDAError(CUDA_ERROR_INVALID_HANDLE)) }
+    if let h = m.handle { return .success(h) }
+    if m.failure != 0 { return .failure(CUDAError(m.failure)) }
+    return nil
+  }
+  if let state { return state }
+  guard let pending = cudaObjects.withLock({ $0.modules[key]?.pending }) else {
+    return try deviceModule(call, key, device)  // loaded or unloaded meanwhile
+  }
+  let result = try pending.bytes.span.withUnsafeBytes { (b) throws(VGPUError) in
+    try send(call, device, pending.kind, b)
+  }
+  // Another thread may have loaded it meanwhile, or unloaded the library.
+  let (kept, duplicate) = cudaObjects.withLock { o -> (Result<ModuleHandle, CUDAError>, ModuleHandle?) in
+    let loaded = try? result.get()
+    guard o.modules[key] != nil else { return (.failure(CUDAError(CUDA_ERROR_INVALID_HANDLE)), loaded) }
+    if let h = o.modules[key]!.handle { return (.success(h), loaded) }
+    switch result {
+    case .success(let h):
+      o.modules[key]!.handle = h
+      o.modules[key]!.pending = nil
+    case .failure(let e): o.modules[key]!.failure = e.result
+    }
+    return (result, nil)
+  }
+  if let duplicate { try? device.unloadModule(duplicate) }
+  return kept
 }
 
 /// cuda.h's name for a CUresult this file returns, for messages.
@@ -243,7 +304,7 @@ func unloadModule(_ call: StaticString, _ hmod: UnsafeMutableRawPointer?) -> Int
       return record
     }
     guard let record else { return CUDA_ERROR_INVALID_HANDLE }
-    try device.unloadModule(record.handle)
+    if let h = record.handle { try device.unloadModule(h) }
     return CUDA_SUCCESS
   }
 }
@@ -274,14 +335,14 @@ func getFunction(
 ) -> Int32 {
   let kernelName = String(cString: name)
   return withDevice(call) { (device) throws(VGPUError) in
-    let known = cudaObjects.withLock { o -> (ModuleHandle, UInt?)? in
-      guard let m = o.modules[key] else { return nil }
-      return (m.handle, m.functions[kernelName])
-    }
-    guard let (module, existing) = known else { return CUDA_ERROR_INVALID_HANDLE }
-    if let existing {
+    if let existing = cudaObjects.withLock({ $0.modules[key]?.functions[kernelName] }) {
       out.pointee = handlePointer(existing)
       return CUDA_SUCCESS
+    }
+    let module: ModuleHandle
+    switch try deviceModule(call, key, device) {
+    case .success(let m): module = m
+    case .failure(let e): return e.result
     }
     let function = try device.function(kernelName, in: module)
     // Packing `kernelParams` needs the layout, which the device reports.
@@ -330,8 +391,10 @@ func getGlobal(
   guard let name else { return CUDA_ERROR_INVALID_VALUE }
   let variable = String(cString: name)
   return withDevice(call) { (device) throws(VGPUError) in
-    guard let module = cudaObjects.withLock({ $0.modules[handleKey(hmod)]?.handle }) else {
-      return CUDA_ERROR_INVALID_HANDLE
+    let module: ModuleHandle
+    switch try deviceModule(call, handleKey(hmod), device) {
+    case .success(let m): module = m
+    case .failure(let e): return e.result
     }
     let (address, size) = try device.global(variable, in: module)
     dptr?.pointee = address.address
@@ -350,12 +413,12 @@ public func vgpucore_cuModuleGetGlobal_v2(
   getGlobal("cuModuleGetGlobal", dptr, bytes, hmod, name)
 }
 
-/// cuModuleGetLoadingMode(CUmoduleLoadingMode *mode): eager (NVIDIA's
-/// runtime asks, and needs an answer).
+/// cuModuleGetLoadingMode(CUmoduleLoadingMode *mode): lazy unless
+/// CUDA_MODULE_LOADING=EAGER (NVIDIA's runtime asks, and needs an answer).
 @_cdecl("vgpucore_cuModuleGetLoadingMode")
 public func vgpucore_cuModuleGetLoadingMode(_ mode: UnsafeMutablePointer<Int32>?) -> Int32 {
   guard let mode else { return CUDA_ERROR_INVALID_VALUE }
-  mode.pointee = CU_MODULE_EAGER_LOADING
+  mode.pointee = lazyLoading ? CU_MODULE_LAZY_LOADING : CU_MODULE_EAGER_LOADING
   return CUDA_SUCCESS
 }
 

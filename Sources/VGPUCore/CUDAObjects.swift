@@ -27,8 +27,18 @@ struct ContextRecord {
 
 /// A loaded module, or a library (cuLibraryLoadData): the same record, so
 /// that cuLibraryGetModule can hand the library's handle out as its module.
-struct ModuleRecord {
-  var handle: ModuleHandle
+struct ModuleRecord: @unchecked Sendable {
+  /// The device's module; nil for a library not used yet.
+  var handle: ModuleHandle?
+  /// A library's image, kept until its first use loads it (CUDA's lazy
+  /// loading, the Linux default since 12.2: "the driver defers loading until
+  /// a kernel is used"). NVIDIA's runtime loads every fatbin of a program
+  /// with cuLibraryLoadData when it starts; loading them only when used means
+  /// that a program whose kernels the device cannot run still allocates and
+  /// copies, and fails where it launches.
+  var pending: (kind: ModuleImageKind?, bytes: [UInt8])?
+  /// The CUresult the first load of `pending` failed with, answered again.
+  var failure: Int32 = 0
   /// Functions got from it, by name: CUDA hands out the same CUfunction for
   /// the same name, and they become invalid with the module (the device
   /// drops them with it).
