@@ -60,8 +60,8 @@ let refusedImagesShown = 8
 /// The text image's first word, as bytes.
 let textImageMagic = Array("\(BuiltinModuleImage.magic) ".utf8)
 
-/// Where the image at `image` ends, by its kind; nil with the line to say
-/// when it has no kind this driver knows or its headers do not add up.
+/// The image at `image`, sized by its kind (nil kind: the text image), or
+/// why it cannot be sized (no kind this driver knows, headers that do not add up).
 func moduleImage(at image: UnsafeRawPointer) -> Result<(ModuleImageKind?, UnsafeRawBufferPointer), ModuleImageSizeError>
 {
   let p = image.assumingMemoryBound(to: UInt8.self)
