@@ -26,6 +26,11 @@ typedef struct CUmod_st *CUmodule;
 typedef struct CUfunc_st *CUfunction;
 typedef struct CUstream_st *CUstream;
 typedef struct CUevent_st *CUevent;
+typedef struct CUlib_st *CUlibrary;
+typedef struct CUkern_st *CUkernel;
+typedef struct CUlinkState_st *CUlinkState;
+typedef struct CUlaunchConfig_st CUlaunchConfig;
+typedef size_t (*CUoccupancyB2DSize)(int blockSize);
 typedef struct CUuuid_st {
   char bytes[16];
 } CUuuid;
@@ -36,6 +41,10 @@ typedef struct CUDA_MEMCPY2D_st CUDA_MEMCPY2D;
 typedef int CUdevice_attribute;               /* enum CUdevice_attribute_enum */
 typedef int CUpointer_attribute;              /* enum CUpointer_attribute_enum */
 typedef int CUjit_option;                     /* enum CUjit_option_enum */
+typedef int CUjitInputType;                   /* enum CUjitInputType_enum */
+typedef int CUlibraryOption;                  /* enum CUlibraryOption_enum */
+typedef int CUfunction_attribute;             /* enum CUfunction_attribute_enum */
+typedef int CUfunc_cache;                     /* enum CUfunc_cache_enum */
 typedef int CUmoduleLoadingMode;              /* enum CUmoduleLoadingMode_enum */
 typedef int CUdriverProcAddressQueryResult;   /* enum CUdriverProcAddressQueryResult_enum */
 
@@ -109,6 +118,11 @@ ALIAS(cuLaunchKernel_ptsz, cuLaunchKernel,
       (CUfunction hfunc, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX,
        unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream,
        void **kernelParams, void **extra))
+ALIAS(cuLaunchKernelEx_ptsz, cuLaunchKernelEx, (const CUlaunchConfig *config, CUfunction f, void **kernelParams, void **extra))
+ALIAS(cuLaunchCooperativeKernel_ptsz, cuLaunchCooperativeKernel,
+      (CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX,
+       unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream,
+       void **kernelParams))
 ALIAS(cuStreamSynchronize_ptsz, cuStreamSynchronize, (CUstream hStream))
 ALIAS(cuStreamQuery_ptsz, cuStreamQuery, (CUstream hStream))
 ALIAS(cuStreamWaitEvent_ptsz, cuStreamWaitEvent, (CUstream hStream, CUevent hEvent, unsigned int Flags))

@@ -58,6 +58,37 @@ static CUresult et_primary_context(CUcontext *pctx, CUdevice dev) {
   return f(pctx, dev);
 }
 
+/* cudart_interface slots 1, 6 and 8: load the fat binary an nvcc program
+ * registered (__cudaRegisterFatBinary), into a module. Slots 1 and 6 get the
+ * __fatBinC_Wrapper_t, slot 8 the fatbin header first and the module second
+ * (ZLUDA dark_api/src/lib.rs; traced in docs/CUDART.md). All three go to the
+ * one module-load path (CUDAModule.swift). */
+typedef struct CUmod_st *CUmodule;
+typedef CUresult (*cudart_load_fn)(int slot, CUmodule *module, const void *image, const void *a, const void *b,
+                                   unsigned int c);
+static CUresult cudart_load(int slot, CUmodule *module, const void *image, const void *a, const void *b,
+                            unsigned int c) {
+  static cudart_load_fn fn;
+  cudart_load_fn f = __atomic_load_n(&fn, __ATOMIC_ACQUIRE);
+  if (!f) {
+    f = (cudart_load_fn)vgpu_core_symbol("cudartLoadModule");
+    if (!f) return CUDA_ERROR_NOT_INITIALIZED;
+    __atomic_store_n(&fn, f, __ATOMIC_RELEASE);
+  }
+  return f(slot, module, image, a, b, c);
+}
+static CUresult et_module_from_wrapper(CUmodule *module, const void *wrapper) {
+  return cudart_load(1, module, wrapper, NULL, NULL, 0);
+}
+static CUresult et_module_from_wrapper_ext(CUmodule *module, const void *wrapper, const void *a, const void *b,
+                                           unsigned int c) {
+  return cudart_load(6, module, wrapper, a, b, c);
+}
+static CUresult et_module_from_fatbin_ext(const void *fatbin, CUmodule *module, const void *a, const void *b,
+                                          unsigned int c) {
+  return cudart_load(8, module, fatbin, a, b, c);
+}
+
 /* cudart_interface slot 12: nothing to load (no PTX JIT here). */
 static CUresult et_load_compilers(void) { return CUDA_SUCCESS; }
 

@@ -194,10 +194,11 @@ extension Device {
           found: "a parameter size of \(reply.parameterBytes) bytes")
       }
       var layout: ParameterLayout?
+      var functionInfo: FunctionInfo?
       if wantsLayout {
         // Untrusted: every slot is checked to lie inside the buffer.
         guard
-          let (_, l) = ParameterLayout.read(
+          let (i, l) = ParameterLayout.read(
             from: qp.slot(0).pointer + replyOffset, capacity: capacity, parameterBytes: reply.parameterBytes)
         else {
           // Fails this call only: the queue pair itself is in order.
@@ -207,8 +208,10 @@ extension Device {
             remedy: "report this device bug; the function cannot be launched with kernelParams")
         }
         layout = l
+        functionInfo = i
       }
-      return FunctionHandle(raw: reply.function, parameterSize: Int(reply.parameterBytes), layout: layout)
+      return FunctionHandle(
+        raw: reply.function, parameterSize: Int(reply.parameterBytes), layout: layout, info: functionInfo)
     }
   }
 

@@ -28,10 +28,15 @@ public struct FunctionHandle: Hashable, Sendable {
   /// Where each parameter goes in the packed buffer, as the device reported
   /// it (nil from a device without feature `functionInfo`).
   public var layout: ParameterLayout?
-  public init(raw: UInt64, parameterSize: Int, layout: ParameterLayout? = nil) {
+  /// What the device reported about the function with its layout (threads
+  /// per block, static shared/local/const bytes, registers, PTX and binary
+  /// versions): what cuFuncGetAttribute answers. Nil with `layout`.
+  public var info: FunctionInfo?
+  public init(raw: UInt64, parameterSize: Int, layout: ParameterLayout? = nil, info: FunctionInfo? = nil) {
     self.raw = raw
     self.parameterSize = parameterSize
     self.layout = layout
+    self.info = info
   }
   public static func == (a: Self, b: Self) -> Bool { a.raw == b.raw }
   public func hash(into h: inout Hasher) { h.combine(raw) }

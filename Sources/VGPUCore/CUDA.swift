@@ -28,10 +28,17 @@ let CUDA_ERROR_NO_DEVICE: Int32 = 100
 let CUDA_ERROR_INVALID_DEVICE: Int32 = 101
 let CUDA_ERROR_INVALID_IMAGE: Int32 = 200
 let CUDA_ERROR_INVALID_CONTEXT: Int32 = 201
+let CUDA_ERROR_NO_BINARY_FOR_GPU: Int32 = 209
+let CUDA_ERROR_INVALID_PTX: Int32 = 218
 let CUDA_ERROR_FILE_NOT_FOUND: Int32 = 301
 let CUDA_ERROR_INVALID_HANDLE: Int32 = 400
 let CUDA_ERROR_NOT_FOUND: Int32 = 500
 let CUDA_ERROR_NOT_READY: Int32 = 600
+let CUDA_ERROR_ILLEGAL_ADDRESS: Int32 = 700
+let CUDA_ERROR_LAUNCH_TIMEOUT: Int32 = 702
+let CUDA_ERROR_ASSERT: Int32 = 710
+let CUDA_ERROR_LAUNCH_FAILED: Int32 = 719
+let CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE: Int32 = 720
 let CUDA_ERROR_NOT_SUPPORTED: Int32 = 801
 let CUDA_ERROR_SYSTEM_DRIVER_MISMATCH: Int32 = 803
 let CUDA_ERROR_TIMEOUT: Int32 = 909
@@ -77,12 +84,29 @@ func cudaResult(_ error: VGPUError, _ call: StaticString) -> Int32 {
   }
 }
 
+/// The sticky error of this process's context, 0 while there is none.
+///
+/// CUDA: "a kernel launch that fails with CUDA_ERROR_ILLEGAL_ADDRESS,
+/// CUDA_ERROR_LAUNCH_FAILED, CUDA_ERROR_ASSERT or CUDA_ERROR_LAUNCH_TIMEOUT
+/// leaves the process in an inconsistent state and any further CUDA work
+/// will return the same error" (cuda.h, cudaError_enum on each of them). All
+/// contexts here share the process's one device connection, so the error is
+/// the process's; it goes when the context does (the primary context reset,
+/// or the last context destroyed), as CUDA's goes with the context.
+let stickyError = Atomic<Int32>(0)
+
 /// Runs `body` with this process's device: CUDA_ERROR_NOT_INITIALIZED before
-/// cuInit, CUDA_ERROR_NO_DEVICE without a device, the mapped error if `body`
+/// cuInit, the sticky error once a launch has left one (`context`: false for
+/// calls about the device itself, which CUDA still answers),
+/// CUDA_ERROR_NO_DEVICE without a device, the mapped error if `body`
 /// throws. A forked child gets a device of its own (ShimRuntime).
 @inline(__always)
-func withDevice(_ call: StaticString, _ body: (Device) throws(VGPUError) -> Int32) -> Int32 {
+func withDevice(_ call: StaticString, context: Bool = true, _ body: (Device) throws(VGPUError) -> Int32) -> Int32 {
   guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  if context {
+    let sticky = stickyError.load(ordering: .relaxed)
+    if sticky != 0 { return sticky }
+  }
   let device: Device
   switch ShimRuntime.shared.device() {
   case .success(let d): device = d
@@ -100,7 +124,7 @@ func withDevice(_ call: StaticString, _ body: (Device) throws(VGPUError) -> Int3
 /// Runs `body` with the device if `dev` names it (ordinal 0, the only one).
 @inline(__always)
 func withDevice(_ dev: Int32, _ call: StaticString, _ body: (Device) throws(VGPUError) -> Int32) -> Int32 {
-  withDevice(call) { (device) throws(VGPUError) in
+  withDevice(call, context: false) { (device) throws(VGPUError) in
     guard dev == 0 else { return CUDA_ERROR_INVALID_DEVICE }
     return try body(device)
   }

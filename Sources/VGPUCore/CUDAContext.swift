@@ -111,8 +111,12 @@ func closeDeviceIfNoContexts() {
     o.functions.removeAll()
     o.streams.removeAll()
     o.events.removeAll()
+    o.links.removeAll()
     return true
   }
+  // The context the error belonged to is gone (cuda.h: a sticky error lasts
+  // for the context's life).
+  if unused { stickyError.store(0, ordering: .relaxed) }
   // device() first: in a forked child that has not opened a device of its
   // own, it lets go of the parent's without touching the parent's queue pairs.
   if unused, case .success = ShimRuntime.shared.device() { ShimRuntime.shared.close() }
@@ -256,6 +260,7 @@ public func vgpucore_cuCtxGetStreamPriorityRange(
 public func vgpucore_cuCtxSynchronize() -> Int32 {
   withDevice("cuCtxSynchronize") { (device) throws(VGPUError) in
     try device.synchronize()
+    flushDeviceOutput(device)
     return CUDA_SUCCESS
   }
 }
@@ -343,8 +348,13 @@ public func vgpucore_cuDevicePrimaryCtxRelease_v2(_ dev: Int32) -> Int32 {
 @_cdecl("vgpucore_cuDevicePrimaryCtxReset_v2")
 public func vgpucore_cuDevicePrimaryCtxReset_v2(_ dev: Int32) -> Int32 {
   let result = withDevice(dev, "cuDevicePrimaryCtxReset") { (device) throws(VGPUError) in
-    try device.synchronize()
+    // A sticky error is the context's: the reset that destroys the primary
+    // context's state clears it (cuDevicePrimaryCtxReset, CUDA Runtime API
+    // "Error Handling": only a reset recovers). The device's work is waited
+    // for first; its own failure is the error already reported.
+    if stickyError.load(ordering: .relaxed) == 0 { try device.synchronize() } else { _ = try? device.synchronize() }
     cudaObjects.withLock { $0.primaryRetains = 0 }
+    stickyError.store(0, ordering: .relaxed)
     return CUDA_SUCCESS
   }
   if result == CUDA_SUCCESS { closeDeviceIfNoContexts() }

@@ -68,6 +68,7 @@ public func vgpucore_cuMemcpyHtoD_v2(_ dst: UInt64, _ src: UnsafeRawPointer?, _ 
   guard count >= 0, count == 0 || src != nil else { return CUDA_ERROR_INVALID_VALUE }
   return withDevice("cuMemcpyHtoD") { (device) throws(VGPUError) in
     try device.copy(to: DevicePointer(dst), from: UnsafeRawBufferPointer(start: src, count: count))
+    flushDeviceOutput(device)
     return CUDA_SUCCESS
   }
 }
@@ -78,6 +79,7 @@ public func vgpucore_cuMemcpyDtoH_v2(_ dst: UnsafeMutableRawPointer?, _ src: UIn
   guard count >= 0, count == 0 || dst != nil else { return CUDA_ERROR_INVALID_VALUE }
   return withDevice("cuMemcpyDtoH") { (device) throws(VGPUError) in
     try device.copy(from: DevicePointer(src), into: UnsafeMutableRawBufferPointer(start: dst, count: count))
+    flushDeviceOutput(device)
     return CUDA_SUCCESS
   }
 }
@@ -88,6 +90,7 @@ public func vgpucore_cuMemcpyDtoD_v2(_ dst: UInt64, _ src: UInt64, _ count: Int)
   guard count >= 0 else { return CUDA_ERROR_INVALID_VALUE }
   return withDevice("cuMemcpyDtoD") { (device) throws(VGPUError) in
     try device.copy(to: DevicePointer(dst), from: DevicePointer(src), count: count)
+    flushDeviceOutput(device)
     return CUDA_SUCCESS
   }
 }

@@ -16,7 +16,7 @@ import VGPUProtocol
 
 enum HandleKind: UInt {
   case context = 1
-  case module, function, stream, event
+  case module, function, stream, event, link
 }
 
 struct ContextRecord {
@@ -25,16 +25,57 @@ struct ContextRecord {
   var primary: Bool
 }
 
-struct ModuleRecord {
-  var handle: ModuleHandle
-  /// Functions got from it, invalidated with it (CUDA semantics; the device keeps them).
-  var functions: [UInt] = []
+/// A loaded module, or a library (cuLibraryLoadData): the same record, so
+/// that cuLibraryGetModule can hand the library's handle out as its module.
+struct ModuleRecord: @unchecked Sendable {
+  /// The device's module; nil for a library not used yet.
+  var handle: ModuleHandle?
+  /// A library's image, kept until its first use loads it (CUDA's lazy
+  /// loading, the Linux default since 12.2: "the driver defers loading until
+  /// a kernel is used"). NVIDIA's runtime loads every fatbin of a program
+  /// with cuLibraryLoadData when it starts; loading them only when used means
+  /// that a program whose kernels the device cannot run still allocates and
+  /// copies, and fails where it launches.
+  var pending: (kind: ModuleImageKind?, bytes: [UInt8])?
+  /// The CUresult the first load of `pending` failed with, answered again.
+  var failure: Int32 = 0
+  /// Functions got from it, by name: CUDA hands out the same CUfunction for
+  /// the same name, and they become invalid with the module (the device
+  /// drops them with it).
+  var functions: [String: UInt] = [:]
+  /// Made by cuLibraryLoadData/FromFile.
+  var library = false
 }
 
-struct FunctionRecord {
-  /// With the parameter layout the device reported.
+/// A CUfunction, and a CUkernel: one record for both (Sendable: its name
+/// pointer is interned, never written or freed). cuda.h (cuLaunchKernel)
+/// lets a CUkernel be cast to a CUfunction, which cuda.core and numba do, so
+/// a kernel handle must work wherever a function handle does.
+struct FunctionRecord: @unchecked Sendable {
+  /// With the parameter layout and FunctionInfo the device reported.
   var handle: FunctionHandle
   var module: UInt
+  /// The name, NUL-terminated, for cuFuncGetName (interned: never freed).
+  var name: UnsafePointer<CChar>
+  /// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: what a launch may ask
+  /// for, by default what is left of the 48 KiB a block gets without opting in.
+  var maxDynamicShared: Int32
+  /// CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT (-1: no preference).
+  var carveout: Int32 = -1
+}
+
+/// A cuLinkCreate state: the inputs added so far, and the output it owns
+/// (Sendable: its pointers are used under the objects lock or by the caller).
+struct LinkRecord: @unchecked Sendable {
+  var inputs: [(type: Int32, bytes: [UInt8], name: String)] = []
+  /// The error and info log buffers the caller passed to cuLinkCreate.
+  var errorLog: UnsafeMutableRawBufferPointer?
+  var infoLog: UnsafeMutableRawBufferPointer?
+  /// The option values to write the logs' lengths back into.
+  var errorLogSize: UnsafeMutablePointer<UnsafeMutableRawPointer?>?
+  var infoLogSize: UnsafeMutablePointer<UnsafeMutableRawPointer?>?
+  /// cuLinkComplete's image, valid until cuLinkDestroy.
+  var output: UnsafeMutableRawBufferPointer?
 }
 
 struct EventRecord {
@@ -54,6 +95,7 @@ struct CUDAObjects: ~Copyable {
   var functions: [UInt: FunctionRecord] = [:]
   var streams: [UInt: StreamHandle] = [:]
   var events: [UInt: EventRecord] = [:]
+  var links: [UInt: LinkRecord] = [:]
   /// Page-locked host allocations (cuMemAllocHost, cuMemHostAlloc), for
   /// cuMemFreeHost to check and pointer attributes to report.
   var hostRanges = AddressRanges()

@@ -77,6 +77,7 @@ public func vgpucore_cuStreamSynchronize(_ stream: UnsafeMutableRawPointer?) -> 
     case .success(let s?): try device.synchronize(s)
     case .success(nil): try device.synchronize()
     }
+    flushDeviceOutput(device)
     return CUDA_SUCCESS
   }
 }
@@ -168,6 +169,7 @@ public func vgpucore_cuEventSynchronize(_ event: UnsafeMutableRawPointer?) -> In
   withDevice("cuEventSynchronize") { (device) throws(VGPUError) in
     guard let record = lookUpEvent(event) else { return CUDA_ERROR_INVALID_HANDLE }
     _ = try device.query(record.handle)
+    flushDeviceOutput(device)
     return CUDA_SUCCESS
   }
 }

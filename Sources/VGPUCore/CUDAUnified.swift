@@ -98,6 +98,7 @@ public func vgpucore_cuMemcpy(_ dst: UInt64, _ src: UInt64, _ count: Int) -> Int
   guard count >= 0, count == 0 || (dst != 0 && src != 0) else { return CUDA_ERROR_INVALID_VALUE }
   return withDevice("cuMemcpy") { (device) throws(VGPUError) in
     try copyUnified(dst, src, count, device)
+    flushDeviceOutput(device)
     return CUDA_SUCCESS
   }
 }

@@ -117,8 +117,9 @@ import VGPUDevice
       ] {
         #expect(facts.contains(fact), "missing '\(fact)': \(r)")
       }
-      // The PTX image is refused with one line saying why.
-      #expect(r.stderrLines.count == 1 && r.stderr.contains("PTX was given"), "\(r)")
+      // The PTX image reaches the device, which refuses it with one line saying why.
+      #expect(r.stderrLines.count == 1 && r.stderr.contains("the device refused a"), "\(r)")
+      #expect(r.stderr.contains("ptx image (CUDA_ERROR_INVALID_IMAGE)"), "\(r)")
     }
   }
 
@@ -147,9 +148,10 @@ import VGPUDevice
       #expect(r.status == 0, "\(r)")
       #expect(r.lines.last?.hasPrefix("ok ") == true, "\(r)")
       #expect(!r.stdout.contains("FAIL"), "\(r)")
-      // Said once each: the cubin refused, the stub called twice.
-      #expect(r.stderrLines.count == 2, "\(r)")
-      #expect(r.stderrLines.contains { $0.contains("a cubin (ELF) was given") }, "\(r)")
+      // Said once each: the cubin and the bad text image refused by the device, the stub called twice.
+      #expect(r.stderrLines.count == 3, "\(r)")
+      #expect(r.stderrLines.contains { $0.contains("the device refused a 64-byte elf image") }, "\(r)")
+      #expect(r.stderrLines.contains { $0.contains("text image") && $0.contains("nonsense") }, "\(r)")
       #expect(
         r.stderrLines.contains("vgpu: cuMemCreate is not supported by this virtual GPU (CUDA_ERROR_NOT_SUPPORTED)"),
         "\(r)")
