@@ -535,12 +535,15 @@ func launch(
           function.handle, grid: grid, block: block, sharedMemory: shape.sharedMemory, arguments: params,
           stream: target)
       case (nil, let extra?):
-        guard let buffer = packedBuffer(extra), buffer.count == function.handle.parameterSize else {
+        // The buffer is the parameters laid out as a C struct (cuda.h,
+        // CU_LAUNCH_PARAM_BUFFER_POINTER): its sizeof may add tail padding
+        // past the last parameter, which the kernel does not take.
+        guard let buffer = packedBuffer(extra), buffer.count >= function.handle.parameterSize else {
           return CUDA_ERROR_INVALID_VALUE
         }
         try device.launch(
-          function.handle, grid: grid, block: block, sharedMemory: shape.sharedMemory, parameters: buffer,
-          stream: target)
+          function.handle, grid: grid, block: block, sharedMemory: shape.sharedMemory,
+          parameters: UnsafeRawBufferPointer(rebasing: buffer[..<function.handle.parameterSize]), stream: target)
       case (nil, nil):
         guard function.handle.parameterSize == 0 else { return CUDA_ERROR_INVALID_VALUE }
         try device.launch(

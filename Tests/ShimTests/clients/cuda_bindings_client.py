@@ -3,9 +3,11 @@
 cuda.bindings.driver dlopens libcuda.so.1, takes cuGetProcAddress_v2 and
 resolves every other function through it by name and CUDA version. This
 script initialises, looks at the device, copies random bytes both ways, loads
-a module image naming the built-in vector_add kernel, launches it and checks
-the sums, and reads error names and strings. One "key value" line per fact;
-any failure raises (exit status 1).
+the PTX of Tests/Kernels/vector_add.cu (argv[1]) with cuModuleLoadData,
+launches it with kernelParams and checks the sums, then the fat binary nvcc
+made of it (argv[2]) launched with `extra` (the packed buffer), and reads
+error names and strings. One "key value" line per fact; any failure raises
+(exit status 1).
 """
 import ctypes
 import os
@@ -54,8 +56,10 @@ print("roundtrip", size)
 free, total = check(driver.cuMemGetInfo())
 print("meminfo", free, total)
 
-# A module image naming a built-in kernel; then c = a + b on the device.
-module = check(driver.cuModuleLoadData(b"vgpu-module 1\nkernel vector_add\n\0"))
+# PTX (NUL-terminated, as cuModuleLoadData takes it); then c = a + b on the device.
+with open(sys.argv[1], "rb") as f:
+    ptx = f.read() + b"\0"
+module = check(driver.cuModuleLoadData(ptx))
 function = check(driver.cuModuleGetFunction(module, b"vector_add"))
 n = 4096
 a = [float(i) for i in range(n)]
@@ -82,8 +86,29 @@ bad = [i for i in range(n) if c[i] != a[i] + b[i]]
 assert not bad, f"vector_add wrong at {bad[:5]}"
 print("vector_add", n)
 
-# A PTX image reaches the device, which refuses it until its PTX engine lands.
-err, _ = driver.cuModuleLoadData(b".version 8.0\n.target sm_90\n\0")
+# The fat binary nvcc made (zstd-compressed PTX beside an sm_75 cubin), launched
+# with `extra`: CU_LAUNCH_PARAM_BUFFER_POINTER (1), _SIZE (2), _END (0).
+with open(sys.argv[2], "rb") as f:
+    fatbin = f.read()
+fat_module = check(driver.cuModuleLoadData(fatbin))
+fat_function = check(driver.cuModuleGetFunction(fat_module, b"vector_add"))
+check(driver.cuMemsetD32(dc, 0, n))
+packed = struct.pack("<QQQi4x", int(da), int(db), int(dc), n)
+buffer = ctypes.create_string_buffer(packed, len(packed))
+size_value = ctypes.c_size_t(len(packed))
+extra = (ctypes.c_void_p * 5)(1, ctypes.addressof(buffer), 2, ctypes.addressof(size_value), 0)
+check(driver.cuLaunchKernel(fat_function, (n + 255) // 256, 1, 1, 256, 1, 1, 0, 0, 0, ctypes.addressof(extra)))
+check(driver.cuCtxSynchronize())
+check(driver.cuMemcpyDtoH(out, dc, 4 * n))
+c = struct.unpack(f"{n}f", bytes(out))
+bad = [i for i in range(n) if c[i] != a[i] + b[i]]
+assert not bad, f"vector_add (fatbin, extra) wrong at {bad[:5]}"
+print("fatbin_extra", n)
+check(driver.cuModuleUnload(fat_module))
+# Text that is not PTX: the device's error, with its line on stderr.
+err, _ = driver.cuModuleLoadData(b".version 8.0\n.target sm_90\n.address_size 64\n.visible .entry k()\n{\n  mov.u32 %r1, ;\n}\n\0")
+if err == driver.CUresult.CUDA_SUCCESS:
+    err = driver.cuModuleGetFunction(_, b"k")[0]
 print("ptx", driver.cuGetErrorName(err)[1].decode())
 err, _ = driver.cuModuleGetFunction(module, b"no_such_kernel")
 print("missing_kernel", driver.cuGetErrorName(err)[1].decode())
