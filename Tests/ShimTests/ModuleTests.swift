@@ -63,7 +63,9 @@ import Testing
       #expect(r.status == 0, "\(r)")
       // 0 for every image with PTX; 209 (CUDA_ERROR_NO_BINARY_FOR_GPU) from
       // the device for the cubin; 200 here for the garbage and the truncated file.
-      let status = ["data": 0, "ex": 209, "fatbin": 0, "wrapper": 0, "library": 0, "file": 0, "libfile": 209, "garbage": 200]
+      let status = [
+        "data": 0, "ex": 209, "fatbin": 0, "wrapper": 0, "library": 0, "file": 0, "libfile": 209, "garbage": 200,
+      ]
       var expected: [String] = []
       for (i, (mode, _)) in cases.enumerated() {
         expected += ["\(mode) \(i == cases.count - 1 ? 200 : status[mode]!)", "next 0"]
@@ -78,6 +80,30 @@ import Testing
       let local = r.stderrLines.filter { $0.contains("CUDA_ERROR_INVALID_IMAGE); pass a fat binary") }
       #expect(local.count == 1 && local[0].contains("not a fatbin wrapper"), "\(r)")
       #expect(r.stderrLines.count == refused.count + 1, "\(r)")
+    }
+  }
+
+  /// Kernels' printf lines reach stdout at the next synchronization, and an
+  /// illegal address (700) is sticky: later calls needing the context fail too.
+  @Test func printfAtSynchronizationAndStickyErrors() throws {
+    try CUDAClient.requireShims()
+    let program = try CUDAClient.program("printf_sticky", linked: true)
+    let printfPTX = try CUDAToolchain.nvcc(
+      source: CUDAToolchain.kernels.appendingPathComponent("printf.cu"), output: .ptx)
+    let oobPTX = try CUDAToolchain.nvcc(
+      source: CUDAToolchain.kernels.appendingPathComponent("out_of_bounds.cu"), output: .ptx)
+    try CUDATarget.mediator { device, _ in
+      let r = try CUDAClient.run(program.path, [printfPTX.path, oobPTX.path], device: device)
+      #expect(r.status == 0, "\(r)")
+      let synced = try #require(r.lines.firstIndex(of: "synced"), "\(r)")
+      #expect(
+        r.lines[..<synced].sorted() == [
+          "thread 0 value 1.500000", "thread 1 value -2.000000", "thread 2 value 3.250000",
+        ],
+        "\(r)")
+      #expect(r.lines.last == "ok", "\(r)")
+      // One line says what failed and where.
+      #expect(r.stderr.contains("illegal address"), "\(r)")
     }
   }
 

@@ -191,6 +191,43 @@ import VGPUProtocol
     #expect(h.send(processes(h.staging(), 128 << 10)).status == 0)  // the whole window
   }
 
+  /// moduleUpload (2.0): the sizes it takes, chunks inside the image, uploads
+  /// per process, and a load that finds chunks missing.
+  @Test func moduleUploads() throws {
+    let h = try Harness()
+    h.claim(0)
+    h.claim(1, pid: 2000)
+    let ptx = Array(".version 8.0\n.target sm_75\n.address_size 64\n.visible .entry k()\n{\n  ret;\n}\n".utf8)
+    h.stage(ptx)
+    let len = UInt64(ptx.count)
+    func upload(_ handle: UInt64, _ offset: UInt64, _ length: UInt64, total: UInt64 = 0, qp: Int = 0) -> SubmissionEntry
+    {
+      Command.ModuleUpload(upload: handle, staging: h.staging(qp), length: length, offset: offset, totalLength: total)
+        .entry
+    }
+    h.expect(upload(0, 0, 1, total: 0), .invalidValue, detail: 5)
+    h.expect(upload(0, 0, 1, total: Command.ModuleUpload.maximumImageBytes + 1), .invalidValue, detail: 5)
+    // Start an upload twice the image's size and send only its first half.
+    let first = h.send(upload(0, 0, len, total: 2 * len))
+    #expect(first.status == 0 && first.result0 == len)
+    let handle = first.result1
+    h.expect(upload(handle, 2 * len - 1, 2), .invalidValue, detail: 4)  // past the end
+    h.expect(upload(handle, UInt64.max, 2), .invalidValue, detail: 4)
+    h.expect(upload(handle, 0, 1, qp: 1), .permissionDenied, detail: 1, on: 1)  // another process's upload
+    h.expect(upload(0x7777, 0, 1), .invalidHandle, detail: 1)
+    // Loading with a half missing: refused, and the upload is gone.
+    h.expect(Command.ModuleLoad(upload: handle).entry, .invalidImage, detail: 1)
+    h.expect(Command.ModuleLoad(upload: handle).entry, .invalidHandle, detail: 1)
+    // A whole upload, in two chunks out of order, loads.
+    let half = Int(len) / 2
+    h.stage(Array(ptx[half...]))
+    let second = h.send(upload(0, UInt64(half), len - UInt64(half), total: len)).result1
+    h.stage(Array(ptx[..<half]))
+    #expect(h.send(upload(second, 0, UInt64(half))).status == 0)
+    let loaded = h.send(Command.ModuleLoad(upload: second).entry)
+    #expect(loaded.status == 0 && loaded.result0 != 0)
+  }
+
   /// 2.0 answers statuses a 1.x guest would take for a device bug: such a
   /// guest is refused at identify, before anything else.
   @Test func aVersion1GuestIsRefused() throws {
