@@ -68,7 +68,7 @@ let package = Package(
     .executableTarget(
       name: "vgpu-bench",
       dependencies: [
-        "BenchKit", "VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "CSupport", "MallocCounter",
+        "BenchKit", "VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "CSupport", "MallocCounter", "PTX",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),

@@ -408,6 +408,24 @@ extension Suite {
         .joined(separator: "; "),
         // "No CPU": under 0.1% (a wake-up per sleep slice costs microseconds).
         met: idle.isEmpty || idle.contains { $0.value == nil } ? nil : idle.allSatisfy { $0.value! < 0.1 }))
+    let engine = report.figures.filter { $0.name.hasPrefix("thread-instr/s per core") }
+    report.targets.append(
+      TargetCheck(
+        target: "PTX engine at least 5e7 thread-instructions/s per core through the mediator",
+        measured: engine.map {
+          "\($0.name.replacingOccurrences(of: "thread-instr/s per core: ", with: "")): \($0.value.map { String(format: "%.3g", $0) } ?? "n/a")"
+        }
+        .joined(separator: "; "),
+        met: engine.isEmpty || engine.contains { $0.value == nil }
+          ? nil : engine.allSatisfy { $0.value! >= Self.engineTarget }))
+    let e50 = cmp("empty kernel launch round trip p50", 0)
+    let e99 = cmp("empty kernel launch round trip p99", 0)
+    report.targets.append(
+      TargetCheck(
+        target: "empty kernel launch round trip within 3× the NOP round trip (p50)",
+        measured:
+          "p50 \(x(e50?.ratio)) (\(format(fig("empty kernel launch round trip p50")?.value, "ns")) vs \(format(e50?.value, "ns"))), p99 \(x(e99?.ratio)) of the interleaved NOP's; a NOP far above its usual few hundred ns means a busy machine and a meaningless ratio",
+        met: e50?.ratio.map { $0 <= 3 }))
   }
 }
 

@@ -111,6 +111,8 @@ struct Report: Codable {
             + pad(c.ratio.map { String(format: "%.3g×", $0) } ?? "n/a", 9)
             + (c.advantage.map { String(format: "%.3g× %@", $0, $0 >= 1 ? "better" : "worse") } ?? ""))
       }
+      // A figure with baselines keeps its note too (what it is, its target), on a line of its own.
+      if !f.comparisons.isEmpty, let note = f.note { lines.append(pad("", 4) + "(\(note))") }
     }
     lines.append("")
     lines.append("== targets (issue 7)")
@@ -150,6 +152,7 @@ func format(_ v: Double?, _ unit: String) -> String {
     return v >= 1e6 ? String(format: "%.2f M/s", v / 1e6) : String(format: "%.1f k/s", v / 1e3)
   case "GB/s": return String(format: "%.2f GB/s", v)
   case "ms": return String(format: "%.2f ms", v)
+  case "instr/s": return String(format: "%.1f M/s", v / 1e6)
   default: return String(format: "%.4g %@", v, unit)
   }
 }

@@ -49,7 +49,7 @@ final class Suite {
   let options: SuiteOptions
   let plan: Plan
   var report: Report
-  let progress = Progress(total: 11)
+  let progress = Progress(total: 14)
   var mediator: Process?
   var barPath = ""
   var socketPath = ""
@@ -186,6 +186,9 @@ final class Suite {
 
     progress.begin("heap allocations per command (malloc counter)")
     measureAllocations(device)
+
+    // The PTX engine: kernels, an empty launch and module loads through the mediator.
+    measureEngine(vgpuSpec)
 
     // Discovery and the two-client cases need queue pairs: give ours back.
     device.device.close()

@@ -25,6 +25,12 @@ struct VGPUBench: ParsableCommand {
         bandwidth    H2D, D2H, D2D from 4 KiB to --max-size (×4 steps)
         efficiency   heap allocations per command (a malloc counter linked in); \
       instructions per NOP (valgrind --tool=callgrind, N and 2N NOPs)
+        engine       the PTX engine through the mediator: thread-instructions/s per \
+      core on vector add (1M), tiled matmul (128×128) and a shuffle + barrier reduction \
+      (1M), from Tests/Kernels compiled by NVRTC 12.9 in .venv (tools/setup; n/a \
+      without it), checked against the CPU, vs the same PTX in-process; empty kernel \
+      launch p50 / p99 vs NOPs interleaved; module load of 1 MiB and 100 MiB \
+      synthetic fat binaries vs an H2D copy of as many bytes
         discovery    cuInit .. cuDeviceTotalMem_v2 through libcuda.so.1 in a fresh \
       process vs an empty C program (cc builds both)
         two clients  the same cases with two client processes at once
@@ -36,7 +42,8 @@ struct VGPUBench: ParsableCommand {
 
       Writes OUT/report.json, OUT/plot.svg (and OUT/plot.png when rsvg-convert is \
       installed) and prints the table. A full run takes a few minutes; --quick takes \
-      few samples and small sizes and skips callgrind (for tests, not for numbers).
+      few samples and small sizes (engine: 64K elements, 64×64, 1 and 16 MiB images) \
+      and skips callgrind (for tests, not for numbers).
 
       Exit status: 0 when every case was measured (targets met or not), 1 when \
       something could not be measured (the problems are listed), 2 on a bad command line.

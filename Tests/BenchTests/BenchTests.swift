@@ -37,6 +37,14 @@ import Testing
       "H2D 64 MiB, 2 clients (sum)", "idle mediator: CPU", "idle client (device open, no calls): CPU",
     ]
     for name in expected { #expect(names.contains(name), "missing case \(name)") }
+    // The engine section (names carry the quick run's sizes).
+    for prefix in [
+      "thread-instr/s per core: vector add", "thread-instr/s per core: tiled matmul",
+      "thread-instr/s per core: shuffle+barrier reduce", "empty kernel launch round trip p50",
+      "empty kernel launch round trip p99", "module load, 1 MiB fat binary", "module load, 16 MiB fat binary",
+    ] {
+      #expect(names.contains { $0.hasPrefix(prefix) }, "missing case \(prefix)")
+    }
     // Every figure measured with its baseline has a ratio. (With --quick, a few
     // baselines are sizes the quick sweep skips, such as one client's 64 MiB copy.)
     for f in figures where f["value"] is Double {
@@ -45,7 +53,7 @@ import Testing
       }
     }
     let targets = try #require(report["targets"] as? [[String: Any]])
-    #expect(targets.count == 9)
+    #expect(targets.count == 11)
     let latency = try #require(report["latency"] as? [String: [Double]])
     #expect(latency["vGPU NOP"]?.isEmpty == false)
     #expect(latency["ping-pong (shm, 2 processes)"]?.isEmpty == false)
