@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Darwin)
@@ -64,6 +66,31 @@ public struct PTXLaunchStats: Sendable {
   public var instructions: UInt64
 }
 
+/// A kernel's launch-invariant tables (see `PTXModule.plan`); read-only
+/// once built, so concurrent launches share it.
+final class LaunchPlan: @unchecked Sendable {
+  let info: PTXKernelInfo
+  let root: Int
+  let funcs: UnsafeMutablePointer<FuncRT>
+  var templates: [UnsafeMutablePointer<UInt64>] = []
+  let stack: (localBytes: Int, frameSlots: Int)
+  let dynamicBase: Int
+  init(
+    info: PTXKernelInfo, root: Int, funcs: UnsafeMutablePointer<FuncRT>, stack: (localBytes: Int, frameSlots: Int),
+    dynamicBase: Int
+  ) {
+    self.info = info
+    self.root = root
+    self.funcs = funcs
+    self.stack = stack
+    self.dynamicBase = dynamicBase
+  }
+  deinit {
+    for t in templates { t.deallocate() }
+    funcs.deallocate()
+  }
+}
+
 struct FuncRT {
   var code: UnsafeMutablePointer<Instr>
   var slots: Int
@@ -81,8 +108,8 @@ extension PTXModule {
     kernel: String, grid: PTXDim3, block: PTXDim3, dynamicSharedBytes: Int = 0, parameters: UnsafeRawBufferPointer,
     memory: any PTXGlobalMemory, options: PTXLaunchOptions = PTXLaunchOptions()
   ) throws(PTXError) -> PTXLaunchStats {
-    let info = try self.kernel(named: kernel)
-    let (root, _) = try lowered(kernel)
+    let plan = try self.plan(kernel)
+    let info = plan.info
     guard block.count > 0, block.count <= 1024, grid.count > 0, block.z <= 64 else {
       throw .launchFailed(kernel: kernel, reason: "invalid launch geometry grid \(grid) block \(block)")
     }
@@ -91,42 +118,10 @@ extension PTXModule {
         kernel: kernel,
         reason: "parameter buffer has \(parameters.count) bytes, the kernel needs \(info.parameterBytes)")
     }
-    let reach = try reachable(root)
-    let layout = sharedLayout(reach)
-    let stack = stackNeeds(root)
-    let sharedBytes = layout.dynamicBase + max(0, dynamicSharedBytes)
-
-    // Per-function tables and register templates: constants, symbol addresses.
-    let funcs = UnsafeMutablePointer<FuncRT>.allocate(capacity: functions.count)
-    var templates: [UnsafeMutablePointer<UInt64>] = []
-    defer {
-      for t in templates { t.deallocate() }
-      funcs.deallocate()
-    }
-    for i in 0..<functions.count {
-      guard reach.contains(i), case .success(let f) = functions[i] else {
-        funcs[i] = FuncRT(
-          code: UnsafeMutablePointer(bitPattern: 8)!, slots: 0, frameSlots: 0, localBytes: 0,
-          template: UnsafeMutablePointer(bitPattern: 8)!, extraPointer: UnsafeMutablePointer(bitPattern: 8)!)
-        continue
-      }
-      let t = UnsafeMutablePointer<UInt64>.allocate(capacity: f.slots)
-      t.initialize(repeating: 0, count: f.slots)
-      templates.append(t)
-      for (slot, source) in f.constants {
-        switch source {
-        case .value(let v): t[Int(slot)] = v
-        case .global(let g, let off):
-          guard let a = addresses[g] else { throw .unboundSymbol(name: globals[g].name) }
-          t[Int(slot)] = a &+ UInt64(bitPattern: off)
-        case .shared(let s, let off, let generic):
-          t[Int(slot)] = (layout.offsets[s] ?? 0) &+ UInt64(bitPattern: off) &+ (generic ? Memory.sharedWindow : 0)
-        }
-      }
-      funcs[i] = FuncRT(
-        code: f.code, slots: f.slots, frameSlots: f.frameSlots, localBytes: (f.localBytes + 15) / 16 * 16, template: t,
-        extraPointer: f.extra)
-    }
+    let root = plan.root
+    let funcs = plan.funcs
+    let stack = plan.stack
+    let sharedBytes = plan.dynamicBase + max(0, dynamicSharedBytes)
 
     var runner = BlockRunner(
       kernel: kernel, module: self, funcs: funcs, root: root, block: block, grid: grid,
@@ -143,6 +138,54 @@ extension PTXModule {
       }
     }
     return PTXLaunchStats(instructions: runner.executed)
+  }
+
+  /// What a launch of `kernel` needs that does not change between launches:
+  /// its metadata, the functions it reaches with their register templates
+  /// (constants and symbol addresses), the shared-memory layout and stack
+  /// needs. Built at the first launch (after `bind`) and kept, so a small
+  /// launch does not pay for it again.
+  func plan(_ kernel: String) throws(PTXError) -> LaunchPlan {
+    if let p = plans.withLock({ $0[kernel] }) { return p }
+    let info = try self.kernel(named: kernel)
+    let (root, _) = try lowered(kernel)
+    let reach = try reachable(root)
+    let layout = sharedLayout(reach)
+    let stack = stackNeeds(root)
+    let funcs = UnsafeMutablePointer<FuncRT>.allocate(capacity: functions.count)
+    var templates: [UnsafeMutablePointer<UInt64>] = []
+    let plan = LaunchPlan(
+      info: info, root: root, funcs: funcs, stack: stack, dynamicBase: layout.dynamicBase)
+    for i in 0..<functions.count {
+      guard reach.contains(i), case .success(let f) = functions[i] else {
+        funcs[i] = FuncRT(
+          code: UnsafeMutablePointer(bitPattern: 8)!, slots: 0, frameSlots: 0, localBytes: 0,
+          template: UnsafeMutablePointer(bitPattern: 8)!, extraPointer: UnsafeMutablePointer(bitPattern: 8)!)
+        continue
+      }
+      let t = UnsafeMutablePointer<UInt64>.allocate(capacity: f.slots)
+      t.initialize(repeating: 0, count: f.slots)
+      templates.append(t)
+      plan.templates = templates
+      for (slot, source) in f.constants {
+        switch source {
+        case .value(let v): t[Int(slot)] = v
+        case .global(let g, let off):
+          guard let a = addresses[g] else { throw .unboundSymbol(name: globals[g].name) }
+          t[Int(slot)] = a &+ UInt64(bitPattern: off)
+        case .shared(let s, let off, let generic):
+          t[Int(slot)] = (layout.offsets[s] ?? 0) &+ UInt64(bitPattern: off) &+ (generic ? Memory.sharedWindow : 0)
+        }
+      }
+      funcs[i] = FuncRT(
+        code: f.code, slots: f.slots, frameSlots: f.frameSlots, localBytes: (f.localBytes + 15) / 16 * 16, template: t,
+        extraPointer: f.extra)
+    }
+    return plans.withLock { p in
+      if let existing = p[kernel] { return existing }  // built meanwhile by another launch
+      p[kernel] = plan
+      return plan
+    }
   }
 
   /// Convenience overload taking the parameter buffer as bytes.

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Name tables shared by every function's lowering.
 struct ModuleContext {
   var globalIndex: [String: Int] = [:]
@@ -92,6 +94,8 @@ public final class PTXModule: @unchecked Sendable {
   let functionNames: [String: Int]
   let shared: [SharedVar]
   var addresses: [UInt64?]
+  /// Per kernel, what its launches share (built at the first launch).
+  let plans = Mutex<[String: LaunchPlan]>([:])
   let entryLayouts: [String: (params: [PTXParameter], bytes: Int)]
 
   /// Parses and lowers PTX text. Throws only for module-level errors; a function whose body is
@@ -228,6 +232,7 @@ public final class PTXModule: @unchecked Sendable {
   /// loading and before the first launch; kernels that use an unbound global fail to launch.
   public func bind(globalAddresses: [String: UInt64]) {
     for (i, g) in globals.enumerated() { addresses[i] = globalAddresses[g.name] }
+    plans.withLock { $0.removeAll() }  // their templates hold the old addresses
   }
 
   /// The device address bound to a global, if any.
