@@ -68,7 +68,7 @@ let package = Package(
     .executableTarget(
       name: "vgpu-bench",
       dependencies: [
-        "BenchKit", "VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "CSupport", "MallocCounter", "PTX",
+        "BenchKit", "VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "CSupport", "MallocCounter", "PTX", "NVRTC",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
@@ -90,11 +90,13 @@ let package = Package(
     ),
     // The PTX engine: parser, lowering and interpreter for the reference device. Depends on nothing here.
     .target(name: "PTX"),
-    .testTarget(name: "PTXTests", dependencies: ["PTX"]),
+    .testTarget(name: "PTXTests", dependencies: ["PTX", "NVRTC"]),
     // Thread-instructions per second on vector add: `swift run -c release ptx-bench`.
     .executableTarget(name: "ptx-bench", dependencies: ["PTX"], path: "Tests/PTXBench"),
     // Helpers shared by the test targets.
-    .target(name: "TestSupport", dependencies: ["VGPUProtocol"], path: "Tests/TestSupport"),
+    .target(name: "TestSupport", dependencies: ["VGPUProtocol", "NVRTC"], path: "Tests/TestSupport"),
+    // NVRTC 12.9 from .venv through dlopen: the tests and the benchmark compile the project's CUDA with it.
+    .target(name: "NVRTC"),
     // The project's CUDA corpus (Tests/Kernels/*.cu) built by nvcc 13.5 and NVRTC 12.9 from .venv.
     .testTarget(name: "KernelCorpusTests", dependencies: ["TestSupport", "FatBinary"]),
     // Fat binaries and the module image sizer, on images nvcc builds at test time and on garbage.

@@ -1,5 +1,6 @@
 import BenchKit
 import Foundation
+import NVRTC
 import PTX
 import VGPU
 import VGPUProtocol
@@ -60,7 +61,7 @@ extension Suite {
     }
     defer { device.close() }
 
-    let nvrtc: Result<BenchNVRTC, Error> = Result { try BenchNVRTC.load() }
+    let nvrtc: Result<NVRTC, NVRTC.Failure> = Result { () throws(NVRTC.Failure) in try NVRTC.load() }
     let sources = kernelSources()
     func compile(_ file: String) throws -> String {
       let api = try nvrtc.get()
@@ -68,7 +69,7 @@ extension Suite {
         throw BenchError("Tests/Kernels not found above \(selfExecutable) or the working directory")
       }
       let url = sources.appendingPathComponent(file)
-      return try api.ptx(source: try String(contentsOf: url, encoding: .utf8), name: file)
+      return try api.ptx(try String(contentsOf: url, encoding: .utf8), name: file)
     }
 
     progress.begin("engine: PTX thread-instructions/s (vector add, tiled matmul, shuffle reduction)")
@@ -101,7 +102,7 @@ extension Suite {
 
     progress.begin("engine: empty kernel launch round trip against NOPs (interleaved)")
     measureEmptyLaunch(
-      device, ptx: try? nvrtc.get().ptx(source: "extern \"C\" __global__ void empty() {}", name: "empty.cu"))
+      device, ptx: try? nvrtc.get().ptx("extern \"C\" __global__ void empty() {}", name: "empty.cu"))
 
     progress.begin("engine: module load of large fat binaries against H2D copies")
     measureModuleLoads(device, ptx: vectorAddPTX)

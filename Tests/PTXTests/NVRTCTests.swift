@@ -1,3 +1,4 @@
+import NVRTC
 import PTX
 import Testing
 
@@ -5,73 +6,17 @@ import Testing
   import Glibc
 #endif
 
-/// Compiles CUDA C++ with NVRTC 12.9 from `.venv` (pip `nvidia-cuda-nvrtc-cu12==12.9.86`) at test
-/// time and runs the PTX it emits. Skipped, with the reason printed, when the library is absent.
-enum NVRTC {
-  typealias Create =
-    @convention(c) (
-      UnsafeMutablePointer<OpaquePointer?>, UnsafePointer<CChar>, UnsafePointer<CChar>?, Int32,
-      UnsafePointer<UnsafePointer<CChar>?>?, UnsafePointer<UnsafePointer<CChar>?>?
-    ) -> Int32
-  typealias Compile = @convention(c) (OpaquePointer?, Int32, UnsafePointer<UnsafePointer<CChar>?>?) -> Int32
-  typealias Size = @convention(c) (OpaquePointer?, UnsafeMutablePointer<Int>) -> Int32
-  typealias Get = @convention(c) (OpaquePointer?, UnsafeMutablePointer<CChar>) -> Int32
-
-  nonisolated(unsafe) static let handle: UnsafeMutableRawPointer? = {
-    let root = URLlessPath.packageRoot + "/.venv/lib"
-    guard let dir = opendir(root) else { return nil }
-    defer { closedir(dir) }
-    while let e = readdir(dir) {
-      let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-      guard name.hasPrefix("python3") else { continue }
-      let path = "\(root)/\(name)/site-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so.12"
-      if let h = dlopen(path, RTLD_NOW) { return h }
-    }
-    return nil
-  }()
-
-  static func ptx(_ source: String) throws -> String {
-    let h = handle!
-    let create = unsafeBitCast(dlsym(h, "nvrtcCreateProgram"), to: Create.self)
-    let compile = unsafeBitCast(dlsym(h, "nvrtcCompileProgram"), to: Compile.self)
-    let size = unsafeBitCast(dlsym(h, "nvrtcGetPTXSize"), to: Size.self)
-    let get = unsafeBitCast(dlsym(h, "nvrtcGetPTX"), to: Get.self)
-    let logSize = unsafeBitCast(dlsym(h, "nvrtcGetProgramLogSize"), to: Size.self)
-    let getLog = unsafeBitCast(dlsym(h, "nvrtcGetProgramLog"), to: Get.self)
-    var prog: OpaquePointer?
-    guard create(&prog, source, "test.cu", 0, nil, nil) == 0 else { throw NVRTCError(log: "create failed") }
-    let arch = strdup("-arch=compute_75")!
-    defer { free(arch) }
-    var opts: [UnsafePointer<CChar>?] = [UnsafePointer(arch)]
-    if compile(prog, 1, &opts) != 0 {
-      var n = 0
-      _ = logSize(prog, &n)
-      var log = [CChar](repeating: 0, count: n + 1)
-      _ = getLog(prog, &log)
-      throw NVRTCError(log: String(cString: log))
-    }
-    var n = 0
-    _ = size(prog, &n)
-    var buf = [CChar](repeating: 0, count: n + 1)
-    _ = get(prog, &buf)
-    return String(cString: buf)
-  }
-}
-
-struct NVRTCError: Error { var log: String }
-
-enum URLlessPath {
-  /// The package root, from this file's path (Tests/PTXTests/NVRTCTests.swift).
-  static let packageRoot: String = {
-    var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    return parts.joined(separator: "/")
-  }()
+/// NVRTC 12.9 from `.venv` (pip `nvidia-cuda-nvrtc-cu12==12.9.86`): CUDA C++
+/// compiled at test time, its PTX run here. Skipped, with the reason
+/// printed, when the library is absent.
+enum Compiler {
+  static let nvrtc: NVRTC? = try? NVRTC.load()
+  static func ptx(_ source: String) throws -> String { try nvrtc!.ptx(source, name: "test.cu") }
 }
 
 @Suite(
   .enabled(
-    if: NVRTC.handle != nil
+    if: Compiler.nvrtc != nil
       || {
         print("NVRTC tests skipped: libnvrtc.so.12 not found under .venv")
         return false
@@ -134,8 +79,8 @@ struct NVRTCTests {
 
   @Test func compiledKernelsRun() throws {
     let ptx: String
-    do { ptx = try NVRTC.ptx(Self.source) } catch let e as NVRTCError {
-      Issue.record("NVRTC failed: \(e.log)")
+    do { ptx = try Compiler.ptx(Self.source) } catch let e as NVRTC.Failure {
+      Issue.record("NVRTC failed: \(e)")
       return
     }
     let module = try PTXModule(source: ptx)

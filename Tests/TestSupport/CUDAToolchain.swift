@@ -1,4 +1,5 @@
 import Foundation
+import NVRTC
 import Synchronization
 
 #if canImport(Glibc)
@@ -159,45 +160,16 @@ public enum CUDAToolchain {
   public static func nvrtc(source: String, name: String = "kernel.cu", target: NVRTCTarget, options: [String] = [])
     throws -> [UInt8]
   {
-    let api = try NVRTC.shared()
-    var program: OpaquePointer?
-    try api.check(api.createProgram(&program, source, name, 0, nil, nil), "nvrtcCreateProgram(\(name))")
-    defer { _ = api.destroyProgram(&program) }
-    let arch: String
-    switch target {
-    case .ptx(let compute): arch = "-arch=compute_\(compute)"
-    case .cubin(let sm): arch = "-arch=sm_\(sm)"
-    }
-    let all = [arch] + options
-    var cStrings = all.map { strdup($0) }
-    defer { cStrings.forEach { free($0) } }
-    let compiled = cStrings.withUnsafeMutableBufferPointer { buffer in
-      buffer.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buffer.count) {
-        api.compileProgram(program, Int32(buffer.count), $0)
+    let path = try nvidiaPackages().appendingPathComponent("cuda_nvrtc/lib/libnvrtc.so.12").path
+    do {
+      let api = try NVRTC.load(path: path)
+      switch target {
+      case .ptx(let compute):
+        return try api.compile(source, name: name, target: .ptx(compute: compute), options: options)
+      case .cubin(let sm): return try api.compile(source, name: name, target: .cubin(sm: sm), options: options)
       }
-    }
-    var logSize = 0
-    _ = api.getProgramLogSize(program, &logSize)
-    var log = [CChar](repeating: 0, count: max(logSize, 1))
-    _ = api.getProgramLog(program, &log)
-    let logText = String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    guard compiled == 0 else {
-      throw CUDAToolchainError(
-        "NVRTC 12.9 could not compile \(name) with \(all.joined(separator: " ")): \(api.errorString(compiled))\n\(logText)"
-      )
-    }
-    var size = 0
-    switch target {
-    case .ptx:
-      try api.check(api.getPTXSize(program, &size), "nvrtcGetPTXSize")
-      var ptx = [CChar](repeating: 0, count: size)
-      try api.check(api.getPTX(program, &ptx), "nvrtcGetPTX")
-      return ptx.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
-    case .cubin:
-      try api.check(api.getCUBINSize(program, &size), "nvrtcGetCUBINSize")
-      var cubin = [CChar](repeating: 0, count: size)
-      try api.check(api.getCUBIN(program, &cubin), "nvrtcGetCUBIN")
-      return cubin.map { UInt8(bitPattern: $0) }
+    } catch {
+      throw CUDAToolchainError(error.description)
     }
   }
 
@@ -251,77 +223,4 @@ public enum CUDAToolchain {
 public struct CUDAToolchainError: Error, CustomStringConvertible {
   public var description: String
   public init(_ description: String) { self.description = description }
-}
-
-/// The NVRTC 12.9 entry points, resolved once from libnvrtc.so.12 (nvrtc.h).
-struct NVRTC: @unchecked Sendable {
-  typealias CreateProgram =
-    @convention(c) (
-      UnsafeMutablePointer<OpaquePointer?>, UnsafePointer<CChar>, UnsafePointer<CChar>?, Int32,
-      UnsafePointer<UnsafePointer<CChar>?>?, UnsafePointer<UnsafePointer<CChar>?>?
-    ) -> Int32
-  typealias CompileProgram = @convention(c) (OpaquePointer?, Int32, UnsafePointer<UnsafePointer<CChar>?>?) -> Int32
-  typealias GetSize = @convention(c) (OpaquePointer?, UnsafeMutablePointer<Int>) -> Int32
-  typealias GetBytes = @convention(c) (OpaquePointer?, UnsafeMutablePointer<CChar>) -> Int32
-  typealias DestroyProgram = @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> Int32
-  typealias ErrorString = @convention(c) (Int32) -> UnsafePointer<CChar>?
-
-  let createProgram: CreateProgram
-  let compileProgram: CompileProgram
-  let getProgramLogSize: GetSize
-  let getProgramLog: GetBytes
-  let getPTXSize: GetSize
-  let getPTX: GetBytes
-  let getCUBINSize: GetSize
-  let getCUBIN: GetBytes
-  let destroyProgram: DestroyProgram
-  let errorStringFunction: ErrorString
-
-  static let loaded = Mutex<Result<NVRTC, CUDAToolchainError>?>(nil)
-
-  static func shared() throws -> NVRTC {
-    try loaded.withLock { state in
-      if state == nil { state = Result { () throws(CUDAToolchainError) in try load() } }
-      return try state!.get()
-    }
-  }
-
-  static func load() throws(CUDAToolchainError) -> NVRTC {
-    let path: String
-    do {
-      path = try CUDAToolchain.nvidiaPackages().appendingPathComponent("cuda_nvrtc/lib/libnvrtc.so.12").path
-    } catch {
-      throw error as? CUDAToolchainError ?? CUDAToolchainError("\(error)")
-    }
-    guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
-      let reason = dlerror().map { String(cString: $0) } ?? "unknown"
-      throw CUDAToolchainError(
-        "cannot load NVRTC 12.9 (\(path)): \(reason); run tools/setup (nvidia-cuda-nvrtc-cu12==12.9.86)")
-    }
-    func symbol<T>(_ name: String, _: T.Type) throws(CUDAToolchainError) -> T {
-      guard let p = dlsym(handle, name) else {
-        throw CUDAToolchainError("\(path) has no \(name): not NVRTC 12.x?")
-      }
-      return unsafeBitCast(p, to: T.self)
-    }
-    return NVRTC(
-      createProgram: try symbol("nvrtcCreateProgram", CreateProgram.self),
-      compileProgram: try symbol("nvrtcCompileProgram", CompileProgram.self),
-      getProgramLogSize: try symbol("nvrtcGetProgramLogSize", GetSize.self),
-      getProgramLog: try symbol("nvrtcGetProgramLog", GetBytes.self),
-      getPTXSize: try symbol("nvrtcGetPTXSize", GetSize.self),
-      getPTX: try symbol("nvrtcGetPTX", GetBytes.self),
-      getCUBINSize: try symbol("nvrtcGetCUBINSize", GetSize.self),
-      getCUBIN: try symbol("nvrtcGetCUBIN", GetBytes.self),
-      destroyProgram: try symbol("nvrtcDestroyProgram", DestroyProgram.self),
-      errorStringFunction: try symbol("nvrtcGetErrorString", ErrorString.self))
-  }
-
-  func errorString(_ result: Int32) -> String {
-    "\(errorStringFunction(result).map { String(cString: $0) } ?? "NVRTC error") (\(result))"
-  }
-
-  func check(_ result: Int32, _ what: String) throws {
-    guard result == 0 else { throw CUDAToolchainError("\(what) failed: \(errorString(result))") }
-  }
 }
