@@ -8,7 +8,7 @@ import Testing
 #endif
 
 /// Module images and kernels through libcuda.so.1: the library API on the
-/// device's text image, real images nvcc 13.5 builds at test time (PTX, a
+/// project's PTX (tools/selftest-kernels.cu), real images nvcc 13.5 builds at test time (PTX, a
 /// cubin, fat binaries) sent unchanged to the device, which loads what has
 /// PTX and refuses a bare cubin (209: it runs PTX only) with its own line,
 /// and nvcc-built CUDA programs (static cudart 13) running their kernels.
@@ -16,7 +16,7 @@ import Testing
   /// library_api.c: cuLibraryLoadData → cuLibraryGetKernel → a CUkernel used
   /// as a CUfunction, cuFuncGetParamInfo walked to CUDA_ERROR_INVALID_VALUE,
   /// attributes, occupancy, cuLaunchKernel/Ex/Cooperative, cuLink*.
-  @Test func libraryAPIOnTheTextImage() throws {
+  @Test func libraryAPIOnTheProjectsPTX() throws {
     try CUDAClient.requireShims()
     let program = try CUDAClient.program("library_api", linked: true)
     try CUDATarget.mediator { device, _ in
@@ -63,7 +63,9 @@ import Testing
       #expect(r.status == 0, "\(r)")
       // 0 for every image with PTX; 209 (CUDA_ERROR_NO_BINARY_FOR_GPU) from
       // the device for the cubin; 200 here for the garbage and the truncated file.
-      let status = ["data": 0, "ex": 209, "fatbin": 0, "wrapper": 0, "library": 0, "file": 0, "libfile": 209, "garbage": 200]
+      let status = [
+        "data": 0, "ex": 209, "fatbin": 0, "wrapper": 0, "library": 0, "file": 0, "libfile": 209, "garbage": 200,
+      ]
       var expected: [String] = []
       for (i, (mode, _)) in cases.enumerated() {
         expected += ["\(mode) \(i == cases.count - 1 ? 200 : status[mode]!)", "next 0"]
