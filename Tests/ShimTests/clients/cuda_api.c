@@ -535,7 +535,7 @@ static void *worker(void *arg) {
 static void threads(void) {
   CUmodule m;
   OK(cuCtxGetCurrent(&sharedContext));
-  OK(cuModuleLoadData(&m, "vgpu-module 1\nkernel scale\n"));
+  OK(cuModuleLoadData(&m, image));
   OK(cuModuleGetFunction(&sharedScale, m, "scale"));
   pthread_t t[THREADS];
   for (intptr_t i = 0; i < THREADS; i++) pthread_create(&t[i], NULL, worker, (void *)i);
