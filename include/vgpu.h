@@ -165,8 +165,8 @@ vgpu_status vgpu_copy_device(vgpu_device *dev, vgpu_ptr dst, vgpu_ptr src, size_
  * `value`, as cuMemsetD8 / D16 / D32. */
 vgpu_status vgpu_memset(vgpu_device *dev, vgpu_ptr dst, uint32_t value, size_t element_size, size_t count);
 
-/* Loads a module image of `size` bytes (text: "vgpu-module 1" then "kernel NAME" lines
- * naming built-in kernels; docs/PROTOCOL.md §18); *out receives its handle. */
+/* Loads a module image of `size` bytes: PTX text, a fat binary or a fatbin wrapper's
+ * data, as cuModuleLoadData takes (docs/PROTOCOL.md §18); *out receives its handle. */
 vgpu_status vgpu_module_load(vgpu_device *dev, const void *image, size_t size, vgpu_module *out);
 
 /* Unloads a module. */

@@ -28,7 +28,7 @@ public enum Cases {
     let buffer = try t.allocate(256)
     defer { try? t.free(buffer) }
     let f = try t.loadFill()
-    let parameters = FillKernel.parameters(buffer)
+    let parameters = try FillKernel.parameters(f, buffer)
     return try rate(plan.rateTime, per: 64) { for _ in 0..<64 { try t.launchFill(f, parameters: parameters) } }
   }
 

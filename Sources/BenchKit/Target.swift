@@ -1,5 +1,6 @@
+import SelftestKernels
 import VGPU
-import VGPUDevice
+import VGPUProtocol
 
 /// What a benchmark case drives: the vGPU through its queue pairs, or the
 /// same commands as request/response over a Unix socket (`SocketClient`).
@@ -12,17 +13,31 @@ public protocol BenchTarget: AnyObject {
   func copyIn(_ destination: UInt64, from source: UnsafeRawBufferPointer) throws
   func copyOut(_ source: UInt64, into destination: UnsafeMutableRawBufferPointer) throws
   func copyDevice(_ destination: UInt64, from source: UInt64, count: Int) throws
-  /// Loads the built-in `fill` kernel: what the launch case launches.
+  /// Loads the PTX `fill` kernel (SelftestKernels): what the launch case launches.
   func loadFill() throws -> FunctionHandle
   /// Launches `fill` on one element: the cost of a launch, not of its work.
   func launchFill(_ function: FunctionHandle, parameters: [UInt8]) throws
 }
 
-/// The image of a module holding `fill`, and its parameters for one element at `address`.
+/// The image of a module holding `fill` (the project's PTX, SelftestKernels),
+/// and its parameters for one element at `address`.
 public enum FillKernel {
-  public static let image = Array(ModuleImage.text(kernels: [.fill]).utf8)
-  public static func parameters(_ address: UInt64) -> [UInt8] {
-    BuiltinKernel.pack(.fill, [.pointer(address), .f32(1), .u32(1)])
+  public static let image = Array(SelftestKernels.ptx.utf8)
+  /// `fill(float* dst, float value, unsigned n)` by PTX's rules (each `.param`
+  /// at a multiple of its size): what a function handle without a reported
+  /// layout (the socket's getFunction asks for none) is packed by.
+  public static let layout = ParameterLayout(
+    slots: [ParameterSlot(offset: 0, size: 8), ParameterSlot(offset: 8, size: 4), ParameterSlot(offset: 12, size: 4)],
+    bufferSize: 16)
+
+  /// `dst = address, value = 1, n = 1`, packed by the layout the device
+  /// reported for `function` (else `layout`, when the sizes agree).
+  public static func parameters(_ function: FunctionHandle, _ address: UInt64) throws -> [UInt8] {
+    let l = function.layout ?? layout
+    guard l.bufferSize == function.parameterSize else {
+      throw BenchError("fill takes \(function.parameterSize) bytes of parameters; its layout says \(l.bufferSize)")
+    }
+    return try l.pack([.pointer(address), .f32(1), .u32(1)])
   }
 }
 

@@ -20,12 +20,17 @@ extension BlockRunner {
     var n: UInt64 = 0
     // Checked where a thread can loop (branches, calls, sync points): past
     // `limit`, either the budget is spent or it is time to report progress.
-    var limit = min(budget &- executed, progressInterval)
+    // Both count the launch's instructions, not this thread's: a grid of many
+    // short threads reports progress too.
+    var limit = min(budget &- executed, nextProgress > executed ? nextProgress &- executed : 0)
     func checkpoint() throws(Fault) {
       let remaining = budget &- executed
       if n > remaining { throw .budget }
-      if let progress, !progress() { throw .cancelled }
-      limit = min(remaining, n &+ progressInterval)
+      if executed &+ n >= nextProgress {
+        if let progress, !progress() { throw .cancelled }
+        nextProgress = executed &+ n &+ progressInterval
+      }
+      limit = min(remaining, nextProgress &- executed)
     }
     let localBase = local + t * localBytes
     defer { executed &+= n }
@@ -404,6 +409,8 @@ extension BlockRunner {
         }
       case .ret:
         if r == base {
+          // Short threads that never branch back still count towards progress.
+          if n > limit { try checkpoint() }
           save(Status.exited)
           return
         }
@@ -423,6 +430,7 @@ extension BlockRunner {
         pbase = callerP
         continue
       case .exit:
+        if n > limit { try checkpoint() }
         save(Status.exited)
         return
       case .trap: throw .trap(i.line)

@@ -156,6 +156,8 @@ struct BlockRunner {
   let progress: (() -> Bool)?
   let progressInterval: UInt64
   var executed: UInt64 = 0
+  /// When `executed` reaches this, the next checkpoint calls `progress`.
+  var nextProgress: UInt64
   var ctaid = PTXDim3(0)
   var arrivals = [Int](repeating: 0, count: 16)
   // Last-hit cache of global regions.
@@ -170,6 +172,7 @@ struct BlockRunner {
   ) {
     self.progress = progress
     self.progressInterval = progressInterval
+    nextProgress = progressInterval
     self.kernel = kernel
     self.module = module
     self.funcs = funcs

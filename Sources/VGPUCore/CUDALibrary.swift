@@ -289,7 +289,7 @@ func attribute(_ attribute: Int32, of r: FunctionRecord) -> Int32? {
   case .ptxVersion?: return Int32(info?.ptxVersion ?? 0)
   // The code runs on this device as if built for it: a driver JIT-compiling
   // PTX reports the device's own architecture here, as does this one when
-  // the device reports none (built-in kernels, PTX).
+  // the device reports none (the reference device reports the PTX's .target).
   case .binaryVersion?:
     let v = Int32(info?.binaryVersion ?? 0)
     return v != 0 ? v : deviceBinaryVersion()

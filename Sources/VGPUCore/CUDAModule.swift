@@ -17,8 +17,7 @@ import VGPUProtocol
 // followed to its fatbin, a fat binary's header and files, an ELF's
 // sections, PTX up to its NUL) and sent unchanged: the device judges it and
 // says why when it cannot run it (the device's line comes back in the
-// error). The reference device's text image ("vgpu-module 1\nkernel fill\n",
-// docs/PROTOCOL.md §18) is one more kind, sent without its NUL.
+// error).
 
 /// CU_MODULE_EAGER_LOADING, CU_MODULE_LAZY_LOADING (cuda.h, CUmoduleLoadingMode_enum).
 let CU_MODULE_EAGER_LOADING: Int32 = 1
@@ -57,24 +56,10 @@ let foreignImageReported = Atomic<Bool>(false)
 let refusedImagesReported = Atomic<Int>(0)
 let refusedImagesShown = 8
 
-/// The text image's first word, as bytes.
-let textImageMagic = Array("\(BuiltinModuleImage.magic) ".utf8)
-
-/// The image at `image`, sized by its kind (nil kind: the text image), or
-/// why it cannot be sized (no kind this driver knows, headers that do not add up).
-func moduleImage(at image: UnsafeRawPointer) -> Result<(ModuleImageKind?, UnsafeRawBufferPointer), ModuleImageSizeError>
+/// The image at `image`, sized by its kind, or why it cannot be sized (no
+/// kind this driver knows, headers that do not add up).
+func moduleImage(at image: UnsafeRawPointer) -> Result<(ModuleImageKind, UnsafeRawBufferPointer), ModuleImageSizeError>
 {
-  let p = image.assumingMemoryBound(to: UInt8.self)
-  // Byte by byte, stopping at the first difference (a NUL included).
-  var isText = true
-  for i in 0..<textImageMagic.count where p[i] != textImageMagic[i] {
-    isText = false
-    break
-  }
-  if isText {
-    let n = strnlen(image.assumingMemoryBound(to: CChar.self), ModuleImageLayout.defaultLimit)
-    return .success((nil, UnsafeRawBufferPointer(start: image, count: n)))
-  }
   do throws(ModuleImageSizeError) {
     let extent = try ModuleImageSizer.extent(at: image)
     return .success((extent.kind, extent.bytes))
@@ -86,12 +71,8 @@ func moduleImage(at image: UnsafeRawPointer) -> Result<(ModuleImageKind?, Unsafe
 /// Where the image in `file` (its bytes plus one NUL the caller appended, so
 /// that PTX read from a file is terminated) ends.
 func moduleImage(inFile bytes: UnsafeRawBufferPointer) -> Result<
-  (ModuleImageKind?, UnsafeRawBufferPointer), ModuleImageSizeError
+  (ModuleImageKind, UnsafeRawBufferPointer), ModuleImageSizeError
 > {
-  let data = UnsafeRawBufferPointer(rebasing: bytes.dropLast())
-  if data.count >= textImageMagic.count, zip(data, textImageMagic).allSatisfy({ $0 == $1 }) {
-    return .success((nil, data))
-  }
   do throws(ModuleImageSizeError) {
     let extent = try ModuleImageSizer.extent(of: bytes)
     return .success((extent.kind, extent.bytes))
@@ -104,18 +85,17 @@ func moduleImage(inFile bytes: UnsafeRawBufferPointer) -> Result<
 /// library's image is copied and loaded at its first use (ModuleRecord).
 func loadModule(
   _ call: StaticString, _ module: UnsafeMutablePointer<UnsafeMutableRawPointer?>,
-  _ sized: Result<(ModuleImageKind?, UnsafeRawBufferPointer), ModuleImageSizeError>, library: Bool = false
+  _ sized: Result<(ModuleImageKind, UnsafeRawBufferPointer), ModuleImageSizeError>, library: Bool = false
 ) -> Int32 {
   return withDevice(call) { (device) throws(VGPUError) in
-    let kind: ModuleImageKind?
+    let kind: ModuleImageKind
     let bytes: UnsafeRawBufferPointer
     switch sized {
     case .success(let s): (kind, bytes) = s
     case .failure(let error):
       if ShimRuntime.shared.debug || !foreignImageReported.exchange(true, ordering: .relaxed) {
         ShimRuntime.printLine(
-          "vgpu: \(call): \(error) (CUDA_ERROR_INVALID_IMAGE); pass a fat binary, a cubin, NUL-terminated PTX, or "
-            + "the device's text image (\"vgpu-module 1\\nkernel fill\\n\")")
+          "vgpu: \(call): \(error) (CUDA_ERROR_INVALID_IMAGE); pass a fat binary, a cubin or NUL-terminated PTX")
       }
       return CUDA_ERROR_INVALID_IMAGE
     }
@@ -140,7 +120,7 @@ func loadModule(
 }
 
 /// Sends an image to the device; a refusal is the device's status, with its line on stderr.
-func send(_ call: StaticString, _ device: Device, _ kind: ModuleImageKind?, _ bytes: UnsafeRawBufferPointer)
+func send(_ call: StaticString, _ device: Device, _ kind: ModuleImageKind, _ bytes: UnsafeRawBufferPointer)
   throws(VGPUError) -> Result<ModuleHandle, CUDAError>
 {
   do throws(VGPUError) {
@@ -149,7 +129,7 @@ func send(_ call: StaticString, _ device: Device, _ kind: ModuleImageKind?, _ by
     guard let status = error.status else { throw error }
     if ShimRuntime.shared.debug || refusedImagesReported.add(1, ordering: .relaxed).oldValue < refusedImagesShown {
       ShimRuntime.printLine(
-        "vgpu: \(call): the device refused a \(bytes.count)-byte \(kind.map(\.description) ?? "text") image "
+        "vgpu: \(call): the device refused a \(bytes.count)-byte \(kind) image "
           + "(\(cudaErrorName(status.cudaResult))): \(error)")
     }
     return .failure(CUDAError(status.cudaResult))

@@ -36,7 +36,7 @@ struct ModuleRecord: @unchecked Sendable {
   /// with cuLibraryLoadData when it starts; loading them only when used means
   /// that a program whose kernels the device cannot run still allocates and
   /// copies, and fails where it launches.
-  var pending: (kind: ModuleImageKind?, bytes: [UInt8])?
+  var pending: (kind: ModuleImageKind, bytes: [UInt8])?
   /// The CUresult the first load of `pending` failed with, answered again.
   var failure: Int32 = 0
   /// Functions got from it, by name: CUDA hands out the same CUfunction for

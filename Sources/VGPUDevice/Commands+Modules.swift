@@ -263,15 +263,3 @@ extension Executor {
     return CompletionEntry(status: .success, result0: UInt64(n))
   }
 }
-
-extension ModuleImageError {
-  /// The line at fault (0 when the whole image is), sent back as the completion's detail.
-  var line: Int {
-    switch self {
-    case .tooLarge: 0
-    case .notUTF8(let l), .badMagic(let l, _), .unsupportedVersion(let l, _), .syntax(let l, _),
-      .unknownKernel(let l, _), .duplicateKernel(let l, _, _), .tooManyKernels(let l, _):
-      l
-    }
-  }
-}

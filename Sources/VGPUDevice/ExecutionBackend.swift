@@ -46,8 +46,8 @@ public protocol BackendFunction: AnyObject {
     _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, memory: KernelMemoryView,
     output: inout DeviceOutput, cancelled: borrowing Atomic<Bool>
   ) throws(BackendError)
-  /// Whether launches run on the serving thread (quick Swift kernels) rather
-  /// than on a worker (interpreted PTX, which may run for seconds).
+  /// Whether launches run on the serving thread rather than on a worker
+  /// (interpreted PTX, which may run for seconds, never does).
   var runsInline: Bool { get }
 }
 

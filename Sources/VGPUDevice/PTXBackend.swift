@@ -165,22 +165,3 @@ extension KernelMemoryView: PTXGlobalMemory {
     return PTXMemoryRegion(base: a.address, count: Int(a.size), pointer: a.pointer)
   }
 }
-
-/// The reference device's backend while the built-in text image is still
-/// accepted: an image that starts with "vgpu-module" names built-in
-/// kernels; every other image is PTX, a fat binary or a cubin.
-final class ReferenceBackend: ExecutionBackend {
-  let builtin = BuiltinBackend()
-  let ptx: PTXBackend
-  init(computeCapability: UInt32, instructionBudget: UInt64) {
-    ptx = PTXBackend(computeCapability: computeCapability, instructionBudget: instructionBudget)
-  }
-  var name: String { "PTX interpreter" }
-  func loadModule(_ image: UnsafeRawBufferPointer) throws(BackendError) -> any BackendModule {
-    let magic = BuiltinModuleImage.magic.utf8
-    if image.count >= magic.count && zip(image, magic).allSatisfy({ $0 == $1 }) {
-      return try builtin.loadModule(image)
-    }
-    return try ptx.loadModule(image)
-  }
-}

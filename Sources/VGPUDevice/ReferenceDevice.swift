@@ -96,7 +96,7 @@ public final class ReferenceDevice: @unchecked Sendable {
     registers = RegisterBlock(self.region.base)
     executor = Executor(
       base: self.region.base, layout: layout, memory: memory, registers: registers,
-      backend: ReferenceBackend(
+      backend: PTXBackend(
         computeCapability: configuration.computeCapability.major * 10 + configuration.computeCapability.minor,
         instructionBudget: configuration.kernelInstructionBudget))
 

@@ -67,13 +67,3 @@ extension Executor {
     return base + Int(address)
   }
 }
-
-/// Kernel memory: device addresses checked against the launching process's allocations.
-struct ResolvingMemory: KernelMemory {
-  unowned(unsafe) let executor: Executor
-  let pid: UInt32
-
-  func resolve(_ address: UInt64, byteCount: UInt64) -> UnsafeMutableRawPointer? {
-    try? executor.deviceRange(address, byteCount, pid: pid, argument: 0)
-  }
-}

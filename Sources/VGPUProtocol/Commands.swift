@@ -647,12 +647,3 @@ public struct ParameterLayout: Equatable, Sendable {
     return (info, ParameterLayout(slots: slots, bufferSize: Int(info.parameterBytes)))
   }
 }
-
-/// The text module image that names built-in kernels (docs/PROTOCOL.md §18):
-/// "vgpu-module 1\nkernel vector_add\n". The device parses it; a guest only
-/// recognises it and sizes it.
-public enum BuiltinModuleImage {
-  public static let magic = "vgpu-module"
-  /// The largest image, in bytes.
-  public static let maxBytes = 64 * 1024
-}

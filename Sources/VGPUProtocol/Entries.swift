@@ -119,8 +119,8 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   case copyDeviceToDevice = 0x07
   /// a0 dev, a1 value (low bytes used), a2 element size (1, 2 or 4), a3 count → r0 bytes set.
   case memset = 0x08
-  /// a1 stg, a2 len of a module image (2.0: a fat binary, its wrapper's
-  /// data, an ELF cubin or PTX text; 1.x: the built-in text image); or a0 an
+  /// a1 stg, a2 len of a module image (a fat binary, its wrapper's data, an
+  /// ELF cubin or PTX text; docs/PROTOCOL.md §18); or a0 an
   /// upload handle (2.0) whose chunks hold the image → r0 module handle.
   case moduleLoad = 0x09
   /// a0 module handle.

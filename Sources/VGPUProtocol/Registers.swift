@@ -131,8 +131,11 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   public init(rawValue: UInt64) { self.rawValue = rawValue }
   /// Each side sleeps only after saying so, and is woken only then.
   public static let eventSuppression = FeatureBits(rawValue: 1 << 0)
-  /// Kernels and modules of the built-in set (docs/PROTOCOL.md, "Modules").
-  public static let builtinKernels = FeatureBits(rawValue: 1 << 1)
+  /// Reserved: 1.x devices set it for their text module image naming
+  /// built-in Swift kernels ("vgpu-module 1"), which 2.0 retired (the
+  /// device runs PTX). No 2.0 peer sets it or reads it; it keeps its value
+  /// so that a 1.x peer's features still read as they did.
+  public static let retiredBuiltinKernels = FeatureBits(rawValue: 1 << 1)
   /// Streams and events.
   public static let streams = FeatureBits(rawValue: 1 << 2)
   /// The `processes` command (version 1.1): who uses the device, per process.
@@ -144,7 +147,7 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   /// (docs/PROTOCOL.md §11, "VM transport"). Set only in the features register.
   public static let ivshmemDoorbell = FeatureBits(rawValue: 1 << 4)
   /// Everything version 1.0 defines.
-  public static let version1_0: FeatureBits = [.eventSuppression, .builtinKernels, .streams]
+  public static let version1_0: FeatureBits = [.eventSuppression, .retiredBuiltinKernels, .streams]
   /// `getFunction` writes the function's ``FunctionInfo`` (1.3): its
   /// parameter layout, so a guest packs `kernelParams` without a catalogue.
   public static let functionInfo = FeatureBits(rawValue: 1 << 5)
@@ -153,7 +156,7 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   public static let kernelImages = FeatureBits(rawValue: 1 << 6)
   /// Everything `identify` negotiates in this version (2.0).
   public static let all: FeatureBits = [
-    .eventSuppression, .builtinKernels, .streams, .processList, .functionInfo, .kernelImages,
+    .eventSuppression, .streams, .processList, .functionInfo, .kernelImages,
   ]
 }
 

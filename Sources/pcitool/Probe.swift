@@ -91,8 +91,10 @@ struct ProbeReport: Encodable {
 
   static func names(_ features: FeatureBits) -> [String] {
     let known: [(FeatureBits, String)] = [
-      (.eventSuppression, "event-suppression"), (.builtinKernels, "builtin-kernels"), (.streams, "streams"),
-      (.processList, "process-list"), (.functionInfo, "function-info"),
+      (.eventSuppression, "event-suppression"), (.streams, "streams"), (.processList, "process-list"),
+      (.functionInfo, "function-info"), (.kernelImages, "kernel-images"),
+      // Bit 1: no 2.0 device sets it (1.x's text image of built-in kernels).
+      (.retiredBuiltinKernels, "retired-builtin-kernels"),
     ]
     var names = known.filter { features.contains($0.0) }.map(\.1)
     let unknown = features.subtracting(FeatureBits(known.map(\.0)))

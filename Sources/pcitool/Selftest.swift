@@ -1,9 +1,9 @@
 import ArgumentParser
 import CSupport
 import Foundation
+import SelftestKernels
 import Synchronization
 import VGPU
-import VGPUDevice
 import VGPUProtocol
 
 extension PCITool {
@@ -14,7 +14,9 @@ extension PCITool {
         Steps: handshake; memory info; allocation; host→device→host copies of 1 B, \
         4 KiB, 1 MiB + 1 B, 16 MiB and 64 MiB of random data, verified by checksum \
         (FNV-1a, 64-bit) with their MB/s; a device-to-device copy; memset (8, 16 \
-        and 32 bits); every built-in kernel against a CPU reference, bit for bit; \
+        and 32 bits); the project's kernels (PTX from tools/selftest-kernels.cu: fill, \
+        vector_add, saxpy, scale, reduce_sum, matmul), each launched on a grid of \
+        256-thread blocks and checked against a CPU reference, bit for bit; \
         free; and accounting back to zero. Each step is timed; a failing step shows \
         its error, and the steps that need it are skipped.
 
@@ -113,7 +115,7 @@ final class SelftestRun {
   private var memsetBuffer: DevicePointer?
   private var kernelBuffers: KernelBuffers?
   private var module: ModuleHandle?
-  private var functions: [BuiltinKernel: FunctionHandle] = [:]
+  private var functions: [SelftestKernel: FunctionHandle] = [:]
 
   static let copySizes: [(bytes: Int, name: String)] = [
     (1, "1 B"), (4096, "4 KiB"), ((1 << 20) + 1, "1 MiB + 1 B"), (16 << 20, "16 MiB"), (64 << 20, "64 MiB"),
@@ -123,6 +125,7 @@ final class SelftestRun {
 
   /// Sizes for the kernels: odd, so that no launch is a whole number of blocks.
   static let vectorLength = 100_003
+  static let threadsPerBlock = 256
   static let matmul = (m: 67, n: 45, k: 83)
 
   struct KernelBuffers {
@@ -159,7 +162,7 @@ final class SelftestRun {
     step("copy device to device", needs: d2d, from: "alloc") { buffers in try self.deviceToDevice(buffers) }
     step("memset", needs: memsetBuffer, from: "alloc") { buffer in try self.memset(buffer) }
     step("load module", needs: kernelBuffers, from: "alloc") { _ in try self.loadModule() }
-    for kernel in BuiltinKernel.allCases {
+    for kernel in SelftestKernel.allCases {
       step("kernel \(kernel.rawValue)", needs: functions[kernel], from: "load module") { function in
         try self.runKernel(kernel, function)
       }
@@ -335,23 +338,33 @@ final class SelftestRun {
     return "D32, D16 and D8 over \(exactBytesText(bytes)) match"
   }
 
+  /// Loads the PTX and gets each kernel, with the parameter layout the device reports for it.
   private func loadModule() throws -> String {
     guard let device else { throw StepFailure("no device") }
-    let module = try device.loadModule(Array(ModuleImage.text(kernels: BuiltinKernel.allCases).utf8))
+    let names = SelftestKernel.allCases.map(\.rawValue)
+    guard Set(SelftestKernels.names) == Set(names) else {
+      throw StepFailure("the PTX has kernels \(SelftestKernels.names), the selftest checks \(names)")
+    }
+    let image = Array(SelftestKernels.ptx.utf8)
+    let module = try device.loadModule(image)
     self.module = module
-    for kernel in BuiltinKernel.allCases {
+    for kernel in SelftestKernel.allCases {
       let f = try device.function(kernel.rawValue, in: module)
-      guard f.parameterSize == kernel.parameterBufferSize else {
+      guard let layout = f.layout else {
+        throw StepFailure("the device did not report \(kernel.rawValue)'s parameter layout (feature functionInfo)")
+      }
+      guard layout.slots.map(\.size) == kernel.parameterSizes else {
         throw StepFailure(
-          "\(kernel.rawValue) takes \(f.parameterSize) bytes of parameters, expected \(kernel.parameterBufferSize)")
+          "\(kernel.rawValue)'s parameters are \(layout.slots.map(\.size)) bytes, expected \(kernel.parameterSizes)")
       }
       functions[kernel] = f
     }
-    return "\(functions.count) kernels: " + BuiltinKernel.allCases.map(\.rawValue).joined(separator: ", ")
+    return "\(functions.count) kernels from \(bytesText(UInt64(image.count))) of PTX: " + names.joined(separator: ", ")
   }
 
-  private func runKernel(_ kernel: BuiltinKernel, _ function: FunctionHandle) throws -> String {
+  private func runKernel(_ kernel: SelftestKernel, _ function: FunctionHandle) throws -> String {
     guard let device, let k = kernelBuffers else { throw StepFailure("no buffers") }
+    guard let layout = function.layout else { throw StepFailure("no parameter layout") }
     let n = Self.vectorLength
     var rng = SplitMix64(seed: 0x5EED &+ UInt64(kernel.rawValue.utf8.count))
     func randomFloats(_ count: Int) -> [Float] { (0..<count).map { _ in rng.nextFloat() } }
@@ -367,11 +380,16 @@ final class SelftestRun {
       }
       return out
     }
-    func launch(_ args: [KernelArgument], threads: Int) throws {
-      let block = 256
-      try device.launch(
-        function, grid: Dimensions(UInt32((threads + block - 1) / block)), block: Dimensions(UInt32(block)),
-        parameters: BuiltinKernel.pack(kernel, args))
+    /// Packs the arguments by the layout the device reported and launches `grid` blocks of `block`.
+    func launch(_ args: [KernelArgument], grid: Dimensions, block: Dimensions) throws {
+      let parameters: [UInt8]
+      do { parameters = try layout.pack(args) } catch { throw StepFailure("\(kernel.rawValue): \(error)") }
+      try device.launch(function, grid: grid, block: block, parameters: parameters)
+    }
+    /// One thread per element, in blocks of `threadsPerBlock`.
+    func launch(_ args: [KernelArgument], elements: Int) throws {
+      let blocks = (elements + Self.threadsPerBlock - 1) / Self.threadsPerBlock
+      try launch(args, grid: Dimensions(UInt32(blocks)), block: Dimensions(UInt32(Self.threadsPerBlock)))
     }
 
     let got: [Float]
@@ -381,47 +399,58 @@ final class SelftestRun {
     case .fill:
       try upload(randomFloats(n), to: k.c)
       let value: Float = 3.25
-      try launch([.pointer(k.c.address), .f32(value), .u32(UInt32(n))], threads: n)
+      try launch([.pointer(k.c.address), .f32(value), .u32(UInt32(n))], elements: n)
       got = try download(k.c, n)
       expected = [Float](repeating: value, count: n)
-      what = "\(n) elements"
+      what = "\(n) elements in blocks of \(Self.threadsPerBlock),"
     case .vectorAdd:
       let a = randomFloats(n)
       let b = randomFloats(n)
       try upload(a, to: k.a)
       try upload(b, to: k.b)
-      try launch([.pointer(k.a.address), .pointer(k.b.address), .pointer(k.c.address), .u32(UInt32(n))], threads: n)
+      try launch([.pointer(k.a.address), .pointer(k.b.address), .pointer(k.c.address), .u32(UInt32(n))], elements: n)
       got = try download(k.c, n)
       expected = (0..<n).map { a[$0] + b[$0] }
-      what = "\(n) elements"
+      what = "\(n) elements in blocks of \(Self.threadsPerBlock),"
     case .saxpy:
       let x = randomFloats(n)
       let y = randomFloats(n)
       let alpha: Float = -1.75
       try upload(x, to: k.a)
       try upload(y, to: k.b)
-      try launch([.f32(alpha), .pointer(k.a.address), .pointer(k.b.address), .u32(UInt32(n))], threads: n)
+      try launch([.f32(alpha), .pointer(k.a.address), .pointer(k.b.address), .u32(UInt32(n))], elements: n)
       got = try download(k.b, n)
       expected = (0..<n).map { alpha * x[$0] + y[$0] }
-      what = "\(n) elements"
+      what = "\(n) elements in blocks of \(Self.threadsPerBlock),"
     case .scale:
       let x = randomFloats(n)
       let alpha: Float = 0.3
       try upload(x, to: k.a)
-      try launch([.pointer(k.a.address), .f32(alpha), .u32(UInt32(n))], threads: n)
+      try launch([.pointer(k.a.address), .f32(alpha), .u32(UInt32(n))], elements: n)
       got = try download(k.a, n)
       expected = x.map { $0 * alpha }
-      what = "\(n) elements"
+      what = "\(n) elements in blocks of \(Self.threadsPerBlock),"
     case .reduceSum:
       let x = randomFloats(n)
       try upload(x, to: k.a)
       try upload([.nan], to: k.out)
-      try launch([.pointer(k.a.address), .pointer(k.out.address), .u32(UInt32(n))], threads: n)
+      // One block: the kernel's order of additions is fixed, and so is the sum.
+      let threads = Self.threadsPerBlock
+      try launch(
+        [.pointer(k.a.address), .pointer(k.out.address), .u32(UInt32(n))], grid: Dimensions(1),
+        block: Dimensions(UInt32(threads)))
       got = try download(k.out, 1)
-      var sum = 0.0
-      for v in x { sum += Double(v) }
-      expected = [Float(sum)]
-      what = "sum of \(n) elements (\(expected[0]))"
+      // The kernel's order: thread t sums x[t], x[t + threads], … in f64, then the
+      // block adds the partial sums pairwise, halving the stride each round.
+      var partial = [Double](repeating: 0, count: threads)
+      for (i, v) in x.enumerated() { partial[i % threads] += Double(v) }
+      var stride = threads / 2
+      while stride > 0 {
+        for t in 0..<stride { partial[t] += partial[t + stride] }
+        stride /= 2
+      }
+      expected = [Float(partial[0])]
+      what = "sum of \(n) elements in one block of \(threads) (\(expected[0])),"
     case .matmul:
       let (m, nn, kk) = Self.matmul
       let a = randomFloats(m * kk)
@@ -432,7 +461,7 @@ final class SelftestRun {
         [
           .pointer(k.ma.address), .pointer(k.mb.address), .pointer(k.mc.address), .u32(UInt32(m)), .u32(UInt32(nn)),
           .u32(UInt32(kk)),
-        ], threads: m * nn)
+        ], grid: Dimensions(UInt32((nn + 15) / 16), UInt32((m + 15) / 16)), block: Dimensions(16, 16))
       got = try download(k.mc, m * nn)
       var c = [Float](repeating: 0, count: m * nn)
       for row in 0..<m {
@@ -443,7 +472,7 @@ final class SelftestRun {
         }
       }
       expected = c
-      what = "\(m)×\(kk) · \(kk)×\(nn)"
+      what = "\(m)×\(kk) · \(kk)×\(nn) in 16×16 blocks,"
     }
     if let i = (0..<expected.count).first(where: { got[$0].bitPattern != expected[$0].bitPattern }) {
       throw StepFailure("element \(i) is \(got[i]), the CPU reference says \(expected[i])")
@@ -540,6 +569,29 @@ final class SelftestRun {
     }
     for _ in 0..<n { done.wait() }
     return results.withLock { r in (0..<n).map { r[$0]! } }
+  }
+}
+
+/// The kernels of SelftestKernels (tools/selftest-kernels.cu says what each
+/// computes), in the order the selftest runs them.
+enum SelftestKernel: String, CaseIterable {
+  case fill
+  case vectorAdd = "vector_add"
+  case saxpy
+  case scale
+  case reduceSum = "reduce_sum"
+  case matmul
+
+  /// Each parameter's size in bytes (pointers 8, float and unsigned 4): what
+  /// the device's layout must say before anything is packed by it.
+  var parameterSizes: [UInt32] {
+    switch self {
+    case .fill, .scale: [8, 4, 4]
+    case .vectorAdd: [8, 8, 8, 4]
+    case .saxpy: [4, 8, 8, 4]
+    case .reduceSum: [8, 8, 4]
+    case .matmul: [8, 8, 8, 4, 4, 4]
+    }
   }
 }
 

@@ -293,7 +293,7 @@ final class Suite {
     do {
       buffer = try device.allocate(2 << 20)
       fill = try device.loadFill()
-      parameters = FillKernel.parameters(buffer)
+      parameters = try FillKernel.parameters(fill, buffer)
     } catch { report.problems.append("allocation count setup: \(error)") }
     let cases: [(String, Int, () throws -> Void)] = [
       ("NOP", 10_000, { try device.nop() }),

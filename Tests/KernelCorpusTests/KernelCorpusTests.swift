@@ -76,6 +76,24 @@ func entryNames(_ ptx: String) -> Set<String> {
   func expected(_ file: String) -> Set<String> { corpus.first { $0.file == file }!.entries }
 }
 
+/// The selftest's PTX (Sources/SelftestKernels, and the C clients' copy) is
+/// what tools/selftest-kernels.cu compiles to with today's nvcc 13.5.
+@Suite struct SelftestKernelsTests {
+  @Test func theCommittedPTXIsWhatTheScriptGeneratesNow() throws {
+    let script = Paths.packageRoot.appendingPathComponent("tools/gen-selftest-ptx")
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/bash")
+    process.arguments = [script.path, "--check"]
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    #expect(process.terminationStatus == 0, "tools/gen-selftest-ptx --check:\n\(output.prefix(4000))")
+  }
+}
+
 @Suite struct CUDAToolchainTests {
   /// A compile error comes back with NVRTC's log: the file, the line, the message.
   @Test func nvrtcErrorCarriesTheLog() throws {

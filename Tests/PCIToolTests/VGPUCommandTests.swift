@@ -34,7 +34,8 @@ import Testing
       "Name:", "vGPU Reference H100 80GB", "UUID:                GPU-", "PCI bus ID:          0000:00:05.0",
       "Compute capability:  9.0", "Memory:              80.00 GiB", "Driver version:      570.124.06",
       "CUDA driver version: 12.8 (12080)", "Memory free/total:   80 GiB free of 80 GiB", "Protocol:            2.0",
-      "builtin-kernels", "function-info", "Wake-ups:            futexes in the shared BAR (same host)", "Queue pairs:",
+      "streams, process-list, function-info, kernel-images",
+      "Wake-ups:            futexes in the shared BAR (same host)", "Queue pairs:",
       "Queue depth:", "Staging:",
     ] {
       #expect(r.stdout.contains(fact), "missing \(fact) in:\n\(r.stdout)")
@@ -53,7 +54,8 @@ import Testing
     #expect(j["memoryFree"] as? UInt64 == j["memoryTotal"] as? UInt64)
     #expect((j["queuePairsHeld"] as? Int ?? 0) >= 1)
     #expect((j["stagingSlotSize"] as? Int ?? 0) > 0)
-    #expect((j["features"] as? [String])?.contains("builtin-kernels") == true)
+    #expect(
+      j["features"] as? [String] == ["event-suppression", "streams", "process-list", "function-info", "kernel-images"])
     #expect((j["wakeups"] as? String)?.hasPrefix("futexes") == true)
   }
 

@@ -1,4 +1,5 @@
 import PTX
+import Synchronization
 import Testing
 
 @Suite struct ErrorTests {
@@ -89,6 +90,36 @@ import Testing
         """
     #expect(throws: PTXError.budgetExhausted(kernel: "spin", budget: 10_000)) {
       try run(src, "spin", block: PTXDim3(32), args: [], memory: TestMemory(), budget: 10_000)
+    }
+  }
+
+  /// Progress counts the launch's instructions: a grid of many short
+  /// threads (none loops) reports it too, and a false answer stops the launch.
+  @Test func manyShortThreadsReportProgress() throws {
+    let n = 1 << 14
+    let memory = TestMemory()
+    let (a, b, c) = (
+      memory.upload([Float](repeating: 1, count: n)), memory.upload([Float](repeating: 2, count: n)),
+      memory.alloc(n * 4)
+    )
+    let module = try PTXModule(source: vectorAddPTX)
+    let info = try module.kernel(named: "_Z6vecAddPKfS0_Pfi")
+    let calls = Mutex(0)
+    var options = PTXLaunchOptions(progress: {
+      calls.withLock { $0 += 1 }
+      return true
+    })
+    options.progressInterval = 1 << 12
+    let stats = try module.launch(
+      kernel: "_Z6vecAddPKfS0_Pfi", grid: PTXDim3(UInt32(n / 256)), block: PTXDim3(256),
+      parameters: pack(info, [a, b, c, Int32(n)]), memory: memory, options: options)
+    let reported = calls.withLock { $0 }
+    #expect(reported > 0 && UInt64(reported) <= stats.instructions / (1 << 12), "\(reported) calls")
+    options.progress = { false }
+    #expect(throws: PTXError.self) {
+      try module.launch(
+        kernel: "_Z6vecAddPKfS0_Pfi", grid: PTXDim3(UInt32(n / 256)), block: PTXDim3(256),
+        parameters: pack(info, [a, b, c, Int32(n)]), memory: memory, options: options)
     }
   }
 

@@ -13,8 +13,8 @@ import Testing
     #expect(bytes.count > 1 << 20, "\(library.path) looks empty")
     // Mangled module names (length-prefixed, as in `$s10VGPUDevice…`) and the device's types.
     for name in [
-      "10VGPUDevice", "13VGPUSimulator", "ReferenceDevice", "DeviceAllocator", "BuiltinKernel", "HandleTable",
-      "OwnerWatch", "DeviceMemory", "ServedQueuePair", "ModuleImageError",
+      "10VGPUDevice", "13VGPUSimulator", "3PTX", "9FatBinary", "ReferenceDevice", "DeviceAllocator", "PTXBackend",
+      "HandleTable", "OwnerWatch", "DeviceMemory", "ServedQueuePair",
     ] {
       #expect(bytes.range(of: Data(name.utf8)) == nil, "libvgpucore.so contains \(name)")
     }

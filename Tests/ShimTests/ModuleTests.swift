@@ -8,7 +8,7 @@ import Testing
 #endif
 
 /// Module images and kernels through libcuda.so.1: the library API on the
-/// device's text image, real images nvcc 13.5 builds at test time (PTX, a
+/// project's PTX (tools/selftest-kernels.cu), real images nvcc 13.5 builds at test time (PTX, a
 /// cubin, fat binaries) sent unchanged to the device, which loads what has
 /// PTX and refuses a bare cubin (209: it runs PTX only) with its own line,
 /// and nvcc-built CUDA programs (static cudart 13) running their kernels.
@@ -16,7 +16,7 @@ import Testing
   /// library_api.c: cuLibraryLoadData → cuLibraryGetKernel → a CUkernel used
   /// as a CUfunction, cuFuncGetParamInfo walked to CUDA_ERROR_INVALID_VALUE,
   /// attributes, occupancy, cuLaunchKernel/Ex/Cooperative, cuLink*.
-  @Test func libraryAPIOnTheTextImage() throws {
+  @Test func libraryAPIOnTheProjectsPTX() throws {
     try CUDAClient.requireShims()
     let program = try CUDAClient.program("library_api", linked: true)
     try CUDATarget.mediator { device, _ in

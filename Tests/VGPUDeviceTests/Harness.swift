@@ -12,9 +12,10 @@ final class Harness {
   let layout: BARLayout
   var queues: [Int: HandQueue] = [:]
 
-  init(memory: UInt64 = 1 << 30) throws {
+  init(memory: UInt64 = 1 << 30, instructionBudget: UInt64? = nil) throws {
     var config = ReferenceDeviceConfiguration()
     config.memorySize = memory
+    if let instructionBudget { config.kernelInstructionBudget = instructionBudget }
     config.layout = BARLayout(queuePairs: 4, depth: 8, stagingSlotSize: 64 << 10, slotsPerQueue: 2)
     device = try ReferenceDevice(configuration: config)
     layout = config.layout
@@ -73,6 +74,14 @@ final class Harness {
   func staging(_ qp: Int = 0, offset: UInt64 = 0) -> UInt64 { layout.staging(qp) + offset }
   func stage(_ bytes: [UInt8], qp: Int = 0) {
     (device.region.base + Int(staging(qp))).copyMemory(from: bytes, byteCount: bytes.count)
+  }
+  func read(_ count: Int, qp: Int = 0, offset: UInt64 = 0) -> [UInt8] {
+    Array(UnsafeRawBufferPointer(start: device.region.base + Int(staging(qp, offset: offset)), count: count))
+  }
+  /// The text of the last failed command on `qp` (errorText).
+  func errorText(qp: Int = 0) -> String {
+    let c = send(Command.ErrorText(staging: staging(qp), capacity: 4096).entry, on: qp)
+    return String(decoding: read(Int(c.result0), qp: qp), as: UTF8.self)
   }
   func alloc(_ size: UInt64, qp: Int = 0, sourceLocation: SourceLocation = #_sourceLocation) -> UInt64 {
     let c = send(Command.Alloc(length: size).entry, on: qp, sourceLocation: sourceLocation)

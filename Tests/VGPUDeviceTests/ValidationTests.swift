@@ -1,3 +1,4 @@
+import TestSupport
 import Testing
 import VGPUProtocol
 
@@ -85,8 +86,10 @@ import VGPUProtocol
     h.expect(
       Command.CopyToDevice(device: mine, staging: h.staging(1), length: 16).entry, .permissionDenied, detail: 1, on: 1)
     h.expect(Command.Free(address: mine).entry, .permissionDenied, detail: 1, on: 1)
-    h.stage(Array("vgpu-module 1\nkernel fill\n".utf8))
-    let module = h.send(Command.ModuleLoad(staging: h.staging(), length: 26).entry).result0
+    h.stage(TestPTX.fillAndVectorAddImage)
+    let module = h.send(
+      Command.ModuleLoad(staging: h.staging(), length: UInt64(TestPTX.fillAndVectorAddImage.count)).entry
+    ).result0
     h.expect(Command.ModuleUnload(module: module).entry, .permissionDenied, detail: 1, on: 1)
     let stream = h.send(Command.StreamCreate().entry).result0
     h.expect(Command.StreamSynchronize(stream: stream).entry, .permissionDenied, detail: 1, on: 1)
@@ -100,9 +103,9 @@ import VGPUProtocol
   @Test func modulesFunctionsLaunches() throws {
     let h = try Harness()
     h.claim(0)
-    h.stage(Array("vgpu-module 1\nkernel nonsense\n".utf8))
-    h.expect(Command.ModuleLoad(staging: h.staging(), length: 30).entry, .invalidImage, detail: 2)
-    let text = Array("vgpu-module 1\nkernel vector_add\n".utf8)
+    h.stage([UInt8](repeating: 0xAB, count: 30))
+    h.expect(Command.ModuleLoad(staging: h.staging(), length: 30).entry, .invalidImage, detail: 0)
+    let text = TestPTX.fillAndVectorAddImage
     h.stage(text)
     let module = h.send(Command.ModuleLoad(staging: h.staging(), length: UInt64(text.count)).entry).result0
     h.stage(Array("saxpy".utf8))
@@ -111,11 +114,15 @@ import VGPUProtocol
     h.stage(Array("vector_add".utf8))
     let c = h.send(Command.GetFunction(module: module, name: h.staging(), nameLength: 10).entry)
     let f = Command.GetFunction.Reply(c)
-    #expect(c.status == 0 && f.parameterBytes == 32)
+    #expect(c.status == 0 && f.parameterBytes == 28)
     let p = h.alloc(1024)
-    let params = BuiltinKernel.pack(.vectorAdd, [.pointer(p), .pointer(p), .pointer(p), .u32(256)])
-    h.stage(params)
-    func launch(_ fn: UInt64, grid: UInt32 = 1, block: UInt32 = 256, params: UInt32 = 32, stream: UInt64 = 0)
+    // vector_add(a, b, c, n): three pointers at 0, 8, 16 and n at 24.
+    func params(_ n: UInt32) -> [UInt8] {
+      withUnsafeBytes(of: (p.littleEndian, p.littleEndian, p.littleEndian)) { Array($0) }
+        + withUnsafeBytes(of: n.littleEndian) { Array($0) }
+    }
+    h.stage(params(256))
+    func launch(_ fn: UInt64, grid: UInt32 = 1, block: UInt32 = 256, params: UInt32 = 28, stream: UInt64 = 0)
       -> SubmissionEntry
     {
       Command.Launch(
@@ -128,10 +135,12 @@ import VGPUProtocol
     h.expect(launch(f.function, grid: 0), .invalidValue, detail: 2)
     h.expect(launch(f.function, block: 2048), .invalidValue, detail: 3)
     let wrong = h.expect(launch(f.function, params: 24), .invalidParameters, detail: 5)
-    #expect(wrong.result0 == 32 && wrong.result1 == 24)
+    #expect(wrong.result0 == 28 && wrong.result1 == 24)
     h.expect(launch(f.function, stream: 77), .invalidHandle, detail: 7)
-    h.stage(BuiltinKernel.pack(.vectorAdd, [.pointer(p), .pointer(p), .pointer(p), .u32(257)]))
-    h.expect(launch(f.function, grid: 2), .invalidAddress)
+    // Element 256 is past the 1024-byte allocation: the kernel's load faults there.
+    h.stage(params(257))
+    let fault = h.expect(launch(f.function, grid: 2), .illegalAddress)
+    #expect(fault.result0 == p + 1024)
   }
 
   @Test func eventsAndStatistics() throws {
@@ -244,7 +253,9 @@ import VGPUProtocol
     h.claim(0, identify: false)
     let c = h.send(Command.Identify(guestVersion: 0x0002_0000, guestFeatures: .version1_0).entry)
     let reply = Command.Identify.Reply(c)
-    #expect(c.status == 0 && reply.features == .version1_0 && reply.deviceVersion == ProtocolVersion.packed)
+    // Bit 1 (1.x's built-in kernels) is retired: the guest gets the rest of what it named.
+    #expect(c.status == 0 && reply.features == [.eventSuppression, .streams])
+    #expect(reply.deviceVersion == ProtocolVersion.packed)
     #expect(h.send(Command.MemoryInfo().entry).status == 0)
   }
 

@@ -60,7 +60,7 @@ import Testing
     #expect(FeatureBits.processList.rawValue == 1 << 3)
     #expect(FeatureBits.functionInfo.rawValue == 1 << 5)
     #expect(FeatureBits.kernelImages.rawValue == 1 << 6)
-    #expect(FeatureBits.all.rawValue == 0x6f && FeatureBits.version1_0.rawValue == 0x7)
+    #expect(FeatureBits.all.rawValue == 0x6d && FeatureBits.version1_0.rawValue == 0x7)
     // A transport bit: in the features register only, never negotiated.
     #expect(FeatureBits.ivshmemDoorbell.rawValue == 1 << 4 && !FeatureBits.all.contains(.ivshmemDoorbell))
   }

@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import TestSupport
 import Testing
 import VGPUDevice
 import VGPUProtocol
@@ -16,11 +17,11 @@ import VGPUSimulator
     #expect(d.info.features.contains(.processList))
     #expect(try d.processes().isEmpty == false)
     let p = try d.allocate(3 << 20)
-    let module = try d.loadModule(Array("vgpu-module 1\nkernel fill\n".utf8))
+    let module = try d.loadModule(TestPTX.fillAndVectorAddImage)
     let fill = try d.function("fill", in: module)
     try d.launch(
       fill, grid: Dimensions(1), block: Dimensions(256),
-      parameters: BuiltinKernel.pack(.fill, [.pointer(p.address), .f32(1), .u32(256)]))
+      parameters: try #require(fill.layout).pack([.pointer(p.address), .f32(1), .u32(256)]))
     let list = try d.processes()
     #expect(list.count == 1)
     let me = try #require(list.first)

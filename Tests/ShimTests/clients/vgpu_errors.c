@@ -11,6 +11,8 @@
 
 #include <vgpu.h>
 
+#include "selftest_kernels.h" /* the project's PTX (tools/gen-selftest-ptx) */
+
 static int failures;
 
 #define EXPECT(cond)                                                                            \
@@ -69,14 +71,15 @@ int main(int argc, char **argv) {
   RETURNS(vgpu_memset(dev, p, 0, 3, 16), VGPU_ERROR_INVALID_ARGUMENT);
   RETURNS(vgpu_statistics(dev, (vgpu_scope)7, NULL), VGPU_ERROR_INVALID_ARGUMENT);
 
-  static const char bad_image[] = "vgpu-module 1\nkernel no_such_kernel\n";
-  static const char image[] = "vgpu-module 1\nkernel fill\n";
+  /* 1.x's text image of built-in kernels is no image now; the project's PTX is. */
+  static const char bad_image[] = "vgpu-module 1\nkernel fill\n";
   vgpu_module module;
   vgpu_function fill;
   RETURNS(vgpu_module_load(dev, bad_image, sizeof bad_image - 1, &module), VGPU_ERROR_INVALID_IMAGE);
-  RETURNS(vgpu_module_load(dev, image, sizeof image - 1, &module), VGPU_SUCCESS);
-  RETURNS(vgpu_module_get_function(dev, module, "vector_add", &fill, NULL), VGPU_ERROR_NOT_FOUND);
+  RETURNS(vgpu_module_load(dev, selftest_ptx, sizeof selftest_ptx - 1, &module), VGPU_SUCCESS);
+  RETURNS(vgpu_module_get_function(dev, module, "no_such_kernel", &fill, NULL), VGPU_ERROR_NOT_FOUND);
   RETURNS(vgpu_module_get_function(dev, module, "fill", &fill, NULL), VGPU_SUCCESS);
+  /* fill(float *dst, float value, unsigned n): 16 bytes, dst@0 value@8 n@12. */
   struct {
     vgpu_ptr dst;
     float value;

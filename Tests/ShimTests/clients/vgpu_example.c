@@ -1,11 +1,12 @@
 /* An example of the vgpu C API, and a test of it: opens the device (VGPU_DEVICE, or the
- * one named on the command line), copies 1 MiB there and back, adds two vectors with the
- * built-in vector_add kernel, checks every result, and prints the statistics.
+ * one named on the command line), copies 1 MiB there and back, adds two vectors with a
+ * vector_add kernel written in PTX, checks every result, and prints the statistics.
  *
  *   cc -o vgpu_example vgpu_example.c $(pkg-config --cflags --libs vgpu)
  *   VGPU_DEVICE=shm:/dev/shm/vgpu0 ./vgpu_example
  *
  * Exit status 0 when everything checked out, 1 otherwise (the reason on stderr). */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +25,43 @@
     }                                                                                                   \
   } while (0)
 
-/* vector_add's parameters, packed as the device expects them: a C struct of them. */
+/* vector_add(const float *a, const float *b, float *c, unsigned n): c[i] = a[i] + b[i]
+ * for i = blockIdx.x * blockDim.x + threadIdx.x < n, as PTX (what nvcc -ptx writes for
+ * the CUDA C; any PTX the device's compute capability covers will do). */
+static const char vector_add_ptx[] =
+    ".version 7.0\n"
+    ".target sm_52\n"
+    ".address_size 64\n"
+    ".visible .entry vector_add(.param .u64 a, .param .u64 b, .param .u64 c, .param .u32 n)\n"
+    "{\n"
+    "  .reg .pred %p<2>;\n"
+    "  .reg .f32 %f<4>;\n"
+    "  .reg .b32 %r<6>;\n"
+    "  .reg .b64 %rd<8>;\n"
+    "  ld.param.u64 %rd1, [a];\n"
+    "  ld.param.u64 %rd2, [b];\n"
+    "  ld.param.u64 %rd3, [c];\n"
+    "  ld.param.u32 %r1, [n];\n"
+    "  mov.u32 %r2, %ctaid.x;\n"
+    "  mov.u32 %r3, %ntid.x;\n"
+    "  mov.u32 %r4, %tid.x;\n"
+    "  mad.lo.s32 %r5, %r2, %r3, %r4;\n"
+    "  setp.ge.u32 %p1, %r5, %r1;\n"
+    "  @%p1 bra DONE;\n"
+    "  mul.wide.u32 %rd4, %r5, 4;\n"
+    "  add.s64 %rd5, %rd1, %rd4;\n"
+    "  add.s64 %rd6, %rd2, %rd4;\n"
+    "  add.s64 %rd7, %rd3, %rd4;\n"
+    "  ld.global.f32 %f1, [%rd5];\n"
+    "  ld.global.f32 %f2, [%rd6];\n"
+    "  add.rn.f32 %f3, %f1, %f2;\n"
+    "  st.global.f32 [%rd7], %f3;\n"
+    "DONE:\n"
+    "  ret;\n"
+    "}\n";
+
+/* vector_add's parameters as PTX lays them out: each at a multiple of its size, the
+ * buffer ending at the last one (28 bytes, without this struct's tail padding). */
 struct vector_add_params {
   vgpu_ptr a, b, c;
   uint32_t n;
@@ -93,20 +130,19 @@ int main(int argc, char **argv) {
   CHECK(vgpu_copy_to_device(dev, da, a, n * sizeof(float)));
   CHECK(vgpu_copy_to_device(dev, db, b, n * sizeof(float)));
 
-  static const char image[] = "vgpu-module 1\nkernel vector_add\n";
   vgpu_module module;
   vgpu_function vector_add;
   size_t param_size;
-  CHECK(vgpu_module_load(dev, image, sizeof image - 1, &module));
+  CHECK(vgpu_module_load(dev, vector_add_ptx, sizeof vector_add_ptx - 1, &module));
   CHECK(vgpu_module_get_function(dev, module, "vector_add", &vector_add, &param_size));
-  if (param_size != sizeof(struct vector_add_params)) {
-    fprintf(stderr, "vector_add takes %zu bytes of parameters, expected %zu\n", param_size,
-            sizeof(struct vector_add_params));
+  const size_t expected_size = offsetof(struct vector_add_params, n) + sizeof(uint32_t);
+  if (param_size != expected_size) {
+    fprintf(stderr, "vector_add takes %zu bytes of parameters, expected %zu\n", param_size, expected_size);
     return 1;
   }
   struct vector_add_params params = {da, db, dc, n};
   vgpu_dim3 block = {256, 1, 1}, grid = {(n + 255) / 256, 1, 1};
-  CHECK(vgpu_launch(dev, vector_add, grid, block, 0, &params, sizeof params));
+  CHECK(vgpu_launch(dev, vector_add, grid, block, 0, &params, param_size));
   CHECK(vgpu_synchronize(dev));
   CHECK(vgpu_copy_from_device(dev, c, dc, n * sizeof(float)));
   for (uint32_t i = 0; i < n; i++)
