@@ -379,7 +379,7 @@ public enum FatBinaryError: Error, Equatable, Sendable, CustomStringConvertible 
       return "fat binary: entry \(index): \(codec) decompression failed: \(reason)"
     case .noPTX(let present):
       return
-        "no PTX: binary for \(present.isEmpty ? "nothing (no entries)" : present.joined(separator: ", ")) only; this device runs PTX (CUDA_ERROR_NO_BINARY_FOR_GPU): build with -gencode arch=compute_XX,code=compute_XX, or CUPY_COMPILE_WITH_PTX=1"
+        "no PTX: binary for \(present.isEmpty ? "nothing (no entries)" : present.joined(separator: ", ")) only; this device runs PTX only (CUDA_ERROR_NO_BINARY_FOR_GPU): build with -gencode arch=compute_XX,code=compute_XX, or CUPY_COMPILE_WITH_PTX=1"
     }
   }
 }

@@ -28,10 +28,8 @@ final class PTXBackend: ExecutionBackend {
     } catch {
       switch error {
       case .noPTX:
-        throw BackendError(
-          .noBinaryForGPU,
-          "\(error); this device runs PTX only: build with PTX in the image (nvcc -gencode arch=compute_XX,code=compute_XX; CuPy: CUPY_COMPILE_WITH_PTX=1)"
-        )
+        // The description says what the image holds and how to build one with PTX.
+        throw BackendError(.noBinaryForGPU, error.description)
       default: throw BackendError(.invalidImage, error.description)
       }
     }
