@@ -214,6 +214,15 @@ extension Executor {
       throw Refusal(status: .invalidParameters, detail: 5, result0: expected, result1: length)
     }
     let parameters = try stagingRange(c.parameters, length, qp: qp, argument: 6)
+    let geometry = KernelGeometry(grid: grid, block: block, sharedBytes: c.sharedBytes)
+    let arguments = UnsafeRawBufferPointer(start: parameters, count: Int(length))
+    if workers != nil && !function.runsInline {
+      // Handed to a worker: `serve` gives it its ids and stops serving the pair until it is done.
+      handedOver = LaunchJob(
+        qp: qp, generation: served[qp].generation, function: function, geometry: geometry, parameters: arguments,
+        memory: KernelMemoryView(executor: self, pid: pid, locked: false))
+      return CompletionEntry(status: .success)
+    }
     // A box per process, found with the dictionary's getter: its modify
     // accessor (and a default value's closure) would allocate per launch.
     let box: OutputBox
@@ -223,21 +232,10 @@ extension Executor {
       box = OutputBox()
       outputs[pid] = box
     }
-    let geometry = KernelGeometry(grid: grid, block: block, sharedBytes: c.sharedBytes)
-    if let workers = workers, !function.runsInline {
-      _ = workers
-      // Handed to a worker: `serve` gives it its ids and stops serving the pair until it is done.
-      handedOver = LaunchJob(
-        qp: qp, generation: served[qp].generation, function: function, geometry: geometry,
-        parameters: UnsafeRawBufferPointer(start: parameters, count: Int(length)),
-        memory: KernelMemoryView(executor: self, pid: pid, locked: false))
-      return CompletionEntry(status: .success)
-    }
     do throws(BackendError) {
       try function.launch(
-        geometry, parameters: UnsafeRawBufferPointer(start: parameters, count: Int(length)),
-        memory: KernelMemoryView(executor: self, pid: pid, locked: true), output: &box.output,
-        cancelled: inlineCancelled)
+        geometry, parameters: arguments, memory: KernelMemoryView(executor: self, pid: pid, locked: true),
+        output: &box.output, cancelled: inlineCancelled)
     } catch {
       throw Refusal(error)
     }
