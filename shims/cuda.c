@@ -125,6 +125,7 @@ ALIAS(cuLaunchCooperativeKernel_ptsz, cuLaunchCooperativeKernel,
        void **kernelParams))
 ALIAS(cuStreamSynchronize_ptsz, cuStreamSynchronize, (CUstream hStream))
 ALIAS(cuStreamQuery_ptsz, cuStreamQuery, (CUstream hStream))
+ALIAS(cuStreamIsCapturing_ptsz, cuStreamIsCapturing, (CUstream hStream, int *captureStatus))
 ALIAS(cuStreamWaitEvent_ptsz, cuStreamWaitEvent, (CUstream hStream, CUevent hEvent, unsigned int Flags))
 ALIAS(cuEventRecord_ptsz, cuEventRecord, (CUevent hEvent, CUstream hStream))
 #undef ALIAS

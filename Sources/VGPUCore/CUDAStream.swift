@@ -90,6 +90,22 @@ public func vgpucore_cuStreamQuery(_ stream: UnsafeMutableRawPointer?) -> Int32 
   return CUDA_SUCCESS
 }
 
+/// cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus):
+/// CU_STREAM_CAPTURE_STATUS_NONE (0) for every valid stream. Capture cannot
+/// begin here (cuStreamBeginCapture is a stub), so no stream is ever
+/// capturing. CuPy's runtime asks before every device-to-host copy
+/// (`ndarray.get()` → cudaStreamIsCapturing) and gives up when it fails.
+@_cdecl("vgpucore_cuStreamIsCapturing")
+public func vgpucore_cuStreamIsCapturing(_ stream: UnsafeMutableRawPointer?, _ status: UnsafeMutablePointer<Int32>?)
+  -> Int32
+{
+  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  guard let status else { return CUDA_ERROR_INVALID_VALUE }
+  if case .failure(let e) = lookUpStream(stream) { return e.result }
+  status.pointee = 0
+  return CUDA_SUCCESS
+}
+
 /// cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags):
 /// the event's work is already done, so there is nothing to wait for.
 @_cdecl("vgpucore_cuStreamWaitEvent")

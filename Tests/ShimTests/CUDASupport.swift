@@ -73,9 +73,11 @@ enum CUDAClient {
   }
 
   /// Runs `executable` to completion (killed after `timeout` seconds),
-  /// collecting stdout and stderr apart.
-  static func run(_ executable: String, _ arguments: [String], device: String?, timeout: Double = 120) throws -> Output
-  {
+  /// collecting stdout and stderr apart; `extra` is added to its environment.
+  static func run(
+    _ executable: String, _ arguments: [String], device: String?, timeout: Double = 120,
+    extra: [String: String] = [:]
+  ) throws -> Output {
     let id = UUID().uuidString
     let out = directory.appendingPathComponent("\(id).out")
     let err = directory.appendingPathComponent("\(id).err")
@@ -88,7 +90,7 @@ enum CUDAClient {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: executable)
     p.arguments = arguments
-    p.environment = environment(device: device)
+    p.environment = environment(device: device).merging(extra) { $1 }
     p.standardOutput = try FileHandle(forWritingTo: out)
     p.standardError = try FileHandle(forWritingTo: err)
     p.standardInput = FileHandle.nullDevice

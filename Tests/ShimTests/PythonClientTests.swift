@@ -1,0 +1,121 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// Python CUDA libraries that compile their own kernels and run them on the
+/// vGPU through libcuda.so.1, against a real vgpu-mediator whose device runs
+/// the PTX on its interpreter: cuda.core (NVRTC → PTX → cuLibraryLoadData →
+/// cuLaunchKernelEx) and numba-cuda (NVVM → PTX → the driver's cuLink* →
+/// cuLibraryLoadData → cuLaunchKernelEx). Each is skipped only when its
+/// package is not in the venv (tools/setup installs them all).
+@Suite struct PythonClientTests {
+  /// Whether the venv holds `package` (a folder under site-packages).
+  static func installed(_ package: String) -> Bool {
+    let lib = Paths.packageRoot.appendingPathComponent(".venv/lib")
+    let pythons = (try? FileManager.default.contentsOfDirectory(atPath: lib.path)) ?? []
+    return pythons.contains { python in
+      python.hasPrefix("python3")
+        && FileManager.default.fileExists(
+          atPath: lib.appendingPathComponent("\(python)/site-packages/\(package)").path)
+    }
+  }
+
+  /// No Python traceback and nothing the shim had to say.
+  static func quiet(_ r: CUDAClient.Output) -> Bool {
+    !r.stderr.contains("Traceback") && !r.stderrLines.contains { $0.hasPrefix("vgpu:") }
+  }
+
+  /// cuda.core's own way: Device → Program (NVRTC 12.9, compute_75 PTX) →
+  /// ObjectCode → get_kernel → launch; a vector add and saxpy<float/double>
+  /// (template names through name_expressions), checked in the script; the
+  /// parameter layout from cuKernelGetParamInfo.
+  @Test(.enabled(if: installed("cuda/core"), "cuda-core is not installed: run tools/setup"))
+  func cudaCore() throws {
+    try CUDAClient.requireShims()
+    let python = try CUDAClient.requirePython()
+    let script = CUDAClient.sources.appendingPathComponent("cuda_core_client.py").path
+    try CUDATarget.mediator { device, _ in
+      let r = try CUDAClient.run(python, [script], device: device)
+      #expect(r.status == 0, "\(r)")
+      for fact in [
+        "device \(CUDATests.identity.name) cc 9.0", "code ptx", "params 4 0:8 8:8 16:8 24:8", "vector_add 5000",
+        "saxpy<float> 5000", "saxpy<double> 5000", "done",
+      ] {
+        #expect(r.lines.contains(fact), "missing '\(fact)': \(r)")
+      }
+      #expect(Self.quiet(r), "\(r)")
+    }
+  }
+
+  /// numba-cuda's @cuda.jit without nvJitLink: a vector add, a block
+  /// reduction (shared array, syncthreads, atomic.add) and a 2-D kernel,
+  /// linked through the shim's cuLink* and checked with numpy in the script.
+  @Test(.enabled(if: installed("numba_cuda"), "numba-cuda is not installed: run tools/setup"))
+  func numbaCuda() throws {
+    try CUDAClient.requireShims()
+    let python = try CUDAClient.requirePython()
+    let script = CUDAClient.sources.appendingPathComponent("numba_cuda_client.py").path
+    try CUDATarget.mediator { device, _ in
+      let r = try CUDAClient.run(python, [script], device: device)
+      #expect(r.status == 0, "\(r)")
+      #expect(
+        r.lines == [
+          "gpu \(CUDATests.identity.name)", "vector_add 3000", "block_sum True", "scale_rows 37 53", "done",
+        ], "\(r)")
+      #expect(Self.quiet(r), "\(r)")
+    }
+  }
+
+  /// numba-cuda's shipped tests (in the wheel): the doc examples that fit an
+  /// interpreter in seconds. Left out: test_cg, test_laplace and
+  /// test_sessionize (grid.sync links libcudadevrt.a, a library the shim's
+  /// cuLink* cannot link), test_random (a 701×900×719 array: 4.5·10^8
+  /// elements), test_montecarlo (passes, but 10^6 threads twice take about a
+  /// minute on two cores), test_ffi (needs cffi).
+  @Test(
+    .enabled(
+      if: installed("numba_cuda") && installed("pytest") && installed("filecheck"),
+      "numba-cuda, pytest or filecheck is not installed: run tools/setup"))
+  func numbaDocExamples() throws {
+    try CUDAClient.requireShims()
+    let python = try CUDAClient.requirePython()
+    let modules = ["vecadd", "matmul", "reduction", "globals", "cpointer", "cpu_gpu_compat", "ufunc"]
+    try CUDATarget.mediator { device, _ in
+      let r = try CUDAClient.run(
+        python,
+        [
+          "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "numba_pytest_plugin", "--import-mode=importlib",
+          "-W", "ignore", "--tb=short", "--pyargs",
+        ] + modules.map { "numba.cuda.tests.doc_examples.test_\($0)" },
+        device: device, timeout: 300,
+        // The plugin (clients/numba_pytest_plugin.py) supplies the fixture numba's repository conftest defines.
+        extra: ["PYTHONPATH": CUDAClient.sources.path])
+      #expect(r.status == 0, "\(r)")
+      #expect(r.lines.contains { $0.hasPrefix("8 passed") }, "\(r)")
+    }
+  }
+
+  /// CuPy with its kernels as PTX (CUPY_COMPILE_WITH_PTX=1): arange, a
+  /// RawKernel, an ElementwiseKernel and a sum, through cuModuleLoadData and
+  /// cuLaunchKernel, and its runtime's cudaStreamIsCapturing before each copy
+  /// back. CUPY_ACCELERATORS is emptied: CuPy's default CUB reduction loads a
+  /// module that keeps the device busy for about 20 s (the client gives up
+  /// after 2 s of silence); the plain reduction kernel is what runs here.
+  /// Its kernel cache goes to a fresh folder, so each run compiles.
+  @Test(.enabled(if: installed("cupy"), "cupy-cuda12x is not installed: run tools/setup"))
+  func cupy() throws {
+    try CUDAClient.requireShims()
+    let python = try CUDAClient.requirePython()
+    let script = CUDAClient.sources.appendingPathComponent("cupy_client.py").path
+    let cache = CUDAClient.directory.appendingPathComponent("cupy-cache-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: cache) }
+    try CUDATarget.mediator { device, _ in
+      let r = try CUDAClient.run(
+        python, [script], device: device,
+        extra: ["CUPY_COMPILE_WITH_PTX": "1", "CUPY_ACCELERATORS": "", "CUPY_CACHE_DIR": cache.path])
+      #expect(r.status == 0, "\(r)")
+      #expect(r.lines == ["arange 10", "raw 1000", "elementwise 1000", "sum 499500", "done"], "\(r)")
+      #expect(Self.quiet(r), "\(r)")
+    }
+  }
+}
