@@ -21,7 +21,8 @@ struct Token {
 /// Splits PTX text into tokens. Never throws: bad characters become `.invalid` tokens so that
 /// a parser can skip a broken function body and go on (per-function recovery).
 struct Lexer {
-  static func tokenize(_ source: String) -> [Token] {
+  /// `progress` is called every 2^16 lines (see `PTXModule.init(source:progress:)`).
+  static func tokenize(_ source: String, progress: (() -> Void)? = nil) -> [Token] {
     let bytes = Array(source.utf8)
     var tokens: [Token] = []
     tokens.reserveCapacity(bytes.count / 4)
@@ -44,6 +45,7 @@ struct Lexer {
       if c == 10 {
         line += 1
         i += 1
+        if line & 0xffff == 0 { progress?() }
         continue
       }
       if c == 32 || c == 9 || c == 13 || c == 12 {

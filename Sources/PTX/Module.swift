@@ -99,9 +99,11 @@ public final class PTXModule: @unchecked Sendable {
   let entryLayouts: [String: (params: [PTXParameter], bytes: Int)]
 
   /// Parses and lowers PTX text. Throws only for module-level errors; a function whose body is
-  /// broken is kept as failed and reported by `kernel(named:)` / `launch`.
-  public init(source: String) throws(PTXError) {
-    var parser = Parser(source)
+  /// broken is kept as failed and reported by `kernel(named:)` / `launch`. A large module
+  /// (CuPy's CUB, hundreds of MiB from a fat binary) takes a while: `progress` is called
+  /// now and then, so a device can show it is alive.
+  public init(source: String, progress: (() -> Void)? = nil) throws(PTXError) {
+    var parser = Parser(source, progress: progress)
     let syntax = try parser.parseModule()
     version = syntax.version
     target = syntax.target
@@ -158,6 +160,7 @@ public final class PTXModule: @unchecked Sendable {
     var lowered: [Result<LoweredFunction, PTXError>] = []
     var layouts: [String: (params: [PTXParameter], bytes: Int)] = [:]
     for f in chosen {
+      progress?()
       if let e = f.error {
         lowered.append(.failure(.functionInvalid(name: f.name, reason: e.description)))
         continue

@@ -5,7 +5,12 @@ struct Parser {
   var tokens: [Token]
   var p = 0
 
-  init(_ source: String) { tokens = Lexer.tokenize(source) }
+  /// Called now and then on a long parse (every 2^16 tokens of top-level directives).
+  var progress: (() -> Void)?
+  init(_ source: String, progress: (() -> Void)? = nil) {
+    tokens = Lexer.tokenize(source, progress: progress)
+    self.progress = progress
+  }
 
   var tok: Token { tokens[p] }
   mutating func next() -> Token {
@@ -56,7 +61,12 @@ struct Parser {
   mutating func parseModule() throws(PTXError) -> ModuleSyntax {
     var m = ModuleSyntax()
     var sawVersion = false
+    var reported = 0
     while tok.kind != .eof {
+      if p - reported > 0xffff, let progress {
+        progress()
+        reported = p
+      }
       let t = tok
       guard t.kind == .word else { throw fail("a directive") }
       switch t.text {

@@ -101,7 +101,11 @@ extension Executor {
     }
     defer { withExtendedLifetime(upload) {} }
     let module: any BackendModule
-    do throws(BackendError) { module = try backend.loadModule(image) } catch { throw Refusal(error) }
+    do throws(BackendError) {
+      module = try backend.loadModule(image) { noteProgress() }
+    } catch {
+      throw Refusal(error)
+    }
     // Place the module's variables in device memory, owned by this queue
     // pair (freed with it, or at unload), then initialise them from the
     // image (whose initializers may hold the addresses just chosen).

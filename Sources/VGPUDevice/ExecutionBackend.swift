@@ -11,8 +11,10 @@ public protocol ExecutionBackend: AnyObject, Sendable {
   /// A short name for logs and `probe` ("PTX interpreter").
   var name: String { get }
   /// Reads a module image as the guest sent it (a fat binary, a wrapper's
-  /// data, an ELF cubin or PTX text). Every byte is untrusted.
-  func loadModule(_ image: UnsafeRawBufferPointer) throws(BackendError) -> any BackendModule
+  /// data, an ELF cubin or PTX text). Every byte is untrusted. A long load
+  /// calls `progress` now and then (the device moves its progress register,
+  /// so the waiting client's deadline counts silence, not work).
+  func loadModule(_ image: UnsafeRawBufferPointer, progress: () -> Void) throws(BackendError) -> any BackendModule
 }
 
 /// A loaded module: its variables (placed by the device) and its kernels.

@@ -21,7 +21,7 @@ final class PTXBackend: ExecutionBackend {
 
   var name: String { "PTX interpreter" }
 
-  func loadModule(_ image: UnsafeRawBufferPointer) throws(BackendError) -> any BackendModule {
+  func loadModule(_ image: UnsafeRawBufferPointer, progress: () -> Void) throws(BackendError) -> any BackendModule {
     let source: PTXSource
     do throws(FatBinaryError) {
       source = try ModuleImageLoader.ptx(from: image, computeCapability: computeCapability)
@@ -34,7 +34,9 @@ final class PTXBackend: ExecutionBackend {
       }
     }
     do throws(PTXError) {
-      return PTXBackendModule(try PTXModule(source: source.text), budget: instructionBudget)
+      return try withoutActuallyEscaping(progress) { (tick) throws(PTXError) in
+        PTXBackendModule(try PTXModule(source: source.text, progress: tick), budget: instructionBudget)
+      }
     } catch {
       if case .parse(let line, _, _) = error {
         throw BackendError(.invalidPTX, error.description, detail: UInt32(clamping: line))
