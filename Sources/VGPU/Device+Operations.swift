@@ -126,6 +126,33 @@ extension Device {
     return ModuleHandle(raw: c.result0)
   }
 
+  /// The names of a module's kernels, in the image's order
+  /// (cuLibraryGetKernelCount, cuLibraryEnumerateKernels).
+  public func kernelNames(in module: ModuleHandle) throws(VGPUError) -> [String] {
+    guard info.features.contains(.kernelImages) else {
+      throw VGPUError(
+        .unsupported, "list kernels", device: info.spec.description,
+        found: "the device does not list kernels (protocol 2.0, feature kernelImages)",
+        remedy: "look kernels up by name, or update the device")
+    }
+    return try withQueuePair { (qp) throws(VGPUError) -> [String] in
+      let (address, pointer) = qp.slot(0)
+      let c = try qp.execute(
+        Command.ModuleKernels(module: module.raw, staging: address, capacity: UInt64(qp.slotSize)).entry,
+        "list kernels")
+      let reply = Command.ModuleKernels.Reply(c)
+      // Untrusted: within the slot, NUL-separated, no more names than the count.
+      guard reply.written <= UInt64(qp.slotSize) else {
+        throw VGPUError(
+          .protocolViolation, "list kernels", device: self.info.spec.description,
+          found: "\(reply.written) bytes of names in a \(qp.slotSize)-byte slot")
+      }
+      let bytes = UnsafeRawBufferPointer(start: pointer, count: Int(reply.written))
+      let names = bytes.split(separator: 0, omittingEmptySubsequences: true).prefix(Int(clamping: reply.count))
+      return names.map { String(decoding: $0, as: UTF8.self) }
+    }
+  }
+
   /// A module variable's device address and size (`cuModuleGetGlobal`).
   public func global(_ name: String, in module: ModuleHandle) throws(VGPUError) -> (
     address: DevicePointer, size: Int

@@ -97,18 +97,6 @@ public func vgpucore_cuLibraryGetGlobal(
   getGlobal("cuLibraryGetGlobal", dptr, bytes, library, name)
 }
 
-/// Said once per process: kernel listing asked for.
-let kernelListingReported = Atomic<Bool>(false)
-
-func kernelListingUnsupported(_ call: StaticString) -> Int32 {
-  if !kernelListingReported.exchange(true, ordering: .relaxed) {
-    ShimRuntime.printLine(
-      "vgpu: \(call): the device does not list a module's kernels (protocol 2.0 has no such command) "
-        + "(CUDA_ERROR_NOT_SUPPORTED); look kernels up by name with cuLibraryGetKernel or cuModuleGetFunction")
-  }
-  return CUDA_ERROR_NOT_SUPPORTED
-}
-
 /// cuLibraryGetKernelCount(unsigned int *count, CUlibrary lib)
 @_cdecl("vgpucore_cuLibraryGetKernelCount")
 public func vgpucore_cuLibraryGetKernelCount(
@@ -116,8 +104,16 @@ public func vgpucore_cuLibraryGetKernelCount(
 )
   -> Int32
 {
-  guard count != nil else { return CUDA_ERROR_INVALID_VALUE }
-  return kernelListingUnsupported("cuLibraryGetKernelCount")
+  guard let count else { return CUDA_ERROR_INVALID_VALUE }
+  return withDevice("cuLibraryGetKernelCount") { (device) throws(VGPUError) in
+    let module: ModuleHandle
+    switch try deviceModule("cuLibraryGetKernelCount", handleKey(library), device) {
+    case .success(let m): module = m
+    case .failure(let e): return e.result
+    }
+    count.pointee = UInt32(clamping: try device.kernelNames(in: module).count)
+    return CUDA_SUCCESS
+  }
 }
 
 /// cuLibraryEnumerateKernels(CUkernel *kernels, unsigned int numKernels, CUlibrary lib)
@@ -125,8 +121,33 @@ public func vgpucore_cuLibraryGetKernelCount(
 public func vgpucore_cuLibraryEnumerateKernels(
   _ kernels: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ count: UInt32, _ library: UnsafeMutableRawPointer?
 ) -> Int32 {
-  guard kernels != nil else { return CUDA_ERROR_INVALID_VALUE }
-  return kernelListingUnsupported("cuLibraryEnumerateKernels")
+  guard let kernels else { return CUDA_ERROR_INVALID_VALUE }
+  let key = handleKey(library)
+  let names: [String]
+  switch listKernels("cuLibraryEnumerateKernels", key) {
+  case .success(let n): names = n
+  case .failure(let e): return e.result
+  }
+  // cuda.h: numKernels must be the library's kernel count.
+  guard Int(count) == names.count else { return CUDA_ERROR_INVALID_VALUE }
+  for (i, name) in names.enumerated() {
+    let r = name.withCString { getFunction("cuLibraryEnumerateKernels", kernels + i, key, $0) }
+    guard r == CUDA_SUCCESS else { return r }
+  }
+  return CUDA_SUCCESS
+}
+
+/// The kernel names of library `key`, loading it if it has not been yet.
+func listKernels(_ call: StaticString, _ key: UInt) -> Result<[String], CUDAError> {
+  var names: [String] = []
+  let r = withDevice(call) { (device) throws(VGPUError) in
+    switch try deviceModule(call, key, device) {
+    case .success(let m): names = try device.kernelNames(in: m)
+    case .failure(let e): return e.result
+    }
+    return CUDA_SUCCESS
+  }
+  return r == CUDA_SUCCESS ? .success(names) : .failure(CUDAError(r))
 }
 
 // MARK: Kernels and functions

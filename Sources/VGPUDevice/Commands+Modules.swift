@@ -187,6 +187,20 @@ extension Executor {
     return Command.ModuleGlobal.Reply(address: v.address, size: v.size).completion
   }
 
+  func moduleKernels(_ c: Command.ModuleKernels, qp: Int) throws(Refusal) -> CompletionEntry {
+    let names = try modules.value(c.module, pid: served[qp].pid, argument: 1).module.kernelNames
+    let staging = try stagingRange(c.staging, c.capacity, qp: qp, argument: 2)
+    var written = 0
+    for name in names {
+      let bytes = name.utf8
+      guard written + bytes.count + 1 <= Int(c.capacity) else { break }
+      UnsafeMutableRawBufferPointer(start: staging + written, count: bytes.count).copyBytes(from: bytes)
+      staging.storeBytes(of: 0, toByteOffset: written + bytes.count, as: UInt8.self)
+      written += bytes.count + 1
+    }
+    return Command.ModuleKernels.Reply(count: UInt64(names.count), written: UInt64(written)).completion
+  }
+
   private func stagedName(_ address: UInt64, _ length: UInt64, qp: Int) throws(Refusal) -> String {
     guard length > 0, length <= 4096 else { throw Refusal(status: .invalidValue, detail: 3) }
     let staging = try stagingRange(address, length, qp: qp, argument: 2)

@@ -28,6 +28,8 @@ public protocol BackendModule: AnyObject {
   /// other variables' addresses: printf's format strings, numba's
   /// environment); shorter than its size means zeros after.
   func initializer(ofVariable index: Int) throws(BackendError) -> [UInt8]
+  /// The module's kernels (`.entry` functions), in the order of the image.
+  var kernelNames: [String] { get }
   /// A kernel by name: its layout, attributes and code. A kernel whose code
   /// could not be read fails here, alone (the rest of the module works).
   func function(named name: String) throws(BackendError) -> any BackendFunction

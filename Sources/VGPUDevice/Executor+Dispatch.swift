@@ -39,6 +39,7 @@ extension Executor {
       case .moduleGlobal: return try moduleGlobal(Command.ModuleGlobal(e), qp: qp)
       case .output: return try output(Command.Output(e), qp: qp)
       case .errorText: return try errorText(Command.ErrorText(e), qp: qp)
+      case .moduleKernels: return try moduleKernels(Command.ModuleKernels(e), qp: qp)
       }
     } catch {
       served[qp].errorText =

@@ -58,6 +58,8 @@ final class PTXBackendModule: BackendModule {
     placed = module.globals.filter { !$0.isExtern && ($0.space == .global || $0.space == .const) }
   }
 
+  var kernelNames: [String] { module.kernelNames }
+
   var variables: [ModuleVariable] {
     placed.map { ModuleVariable(name: $0.name, size: $0.size, alignment: $0.alignment) }
   }

@@ -318,6 +318,36 @@ extension Command {
     }
   }
 
+  /// The names of a module's kernels (2.0).
+  @frozen public struct ModuleKernels: CommandCodec {
+    public static var opcode: Opcode { .moduleKernels }
+    public var module: UInt64
+    public var staging: UInt64
+    public var capacity: UInt64
+    @inlinable public init(module: UInt64, staging: UInt64, capacity: UInt64) {
+      self.module = module
+      self.staging = staging
+      self.capacity = capacity
+    }
+    @inlinable public init(_ e: SubmissionEntry) { (module, staging, capacity) = (e.a0, e.a1, e.a2) }
+    @inlinable public var entry: SubmissionEntry {
+      SubmissionEntry(opcode: .moduleKernels, a0: module, a1: staging, a2: capacity)
+    }
+    @frozen public struct Reply {
+      /// Kernels in the module (some may not have fit).
+      public var count: UInt64
+      public var written: UInt64
+      @inlinable public init(count: UInt64, written: UInt64) {
+        self.count = count
+        self.written = written
+      }
+      @inlinable public init(_ c: CompletionEntry) { (count, written) = (c.result0, c.result1) }
+      @inlinable public var completion: CompletionEntry {
+        CompletionEntry(status: .success, result0: count, result1: written)
+      }
+    }
+  }
+
   /// The text of the queue pair's last failed command (2.0).
   @frozen public struct ErrorText: CommandCodec {
     public static var opcode: Opcode { .errorText }

@@ -183,6 +183,11 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   /// failed command on this queue pair (UTF-8, one line, no NUL), as much as
   /// fits; r0 bytes written. Empty after a success.
   case errorText = 0x1a
+  /// 2.0, feature `kernelImages`. a0 module handle, a1 stg, a2 capacity →
+  /// the module's kernel names, each followed by a NUL, as many whole names
+  /// as fit; r0 the kernels in the module, r1 bytes written
+  /// (cuLibraryGetKernelCount, cuLibraryEnumerateKernels).
+  case moduleKernels = 0x1b
 }
 
 /// Which activity a `statistics` command reports.

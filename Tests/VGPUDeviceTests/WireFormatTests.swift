@@ -56,7 +56,9 @@ import Testing
     #expect(ProtocolVersion.packed == 0x0002_0000)
     #expect(Opcode.processes.rawValue == 0x16)
     #expect(
-      [Opcode.moduleUpload, .moduleGlobal, .output, .errorText].map(\.rawValue) == [0x17, 0x18, 0x19, 0x1a])
+      [Opcode.moduleUpload, .moduleGlobal, .output, .errorText, .moduleKernels].map(\.rawValue) == [
+        0x17, 0x18, 0x19, 0x1a, 0x1b,
+      ])
     #expect(FeatureBits.processList.rawValue == 1 << 3)
     #expect(FeatureBits.functionInfo.rawValue == 1 << 5)
     #expect(FeatureBits.kernelImages.rawValue == 1 << 6)

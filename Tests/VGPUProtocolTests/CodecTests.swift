@@ -32,6 +32,7 @@ let codecs: [(type: any CommandCodec.Type, words: [Int: UInt64])] = [
   (Command.ModuleGlobal.self, [0: ~0, 1: ~0, 2: ~0]),
   (Command.Output.self, [1: ~0, 2: ~0]),
   (Command.ErrorText.self, [1: ~0, 2: ~0]),
+  (Command.ModuleKernels.self, [0: ~0, 1: ~0, 2: ~0]),
 ]
 
 func words(_ e: SubmissionEntry) -> [UInt64] { [e.a0, e.a1, e.a2, e.a3, e.a4, e.a5, e.a6] }

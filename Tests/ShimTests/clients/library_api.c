@@ -60,6 +60,7 @@ CUresult cuLibraryGetKernel(CUkernel *, CUlibrary, const char *);
 CUresult cuLibraryGetModule(CUmodule *, CUlibrary);
 CUresult cuLibraryGetGlobal(CUdeviceptr *, size_t *, CUlibrary, const char *);
 CUresult cuLibraryGetKernelCount(unsigned *, CUlibrary);
+CUresult cuLibraryEnumerateKernels(CUkernel *, unsigned, CUlibrary);
 CUresult cuLibraryGetManaged(CUdeviceptr *, size_t *, CUlibrary, const char *);
 CUresult cuKernelGetFunction(CUfunction *, CUkernel);
 CUresult cuKernelGetLibrary(CUlibrary *, CUkernel);
@@ -253,9 +254,15 @@ int main(void) {
   IS(cuLaunchCooperativeKernel(f, 8 * 132 + 1, 1, 1, 256, 1, 1, 0, NULL, args), 720);
   OK(cuCtxSynchronize());
 
+  /* The library's kernels, in the image's order: the selftest PTX holds six. */
+  unsigned kernels = 0;
+  OK(cuLibraryGetKernelCount(&kernels, lib));
+  EXPECT(kernels == 6, "cuLibraryGetKernelCount: %u", kernels);
+  CUkernel all[6];
+  IS(cuLibraryEnumerateKernels(all, 5, lib), 1);
+  OK(cuLibraryEnumerateKernels(all, 6, lib));
+  EXPECT(all[0] == kernel, "the first kernel is fill, the same handle as cuLibraryGetKernel's");
   /* What the device cannot tell. */
-  unsigned kernels;
-  IS(cuLibraryGetKernelCount(&kernels, lib), 801);
   CUdeviceptr global;
   size_t bytes;
   IS(cuLibraryGetGlobal(&global, &bytes, lib, "no_such_variable"), 500);
