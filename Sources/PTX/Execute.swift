@@ -22,15 +22,26 @@ extension BlockRunner {
     // `limit`, either the budget is spent or it is time to report progress.
     // Both count the launch's instructions, not this thread's: a grid of many
     // short threads reports progress too.
-    var limit = min(budget &- executed, nextProgress > executed ? nextProgress &- executed : 0)
-    func checkpoint() throws(Fault) {
+    // Past `suspendAt` the checkpoint asks its caller to suspend the thread
+    // instead (`PTXLaunch.run(until:)`): every checkpoint sits before its
+    // instruction changes anything, so the thread can stop there and run
+    // that instruction when it is resumed.
+    var limit = min(
+      budget &- executed, nextProgress > executed ? nextProgress &- executed : 0,
+      suspendAt > executed ? suspendAt &- executed : 0)
+    /// True: suspend here (the instructions before this one reached `suspendAt`).
+    func checkpoint() throws(Fault) -> Bool {
       let remaining = budget &- executed
       if n > remaining { throw .budget }
+      // `n` counts the instruction at `pc`, not yet run; at least one before it
+      // must have run, so every slice makes progress.
+      if executed &+ n &- 1 >= suspendAt { return true }
       if executed &+ n >= nextProgress {
         if let progress, !progress() { throw .cancelled }
         nextProgress = executed &+ n &+ progressInterval
       }
-      limit = min(remaining, nextProgress &- executed)
+      limit = min(remaining, nextProgress &- executed, suspendAt &- executed)
+      return false
     }
     let localBase = local + t * localBytes
     defer { executed &+= n }
@@ -40,6 +51,11 @@ extension BlockRunner {
       st.frame = Int32(r - base)
       st.status = status
       threads[t] = st
+    }
+    /// Parks the thread, ready, before the instruction at `pc` (uncounted: it runs on resume).
+    func suspend() {
+      n &-= 1
+      save(Status.ready)
     }
 
     while true {
@@ -346,14 +362,20 @@ extension BlockRunner {
 
       // Control flow (PTX ISA §9.7.13).
       case .bra:
-        if n > limit { try checkpoint() }
+        if n > limit, try checkpoint() {
+          suspend()
+          return
+        }
         pc = Int(i.imm)
         continue
       case .call:
         let site = module.callSite(Int(st.fn), Int(i.a))
         switch site.target {
         case .function(let callee):
-          if n > limit { try checkpoint() }
+          if n > limit, try checkpoint() {
+            suspend()
+            return
+          }
           let cf = funcs[callee]
           let newR = r + fn.frameSlots
           let newLocal = r[Int(Slot.localBase)] + UInt64(fn.localBytes)
@@ -410,7 +432,10 @@ extension BlockRunner {
       case .ret:
         if r == base {
           // Short threads that never branch back still count towards progress.
-          if n > limit { try checkpoint() }
+          if n > limit, try checkpoint() {
+            suspend()
+            return
+          }
           save(Status.exited)
           return
         }
@@ -430,7 +455,10 @@ extension BlockRunner {
         pbase = callerP
         continue
       case .exit:
-        if n > limit { try checkpoint() }
+        if n > limit, try checkpoint() {
+          suspend()
+          return
+        }
         save(Status.exited)
         return
       case .trap: throw .trap(i.line)
@@ -440,7 +468,10 @@ extension BlockRunner {
 
       // Sync points: park (PTX ISA §9.7.13.1 bar/barrier).
       case .barSync:
-        if n > limit { try checkpoint() }
+        if n > limit, try checkpoint() {
+          suspend()
+          return
+        }
         pc += 1
         st.barrier = UInt8(a & 15)
         st.barrierCount = i.b >= 0 ? UInt32(truncatingIfNeeded: r[Int(i.b)]) : 0
@@ -449,7 +480,10 @@ extension BlockRunner {
       case .barArrive:
         arrivals[Int(a & 15)] += 1
       case .warpSync, .shfl, .vote, .activemask, .redux:
-        if n > limit { try checkpoint() }
+        if n > limit, try checkpoint() {
+          suspend()
+          return
+        }
         save(Status.collective)
         return
       }

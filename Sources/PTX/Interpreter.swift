@@ -158,6 +158,8 @@ struct BlockRunner {
   var executed: UInt64 = 0
   /// When `executed` reaches this, the next checkpoint calls `progress`.
   var nextProgress: UInt64
+  /// When `executed` reaches this, the next checkpoint suspends its thread (`PTXLaunch.run(until:)`).
+  var suspendAt: UInt64 = .max
   var ctaid = PTXDim3(0)
   var arrivals = [Int](repeating: 0, count: 16)
   // Last-hit cache of global regions.
@@ -283,7 +285,8 @@ struct BlockRunner {
 
   // MARK: blocks
 
-  mutating func runBlock(_ id: PTXDim3) throws(PTXError) {
+  /// Sets block `id`'s threads at their entry, ready to run.
+  mutating func startBlock(_ id: PTXDim3) {
     ctaid = id
     for i in 0..<16 { arrivals[i] = 0 }
     memset(shared, 0, sharedBytes)
@@ -298,17 +301,27 @@ struct BlockRunner {
       r[Int(Slot.localBase)] = 0
       r[Int(Slot.localWindow)] = Memory.localWindow + UInt64(t) * Memory.localStride
     }
+  }
+
+  /// Runs the current block until it finishes (true) or `executed` reaches `suspendAt` (false).
+  /// A suspended thread is left ready at the instruction it had not yet run, so calling this
+  /// again goes on exactly where it stopped: the ready threads are those the pass had not
+  /// reached (a thread's run never readies another; only the release steps do).
+  mutating func continueBlock() throws(PTXError) -> Bool {
     while true {
       for t in 0..<nthreads where threads[t].status == Status.ready {
         do { try run(t) } catch { throw self.error(error, thread: t) }
+        // Still ready after its run: it stopped at a checkpoint to suspend. Threads
+        // that merely parked are at rest too, so stopping between threads is safe.
+        if threads[t].status == Status.ready || executed >= suspendAt { return false }
       }
       var live = 0
       for t in 0..<nthreads where threads[t].status != Status.exited { live += 1 }
-      if live == 0 { return }
+      if live == 0 { return true }
       var released = releaseBarriers(live: live)
       if try releaseCollectives(activemask: false) { released = true }
       if !released, try releaseCollectives(activemask: true) { released = true }
-      if !released { throw .deadlock(kernel: kernel, block: id, detail: deadlockDetail()) }
+      if !released { throw .deadlock(kernel: kernel, block: ctaid, detail: deadlockDetail()) }
     }
   }
 

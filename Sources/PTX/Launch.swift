@@ -108,6 +108,20 @@ extension PTXModule {
     kernel: String, grid: PTXDim3, block: PTXDim3, dynamicSharedBytes: Int = 0, parameters: UnsafeRawBufferPointer,
     memory: any PTXGlobalMemory, options: PTXLaunchOptions = PTXLaunchOptions()
   ) throws(PTXError) -> PTXLaunchStats {
+    let launch = try prepareLaunch(
+      kernel: kernel, grid: grid, block: block, dynamicSharedBytes: dynamicSharedBytes, parameters: parameters,
+      memory: memory, options: options)
+    _ = try launch.run(until: .max)
+    return launch.stats
+  }
+
+  /// Checks a launch of `kernel` and sets it up without running anything: `run(until:)` on the
+  /// result runs it, in slices if the caller likes. The parameters are copied, so the buffer
+  /// may be reused at once; `memory` is used until the launch finishes.
+  public func prepareLaunch(
+    kernel: String, grid: PTXDim3, block: PTXDim3, dynamicSharedBytes: Int = 0, parameters: UnsafeRawBufferPointer,
+    memory: any PTXGlobalMemory, options: PTXLaunchOptions = PTXLaunchOptions()
+  ) throws(PTXError) -> PTXLaunch {
     let plan = try self.plan(kernel)
     let info = plan.info
     guard block.count > 0, block.count <= 1024, grid.count > 0, block.z <= 64 else {
@@ -118,26 +132,9 @@ extension PTXModule {
         kernel: kernel,
         reason: "parameter buffer has \(parameters.count) bytes, the kernel needs \(info.parameterBytes)")
     }
-    let root = plan.root
-    let funcs = plan.funcs
-    let stack = plan.stack
-    let sharedBytes = plan.dynamicBase + max(0, dynamicSharedBytes)
-
-    var runner = BlockRunner(
-      kernel: kernel, module: self, funcs: funcs, root: root, block: block, grid: grid,
-      stackSlots: stack.frameSlots + 64, localBytes: stack.localBytes, sharedBytes: sharedBytes,
-      dynamicShared: UInt32(max(0, dynamicSharedBytes)),
-      params: parameters, memory: memory, budget: options.instructionBudget, printf: options.printf,
-      progress: options.progress, progressInterval: max(1, options.progressInterval))
-    defer { runner.release() }
-    for z in 0..<grid.z {
-      for y in 0..<grid.y {
-        for x in 0..<grid.x {
-          try runner.runBlock(PTXDim3(x, y, z))
-        }
-      }
-    }
-    return PTXLaunchStats(instructions: runner.executed)
+    return PTXLaunch(
+      kernel: kernel, module: self, plan: plan, grid: grid, block: block, dynamicSharedBytes: dynamicSharedBytes,
+      parameters: parameters, memory: memory, options: options)
   }
 
   /// What a launch of `kernel` needs that does not change between launches:
@@ -202,5 +199,84 @@ extension PTXModule {
       }
     }
     return try result.get()
+  }
+}
+
+/// One launch in progress: the blocks' runner, where it stopped, and its own copy of the
+/// parameters. `run(until:)` runs it in slices; between slices every thread of the current
+/// block is parked where it can go on (at a sync point, exited, or before a branch, call or
+/// return it has not yet executed), so no instruction ever runs twice.
+///
+/// Not thread-safe, but free of thread-local state: a launch started on one thread may be
+/// continued on another, one `run` at a time.
+public final class PTXLaunch: @unchecked Sendable {
+  private let plan: LaunchPlan
+  private let parameters: UnsafeMutableRawBufferPointer
+  private var runner: BlockRunner
+  private let grid: PTXDim3
+  /// The linear index of the block running (or next to run).
+  private var nextBlock = 0
+  /// Whether block `nextBlock` has been set up (its threads started).
+  private var blockStarted = false
+  /// Set once the launch finished or failed: `run` then does nothing more.
+  private var ended = false
+
+  init(
+    kernel: String, module: PTXModule, plan: LaunchPlan, grid: PTXDim3, block: PTXDim3, dynamicSharedBytes: Int,
+    parameters: UnsafeRawBufferPointer, memory: any PTXGlobalMemory, options: PTXLaunchOptions
+  ) {
+    self.plan = plan
+    self.grid = grid
+    self.parameters = .allocate(byteCount: max(parameters.count, 16), alignment: 16)
+    if let b = parameters.baseAddress, parameters.count > 0 {
+      self.parameters.baseAddress!.copyMemory(from: b, byteCount: parameters.count)
+    }
+    let stack = plan.stack
+    runner = BlockRunner(
+      kernel: kernel, module: module, funcs: plan.funcs, root: plan.root, block: block, grid: grid,
+      stackSlots: stack.frameSlots + 64, localBytes: stack.localBytes,
+      sharedBytes: plan.dynamicBase + max(0, dynamicSharedBytes), dynamicShared: UInt32(max(0, dynamicSharedBytes)),
+      params: UnsafeRawBufferPointer(start: self.parameters.baseAddress, count: parameters.count), memory: memory,
+      budget: options.instructionBudget, printf: options.printf, progress: options.progress,
+      progressInterval: max(1, options.progressInterval))
+  }
+
+  deinit {
+    runner.release()
+    parameters.deallocate()
+  }
+
+  /// What the launch has done so far.
+  public var stats: PTXLaunchStats { PTXLaunchStats(instructions: runner.executed) }
+
+  /// Runs the launch until it finishes (true) or until it has run at least `limit` more
+  /// thread-instructions (at least one) and can stop (false; call again to go on). A failure
+  /// (a fault, the budget, a cancel) ends the launch: later calls return true at once.
+  public func run(until limit: UInt64) throws(PTXError) -> Bool {
+    if ended { return true }
+    let l = max(1, limit)
+    runner.suspendAt = runner.executed > UInt64.max - l ? .max : runner.executed + l
+    do throws(PTXError) {
+      let count = grid.count
+      while nextBlock < count {
+        if !blockStarted {
+          let x = UInt32(nextBlock % Int(grid.x))
+          let y = UInt32((nextBlock / Int(grid.x)) % Int(grid.y))
+          let z = UInt32(nextBlock / (Int(grid.x) * Int(grid.y)))
+          runner.startBlock(PTXDim3(x, y, z))
+          blockStarted = true
+        }
+        guard try runner.continueBlock() else { return false }
+        blockStarted = false
+        nextBlock += 1
+        // Between blocks every thread is at rest: a good place to stop.
+        if nextBlock < count && runner.executed >= runner.suspendAt { return false }
+      }
+    } catch {
+      ended = true
+      throw error
+    }
+    ended = true
+    return true
   }
 }
