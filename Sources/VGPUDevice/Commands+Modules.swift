@@ -234,13 +234,6 @@ extension Executor {
     let parameters = try stagingRange(c.parameters, length, qp: qp, argument: 6)
     let geometry = KernelGeometry(grid: grid, block: block, sharedBytes: c.sharedBytes)
     let arguments = UnsafeRawBufferPointer(start: parameters, count: Int(length))
-    if workers != nil && !function.runsInline {
-      // Handed to a worker: `serve` gives it its ids and stops serving the pair until it is done.
-      handedOver = LaunchJob(
-        qp: qp, generation: served[qp].generation, function: function, geometry: geometry, parameters: arguments,
-        memory: KernelMemoryView(executor: self, pid: pid, locked: false))
-      return CompletionEntry(status: .success)
-    }
     // A box per process, found with the dictionary's getter: its modify
     // accessor (and a default value's closure) would allocate per launch.
     let box: OutputBox
@@ -250,12 +243,24 @@ extension Executor {
       box = OutputBox()
       outputs[pid] = box
     }
+    // A launch starts here, on the serving thread: a small kernel completes
+    // without the cost of a hand-off. One that runs past the slice goes on
+    // on a worker, so it holds up no other client (without workers, a device
+    // driven by hand, it runs to the end here).
+    let pending: (any BackendLaunch)?
     do throws(BackendError) {
-      try function.launch(
+      pending = try function.launch(
         geometry, parameters: arguments, memory: KernelMemoryView(executor: self, pid: pid, locked: true),
-        output: &box.output, cancelled: inlineCancelled)
+        output: &box.output, inlineSlice: workers == nil ? .max : inlineSlice)
     } catch {
       throw Refusal(error)
+    }
+    if let pending {
+      // `serve` gives it its ids and stops serving the pair until it is done.
+      handedOver = LaunchJob(
+        qp: qp, generation: served[qp].generation, launch: pending,
+        memory: KernelMemoryView(executor: self, pid: pid, locked: false))
+      return CompletionEntry(status: .success)
     }
     countLaunch(qp)
     return CompletionEntry(status: .success)

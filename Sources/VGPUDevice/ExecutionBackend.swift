@@ -41,18 +41,27 @@ public protocol BackendFunction: AnyObject {
   var info: FunctionInfo { get }
   /// Where each parameter sits in the packed buffer.
   var slots: [ParameterSlot] { get }
-  /// Runs the kernel to completion. `parameters` has exactly
-  /// `info.parameterBytes` bytes; global memory goes through `memory`,
-  /// which checks every access against the launching process's allocations;
-  /// `printf` text is appended to `output`. A long kernel looks at
-  /// `cancelled` now and then, and stops when it is set.
+  /// Starts the kernel and runs it on the calling thread (the serving
+  /// thread, under the executor's lock) for about `inlineSlice`
+  /// thread-instructions. Returns nil when it finished (its `printf` text
+  /// then appended to `output`), or the launch in progress, which a worker
+  /// finishes: a small kernel completes without a hand-off, a long one holds
+  /// up no one. `parameters` has exactly `info.parameterBytes` bytes and may
+  /// be reused once this returns; global memory goes through `memory`, which
+  /// checks every access against the launching process's allocations.
   func launch(
     _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, memory: KernelMemoryView,
-    output: inout DeviceOutput, cancelled: borrowing Atomic<Bool>
-  ) throws(BackendError)
-  /// Whether launches run on the serving thread rather than on a worker
-  /// (interpreted PTX, which may run for seconds, never does).
-  var runsInline: Bool { get }
+    output: inout DeviceOutput, inlineSlice: UInt64
+  ) throws(BackendError) -> (any BackendLaunch)?
+}
+
+/// A launch that ran past its inline slice, for a worker thread to finish.
+public protocol BackendLaunch: AnyObject, Sendable {
+  /// Runs the rest of the launch, with `memory` (a view for this thread) and
+  /// the text of all its `printf`s appended to `output`. A long kernel looks
+  /// at `cancelled` now and then, and stops when it is set.
+  func finish(memory: KernelMemoryView, output: inout DeviceOutput, cancelled: borrowing Atomic<Bool>)
+    throws(BackendError)
 }
 
 /// A grid: blocks, threads per block and dynamic shared memory (cuLaunchKernel's arguments).

@@ -77,8 +77,9 @@ final class Executor: @unchecked Sendable {
   /// A launch the handler handed over, for `serve` to give its ids and submit.
   @exclusivity(unchecked) var handedOver: LaunchJob?
   @exclusivity(unchecked) var generations: UInt64 = 0
-  /// Never set: inline launches are not cancelled.
-  let inlineCancelled = Atomic<Bool>(false)
+  /// Thread-instructions a launch runs on the serving thread before it is
+  /// handed to a worker (`ReferenceDeviceConfiguration.inlineLaunchSlice`).
+  @exclusivity(unchecked) var inlineSlice: UInt64 = 1 << 14
   @exclusivity(unchecked) var streams = HandleTable<Void>(kind: 3)
   @exclusivity(unchecked) var events = HandleTable<UInt64>(kind: 4)  // the time it was recorded, 0 = never
   @exclusivity(unchecked) var deviceTotals = StatisticsRecord()

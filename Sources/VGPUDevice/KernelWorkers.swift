@@ -17,10 +17,9 @@ final class LaunchJob: @unchecked Sendable {
   let generation: UInt64
   var commandID: UInt16 = 0
   var sqHead: UInt16 = 0
-  let function: any BackendFunction
-  let geometry: KernelGeometry
-  /// A copy: the guest may reuse its staging slot once the launch is taken.
-  let parameters: UnsafeMutableRawBufferPointer
+  /// Started on the serving thread; it ran past its inline slice.
+  let launch: any BackendLaunch
+  /// For the worker: takes the executor's lock per lookup.
   let memory: KernelMemoryView
   // Written by the worker, read by the serving thread after `finished`.
   var output = DeviceOutput()
@@ -29,29 +28,16 @@ final class LaunchJob: @unchecked Sendable {
   /// Set when the pair goes away: the kernel stops at its next checkpoint.
   let cancelled = Atomic<Bool>(false)
 
-  init(
-    qp: Int, generation: UInt64, function: any BackendFunction, geometry: KernelGeometry,
-    parameters: UnsafeRawBufferPointer, memory: KernelMemoryView
-  ) {
+  init(qp: Int, generation: UInt64, launch: any BackendLaunch, memory: KernelMemoryView) {
     self.qp = qp
     self.generation = generation
-    self.function = function
-    self.geometry = geometry
-    self.parameters = .allocate(byteCount: max(parameters.count, 1), alignment: 16)
-    if let b = parameters.baseAddress { self.parameters.baseAddress!.copyMemory(from: b, byteCount: parameters.count) }
-    self.parameterCount = parameters.count
+    self.launch = launch
     self.memory = memory
   }
 
-  private let parameterCount: Int
-
-  deinit { parameters.deallocate() }
-
   func run() {
     do throws(BackendError) {
-      try function.launch(
-        geometry, parameters: UnsafeRawBufferPointer(start: parameters.baseAddress, count: parameterCount),
-        memory: memory, output: &output, cancelled: cancelled)
+      try launch.finish(memory: memory, output: &output, cancelled: cancelled)
     } catch {
       result = CompletionEntry(
         status: error.status, result0: error.result0, result1: error.result1, detail: error.detail)

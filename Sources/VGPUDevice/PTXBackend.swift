@@ -107,33 +107,27 @@ final class PTXBackendFunction: BackendFunction {
     slots = k.parameters.map { ParameterSlot(offset: UInt32($0.offset), size: UInt32($0.size)) }
   }
 
-  var runsInline: Bool { false }
-
   func launch(
     _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, memory: KernelMemoryView,
-    output: inout DeviceOutput, cancelled: borrowing Atomic<Bool>
-  ) throws(BackendError) {
-    // The flag outlives the launch (the job holds it); the engine's
-    // checkpoint reads it through this pointer.
-    let stop = withUnsafePointer(to: cancelled) { UnsafeRawPointer($0) }
-    var text: [UInt8] = []
+    output: inout DeviceOutput, inlineSlice: UInt64
+  ) throws(BackendError) -> (any BackendLaunch)? {
+    let context = PTXLaunchContext(memory: memory)
     let g = geometry.grid
     let b = geometry.block
+    let started: PTXLaunch
     do throws(PTXError) {
-      _ = try module.module.launch(
+      started = try module.module.prepareLaunch(
         kernel: name, grid: PTXDim3(g.x, g.y, g.z), block: PTXDim3(b.x, b.y, b.z),
-        dynamicSharedBytes: Int(geometry.sharedBytes), parameters: parameters, memory: memory,
+        dynamicSharedBytes: Int(geometry.sharedBytes), parameters: parameters, memory: context,
         options: PTXLaunchOptions(
-          instructionBudget: module.budget, printf: { text.append(contentsOf: $0.utf8) },
-          progress: {
-            memory.reportProgress()
-            return !stop.assumingMemoryBound(to: Atomic<Bool>.self).pointee.load(ordering: .relaxed)
-          }))
+          instructionBudget: module.budget, printf: { context.text.append(contentsOf: $0.utf8) },
+          progress: { context.progress() }))
     } catch {
-      output.append(text)
       throw BackendError(Self.status(error), error.description, result0: Self.address(error))
     }
-    if !text.isEmpty { output.append(text) }
+    let pending = PTXBackendLaunch(launch: started, context: context)
+    // The inline part is never cancelled: it is short, and the pair is being served.
+    return try pending.run(until: inlineSlice, output: &output) ? nil : pending
   }
 
   static func status(_ e: PTXError) -> CommandStatus {
@@ -152,6 +146,64 @@ final class PTXBackendFunction: BackendFunction {
     case .illegalAddress(_, _, _, let address, _, _, _), .misalignedAddress(_, _, _, let address, _, _): address
     default: 0
     }
+  }
+}
+
+/// What a launch's callbacks reach: the memory view and the cancel flag of
+/// the thread running it now (the serving thread's first, then a worker's),
+/// and its printf text, kept until the launch is done so that a client gets
+/// a launch's output whole.
+final class PTXLaunchContext: PTXGlobalMemory, @unchecked Sendable {
+  var memory: KernelMemoryView
+  /// Points at the running thread's cancel flag; nil while running inline.
+  var stop: UnsafeRawPointer?
+  var text: [UInt8] = []
+
+  init(memory: KernelMemoryView) { self.memory = memory }
+
+  func region(containing address: UInt64) -> PTXMemoryRegion? { memory.region(containing: address) }
+
+  /// The engine's progress callback: the device is alive; false stops the launch.
+  func progress() -> Bool {
+    memory.reportProgress()
+    guard let stop else { return true }
+    return !stop.assumingMemoryBound(to: Atomic<Bool>.self).pointee.load(ordering: .relaxed)
+  }
+}
+
+/// A PTX launch in progress (`PTXLaunch`), as the device continues it.
+final class PTXBackendLaunch: BackendLaunch, @unchecked Sendable {
+  let launch: PTXLaunch
+  let context: PTXLaunchContext
+
+  init(launch: PTXLaunch, context: PTXLaunchContext) {
+    self.launch = launch
+    self.context = context
+  }
+
+  /// Runs up to `limit` more thread-instructions; when the launch ends
+  /// (finished or failed) its text goes to `output`. True when it ended.
+  func run(until limit: UInt64, output: inout DeviceOutput) throws(BackendError) -> Bool {
+    do throws(PTXError) {
+      guard try launch.run(until: limit) else { return false }
+    } catch {
+      output.append(context.text)
+      throw BackendError(
+        PTXBackendFunction.status(error), error.description, result0: PTXBackendFunction.address(error))
+    }
+    if !context.text.isEmpty { output.append(context.text) }
+    return true
+  }
+
+  func finish(memory: KernelMemoryView, output: inout DeviceOutput, cancelled: borrowing Atomic<Bool>)
+    throws(BackendError)
+  {
+    // The flag outlives the launch (the job holds it); the engine's
+    // checkpoint reads it through this pointer.
+    context.stop = withUnsafePointer(to: cancelled) { UnsafeRawPointer($0) }
+    context.memory = memory
+    defer { context.stop = nil }
+    _ = try run(until: .max, output: &output)
   }
 }
 

@@ -19,6 +19,11 @@ public struct ReferenceDeviceConfiguration: Sendable {
   /// so that clients' kernels run at once and a long one holds up no one
   /// else's commands. Default: the host's cores, at least 2.
   public var kernelWorkers = max(2, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+  /// Thread-instructions a launch runs on the serving thread before the
+  /// rest goes to a worker: a small kernel then completes without a
+  /// hand-off's cost, while a long one holds up other clients for no more
+  /// than this (2^14: tens of microseconds in a release build).
+  public var inlineLaunchSlice: UInt64 = 1 << 14
   public var layout = BARLayout()
   public var uuid: [UInt8] = [
     0x56, 0x47, 0x50, 0x55, 0x2d, 0x72, 0x65, 0x66, 0x2d, 0x64, 0x65, 0x76, 0x69, 0x63, 0x65, 0x30,
@@ -139,7 +144,10 @@ public final class ReferenceDevice: @unchecked Sendable {
       _ = vgpu_futex_wake(registers.deviceWakeWord, 1)
       if let doorbell { _ = vgpu_eventfd_signal(doorbell) }
     }
-    executor.lock.withLock { _ in executor.workers = workers }
+    executor.lock.withLock { _ in
+      executor.inlineSlice = configuration.inlineLaunchSlice
+      executor.workers = workers
+    }
     thread = startThread { self.serve() }
     precondition(thread != nil, "pthread_create failed: \(errno)")
   }
