@@ -9,9 +9,14 @@ import VGPUProtocol
 /// nvcc 13.5 (a fat binary: zstd-compressed PTX beside an sm_75 cubin) and
 /// by NVRTC 12.9 (PTX), loaded through a real vgpu-mediator and run by its
 /// PTX engine; every result checked against a CPU reference.
-@Suite(.serialized) struct KernelCorpusOnDeviceTests {
-  /// One mediator for the suite, with a small watchdog so the endless loop ends in seconds.
-  static let mediator: MediatorProcess? = try? MediatorProcess(arguments: ["--kernel-budget", "10000000"])
+@Suite(.serialized) final class KernelCorpusOnDeviceTests {
+  /// A mediator per test (Swift Testing makes an instance per test; deinit
+  /// stops it), with a small watchdog so the endless loop ends in seconds.
+  let mediator: MediatorProcess
+
+  init() throws { mediator = try MediatorProcess(arguments: ["--kernel-budget", "10000000"]) }
+
+  deinit { _ = mediator.stop() }
 
   enum Compiler: String, CaseIterable, CustomTestStringConvertible {
     case nvcc, nvrtc
@@ -29,10 +34,7 @@ import VGPUProtocol
     }
   }
 
-  static func open() throws -> Device {
-    let m = try #require(mediator, "vgpu-mediator did not start")
-    return try Device.open(m.spec)
-  }
+  func open() throws -> Device { try Device.open(mediator.spec) }
 
   enum Arg {
     case ptr(DevicePointer)
@@ -102,7 +104,7 @@ import VGPUProtocol
   // MARK: Results against the CPU
 
   @Test(arguments: Compiler.allCases) func vectorAddAndSaxpy(_ compiler: Compiler) throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let n = 1000
     let a = (0..<n).map { Float($0) * 0.5 }
@@ -118,7 +120,7 @@ import VGPUProtocol
   }
 
   @Test(arguments: Compiler.allCases) func reductionWithShuffleAndBarrier(_ compiler: Compiler) throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let n = 5000
     let x = (0..<n).map { Float(($0 * 37) % 101) / 10 }
@@ -130,7 +132,7 @@ import VGPUProtocol
   }
 
   @Test(arguments: Compiler.allCases) func tiledMatmulInSharedMemory(_ compiler: Compiler) throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let n = 37
     let a = (0..<n * n).map { Float($0 % 7) - 3 }
@@ -149,7 +151,7 @@ import VGPUProtocol
   }
 
   @Test(arguments: Compiler.allCases) func softmaxWithExpf(_ compiler: Compiler) throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let (rows, cols) = (9, 33)
     let x = (0..<rows * cols).map { Float(($0 * 13) % 17) / 4 - 2 }
@@ -167,7 +169,7 @@ import VGPUProtocol
   }
 
   @Test(arguments: Compiler.allCases) func atomicsIntFloatMaxAndCAS(_ compiler: Compiler) throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let n = 300
     let values = (0..<n).map { Int32(($0 * 7919) % 1000) }
@@ -181,7 +183,7 @@ import VGPUProtocol
   }
 
   @Test(arguments: Compiler.allCases) func ballotAnyAll(_ compiler: Compiler) throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let n = 80  // three warps: the third only partly in range
     let input = (0..<96).map { i -> Int32 in i < 32 ? 1 : (i % 3 == 0 ? 1 : -1) }
@@ -199,7 +201,7 @@ import VGPUProtocol
   }
 
   @Test(arguments: Compiler.allCases) func inclusiveScanAndDynamicSharedMemory(_ compiler: Compiler) throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let n = 700
     let x = (0..<n).map { Int32($0 % 9) - 3 }
@@ -229,7 +231,7 @@ import VGPUProtocol
   /// `__device__` variables: initialised from the image, found by name
   /// (cuModuleGetGlobal), written as cudaMemcpyToSymbol does, used by kernels.
   @Test(arguments: Compiler.allCases) func deviceGlobals(_ compiler: Compiler) throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let module = try d.loadModule(try Self.image("device_globals", compiler))
     let scale = try d.global("scale", in: module)
@@ -253,7 +255,7 @@ import VGPUProtocol
   }
 
   @Test(arguments: Compiler.allCases) func doublePrecisionMath(_ compiler: Compiler) throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let x = [0.5, 1, 2.25, 3.75, 10, 123.456]
     let (pin, pout) = (try Self.upload(d, x), try d.allocate(x.count * 5 * 8))
@@ -269,7 +271,7 @@ import VGPUProtocol
   }
 
   @Test(arguments: Compiler.allCases) func structParameterAnd64BitIndices(_ compiler: Compiler) throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let n = 200
     let out = try d.allocate(n * 4)
@@ -293,7 +295,7 @@ import VGPUProtocol
   // MARK: Output and errors
 
   @Test(arguments: Compiler.allCases) func printfReachesTheLaunchingProcess(_ compiler: Compiler) throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let x: [Float] = [1.5, -2, 3.25]
     let px = try Self.upload(d, x)
@@ -306,7 +308,7 @@ import VGPUProtocol
   }
 
   @Test(arguments: Compiler.allCases) func assertFailsTheLaunchWith710(_ compiler: Compiler) throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let n = 64
     let px = try Self.upload(d, (0..<n).map { Int32($0 == 17 ? 99 : $0) })
@@ -325,9 +327,9 @@ import VGPUProtocol
   /// An out-of-bounds store fails its launch with 700, naming the thread and
   /// address; the mediator and another client go on.
   @Test(arguments: Compiler.allCases) func anIllegalAddressFailsOnlyThatLaunch(_ compiler: Compiler) throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
-    let other = try Self.open()
+    let other = try open()
     defer { other.close() }
     let buffer = try d.allocate(4096)
     do {
@@ -339,7 +341,7 @@ import VGPUProtocol
       #expect(status == .illegalAddress && status?.cudaResult == 700)
       #expect("\(error)".contains("illegal address") && "\(error)".contains("thread (0,0,0)"), "\(error)")
     }
-    #expect(Self.mediator?.process.isRunning == true)
+    #expect(mediator.process.isRunning)
     let p = try Self.upload(other, [Float](repeating: 1, count: 8))
     try Kernel(other, "vector_add", "vector_add", compiler).launch(
       grid: Dimensions(1), block: Dimensions(32), [.ptr(p), .ptr(p), .ptr(p), .i32(8)])
@@ -348,7 +350,7 @@ import VGPUProtocol
   }
 
   @Test func anEndlessLoopEndsWith702() throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let flag = try Self.upload(d, [Int32(0)])
     let started = Date()
@@ -368,7 +370,7 @@ import VGPUProtocol
   /// Kernels run on the device's workers: while one client's kernel loops,
   /// another client opens the device, runs its own kernel and its commands.
   @Test func aLongKernelHoldsUpNoOtherClient() throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     let flag = try Self.upload(d, [Int32(0)])
     let looping = try Kernel(d, "endless_loop", "endless_loop", .nvrtc)
@@ -381,7 +383,7 @@ import VGPUProtocol
     }
     thread.start()
     usleep(200_000)  // the loop is running
-    let other = try Self.open()
+    let other = try open()
     defer { other.close() }
     let p = try Self.upload(other, [Float](repeating: 1, count: 64))
     try Kernel(other, "vector_add", "vector_add", .nvrtc).launch(
@@ -396,7 +398,7 @@ import VGPUProtocol
   /// Images the device cannot use: each its own CUDA error and one line,
   /// and the device serves the next command.
   @Test func badImagesGetTheirErrorAndOneLine() throws {
-    let d = try Self.open()
+    let d = try open()
     defer { d.close() }
     func refused(_ image: [UInt8], _ status: CommandStatus, _ words: [String]) {
       do {
