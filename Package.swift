@@ -96,8 +96,6 @@ let package = Package(
     // The PTX engine: parser, lowering and interpreter for the reference device. Depends on nothing here.
     .target(name: "PTX"),
     .testTarget(name: "PTXTests", dependencies: ["PTX", "NVRTC"]),
-    // Thread-instructions per second on vector add: `swift run -c release ptx-bench`.
-    .executableTarget(name: "ptx-bench", dependencies: ["PTX"], path: "Tests/PTXBench"),
     // Helpers shared by the test targets.
     .target(name: "TestSupport", dependencies: ["VGPUProtocol", "NVRTC"], path: "Tests/TestSupport"),
     // NVRTC 12.9 from .venv through dlopen: the tests and the benchmark compile the project's CUDA with it.

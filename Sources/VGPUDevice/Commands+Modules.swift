@@ -102,7 +102,7 @@ extension Executor {
     defer { withExtendedLifetime(upload) {} }
     let module: any BackendModule
     do throws(BackendError) {
-      module = try backend.loadModule(image) { noteProgress() }
+      module = try backend.loadModule(image) { tick() }
     } catch {
       throw Refusal(error)
     }

@@ -58,10 +58,11 @@ public protocol BackendFunction: AnyObject {
 /// A launch that ran past its inline slice, for a worker thread to finish.
 public protocol BackendLaunch: AnyObject, Sendable {
   /// Runs the rest of the launch, with `memory` (a view for this thread) and
-  /// the text of all its `printf`s appended to `output`. A long kernel looks
-  /// at `cancelled` now and then, and stops when it is set.
-  func finish(memory: KernelMemoryView, output: inout DeviceOutput, cancelled: borrowing Atomic<Bool>)
-    throws(BackendError)
+  /// the text of all its `printf`s appended to `output`.
+  func finish(memory: KernelMemoryView, output: inout DeviceOutput) throws(BackendError)
+  /// Asks a running `finish` to stop at its next checkpoint (its client went
+  /// away, or the device stops); callable from any thread.
+  func cancel()
 }
 
 /// A grid: blocks, threads per block and dynamic shared memory (cuLaunchKernel's arguments).
@@ -104,11 +105,6 @@ public struct BackendError: Error, Sendable, CustomStringConvertible {
     self.detail = detail
     self.result0 = result0
   }
-  func with(result1: UInt64) -> BackendError {
-    var e = self
-    e.result1 = result1
-    return e
-  }
   public var description: String { message }
 }
 
@@ -123,20 +119,13 @@ public struct KernelMemoryView: @unchecked Sendable {
   /// thread); a worker takes it for each lookup (only on its cache misses).
   let locked: Bool
 
-  /// A host pointer to `count` bytes at device `address`, or nil when any
-  /// of them is outside the process's live allocations.
-  @inline(__always)
-  public func resolve(_ address: UInt64, count: Int) -> UnsafeMutableRawPointer? {
-    try? executor.deviceRange(address, UInt64(count), pid: pid, argument: 0)
-  }
-
   /// Says the device is alive while a long kernel runs: moves the progress
   /// register, which clients' deadlines watch (PROTOCOL.md §11).
   public func reportProgress() {
     if locked {
-      executor.noteProgress()
+      executor.tick()
     } else {
-      executor.lock.withLock { _ in executor.noteProgress() }
+      executor.lock.withLock { _ in executor.tick() }
     }
   }
 }
@@ -173,7 +162,11 @@ public struct DeviceOutput: Sendable {
     return (n, d)
   }
 
-  mutating func countDropped(_ n: UInt64) { dropped &+= n }
+  /// Appends what another buffer holds (a worker's launch), drops included.
+  mutating func append(_ other: DeviceOutput) {
+    append(other.bytes)
+    dropped &+= other.dropped
+  }
 
   var isEmpty: Bool { bytes.isEmpty }
   var count: Int { bytes.count }

@@ -92,7 +92,7 @@ extension Executor {
   func release(_ qp: Int, because reason: DeviceEvent.ReleaseReason = .closed) {
     if let job = served[qp].busy {
       // Its kernel may still touch the pair's memory: stop it, release when it has.
-      job.cancelled.store(true, ordering: .relaxed)
+      job.launch.cancel()
       served[qp].pendingRelease = reason
       return
     }

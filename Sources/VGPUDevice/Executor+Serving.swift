@@ -116,8 +116,7 @@ extension Executor {
       if !job.output.isEmpty {
         let box = outputs[pid] ?? OutputBox()
         outputs[pid] = box
-        box.output.append(job.output.bytes)
-        box.output.countDropped(job.output.dropped)
+        box.output.append(job.output)
       }
       var c = job.result
       if c.status == CommandStatus.success.rawValue {
@@ -133,11 +132,5 @@ extension Executor {
       if views[qp].guestWaiting { wakeGuest(qp) }
     }
     return posted
-  }
-
-  /// Moves the progress register: a guest waiting on a long command sees the device alive.
-  func noteProgress() {
-    progress &+= 1
-    registers.store(Register.progress, progress)
   }
 }

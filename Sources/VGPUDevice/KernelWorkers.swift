@@ -25,8 +25,6 @@ final class LaunchJob: @unchecked Sendable {
   var output = DeviceOutput()
   var result = CompletionEntry(status: .success)
   var errorText = ""
-  /// Set when the pair goes away: the kernel stops at its next checkpoint.
-  let cancelled = Atomic<Bool>(false)
 
   init(qp: Int, generation: UInt64, launch: any BackendLaunch, memory: KernelMemoryView) {
     self.qp = qp
@@ -37,7 +35,7 @@ final class LaunchJob: @unchecked Sendable {
 
   func run() {
     do throws(BackendError) {
-      try launch.finish(memory: memory, output: &output, cancelled: cancelled)
+      try launch.finish(memory: memory, output: &output)
     } catch {
       result = CompletionEntry(
         status: error.status, result0: error.result0, result1: error.result1, detail: error.detail)

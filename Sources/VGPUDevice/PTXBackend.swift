@@ -123,11 +123,25 @@ final class PTXBackendFunction: BackendFunction {
           instructionBudget: module.budget, printf: { context.text.append(contentsOf: $0.utf8) },
           progress: { context.progress() }))
     } catch {
-      throw BackendError(Self.status(error), error.description, result0: Self.address(error))
+      throw BackendError(error)
     }
     let pending = PTXBackendLaunch(launch: started, context: context)
     // The inline part is never cancelled: it is short, and the pair is being served.
     return try pending.run(until: inlineSlice, output: &output) ? nil : pending
+  }
+
+}
+
+extension BackendError {
+  /// The engine's error as the guest gets it: CUDA's status, the engine's
+  /// line, and for a bad access its address in r0.
+  init(_ e: PTXError) {
+    let address: UInt64
+    switch e {
+    case .illegalAddress(_, _, _, let a, _, _, _), .misalignedAddress(_, _, _, let a, _, _): address = a
+    default: address = 0
+    }
+    self.init(Self.status(e), e.description, result0: address)
   }
 
   static func status(_ e: PTXError) -> CommandStatus {
@@ -140,23 +154,15 @@ final class PTXBackendFunction: BackendFunction {
     case .misalignedAddress, .deadlock, .unsupported, .launchFailed: .launchFailed
     }
   }
-
-  static func address(_ e: PTXError) -> UInt64 {
-    switch e {
-    case .illegalAddress(_, _, _, let address, _, _, _), .misalignedAddress(_, _, _, let address, _, _): address
-    default: 0
-    }
-  }
 }
 
-/// What a launch's callbacks reach: the memory view and the cancel flag of
-/// the thread running it now (the serving thread's first, then a worker's),
+/// What a launch's callbacks reach: the memory view of the thread running
+/// it now (the serving thread's first, then a worker's), its cancel flag,
 /// and its printf text, kept until the launch is done so that a client gets
 /// a launch's output whole.
 final class PTXLaunchContext: PTXGlobalMemory, @unchecked Sendable {
   var memory: KernelMemoryView
-  /// Points at the running thread's cancel flag; nil while running inline.
-  var stop: UnsafeRawPointer?
+  let cancelled = Atomic<Bool>(false)
   var text: [UInt8] = []
 
   init(memory: KernelMemoryView) { self.memory = memory }
@@ -166,8 +172,7 @@ final class PTXLaunchContext: PTXGlobalMemory, @unchecked Sendable {
   /// The engine's progress callback: the device is alive; false stops the launch.
   func progress() -> Bool {
     memory.reportProgress()
-    guard let stop else { return true }
-    return !stop.assumingMemoryBound(to: Atomic<Bool>.self).pointee.load(ordering: .relaxed)
+    return !cancelled.load(ordering: .relaxed)
   }
 }
 
@@ -188,23 +193,18 @@ final class PTXBackendLaunch: BackendLaunch, @unchecked Sendable {
       guard try launch.run(until: limit) else { return false }
     } catch {
       output.append(context.text)
-      throw BackendError(
-        PTXBackendFunction.status(error), error.description, result0: PTXBackendFunction.address(error))
+      throw BackendError(error)
     }
     if !context.text.isEmpty { output.append(context.text) }
     return true
   }
 
-  func finish(memory: KernelMemoryView, output: inout DeviceOutput, cancelled: borrowing Atomic<Bool>)
-    throws(BackendError)
-  {
-    // The flag outlives the launch (the job holds it); the engine's
-    // checkpoint reads it through this pointer.
-    context.stop = withUnsafePointer(to: cancelled) { UnsafeRawPointer($0) }
+  func finish(memory: KernelMemoryView, output: inout DeviceOutput) throws(BackendError) {
     context.memory = memory
-    defer { context.stop = nil }
     _ = try run(until: .max, output: &output)
   }
+
+  func cancel() { context.cancelled.store(true, ordering: .relaxed) }
 }
 
 /// The engine asks for the allocation holding an address (and caches it);

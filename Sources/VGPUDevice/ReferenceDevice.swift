@@ -165,7 +165,7 @@ public final class ReferenceDevice: @unchecked Sendable {
     thread = nil
     // Kernels still running are stopped at their next checkpoint.
     let workers = executor.lock.withLock { _ in
-      for qp in executor.views.indices { executor.served[qp].busy?.cancelled.store(true, ordering: .relaxed) }
+      for qp in executor.views.indices { executor.served[qp].busy?.launch.cancel() }
       return executor.workers
     }
     workers?.stop()

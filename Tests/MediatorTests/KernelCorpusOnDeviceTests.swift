@@ -395,6 +395,33 @@ import VGPUProtocol
     while !flagBox.value.load(ordering: .acquiring) { usleep(10_000) }
   }
 
+  /// A kernel still running when its device stops is cancelled at its next
+  /// checkpoint: the mediator stops in moments, not after the watchdog's
+  /// budget (10^10 thread-instructions: minutes), and the client gets an error.
+  @Test func stoppingTheMediatorCancelsARunningKernel() throws {
+    let patient = try MediatorProcess(arguments: ["--kernel-budget", "10000000000"])
+    let d = try Device.open(patient.spec)
+    defer { d.close() }
+    let flag = try Self.upload(d, [Int32(0)])
+    let looping = try Kernel(d, "endless_loop", "endless_loop", .nvrtc)
+    let params = try Self.pack(looping.function, [.ptr(flag)])
+    final class Outcome: Sendable { let failed = Atomic<Int>(0) }
+    let outcome = Outcome()
+    let thread = Thread {
+      let failed =
+        (try? d.launch(looping.function, grid: Dimensions(1), block: Dimensions(32), parameters: params)) == nil
+      outcome.failed.store(failed ? 1 : 2, ordering: .releasing)
+    }
+    thread.start()
+    usleep(300_000)  // the loop runs on a worker
+    let started = Date()
+    let log = patient.stop()
+    let took = Date().timeIntervalSince(started)
+    #expect(took < 5, "the mediator took \(took) s to stop: \(log.suffix(500))")
+    while outcome.failed.load(ordering: .acquiring) == 0 { usleep(10_000) }
+    #expect(outcome.failed.load(ordering: .acquiring) == 1, "the launch succeeded")
+  }
+
   /// Images the device cannot use: each its own CUDA error and one line,
   /// and the device serves the next command.
   @Test func badImagesGetTheirErrorAndOneLine() throws {
