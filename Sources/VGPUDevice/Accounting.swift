@@ -1,9 +1,5 @@
 import VGPUProtocol
 
-#if canImport(Glibc)
-  import Glibc
-#endif
-
 /// The counters: per queue pair (`served[qp].stats`) and for the device.
 /// Live bytes are counted on the pair an allocation was made through, and
 /// only allocations and frees move them, so they never go below zero; the
@@ -48,26 +44,17 @@ extension Executor {
     counter = counter >= amount ? counter - amount : 0
   }
 
-  /// Frees (and scrubs) every allocation made through queue pair `qp`.
+  /// Frees (and wipes) every range made through queue pair `qp`: its
+  /// allocations and the module variables loaded through it.
   func freeAll(ownedBy qp: Int) -> (count: Int, bytes: UInt64) {
-    for a in allocator.allocations where a.owner == UInt32(qp) { scrub(a.offset, a.size) }
-    let (count, bytes) = allocator.freeAll(owner: UInt32(qp))
-    countFree(bytes, owner: qp)
-    return (count, bytes)
-  }
-
-  /// Freed memory must not carry one process's data to the next: whole pages
-  /// go back to the OS (and read as zero), the partial pages at the ends are zeroed.
-  func scrub(_ offset: UInt64, _ size: UInt64) {
-    let page = memory.pageSize
-    let first = (offset + page - 1) / page * page
-    let last = (offset + size) / page * page
-    guard first < last else {
-      Glibc.memset(memory.base + Int(offset), 0, Int(size))
-      return
+    let removed = ledger.removeAll(owner: UInt32(qp))
+    var bytes: UInt64 = 0
+    let who = caller(qp)
+    for e in removed {
+      bytes += e.size
+      if e.kind != .driverVariable { backend.free(e.address, size: e.size, for: who) }
     }
-    Glibc.memset(memory.base + Int(offset), 0, Int(first - offset))
-    Glibc.memset(memory.base + Int(last), 0, Int(offset + size - last))
-    memory.discard(offset: first, length: last - first)
+    countFree(bytes, owner: qp)
+    return (removed.count, bytes)
   }
 }

@@ -29,7 +29,7 @@ extension Executor {
       }
     case .device:
       record = deviceTotals
-      record.bytesAllocated = allocator.allocatedBytes
+      record.bytesAllocated = ledger.bytes
       record.queuePairs = UInt64(served.count { $0.active })
     }
     out.storeBytes(of: record, as: StatisticsRecord.self)

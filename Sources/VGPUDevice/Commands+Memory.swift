@@ -1,76 +1,91 @@
 import CSupport
 import VGPUProtocol
 
-#if canImport(Glibc)
-  import Glibc
-#endif
-
-/// Memory commands: memoryInfo, alloc, free, the copies, memset.
+/// Memory commands: memoryInfo, alloc, free, the copies, memset. The
+/// executor checks every address against its ledger and the memory limit;
+/// the backend places memory and moves the bytes.
 extension Executor {
   func memoryInfo() -> CompletionEntry {
-    Command.MemoryInfo.Reply(free: allocator.freeBytes, total: memory.size).completion
+    Command.MemoryInfo.Reply(free: memoryLimit - min(ledger.bytes, memoryLimit), total: memoryLimit).completion
   }
 
   func alloc(_ c: Command.Alloc, qp: Int) throws(Refusal) -> CompletionEntry {
     let alignment = c.alignment == 0 ? DeviceAllocator.granularity : c.alignment
-    do throws(AllocationError) {
-      let a = try allocator.allocate(c.length, alignment: alignment, owner: UInt32(qp))
-      countAllocation(a.size, owner: qp)
-      return Command.Alloc.Reply(address: deviceAddressBase + a.offset, reserved: a.size).completion
-    } catch {
-      switch error {
-      case .outOfMemory(_, let free, let largest):
-        throw Refusal(status: .outOfMemory, detail: 1, result0: free, result1: largest)
-      case .invalidAlignment: throw Refusal(status: .invalidValue, detail: 2)
-      default: throw Refusal(status: .invalidValue, detail: 1)
-      }
+    let e = try place(c.length, alignment: alignment, qp: qp, kind: .allocation)
+    return Command.Alloc.Reply(address: e.address, reserved: e.size).completion
+  }
+
+  /// Places `length` bytes for queue pair `qp` within the memory limit and
+  /// records them in the ledger.
+  func place(_ length: UInt64, alignment: UInt64, qp: Int, kind: AllocationLedger.Kind) throws(Refusal)
+    -> AllocationLedger.Entry
+  {
+    guard length > 0 else { throw Refusal(status: .invalidValue, detail: 1) }
+    guard alignment >= DeviceAllocator.granularity, alignment & (alignment - 1) == 0, alignment <= 1 << 30 else {
+      throw Refusal(status: .invalidValue, detail: 2)
     }
+    // cudaMalloc's 256-byte granularity (DeviceAllocator.granularity), whichever backend places it.
+    let (padded, overflow) = length.addingReportingOverflow(DeviceAllocator.granularity - 1)
+    let size = padded & ~(DeviceAllocator.granularity - 1)
+    let free = memoryLimit - min(ledger.bytes, memoryLimit)
+    guard !overflow, size <= free else {
+      throw Refusal(
+        status: .outOfMemory, detail: 1, result0: free, result1: free,
+        message: "\(length) bytes asked for; \(free) of this device's \(memoryLimit) bytes are free")
+    }
+    let address: UInt64
+    do throws(BackendError) { address = try backend.allocate(size, alignment: alignment, for: caller(qp)) } catch {
+      throw Refusal(error)
+    }
+    let e = AllocationLedger.Entry(address: address, size: size, requested: length, owner: UInt32(qp), kind: kind)
+    guard ledger.insert(e) else {
+      backend.free(address, size: size, for: caller(qp))
+      throw Refusal(
+        status: .launchFailed, detail: 1,
+        message: "the backend placed \(size) bytes at 0x\(String(address, radix: 16)), over live memory: a device bug")
+    }
+    countAllocation(size, owner: qp)
+    return e
   }
 
   /// Frees an allocation of the submitting process, made through any of its queue pairs.
   func free(_ c: Command.Free, qp: Int) throws(Refusal) -> CompletionEntry {
-    let offset = try deviceOffset(c.address, argument: 1)
-    guard let a = allocator.allocation(containing: offset, length: 1), a.offset == offset else {
+    guard let e = ledger.entry(containing: c.address, length: 1), e.address == c.address, e.kind == .allocation else {
       throw Refusal(status: .invalidAddress, detail: 1)
     }
-    guard served[Int(a.owner)].pid == served[qp].pid else { throw Refusal(status: .permissionDenied, detail: 1) }
-    guard let freed = try? allocator.free(offset: offset, owner: nil) else {
-      throw Refusal(status: .invalidAddress, detail: 1)
-    }
-    scrub(freed.offset, freed.size)
-    countFree(freed.size, owner: Int(freed.owner))
-    return CompletionEntry(status: .success, result0: freed.size)
+    guard served[Int(e.owner)].pid == served[qp].pid else { throw Refusal(status: .permissionDenied, detail: 1) }
+    ledger.remove(startingAt: e.address)
+    backend.free(e.address, size: e.size, for: caller(qp))
+    countFree(e.size, owner: Int(e.owner))
+    return CompletionEntry(status: .success, result0: e.size)
   }
 
   func copyToDevice(_ c: Command.CopyToDevice, qp: Int) throws(Refusal) -> CompletionEntry {
-    let device = try deviceRange(c.device, c.length, pid: served[qp].pid, argument: 1)
+    try deviceRange(c.device, c.length, pid: served[qp].pid, argument: 1)
     let staging = try stagingRange(c.staging, c.length, qp: qp, argument: 2)
-    // A whole slot is part of a large copy: write around the cache.
-    // (Measured with pcitool bench, alternating: H2D 256 MiB 9.2 GB/s
-    // with streaming stores, 6.9 without.)
-    if c.length >= 64 << 10 {
-      vgpu_copy_nontemporal(device, staging, Int(c.length))
-    } else {
-      device.copyMemory(from: staging, byteCount: Int(c.length))
-    }
     countCopy(c.length, qp)
-    return CompletionEntry(status: .success, result0: c.length)
+    do throws(BackendError) {
+      return completion(try backend.write(c.device, from: staging, count: Int(c.length), for: caller(qp)), qp, c.length)
+    } catch { throw Refusal(error) }
   }
 
   func copyFromDevice(_ c: Command.CopyFromDevice, qp: Int) throws(Refusal) -> CompletionEntry {
-    let device = try deviceRange(c.device, c.length, pid: served[qp].pid, argument: 1)
+    try deviceRange(c.device, c.length, pid: served[qp].pid, argument: 1)
     let staging = try stagingRange(c.staging, c.length, qp: qp, argument: 2)
-    staging.copyMemory(from: device, byteCount: Int(c.length))
     countCopy(c.length, qp)
-    return CompletionEntry(status: .success, result0: c.length)
+    do throws(BackendError) {
+      return completion(try backend.read(c.device, into: staging, count: Int(c.length), for: caller(qp)), qp, c.length)
+    } catch { throw Refusal(error) }
   }
 
   func copyDeviceToDevice(_ c: Command.CopyDeviceToDevice, qp: Int) throws(Refusal) -> CompletionEntry {
-    let dst = try deviceRange(c.destination, c.length, pid: served[qp].pid, argument: 1)
-    let src = try deviceRange(c.source, c.length, pid: served[qp].pid, argument: 2)
-    copyInChunks(dst, src, Int(c.length))
+    try deviceRange(c.destination, c.length, pid: served[qp].pid, argument: 1)
+    try deviceRange(c.source, c.length, pid: served[qp].pid, argument: 2)
     countCopy(c.length, qp)
-    return CompletionEntry(status: .success, result0: c.length)
+    do throws(BackendError) {
+      let work = try backend.copy(to: c.destination, from: c.source, count: Int(c.length), for: caller(qp))
+      return completion(work, qp, c.length)
+    } catch { throw Refusal(error) }
   }
 
   func memset(_ c: Command.Memset, qp: Int) throws(Refusal) -> CompletionEntry {
@@ -78,65 +93,25 @@ extension Executor {
     guard width == 1 || width == 2 || width == 4 else { throw Refusal(status: .invalidValue, detail: 3) }
     let (bytes, overflow) = c.count.multipliedReportingOverflow(by: width)
     guard !overflow else { throw Refusal(status: .invalidValue, detail: 4) }
-    let p = try deviceRange(c.address, bytes, pid: served[qp].pid, argument: 1)
-    fill(p, pattern: c.value, width: Int(width), bytes: Int(bytes))
-    return CompletionEntry(status: .success, result0: bytes)
+    try deviceRange(c.address, bytes, pid: served[qp].pid, argument: 1)
+    do throws(BackendError) {
+      let work = try backend.fill(c.address, pattern: c.value, width: Int(width), bytes: Int(bytes), for: caller(qp))
+      return completion(work, qp, bytes)
+    } catch { throw Refusal(error) }
   }
 
-  /// Long operations run in chunks of this size, telling waiting guests after
-  /// each that the device is working (the progress register), so that their
-  /// deadlines measure silence, not the size of the job.
-  static let chunk = 64 << 20
+  /// The completion of a command whose backend call returned `work`: at
+  /// once when it is done (nil), else when a worker has finished it.
+  @inline(__always)
+  func completion(_ work: (any BackendWork)?, _ qp: Int, _ result0: UInt64) -> CompletionEntry {
+    let done = CompletionEntry(status: .success, result0: result0)
+    guard let work else { return done }
+    return handOver(work, qp: qp, success: done)
+  }
 
   /// Bumps the progress register: "still working on your command".
   @inline(__always) func tick() {
     progress &+= 1
     registers.store(Register.progress, progress)
-  }
-
-  /// memmove, in chunks when the ranges do not overlap (they rarely do).
-  func copyInChunks(_ dst: UnsafeMutableRawPointer, _ src: UnsafeMutableRawPointer, _ count: Int) {
-    guard dst + count <= src || src + count <= dst else {
-      memmove(dst, src, count)
-      return
-    }
-    var done = 0
-    while done < count {
-      let n = min(Self.chunk, count - done)
-      memcpy(dst + done, src + done, n)
-      done += n
-      tick()
-    }
-  }
-
-  /// Fills `bytes` with a 1-, 2- or 4-byte pattern at libc speed (a debug
-  /// build's element loop would be 100× slower): the first bytes element by
-  /// element, the rest by copying what is already filled, doubling each time.
-  func fill(_ p: UnsafeMutableRawPointer, pattern: UInt64, width: Int, bytes: Int) {
-    if width == 1 {
-      var done = 0
-      while done < bytes {
-        let n = min(Self.chunk, bytes - done)
-        Glibc.memset(p + done, Int32(truncatingIfNeeded: pattern & 0xff), n)
-        done += n
-        tick()
-      }
-      return
-    }
-    let seed = min(bytes, 4096)
-    for i in stride(from: 0, to: seed, by: width) {
-      if width == 2 {
-        (p + i).storeBytes(of: UInt16(truncatingIfNeeded: pattern), as: UInt16.self)
-      } else {
-        (p + i).storeBytes(of: UInt32(truncatingIfNeeded: pattern), as: UInt32.self)
-      }
-    }
-    var filled = seed
-    while filled < bytes {
-      let n = min(filled, bytes - filled, Self.chunk)
-      memcpy(p + filled, p, n)
-      filled += n
-      if n == Self.chunk { tick() }
-    }
   }
 }

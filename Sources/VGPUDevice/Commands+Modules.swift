@@ -4,9 +4,9 @@ import VGPUProtocol
 /// A loaded module: the backend's, and where its variables live.
 struct ModuleEntry {
   let module: any BackendModule
-  /// Names, device addresses and sizes of the module's variables, which the
-  /// device allocated (owned by the loading queue pair) at load.
-  var variables: [(name: String, address: UInt64, size: UInt64)]
+  /// The module's variables: placed by the device (owned by the loading
+  /// queue pair) or by the backend's driver, recorded in the ledger either way.
+  var variables: [PlacedVariable]
 }
 
 /// A kernel handle's target, and the module it came from (unloading the
@@ -101,58 +101,92 @@ extension Executor {
     }
     defer { withExtendedLifetime(upload) {} }
     let module: any BackendModule
-    do throws(BackendError) {
-      module = try backend.loadModule(image) { tick() }
+    do throws(BackendError) { module = try backend.loadModule(image, for: caller(qp)) } catch { throw Refusal(error) }
+    var placed: [PlacedVariable] = []
+    do throws(Refusal) {
+      placed = try placeVariables(of: module, qp: qp)
     } catch {
-      throw Refusal(error)
-    }
-    // Place the module's variables in device memory, owned by this queue
-    // pair (freed with it, or at unload), then initialise them from the
-    // image (whose initializers may hold the addresses just chosen).
-    var placed: [(name: String, address: UInt64, size: UInt64)] = []
-    let variables = module.variables
-    for v in variables {
-      let size = UInt64(max(v.size, 1))
-      // The allocator's 256 bytes cover every PTX alignment but absurd ones, which are capped.
-      let wanted = UInt64(min(max(v.alignment, 1), 4096))
-      let alignment = max(DeviceAllocator.granularity, 1 << (64 - (wanted - 1).leadingZeroBitCount))
-      guard let a = try? allocator.allocate(size, alignment: alignment, owner: UInt32(qp)) else {
-        for p in placed { freeVariable(p.address) }
-        throw Refusal(
-          status: .outOfMemory, detail: 1, message: "no device memory for module variable '\(v.name)' (\(v.size) bytes)"
-        )
-      }
-      countAllocation(a.size, owner: qp)
-      (memory.base + Int(a.offset)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(size))
-      placed.append((v.name, deviceAddressBase + a.offset, UInt64(v.size)))
-    }
-    module.bind(variableAddresses: placed.map(\.address))
-    for (i, v) in placed.enumerated() {
-      let bytes: [UInt8]
-      do throws(BackendError) { bytes = try module.initializer(ofVariable: i) } catch {
-        for p in placed { freeVariable(p.address) }
-        throw Refusal(error)
-      }
-      let n = min(bytes.count, Int(v.size))
-      if n > 0 {
-        bytes.withUnsafeBytes {
-          (memory.base + Int(v.address - deviceAddressBase)).copyMemory(from: $0.baseAddress!, byteCount: n)
-        }
-      }
+      module.unload()
+      throw error
     }
     return CompletionEntry(
       status: .success, result0: modules.insert(ModuleEntry(module: module, variables: placed), pid: pid, queuePair: qp)
     )
   }
 
-  private func freeVariable(_ address: UInt64) {
-    guard let freed = try? allocator.free(offset: address - deviceAddressBase, owner: nil) else { return }
-    countFree(freed.size, owner: Int(freed.owner))
+  /// Places the module's variables in device memory, owned by this queue
+  /// pair (freed with it, or at unload), and initialises them from the image
+  /// (whose initializers may hold the addresses just chosen); records those
+  /// a driver placed, so that copies may name them.
+  private func placeVariables(of module: any BackendModule, qp: Int) throws(Refusal) -> [PlacedVariable] {
+    var placed: [PlacedVariable] = []
+    for v in module.variables {
+      // The allocator's 256 bytes cover every PTX alignment but absurd ones, which are capped.
+      let wanted = UInt64(min(max(v.alignment, 1), 4096))
+      let alignment = max(DeviceAllocator.granularity, 1 << (64 - (wanted - 1).leadingZeroBitCount))
+      let e: AllocationLedger.Entry
+      do throws(Refusal) {
+        e = try place(UInt64(max(v.size, 1)), alignment: alignment, qp: qp, kind: .moduleVariable)
+      } catch {
+        forget(placed)
+        throw Refusal(
+          status: .outOfMemory, detail: 1, message: "no device memory for module variable '\(v.name)' (\(v.size) bytes)"
+        )
+      }
+      placed.append(PlacedVariable(name: v.name, address: e.address, size: UInt64(v.size)))
+      do throws(BackendError) {
+        _ = try backend.fill(e.address, pattern: 0, width: 1, bytes: Int(e.requested), for: caller(qp))
+      } catch {
+        forget(placed)
+        throw Refusal(error)
+      }
+    }
+    module.bind(variableAddresses: placed.map(\.address))
+    for (i, v) in placed.enumerated() {
+      do throws(BackendError) {
+        let bytes = try module.initializer(ofVariable: i)
+        let n = min(bytes.count, Int(v.size))
+        if n > 0 {
+          let staged = UnsafeMutableRawBufferPointer.allocate(byteCount: n, alignment: 16)
+          defer { staged.deallocate() }
+          bytes.withUnsafeBytes { staged.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+          _ = try backend.write(v.address, from: staged.baseAddress!, count: n, for: caller(qp))
+        }
+      } catch {
+        forget(placed)
+        throw Refusal(error)
+      }
+    }
+    for v in module.placedVariables {
+      let e = AllocationLedger.Entry(
+        address: v.address, size: max(v.size, 1), requested: max(v.size, 1), owner: UInt32(qp), kind: .driverVariable)
+      guard ledger.insert(e) else {
+        forget(placed)
+        throw Refusal(
+          status: .invalidImage, detail: 1,
+          message: "module variable '\(v.name)' at 0x\(String(v.address, radix: 16)) overlaps live device memory")
+      }
+      countAllocation(e.size, owner: qp)
+      placed.append(v)
+    }
+    return placed
+  }
+
+  /// Frees module variables (the device's) or forgets them (a driver's, which go with the module).
+  private func forget(_ variables: [PlacedVariable]) {
+    for v in variables {
+      guard let e = ledger.remove(startingAt: v.address) else { continue }
+      if e.kind != .driverVariable { backend.free(e.address, size: e.size, for: caller(Int(e.owner))) }
+      countFree(e.size, owner: Int(e.owner))
+    }
   }
 
   func moduleUnload(_ c: Command.ModuleUnload, qp: Int) throws(Refusal) -> CompletionEntry {
     let slot = try modules.slot(c.module, pid: served[qp].pid, argument: 1)
-    for v in modules.slots[slot].value?.variables ?? [] { freeVariable(v.address) }
+    if let entry = modules.slots[slot].value {
+      forget(entry.variables)
+      entry.module.unload()
+    }
     modules.remove(at: slot)
     for i in functions.slots.indices where functions.slots[i].value?.module == c.module { functions.remove(at: i) }
     return CompletionEntry(status: .success)
@@ -247,21 +281,15 @@ extension Executor {
     // without the cost of a hand-off. One that runs past the slice goes on
     // on a worker, so it holds up no other client (without workers, a device
     // driven by hand, it runs to the end here).
-    let pending: (any BackendLaunch)?
+    let pending: (any BackendWork)?
     do throws(BackendError) {
       pending = try function.launch(
-        geometry, parameters: arguments, memory: KernelMemoryView(executor: self, pid: pid, locked: true),
-        output: &box.output, inlineSlice: workers == nil ? .max : inlineSlice)
+        geometry, parameters: arguments, caller: caller(qp), output: &box.output,
+        inlineSlice: workers == nil ? .max : inlineSlice)
     } catch {
       throw Refusal(error)
     }
-    if let pending {
-      // `serve` gives it its ids and stops serving the pair until it is done.
-      handedOver = LaunchJob(
-        qp: qp, generation: served[qp].generation, launch: pending,
-        memory: KernelMemoryView(executor: self, pid: pid, locked: false))
-      return CompletionEntry(status: .success)
-    }
+    if let pending { return handOver(pending, qp: qp, isLaunch: true, success: CompletionEntry(status: .success)) }
     countLaunch(qp)
     return CompletionEntry(status: .success)
   }

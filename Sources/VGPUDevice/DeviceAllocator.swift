@@ -53,6 +53,14 @@ public struct DeviceAllocator: Sendable {
       self.requested = requested
       self.owner = owner
     }
+
+    init(_ e: AllocationLedger.Entry) {
+      self.init(offset: e.address, size: e.size, requested: e.requested, owner: e.owner)
+    }
+
+    var entry: AllocationLedger.Entry {
+      AllocationLedger.Entry(address: offset, size: size, requested: requested, owner: owner)
+    }
   }
 
   /// Allocation granularity and minimum alignment: `cudaMalloc` memory is aligned to at
@@ -67,12 +75,14 @@ public struct DeviceAllocator: Sendable {
 
   /// Total bytes under management.
   public let capacity: UInt64
-  /// Live allocations, sorted by offset, never overlapping.
-  private(set) var allocations: [Allocation] = []
+  /// Live allocations (offsets as addresses), sorted, never overlapping.
+  private(set) var ledger = AllocationLedger()
+  /// Live allocations, sorted by offset.
+  var allocations: [Allocation] { ledger.entries.map(Allocation.init) }
   /// Free ranges, sorted by offset, never overlapping and never adjacent (always coalesced).
   private(set) var freeRanges: [FreeRange]
   /// Sum of the (rounded) sizes of all live allocations.
-  public private(set) var allocatedBytes: UInt64 = 0
+  public var allocatedBytes: UInt64 { ledger.bytes }
 
   /// Manages offsets `[0, capacity)`.
   public init(capacity: UInt64) {
@@ -84,7 +94,7 @@ public struct DeviceAllocator: Sendable {
   public var freeBytes: UInt64 { capacity - allocatedBytes }
 
   /// Number of live allocations.
-  public var liveAllocations: Int { allocations.count }
+  public var liveAllocations: Int { ledger.entries.count }
 
   /// The largest single request (in rounded bytes, at minimum alignment) that could succeed.
   public var largestFreeBlock: UInt64 {
@@ -99,11 +109,7 @@ public struct DeviceAllocator: Sendable {
   }
 
   /// Sum of the (rounded) sizes of the live allocations of `owner`.
-  public func allocatedBytes(owner: UInt32) -> UInt64 {
-    var total: UInt64 = 0
-    for a in allocations where a.owner == owner { total += a.size }
-    return total
-  }
+  public func allocatedBytes(owner: UInt32) -> UInt64 { ledger.bytes(owner: owner) }
 
   /// Allocates `size` bytes aligned to `alignment` for `owner`.
   ///
@@ -144,8 +150,7 @@ public struct DeviceAllocator: Sendable {
     freeRanges.replaceSubrange(best.index...best.index, with: rest)
 
     let allocation = Allocation(offset: best.start, size: rounded, requested: size, owner: owner)
-    allocations.insert(allocation, at: firstAllocationIndex(after: best.start))
-    allocatedBytes += rounded
+    ledger.insert(allocation.entry)
     return allocation
   }
 
@@ -155,66 +160,40 @@ public struct DeviceAllocator: Sendable {
   /// - Returns: the allocation that was freed (so the caller can discard its pages).
   @discardableResult
   public mutating func free(offset: UInt64, owner: UInt32?) throws(AllocationError) -> Allocation {
-    let i = firstAllocationIndex(after: offset) - 1
-    guard i >= 0, allocations[i].offset == offset else { throw .notAllocated(offset) }
-    let allocation = allocations[i]
-    if let owner, owner != allocation.owner { throw .wrongOwner(offset, owner: allocation.owner) }
-    allocations.remove(at: i)
-    allocatedBytes -= allocation.size
+    guard let found = ledger.entry(containing: offset, length: 0), found.address == offset else {
+      throw .notAllocated(offset)
+    }
+    if let owner, owner != found.owner { throw .wrongOwner(offset, owner: found.owner) }
+    ledger.remove(startingAt: offset)
+    let allocation = Allocation(found)
     insertFree(FreeRange(offset: allocation.offset, size: allocation.size))
     return allocation
   }
 
   /// Frees every allocation of `owner` (e.g. when its process goes away).
   public mutating func freeAll(owner: UInt32) -> (count: Int, bytes: UInt64) {
-    var count = 0
-    var bytes: UInt64 = 0
-    allocations.removeAll { a in
-      guard a.owner == owner else { return false }
-      count += 1
-      bytes += a.size
-      return true
-    }
-    guard count > 0 else { return (0, 0) }
-    allocatedBytes -= bytes
+    let removed = ledger.removeAll(owner: owner)
+    guard !removed.isEmpty else { return (0, 0) }
+    let count = removed.count
+    let bytes = removed.reduce(0) { $0 + $1.size }
     // Rebuild the free list as the gaps between the remaining allocations: coalesced by
     // construction and linear in the number of allocations.
     var gaps: [FreeRange] = []
-    gaps.reserveCapacity(allocations.count + 1)
+    gaps.reserveCapacity(ledger.entries.count + 1)
     var cursor: UInt64 = 0
-    for a in allocations {
-      if a.offset > cursor { gaps.append(FreeRange(offset: cursor, size: a.offset - cursor)) }
-      cursor = a.offset + a.size
+    for a in ledger.entries {
+      if a.address > cursor { gaps.append(FreeRange(offset: cursor, size: a.address - cursor)) }
+      cursor = a.address + a.size
     }
     if capacity > cursor { gaps.append(FreeRange(offset: cursor, size: capacity - cursor)) }
     freeRanges = gaps
     return (count, bytes)
   }
 
-  /// The live allocation that fully contains `[offset, offset + length)`, or nil.
-  ///
-  /// Containment is checked against the *requested* size, not the rounded one, so an access
-  /// past what the guest asked for is refused (as compute-sanitizer would report it) even when
-  /// it stays inside the 256-byte rounding. A `length` of 0 is accepted when `offset` is inside
-  /// an allocation. O(log n), no memory allocation, no overflow for any input.
+  /// The live allocation that fully contains `[offset, offset + length)`, or nil
+  /// (checked against the requested size; see `AllocationLedger.entry(containing:length:)`).
   public func allocation(containing offset: UInt64, length: UInt64) -> Allocation? {
-    let i = firstAllocationIndex(after: offset) - 1
-    guard i >= 0 else { return nil }
-    let a = allocations[i]
-    let within = offset - a.offset  // offset >= a.offset by the search
-    guard within < a.requested, length <= a.requested - within else { return nil }
-    return a
-  }
-
-  /// Index of the first allocation whose offset is greater than `offset` (upper bound).
-  private func firstAllocationIndex(after offset: UInt64) -> Int {
-    var low = 0
-    var high = allocations.count
-    while low < high {
-      let mid = low + (high - low) / 2
-      if allocations[mid].offset <= offset { low = mid + 1 } else { high = mid }
-    }
-    return low
+    ledger.entry(containing: offset, length: length).map(Allocation.init)
   }
 
   /// Inserts a free range, merging it with its neighbours when they touch.

@@ -1,26 +1,74 @@
 import Synchronization
 import VGPUProtocol
 
-/// What runs kernels for the device. The reference device's backend reads
-/// PTX and interprets it; a host's real GPU (issue 14) would hand the same
-/// images to its driver. The executor sees only this interface: it owns
-/// handles, memory, accounting and validation; a backend owns code.
+/// What does the device's work: places device memory and moves bytes in
+/// and out of it, loads modules and runs kernels. The reference device's
+/// backend (`PTXBackend`) keeps memory in the host's RAM and interprets
+/// PTX; a host's real GPU (`CUDABackend`) hands the same work to its
+/// driver. The executor sees only this interface: it owns the rings,
+/// handles, validation, the memory ledger (who owns which range, the
+/// memory limit) and accounting, shared by every backend.
 ///
-/// Calls come from the serving thread, under the executor's lock, one at a time.
+/// Calls come from the serving thread, under the executor's lock, one at a
+/// time, after the executor has checked every address against its ledger.
+/// A call whose work has not finished when it returns hands back a
+/// `BackendWork`: a worker finishes it and the command completes then, so
+/// a long job of one client holds up no one else (the pair's later
+/// commands wait, keeping each pair's commands in order).
 public protocol ExecutionBackend: AnyObject, Sendable {
   /// A short name for logs and `probe` ("PTX interpreter").
   var name: String { get }
+
+  /// Places `size` bytes (the ledger checked the memory limit) and returns
+  /// their device address, which the guest gets unchanged.
+  func allocate(_ size: UInt64, alignment: UInt64, for caller: BackendCaller) throws(BackendError) -> UInt64
+  /// Frees what `allocate` placed at `address`, wiping it first: freed
+  /// memory must not carry one tenant's data to the next.
+  func free(_ address: UInt64, size: UInt64, for caller: BackendCaller)
+  /// Copies `count` bytes from `source` (the caller's staging) to device `address`.
+  func write(_ address: UInt64, from source: UnsafeRawPointer, count: Int, for caller: BackendCaller)
+    throws(BackendError) -> (any BackendWork)?
+  /// Copies `count` bytes at device `address` to `destination` (the caller's staging).
+  func read(_ address: UInt64, into destination: UnsafeMutableRawPointer, count: Int, for caller: BackendCaller)
+    throws(BackendError) -> (any BackendWork)?
+  /// Copies `count` bytes between device addresses (the ranges may overlap).
+  func copy(to destination: UInt64, from source: UInt64, count: Int, for caller: BackendCaller)
+    throws(BackendError) -> (any BackendWork)?
+  /// Fills `bytes` bytes at `address` with a 1-, 2- or 4-byte `pattern`.
+  func fill(_ address: UInt64, pattern: UInt64, width: Int, bytes: Int, for caller: BackendCaller)
+    throws(BackendError) -> (any BackendWork)?
+  /// Waits for the work the caller's queue pair queued before (a stream's
+  /// synchronize).
+  func synchronize(for caller: BackendCaller) throws(BackendError) -> (any BackendWork)?
+
+  /// An event, recorded in the caller's command order (`eventRecord`); the
+  /// token names it to the calls below.
+  func createEvent(for caller: BackendCaller) throws(BackendError) -> UInt64
+  func destroyEvent(_ event: UInt64)
+  func recordEvent(_ event: UInt64, for caller: BackendCaller) throws(BackendError)
+  /// Whether the work before the event's last record is done; nil when it was never recorded.
+  func eventCompleted(_ event: UInt64) throws(BackendError) -> Bool?
+  /// Nanoseconds between two completed records.
+  func elapsed(from start: UInt64, to end: UInt64) throws(BackendError) -> UInt64
+
   /// Reads a module image as the guest sent it (a fat binary, a wrapper's
   /// data, an ELF cubin or PTX text). Every byte is untrusted. A long load
-  /// calls `progress` now and then (the device moves its progress register,
-  /// so the waiting client's deadline counts silence, not work).
-  func loadModule(_ image: UnsafeRawBufferPointer, progress: () -> Void) throws(BackendError) -> any BackendModule
+  /// calls `caller.reportProgress()` now and then (the device moves its
+  /// progress register, so the waiting client's deadline counts silence, not work).
+  func loadModule(_ image: UnsafeRawBufferPointer, for caller: BackendCaller) throws(BackendError)
+    -> any BackendModule
+
+  /// Queue pair `queuePair` was released (its memory and modules already
+  /// freed): what the backend kept for it (a stream; with a process's last
+  /// pair, its context) goes.
+  func release(queuePair: Int)
 }
 
-/// A loaded module: its variables (placed by the device) and its kernels.
+/// A loaded module: its variables and its kernels.
 public protocol BackendModule: AnyObject {
   /// The module's `.global` and `.const` variables the device must place
-  /// in its memory before any launch, in a fixed order.
+  /// in its memory before any launch, in a fixed order (none when the
+  /// backend's driver places them: see `placedVariables`).
   var variables: [ModuleVariable] { get }
   /// Where the device placed `variables` (same order): kernels see these addresses.
   func bind(variableAddresses: [UInt64])
@@ -28,11 +76,28 @@ public protocol BackendModule: AnyObject {
   /// other variables' addresses: printf's format strings, numba's
   /// environment); shorter than its size means zeros after.
   func initializer(ofVariable index: Int) throws(BackendError) -> [UInt8]
+  /// The variables the backend placed itself (a driver loads a module's
+  /// globals with it): the device records them so that copies may name them.
+  var placedVariables: [PlacedVariable] { get }
   /// The module's kernels (`.entry` functions), in the order of the image.
   var kernelNames: [String] { get }
   /// A kernel by name: its layout, attributes and code. A kernel whose code
   /// could not be read fails here, alone (the rest of the module works).
   func function(named name: String) throws(BackendError) -> any BackendFunction
+  /// The guest unloaded it, or its queue pair went: free what the backend holds for it.
+  func unload()
+}
+
+/// A module variable a backend placed: its name, device address and size.
+public struct PlacedVariable: Sendable, Equatable {
+  public var name: String
+  public var address: UInt64
+  public var size: UInt64
+  public init(name: String, address: UInt64, size: UInt64) {
+    self.name = name
+    self.address = address
+    self.size = size
+  }
 }
 
 /// One kernel, ready to launch.
@@ -41,25 +106,27 @@ public protocol BackendFunction: AnyObject {
   var info: FunctionInfo { get }
   /// Where each parameter sits in the packed buffer.
   var slots: [ParameterSlot] { get }
-  /// Starts the kernel and runs it on the calling thread (the serving
-  /// thread, under the executor's lock) for about `inlineSlice`
-  /// thread-instructions. Returns nil when it finished (its `printf` text
-  /// then appended to `output`), or the launch in progress, which a worker
-  /// finishes: a small kernel completes without a hand-off, a long one holds
-  /// up no one. `parameters` has exactly `info.parameterBytes` bytes and may
-  /// be reused once this returns; global memory goes through `memory`, which
-  /// checks every access against the launching process's allocations.
+  /// Starts the kernel. The reference device runs it on the calling thread
+  /// (the serving thread, under the executor's lock) for about
+  /// `inlineSlice` thread-instructions; a GPU queues it. Returns nil when
+  /// the command is done (its `printf` text then appended to `output`), or
+  /// the work in progress, which a worker finishes: a small kernel
+  /// completes without a hand-off, a long one holds up no one. `parameters`
+  /// has exactly `info.parameterBytes` bytes and may be reused once this
+  /// returns; the reference device reaches global memory through `caller`,
+  /// which checks every access against the launching process's allocations.
   func launch(
-    _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, memory: KernelMemoryView,
+    _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, caller: BackendCaller,
     output: inout DeviceOutput, inlineSlice: UInt64
-  ) throws(BackendError) -> (any BackendLaunch)?
+  ) throws(BackendError) -> (any BackendWork)?
 }
 
-/// A launch that ran past its inline slice, for a worker thread to finish.
-public protocol BackendLaunch: AnyObject, Sendable {
-  /// Runs the rest of the launch, with `memory` (a view for this thread) and
-  /// the text of all its `printf`s appended to `output`.
-  func finish(memory: KernelMemoryView, output: inout DeviceOutput) throws(BackendError)
+/// A command's work that did not finish on the serving thread (a kernel
+/// past its inline slice, a GPU copy still in flight), for a worker.
+public protocol BackendWork: AnyObject, Sendable {
+  /// Finishes it on a worker (`caller` is a view for this thread), with any
+  /// device output (`printf` text) appended to `output`.
+  func finish(caller: BackendCaller, output: inout DeviceOutput) throws(BackendError)
   /// Asks a running `finish` to stop at its next checkpoint (its client went
   /// away, or the device stops); callable from any thread.
   func cancel()
@@ -108,18 +175,20 @@ public struct BackendError: Error, Sendable, CustomStringConvertible {
   public var description: String { message }
 }
 
-/// Device memory as a kernel of one process sees it: device addresses
-/// checked against that process's live allocations and translated into the
-/// device's reservation. A value type, so a backend's generic code calls it
-/// without existential dispatch.
-public struct KernelMemoryView: @unchecked Sendable {
+/// Who a backend call is for — the queue pair and its process — and the
+/// device's means to check that process's memory and to say it is alive. A
+/// value type, so a backend's generic code calls it without existential dispatch.
+public struct BackendCaller: @unchecked Sendable {
   unowned(unsafe) let executor: Executor
-  let pid: UInt32
-  /// Whether the caller holds the executor's lock (a launch on the serving
-  /// thread); a worker takes it for each lookup (only on its cache misses).
+  /// The queue pair the command came through.
+  public let queuePair: Int
+  /// Its owner process (as the device knows it: a host pid, or a guest's).
+  public let pid: UInt32
+  /// Whether the caller holds the executor's lock (the serving thread); a
+  /// worker takes it for each lookup (only on its cache misses).
   let locked: Bool
 
-  /// Says the device is alive while a long kernel runs: moves the progress
+  /// Says the device is alive while long work runs: moves the progress
   /// register, which clients' deadlines watch (PROTOCOL.md §11).
   public func reportProgress() {
     if locked {
@@ -128,6 +197,17 @@ public struct KernelMemoryView: @unchecked Sendable {
       executor.lock.withLock { _ in executor.tick() }
     }
   }
+
+  /// The live range of this process holding device `address` (what a
+  /// kernel of it may touch), from the device's ledger.
+  public func range(containing address: UInt64) -> (address: UInt64, size: UInt64)? {
+    locked
+      ? executor.range(containing: address, pid: pid)
+      : executor.lock.withLock { _ in executor.range(containing: address, pid: pid) }
+  }
+
+  /// The same caller, for a worker thread (which does not hold the lock).
+  var onWorker: BackendCaller { BackendCaller(executor: executor, queuePair: queuePair, pid: pid, locked: false) }
 }
 
 /// A process's device output (kernels' `printf`), oldest first, bounded as

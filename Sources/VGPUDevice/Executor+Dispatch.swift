@@ -28,7 +28,7 @@ extension Executor {
       case .streamCreate: return streamCreate(qp: qp)
       case .streamDestroy: return try streamDestroy(Command.StreamDestroy(e), qp: qp)
       case .streamSynchronize: return try streamSynchronize(Command.StreamSynchronize(e), qp: qp)
-      case .eventCreate: return eventCreate(qp: qp)
+      case .eventCreate: return try eventCreate(qp: qp)
       case .eventDestroy: return try eventDestroy(Command.EventDestroy(e), qp: qp)
       case .eventRecord: return try eventRecord(Command.EventRecord(e), qp: qp)
       case .eventQuery: return try eventQuery(Command.EventQuery(e), qp: qp)

@@ -92,7 +92,7 @@ extension Executor {
   func release(_ qp: Int, because reason: DeviceEvent.ReleaseReason = .closed) {
     if let job = served[qp].busy {
       // Its kernel may still touch the pair's memory: stop it, release when it has.
-      job.launch.cancel()
+      job.work.cancel()
       served[qp].pendingRelease = reason
       return
     }
@@ -103,6 +103,9 @@ extension Executor {
       report(.released(queuePair: qp, pid: pid, reason: reason, allocations: count, bytes: bytes), qp)
     }
     claimingSince[qp] = 0
+    for i in modules.slots.indices where modules.slots[i].value != nil && modules.slots[i].queuePair == qp {
+      modules.slots[i].value?.module.unload()
+    }
     modules.removeAll(queuePair: qp)
     functions.removeAll(queuePair: qp)
     for i in uploads.slots.indices where uploads.slots[i].queuePair == qp {
@@ -112,7 +115,11 @@ extension Executor {
     // The output of a process that holds no other queue pair goes with it.
     if !activeQueuePairs.contains(where: { $0 != qp && served[$0].pid == pid }) { outputs[pid] = nil }
     streams.removeAll(queuePair: qp)
+    for i in events.slots.indices where events.slots[i].value != nil && events.slots[i].queuePair == qp {
+      if let token = events.slots[i].value { backend.destroyEvent(token) }
+    }
     events.removeAll(queuePair: qp)
+    backend.release(queuePair: qp)
     served[qp] = ServedQueuePair(depth: layout.depth)
     activeQueuePairs.removeAll { $0 == qp }
     views[qp].resetRings()

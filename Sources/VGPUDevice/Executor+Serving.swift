@@ -52,7 +52,7 @@ extension Executor {
     // that does work: two clock reads cost more than a NOP.
     var started: UInt64 = 0
     while served[qp].head.index != tail {
-      // A launch of this pair runs on a worker: its later commands wait.
+      // Work of this pair is on a worker: its later commands wait.
       if served[qp].busy != nil { break }
       let completionHead = view.completionHead
       guard completionHead <= layout.depth - 1 else {
@@ -97,9 +97,9 @@ extension Executor {
 }
 
 extension Executor {
-  /// Posts the completions of launches the workers finished, each on its
+  /// Posts the completions of the work the workers finished, each on its
   /// pair (which served nothing else meanwhile, so its ring has room), with
-  /// the kernel's output and error text; a pair released meanwhile is
+  /// its device output and error text; a pair released meanwhile is
   /// released now. Returns whether any was posted.
   func collectLaunches(_ workers: KernelWorkers) -> Bool {
     var posted = false
@@ -112,15 +112,10 @@ extension Executor {
         release(qp, because: reason)
         continue
       }
-      let pid = served[qp].pid
-      if !job.output.isEmpty {
-        let box = outputs[pid] ?? OutputBox()
-        outputs[pid] = box
-        box.output.append(job.output)
-      }
+      appendOutput(job.output, pid: served[qp].pid)
       var c = job.result
       if c.status == CommandStatus.success.rawValue {
-        countLaunch(qp)
+        if job.isLaunch { countLaunch(qp) }
       } else {
         served[qp].errorText = job.errorText
       }

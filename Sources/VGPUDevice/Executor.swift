@@ -21,8 +21,8 @@ struct ServedQueuePair {
   var stats = StatisticsRecord()
   /// The text of the last failed command (`errorText`).
   var errorText = ""
-  /// Its launch running on a worker: the pair serves nothing else meanwhile.
-  var busy: LaunchJob?
+  /// Its work (a launch, GPU work in flight) on a worker: the pair serves nothing else meanwhile.
+  var busy: WorkerJob?
   /// A release that waits for `busy` to finish (its kernel may still touch the pair's memory).
   var pendingRelease: DeviceEvent.ReleaseReason?
   /// Which claim of this pair this is (bumped at each accept).
@@ -56,10 +56,12 @@ final class Executor: @unchecked Sendable {
   let layout: BARLayout
   let registers: RegisterBlock
   let views: [QueuePairView]
-  let memory: DeviceMemory
+  /// The device memory guests may hold in all (the BAR's memory limit).
+  let memoryLimit: UInt64
   /// One entry per queue pair, allocated once.
   let served: UnsafeMutableBufferPointer<ServedQueuePair>
-  @exclusivity(unchecked) var allocator: DeviceAllocator
+  /// Who holds which range of device memory: every address a guest names is checked here.
+  @exclusivity(unchecked) var ledger = AllocationLedger()
   /// The queue pairs accepted and not yet released, for the quick pass.
   @exclusivity(unchecked) var activeQueuePairs: [Int] = []
   @exclusivity(unchecked) var modules = HandleTable<ModuleEntry>(kind: 1)
@@ -69,19 +71,19 @@ final class Executor: @unchecked Sendable {
   @exclusivity(unchecked) var uploadBytes: UInt64 = 0
   /// Each process's device output (kernels' printf), until it fetches it.
   @exclusivity(unchecked) var outputs: [UInt32: OutputBox] = [:]
-  /// What runs kernels.
+  /// What places memory, moves bytes and runs kernels.
   let backend: any ExecutionBackend
   /// The threads that run kernels which do not run inline; nil while the
   /// device is driven by hand (tests): then every launch runs inline.
   @exclusivity(unchecked) var workers: KernelWorkers?
-  /// A launch the handler handed over, for `serve` to give its ids and submit.
-  @exclusivity(unchecked) var handedOver: LaunchJob?
+  /// Work the handler handed over, for `serve` to give its ids and submit.
+  @exclusivity(unchecked) var handedOver: WorkerJob?
   @exclusivity(unchecked) var generations: UInt64 = 0
   /// Thread-instructions a launch runs on the serving thread before it is
   /// handed to a worker (`ReferenceDeviceConfiguration.inlineLaunchSlice`).
   @exclusivity(unchecked) var inlineSlice: UInt64 = 1 << 14
   @exclusivity(unchecked) var streams = HandleTable<Void>(kind: 3)
-  @exclusivity(unchecked) var events = HandleTable<UInt64>(kind: 4)  // the time it was recorded, 0 = never
+  @exclusivity(unchecked) var events = HandleTable<UInt64>(kind: 4)  // the backend's token
   @exclusivity(unchecked) var deviceTotals = StatisticsRecord()
   @exclusivity(unchecked) var progress: UInt64 = 0
   /// The status register as the device means it; a guest's store there is undone.
@@ -101,15 +103,14 @@ final class Executor: @unchecked Sendable {
   @exclusivity(unchecked) var ivshmem: IvshmemServer?
 
   init(
-    base: UnsafeMutableRawPointer, layout: BARLayout, memory: DeviceMemory, registers: RegisterBlock,
+    base: UnsafeMutableRawPointer, layout: BARLayout, memoryLimit: UInt64, registers: RegisterBlock,
     backend: any ExecutionBackend
   ) {
     self.backend = backend
     self.base = base
     self.layout = layout
     self.registers = registers
-    self.memory = memory
-    self.allocator = DeviceAllocator(capacity: memory.size)
+    self.memoryLimit = memoryLimit
     self.views = (0..<Int(layout.queuePairs)).map { QueuePairView(base: base, layout: layout, index: $0) }
     self.served = .allocate(capacity: Int(layout.queuePairs))
     served.initialize(repeating: ServedQueuePair(depth: layout.depth))
@@ -122,5 +123,42 @@ final class Executor: @unchecked Sendable {
     served.deallocate()
   }
 
-  var memoryInUse: (allocated: UInt64, total: UInt64) { (allocator.allocatedBytes, memory.size) }
+  var memoryInUse: (allocated: UInt64, total: UInt64) { (ledger.bytes, memoryLimit) }
+
+  /// The caller a backend call from the serving thread is for.
+  func caller(_ qp: Int) -> BackendCaller {
+    BackendCaller(executor: self, queuePair: qp, pid: served[qp].pid, locked: true)
+  }
+
+  /// Hands `work` (which a backend call returned unfinished) to a worker:
+  /// `serve` gives it its ids and serves the pair nothing else until it is
+  /// done. Without workers (a device driven by hand) it finishes here.
+  func handOver(_ work: any BackendWork, qp: Int, isLaunch: Bool = false, success: CompletionEntry) -> CompletionEntry {
+    let job = WorkerJob(
+      qp: qp, generation: served[qp].generation, work: work, isLaunch: isLaunch, caller: caller(qp).onWorker,
+      success: success)
+    guard workers != nil else {
+      // On the serving thread, which holds the lock: the caller must say so.
+      let inline = WorkerJob(
+        qp: qp, generation: job.generation, work: work, isLaunch: isLaunch, caller: caller(qp), success: success)
+      inline.run()
+      appendOutput(inline.output, pid: served[qp].pid)
+      if inline.result.status != CommandStatus.success.rawValue {
+        served[qp].errorText = inline.errorText
+      } else if isLaunch {
+        countLaunch(qp)
+      }
+      return inline.result
+    }
+    handedOver = job
+    return success
+  }
+
+  /// Appends a launch's device output to its process's.
+  func appendOutput(_ output: DeviceOutput, pid: UInt32) {
+    guard !output.isEmpty else { return }
+    let box = outputs[pid] ?? OutputBox()
+    outputs[pid] = box
+    box.output.append(output)
+  }
 }

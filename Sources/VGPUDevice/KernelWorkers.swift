@@ -7,35 +7,42 @@ import VGPUProtocol
   import Glibc
 #endif
 
-/// A launch handed to a worker thread, and what comes back: the serving
-/// thread posts its completion, in its pair's order (the pair serves nothing
-/// else meanwhile), and appends its output to the process's.
-final class LaunchJob: @unchecked Sendable {
+/// A command's work handed to a worker thread (a long kernel, GPU work
+/// still in flight), and what comes back: the serving thread posts its
+/// completion, in its pair's order (the pair serves nothing else
+/// meanwhile), and appends its output to the process's.
+final class WorkerJob: @unchecked Sendable {
   let qp: Int
-  /// The pair's generation when the launch was taken: a completion for a
+  /// The pair's generation when the work was taken: a completion for a
   /// pair released and claimed again since is dropped.
   let generation: UInt64
   var commandID: UInt16 = 0
   var sqHead: UInt16 = 0
-  /// Started on the serving thread; it ran past its inline slice.
-  let launch: any BackendLaunch
+  let work: any BackendWork
+  /// Whether it is a launch (counted as one when it succeeds).
+  let isLaunch: Bool
   /// For the worker: takes the executor's lock per lookup.
-  let memory: KernelMemoryView
+  let caller: BackendCaller
   // Written by the worker, read by the serving thread after `finished`.
   var output = DeviceOutput()
-  var result = CompletionEntry(status: .success)
+  /// The completion to post: the command's success reply, or its error.
+  var result: CompletionEntry
   var errorText = ""
 
-  init(qp: Int, generation: UInt64, launch: any BackendLaunch, memory: KernelMemoryView) {
+  init(
+    qp: Int, generation: UInt64, work: any BackendWork, isLaunch: Bool, caller: BackendCaller, success: CompletionEntry
+  ) {
     self.qp = qp
     self.generation = generation
-    self.launch = launch
-    self.memory = memory
+    self.work = work
+    self.isLaunch = isLaunch
+    self.caller = caller
+    self.result = success
   }
 
   func run() {
     do throws(BackendError) {
-      try launch.finish(memory: memory, output: &output)
+      try work.finish(caller: caller, output: &output)
     } catch {
       result = CompletionEntry(
         status: error.status, result0: error.result0, result1: error.result1, detail: error.detail)
@@ -49,8 +56,8 @@ final class LaunchJob: @unchecked Sendable {
 /// over and goes on serving the other pairs; a pair's later commands wait
 /// for its launch (in order per pair, and so per stream).
 final class KernelWorkers: @unchecked Sendable {
-  private let queue = Mutex<[LaunchJob]>([])
-  private let done = Mutex<[LaunchJob]>([])
+  private let queue = Mutex<[WorkerJob]>([])
+  private let done = Mutex<[WorkerJob]>([])
   /// Bumped per job queued; workers sleep on it (futex).
   private let word = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
   /// Jobs finished and not yet collected: the serving thread's cheap check.
@@ -70,15 +77,15 @@ final class KernelWorkers: @unchecked Sendable {
 
   deinit { word.deallocate() }
 
-  func submit(_ job: LaunchJob) {
+  func submit(_ job: WorkerJob) {
     queue.withLock { $0.append(job) }
     _ = vgpu_fetch_add_u32(word, 1)
     _ = vgpu_futex_wake(word, 1)
   }
 
   /// The finished jobs, oldest first.
-  func collect() -> [LaunchJob] {
-    let jobs = done.withLock { d -> [LaunchJob] in
+  func collect() -> [WorkerJob] {
+    let jobs = done.withLock { d -> [WorkerJob] in
       let all = d
       d.removeAll(keepingCapacity: true)
       return all

@@ -7,21 +7,35 @@ import VGPUProtocol
 /// or chosen from a fat binary for this device's compute capability, then
 /// decompressed) parsed by the PTX engine, and its kernels interpreted on
 /// the device's CPU with every global access checked.
-final class PTXBackend: ExecutionBackend {
+/// Its memory is the host's RAM (`PTXBackend+Memory`).
+///
+/// `@unchecked Sendable`: its mutable state (placement, events) is touched
+/// only under the executor's lock, as the protocol says.
+final class PTXBackend: ExecutionBackend, @unchecked Sendable {
   /// `major × 10 + minor`, as fat binary entries name architectures.
   let computeCapability: UInt32
   /// Thread-instructions a launch may run before it fails with 702 (a
   /// watchdog, as a display GPU's): 10^10 is minutes of interpretation.
   let instructionBudget: UInt64
+  /// The device memory: a reservation in the host's RAM.
+  let memory: DeviceMemory
+  /// Where ranges go in `memory` (the executor's ledger says whose they are).
+  @exclusivity(unchecked) var allocator: DeviceAllocator
+  @exclusivity(unchecked) var eventTimes: [UInt64: UInt64] = [:]
+  @exclusivity(unchecked) var nextEvent: UInt64 = 0
 
-  init(computeCapability: UInt32, instructionBudget: UInt64 = 10_000_000_000) {
+  init(memory: DeviceMemory, computeCapability: UInt32, instructionBudget: UInt64 = 10_000_000_000) {
+    self.memory = memory
+    self.allocator = DeviceAllocator(capacity: memory.size)
     self.computeCapability = computeCapability
     self.instructionBudget = instructionBudget
   }
 
   var name: String { "PTX interpreter" }
 
-  func loadModule(_ image: UnsafeRawBufferPointer, progress: () -> Void) throws(BackendError) -> any BackendModule {
+  func loadModule(_ image: UnsafeRawBufferPointer, for caller: BackendCaller) throws(BackendError)
+    -> any BackendModule
+  {
     let source: PTXSource
     do throws(FatBinaryError) {
       source = try ModuleImageLoader.ptx(from: image, computeCapability: computeCapability)
@@ -34,9 +48,8 @@ final class PTXBackend: ExecutionBackend {
       }
     }
     do throws(PTXError) {
-      return try withoutActuallyEscaping(progress) { (tick) throws(PTXError) in
-        PTXBackendModule(try PTXModule(source: source.text, progress: tick), budget: instructionBudget)
-      }
+      return PTXBackendModule(
+        try PTXModule(source: source.text, progress: { caller.reportProgress() }), backend: self)
     } catch {
       if case .parse(let line, _, _) = error {
         throw BackendError(.invalidPTX, error.description, detail: UInt32(clamping: line))
@@ -48,17 +61,22 @@ final class PTXBackend: ExecutionBackend {
 
 final class PTXBackendModule: BackendModule {
   let module: PTXModule
-  let budget: UInt64
+  unowned let backend: PTXBackend
   /// The variables the device places: defined ones (an `.extern` is another module's).
   let placed: [PTXGlobalVariable]
 
-  init(_ module: PTXModule, budget: UInt64) {
+  init(_ module: PTXModule, backend: PTXBackend) {
     self.module = module
-    self.budget = budget
+    self.backend = backend
     placed = module.globals.filter { !$0.isExtern && ($0.space == .global || $0.space == .const) }
   }
 
   var kernelNames: [String] { module.kernelNames }
+
+  /// The device places every variable.
+  var placedVariables: [PlacedVariable] { [] }
+
+  func unload() {}
 
   var variables: [ModuleVariable] {
     placed.map { ModuleVariable(name: $0.name, size: $0.size, alignment: $0.alignment) }
@@ -108,10 +126,10 @@ final class PTXBackendFunction: BackendFunction {
   }
 
   func launch(
-    _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, memory: KernelMemoryView,
+    _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, caller: BackendCaller,
     output: inout DeviceOutput, inlineSlice: UInt64
-  ) throws(BackendError) -> (any BackendLaunch)? {
-    let context = PTXLaunchContext(memory: memory)
+  ) throws(BackendError) -> (any BackendWork)? {
+    let context = PTXLaunchContext(caller: caller, memory: module.backend.memory)
     let g = geometry.grid
     let b = geometry.block
     let started: PTXLaunch
@@ -120,7 +138,7 @@ final class PTXBackendFunction: BackendFunction {
         kernel: name, grid: PTXDim3(g.x, g.y, g.z), block: PTXDim3(b.x, b.y, b.z),
         dynamicSharedBytes: Int(geometry.sharedBytes), parameters: parameters, memory: context,
         options: PTXLaunchOptions(
-          instructionBudget: module.budget, printf: { context.text.append(contentsOf: $0.utf8) },
+          instructionBudget: module.backend.instructionBudget, printf: { context.text.append(contentsOf: $0.utf8) },
           progress: { context.progress() }))
     } catch {
       throw BackendError(error)
@@ -156,28 +174,38 @@ extension BackendError {
   }
 }
 
-/// What a launch's callbacks reach: the memory view of the thread running
-/// it now (the serving thread's first, then a worker's), its cancel flag,
-/// and its printf text, kept until the launch is done so that a client gets
-/// a launch's output whole.
+/// What a launch's callbacks reach: the caller as the thread running it
+/// now sees it (the serving thread first, then a worker), the device
+/// memory, its cancel flag, and its printf text, kept until the launch is
+/// done so that a client gets a launch's output whole.
 final class PTXLaunchContext: PTXGlobalMemory, @unchecked Sendable {
-  var memory: KernelMemoryView
+  var caller: BackendCaller
+  let memory: DeviceMemory
   let cancelled = Atomic<Bool>(false)
   var text: [UInt8] = []
 
-  init(memory: KernelMemoryView) { self.memory = memory }
+  init(caller: BackendCaller, memory: DeviceMemory) {
+    self.caller = caller
+    self.memory = memory
+  }
 
-  func region(containing address: UInt64) -> PTXMemoryRegion? { memory.region(containing: address) }
+  /// The engine asks for the allocation holding an address (and caches it);
+  /// the device answers from the launching process's live ranges.
+  func region(containing address: UInt64) -> PTXMemoryRegion? {
+    guard let r = caller.range(containing: address) else { return nil }
+    return PTXMemoryRegion(
+      base: r.address, count: Int(r.size), pointer: memory.base + Int(r.address - deviceAddressBase))
+  }
 
   /// The engine's progress callback: the device is alive; false stops the launch.
   func progress() -> Bool {
-    memory.reportProgress()
+    caller.reportProgress()
     return !cancelled.load(ordering: .relaxed)
   }
 }
 
 /// A PTX launch in progress (`PTXLaunch`), as the device continues it.
-final class PTXBackendLaunch: BackendLaunch, @unchecked Sendable {
+final class PTXBackendLaunch: BackendWork, @unchecked Sendable {
   let launch: PTXLaunch
   let context: PTXLaunchContext
 
@@ -199,23 +227,10 @@ final class PTXBackendLaunch: BackendLaunch, @unchecked Sendable {
     return true
   }
 
-  func finish(memory: KernelMemoryView, output: inout DeviceOutput) throws(BackendError) {
-    context.memory = memory
+  func finish(caller: BackendCaller, output: inout DeviceOutput) throws(BackendError) {
+    context.caller = caller
     _ = try run(until: .max, output: &output)
   }
 
   func cancel() { context.cancelled.store(true, ordering: .relaxed) }
-}
-
-/// The engine asks for the allocation holding an address (and caches it);
-/// the device answers from the launching process's live allocations.
-extension KernelMemoryView: PTXGlobalMemory {
-  public func region(containing address: UInt64) -> PTXMemoryRegion? {
-    let found =
-      locked
-      ? executor.allocation(containing: address, pid: pid)
-      : executor.lock.withLock { _ in executor.allocation(containing: address, pid: pid) }
-    guard let a = found else { return nil }
-    return PTXMemoryRegion(base: a.address, count: Int(a.size), pointer: a.pointer)
-  }
 }

@@ -76,10 +76,14 @@ public final class ReferenceDevice: @unchecked Sendable {
   private let running = Atomic<Bool>(false)
   private var thread: pthread_t?
 
-  /// Lays out `region` (or a new anonymous one of the layout's size) as a vGPU BAR.
-  public init(configuration: ReferenceDeviceConfiguration = .init(), region: MappedRegion? = nil)
-    throws(DeviceSetupError)
-  {
+  /// Lays out `region` (or a new anonymous one of the layout's size) as a
+  /// vGPU BAR whose work `backend` does: by default the PTX interpreter,
+  /// with device memory in this host's RAM; a host GPU's `CUDABackend`
+  /// (then `configuration` should carry that GPU's identity).
+  public init(
+    configuration: ReferenceDeviceConfiguration = .init(), region: MappedRegion? = nil,
+    backend: (any ExecutionBackend)? = nil
+  ) throws(DeviceSetupError) {
     self.configuration = configuration
     let layout = configuration.layout
     if let region {
@@ -94,16 +98,23 @@ public final class ReferenceDevice: @unchecked Sendable {
         description:
           "the BAR (\(self.region.origin)) has \(self.region.size) bytes; the layout needs \(layout.regionSize)")
     }
-    let memory: DeviceMemory
-    do { memory = try DeviceMemory(size: configuration.memorySize) } catch {
-      throw DeviceSetupError(description: error.description)
+    let work: any ExecutionBackend
+    if let backend {
+      work = backend
+    } else {
+      let memory: DeviceMemory
+      do { memory = try DeviceMemory(size: configuration.memorySize) } catch {
+        throw DeviceSetupError(description: error.description)
+      }
+      work = PTXBackend(
+        memory: memory,
+        computeCapability: configuration.computeCapability.major * 10 + configuration.computeCapability.minor,
+        instructionBudget: configuration.kernelInstructionBudget)
     }
     registers = RegisterBlock(self.region.base)
     executor = Executor(
-      base: self.region.base, layout: layout, memory: memory, registers: registers,
-      backend: PTXBackend(
-        computeCapability: configuration.computeCapability.major * 10 + configuration.computeCapability.minor,
-        instructionBudget: configuration.kernelInstructionBudget))
+      base: self.region.base, layout: layout, memoryLimit: configuration.memorySize, registers: registers,
+      backend: work)
 
     executor.setStatus([])
     registers.store(Register.magic, vgpuMagic)
@@ -165,7 +176,7 @@ public final class ReferenceDevice: @unchecked Sendable {
     thread = nil
     // Kernels still running are stopped at their next checkpoint.
     let workers = executor.lock.withLock { _ in
-      for qp in executor.views.indices { executor.served[qp].busy?.launch.cancel() }
+      for qp in executor.views.indices { executor.served[qp].busy?.work.cancel() }
       return executor.workers
     }
     workers?.stop()

@@ -25,35 +25,24 @@ struct Refusal: Error {
 
 /// Every address a guest names is checked here before it is used.
 extension Executor {
-  func deviceOffset(_ address: UInt64, argument: UInt32) throws(Refusal) -> UInt64 {
-    guard address >= deviceAddressBase, address - deviceAddressBase < memory.size else {
-      throw Refusal(status: .invalidAddress, detail: argument)
-    }
-    return address - deviceAddressBase
-  }
-
-  /// `length` bytes at device `address`, inside one live allocation of process `pid`.
+  /// `length` bytes at device `address`, inside one live range of process
+  /// `pid`: the range's ledger entry.
+  @discardableResult
   func deviceRange(_ address: UInt64, _ length: UInt64, pid: UInt32, argument: UInt32) throws(Refusal)
-    -> UnsafeMutableRawPointer
+    -> AllocationLedger.Entry
   {
-    let offset = try deviceOffset(address, argument: argument)
-    guard let a = allocator.allocation(containing: offset, length: max(length, 1)) else {
+    guard let e = ledger.entry(containing: address, length: max(length, 1)) else {
       throw Refusal(status: .invalidAddress, detail: argument)
     }
-    guard served[Int(a.owner)].pid == pid else { throw Refusal(status: .permissionDenied, detail: argument) }
-    return memory.base + Int(offset)
+    guard served[Int(e.owner)].pid == pid else { throw Refusal(status: .permissionDenied, detail: argument) }
+    return e
   }
 
-  /// The live allocation of process `pid` holding device `address`: its
-  /// start, size and host pointer (what a kernel may touch).
-  func allocation(containing address: UInt64, pid: UInt32) -> (
-    address: UInt64, size: UInt64, pointer: UnsafeMutableRawPointer
-  )? {
-    guard address >= deviceAddressBase, address - deviceAddressBase < memory.size,
-      let a = allocator.allocation(containing: address - deviceAddressBase, length: 1),
-      served[Int(a.owner)].pid == pid
-    else { return nil }
-    return (deviceAddressBase + a.offset, a.size, memory.base + Int(a.offset))
+  /// The live range of process `pid` holding device `address`: its start
+  /// and size (what a kernel may touch).
+  func range(containing address: UInt64, pid: UInt32) -> (address: UInt64, size: UInt64)? {
+    guard let e = ledger.entry(containing: address, length: 1), served[Int(e.owner)].pid == pid else { return nil }
+    return (e.address, e.size)
   }
 
   /// `length` bytes at staging address `address`, inside queue pair `qp`'s window.
