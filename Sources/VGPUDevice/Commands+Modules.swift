@@ -116,8 +116,7 @@ extension Executor {
 
   /// Places the module's variables in device memory, owned by this queue
   /// pair (freed with it, or at unload), and initialises them from the image
-  /// (whose initializers may hold the addresses just chosen); records those
-  /// a driver placed, so that copies may name them.
+  /// (whose initializers may hold the addresses just chosen).
   private func placeVariables(of module: any BackendModule, qp: Int) throws(Refusal) -> [PlacedVariable] {
     var placed: [PlacedVariable] = []
     for v in module.variables {
@@ -156,18 +155,6 @@ extension Executor {
         forget(placed)
         throw Refusal(error)
       }
-    }
-    for v in module.placedVariables {
-      let e = AllocationLedger.Entry(
-        address: v.address, size: max(v.size, 1), requested: max(v.size, 1), owner: UInt32(qp), kind: .driverVariable)
-      guard ledger.insert(e) else {
-        forget(placed)
-        throw Refusal(
-          status: .invalidImage, detail: 1,
-          message: "module variable '\(v.name)' at 0x\(String(v.address, radix: 16)) overlaps live device memory")
-      }
-      countAllocation(e.size, owner: qp)
-      placed.append(v)
     }
     return placed
   }
@@ -213,11 +200,29 @@ extension Executor {
   }
 
   func moduleGlobal(_ c: Command.ModuleGlobal, qp: Int) throws(Refusal) -> CompletionEntry {
-    let entry = try modules.value(c.module, pid: served[qp].pid, argument: 1)
+    let slot = try modules.slot(c.module, pid: served[qp].pid, argument: 1)
+    guard let entry = modules.slots[slot].value else { throw Refusal(status: .invalidHandle, detail: 1) }
     let name = try stagedName(c.name, c.nameLength, qp: qp)
-    guard let v = entry.variables.first(where: { $0.name == name }) else {
+    if let v = entry.variables.first(where: { $0.name == name }) {
+      return Command.ModuleGlobal.Reply(address: v.address, size: v.size).completion
+    }
+    // One the backend's driver placed: recorded at its first lookup, owned
+    // by the pair that loaded the module, so that copies may name it.
+    let found: PlacedVariable?
+    do throws(BackendError) { found = try entry.module.global(named: name) } catch { throw Refusal(error) }
+    guard let v = found else {
       throw Refusal(status: .notFound, detail: 2, message: "no variable '\(name)' in this module")
     }
+    let owner = modules.slots[slot].queuePair
+    let e = AllocationLedger.Entry(
+      address: v.address, size: max(v.size, 1), requested: max(v.size, 1), owner: UInt32(owner), kind: .driverVariable)
+    guard ledger.insert(e) else {
+      throw Refusal(
+        status: .invalidImage, detail: 2,
+        message: "module variable '\(name)' at 0x\(String(v.address, radix: 16)) overlaps live device memory")
+    }
+    countAllocation(e.size, owner: owner)
+    modules.slots[slot].value?.variables.append(v)
     return Command.ModuleGlobal.Reply(address: v.address, size: v.size).completion
   }
 
@@ -297,6 +302,9 @@ extension Executor {
   func output(_ c: Command.Output, qp: Int) throws(Refusal) -> CompletionEntry {
     let pid = served[qp].pid
     let staging = try stagingRange(c.staging, c.capacity, qp: qp, argument: 2)
+    var held = DeviceOutput()
+    backend.takeOutput(pid: pid, into: &held)
+    appendOutput(held, pid: pid)
     guard let box = outputs[pid] else { return Command.Output.Reply(written: 0, remaining: 0, dropped: 0).completion }
     let (written, dropped) = box.output.take(into: staging, capacity: Int(c.capacity))
     return Command.Output.Reply(

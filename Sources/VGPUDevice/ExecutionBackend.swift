@@ -58,6 +58,10 @@ public protocol ExecutionBackend: AnyObject, Sendable {
   func loadModule(_ image: UnsafeRawBufferPointer, for caller: BackendCaller) throws(BackendError)
     -> any BackendModule
 
+  /// Moves the device output (`printf` text) the backend holds for
+  /// process `pid` to `output` (the reference device has put it there already).
+  func takeOutput(pid: UInt32, into output: inout DeviceOutput)
+
   /// Queue pair `queuePair` was released (its memory and modules already
   /// freed): what the backend kept for it (a stream; with a process's last
   /// pair, its context) goes.
@@ -76,9 +80,10 @@ public protocol BackendModule: AnyObject {
   /// other variables' addresses: printf's format strings, numba's
   /// environment); shorter than its size means zeros after.
   func initializer(ofVariable index: Int) throws(BackendError) -> [UInt8]
-  /// The variables the backend placed itself (a driver loads a module's
-  /// globals with it): the device records them so that copies may name them.
-  var placedVariables: [PlacedVariable] { get }
+  /// A variable the backend placed itself (a driver loads a module's
+  /// globals with it), by name; nil when there is none. The device records
+  /// it, so that copies may name it.
+  func global(named name: String) throws(BackendError) -> PlacedVariable?
   /// The module's kernels (`.entry` functions), in the order of the image.
   var kernelNames: [String] { get }
   /// A kernel by name: its layout, attributes and code. A kernel whose code

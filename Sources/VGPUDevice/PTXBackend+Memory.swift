@@ -159,4 +159,7 @@ extension PTXBackend {
   }
 
   func release(queuePair: Int) {}
+
+  /// A launch's text went to the process's output when it ended.
+  func takeOutput(pid: UInt32, into output: inout DeviceOutput) {}
 }

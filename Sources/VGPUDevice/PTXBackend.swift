@@ -74,7 +74,7 @@ final class PTXBackendModule: BackendModule {
   var kernelNames: [String] { module.kernelNames }
 
   /// The device places every variable.
-  var placedVariables: [PlacedVariable] { [] }
+  func global(named name: String) throws(BackendError) -> PlacedVariable? { nil }
 
   func unload() {}
 

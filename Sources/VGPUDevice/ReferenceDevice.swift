@@ -129,6 +129,9 @@ public final class ReferenceDevice: @unchecked Sendable {
 
   deinit { stop() }
 
+  /// What does the device's work ("PTX interpreter", "CUDA driver 12.8 on NVIDIA H100 80GB HBM3").
+  public var backendName: String { executor.backend.name }
+
   /// Marks the device ready and starts serving on a thread of its own.
   public func start() {
     guard running.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {

@@ -37,8 +37,37 @@ struct Mediator: ParsableCommand {
   @Option(name: .long, help: "The BAR file (a file on tmpfs: /dev/shm/NAME).")
   var path = "/dev/shm/vgpu0"
 
-  @Option(name: .long, help: "Device memory, e.g. 80G, 512M. Only touched pages cost RAM.")
-  var memory = "80G"
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
+      """
+      Device memory clients may hold in all, e.g. 80G, 512M: the BAR's slice, enforced exactly. \
+      Default: 80G on the reference device (only touched pages cost RAM); the GPU's memory with --backend cuda.
+      """, valueName: "size"))
+  var memory: String?
+
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
+      """
+      What does the work: 'reference' (the CPU reference device: memory in this host's RAM, \
+      PTX interpreted) or 'cuda' (this host's NVIDIA GPU through its driver, libcuda.so.1: \
+      memory, copies, modules and kernels run on the GPU).
+      """, valueName: "backend"))
+  var backend = "reference"
+
+  @Option(name: .long, help: "With --backend cuda: the GPU, by CUDA ordinal (as CUDA_VISIBLE_DEVICES numbers them).")
+  var gpu: Int32 = 0
+
+  @Option(
+    name: .customLong("cuda-library"),
+    help: ArgumentHelp(
+      """
+      With --backend cuda: the driver library to load (default libcuda.so.1, found as the dynamic \
+      loader finds it). This project's own libcuda.so.1 works too: the GPU is then another vGPU \
+      (layered mode, for tests without a GPU).
+      """, valueName: "path"))
+  var cudaLibrary = "libcuda.so.1"
 
   @Option(name: .customLong("queue-pairs"), help: "Queue pairs (1-256): how many clients/threads can submit at once.")
   var queuePairs = 8
@@ -52,17 +81,20 @@ struct Mediator: ParsableCommand {
   @Option(name: .long, help: "Staging slots per queue pair: copies keep this many chunks in flight.")
   var slots = 7
 
-  @Option(name: .long, help: "The device name clients see (cuDeviceGetName, nvidia-smi).")
-  var name = ReferenceDeviceConfiguration().name
+  @Option(
+    name: .long,
+    help: "The device name clients see (cuDeviceGetName, nvidia-smi). Default: the GPU's, or the reference device's.")
+  var name: String?
 
   @Option(
     name: .customLong("cuda-driver-version"),
     help: ArgumentHelp(
       """
       The CUDA driver version the device reports (cuDriverGetVersion, nvidia-smi), as MAJOR.MINOR. \
-      A CUDA runtime needs a driver at least as new as itself: 13.0 or later for libcudart.so.13.
+      A CUDA runtime needs a driver at least as new as itself: 13.0 or later for libcudart.so.13. \
+      Default: 12.8 on the reference device, the host driver's with --backend cuda.
       """, valueName: "version"))
-  var cudaDriverVersion = "12.8"
+  var cudaDriverVersion: String?
 
   @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
   var logLevel = "info"
@@ -104,9 +136,13 @@ struct Mediator: ParsableCommand {
   var kernelBudget: UInt64 = 10_000_000_000
 
   func validate() throws {
-    guard Size.parse(memory) != nil else {
+    if let memory, Size.parse(memory) == nil {
       throw ValidationError("--memory '\(memory)' is not a size such as 80G or 512M")
     }
+    guard backend == "reference" || backend == "cuda" else {
+      throw ValidationError("--backend '\(backend)' is neither 'reference' nor 'cuda'")
+    }
+    guard gpu >= 0 else { throw ValidationError("--gpu must be a CUDA ordinal: 0 or more") }
     guard let slot = Size.parse(slotSize), slot > 0, slot % 4096 == 0, slot <= 1 << 30 else {
       throw ValidationError("--slot-size '\(slotSize)' must be whole 4 KiB pages, at most 1G")
     }
@@ -115,8 +151,8 @@ struct Mediator: ParsableCommand {
       throw ValidationError("--depth must be a power of two from 2 to 4096")
     }
     guard (1...depth - 1).contains(slots) else { throw ValidationError("--slots must be 1 to depth-1") }
-    guard Self.cudaVersion(cudaDriverVersion) != nil else {
-      throw ValidationError("--cuda-driver-version '\(cudaDriverVersion)' is not MAJOR.MINOR, e.g. 12.8 or 13.0")
+    if let v = cudaDriverVersion, Self.cudaVersion(v) == nil {
+      throw ValidationError("--cuda-driver-version '\(v)' is not MAJOR.MINOR, e.g. 12.8 or 13.0")
     }
     if let vectors {
       guard ivshmemSocket != nil else { throw ValidationError("--vectors needs --ivshmem-socket") }
@@ -133,10 +169,37 @@ struct Mediator: ParsableCommand {
     log.logLevel = Logger.Level(rawValue: logLevel) ?? .info
 
     var config = ReferenceDeviceConfiguration()
-    config.name = name
     config.kernelInstructionBudget = kernelBudget
-    config.memorySize = Size.parse(memory)!
-    config.cudaDriverVersion = Self.cudaVersion(cudaDriverVersion)!
+    config.memorySize = Size.parse(memory ?? "80G")!
+    config.cudaDriverVersion = Self.cudaVersion(cudaDriverVersion ?? "12.8")!
+    // The host's GPU, opened before the BAR is touched: without a driver or
+    // a GPU the mediator says so in one line and serves nothing.
+    var driver: CUDADriver?
+    if backend == "cuda" {
+      do {
+        let d = try CUDADriver.load(path: cudaLibrary)
+        let gpu = try d.identity(ordinal: self.gpu)
+        config.adopt(gpu, barPath: path)
+        if cudaDriverVersion == nil { config.cudaDriverVersion = UInt32(d.version) }
+        if let memory {
+          config.memorySize = Size.parse(memory)!
+          guard config.memorySize <= UInt64(gpu.totalMemory) else {
+            throw Failure(
+              "--memory \(memory) is more than \(gpu.name) has (\(gpu.totalMemory >> 20) MiB); give this BAR a slice of it")
+          }
+        }
+        driver = d
+        log.info(
+          "host GPU",
+          metadata: [
+            "gpu": "\(gpu)", "driver": "\(d.path) (CUDA \(d.versionString))",
+            "layered": "\(d.isVGPUShim ? "yes: the host driver is this project's own shim" : "no")",
+          ])
+      } catch let e as CUDADriverError {
+        throw Failure(e.description)
+      }
+    }
+    if let name { config.name = name }
     let vm = vm || ivshmemSocket != nil
     if vm {
       config.ownersAreLocalProcesses = false
@@ -161,8 +224,19 @@ struct Mediator: ParsableCommand {
       throw Failure(error.description)
     }
     let device: ReferenceDevice
-    do { device = try ReferenceDevice(configuration: config, region: region) } catch {
-      throw Failure(error.description)
+    do {
+      var work: (any ExecutionBackend)?
+      if let driver {
+        let layout = config.layout
+        let staging = UnsafeMutableRawBufferPointer(
+          start: region.base + Int(layout.stagingOffset), count: Int(layout.stagingSize))
+        do { work = try CUDABackend(driver: driver, ordinal: gpu, staging: staging) } catch {
+          throw Failure(error.description)
+        }
+      }
+      device = try ReferenceDevice(configuration: config, region: region, backend: work)
+    } catch let e as DeviceSetupError {
+      throw Failure(e.description)
     }
     var server: IvshmemServer?
     if let socket = ivshmemSocket {
@@ -211,7 +285,8 @@ struct Mediator: ParsableCommand {
     log.info(
       "serving",
       metadata: [
-        "path": "\(path)", "bytes": "\(region.size)", "memory": "\(memory)", "queuePairs": "\(queuePairs)",
+        "path": "\(path)", "bytes": "\(region.size)", "memory": "\(config.memorySize >> 20) MiB",
+        "backend": "\(device.backendName)", "queuePairs": "\(queuePairs)",
         "depth": "\(depth)", "staging": "\(slots) x \(slotSize) per queue pair", "pid": "\(getpid())",
       ])
     if let server {

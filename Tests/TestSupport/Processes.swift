@@ -43,11 +43,14 @@ public final class MediatorProcess: @unchecked Sendable {
   /// (64 KiB) and the mediator then blocks in its logger, serving no one.
   let logPath: String
 
-  public init(path: String? = nil, arguments: [String] = []) throws {
+  /// Starts one serving `path` (a fresh /dev/shm file by default) with
+  /// `arguments`; `environment` is added to the test's.
+  public init(path: String? = nil, arguments: [String] = [], environment: [String: String] = [:]) throws {
     self.path = path ?? "/dev/shm/vgpu-test-\(getpid())-\(Self.counter.add(1, ordering: .relaxed).newValue)"
     if path == nil { unlink(self.path) }
     process.executableURL = Self.binaries.appendingPathComponent("vgpu-mediator")
     process.arguments = ["--path", self.path, "--memory", "8G"] + arguments
+    if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     logPath =
       FileManager.default.temporaryDirectory
       .appendingPathComponent(
@@ -107,6 +110,36 @@ public final class MediatorProcess: @unchecked Sendable {
     unlink(path)
     unlink(logPath)
   }
+}
+
+/// Issue 14's two layers without a GPU: a mediator with the CUDA backend
+/// (`gpu`, what clients use) whose "host driver" is this project's own
+/// libcuda.so.1, a client of a second mediator with the reference device
+/// (`host`, which runs the work). Every command crosses both.
+public final class LayeredMediators: @unchecked Sendable {
+  public let host: MediatorProcess
+  public let gpu: MediatorProcess
+
+  /// `hostArguments` go to the reference device (a kernel budget, a driver
+  /// version the GPU mediator then reports); `gpuArguments` to the CUDA one.
+  public init(hostArguments: [String] = [], gpuArguments: [String] = []) throws {
+    // The GPU mediator's serving thread and workers are each a client thread
+    // of the host: queue pairs for all of them.
+    host = try MediatorProcess(arguments: ["--queue-pairs", "64"] + hostArguments)
+    gpu = try MediatorProcess(
+      arguments: [
+        "--backend", "cuda", "--cuda-library", Paths.shims.appendingPathComponent("libcuda.so.1").path,
+        "--memory", "4G",
+      ] + gpuArguments,
+      environment: ["VGPU_DEVICE": host.spec])
+  }
+
+  /// Where clients go: the CUDA backend's BAR.
+  public var spec: String { gpu.spec }
+
+  /// Stops the GPU mediator first (it is the host's client), returning both logs.
+  @discardableResult
+  public func stop() -> (gpu: String, host: String) { (gpu.stop(), host.stop()) }
 }
 
 public struct MediatorError: Error, CustomStringConvertible { public var description: String }

@@ -84,6 +84,11 @@ int vgpu_pwrite_u32(int fd, uint32_t value, int64_t offset);
 void vgpu_copy_nontemporal(void *dst, const void *src, size_t n);
 // pidfd_open(pid, 0): readable once the process has exited.
 int vgpu_pidfd_open(int pid);
+// Points fd 1 at a new non-blocking pipe of about `size` bytes (a host
+// driver writes device printf there); *saved gets the old fd 1, the pipe's
+// read end is returned. pipe2 and F_SETPIPE_SZ need _GNU_SOURCE. Negative
+// errno on failure, fd 1 unchanged.
+int vgpu_capture_stdout(int size, int *saved);
 
 // File descriptors between processes (the VFIO broker): abstract-namespace
 // Unix sockets, peer credentials, SCM_RIGHTS. Negative errno on failure.
