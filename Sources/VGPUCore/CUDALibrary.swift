@@ -155,7 +155,7 @@ func listKernels(_ call: StaticString, _ key: UInt) -> Result<[String], CUDAErro
 /// The record of a CUfunction or CUkernel, or the CUresult for its absence.
 func lookUpFunction(_ f: UnsafeMutableRawPointer?) -> Result<FunctionRecord, CUDAError> {
   guard cuInitCalled.load(ordering: .acquiring) else { return .failure(CUDAError(CUDA_ERROR_NOT_INITIALIZED)) }
-  let sticky = stickyError.load(ordering: .relaxed)
+  let sticky = currentStickyError()
   if sticky != 0 { return .failure(CUDAError(sticky)) }
   guard let record = cudaObjects.withLock({ $0.functions[handleKey(f)] }) else {
     return .failure(CUDAError(CUDA_ERROR_INVALID_HANDLE))
