@@ -109,6 +109,7 @@ func closeDeviceIfNoContexts() {
     guard o.primaryRetains == 0, o.contexts.values.allSatisfy(\.primary) else { return false }
     o.modules.removeAll()
     o.deviceRanges.removeAll()
+    o.registeredRanges.removeAll()
     // The contexts the errors belonged to are gone (cuda.h: a sticky error
     // lasts for the context's life); only the primary context's handle stays.
     for handle in o.contexts.keys { o.clearStickyError(context: handle) }

@@ -103,6 +103,8 @@ struct CUDAObjects: ~Copyable {
   /// Page-locked host allocations (cuMemAllocHost, cuMemHostAlloc), for
   /// cuMemFreeHost to check and pointer attributes to report.
   var hostRanges = AddressRanges()
+  /// The caller's host memory page-locked by cuMemHostRegister, until cuMemHostUnregister.
+  var registeredRanges = AddressRanges()
   /// This process's device allocations (cuMemAlloc), for address ranges and pointer attributes.
   var deviceRanges = AddressRanges()
 
