@@ -132,6 +132,12 @@ ALIAS(cuStreamWaitEvent_ptsz, cuStreamWaitEvent, (CUstream hStream, CUevent hEve
 ALIAS(cuEventRecord_ptsz, cuEventRecord, (CUevent hEvent, CUstream hStream))
 #undef ALIAS
 
+/* Only this project's libcuda.so.1 exports this name (NVIDIA's driver does
+ * not): a program that dlopens "libcuda.so.1" — the mediator's CUDA backend —
+ * can tell that it got this shim rather than NVIDIA's driver. It reads and
+ * touches nothing. */
+VGPU_API const char *vgpu_shim_identity(void) { return "vgpu libcuda.so.1 shim (libvgpucore.so)"; }
+
 /* Stubs. A stub reads none of its arguments, so one shape serves every
  * signature (the caller owns its arguments in the System V and AAPCS64 ABIs). */
 static CUresult unsupported(const char *name, int *said) {

@@ -84,6 +84,10 @@ int vgpu_pwrite_u32(int fd, uint32_t value, int64_t offset);
 void vgpu_copy_nontemporal(void *dst, const void *src, size_t n);
 // pidfd_open(pid, 0): readable once the process has exited.
 int vgpu_pidfd_open(int pid);
+// The file of the loaded object that holds `address` (dladdr's dli_fname,
+// owned by the dynamic loader: valid while the object stays loaded), or NULL.
+// dladdr needs _GNU_SOURCE, which Swift's Glibc module does not define.
+const char *vgpu_loaded_file(const void *address);
 
 // File descriptors between processes (the VFIO broker): abstract-namespace
 // Unix sockets, peer credentials, SCM_RIGHTS. Negative errno on failure.
