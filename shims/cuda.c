@@ -87,6 +87,8 @@ ALIAS(cuDevicePrimaryCtxReset, cuDevicePrimaryCtxReset_v2, (CUdevice dev))
 ALIAS(cuDevicePrimaryCtxSetFlags, cuDevicePrimaryCtxSetFlags_v2, (CUdevice dev, unsigned int flags))
 ALIAS(cuStreamDestroy, cuStreamDestroy_v2, (CUstream hStream))
 ALIAS(cuEventDestroy, cuEventDestroy_v2, (CUevent hEvent))
+/* CUDA 4.0's cuMemHostRegister: the same signature; _v2 (6.5) only changed what the flags may say. */
+ALIAS(cuMemHostRegister, cuMemHostRegister_v2, (void *p, size_t bytesize, unsigned int Flags))
 /* CUDA 12.8's _v2 differs only for events recorded in graphs, which do not exist here. */
 ALIAS(cuEventElapsedTime_v2, cuEventElapsedTime, (float *pMilliseconds, CUevent hStart, CUevent hEnd))
 ALIAS(cuMemcpyHtoD_v2_ptds, cuMemcpyHtoD_v2, (CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount))
@@ -129,6 +131,12 @@ ALIAS(cuStreamIsCapturing_ptsz, cuStreamIsCapturing, (CUstream hStream, int *cap
 ALIAS(cuStreamWaitEvent_ptsz, cuStreamWaitEvent, (CUstream hStream, CUevent hEvent, unsigned int Flags))
 ALIAS(cuEventRecord_ptsz, cuEventRecord, (CUevent hEvent, CUstream hStream))
 #undef ALIAS
+
+/* Only this project's libcuda.so.1 exports this name (NVIDIA's driver does
+ * not): a program that dlopens "libcuda.so.1" — the mediator's CUDA backend —
+ * can tell that it got this shim rather than NVIDIA's driver. It reads and
+ * touches nothing. */
+VGPU_API const char *vgpu_shim_identity(void) { return "vgpu libcuda.so.1 shim (libvgpucore.so)"; }
 
 /* Stubs. A stub reads none of its arguments, so one shape serves every
  * signature (the caller owns its arguments in the System V and AAPCS64 ABIs). */

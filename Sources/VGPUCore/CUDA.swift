@@ -84,19 +84,68 @@ func cudaResult(_ error: VGPUError, _ call: StaticString) -> Int32 {
   }
 }
 
-/// The sticky error of this process's context, 0 while there is none.
-///
-/// CUDA: "a kernel launch that fails with CUDA_ERROR_ILLEGAL_ADDRESS,
-/// CUDA_ERROR_LAUNCH_FAILED, CUDA_ERROR_ASSERT or CUDA_ERROR_LAUNCH_TIMEOUT
-/// leaves the process in an inconsistent state and any further CUDA work
-/// will return the same error" (cuda.h, cudaError_enum on each of them). All
-/// contexts here share the process's one device connection, so the error is
-/// the process's; it goes when the context does (the primary context reset,
-/// or the last context destroyed), as CUDA's goes with the context.
-let stickyError = Atomic<Int32>(0)
+// MARK: Sticky errors
+//
+// CUDA: "a kernel launch that fails with CUDA_ERROR_ILLEGAL_ADDRESS,
+// CUDA_ERROR_LAUNCH_FAILED, CUDA_ERROR_ASSERT or CUDA_ERROR_LAUNCH_TIMEOUT
+// leaves the process in an inconsistent state and any further CUDA work
+// will return the same error" (cuda.h, cudaError_enum on each of them). The
+// state that is lost is the context's: another context of the same process
+// goes on working, and the error goes with its context (cuCtxDestroy, or
+// cuDevicePrimaryCtxReset for the primary one). So the error is kept in the
+// record of the context that was current on the thread whose launch
+// faulted, and answered to calls made while that context is current. A
+// launch made with no current context (the shim does not insist on one)
+// leaves a process-wide error instead, as before contexts kept their own.
+
+/// The sticky error of a launch made with no current context, 0 while there is none.
+let processStickyError = Atomic<Int32>(0)
+
+/// How many live contexts hold a sticky error: while none does, checking
+/// costs one atomic load, no lock and no thread-state lookup.
+let stickyContextCount = Atomic<Int>(0)
+
+/// The sticky error the calling thread's calls get: the process-wide one,
+/// else its current context's; 0 when there is none.
+@inline(__always)
+func currentStickyError() -> Int32 {
+  let process = processStickyError.load(ordering: .relaxed)
+  if process != 0 { return process }
+  guard stickyContextCount.load(ordering: .relaxed) > 0 else { return 0 }
+  return currentContextStickyError()
+}
+
+/// The current context's sticky error (the slow path of currentStickyError).
+func currentContextStickyError() -> Int32 {
+  guard let handle = CUDAThread.current.currentContext else { return 0 }
+  return cudaObjects.withLock { $0.contexts[handle]?.stickyError ?? 0 }
+}
+
+extension CUDAObjects {
+  /// Makes `code` the sticky error of context `handle`; false if there is no such context.
+  mutating func setStickyError(_ code: Int32, context handle: UInt) -> Bool {
+    guard let old = contexts[handle]?.stickyError else { return false }
+    if old == 0 { stickyContextCount.add(1, ordering: .relaxed) }
+    contexts[handle]!.stickyError = code
+    return true
+  }
+
+  /// Clears the sticky error of context `handle` (its record stays).
+  mutating func clearStickyError(context handle: UInt) {
+    guard let old = contexts[handle]?.stickyError, old != 0 else { return }
+    stickyContextCount.subtract(1, ordering: .relaxed)
+    contexts[handle]!.stickyError = 0
+  }
+
+  /// Forgets context `handle`, and its sticky error with it.
+  mutating func removeContext(_ handle: UInt) {
+    clearStickyError(context: handle)
+    contexts[handle] = nil
+  }
+}
 
 /// Runs `body` with this process's device: CUDA_ERROR_NOT_INITIALIZED before
-/// cuInit, the sticky error once a launch has left one (`context`: false for
+/// cuInit, the sticky error once a launch has left one in the current context (`context`: false for
 /// calls about the device itself, which CUDA still answers),
 /// CUDA_ERROR_NO_DEVICE without a device, the mapped error if `body`
 /// throws. A forked child gets a device of its own (ShimRuntime).
@@ -104,7 +153,7 @@ let stickyError = Atomic<Int32>(0)
 func withDevice(_ call: StaticString, context: Bool = true, _ body: (Device) throws(VGPUError) -> Int32) -> Int32 {
   guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
   if context {
-    let sticky = stickyError.load(ordering: .relaxed)
+    let sticky = currentStickyError()
     if sticky != 0 { return sticky }
   }
   let device: Device

@@ -93,7 +93,8 @@ public func vgpucore_cuCtxDestroy_v2(_ ctx: UnsafeMutableRawPointer?) -> Int32 {
   let handle = handleKey(ctx)
   let removed = cudaObjects.withLock { o -> Bool in
     guard let record = o.contexts[handle], !record.primary else { return false }
-    o.contexts[handle] = nil
+    // Its sticky error goes with it; other contexts keep theirs.
+    o.removeContext(handle)
     return true
   }
   guard removed else { return CUDA_ERROR_INVALID_CONTEXT }
@@ -108,15 +109,17 @@ func closeDeviceIfNoContexts() {
     guard o.primaryRetains == 0, o.contexts.values.allSatisfy(\.primary) else { return false }
     o.modules.removeAll()
     o.deviceRanges.removeAll()
+    o.registeredRanges.removeAll()
+    // The contexts the errors belonged to are gone (cuda.h: a sticky error
+    // lasts for the context's life); only the primary context's handle stays.
+    for handle in o.contexts.keys { o.clearStickyError(context: handle) }
     o.functions.removeAll()
     o.streams.removeAll()
     o.events.removeAll()
     o.links.removeAll()
     return true
   }
-  // The context the error belonged to is gone (cuda.h: a sticky error lasts
-  // for the context's life).
-  if unused { stickyError.store(0, ordering: .relaxed) }
+  if unused { processStickyError.store(0, ordering: .relaxed) }
   // device() first: in a forked child that has not opened a device of its
   // own, it lets go of the parent's without touching the parent's queue pairs.
   if unused, case .success = ShimRuntime.shared.device() { ShimRuntime.shared.close() }
@@ -352,9 +355,17 @@ public func vgpucore_cuDevicePrimaryCtxReset_v2(_ dev: Int32) -> Int32 {
     // context's state clears it (cuDevicePrimaryCtxReset, CUDA Runtime API
     // "Error Handling": only a reset recovers). The device's work is waited
     // for first; its own failure is the error already reported.
-    if stickyError.load(ordering: .relaxed) == 0 { try device.synchronize() } else { _ = try? device.synchronize() }
-    cudaObjects.withLock { $0.primaryRetains = 0 }
-    stickyError.store(0, ordering: .relaxed)
+    let sticky = cudaObjects.withLock { o in o.contexts[o.primary]?.stickyError ?? 0 }
+    if sticky == 0 && processStickyError.load(ordering: .relaxed) == 0 {
+      try device.synchronize()
+    } else {
+      _ = try? device.synchronize()
+    }
+    cudaObjects.withLock { o in
+      o.primaryRetains = 0
+      o.clearStickyError(context: o.primary)
+    }
+    processStickyError.store(0, ordering: .relaxed)
     return CUDA_SUCCESS
   }
   if result == CUDA_SUCCESS { closeDeviceIfNoContexts() }

@@ -104,10 +104,43 @@ public func vgpucore_cuLibraryGetKernelCount(
 )
   -> Int32
 {
+  countKernels("cuLibraryGetKernelCount", count, handleKey(library))
+}
+
+/// cuLibraryEnumerateKernels(CUkernel *kernels, unsigned int numKernels, CUlibrary lib)
+@_cdecl("vgpucore_cuLibraryEnumerateKernels")
+public func vgpucore_cuLibraryEnumerateKernels(
+  _ kernels: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ count: UInt32, _ library: UnsafeMutableRawPointer?
+) -> Int32 {
+  enumerateKernels("cuLibraryEnumerateKernels", kernels, count, handleKey(library))
+}
+
+/// cuModuleGetFunctionCount(unsigned int *count, CUmodule mod) (CUDA 12.4):
+/// a module and a library are one record here, so this is cuLibraryGetKernelCount's answer.
+@_cdecl("vgpucore_cuModuleGetFunctionCount")
+public func vgpucore_cuModuleGetFunctionCount(
+  _ count: UnsafeMutablePointer<UInt32>?, _ module: UnsafeMutableRawPointer?
+)
+  -> Int32
+{
+  countKernels("cuModuleGetFunctionCount", count, handleKey(module))
+}
+
+/// cuModuleEnumerateFunctions(CUfunction *functions, unsigned int numFunctions, CUmodule mod) (CUDA 12.4):
+/// the same handles cuModuleGetFunction gives for each name.
+@_cdecl("vgpucore_cuModuleEnumerateFunctions")
+public func vgpucore_cuModuleEnumerateFunctions(
+  _ functions: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ count: UInt32, _ module: UnsafeMutableRawPointer?
+) -> Int32 {
+  enumerateKernels("cuModuleEnumerateFunctions", functions, count, handleKey(module))
+}
+
+/// The number of kernels of module or library `key` (the device's moduleKernels command).
+func countKernels(_ call: StaticString, _ count: UnsafeMutablePointer<UInt32>?, _ key: UInt) -> Int32 {
   guard let count else { return CUDA_ERROR_INVALID_VALUE }
-  return withDevice("cuLibraryGetKernelCount") { (device) throws(VGPUError) in
+  return withDevice(call) { (device) throws(VGPUError) in
     let module: ModuleHandle
-    switch try deviceModule("cuLibraryGetKernelCount", handleKey(library), device) {
+    switch try deviceModule(call, key, device) {
     case .success(let m): module = m
     case .failure(let e): return e.result
     }
@@ -116,22 +149,20 @@ public func vgpucore_cuLibraryGetKernelCount(
   }
 }
 
-/// cuLibraryEnumerateKernels(CUkernel *kernels, unsigned int numKernels, CUlibrary lib)
-@_cdecl("vgpucore_cuLibraryEnumerateKernels")
-public func vgpucore_cuLibraryEnumerateKernels(
-  _ kernels: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ count: UInt32, _ library: UnsafeMutableRawPointer?
+/// A handle for every kernel of module or library `key`, in the device's order.
+func enumerateKernels(
+  _ call: StaticString, _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ count: UInt32, _ key: UInt
 ) -> Int32 {
-  guard let kernels else { return CUDA_ERROR_INVALID_VALUE }
-  let key = handleKey(library)
+  guard let out else { return CUDA_ERROR_INVALID_VALUE }
   let names: [String]
-  switch listKernels("cuLibraryEnumerateKernels", key) {
+  switch listKernels(call, key) {
   case .success(let n): names = n
   case .failure(let e): return e.result
   }
-  // cuda.h: numKernels must be the library's kernel count.
+  // cuda.h: numKernels / numFunctions must be the count cuLibraryGetKernelCount / cuModuleGetFunctionCount gave.
   guard Int(count) == names.count else { return CUDA_ERROR_INVALID_VALUE }
   for (i, name) in names.enumerated() {
-    let r = name.withCString { getFunction("cuLibraryEnumerateKernels", kernels + i, key, $0) }
+    let r = name.withCString { getFunction(call, out + i, key, $0) }
     guard r == CUDA_SUCCESS else { return r }
   }
   return CUDA_SUCCESS
@@ -155,7 +186,7 @@ func listKernels(_ call: StaticString, _ key: UInt) -> Result<[String], CUDAErro
 /// The record of a CUfunction or CUkernel, or the CUresult for its absence.
 func lookUpFunction(_ f: UnsafeMutableRawPointer?) -> Result<FunctionRecord, CUDAError> {
   guard cuInitCalled.load(ordering: .acquiring) else { return .failure(CUDAError(CUDA_ERROR_NOT_INITIALIZED)) }
-  let sticky = stickyError.load(ordering: .relaxed)
+  let sticky = currentStickyError()
   if sticky != 0 { return .failure(CUDAError(sticky)) }
   guard let record = cudaObjects.withLock({ $0.functions[handleKey(f)] }) else {
     return .failure(CUDAError(CUDA_ERROR_INVALID_HANDLE))

@@ -235,3 +235,48 @@ public func vgpucore_cuMemFreeHost(_ p: UnsafeMutableRawPointer?) -> Int32 {
   Glibc.free(p)
   return CUDA_SUCCESS
 }
+
+// MARK: Registered host memory
+
+/// cuMemHostRegister flags (cuda.h): CU_MEMHOSTREGISTER_PORTABLE 0x01,
+/// CU_MEMHOSTREGISTER_DEVICEMAP 0x02, CU_MEMHOSTREGISTER_IOMEMORY 0x04,
+/// CU_MEMHOSTREGISTER_READ_ONLY 0x08.
+let hostRegisterFlagsMask: UInt32 = 0x0f
+
+/// CUresult (cuda.h, enum cudaError_enum).
+let CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED: Int32 = 712
+let CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED: Int32 = 713
+
+/// cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags); also
+/// CUDA 4.0's cuMemHostRegister. Page-locking buys nothing here (every copy
+/// goes through the BAR's staging buffers, from any host memory), so the
+/// range is only recorded: for overlap and unregister checks, and for
+/// pointer attributes, which report it as host memory. The flags are
+/// accepted and change nothing (a DEVICEMAP range has no device address:
+/// CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY is 0). Memory from
+/// cuMemAllocHost is page-locked already: registering it is
+/// CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, as is any overlap.
+@_cdecl("vgpucore_cuMemHostRegister_v2")
+public func vgpucore_cuMemHostRegister_v2(_ p: UnsafeMutableRawPointer?, _ bytes: Int, _ flags: UInt32) -> Int32 {
+  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  guard let p, bytes > 0, flags & ~hostRegisterFlagsMask == 0 else { return CUDA_ERROR_INVALID_VALUE }
+  let start = UInt64(UInt(bitPattern: p))
+  let size = UInt64(bytes)
+  guard start <= UInt64.max - size else { return CUDA_ERROR_INVALID_VALUE }
+  return cudaObjects.withLock { o in
+    guard !o.registeredRanges.overlaps(start, size: size), !o.hostRanges.overlaps(start, size: size) else {
+      return CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED
+    }
+    o.registeredRanges.insert(start, size: size)
+    return CUDA_SUCCESS
+  }
+}
+
+/// cuMemHostUnregister(void *p): `p` must be the start of a registered range.
+@_cdecl("vgpucore_cuMemHostUnregister")
+public func vgpucore_cuMemHostUnregister(_ p: UnsafeMutableRawPointer?) -> Int32 {
+  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  guard let p else { return CUDA_ERROR_INVALID_VALUE }
+  let known = cudaObjects.withLock { $0.registeredRanges.remove(start: UInt64(UInt(bitPattern: p))) }
+  return known ? CUDA_SUCCESS : CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED
+}

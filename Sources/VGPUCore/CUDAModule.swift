@@ -443,11 +443,23 @@ func launchFailure(_ error: VGPUError, _ call: StaticString) -> Int32 {
   switch status {
   case .illegalAddress, .assertTriggered, .launchTimeout, .launchFailed:
     let code = status.cudaResult
-    stickyError.store(code, ordering: .relaxed)
+    // The context current on this thread is the one the launch ran in.
+    let current = CUDAThread.current.currentContext
+    let primary = cudaObjects.withLock { o -> Bool? in
+      guard let current, o.setStickyError(code, context: current) else { return nil }
+      return o.contexts[current]?.primary
+    }
+    if primary == nil { processStickyError.store(code, ordering: .relaxed) }
     if !stickyReported.exchange(true, ordering: .relaxed) {
+      let until =
+        switch primary {
+        case true?: "until cuDevicePrimaryCtxReset or the process ends"
+        case false?: "until it is destroyed (cuCtxDestroy); other contexts go on"
+        case nil: "(no context was current, so every context of this process) until the process ends"
+        }
       ShimRuntime.printLine(
         "vgpu: \(call): \(error) (\(cudaErrorName(code))); as in CUDA, the context is now unusable: every "
-          + "later call that needs it returns \(code) until cuDevicePrimaryCtxReset or the process ends")
+          + "later call that needs it returns \(code) \(until)")
     }
     return code
   default:

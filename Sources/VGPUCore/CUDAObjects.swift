@@ -23,6 +23,10 @@ struct ContextRecord {
   var device: Int32
   var flags: UInt32
   var primary: Bool
+  /// The CUresult a faulting launch in this context left (CUDA.swift, "Sticky
+  /// errors"); 0 while there is none. Changed only through
+  /// CUDAObjects.setStickyError / clearStickyError, which keep stickyContextCount.
+  var stickyError: Int32 = 0
 }
 
 /// A loaded module, or a library (cuLibraryLoadData): the same record, so
@@ -99,6 +103,8 @@ struct CUDAObjects: ~Copyable {
   /// Page-locked host allocations (cuMemAllocHost, cuMemHostAlloc), for
   /// cuMemFreeHost to check and pointer attributes to report.
   var hostRanges = AddressRanges()
+  /// The caller's host memory page-locked by cuMemHostRegister, until cuMemHostUnregister.
+  var registeredRanges = AddressRanges()
   /// This process's device allocations (cuMemAlloc), for address ranges and pointer attributes.
   var deviceRanges = AddressRanges()
 

@@ -56,6 +56,13 @@ struct AddressRanges {
     sizes.removeAll()
   }
 
+  /// Whether any range shares a byte with [start, start + size).
+  func overlaps(_ start: UInt64, size: UInt64) -> Bool {
+    if range(containing: start) != nil { return true }
+    let next = upperBound(start)
+    return next < starts.count && starts[next] - start < size
+  }
+
   /// The range `address` lies in.
   func range(containing address: UInt64) -> (start: UInt64, size: UInt64)? {
     let i = upperBound(address) - 1
@@ -257,7 +264,7 @@ public func vgpucore_cuMemGetAddressRange_v2(
 // MARK: Pointer attributes
 
 /// What an address is: device memory of this process, page-locked host
-/// memory from cuMemAllocHost, or neither (ordinary host memory).
+/// memory from cuMemAllocHost or cuMemHostRegister, or neither (ordinary host memory).
 enum PointerKind {
   case device(start: UInt64, size: UInt64)
   case host(start: UInt64, size: UInt64)
@@ -268,6 +275,7 @@ func pointerKind(_ ptr: UInt64) -> PointerKind {
   cudaObjects.withLock { o in
     if let r = o.deviceRanges.range(containing: ptr) { return .device(start: r.start, size: r.size) }
     if let r = o.hostRanges.range(containing: ptr) { return .host(start: r.start, size: r.size) }
+    if let r = o.registeredRanges.range(containing: ptr) { return .host(start: r.start, size: r.size) }
     return .unregistered
   }
 }

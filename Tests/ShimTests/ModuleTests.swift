@@ -106,6 +106,28 @@ import Testing
     }
   }
 
+  /// A sticky error is its context's: after a launch faults in one of two
+  /// contexts, that context's calls return 700 while the other allocates,
+  /// copies and runs vector_add; destroying the faulted context clears it.
+  @Test func stickyErrorsBelongToTheirContext() throws {
+    try CUDAClient.requireShims()
+    let program = try CUDAClient.program("sticky_contexts", linked: true)
+    let oobPTX = try CUDAToolchain.nvcc(
+      source: CUDAToolchain.kernels.appendingPathComponent("out_of_bounds.cu"), output: .ptx)
+    let addPTX = try CUDAToolchain.nvcc(
+      source: CUDAToolchain.kernels.appendingPathComponent("vector_add.cu"), output: .ptx)
+    try CUDATarget.mediator { device, _ in
+      let r = try CUDAClient.run(program.path, [oobPTX.path, addPTX.path], device: device)
+      #expect(r.status == 0, "\(r)")
+      #expect(r.lines.contains("c1 after 700"), "\(r)")
+      #expect(r.lines.contains("c2 vector_add 0"), "\(r)")
+      #expect(r.lines.contains("c1 again 700"), "\(r)")
+      #expect(r.lines.last == "ok", "\(r)")
+      // The one line says that other contexts go on.
+      #expect(r.stderr.contains("until it is destroyed"), "\(r)")
+    }
+  }
+
   /// Tests/Kernels/vector_add_program.cu built by nvcc 13.5 with static
   /// cudart 13 (<<<>>> launches, cudaMemcpyToSymbol, cudaDeviceSynchronize):
   /// cudart loads its fatbins with cuLibraryLoadData (traced: neither cudart

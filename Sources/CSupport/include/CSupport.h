@@ -84,6 +84,10 @@ int vgpu_pwrite_u32(int fd, uint32_t value, int64_t offset);
 void vgpu_copy_nontemporal(void *dst, const void *src, size_t n);
 // pidfd_open(pid, 0): readable once the process has exited.
 int vgpu_pidfd_open(int pid);
+// The file of the loaded object that holds `address` (dladdr's dli_fname,
+// owned by the dynamic loader: valid while the object stays loaded), or NULL.
+// dladdr needs _GNU_SOURCE, which Swift's Glibc module does not define.
+const char *vgpu_loaded_file(const void *address);
 // Points fd 1 at a new non-blocking pipe of about `size` bytes (a host
 // driver writes device printf there); *saved gets the old fd 1, the pipe's
 // read end is returned. pipe2 and F_SETPIPE_SZ need _GNU_SOURCE. Negative

@@ -96,9 +96,15 @@ CUresult cuMemsetD16_v2(CUdeviceptr, unsigned short, size_t);
 CUresult cuMemsetD32_v2(CUdeviceptr, unsigned int, size_t);
 CUresult cuMemAllocHost_v2(void **, size_t);
 CUresult cuMemHostAlloc(void **, size_t, unsigned int);
+CUresult cuMemHostRegister_v2(void *, size_t, unsigned int);
+CUresult cuMemHostRegister(void *, size_t, unsigned int);
+CUresult cuMemHostUnregister(void *);
+CUresult cuPointerGetAttribute(void *, int, CUdeviceptr);
 CUresult cuMemFreeHost(void *);
 CUresult cuModuleLoadData(CUmodule *, const void *);
 CUresult cuModuleGetFunction(CUfunction *, CUmodule, const char *);
+CUresult cuModuleGetFunctionCount(unsigned *, CUmodule);
+CUresult cuModuleEnumerateFunctions(CUfunction *, unsigned, CUmodule);
 CUresult cuModuleUnload(CUmodule);
 CUresult cuModuleGetLoadingMode(int *);
 CUresult cuLaunchKernel(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
@@ -345,6 +351,36 @@ static void memory(void) {
   OK(cuMemFreeHost(host));
   IS(cuMemFreeHost(host), 1);
   OK(cuMemHostAlloc(&host, 4096, 1));
+
+  /* Registered host memory (cuMemHostRegister): validated and recorded;
+     copies from and to it work as from any host memory. */
+  enum { R = 3 * 4096 };
+  unsigned char *registered = aligned_alloc(4096, R);
+  for (int i = 0; i < R; i++) registered[i] = (unsigned char)(i * 13 + 1);
+  IS(cuMemHostRegister_v2(NULL, R, 0), 1);
+  IS(cuMemHostRegister_v2(registered, 0, 0), 1);
+  IS(cuMemHostRegister_v2(registered, R, 0x10), 1); /* past CU_MEMHOSTREGISTER_READ_ONLY */
+  OK(cuMemHostRegister_v2(registered, R, 0x01 | 0x02 | 0x08));
+  IS(cuMemHostRegister_v2(registered + 4096, 4096, 0), 712); /* inside it */
+  IS(cuMemHostRegister(registered - 4096, 8192, 0), 712);    /* the legacy name; overlapping its start */
+  IS(cuMemHostRegister_v2(host, 4096, 0), 712);              /* cuMemHostAlloc's memory is page-locked already */
+  unsigned int memoryType = 0;
+  OK(cuPointerGetAttribute(&memoryType, 2, (CUdeviceptr)(uintptr_t)(registered + 100)));
+  EXPECT(memoryType == 1, "registered memory is CU_MEMORYTYPE_HOST: %u", memoryType);
+  CUdeviceptr viaRegistered;
+  OK(cuMemAlloc_v2(&viaRegistered, R));
+  OK(cuMemcpyHtoD_v2(viaRegistered, registered, R));
+  unsigned char *back = malloc(R);
+  OK(cuMemcpyDtoH_v2(back, viaRegistered, R));
+  EXPECT(memcmp(back, registered, R) == 0, "a round trip through registered memory");
+  IS(cuMemHostUnregister(registered + 4096), 713);
+  OK(cuMemHostUnregister(registered));
+  IS(cuMemHostUnregister(registered), 713);
+  OK(cuMemHostRegister(registered + 4096, 4096, 0)); /* free again */
+  OK(cuMemHostUnregister(registered + 4096));
+  OK(cuMemFree_v2(viaRegistered));
+  free(back);
+  free(registered);
   OK(cuMemFreeHost(host));
 }
 
@@ -362,6 +398,18 @@ static void kernels(void) {
   OK(cuModuleGetFunction(&saxpy, m, "saxpy"));
   OK(cuModuleGetFunction(&sum, m, "reduce_sum"));
   IS(cuModuleGetFunction(&none, m, "no_such_kernel"), 500);
+  /* CUDA 12.4's enumeration: every kernel, as the handles cuModuleGetFunction gives. */
+  unsigned functionCount = 0;
+  OK(cuModuleGetFunctionCount(&functionCount, m));
+  EXPECT(functionCount == 6, "6 selftest kernels, not %u", functionCount);
+  CUfunction all[6] = {0};
+  IS(cuModuleEnumerateFunctions(all, 5, m), 1);
+  IS(cuModuleGetFunctionCount(NULL, m), 1);
+  IS(cuModuleGetFunctionCount(&functionCount, (CUmodule)0x42), 400);
+  OK(cuModuleEnumerateFunctions(all, 6, m));
+  int seen = 0;
+  for (int i = 0; i < 6; i++) seen += (all[i] == add) + (all[i] == fill) + (all[i] == saxpy) + (all[i] == sum);
+  EXPECT(seen == 4, "cuModuleEnumerateFunctions gives cuModuleGetFunction's handles (%d of 4)", seen);
   CUmodule bad;
   /* An ELF header alone (a 64-byte cubin with no sections): sized, sent, and
      refused by the device, which runs PTX only: CUDA_ERROR_NO_BINARY_FOR_GPU. */
