@@ -250,8 +250,17 @@ public final class CUDABackend: ExecutionBackend, @unchecked Sendable {
     try check(r, "cuStreamSynchronize")
   }
 
+  /// The process's text so far: its streams that are done are synchronized
+  /// first (which flushes the driver's printf buffer), so a guest that asks
+  /// after its kernel ended gets the kernel's text.
   public func takeOutput(pid: UInt32, into output: inout DeviceOutput) {
-    printf?.take(pid: pid, into: &output)
+    guard let printf else { return }
+    for (_, p) in pairs where p.pid == pid {
+      if driver.cuCtxSetCurrent(p.context) == 0, driver.cuStreamQuery(p.stream) == 0 {
+        try? synchronized(p, pid: pid)
+      }
+    }
+    printf.take(pid: pid, into: &output)
   }
 
   // MARK: Events
@@ -497,7 +506,8 @@ final class CUDAModule: BackendModule {
     let source: PTXSource
     do throws(FatBinaryError) {
       let cc = UInt32(backend.identity.computeCapabilityMajor * 10 + backend.identity.computeCapabilityMinor)
-      source = try ModuleImageLoader.ptx(from: UnsafeRawBufferPointer(image ?? .init(start: nil, count: 0)), computeCapability: cc)
+      source = try ModuleImageLoader.ptx(
+        from: UnsafeRawBufferPointer(image ?? .init(start: nil, count: 0)), computeCapability: cc)
     } catch {
       throw BackendError(
         .notSupported,
@@ -528,8 +538,9 @@ final class CUDAFunction: BackendFunction {
   let info: FunctionInfo
   let slots: [ParameterSlot]
 
-  init(backend: CUDABackend, context: OpaquePointer, function: OpaquePointer, info: FunctionInfo, slots: [ParameterSlot])
-  {
+  init(
+    backend: CUDABackend, context: OpaquePointer, function: OpaquePointer, info: FunctionInfo, slots: [ParameterSlot]
+  ) {
     self.backend = backend
     self.context = context
     self.function = function
@@ -632,7 +643,9 @@ extension ReferenceDeviceConfiguration {
     }
     let a = fnv(0xcbf2_9ce4_8422_2325)  // the FNV-1a 64-bit offset basis
     let b = fnv(0x8422_2325_cbf2_9ce4)
-    var bytes = (0..<8).map { UInt8(truncatingIfNeeded: a >> (8 * $0)) } + (0..<8).map { UInt8(truncatingIfNeeded: b >> (8 * $0)) }
+    var bytes =
+      (0..<8).map { UInt8(truncatingIfNeeded: a >> (8 * $0)) }
+      + (0..<8).map { UInt8(truncatingIfNeeded: b >> (8 * $0)) }
     bytes[6] = bytes[6] & 0x0f | 0x80
     bytes[8] = bytes[8] & 0x3f | 0x80
     return bytes

@@ -185,7 +185,8 @@ struct Mediator: ParsableCommand {
           config.memorySize = Size.parse(memory)!
           guard config.memorySize <= UInt64(gpu.totalMemory) else {
             throw Failure(
-              "--memory \(memory) is more than \(gpu.name) has (\(gpu.totalMemory >> 20) MiB); give this BAR a slice of it")
+              "--memory \(memory) is more than \(gpu.name) has (\(gpu.totalMemory >> 20) MiB); give this BAR a slice of it"
+            )
           }
         }
         driver = d

@@ -130,7 +130,9 @@ import VGPUProtocol
 
   // MARK: Results against the CPU
 
-  @Test(arguments: Compiler.allCases, Through.allCases) func vectorAddAndSaxpy(_ compiler: Compiler, _ through: Through) throws {
+  @Test(arguments: Compiler.allCases, Through.allCases) func vectorAddAndSaxpy(_ compiler: Compiler, _ through: Through)
+    throws
+  {
     let d = try open(through)
     defer { d.close() }
     let n = 1000
@@ -146,7 +148,9 @@ import VGPUProtocol
     #expect(zip(y, zip(a, b)).allSatisfy { Self.close($0, 3 * $1.0 + $1.1) })
   }
 
-  @Test(arguments: Compiler.allCases, Through.allCases) func reductionWithShuffleAndBarrier(_ compiler: Compiler, _ through: Through) throws {
+  @Test(arguments: Compiler.allCases, Through.allCases) func reductionWithShuffleAndBarrier(
+    _ compiler: Compiler, _ through: Through
+  ) throws {
     let d = try open(through)
     defer { d.close() }
     let n = 5000
@@ -158,7 +162,9 @@ import VGPUProtocol
     #expect(Self.close(sum, x.reduce(0, +), 1e-4), "\(sum)")
   }
 
-  @Test(arguments: Compiler.allCases, Through.allCases) func tiledMatmulInSharedMemory(_ compiler: Compiler, _ through: Through) throws {
+  @Test(arguments: Compiler.allCases, Through.allCases) func tiledMatmulInSharedMemory(
+    _ compiler: Compiler, _ through: Through
+  ) throws {
     let d = try open(through)
     defer { d.close() }
     let n = 37
@@ -177,7 +183,9 @@ import VGPUProtocol
     }
   }
 
-  @Test(arguments: Compiler.allCases, Through.allCases) func softmaxWithExpf(_ compiler: Compiler, _ through: Through) throws {
+  @Test(arguments: Compiler.allCases, Through.allCases) func softmaxWithExpf(_ compiler: Compiler, _ through: Through)
+    throws
+  {
     let d = try open(through)
     defer { d.close() }
     let (rows, cols) = (9, 33)
@@ -195,7 +203,9 @@ import VGPUProtocol
     }
   }
 
-  @Test(arguments: Compiler.allCases, Through.allCases) func atomicsIntFloatMaxAndCAS(_ compiler: Compiler, _ through: Through) throws {
+  @Test(arguments: Compiler.allCases, Through.allCases) func atomicsIntFloatMaxAndCAS(
+    _ compiler: Compiler, _ through: Through
+  ) throws {
     let d = try open(through)
     defer { d.close() }
     let n = 300
@@ -209,7 +219,9 @@ import VGPUProtocol
     #expect(try Self.download(d, fsum, 1, as: Float.self) == [Float(n) * 0.5])
   }
 
-  @Test(arguments: Compiler.allCases, Through.allCases) func ballotAnyAll(_ compiler: Compiler, _ through: Through) throws {
+  @Test(arguments: Compiler.allCases, Through.allCases) func ballotAnyAll(_ compiler: Compiler, _ through: Through)
+    throws
+  {
     let d = try open(through)
     defer { d.close() }
     let n = 80  // three warps: the third only partly in range
@@ -227,7 +239,9 @@ import VGPUProtocol
     }
   }
 
-  @Test(arguments: Compiler.allCases, Through.allCases) func inclusiveScanAndDynamicSharedMemory(_ compiler: Compiler, _ through: Through) throws {
+  @Test(arguments: Compiler.allCases, Through.allCases) func inclusiveScanAndDynamicSharedMemory(
+    _ compiler: Compiler, _ through: Through
+  ) throws {
     let d = try open(through)
     defer { d.close() }
     let n = 700
@@ -257,7 +271,9 @@ import VGPUProtocol
 
   /// `__device__` variables: initialised from the image, found by name
   /// (cuModuleGetGlobal), written as cudaMemcpyToSymbol does, used by kernels.
-  @Test(arguments: Compiler.allCases, Through.allCases) func deviceGlobals(_ compiler: Compiler, _ through: Through) throws {
+  @Test(arguments: Compiler.allCases, Through.allCases) func deviceGlobals(_ compiler: Compiler, _ through: Through)
+    throws
+  {
     let d = try open(through)
     defer { d.close() }
     let module = try d.loadModule(try Self.image("device_globals", compiler))
@@ -281,7 +297,9 @@ import VGPUProtocol
     #expect(try Self.download(d, counter.address, 1, as: Int32.self) == [150])
   }
 
-  @Test(arguments: Compiler.allCases, Through.allCases) func doublePrecisionMath(_ compiler: Compiler, _ through: Through) throws {
+  @Test(arguments: Compiler.allCases, Through.allCases) func doublePrecisionMath(
+    _ compiler: Compiler, _ through: Through
+  ) throws {
     let d = try open(through)
     defer { d.close() }
     let x = [0.5, 1, 2.25, 3.75, 10, 123.456]
@@ -297,7 +315,9 @@ import VGPUProtocol
     }
   }
 
-  @Test(arguments: Compiler.allCases, Through.allCases) func structParameterAnd64BitIndices(_ compiler: Compiler, _ through: Through) throws {
+  @Test(arguments: Compiler.allCases, Through.allCases) func structParameterAnd64BitIndices(
+    _ compiler: Compiler, _ through: Through
+  ) throws {
     let d = try open(through)
     defer { d.close() }
     let n = 200
@@ -321,7 +341,9 @@ import VGPUProtocol
 
   // MARK: Output and errors
 
-  @Test(arguments: Compiler.allCases, Through.allCases) func printfReachesTheLaunchingProcess(_ compiler: Compiler, _ through: Through) throws {
+  @Test(arguments: Compiler.allCases, Through.allCases) func printfReachesTheLaunchingProcess(
+    _ compiler: Compiler, _ through: Through
+  ) throws {
     let d = try open(through)
     defer { d.close() }
     let x: [Float] = [1.5, -2, 3.25]
@@ -334,7 +356,9 @@ import VGPUProtocol
     #expect(try d.takeOutput().bytes.isEmpty)
   }
 
-  @Test(arguments: Compiler.allCases, Through.allCases) func assertFailsTheLaunchWith710(_ compiler: Compiler, _ through: Through) throws {
+  @Test(arguments: Compiler.allCases, Through.allCases) func assertFailsTheLaunchWith710(
+    _ compiler: Compiler, _ through: Through
+  ) throws {
     let d = try open(through)
     defer { d.close() }
     let n = 64
@@ -356,7 +380,9 @@ import VGPUProtocol
 
   /// An out-of-bounds store fails its launch with 700, naming the thread and
   /// address; the mediator and another client go on.
-  @Test(arguments: Compiler.allCases, Through.allCases) func anIllegalAddressFailsOnlyThatLaunch(_ compiler: Compiler, _ through: Through) throws {
+  @Test(arguments: Compiler.allCases, Through.allCases) func anIllegalAddressFailsOnlyThatLaunch(
+    _ compiler: Compiler, _ through: Through
+  ) throws {
     let d = try open(through)
     defer { d.close() }
     let other = try open(through)
@@ -374,6 +400,15 @@ import VGPUProtocol
       }
     }
     #expect(mediator.process.isRunning && (layers?.gpu.process.isRunning ?? true))
+    if through == .layered {
+      // A GPU's fault is its context's (one per process, as CUDA's): this
+      // process's later work fails with 700; another process's goes on.
+      #expect(throws: VGPUError.self) { _ = try other.allocate(256) }
+      let selftest = try ClientProcess("pcitool", ["selftest", layers!.spec])
+      selftest.process.waitUntilExit()
+      #expect(selftest.process.terminationStatus == 0, "\(selftest.output)")
+      return
+    }
     let p = try Self.upload(other, [Float](repeating: 1, count: 8))
     try Kernel(other, "vector_add", "vector_add", compiler).launch(
       grid: Dimensions(1), block: Dimensions(32), [.ptr(p), .ptr(p), .ptr(p), .i32(8)])

@@ -116,16 +116,33 @@ public final class MediatorProcess: @unchecked Sendable {
 /// (`gpu`, what clients use) whose "host driver" is this project's own
 /// libcuda.so.1, a client of a second mediator with the reference device
 /// (`host`, which runs the work). Every command crosses both.
+///
+/// On a GPU server (`tools/gpu-check`), VGPU_TEST_HOST_DRIVER names the
+/// host's real driver (a path, or `system` for libcuda.so.1 as the loader
+/// finds it): then `gpu` drives the real GPU and there is no `host`.
 public final class LayeredMediators: @unchecked Sendable {
-  public let host: MediatorProcess
+  public let host: MediatorProcess?
   public let gpu: MediatorProcess
+
+  /// The real driver tools/gpu-check asks for, if any.
+  public static var hostDriver: String? {
+    guard let d = ProcessInfo.processInfo.environment["VGPU_TEST_HOST_DRIVER"], !d.isEmpty else { return nil }
+    return d == "system" ? "libcuda.so.1" : d
+  }
 
   /// `hostArguments` go to the reference device (a kernel budget, a driver
   /// version the GPU mediator then reports); `gpuArguments` to the CUDA one.
   public init(hostArguments: [String] = [], gpuArguments: [String] = []) throws {
+    if let driver = Self.hostDriver {
+      host = nil
+      gpu = try MediatorProcess(
+        arguments: ["--backend", "cuda", "--cuda-library", driver, "--memory", "4G"] + gpuArguments)
+      return
+    }
     // The GPU mediator's serving thread and workers are each a client thread
     // of the host: queue pairs for all of them.
-    host = try MediatorProcess(arguments: ["--queue-pairs", "64"] + hostArguments)
+    let host = try MediatorProcess(arguments: ["--queue-pairs", "64"] + hostArguments)
+    self.host = host
     gpu = try MediatorProcess(
       arguments: [
         "--backend", "cuda", "--cuda-library", Paths.shims.appendingPathComponent("libcuda.so.1").path,
@@ -139,7 +156,7 @@ public final class LayeredMediators: @unchecked Sendable {
 
   /// Stops the GPU mediator first (it is the host's client), returning both logs.
   @discardableResult
-  public func stop() -> (gpu: String, host: String) { (gpu.stop(), host.stop()) }
+  public func stop() -> (gpu: String, host: String) { (gpu.stop(), host?.stop() ?? "") }
 }
 
 public struct MediatorError: Error, CustomStringConvertible { public var description: String }
