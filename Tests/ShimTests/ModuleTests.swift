@@ -132,17 +132,24 @@ import Testing
   /// cudart 13 (<<<>>> launches, cudaMemcpyToSymbol, cudaDeviceSynchronize):
   /// cudart loads its fatbins with cuLibraryLoadData (traced: neither cudart
   /// 12.9 nor 13.5 calls the CUDART_INTERFACE load slots), the device runs
-  /// their PTX, and the program checks its results. Two at once.
-  @Test func nvccProgramsRunTheirKernelsTwoAtOnce() throws {
+  /// their PTX, and the program checks its results. Two at once; and
+  /// `layered`, through `vgpu-mediator --backend cuda` whose host driver is
+  /// this project's libcuda.so.1 (issue 14's check without a GPU).
+  @Test(arguments: [false, true]) func nvccProgramsRunTheirKernelsTwoAtOnce(layered: Bool) throws {
     try CUDAClient.requireShims()
     let program = try CUDAToolchain.nvcc(
       source: CUDAToolchain.kernels.appendingPathComponent("vector_add_program.cu"), output: .executable)
-    let mediator = try MediatorProcess(arguments: ["--cuda-driver-version", "13.0"])
-    defer { mediator.stop() }
+    let direct = layered ? nil : try MediatorProcess(arguments: ["--cuda-driver-version", "13.0"])
+    let layers = layered ? try LayeredMediators(hostArguments: ["--cuda-driver-version", "13.0"]) : nil
+    defer {
+      direct?.stop()
+      layers?.stop()
+    }
+    let spec = direct?.spec ?? layers!.spec
     let results = Mutex<[CUDAClient.Output]>([])
     let threads = (0..<2).map { _ in
       Thread {
-        if let r = try? CUDAClient.run(program.path, [], device: mediator.spec) { results.withLock { $0.append(r) } }
+        if let r = try? CUDAClient.run(program.path, [], device: spec) { results.withLock { $0.append(r) } }
       }
     }
     for t in threads { t.start() }

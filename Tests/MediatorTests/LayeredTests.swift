@@ -1,0 +1,117 @@
+import Foundation
+import TestSupport
+import Testing
+import VGPU
+import VGPUProtocol
+
+/// `vgpu-mediator --backend cuda` without a GPU: its host driver is the
+/// project's own libcuda.so.1, a client of a reference-device mediator.
+/// Copies cross both layers byte for byte, and each layer's accounting is
+/// exact: the GPU mediator's per guest process, the host's for the GPU
+/// mediator's process.
+@Suite(.serialized) final class LayeredTests {
+  let layers: LayeredMediators
+
+  init() throws { layers = try LayeredMediators() }
+
+  deinit { layers.stop() }
+
+  /// What the host's device holds for the GPU mediator's process.
+  func hostHolds() throws -> UInt64? {
+    guard let host = layers.host else { return nil }
+    let d = try Device.open(host.spec)
+    defer { d.close() }
+    let pid = UInt32(layers.gpu.process.processIdentifier)
+    return try d.processes().first { $0.pid == pid }?.bytesAllocated ?? 0
+  }
+
+  @Test func copiesRoundTripThroughBothLayers() throws {
+    let d = try Device.open(layers.spec)
+    defer { d.close() }
+    var generator = SystemRandomNumberGenerator()
+    for size in [1, 4097, (1 << 20) + 3, 8 << 20] {
+      let bytes = (0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) }
+      let p = try d.allocate(size)
+      try d.copy(to: p, from: bytes)
+      #expect(try d.read(p, count: size) == bytes, "\(size) bytes")
+      // Device to device, and a memset over part of it, on the GPU side.
+      let q = try d.allocate(size)
+      try d.copy(to: q, from: p, count: size)
+      #expect(try d.read(q, count: size) == bytes, "\(size) bytes, device to device")
+      try d.free(p)
+      try d.free(q)
+    }
+  }
+
+  @Test func accountingIsExactOnBothLayers() throws {
+    #expect(try hostHolds() == 0)
+    let d = try Device.open(layers.spec)
+    let sizes = [1, 256, 257, 4096, (1 << 20) + 1, 3 << 20]
+    var pointers: [DevicePointer] = []
+    for s in sizes { pointers.append(try d.allocate(s)) }
+    // cudaMalloc's 256-byte granularity, counted the same by both devices.
+    let expected = sizes.map { UInt64(($0 + 255) / 256 * 256) }.reduce(0, +)
+    #expect(try d.statistics(.process).bytesAllocated == expected)
+    #expect(try hostHolds() == expected)
+    let (free, total) = try d.memoryInfo()
+    #expect(total == 4 << 30 && free == total - expected, "the BAR's --memory slice, less what is held")
+    try d.free(pointers.removeLast())
+    #expect(try hostHolds() == expected - (3 << 20))
+    // A process that goes without freeing: both layers give everything back.
+    d.close()
+    let deadline = Date().addingTimeInterval(5)
+    while try hostHolds() != 0 && Date() < deadline { usleep(20_000) }
+    #expect(try hostHolds() == 0)
+    let probe = try Device.open(layers.spec)
+    defer { probe.close() }
+    #expect(try probe.statistics(.device).bytesAllocated == 0)
+  }
+
+  /// The BAR's memory limit holds exactly, whatever the GPU has.
+  @Test func theMemoryLimitIsTheBARs() throws {
+    let d = try Device.open(layers.spec)
+    defer { d.close() }
+    let most = try d.allocate((4 << 30) - (1 << 20))
+    do {
+      _ = try d.allocate((1 << 20) + 1)
+      Issue.record("an allocation past the 4 GiB slice succeeded")
+    } catch {
+      #expect(error.status == .outOfMemory, "\(error)")
+    }
+    _ = try d.allocate(1 << 20)
+    try d.free(most)
+  }
+}
+
+/// The mediator's start without a usable driver: one line naming what was
+/// looked for, exit status 1.
+@Suite struct CUDABackendStartTests {
+  @Test func noDriverIsOneClearLine() throws {
+    let p = Process()
+    p.executableURL = MediatorProcess.binaries.appendingPathComponent("vgpu-mediator")
+    p.arguments = [
+      "--path", "/dev/shm/vgpu-nodriver-\(getpid())", "--backend", "cuda", "--cuda-library", "/nonexistent/libcuda.so.1",
+    ]
+    let err = Pipe()
+    p.standardError = err
+    p.standardOutput = FileHandle.nullDevice
+    try p.run()
+    p.waitUntilExit()
+    let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    #expect(p.terminationStatus == 1)
+    #expect(text.split(separator: "\n").count == 1, "\(text)")
+    #expect(text.contains("/nonexistent/libcuda.so.1") && text.contains("NVIDIA driver"), "\(text)")
+    #expect(!FileManager.default.fileExists(atPath: "/dev/shm/vgpu-nodriver-\(getpid())"))
+  }
+
+  @Test func aBadBackendIsRefused() throws {
+    let p = Process()
+    p.executableURL = MediatorProcess.binaries.appendingPathComponent("vgpu-mediator")
+    p.arguments = ["--backend", "opencl"]
+    p.standardError = Pipe()
+    p.standardOutput = FileHandle.nullDevice
+    try p.run()
+    p.waitUntilExit()
+    #expect(p.terminationStatus == 2)
+  }
+}
