@@ -54,6 +54,10 @@ public final class CUDABackend: ExecutionBackend, @unchecked Sendable {
   let printf: PrintfCapture?
   /// How long the serving thread waits for queued work before a worker takes over.
   let inlineWait: UInt64
+  /// The host's NVML for the GPU's utilization (set before serving), which
+  /// guests see as the device's busy time.
+  public var nvml: HostNVML?
+  @exclusivity(unchecked) var busyClock = BusyClock()
 
   /// Opens GPU `ordinal` through `driver`. The staging area (`staging`,
   /// the BAR's, shared with the guests) is page-locked with
@@ -263,6 +267,11 @@ public final class CUDABackend: ExecutionBackend, @unchecked Sendable {
       }
     }
     printf.take(pid: pid, into: &output)
+  }
+
+  public func busyNanoseconds() -> UInt64? {
+    guard let nvml else { return nil }
+    return busyClock.advance(nvml, now: vgpu_monotonic_ns())
   }
 
   // MARK: Events

@@ -29,6 +29,7 @@ extension Executor {
       }
     case .device:
       record = deviceTotals
+      if let busy = backend.busyNanoseconds() { record.busyNanoseconds = busy }
       record.bytesAllocated = ledger.bytes
       record.queuePairs = UInt64(served.count { $0.active })
     }

@@ -62,6 +62,10 @@ public protocol ExecutionBackend: AnyObject, Sendable {
   /// process `pid` to `output` (the reference device has put it there already).
   func takeOutput(pid: UInt32, into output: inout DeviceOutput)
 
+  /// The device's busy time so far when the backend knows it better than
+  /// the time spent serving commands (a GPU's, from the host's NVML); nil: it does not.
+  func busyNanoseconds() -> UInt64?
+
   /// Queue pair `queuePair` was released (its memory and modules already
   /// freed): what the backend kept for it (a stream; with a process's last
   /// pair, its context) goes.

@@ -113,6 +113,7 @@ extension Executor {
         continue
       }
       appendOutput(job.output, pid: served[qp].pid)
+      countBusy(job.busyNanoseconds, qp)
       var c = job.result
       if c.status == CommandStatus.success.rawValue {
         if job.isLaunch { countLaunch(qp) }

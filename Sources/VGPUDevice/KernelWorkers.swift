@@ -28,6 +28,8 @@ final class WorkerJob: @unchecked Sendable {
   /// The completion to post: the command's success reply, or its error.
   var result: CompletionEntry
   var errorText = ""
+  /// How long the worker worked on it: the device's busy time.
+  var busyNanoseconds: UInt64 = 0
 
   init(
     qp: Int, generation: UInt64, work: any BackendWork, isLaunch: Bool, caller: BackendCaller, success: CompletionEntry
@@ -41,6 +43,8 @@ final class WorkerJob: @unchecked Sendable {
   }
 
   func run() {
+    let started = vgpu_monotonic_ns()
+    defer { busyNanoseconds = vgpu_monotonic_ns() &- started }
     do throws(BackendError) {
       try work.finish(caller: caller, output: &output)
     } catch {

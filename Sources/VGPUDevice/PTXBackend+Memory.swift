@@ -160,6 +160,9 @@ extension PTXBackend {
 
   func release(queuePair: Int) {}
 
+  /// Serving a command is running it: the executor's busy time is the device's.
+  func busyNanoseconds() -> UInt64? { nil }
+
   /// A launch's text went to the process's output when it ended.
   func takeOutput(pid: UInt32, into output: inout DeviceOutput) {}
 }

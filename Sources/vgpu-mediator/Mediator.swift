@@ -69,6 +69,15 @@ struct Mediator: ParsableCommand {
       """, valueName: "path"))
   var cudaLibrary = "libcuda.so.1"
 
+  @Option(
+    name: .customLong("nvml-library"),
+    help: ArgumentHelp(
+      """
+      With --backend cuda: the NVML library that says how busy the GPU is (default libnvidia-ml.so.1); \
+      guests' NVML reports it as utilization. Without it, utilization is the time spent serving commands.
+      """, valueName: "path"))
+  var nvmlLibrary = "libnvidia-ml.so.1"
+
   @Option(name: .customLong("queue-pairs"), help: "Queue pairs (1-256): how many clients/threads can submit at once.")
   var queuePairs = 8
 
@@ -231,9 +240,17 @@ struct Mediator: ParsableCommand {
         let layout = config.layout
         let staging = UnsafeMutableRawBufferPointer(
           start: region.base + Int(layout.stagingOffset), count: Int(layout.stagingSize))
-        do { work = try CUDABackend(driver: driver, ordinal: gpu, staging: staging) } catch {
+        let cuda: CUDABackend
+        do { cuda = try CUDABackend(driver: driver, ordinal: gpu, staging: staging) } catch {
           throw Failure(error.description)
         }
+        do {
+          cuda.nvml = try HostNVML(path: nvmlLibrary, uuid: cuda.identity.uuidString)
+          log.info("host NVML", metadata: ["library": "\(cuda.nvml!.path)"])
+        } catch {
+          log.warning("\(error.description)")
+        }
+        work = cuda
       }
       device = try ReferenceDevice(configuration: config, region: region, backend: work)
     } catch let e as DeviceSetupError {

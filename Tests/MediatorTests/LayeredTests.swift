@@ -12,7 +12,8 @@ import VGPUProtocol
 @Suite(.serialized) final class LayeredTests {
   let layers: LayeredMediators
 
-  init() throws { layers = try LayeredMediators() }
+  /// A small watchdog on the host device, so an endless loop ends in a moment.
+  init() throws { layers = try LayeredMediators(hostArguments: ["--kernel-budget", "3000000"]) }
 
   deinit { layers.stop() }
 
@@ -67,6 +68,39 @@ import VGPUProtocol
     #expect(try probe.statistics(.device).bytesAllocated == 0)
   }
 
+  /// Guests' utilization is the GPU's, from the host's NVML (here the
+  /// project's libnvidia-ml.so.1, which measures the host device's busy
+  /// time), whoever keeps it busy: a kernel run on the host device by
+  /// another client shows in the GPU mediator's busy time, though that
+  /// mediator served nothing meanwhile.
+  @Test func theGPUsBusyTimeReachesGuests() throws {
+    let host = try #require(layers.host, "a real GPU: the host's NVML is not ours to drive")
+    let guest = try Device.open(layers.spec)
+    defer { guest.close() }
+    let before = try guest.statistics(.device).busyNanoseconds
+    let d = try Device.open(host.spec)
+    defer { d.close() }
+    let source = try String(
+      contentsOf: CUDAToolchain.kernels.appendingPathComponent("endless_loop.cu"), encoding: .utf8)
+    let image = Array(try CUDAToolchain.nvrtcPTX(source: source, name: "endless_loop.cu", compute: 75).utf8) + [0]
+    let module = try d.loadModule(image)
+    let f = try d.function("endless_loop", in: module)
+    let flag = try d.allocate(4)
+    try d.copy(to: flag, from: [0, 0, 0, 0])
+    let started = Date()
+    var parameters = [UInt8](repeating: 0, count: 8)
+    withUnsafeBytes(of: flag.address.littleEndian) { parameters.replaceSubrange(0..<8, with: $0) }
+    #expect(throws: VGPUError.self) {
+      try d.launch(f, grid: Dimensions(1), block: Dimensions(32), parameters: parameters)
+      try d.synchronize()
+    }
+    let ran = Date().timeIntervalSince(started)
+    usleep(150_000)
+    let busy = Double(try guest.statistics(.device).busyNanoseconds - before) / 1e9
+    // The loop ran on the host device for most of `ran`: at least a third of it shows.
+    #expect(busy >= ran / 3 && busy <= ran + 1, "busy \(busy) s of \(ran) s")
+  }
+
   /// The BAR's memory limit holds exactly, whatever the GPU has.
   @Test func theMemoryLimitIsTheBARs() throws {
     let d = try Device.open(layers.spec)
@@ -90,7 +124,8 @@ import VGPUProtocol
     let p = Process()
     p.executableURL = MediatorProcess.binaries.appendingPathComponent("vgpu-mediator")
     p.arguments = [
-      "--path", "/dev/shm/vgpu-nodriver-\(getpid())", "--backend", "cuda", "--cuda-library", "/nonexistent/libcuda.so.1",
+      "--path", "/dev/shm/vgpu-nodriver-\(getpid())", "--backend", "cuda", "--cuda-library",
+      "/nonexistent/libcuda.so.1",
     ]
     let err = Pipe()
     p.standardError = err

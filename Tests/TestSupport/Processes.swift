@@ -146,7 +146,7 @@ public final class LayeredMediators: @unchecked Sendable {
     gpu = try MediatorProcess(
       arguments: [
         "--backend", "cuda", "--cuda-library", Paths.shims.appendingPathComponent("libcuda.so.1").path,
-        "--memory", "4G",
+        "--nvml-library", Paths.shims.appendingPathComponent("libnvidia-ml.so.1").path, "--memory", "4G",
       ] + gpuArguments,
       environment: ["VGPU_DEVICE": host.spec])
   }
