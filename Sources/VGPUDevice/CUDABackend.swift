@@ -567,22 +567,73 @@ final class CUDAFunction: BackendFunction {
     output: inout DeviceOutput, inlineSlice: UInt64
   ) throws(BackendError) -> (any BackendWork)? {
     let s = try backend.stream(caller)
-    let extra = backend.extra
-    backend.parameterSize.pointee = parameters.count
+    if backend.driver.isVGPUShim {
+      // A vGPU as the host driver runs the kernel inside cuLaunchKernel:
+      // launched from a worker, it holds up no other client.
+      return ShimLaunch(function: self, geometry: geometry, parameters: parameters, stream: s)
+    }
+    try enqueue(geometry, parameters: parameters, stream: s.stream, extra: backend.extra, size: backend.parameterSize)
+    return nil
+  }
+
+  /// cuLaunchKernel with the packed parameters in `extra` (which `size` and
+  /// the array belong to the calling thread).
+  func enqueue(
+    _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, stream: OpaquePointer,
+    extra: UnsafeMutablePointer<UnsafeMutableRawPointer?>, size: UnsafeMutablePointer<Int>
+  ) throws(BackendError) {
+    size.pointee = parameters.count
     // CU_LAUNCH_PARAM_BUFFER_POINTER (0x01), _BUFFER_SIZE (0x02), _END (0x00), cuda.h.
     extra[0] = UnsafeMutableRawPointer(bitPattern: 1)
     extra[1] = UnsafeMutableRawPointer(mutating: parameters.baseAddress)
     extra[2] = UnsafeMutableRawPointer(bitPattern: 2)
-    extra[3] = UnsafeMutableRawPointer(backend.parameterSize)
+    extra[3] = UnsafeMutableRawPointer(size)
     extra[4] = nil
     let g = geometry.grid
     let b = geometry.block
     let r = backend.driver.cuLaunchKernel(
-      function, g.x, g.y, g.z, b.x, b.y, b.z, geometry.sharedBytes, s.stream, nil,
-      parameters.count > 0 ? extra : nil)
+      function, g.x, g.y, g.z, b.x, b.y, b.z, geometry.sharedBytes, stream, nil, parameters.count > 0 ? extra : nil)
     try backend.check(r, "cuLaunchKernel")
-    return nil
   }
+}
+
+/// A launch through a vGPU host driver, made on a worker (its parameters
+/// copied: the guest's staging slot is reused once the launch is handed over).
+final class ShimLaunch: BackendWork, @unchecked Sendable {
+  let function: CUDAFunction
+  let geometry: KernelGeometry
+  let parameters: [UInt8]
+  let stream: CUDABackend.PairStream
+
+  init(
+    function: CUDAFunction, geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, stream: CUDABackend.PairStream
+  ) {
+    self.function = function
+    self.geometry = geometry
+    self.parameters = Array(parameters)
+    self.stream = stream
+  }
+
+  func finish(caller: BackendCaller, output: inout DeviceOutput) throws(BackendError) {
+    let backend = function.backend
+    try backend.check(backend.driver.cuCtxSetCurrent(stream.context), "cuCtxSetCurrent")
+    let extra = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 5)
+    let size = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+    defer {
+      extra.deallocate()
+      size.deallocate()
+    }
+    let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(parameters.count, 1), alignment: 16)
+    defer { copy.deallocate() }
+    parameters.withUnsafeBytes { copy.copyMemory(from: $0) }
+    try function.enqueue(
+      geometry, parameters: UnsafeRawBufferPointer(rebasing: copy[..<parameters.count]), stream: stream.stream,
+      extra: extra, size: size)
+    try backend.synchronized(stream, pid: caller.pid)
+  }
+
+  /// The driver's call cannot be interrupted; the vGPU's own watchdog ends a runaway kernel.
+  func cancel() {}
 }
 
 /// Catches what the driver writes to fd 1 (device `printf`, flushed at
@@ -591,6 +642,7 @@ final class PrintfCapture: @unchecked Sendable {
   /// Held around a sync and the drain after it, so text goes to the process whose sync flushed it.
   let lock = Mutex(())
   private let readEnd: Int32
+  private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
   private var text: [UInt32: DeviceOutput] = [:]
   /// Where the mediator's own standard output went.
   let savedStandardOutput: Int32
@@ -611,11 +663,11 @@ final class PrintfCapture: @unchecked Sendable {
 
   func drainLocked(into pid: UInt32?) {
     fflush(nil)  // a driver that prints with stdio
-    var buffer = [UInt8](repeating: 0, count: 65536)
+    // One read when there is nothing (the common case), into a buffer made once.
     while true {
-      let n = buffer.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
+      let n = read(readEnd, buffer.baseAddress, buffer.count)
       guard n > 0 else { break }
-      if let pid { text[pid, default: DeviceOutput()].append(buffer[..<n]) }
+      if let pid { text[pid, default: DeviceOutput()].append(UnsafeRawBufferPointer(rebasing: buffer[..<n])) }
     }
   }
 

@@ -179,6 +179,8 @@ extension Executor {
   /// tell about, or a claim still without its pid.
   var needsPolling: Bool {
     for qp in views.indices {
+      // Work on a worker: the device says it is alive while it runs (`tickForWorkers`).
+      if served[qp].busy != nil { return true }
       if served[qp].active && !served[qp].watched { return true }
       if !served[qp].active && views[qp].state == QueuePairState.claiming.rawValue { return true }
     }

@@ -154,6 +154,17 @@ final class Executor: @unchecked Sendable {
     return success
   }
 
+  /// While work runs on a worker, the device says it is alive (the
+  /// progress register, which waiting guests' deadlines watch) from the
+  /// serving thread too: a worker blocked in a driver call (a vGPU as the
+  /// host driver runs a kernel inside cuLaunchKernel) cannot say it itself.
+  func tickForWorkers() {
+    for qp in activeQueuePairs where served[qp].busy != nil {
+      tick()
+      return
+    }
+  }
+
   /// Appends a launch's device output to its process's.
   func appendOutput(_ output: DeviceOutput, pid: UInt32) {
     guard !output.isEmpty else { return }

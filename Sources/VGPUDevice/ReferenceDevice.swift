@@ -234,7 +234,10 @@ public final class ReferenceDevice: @unchecked Sendable {
       // Guests' stores into the device's registers are undone here, a few
       // times a second at most, so a client that scribbles on `status` or
       // the layout cannot lock new clients out.
-      executor.lock.withLock { _ in _ = executor.restoreRegisters() }
+      executor.lock.withLock { _ in
+        _ = executor.restoreRegisters()
+        executor.tickForWorkers()
+      }
       guard configuration.ownersAreLocalProcesses else { return }
       executor.lock.withLock { _ in executor.reapExited() }
       let now = vgpu_monotonic_ns()
