@@ -324,22 +324,8 @@ public final class CUDABackend: ExecutionBackend, @unchecked Sendable {
 
   // MARK: Modules
 
-  public func loadModule(_ image: UnsafeRawBufferPointer, for caller: BackendCaller) throws(BackendError)
-    -> any BackendModule
-  {
-    let ctx = try context(caller)
-    // PTX text must end in a NUL for cuModuleLoadData; a fat binary or ELF
-    // is read by its own header, so the extra byte is harmless.
-    let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: image.count + 1, alignment: 16)
-    defer { copy.deallocate() }
-    copy.copyMemory(from: image)
-    copy[image.count] = 0
-    var module: OpaquePointer?
-    let r = driver.cuModuleLoadData(&module, copy.baseAddress)
-    printf?.drain(into: caller.pid)
-    try check(r, "cuModuleLoadData(\(image.count) bytes)")
-    guard let module else { throw BackendError(.invalidImage, "cuModuleLoadData returned no module") }
-    return CUDAModule(backend: self, context: ctx, module: module, image: UnsafeRawBufferPointer(copy))
+  public func moduleLoader(for caller: BackendCaller) throws(BackendError) -> any ModuleLoader {
+    CUDAModuleLoader(backend: self, context: try context(caller))
   }
 
   // MARK: Errors
@@ -712,5 +698,29 @@ extension ReferenceDeviceConfiguration {
     bytes[6] = bytes[6] & 0x0f | 0x80
     bytes[8] = bytes[8] & 0x3f | 0x80
     return bytes
+  }
+}
+
+/// Loads images into one process's context; runs on a worker for a big
+/// image (the driver may JIT its PTX for seconds).
+struct CUDAModuleLoader: ModuleLoader, @unchecked Sendable {
+  let backend: CUDABackend
+  let context: OpaquePointer
+
+  func load(_ image: UnsafeRawBufferPointer, for caller: BackendCaller) throws(BackendError) -> any BackendModule {
+    // PTX text must end in a NUL for cuModuleLoadData; a fat binary or ELF
+    // is read by its own header, so the extra byte is harmless.
+    let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: image.count + 1, alignment: 16)
+    defer { copy.deallocate() }
+    copy.copyMemory(from: image)
+    copy[image.count] = 0
+    var module: OpaquePointer?
+    let driver = backend.driver
+    try backend.check(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+    let r = driver.cuModuleLoadData(&module, copy.baseAddress)
+    backend.printf?.drain(into: caller.pid)
+    try backend.check(r, "cuModuleLoadData(\(image.count) bytes)")
+    guard let module else { throw BackendError(.invalidImage, "cuModuleLoadData returned no module") }
+    return CUDAModule(backend: backend, context: context, module: module, image: UnsafeRawBufferPointer(copy))
   }
 }

@@ -16,6 +16,29 @@ struct FunctionEntry {
   let module: UInt64
 }
 
+/// A module image loaded on a worker: the image (the guest's staging, which
+/// it leaves alone until the completion, or an upload kept alive here) and
+/// then the module, which the serving thread places.
+final class ModuleLoadWork: BackendWork, @unchecked Sendable {
+  let loader: any ModuleLoader
+  let image: UnsafeRawBufferPointer
+  let upload: UploadBuffer?
+  var module: (any BackendModule)?
+
+  init(loader: any ModuleLoader, image: UnsafeRawBufferPointer, upload: UploadBuffer?) {
+    self.loader = loader
+    self.image = image
+    self.upload = upload
+  }
+
+  func finish(caller: BackendCaller, output: inout DeviceOutput) throws(BackendError) {
+    module = try loader.load(image, for: caller)
+  }
+
+  /// A parse or a driver's JIT cannot be interrupted; it ends on its own.
+  func cancel() {}
+}
+
 /// One process's device output, boxed so a launch reaches it without a
 /// dictionary modify.
 final class OutputBox {
@@ -100,8 +123,28 @@ extension Executor {
         start: try stagingRange(c.staging, c.length, qp: qp, argument: 2), count: Int(c.length))
     }
     defer { withExtendedLifetime(upload) {} }
+    let loader: any ModuleLoader
+    do throws(BackendError) { loader = try backend.moduleLoader(for: caller(qp)) } catch { throw Refusal(error) }
+    if workers != nil && image.count >= Self.inlineModuleBytes {
+      // A big image may take seconds to parse or JIT: a worker loads it, and
+      // the serving thread places it when it is done (`completeLoad`), so
+      // the load holds up no other client.
+      let work = ModuleLoadWork(loader: loader, image: image, upload: upload)
+      return handOver(work, qp: qp, success: CompletionEntry(status: .success), then: work)
+    }
     let module: any BackendModule
-    do throws(BackendError) { module = try backend.loadModule(image, for: caller(qp)) } catch { throw Refusal(error) }
+    do throws(BackendError) { module = try loader.load(image, for: caller(qp)) } catch { throw Refusal(error) }
+    return try completeLoad(module, qp: qp)
+  }
+
+  /// Images smaller than this load on the serving thread (PTX parses at
+  /// tens of MB/s: a millisecond or two), bigger ones on a worker.
+  static let inlineModuleBytes = 64 << 10
+
+  /// A loaded module's variables placed and its handle made: the end of
+  /// moduleLoad, on the serving thread.
+  func completeLoad(_ module: any BackendModule, qp: Int) throws(Refusal) -> CompletionEntry {
+    let pid = served[qp].pid
     var placed: [PlacedVariable] = []
     do throws(Refusal) {
       placed = try placeVariables(of: module, qp: qp)

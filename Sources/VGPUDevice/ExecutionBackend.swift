@@ -51,12 +51,9 @@ public protocol ExecutionBackend: AnyObject, Sendable {
   /// Nanoseconds between two completed records.
   func elapsed(from start: UInt64, to end: UInt64) throws(BackendError) -> UInt64
 
-  /// Reads a module image as the guest sent it (a fat binary, a wrapper's
-  /// data, an ELF cubin or PTX text). Every byte is untrusted. A long load
-  /// calls `caller.reportProgress()` now and then (the device moves its
-  /// progress register, so the waiting client's deadline counts silence, not work).
-  func loadModule(_ image: UnsafeRawBufferPointer, for caller: BackendCaller) throws(BackendError)
-    -> any BackendModule
+  /// What loads module images for the caller (its process's context made
+  /// here, on the serving thread); its `load` may then run on a worker.
+  func moduleLoader(for caller: BackendCaller) throws(BackendError) -> any ModuleLoader
 
   /// Moves the device output (`printf` text) the backend holds for
   /// process `pid` to `output` (the reference device has put it there already).
@@ -70,6 +67,17 @@ public protocol ExecutionBackend: AnyObject, Sendable {
   /// freed): what the backend kept for it (a stream; with a process's last
   /// pair, its context) goes.
   func release(queuePair: Int)
+}
+
+/// Loads module images. Runs on the serving thread (a small image) or on a
+/// worker, without the executor's lock (a big one, which may take seconds
+/// to parse or JIT): it touches nothing the serving thread changes.
+public protocol ModuleLoader: Sendable {
+  /// Reads a module image as the guest sent it (a fat binary, a wrapper's
+  /// data, an ELF cubin or PTX text). Every byte is untrusted. A long load
+  /// calls `caller.reportProgress()` now and then (the device moves its
+  /// progress register, so the waiting client's deadline counts silence, not work).
+  func load(_ image: UnsafeRawBufferPointer, for caller: BackendCaller) throws(BackendError) -> any BackendModule
 }
 
 /// A loaded module: its variables and its kernels.

@@ -105,16 +105,27 @@ extension Executor {
     var posted = false
     for job in workers.collect() {
       let qp = job.qp
-      guard served[qp].busy === job, served[qp].generation == job.generation else { continue }
+      guard served[qp].busy === job, served[qp].generation == job.generation else {
+        job.load?.module?.unload()
+        continue
+      }
       served[qp].busy = nil
       if let reason = served[qp].pendingRelease {
         served[qp].pendingRelease = nil
+        job.load?.module?.unload()
         release(qp, because: reason)
         continue
       }
       appendOutput(job.output, pid: served[qp].pid)
       countBusy(job.busyNanoseconds, qp)
       var c = job.result
+      if c.status == CommandStatus.success.rawValue, let load = job.load, let module = load.module {
+        do throws(Refusal) { c = try completeLoad(module, qp: qp) } catch {
+          c = CompletionEntry(
+            status: error.status, result0: error.result0, result1: error.result1, detail: error.detail)
+          job.errorText = error.message.isEmpty ? "moduleLoad: \(error.status)" : error.message
+        }
+      }
       if c.status == CommandStatus.success.rawValue {
         if job.isLaunch { countLaunch(qp) }
       } else {

@@ -133,10 +133,13 @@ final class Executor: @unchecked Sendable {
   /// Hands `work` (which a backend call returned unfinished) to a worker:
   /// `serve` gives it its ids and serves the pair nothing else until it is
   /// done. Without workers (a device driven by hand) it finishes here.
-  func handOver(_ work: any BackendWork, qp: Int, isLaunch: Bool = false, success: CompletionEntry) -> CompletionEntry {
+  func handOver(
+    _ work: any BackendWork, qp: Int, isLaunch: Bool = false, success: CompletionEntry, then load: ModuleLoadWork? = nil
+  ) -> CompletionEntry {
     let job = WorkerJob(
       qp: qp, generation: served[qp].generation, work: work, isLaunch: isLaunch, caller: caller(qp).onWorker,
       success: success)
+    job.load = load
     guard workers != nil else {
       // On the serving thread, which holds the lock: the caller must say so.
       let inline = WorkerJob(

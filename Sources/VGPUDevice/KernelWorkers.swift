@@ -28,6 +28,8 @@ final class WorkerJob: @unchecked Sendable {
   /// The completion to post: the command's success reply, or its error.
   var result: CompletionEntry
   var errorText = ""
+  /// A module load, which the serving thread completes (places and names the module).
+  var load: ModuleLoadWork?
   /// How long the worker worked on it: the device's busy time.
   var busyNanoseconds: UInt64 = 0
 

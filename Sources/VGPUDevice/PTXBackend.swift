@@ -33,9 +33,12 @@ final class PTXBackend: ExecutionBackend, @unchecked Sendable {
 
   var name: String { "PTX interpreter" }
 
-  func loadModule(_ image: UnsafeRawBufferPointer, for caller: BackendCaller) throws(BackendError)
-    -> any BackendModule
-  {
+  /// The backend loads images itself: what it reads is fixed at its start.
+  func moduleLoader(for caller: BackendCaller) throws(BackendError) -> any ModuleLoader { self }
+}
+
+extension PTXBackend: ModuleLoader {
+  func load(_ image: UnsafeRawBufferPointer, for caller: BackendCaller) throws(BackendError) -> any BackendModule {
     let source: PTXSource
     do throws(FatBinaryError) {
       source = try ModuleImageLoader.ptx(from: image, computeCapability: computeCapability)

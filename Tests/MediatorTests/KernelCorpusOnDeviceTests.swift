@@ -462,6 +462,42 @@ import VGPUProtocol
     while !flagBox.value.load(ordering: .acquiring) { usleep(10_000) }
   }
 
+  /// A big module parses on a worker: while it loads, another client is
+  /// served, and the module then works.
+  @Test func aBigModuleLoadHoldsUpNoOtherClient() throws {
+    let source = try String(
+      contentsOf: CUDAToolchain.kernels.appendingPathComponent("vector_add.cu"), encoding: .utf8)
+    let ptx = try CUDAToolchain.nvrtcPTX(source: source, name: "vector_add.cu", compute: 75)
+    // The kernel again under 3000 names: megabytes of PTX, seconds of parsing in a debug build.
+    let start = try #require(ptx.range(of: ".visible .entry vector_add("))
+    let kernel = String(ptx[start.lowerBound...])
+    var big = ptx
+    for i in 0..<3000 { big += "\n" + kernel.replacingOccurrences(of: "vector_add", with: "vector_add_\(i)") }
+    let d = try open()
+    defer { d.close() }
+    final class Loaded: Sendable { let value = Atomic<Int>(0) }
+    let loaded = Loaded()
+    let image = Array(big.utf8) + [0]
+    let thread = Thread {
+      let ok = (try? d.loadModule(image)) != nil
+      loaded.value.store(ok ? 1 : 2, ordering: .releasing)
+    }
+    thread.start()
+    usleep(100_000)  // the load is under way
+    let other = try open()
+    defer { other.close() }
+    let started = Date()
+    for _ in 0..<100 { try other.nop() }
+    let p = try other.allocate(256)
+    try other.free(p)
+    let served = Date().timeIntervalSince(started)
+    let stillLoading = loaded.value.load(ordering: .acquiring) == 0
+    while loaded.value.load(ordering: .acquiring) == 0 { usleep(10_000) }
+    #expect(loaded.value.load(ordering: .acquiring) == 1, "the big module failed to load")
+    #expect(stillLoading, "the load ended before the other client was served: make the module bigger")
+    #expect(served < 1, "the other client waited \(served) s for the load")
+  }
+
   /// A kernel still running when its device stops is cancelled at its next
   /// checkpoint: the mediator stops in moments, not after the watchdog's
   /// budget (10^10 thread-instructions: minutes), and the client gets an error.
