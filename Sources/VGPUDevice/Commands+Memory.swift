@@ -53,7 +53,7 @@ extension Executor {
     } else {
       device.copyMemory(from: staging, byteCount: Int(c.length))
     }
-    countCopy(c.length, qp)
+    countCopy(c.length, qp, .toDevice)
     return CompletionEntry(status: .success, result0: c.length)
   }
 
@@ -61,7 +61,7 @@ extension Executor {
     let device = try deviceRange(c.device, c.length, pid: served[qp].pid, argument: 1)
     let staging = try stagingRange(c.staging, c.length, qp: qp, argument: 2)
     staging.copyMemory(from: device, byteCount: Int(c.length))
-    countCopy(c.length, qp)
+    countCopy(c.length, qp, .fromDevice)
     return CompletionEntry(status: .success, result0: c.length)
   }
 
@@ -69,7 +69,7 @@ extension Executor {
     let dst = try deviceRange(c.destination, c.length, pid: served[qp].pid, argument: 1)
     let src = try deviceRange(c.source, c.length, pid: served[qp].pid, argument: 2)
     copyInChunks(dst, src, Int(c.length))
-    countCopy(c.length, qp)
+    countCopy(c.length, qp, .withinDevice)
     return CompletionEntry(status: .success, result0: c.length)
   }
 

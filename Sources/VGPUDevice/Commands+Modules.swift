@@ -140,6 +140,7 @@ extension Executor {
         }
       }
     }
+    countModuleLoad(qp)
     return CompletionEntry(
       status: .success, result0: modules.insert(ModuleEntry(module: module, variables: placed), pid: pid, queuePair: qp)
     )

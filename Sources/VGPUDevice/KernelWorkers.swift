@@ -17,6 +17,9 @@ final class LaunchJob: @unchecked Sendable {
   let generation: UInt64
   var commandID: UInt16 = 0
   var sqHead: UInt16 = 0
+  /// When its launch command started on the serving thread (monotonic ns):
+  /// its latency and kernel time run until the worker is done.
+  var startedAt: UInt64 = 0
   /// Started on the serving thread; it ran past its inline slice.
   let launch: any BackendLaunch
   /// For the worker: takes the executor's lock per lookup.
