@@ -136,12 +136,14 @@ let package = Package(
       ]),
     // A client process for cross-process tests: holds memory, copies, exits on cue.
     .executableTarget(name: "vgpu-test-client", dependencies: ["VGPU", "VGPUSimulator"], path: "Tests/TestClient"),
+    // clients/: the Python client the observability tests run (not part of the test target).
     .testTarget(
       name: "MediatorTests",
       dependencies: [
         "vgpu-mediator", "vgpu-test-client", "pcitool", "VGPU", "VGPUSimulator", "VGPUProtocol", "VGPUDevice",
         "DeviceAccess", "CSupport", "TestSupport",
-      ]),
+      ],
+      exclude: ["clients"]),
     // The shim libraries, loaded by real clients: C programs built here, Python packages in .venv.
     // clients/: C and Python programs the tests build and run (not part of the test target).
     .testTarget(
