@@ -20,6 +20,11 @@ let package = Package(
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    // The mediator's Prometheus endpoint (--metrics-listen) and nothing else: the guest side
+    // (VGPU, the shims) never links these.
+    .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+    .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+    .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
   ],
   targets: [
     // libpci, found through pkg-config; Debian's package is libpci-dev.
@@ -91,6 +96,9 @@ let package = Package(
         "VGPUDevice", "VGPUProtocol", "DeviceAccess", "CSupport",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
+        .product(name: "CoreMetrics", package: "swift-metrics"),
+        .product(name: "FlyingFox", package: "FlyingFox"),
       ]
     ),
     // The PTX engine: parser, lowering and interpreter for the reference device. Depends on nothing here.
@@ -128,12 +136,14 @@ let package = Package(
       ]),
     // A client process for cross-process tests: holds memory, copies, exits on cue.
     .executableTarget(name: "vgpu-test-client", dependencies: ["VGPU", "VGPUSimulator"], path: "Tests/TestClient"),
+    // clients/: the Python client the observability tests run (not part of the test target).
     .testTarget(
       name: "MediatorTests",
       dependencies: [
         "vgpu-mediator", "vgpu-test-client", "pcitool", "VGPU", "VGPUSimulator", "VGPUProtocol", "VGPUDevice",
         "DeviceAccess", "CSupport", "TestSupport",
-      ]),
+      ],
+      exclude: ["clients"]),
     // The shim libraries, loaded by real clients: C programs built here, Python packages in .venv.
     // clients/: C and Python programs the tests build and run (not part of the test target).
     .testTarget(

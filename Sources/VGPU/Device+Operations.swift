@@ -431,21 +431,42 @@ extension Device {
           "the device speaks protocol \(info.protocolVersion.major).\(info.protocolVersion.minor) without the process list (feature 0x\(String(FeatureBits.processList.rawValue, radix: 16)) not negotiated)",
         remedy: "update the device or vgpu-mediator (the process list came with protocol 1.1)")
     }
+    return try processRecords(ProcessRecord.self, size: ProcessRecord.size, recordSize: 0)
+  }
+
+  /// Every process using the device, with its copies by direction and its
+  /// commands besides what ``processes()`` gives: what `pcitool top` shows.
+  ///
+  /// Needs protocol 2.1 (feature `processActivity`); an older device is
+  /// never sent the command, and the call fails as unsupported.
+  public func processActivity() throws(VGPUError) -> [ProcessActivityRecord] {
+    guard info.features.contains(.processActivity) else {
+      throw VGPUError(
+        .unsupported, "list processes with their activity", device: info.spec.description,
+        found:
+          "the device speaks protocol \(info.protocolVersion.major).\(info.protocolVersion.minor) without activity records (feature 0x\(String(FeatureBits.processActivity.rawValue, radix: 16)) not negotiated)",
+        remedy: "update the device or vgpu-mediator (activity records came with protocol 2.1)")
+    }
+    return try processRecords(
+      ProcessActivityRecord.self, size: ProcessActivityRecord.size, recordSize: UInt64(ProcessActivityRecord.size))
+  }
+
+  /// Sends `processes` for records of `size` bytes and reads back those written.
+  private func processRecords<R: Sendable>(_: R.Type, size: Int, recordSize: UInt64) throws(VGPUError) -> [R] {
     let name = info.spec.description
     return try withQueuePair { (qp) throws(VGPUError) in
       let (address, pointer) = qp.slot(0)
-      let capacity = qp.slotSize / ProcessRecord.size
+      let capacity = qp.slotSize / size
       let c = try qp.execute(
-        Command.Processes(staging: address, length: UInt64(capacity * ProcessRecord.size)).entry, "list processes")
+        Command.Processes(recordSize: recordSize, staging: address, length: UInt64(capacity * size)).entry,
+        "list processes")
       // Checked before reading a byte: the count decides how far we read.
       guard c.result0 <= UInt64(capacity), c.result0 <= c.result1 else {
         throw VGPUError(
           .protocolViolation, "list processes", device: name,
           found: "the device wrote \(c.result0) records of \(c.result1) processes into room for \(capacity)")
       }
-      return (0..<Int(c.result0)).map {
-        pointer.loadUnaligned(fromByteOffset: $0 * ProcessRecord.size, as: ProcessRecord.self)
-      }
+      return (0..<Int(c.result0)).map { pointer.loadUnaligned(fromByteOffset: $0 * size, as: R.self) }
     }
   }
 

@@ -16,13 +16,6 @@ extension Executor {
     deviceTotals.busyNanoseconds &+= nanoseconds
   }
 
-  func countCopy(_ length: UInt64, _ qp: Int) {
-    served[qp].stats.copies &+= 1
-    served[qp].stats.bytesCopied &+= length
-    deviceTotals.copies &+= 1
-    deviceTotals.bytesCopied &+= length
-  }
-
   func countLaunch(_ qp: Int) {
     served[qp].stats.launches &+= 1
     deviceTotals.launches &+= 1

@@ -37,31 +37,31 @@ extension Executor {
     return CompletionEntry(status: .success, result0: UInt64(StatisticsRecord.size))
   }
 
-  /// One ProcessRecord per pid among the active queue pairs, in the order of
-  /// each pid's first queue pair, as many as fit. Allocates nothing: a pid
-  /// is new at its first queue pair, and its record sums the pairs from
-  /// there on (at most 256² steps).
+  /// One record per pid among the active queue pairs, in the order of each
+  /// pid's first queue pair, as many as fit: a ProcessRecord (a0 0 or 32)
+  /// or a ProcessActivityRecord (a0 64). Allocates nothing: a pid is new at
+  /// its first queue pair, and its record sums the pairs from there on (at
+  /// most 256² steps).
   func processes(_ c: Command.Processes, qp: Int) throws(Refusal) -> CompletionEntry {
-    let size = UInt64(ProcessRecord.size)
+    let activity = c.recordSize == UInt64(ProcessActivityRecord.size)
+    guard c.recordSize == 0 || c.recordSize == UInt64(ProcessRecord.size) || activity else {
+      throw Refusal(status: .invalidValue, detail: 1)
+    }
+    let size = UInt64(activity ? ProcessActivityRecord.size : ProcessRecord.size)
     guard c.length >= size, c.length % size == 0 else { throw Refusal(status: .invalidValue, detail: 3) }
     let out = try stagingRange(c.staging, c.length, qp: qp, argument: 2)
     let capacity = c.length / size
     var written: UInt64 = 0
     var total: UInt64 = 0
-    for i in served.indices where served[i].active {
-      let pid = served[i].pid
-      if served[..<i].contains(where: { $0.active && $0.pid == pid }) { continue }
+    for i in served.indices where served[i].active && isFirstPairOfItsProcess(i) {
       total += 1
       guard written < capacity else { continue }
-      var record = ProcessRecord(pid: pid)
-      for j in i..<served.count where served[j].active && served[j].pid == pid {
-        let stats = served[j].stats
-        record.queuePairs += 1
-        record.bytesAllocated &+= stats.bytesAllocated
-        record.launches &+= stats.launches
-        record.busyNanoseconds &+= stats.busyNanoseconds
+      let record = processTotals(from: i).record
+      if activity {
+        (out + Int(written * size)).storeBytes(of: record, as: ProcessActivityRecord.self)
+      } else {
+        (out + Int(written * size)).storeBytes(of: record.process, as: ProcessRecord.self)
       }
-      (out + Int(written * size)).storeBytes(of: record, as: ProcessRecord.self)
       written += 1
     }
     return Command.Processes.Reply(written: written, total: total).completion

@@ -63,7 +63,7 @@ extension Executor {
   func copyToDevice(_ c: Command.CopyToDevice, qp: Int) throws(Refusal) -> CompletionEntry {
     try deviceRange(c.device, c.length, pid: served[qp].pid, argument: 1)
     let staging = try stagingRange(c.staging, c.length, qp: qp, argument: 2)
-    countCopy(c.length, qp)
+    countCopy(c.length, qp, .toDevice)
     do throws(BackendError) {
       return completion(try backend.write(c.device, from: staging, count: Int(c.length), for: caller(qp)), qp, c.length)
     } catch { throw Refusal(error) }
@@ -72,7 +72,7 @@ extension Executor {
   func copyFromDevice(_ c: Command.CopyFromDevice, qp: Int) throws(Refusal) -> CompletionEntry {
     try deviceRange(c.device, c.length, pid: served[qp].pid, argument: 1)
     let staging = try stagingRange(c.staging, c.length, qp: qp, argument: 2)
-    countCopy(c.length, qp)
+    countCopy(c.length, qp, .fromDevice)
     do throws(BackendError) {
       return completion(try backend.read(c.device, into: staging, count: Int(c.length), for: caller(qp)), qp, c.length)
     } catch { throw Refusal(error) }
@@ -81,7 +81,7 @@ extension Executor {
   func copyDeviceToDevice(_ c: Command.CopyDeviceToDevice, qp: Int) throws(Refusal) -> CompletionEntry {
     try deviceRange(c.destination, c.length, pid: served[qp].pid, argument: 1)
     try deviceRange(c.source, c.length, pid: served[qp].pid, argument: 2)
-    countCopy(c.length, qp)
+    countCopy(c.length, qp, .withinDevice)
     do throws(BackendError) {
       let work = try backend.copy(to: c.destination, from: c.source, count: Int(c.length), for: caller(qp))
       return completion(work, qp, c.length)

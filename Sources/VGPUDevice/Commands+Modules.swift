@@ -152,6 +152,7 @@ extension Executor {
       module.unload()
       throw error
     }
+    countModuleLoad(qp)
     return CompletionEntry(
       status: .success, result0: modules.insert(ModuleEntry(module: module, variables: placed), pid: pid, queuePair: qp)
     )

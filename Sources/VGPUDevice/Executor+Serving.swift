@@ -49,8 +49,11 @@ extension Executor {
     }
     var posted = false
     // Busy time is taken per pass over the ring, from its first command
-    // that does work: two clock reads cost more than a NOP.
+    // that does work: two clock reads cost more than a NOP. Each timed
+    // command then costs one clock read, at its end, which is also the next
+    // command's start (its latency, for the histograms).
     var started: UInt64 = 0
+    var last: UInt64 = 0
     while served[qp].head.index != tail {
       // Work of this pair is on a worker: its later commands wait.
       if served[qp].busy != nil { break }
@@ -62,23 +65,42 @@ extension Executor {
       // Full: the guest has not consumed enough completions yet.
       if served[qp].completions.isFull(guestHead: completionHead) { break }
       let entry = served[qp].head.pop(from: view)
-      if started == 0 && entry.opcode != Opcode.nop.rawValue { started = vgpu_monotonic_ns() }
+      let timed = entry.opcode != Opcode.nop.rawValue
+      if started == 0 && timed {
+        started = vgpu_monotonic_ns()
+        last = started
+      }
       var c = execute(entry, qp: qp)
       countCommand(qp)
       if let job = handedOver {
         handedOver = nil
+        // Its latency and kernel time are counted when the worker is done.
+        job.startedAt = last
+        last = vgpu_monotonic_ns()
         job.commandID = entry.commandID
         job.sqHead = UInt16(served[qp].head.index)
         served[qp].busy = job
         workers?.submit(job)
         break
       }
+      var latency: UInt64? = nil
+      if timed {
+        let now = vgpu_monotonic_ns()
+        let took = now &- last
+        last = now
+        latency = took
+        // A launch that completed inline: the kernel ran in this command.
+        if entry.opcode == Opcode.launch.rawValue && c.status == CommandStatus.success.rawValue {
+          countKernelTime(took, qp)
+        }
+      }
+      countCompletion(entry.opcode, c.status, nanoseconds: latency, qp)
       c.commandID = entry.commandID
       c.sqHead = UInt16(served[qp].head.index)
       served[qp].completions.post(c, into: view)
       posted = true
     }
-    if started != 0 { countBusy(vgpu_monotonic_ns() &- started, qp) }
+    if started != 0 { countBusy(last &- started, qp) }
     if posted {
       // Store (completion) then load (guestWaiting) needs a full barrier:
       // the guest does the mirror image, so one of us sees the other.
@@ -126,11 +148,16 @@ extension Executor {
           job.errorText = error.message.isEmpty ? "moduleLoad: \(error.status)" : error.message
         }
       }
+      let latency = vgpu_monotonic_ns() &- job.startedAt
       if c.status == CommandStatus.success.rawValue {
-        if job.isLaunch { countLaunch(qp) }
+        if job.isLaunch {
+          countLaunch(qp)
+          countKernelTime(latency, qp)
+        }
       } else {
         served[qp].errorText = job.errorText
       }
+      countCompletion(Opcode.launch.rawValue, c.status, nanoseconds: latency, qp)
       c.commandID = job.commandID
       c.sqHead = job.sqHead
       served[qp].completions.post(c, into: views[qp])

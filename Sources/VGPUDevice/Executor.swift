@@ -19,6 +19,8 @@ struct ServedQueuePair {
   /// Its owner's exit is reported by the OwnerWatch (else found by scanning /proc).
   var watched = false
   var stats = StatisticsRecord()
+  /// What the wire's record does not carry (Observability.swift).
+  var activity = ActivityCounters()
   /// The text of the last failed command (`errorText`).
   var errorText = ""
   /// Its work (a launch, GPU work in flight) on a worker: the pair serves nothing else meanwhile.
@@ -85,6 +87,9 @@ final class Executor: @unchecked Sendable {
   @exclusivity(unchecked) var streams = HandleTable<Void>(kind: 3)
   @exclusivity(unchecked) var events = HandleTable<UInt64>(kind: 4)  // the backend's token
   @exclusivity(unchecked) var deviceTotals = StatisticsRecord()
+  @exclusivity(unchecked) var deviceActivity = ActivityCounters()
+  /// Latency buckets and failures by status, allocated once (Observability.swift).
+  let commandCounters = CommandCounters()
   @exclusivity(unchecked) var progress: UInt64 = 0
   /// The status register as the device means it; a guest's store there is undone.
   @exclusivity(unchecked) var status: StatusRegister = []
@@ -121,6 +126,7 @@ final class Executor: @unchecked Sendable {
   deinit {
     served.deinitialize()
     served.deallocate()
+    commandCounters.deallocate()
   }
 
   var memoryInUse: (allocated: UInt64, total: UInt64) { (ledger.bytes, memoryLimit) }

@@ -21,6 +21,9 @@ final class WorkerJob: @unchecked Sendable {
   let work: any BackendWork
   /// Whether it is a launch (counted as one when it succeeds).
   let isLaunch: Bool
+  /// When its command started on the serving thread (monotonic ns): its
+  /// latency (and a launch's kernel time) run until the worker is done.
+  var startedAt: UInt64 = 0
   /// For the worker: takes the executor's lock per lookup.
   let caller: BackendCaller
   // Written by the worker, read by the serving thread after `finished`.

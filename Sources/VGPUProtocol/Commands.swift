@@ -554,17 +554,24 @@ extension Command {
 
   /// Version 1.1, feature `processList`: one ``ProcessRecord`` per process
   /// with active queue pairs, as many as fit; r0 records written, r1 processes in all.
+  /// With `recordSize` 64 (2.1, feature `processActivity`) the records are
+  /// ``ProcessActivityRecord``s.
   @frozen public struct Processes: CommandCodec {
     public static var opcode: Opcode { .processes }
+    /// 0 or 32 (a ProcessRecord, what a 1.1 guest sends as 0), or 64 (a ProcessActivityRecord).
+    public var recordSize: UInt64
     public var staging: UInt64
-    /// A multiple of 32, at least 32.
+    /// A multiple of the record size, at least one record.
     public var length: UInt64
-    @inlinable public init(staging: UInt64, length: UInt64) {
+    @inlinable public init(recordSize: UInt64 = 0, staging: UInt64, length: UInt64) {
+      self.recordSize = recordSize
       self.staging = staging
       self.length = length
     }
-    @inlinable public init(_ e: SubmissionEntry) { (staging, length) = (e.a1, e.a2) }
-    @inlinable public var entry: SubmissionEntry { SubmissionEntry(opcode: .processes, a1: staging, a2: length) }
+    @inlinable public init(_ e: SubmissionEntry) { (recordSize, staging, length) = (e.a0, e.a1, e.a2) }
+    @inlinable public var entry: SubmissionEntry {
+      SubmissionEntry(opcode: .processes, a0: recordSize, a1: staging, a2: length)
+    }
     @frozen public struct Reply {
       public var written: UInt64
       public var total: UInt64

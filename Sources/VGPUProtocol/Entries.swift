@@ -158,8 +158,10 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   case eventElapsed = 0x14
   /// a0 scope (StatisticsScope), a1 stg, a2 len (≥ 64) → a StatisticsRecord at stg; r0 = 64.
   case statistics = 0x15
-  /// Version 1.1, feature `processList`. a1 stg, a2 len (a multiple of 32,
-  /// at least 32) → one ProcessRecord per process with active queue pairs, in
+  /// Version 1.1, feature `processList`. a0 record size (0 or 32: a
+  /// ProcessRecord; 64, 2.1 feature `processActivity`: a
+  /// ProcessActivityRecord), a1 stg, a2 len (a multiple of the record size,
+  /// at least one record) → one record per process with active queue pairs, in
   /// the order of their first queue pair, as many as fit; r0 records written,
   /// r1 processes in all.
   case processes = 0x16
@@ -267,4 +269,38 @@ public struct ProcessRecord: Equatable, Sendable {
   }
 
   public static let size = 32
+}
+
+/// What `processes` writes with a0 = 64 (2.1, feature `processActivity`): a
+/// ``ProcessRecord`` followed by the process's copies by direction and its
+/// commands, 64 bytes.
+///
+/// Layout (pinned by tests): the ProcessRecord @0 (32 bytes), bytesToDevice
+/// u64 @32, bytesFromDevice u64 @40, bytesWithinDevice u64 @48, commands u64
+/// @56. Like the ProcessRecord's, the counters are sums over the process's
+/// active queue pairs: they start at 0 when a pair is accepted.
+@frozen
+public struct ProcessActivityRecord: Equatable, Sendable {
+  public var process: ProcessRecord
+  /// Bytes of successful copyToDevice commands (host to device).
+  public var bytesToDevice: UInt64
+  /// Bytes of successful copyFromDevice commands (device to host).
+  public var bytesFromDevice: UInt64
+  /// Bytes of successful copyDeviceToDevice commands.
+  public var bytesWithinDevice: UInt64
+  /// Commands executed, any status.
+  public var commands: UInt64
+
+  public init(
+    process: ProcessRecord, bytesToDevice: UInt64 = 0, bytesFromDevice: UInt64 = 0, bytesWithinDevice: UInt64 = 0,
+    commands: UInt64 = 0
+  ) {
+    self.process = process
+    self.bytesToDevice = bytesToDevice
+    self.bytesFromDevice = bytesFromDevice
+    self.bytesWithinDevice = bytesWithinDevice
+    self.commands = commands
+  }
+
+  public static let size = 64
 }

@@ -1,4 +1,4 @@
-/// The vGPU wire format, version 2.0: one definition for the guest client and
+/// The vGPU wire format, version 2.1: one definition for the guest client and
 /// the device side (reference device, mediator). docs/PROTOCOL.md is the
 /// prose form of this module; tests pin every size and offset written here.
 ///
@@ -16,8 +16,9 @@ public enum ProtocolVersion {
   /// 1.1 added `processes` (feature `processList`); 1.2 the transport bit
   /// `ivshmemDoorbell`; 1.3 the parameter layout `getFunction` writes
   /// (feature `functionInfo`); 2.0 module uploads, globals, device output
-  /// and error text (feature `kernelImages`).
-  public static let minor: UInt16 = 0
+  /// and error text (feature `kernelImages`); 2.1 the per-process activity
+  /// record of `processes` (feature `processActivity`).
+  public static let minor: UInt16 = 1
   /// `major << 16 | minor`, as the version register holds it.
   public static var packed: UInt32 { UInt32(major) << 16 | UInt32(minor) }
 }
@@ -154,9 +155,13 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   /// Real module images (2.0): `moduleUpload`, `moduleGlobal`, `output`,
   /// `errorText`, and the launch statuses of CUDA's sticky errors.
   public static let kernelImages = FeatureBits(rawValue: 1 << 6)
-  /// Everything `identify` negotiates in this version (2.0).
+  /// `processes` with a0 = 64 writes ``ProcessActivityRecord``s (2.1): each
+  /// process's copies by direction and its commands, for monitors such as
+  /// `pcitool top`.
+  public static let processActivity = FeatureBits(rawValue: 1 << 7)
+  /// Everything `identify` negotiates in this version (2.1).
   public static let all: FeatureBits = [
-    .eventSuppression, .streams, .processList, .functionInfo, .kernelImages,
+    .eventSuppression, .streams, .processList, .functionInfo, .kernelImages, .processActivity,
   ]
 }
 

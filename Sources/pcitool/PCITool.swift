@@ -23,7 +23,7 @@ struct PCITool: ParsableCommand {
       BB:DD.F (hex, as lspci prints them), or a vendor:device ID such as 1af4:1110, \
       which selects every matching function.
 
-      probe, selftest and bench talk to a vGPU: their DEVICE is sim (a simulated \
+      probe, selftest, bench and top talk to a vGPU: their DEVICE is sim (a simulated \
       device in this process), shm:PATH (a shared-memory BAR served by \
       vgpu-mediator) or a PCI address. Without one they use $VGPU_DEVICE if set, \
       else 0000:00:05.0 if it is an ivshmem function (1af4:1110), else sim, and \
@@ -40,11 +40,12 @@ struct PCITool: ParsableCommand {
         pcitool probe sim             handshake and print the vGPU's identity
         pcitool selftest              a checked workload on the default vGPU
         pcitool bench shm:/dev/shm/vgpu0  latency and bandwidth vs baselines
+        pcitool top                   who uses the vGPU, live (memory, launches/s, copy MB/s)
         pcitool status 00:05.0        driver, IOMMU group, /dev/vfio, usable backends
         pcitool bind 00:05.0 vfio-pci bind through driver_override (root; rolls back on failure)
       """,
     subcommands: [
-      List.self, Show.self, Dump.self, Probe.self, Selftest.self, Bench.self, Bind.self, Unbind.self,
+      List.self, Show.self, Dump.self, Probe.self, Selftest.self, Bench.self, Top.self, Bind.self, Unbind.self,
       BindingStatusCommand.self, PingPongChild.self, EduDMA.self, WakeupsProbe.self,
     ]
   )

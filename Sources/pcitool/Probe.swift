@@ -92,7 +92,7 @@ struct ProbeReport: Encodable {
   static func names(_ features: FeatureBits) -> [String] {
     let known: [(FeatureBits, String)] = [
       (.eventSuppression, "event-suppression"), (.streams, "streams"), (.processList, "process-list"),
-      (.functionInfo, "function-info"), (.kernelImages, "kernel-images"),
+      (.functionInfo, "function-info"), (.kernelImages, "kernel-images"), (.processActivity, "process-activity"),
       // Bit 1: no 2.0 device sets it (1.x's text image of built-in kernels).
       (.retiredBuiltinKernels, "retired-builtin-kernels"),
     ]

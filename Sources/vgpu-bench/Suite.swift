@@ -42,6 +42,10 @@ struct SuiteOptions {
   var shims: String?
   var callgrind: Bool
   var discoveryRuns: Int
+  /// Passed to vgpu-mediator after the suite's own options (e.g. --metrics-listen :0).
+  var mediatorOptions: [String] = []
+  /// Only the idle CPU figures (e.g. to compare a mediator with and without its metrics endpoint).
+  var onlyIdle = false
 }
 
 /// Runs every case and baseline and fills the report.
@@ -104,6 +108,12 @@ final class Suite {
     try startSocketServer()
     let vgpuSpec = "shm:\(barPath)"
     let helper = [selfExecutable]
+    if options.onlyIdle {
+      progress.begin("idle CPU of the mediator and of a client")
+      measureIdle(vgpuSpec)
+      report.seconds = progress.seconds
+      return report
+    }
 
     let device = try DeviceTarget(Device.open(vgpuSpec, options: .simulator()))
     let socket = try SocketClient(path: socketPath)
@@ -227,7 +237,7 @@ final class Suite {
     unlink(barPath)
     let p = Process()
     p.executableURL = URL(fileURLWithPath: options.mediator)
-    p.arguments = ["--path", barPath, "--memory", "16G", "--log-level", "warning"]
+    p.arguments = ["--path", barPath, "--memory", "16G", "--log-level", "warning"] + options.mediatorOptions
     p.standardOutput = FileHandle.nullDevice
     do { try p.run() } catch {
       throw BenchError("cannot start the mediator \(options.mediator): \(error) (build it: swift build -c release)")

@@ -75,6 +75,18 @@ struct VGPUBench: ParsableCommand {
   @Flag(name: .customLong("no-callgrind"), help: "Skip the instruction counts (they take about a minute).")
   var noCallgrind = false
 
+  @Option(
+    name: .customLong("mediator-option"),
+    help: ArgumentHelp(
+      "An option for the mediator the suite starts, e.g. --mediator-option=--metrics-listen=:0 (repeatable).",
+      valueName: "option"))
+  var mediatorOptions: [String] = []
+
+  @Flag(
+    name: .customLong("only-idle"),
+    help: "Measure only the idle CPU of the mediator and of a client (5 s after a 2 s grace period).")
+  var onlyIdle = false
+
   func validate() throws {
     if let maxSize, parseSize(maxSize) == nil {
       throw ValidationError("--max-size '\(maxSize)' is not a size such as 1G, 256M or 64K")
@@ -93,7 +105,7 @@ struct VGPUBench: ParsableCommand {
     let options = SuiteOptions(
       quick: quick, maxSize: maxSize.flatMap(parseSize) ?? (quick ? 1 << 20 : 1 << 30), mediator: mediatorPath,
       shims: shims ?? findShims(from: here), callgrind: !quick && !noCallgrind,
-      discoveryRuns: discoveryRuns ?? (quick ? 3 : 30))
+      discoveryRuns: discoveryRuns ?? (quick ? 3 : 30), mediatorOptions: mediatorOptions, onlyIdle: onlyIdle)
     let report = try Suite(options).run()
 
     try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)

@@ -30,7 +30,7 @@ struct Mediator: ParsableCommand {
 
       A second mediator on a file that a live one serves is refused (the file is \
       locked while served). The file stays after exit; a new mediator reuses it.
-      Exit status: 0 after a clean stop, 1 when the device could not be set up, \
+      Exit status: 0 after a clean stop, 1 when the device (or the metrics endpoint) could not be set up, \
       2 on a bad command line.
       """)
 
@@ -144,6 +144,18 @@ struct Mediator: ParsableCommand {
       """, valueName: "count"))
   var kernelBudget: UInt64 = 10_000_000_000
 
+  @Option(
+    name: .customLong("metrics-listen"),
+    help: ArgumentHelp(
+      """
+      Serve Prometheus metrics (GET /metrics) on this address: \(MetricsAddress.forms). \
+      Off unless given; without a host it binds loopback only. Port 0 takes a free port \
+      (the log says which). Per device and per client process: memory, launches, copies, \
+      busy and engine time, errors by status, command latency histograms (docs/METRICS.md). \
+      The device is read only when scraped: an idle endpoint costs no CPU.
+      """, valueName: "addr"))
+  var metricsListen: String?
+
   func validate() throws {
     if let memory, Size.parse(memory) == nil {
       throw ValidationError("--memory '\(memory)' is not a size such as 80G or 512M")
@@ -169,6 +181,9 @@ struct Mediator: ParsableCommand {
     }
     guard Logger.Level(rawValue: logLevel) != nil else {
       throw ValidationError("--log-level '\(logLevel)' is not a level")
+    }
+    if let metricsListen, MetricsAddress(metricsListen) == nil {
+      throw ValidationError("--metrics-listen '\(metricsListen)' is not an address: use \(MetricsAddress.forms)")
     }
   }
 
@@ -297,6 +312,15 @@ struct Mediator: ParsableCommand {
     sigaddset(&signals, SIGTERM)
     pthread_sigmask(SIG_BLOCK, &signals, nil)
 
+    // After the signal mask: Swift concurrency's threads, which the HTTP
+    // server starts, inherit it. Bound before serving, so that an address
+    // in use stops the mediator before any client sees the device.
+    var metrics: MetricsServer?
+    if let metricsListen, let address = MetricsAddress(metricsListen) {
+      metrics = try MetricsServer(
+        address: address, metrics: DeviceMetrics(device: device, deviceLabel: path, vm: vm))
+    }
+
     device.announce(pid: UInt32(getpid()))
     server?.start()
     device.start()
@@ -316,9 +340,15 @@ struct Mediator: ParsableCommand {
             "-chardev socket,path=\(server.socketPath),id=vgpu -device ivshmem-doorbell,chardev=vgpu,vectors=\(server.vectors),addr=05.0",
         ])
     }
+    if let metrics {
+      log.info(
+        "metrics listening",
+        metadata: ["address": "\(metrics.listening)", "url": "http://\(metrics.listening)/metrics"])
+    }
     var received: Int32 = 0
     sigwait(&signals, &received)
     log.info("stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
+    metrics?.stop()
     device.stop()
     device.announce(pid: 0)
     server?.stop()

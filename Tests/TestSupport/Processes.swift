@@ -83,6 +83,9 @@ public final class MediatorProcess: @unchecked Sendable {
 
   public var spec: String { "shm:\(path)" }
 
+  /// What it has logged so far (standard error).
+  public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
   /// SIGTERM, then its log once it has exited.
   @discardableResult
   public func stop() -> String {

@@ -52,8 +52,20 @@ import Testing
     #expect(CommandStatus.allCases.map(\.rawValue) == Array(0...CommandStatus.highest))
   }
 
+  /// 2.1's activity record: the ProcessRecord, then four u64 (PROTOCOL.md §16).
+  @Test func processActivityRecordLayout() {
+    #expect(MemoryLayout<ProcessActivityRecord>.size == 64)
+    #expect(MemoryLayout<ProcessActivityRecord>.stride == 64)
+    #expect(ProcessActivityRecord.size == 64)
+    let fields: [PartialKeyPath<ProcessActivityRecord>] = [
+      \.process, \.bytesToDevice, \.bytesFromDevice, \.bytesWithinDevice, \.commands,
+    ]
+    #expect(fields.map { MemoryLayout<ProcessActivityRecord>.offset(of: $0) } == [0, 32, 40, 48, 56])
+    #expect(FeatureBits.processActivity.rawValue == 1 << 7)
+  }
+
   @Test func version2_0AddsKernelImagesToWhat1_xHad() {
-    #expect(ProtocolVersion.packed == 0x0002_0000)
+    #expect(ProtocolVersion.packed == 0x0002_0001)
     #expect(Opcode.processes.rawValue == 0x16)
     #expect(
       [Opcode.moduleUpload, .moduleGlobal, .output, .errorText, .moduleKernels].map(\.rawValue) == [
@@ -62,7 +74,7 @@ import Testing
     #expect(FeatureBits.processList.rawValue == 1 << 3)
     #expect(FeatureBits.functionInfo.rawValue == 1 << 5)
     #expect(FeatureBits.kernelImages.rawValue == 1 << 6)
-    #expect(FeatureBits.all.rawValue == 0x6d && FeatureBits.version1_0.rawValue == 0x7)
+    #expect(FeatureBits.all.rawValue == 0xed && FeatureBits.version1_0.rawValue == 0x7)
     // A transport bit: in the features register only, never negotiated.
     #expect(FeatureBits.ivshmemDoorbell.rawValue == 1 << 4 && !FeatureBits.all.contains(.ivshmemDoorbell))
   }

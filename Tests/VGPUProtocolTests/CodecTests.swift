@@ -27,7 +27,7 @@ let codecs: [(type: any CommandCodec.Type, words: [Int: UInt64])] = [
   (Command.EventQuery.self, [0: ~0]),
   (Command.EventElapsed.self, [0: ~0, 1: ~0]),
   (Command.Statistics.self, [0: ~0, 1: ~0, 2: ~0]),
-  (Command.Processes.self, [1: ~0, 2: ~0]),
+  (Command.Processes.self, [0: ~0, 1: ~0, 2: ~0]),
   (Command.ModuleUpload.self, [0: ~0, 1: ~0, 2: ~0, 3: ~0, 4: ~0]),
   (Command.ModuleGlobal.self, [0: ~0, 1: ~0, 2: ~0]),
   (Command.Output.self, [1: ~0, 2: ~0]),
