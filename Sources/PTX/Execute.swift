@@ -156,21 +156,17 @@ extension BlockRunner {
         r[d] = x == 0 ? UInt64(64 - i.sh) : UInt64((x << UInt64(i.sh)).leadingZeroBitCount)
       case .brev: r[d] = reverseBits(a) >> UInt64(i.sh)
       case .bfeU, .bfeS:
+        // PTX ISA §9.7.1.17 bfe: bit i of d is a[pos+i] while i < len and pos+i <= msb, else
+        // the sign bit a[min(pos+len-1, msb)] (0 for .u types and for len == 0).
         let width = UInt64(64 - i.sh)
         let pos = b & 0xff
         let len = r[Int(i.c)] & 0xff
         let x = a & (~UInt64(0) >> UInt64(i.sh))
-        if len == 0 {
-          r[d] = 0
-        } else {
-          let lenMask: UInt64 = len >= 64 ? ~0 : (1 << len) - 1
-          var v = pos >= width ? 0 : (x >> pos) & lenMask
-          if i.op == .bfeS {
-            let signPos = Swift.min(pos + len - 1, width - 1)
-            if (x >> signPos) & 1 == 1 && len < 64 { v |= ~lenMask }
-          }
-          r[d] = v & i.mask
-        }
+        let taken = pos >= width ? 0 : Swift.min(len, width - pos)  // bits that come from a
+        let takenMask: UInt64 = taken >= 64 ? ~0 : (1 << taken) - 1
+        var v = pos >= width ? 0 : (x >> pos) & takenMask
+        if i.op == .bfeS && len != 0 && (x >> Swift.min(pos + len - 1, width - 1)) & 1 == 1 { v |= ~takenMask }
+        r[d] = v & i.mask
       case .bfi:
         let width = UInt64(64 - i.sh)
         let pos = r[Int(i.c)] & 0xff
@@ -185,6 +181,10 @@ extension BlockRunner {
       case .prmt:
         let bytes = (b & 0xffff_ffff) << 32 | (a & 0xffff_ffff)
         let sel = r[Int(i.c)]
+        if i.mod != 0 {
+          r[d] = prmtMode(bytes, sel, i.mod)
+          break
+        }
         var v: UInt64 = 0
         for k in 0..<4 {
           let s = (sel >> UInt64(4 * k)) & 0xf
@@ -197,6 +197,41 @@ extension BlockRunner {
       case .mul24S: r[d] = UInt64(bitPattern: sext(a, 40) &* sext(b, 40)) & i.mask
       case .mad24U: r[d] = ((a & 0xff_ffff) &* (b & 0xff_ffff) &+ r[Int(i.c)]) & i.mask
       case .mad24S: r[d] = (UInt64(bitPattern: sext(a, 40) &* sext(b, 40)) &+ r[Int(i.c)]) & i.mask
+      case .mul24HiU, .mad24HiU:
+        let hi = ((a & 0xff_ffff) &* (b & 0xff_ffff)) >> 16
+        r[d] = (hi &+ (i.op == .mad24HiU ? r[Int(i.c)] : 0)) & i.mask
+      case .mul24HiS, .mad24HiS:
+        let hi = UInt64(bitPattern: (sext(a, 40) &* sext(b, 40)) >> 16)
+        r[d] = (hi &+ (i.op == .mad24HiS ? r[Int(i.c)] : 0)) & i.mask
+      case .addCarry, .subCarry:
+        // add.cc/addc and sub.cc/subc (PTX ISA §9.7.2): CC.CF is the carry out of an add and
+        // the borrow out of a subtract, so `sub.cc; subc` chains a multi-word subtract.
+        let cin = i.flags & Flag.carryIn != 0 ? r[Int(Slot.carry)] & 1 : 0
+        let x = a & i.mask
+        let y = b & i.mask
+        let v: UInt64
+        let out: Bool
+        if i.op == .addCarry {
+          let (s1, o1) = x.addingReportingOverflow(y)
+          let (s2, o2) = s1.addingReportingOverflow(cin)
+          v = s2 & i.mask
+          out = i.sh == 0 ? o1 || o2 : s2 > i.mask
+        } else {
+          let (s1, o1) = x.subtractingReportingOverflow(y)
+          let (s2, o2) = s1.subtractingReportingOverflow(cin)
+          v = s2 & i.mask
+          out = o1 || o2
+        }
+        r[d] = v
+        if i.flags & Flag.carryOut != 0 { r[Int(Slot.carry)] = out ? 1 : 0 }
+      case .sadU:
+        let (x, y) = (a & i.mask, b & i.mask)
+        r[d] = ((x > y ? x - y : y - x) &+ r[Int(i.c)]) & i.mask
+      case .sadS:
+        let (x, y) = (sext(a, i.sh), sext(b, i.sh))
+        r[d] = ((x > y ? UInt64(bitPattern: x &- y) : UInt64(bitPattern: y &- x)) &+ r[Int(i.c)]) & i.mask
+      case .slctI: r[d] = sext(r[Int(i.c)], 32) >= 0 ? a : b
+      case .slctF: r[d] = fin(r[Int(i.c)], i.flags) >= 0 ? a : b
       case .shfL, .shfR:
         let c = r[Int(i.c)] & 0xffff_ffff
         let s = i.flags & Flag.wrap != 0 ? c & 31 : Swift.min(c, 32)
@@ -205,7 +240,10 @@ extension BlockRunner {
       case .bfindU, .bfindS:
         var x = a & (~UInt64(0) >> UInt64(i.sh))
         if i.op == .bfindS && sext(a, i.sh) < 0 { x = ~x & (~UInt64(0) >> UInt64(i.sh)) }
-        r[d] = x == 0 ? 0xffff_ffff : UInt64(63 - x.leadingZeroBitCount)
+        // .shiftamt (§9.7.1.13) gives the left shift that moves that bit to the msb.
+        r[d] =
+          x == 0
+          ? 0xffff_ffff : i.mod == 0 ? UInt64(63 - x.leadingZeroBitCount) : UInt64(x.leadingZeroBitCount - Int(i.sh))
 
       // f32 (PTX ISA §9.7.3); rounding modifiers other than .rn are not modelled for arithmetic.
       case .fadd: r[d] = fout(fin(a, i.flags) + fin(b, i.flags), i.flags)
@@ -248,14 +286,7 @@ extension BlockRunner {
       case .dcos: r[d] = cos(f64(a)).bitPattern
       case .dtanh: r[d] = tanh(f64(a)).bitPattern
       case .dcopysign: r[d] = (f64(a).bitPattern & (1 << 63)) | (f64(b).bitPattern & ~(1 << 63))
-      case .hadd: r[d] = bits16(f16(a) + f16(b))
-      case .hsub: r[d] = bits16(f16(a) - f16(b))
-      case .hmul: r[d] = bits16(f16(a) * f16(b))
-      case .hfma: r[d] = bits16(f16(r[Int(i.c)]).addingProduct(f16(a), f16(b)))
-      case .hneg: r[d] = (a ^ 0x8000) & 0xffff
-      case .habs: r[d] = a & 0x7fff
-      case .hmin, .hmax:
-        r[d] = bits16(Float(fminmax(Double(f16(a)), Double(f16(b)), i.op == .hmax, i.flags & Flag.nan != 0)))
+      case .hadd, .hsub, .hmul, .hfma, .hneg, .habs, .hmin, .hmax, .hex2, .htanh: r[d] = halfOp(i, a, b, r[Int(i.c)])
       case .testpF, .testpD:
         let x = i.op == .testpF ? Double(f32(a)) : f64(a)
         let sub = i.op == .testpF ? f32(a).isSubnormal : x.isSubnormal
@@ -275,7 +306,9 @@ extension BlockRunner {
         switch i.op {
         case .setpI: c = icompare(a, b, i.flags & Flag.signed != 0, i.sh, i.mod)
         case .setpF: c = fcompare(Double(fin(a, i.flags)), Double(fin(b, i.flags)), i.mod)
-        case .setpH: c = fcompare(Double(f16(a)), Double(f16(b)), i.mod)
+        case .setpH:
+          let bf = TypeCode.kind(i.ty) == TypeCode.bf
+          c = fcompare(halfValue(a, bf: bf), halfValue(b, bf: bf), i.mod)
         default: c = fcompare(f64(a), f64(b), i.mod)
         }
         if i.ty2 == 0 {
@@ -295,9 +328,17 @@ extension BlockRunner {
             r[Int(i.e)] = !c != q ? 1 : 0
           }
         }
+      case .setpH2:
+        // setp.f16x2/.bf16x2 (§9.7.4.7): d from the low halves, e from the high halves.
+        let bf = TypeCode.kind(i.ty) == TypeCode.bf
+        let q = (r[Int(i.c)] != 0) != (i.flags & Flag.negC != 0)
+        for k in stride(from: UInt64(0), through: 16, by: 16) {
+          let c = fcompare(halfValue(a >> k, bf: bf), halfValue(b >> k, bf: bf), i.mod)
+          r[k == 0 ? d : Int(i.e)] = (i.ty2 == 0 ? c : i.ty2 == 1 ? c && q : i.ty2 == 2 ? c || q : c != q) ? 1 : 0
+        }
       case .selp: r[d] = r[Int(i.c)] != 0 ? a : b
       case .mov: r[d] = a & i.mask
-      case .movSR: r[d] = special(Special(rawValue: i.imm) ?? .zero, st, t) & i.mask
+      case .movSR: r[d] = special(Special(rawValue: i.imm) ?? .zero, st, t, n) & i.mask
       case .pack:
         let count = Int(i.b)
         let eb = UInt64(TypeCode.bits(i.ty) / count)
@@ -463,8 +504,6 @@ extension BlockRunner {
         return
       case .trap: throw .trap(i.line)
       case .nop: break
-      case .unsupported:
-        throw .unsupported(module.unsupportedText(Int(st.fn), pc), i.line)
 
       // Sync points: park (PTX ISA §9.7.13.1 bar/barrier).
       case .barSync:
@@ -479,7 +518,7 @@ extension BlockRunner {
         return
       case .barArrive:
         arrivals[Int(a & 15)] += 1
-      case .warpSync, .shfl, .vote, .activemask, .redux:
+      case .warpSync, .shfl, .vote, .activemask, .redux, .match:
         if n > limit, try checkpoint() {
           suspend()
           return
@@ -517,7 +556,8 @@ extension BlockRunner {
     for k in 0..<Int(i.e) { store(p + k * Int(i.ty2), i.ty2, r[Int(fn.extra(Int(i.d) + k))]) }
   }
 
-  func special(_ s: Special, _ st: ThreadState, _ t: Int) -> UInt64 {
+  /// A special register's value; `n` counts this run's instructions so far (not yet in `executed`).
+  func special(_ s: Special, _ st: ThreadState, _ t: Int, _ n: UInt64) -> UInt64 {
     let lane = UInt64(t % 32)
     switch s {
     case .tidX: return UInt64(st.x)
@@ -540,7 +580,8 @@ extension BlockRunner {
     case .lanemaskLt: return (1 << lane) - 1
     case .lanemaskGe: return 0xffff_ffff & ~((1 << lane) - 1)
     case .lanemaskGt: return 0xffff_ffff & ~((2 << lane) - 1)
-    case .clock, .clock64: return executed
+    // A cycle counter that moves with every instruction, so `clock64()` deltas are positive.
+    case .clock, .clock64: return executed &+ n
     case .globaltimer:
       var ts = timespec()
       clock_gettime(CLOCK_REALTIME, &ts)
@@ -572,7 +613,7 @@ extension BlockRunner {
     var x: Double
     if srcFloat {
       switch sbits {
-      case 16: x = sk == TypeCode.bf ? Double(Float(bitPattern: UInt32(a & 0xffff) << 16)) : Double(f16(a))
+      case 16: x = halfValue(a, bf: sk == TypeCode.bf)
       case 32: x = Double(fin(a, i.flags))
       default: x = f64(a)
       }
@@ -591,29 +632,26 @@ extension BlockRunner {
       }
       return v < 0 ? 0 : Swift.min(UInt64(v), i.mask)
     } else {
-      let signedSrc = sk == TypeCode.s
-      if signedSrc {
-        let v = sext(a, i.sh)
-        x = Double(v)
-        if dbits == 32 { return fout(Float(v), i.flags) }
-        if dbits == 16 { return bits16(Float(v)) }
-        return x.bitPattern
-      }
-      let v = a & (~UInt64(0) >> UInt64(i.sh))
-      if dbits == 32 { return fout(Float(v), i.flags) }
-      if dbits == 16 { return bits16(Float(v)) }
-      return Double(v).bitPattern
+      // int → float, rounded as asked (.rn by default): straight to f64, or rounded to odd
+      // in a Double and then once more to the narrower format.
+      let v = sk == TypeCode.s ? sext(a, i.sh) : Int64(bitPattern: a & (~UInt64(0) >> UInt64(i.sh)))
+      let negative = sk == TypeCode.s && v < 0
+      let magnitude = negative ? 0 &- UInt64(bitPattern: v) : a & (~UInt64(0) >> UInt64(i.sh))
+      x = integerToDouble(magnitude, negative: negative, mode: i.mod, odd: dbits < 64)
+      if dbits == 64 { return x.bitPattern }
     }
     if dstFloat {
       if i.mod >= 5 { x = rounded(x) }
       switch dbits {
       case 16:
-        if dk == TypeCode.bf { return UInt64(Float(x).bitPattern >> 16) }
-        return bits16(Float(x))
+        var h = UInt64(roundHalf(x, bf: dk == TypeCode.bf, mode: i.mod))
+        let v = halfValue(h, bf: dk == TypeCode.bf)
+        // .relu (§9.7.9.21): negative results become +0, NaN stays NaN; .sat clamps to [0, 1].
+        if i.flags & Flag.relu != 0 && v < 0 { h = 0 }
+        if i.flags & Flag.sat != 0 { h = v.isNaN || v <= 0 ? 0 : v > 1 ? (dk == TypeCode.bf ? 0x3f80 : 0x3c00) : h }
+        return h
       case 32:
-        var f = Float(x)
-        if i.mod == 2 && Double(f).magnitude > x.magnitude { f = f.nextDown.magnitude * (f < 0 ? -1 : 1) }
-        return fout(f, i.flags)
+        return fout(roundFloat(x, mode: i.mod), i.flags)
       default:
         return dout(x, i.flags)
       }
@@ -692,6 +730,24 @@ extension BlockRunner {
   }
 }
 
+/// prmt's special modes (PTX ISA §9.7.8.7): the two low bits of `sel` pick one of four
+/// fixed byte patterns of the 8-byte source {b, a}; listed as source bytes for d.b0...d.b3.
+func prmtMode(_ bytes: UInt64, _ sel: UInt64, _ mode: UInt8) -> UInt64 {
+  let patterns: [[UInt64]] = [
+    [0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6],  // .f4e: forward 4 extract
+    [0, 7, 6, 5, 1, 0, 7, 6, 2, 1, 0, 7, 3, 2, 1, 0],  // .b4e: backward 4 extract
+    [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3],  // .rc8: replicate byte
+    [0, 1, 2, 3, 1, 1, 2, 3, 2, 2, 2, 3, 3, 3, 3, 3],  // .ecl: edge clamp left
+    [0, 0, 0, 0, 0, 1, 1, 1, 0, 1, 2, 2, 0, 1, 2, 3],  // .ecr: edge clamp right
+    [0, 1, 0, 1, 2, 3, 2, 3, 0, 1, 0, 1, 2, 3, 2, 3],  // .rc16: replicate half
+  ]
+  let p = patterns[Int(mode) - 1]
+  let s = Int(sel & 3) * 4
+  var v: UInt64 = 0
+  for k in 0..<4 { v |= ((bytes >> (p[s + k] * 8)) & 0xff) << UInt64(8 * k) }
+  return v
+}
+
 extension FuncRT {
   @inline(__always) func extra(_ k: Int) -> Int32 { extraPointer[k] }
 }
@@ -700,9 +756,5 @@ extension PTXModule {
   func callSite(_ f: Int, _ k: Int) -> CallSite {
     guard case .success(let lf) = functions[f] else { fatalError("call from a function that failed to load") }
     return lf.calls[k]
-  }
-  func unsupportedText(_ f: Int, _ pc: Int) -> String {
-    guard case .success(let lf) = functions[f] else { return "?" }
-    return lf.texts[Int32(pc)] ?? "?"
   }
 }

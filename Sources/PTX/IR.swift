@@ -7,23 +7,32 @@ enum Op: UInt8 {
   case divU, divS, remU, remS, minU, minS, maxU, maxS, absS, neg, and, or, xor, not, cnot, shl, shrU, shrS
   case addSat, subSat, popc, clz, brev, bfeU, bfeS, bfi, prmt, mul24U, mul24S, mad24U, mad24S, shfL, shfR, bfindU,
     bfindS
+  // mul24.hi / mad24.hi: bits 16..47 of the 48-bit product.
+  case mul24HiU, mul24HiS, mad24HiU, mad24HiS
+  // sad (§9.7.1.6): d = c + |a - b|.
+  case sadU, sadS
+  // Extended precision (PTX ISA §9.7.2): the carry flag lives in `Slot.carry`; `flags` says
+  // whether the carry is read (`Flag.carryIn`: addc/subc) and written (`Flag.carryOut`: .cc).
+  case addCarry, subCarry
+  // slct (§9.7.8.2): `d = c >= 0 ? a : b` with `c` an s32 or an f32.
+  case slctI, slctF
   // f32 (bits in the low half) and f64 (`flags`: ftz, sat, nanProp).
   case fadd, fsub, fmul, ffma, fdiv, fmin, fmax, fabs, fneg, frcp, fsqrt, frsqrt, fex2, flg2, fsin, fcos, ftanh,
     fcopysign
   case dadd, dsub, dmul, dfma, ddiv, dmin, dmax, dabs, dneg, drcp, dsqrt, drsqrt, dex2, dlg2, dsin, dcos, dtanh,
     dcopysign
-  // f16 in the low 16 bits (computed in f32 and rounded once).
-  case hadd, hsub, hmul, hfma, hneg, habs, hmin, hmax
+  // f16 / bf16 (`ty`'s kind) in the low 16 bits, or two of them when `ty2` == 2 (Half.swift).
+  case hadd, hsub, hmul, hfma, hneg, habs, hmin, hmax, hex2, htanh
   case testpF, testpD
   // Compare and select: `cmp` in `mod`, combine op in `ty2`, second result in `e`.
-  case setpI, setpF, setpD, setpH, selp
+  case setpI, setpF, setpD, setpH, setpH2, selp
   case mov, movSR, pack, unpack, cvt, isspace
   // Memory: base slot `a` plus `imm`; `ty2` = element bytes, `e` = vector count, `d` or `extra[d...]`.
   case ldParam, ldKParam, ldGlobal, ldShared, ldLocal, ldGeneric
   case stParam, stGlobal, stShared, stLocal, stGeneric
   case atomGlobal, atomShared, atomGeneric
-  case bra, call, ret, exit, trap, nop, unsupported
-  case barSync, barArrive, warpSync, shfl, vote, activemask, redux
+  case bra, call, ret, exit, trap, nop
+  case barSync, barArrive, warpSync, shfl, vote, activemask, redux, match
 }
 
 /// One decoded instruction. 48 bytes, no references: the code array is plain memory.
@@ -56,7 +65,8 @@ enum Slot {
   static let sink: Int32 = 5  // writes to `_` and unused results
   static let zero: Int32 = 6  // always 0
   static let localWindow: Int32 = 7  // generic address of this thread's local window
-  static let firstFree: Int32 = 8
+  static let carry: Int32 = 8  // CC.CF of add.cc / addc (PTX ISA §9.7.2), per frame
+  static let firstFree: Int32 = 9
 }
 
 enum Flag {
@@ -67,6 +77,10 @@ enum Flag {
   static let negC: UInt8 = 16  // setp's combining predicate is negated; vote's source is negated
   static let wrap: UInt8 = 32  // shf.wrap
   static let generic: UInt8 = 64
+  static let relu: UInt8 = 128  // f16/bf16 .relu
+  // Carry ops only (they have no other flags).
+  static let carryIn: UInt8 = 1
+  static let carryOut: UInt8 = 2
 }
 
 /// Scalar type codes: kind in the high nibble, log2(bytes) in the low.
@@ -162,14 +176,13 @@ final class LoweredFunction: @unchecked Sendable {
   let constants: [(slot: Int32, source: ConstSource)]
   let calls: [CallSite]
   let extra: UnsafeMutablePointer<Int32>  // vector operand slot lists
-  let texts: [Int32: String]  // opcode text of `unsupported` instructions, by index
   let callees: [Int]
   let sharedSymbols: Set<Int>
   let registerCount: Int
 
   init(
     name: String, code: [Instr], slots: Int, paramBytes: Int, localBytes: Int,
-    constants: [(slot: Int32, source: ConstSource)], calls: [CallSite], extra: [Int32], texts: [Int32: String],
+    constants: [(slot: Int32, source: ConstSource)], calls: [CallSite], extra: [Int32],
     sharedSymbols: Set<Int>, registerCount: Int
   ) {
     self.name = name
@@ -184,7 +197,6 @@ final class LoweredFunction: @unchecked Sendable {
     self.calls = calls
     self.extra = .allocate(capacity: max(extra.count, 1))
     self.extra.initialize(from: extra, count: extra.count)
-    self.texts = texts
     var callees: [Int] = []
     for c in calls { if case .function(let f) = c.target, !callees.contains(f) { callees.append(f) } }
     self.callees = callees

@@ -39,9 +39,7 @@ enum Fault: Error {
 @inline(__always) func sext(_ v: UInt64, _ sh: UInt8) -> Int64 { Int64(bitPattern: v << UInt64(sh)) >> Int64(sh) }
 @inline(__always) func f32(_ v: UInt64) -> Float { Float(bitPattern: UInt32(truncatingIfNeeded: v)) }
 @inline(__always) func f64(_ v: UInt64) -> Double { Double(bitPattern: v) }
-@inline(__always) func f16(_ v: UInt64) -> Float { Float(Float16(bitPattern: UInt16(truncatingIfNeeded: v))) }
 @inline(__always) func bits(_ f: Float) -> UInt64 { UInt64(f.bitPattern) }
-@inline(__always) func bits16(_ f: Float) -> UInt64 { UInt64(Float16(f).bitPattern) }
 /// `.ftz`: subnormal f32 inputs and results become zero of the same sign (PTX ISA §9.7.3).
 @inline(__always) func flush(_ x: Float) -> Float {
   x.isSubnormal ? Float(sign: x.sign, exponent: 0, significand: 0) : x
@@ -398,7 +396,9 @@ struct BlockRunner {
             for m in 0..<lanes where members & (1 << UInt32(m)) != 0 {
               let mask = UInt32(
                 truncatingIfNeeded: laneRegs(w * 32 + m)[
-                  Int(ins.op == .shfl ? Int32(ins.imm) : ins.op == .vote || ins.op == .redux ? ins.b : ins.a)])
+                  Int(
+                    ins.op == .shfl
+                      ? Int32(ins.imm) : ins.op == .vote || ins.op == .redux || ins.op == .match ? ins.b : ins.a)])
               if mask & existing & ~(members | exited) != 0 { next &= ~(1 << UInt32(m)) }
             }
             if next == members { break }
@@ -481,6 +481,21 @@ struct BlockRunner {
           }
         }
         results[l] = acc ?? 0
+      case .match:
+        // match.sync (PTX ISA §9.7.13.11): .any gives the lanes of the mask whose value equals
+        // this lane's; .all gives the mask when every such lane agrees (and sets the predicate).
+        let mask = UInt32(truncatingIfNeeded: r[Int(ins.b)]) & members
+        let mine = r[Int(ins.a)] & ins.mask
+        var same: UInt32 = 0
+        for m in 0..<lanes where mask & (1 << UInt32(m)) != 0 && laneRegs(w * 32 + m)[Int(ins.a)] & ins.mask == mine {
+          same |= 1 << UInt32(m)
+        }
+        if ins.mod == 0 {
+          results[l] = UInt64(same)
+        } else {
+          results[l] = same == mask ? UInt64(mask) : 0
+          preds[l] = same == mask ? 1 : 0
+        }
       case .activemask:
         results[l] = UInt64(members)
       default:
@@ -492,7 +507,7 @@ struct BlockRunner {
       let r = laneRegs(t)
       if ins.op != .warpSync {
         r[Int(ins.d)] = results[l]
-        if ins.op == .shfl { r[Int(ins.e)] = preds[l] }
+        if ins.op == .shfl || ins.op == .match { r[Int(ins.e)] = preds[l] }
       }
       threads[t].pc += 1
       threads[t].status = Status.ready

@@ -14,7 +14,6 @@ struct Lowering {
   var code: [Instr] = []
   var extra: [Int32] = []
   var calls: [CallSite] = []
-  var texts: [Int32: String] = [:]
   var labels: [String: Int] = [:]
   var fixups: [(Int, String, Int)] = []
   var constants: [(slot: Int32, source: ConstSource)] = []
@@ -229,14 +228,18 @@ struct Lowering {
 
   // MARK: instructions
 
-  static let floatOps: [String: (Op, Op, Op?)] = [
-    "add": (.fadd, .dadd, .hadd), "sub": (.fsub, .dsub, .hsub), "mul": (.fmul, .dmul, .hmul),
-    "fma": (.ffma, .dfma, .hfma), "mad": (.ffma, .dfma, .hfma), "div": (.fdiv, .ddiv, nil),
-    "min": (.fmin, .dmin, .hmin), "max": (.fmax, .dmax, .hmax), "abs": (.fabs, .dabs, .habs),
-    "neg": (.fneg, .dneg, .hneg), "rcp": (.frcp, .drcp, nil), "sqrt": (.fsqrt, .dsqrt, nil),
-    "rsqrt": (.frsqrt, .drsqrt, nil), "ex2": (.fex2, .dex2, nil), "lg2": (.flg2, .dlg2, nil),
-    "sin": (.fsin, .dsin, nil), "cos": (.fcos, .dcos, nil), "tanh": (.ftanh, .dtanh, nil),
-    "copysign": (.fcopysign, .dcopysign, nil), "testp": (.testpF, .testpD, nil),
+  static let floatOps: [String: (Op, Op)] = [
+    "add": (.fadd, .dadd), "sub": (.fsub, .dsub), "mul": (.fmul, .dmul), "fma": (.ffma, .dfma),
+    "mad": (.ffma, .dfma), "div": (.fdiv, .ddiv), "min": (.fmin, .dmin), "max": (.fmax, .dmax),
+    "abs": (.fabs, .dabs), "neg": (.fneg, .dneg), "rcp": (.frcp, .drcp), "sqrt": (.fsqrt, .dsqrt),
+    "rsqrt": (.frsqrt, .drsqrt), "ex2": (.fex2, .dex2), "lg2": (.flg2, .dlg2), "sin": (.fsin, .dsin),
+    "cos": (.fcos, .dcos), "tanh": (.ftanh, .dtanh), "copysign": (.fcopysign, .dcopysign),
+    "testp": (.testpF, .testpD),
+  ]
+  /// Instructions with .f16/.bf16 forms (PTX ISA §9.7.4 half precision floating-point).
+  static let halfOps: [String: Op] = [
+    "add": .hadd, "sub": .hsub, "mul": .hmul, "fma": .hfma, "neg": .hneg, "abs": .habs, "min": .hmin,
+    "max": .hmax, "ex2": .hex2, "tanh": .htanh,
   ]
   static let cmps: [String: Cmp] = [
     "eq": .eq, "ne": .ne, "lt": .lt, "le": .le, "gt": .gt, "ge": .ge, "lo": .lo, "ls": .ls, "hi": .hi, "hs": .hs,
@@ -282,7 +285,7 @@ struct Lowering {
     code.append(Instr(op: .ret, line: Int32(line)))
     return LoweredFunction(
       name: function.name, code: code, slots: Int(nextSlot), paramBytes: paramBytes, localBytes: localBytes,
-      constants: constants, calls: calls, extra: extra, texts: texts, sharedSymbols: sharedUsed,
+      constants: constants, calls: calls, extra: extra, sharedSymbols: sharedUsed,
       registerCount: registerCount)
   }
 
@@ -295,7 +298,7 @@ struct Lowering {
     let base = String(parts[0])
     let mods = parts.dropFirst().map(String.init)
     let types = mods.compactMap { TypeCode.parse(Substring($0)) }
-    let t = types.last ?? TypeCode.b | 2
+    let t = types.last ?? TypeCode.b | 2  // f16x2 / bf16x2 are not parsed: .b32 where they are moved
     let ops = ins.operands
     let mask = TypeCode.mask(t)
     let sh = UInt8(64 - TypeCode.bits(t))
@@ -311,14 +314,42 @@ struct Lowering {
     func need(_ n: Int) throws(PTXError) {
       if ops.count < n { throw .parse(line: ins.line, token: ins.opcode, expected: "\(n) operands") }
     }
-    func unsupported() {
-      texts[Int32(code.count)] = ins.opcode
-      emit(Instr(op: .unsupported))
+    /// An instruction the engine does not run fails its function's load (so the kernel's
+    /// `kernel(named:)`, CUDA's cuModuleGetFunction, reports CUDA_ERROR_INVALID_PTX naming it)
+    /// rather than a launch that happens to reach it.
+    func unsupported() -> PTXError {
+      .unsupported(kernel: function.name, instruction: ins.opcode, line: ins.line)
     }
+    // Packed and half types (PTX ISA §5.2.5.1), which `TypeCode.parse` leaves out on purpose:
+    // an instruction that names one must be handled as such below, never as a .b32 default.
+    let halfMod = mods.last { ["f16", "bf16", "f16x2", "bf16x2"].contains($0) }
+    let packed = mods.contains { $0.hasSuffix("x2") || $0.hasSuffix("x4") }
+    let halfType: UInt8 = halfMod?.hasPrefix("bf") == true ? TypeCode.bf | 1 : TypeCode.f | 1
+    if mods.contains("relu") { flags |= Flag.relu }
 
-    if isFloat, let (f, d, h) = Lowering.floatOps[base] {
+    if let halfMod, let hop = Lowering.halfOps[base], packed == halfMod.hasSuffix("x2") {
+      // add/sub/mul/fma/min/max/neg/abs/ex2/tanh on .f16, .bf16 and their x2 forms (§9.7.4).
+      if mods.contains("xorsign") || mods.contains("oob")
+        || (flags & Flag.relu != 0 && base != "fma"
+          && base != "min" && base != "max")
+      {
+        throw unsupported()
+      }
+      try need(2)
+      let operandType = packed ? TypeCode.b | 2 : halfType
+      var i = Instr(op: hop, ty: halfType, ty2: packed ? 2 : 1, flags: flags & ~Flag.signed)
+      i.d = try dest(ops[0])
+      i.a = try source(ops[1], operandType)
+      if ops.count > 2 { i.b = try source(ops[2], operandType) }
+      if ops.count > 3 { i.c = try source(ops[3], operandType) }
+      return emit(i)
+    }
+    if packed && !["mov", "ld", "st", "ldu", "cvt", "setp", "set", "selp"].contains(base) { throw unsupported() }
+
+    if isFloat, let (f, d) = Lowering.floatOps[base] {
       let bits = TypeCode.bits(t)
-      guard let op = bits == 64 ? d : bits == 32 ? f : h else { return unsupported() }
+      guard bits >= 32 else { throw unsupported() }
+      let op = bits == 64 ? d : f
       try need(2)
       var i = Instr(op: op, ty: t, flags: flags)
       if base == "testp" {
@@ -334,12 +365,24 @@ struct Lowering {
 
     switch base {
     case "add", "sub", "mul", "mad", "div", "rem", "min", "max", "abs", "neg", "and", "or", "xor", "not", "cnot", "shl",
-      "shr", "popc", "clz", "brev", "bfe", "bfi", "prmt", "mul24", "mad24", "shf", "bfind":
-      if mods.contains("cc") || base == "addc" { return unsupported() }
+      "shr", "popc", "clz", "brev", "bfe", "bfi", "prmt", "mul24", "mad24", "shf", "bfind", "addc", "subc", "sad":
       try need(2)
+      if mods.contains("cc") || base == "addc" || base == "subc" {
+        guard ["add", "sub", "addc", "subc"].contains(base), TypeCode.bits(t) >= 32, !mods.contains("sat") else {
+          throw unsupported()
+        }
+        try need(3)
+        var i = Instr(op: base.hasPrefix("add") ? .addCarry : .subCarry, ty: t, sh: sh, mask: mask)
+        i.flags = (base.hasSuffix("c") ? Flag.carryIn : 0) | (mods.contains("cc") ? Flag.carryOut : 0)
+        i.d = try dest(ops[0])
+        i.a = try source(ops[1], t)
+        i.b = try source(ops[2], t)
+        return emit(i)
+      }
       let signed = TypeCode.kind(t) == TypeCode.s
       var op: Op
       var m = mask
+      var prmtMode: UInt8 = 0
       switch base {
       case "add": op = mods.contains("sat") ? .addSat : .add
       case "sub": op = mods.contains("sat") ? .subSat : .sub
@@ -354,8 +397,12 @@ struct Lowering {
           op = mad ? .madLo : .mulLo
         }
       case "mul24", "mad24":
-        if mods.contains("hi") { return unsupported() }
-        op = base == "mul24" ? (signed ? .mul24S : .mul24U) : (signed ? .mad24S : .mad24U)
+        if mods.contains("sat") { throw unsupported() }
+        if mods.contains("hi") {
+          op = base == "mul24" ? (signed ? .mul24HiS : .mul24HiU) : (signed ? .mad24HiS : .mad24HiU)
+        } else {
+          op = base == "mul24" ? (signed ? .mul24S : .mul24U) : (signed ? .mad24S : .mad24U)
+        }
       case "div": op = signed ? .divS : .divU
       case "rem": op = signed ? .remS : .remU
       case "min": op = signed ? .minS : .minU
@@ -375,17 +422,19 @@ struct Lowering {
       case "bfe": op = signed ? .bfeS : .bfeU
       case "bfi": op = .bfi
       case "prmt":
-        if mods.count > 1 { return unsupported() }  // only the default mode
         op = .prmt
+        let modes = ["f4e", "b4e", "rc8", "ecl", "ecr", "rc16"]
+        if let k = modes.firstIndex(where: { mods.contains($0) }) { prmtMode = UInt8(k + 1) }
       case "shf": op = mods.contains("l") ? .shfL : .shfR
-      case "bfind":
-        if mods.contains("shiftamt") { return unsupported() }
-        op = signed ? .bfindS : .bfindU
-      default: return unsupported()
+      case "bfind": op = signed ? .bfindS : .bfindU
+      case "sad": op = signed ? .sadS : .sadU
+      default: throw unsupported()
       }
       if base == "popc" || base == "clz" || base == "bfind" { m = 0xffff_ffff }
-      var i = Instr(op: op, ty: t, flags: flags, sh: sh, mask: m)
+      var i = Instr(op: op, ty: t, mod: prmtMode, flags: flags, sh: sh, mask: m)
       if mods.contains("wrap") { i.flags |= Flag.wrap }
+      if base == "bfind" && mods.contains("shiftamt") { i.mod = 1 }
+      if ["min", "max", "add", "sub"].contains(base) && mods.contains("relu") { throw unsupported() }
       // Shift amounts, bit positions and lengths are .u32 whatever the data type.
       let u32 = TypeCode.u | 2
       let secondType = ["shl", "shr"].contains(base) ? u32 : t
@@ -398,13 +447,24 @@ struct Lowering {
       return emit(i)
 
     case "setp", "set":
-      guard base == "setp" else { return unsupported() }
+      // set (PTX ISA §9.7.6.1) is setp into a scratch predicate and a select of 1.0f or
+      // 0xffffffff (by its destination type) against 0.
       try need(3)
       guard let cmp = mods.compactMap({ Lowering.cmps[$0] }).first else { throw fail(ins.opcode, "a comparison") }
+      let isSet = base == "set"
+      if isSet && (packed || types.count < 2) { throw unsupported() }
       let kind = TypeCode.kind(t)
-      let op: Op =
+      var op: Op =
         kind == TypeCode.f ? (TypeCode.bits(t) == 64 ? .setpD : TypeCode.bits(t) == 32 ? .setpF : .setpH) : .setpI
-      var i = Instr(op: op, ty: t, mod: cmp.rawValue, flags: flags, sh: sh, mask: mask)
+      var st = t
+      if halfMod != nil {
+        op = packed ? .setpH2 : .setpH
+        st = halfType
+        if packed && isSet { throw unsupported() }
+      }
+      let operandType = packed ? TypeCode.b | 2 : st
+      var i = Instr(op: op, ty: st, mod: cmp.rawValue, flags: flags, sh: sh, mask: mask)
+      if op == .setpH2 { i.e = Slot.sink }
       if mods.contains("and") {
         i.ty2 = 1
       } else if mods.contains("or") {
@@ -416,10 +476,10 @@ struct Lowering {
       case .pair(let p, let q):
         i.d = try predicate(p)
         i.e = try predicate(q)
-      default: i.d = try dest(ops[0])
+      default: i.d = isSet ? temp() : try dest(ops[0])
       }
-      i.a = try source(ops[1], t)
-      i.b = try source(ops[2], t)
+      i.a = try source(ops[1], operandType)
+      i.b = try source(ops[2], operandType)
       if ops.count > 3 {
         switch ops[3] {
         case .not(let p):
@@ -430,6 +490,24 @@ struct Lowering {
       } else if i.ty2 != 0 {
         throw fail(ins.opcode, "a combining predicate")
       }
+      emit(i)
+      if isSet {
+        let dt = types[types.count - 2]
+        let one: UInt64 = TypeCode.kind(dt) == TypeCode.f ? 0x3f80_0000 : 0xffff_ffff
+        emit(Instr(op: .selp, ty: dt, d: try dest(ops[0]), a: constant(one), b: Slot.zero, c: i.d))
+      }
+      return
+
+    case "slct":
+      // slct (PTX ISA §9.7.8.2): d = c >= 0 ? a : b, with c an .s32 or an .f32 (.ftz applies to c).
+      try need(4)
+      guard types.count >= 2 else { throw fail(ins.opcode, "two types") }
+      let dt = types[types.count - 2]
+      var i = Instr(op: TypeCode.kind(t) == TypeCode.f ? .slctF : .slctI, ty: dt, flags: flags)
+      i.d = try dest(ops[0])
+      i.a = try source(ops[1], dt)
+      i.b = try source(ops[2], dt)
+      i.c = try source(ops[3], t)
       return emit(i)
 
     case "selp":
@@ -464,6 +542,25 @@ struct Lowering {
 
     case "cvt":
       try need(2)
+      if mods.contains("satfinite") { throw unsupported() }
+      if let halfMod, halfMod.hasSuffix("x2") {
+        // cvt.rn{.relu}.f16x2.f32 d, a, b (§9.7.9.21): a goes to the high half, b to the low.
+        guard mods.last == "f32", ops.count >= 3 else { throw unsupported() }
+        let f32 = TypeCode.f | 2
+        var halves: [Int32] = []
+        for o in [ops[2], ops[1]] {
+          var i = Instr(op: .cvt, ty: halfType, ty2: f32, flags: flags, sh: 32, mask: 0xffff)
+          i.mod = mods.compactMap { Lowering.roundings[$0] }.first ?? 0
+          i.d = temp()
+          i.a = try source(o, f32)
+          emit(i)
+          halves.append(i.d)
+        }
+        let first = Int32(extra.count)
+        extra += halves
+        return emit(Instr(op: .pack, ty: TypeCode.b | 2, d: try dest(ops[0]), a: first, b: 2))
+      }
+      if packed { throw unsupported() }
       guard types.count >= 2 else { throw fail(ins.opcode, "two types") }
       let (dt, st) = (types[types.count - 2], types[types.count - 1])
       var i = Instr(op: .cvt, ty: dt, ty2: st, flags: flags, mask: TypeCode.mask(dt))
@@ -491,7 +588,7 @@ struct Lowering {
         i.op = toSpace ? .sub : .add
         i.b = Slot.localWindow
       } else if mods.contains("param") {
-        return unsupported()
+        throw unsupported()
       }
       return emit(i)
 
@@ -549,7 +646,7 @@ struct Lowering {
       guard let aop = mods.compactMap({ Lowering.atomics[$0] }).first else {
         throw fail(ins.opcode, "an atomic operation")
       }
-      if TypeCode.bytes(t) < 4 || mods.contains("v2") || mods.contains("v4") { return unsupported() }
+      if TypeCode.bytes(t) < 4 || mods.contains("v2") || mods.contains("v4") { throw unsupported() }
       let generic = !(mods.contains("global") || mods.contains("shared"))
       let kind = try address(ops[isRed ? 0 : 1], generic: generic)
       guard case .register(let s, let off) = kind else { throw fail(ins.opcode, "a global or shared address") }
@@ -567,7 +664,7 @@ struct Lowering {
       return emit(i)
 
     case "bra", "brx":
-      guard base == "bra", case .word(let l)? = ops.first else { return unsupported() }
+      guard base == "bra", case .word(let l)? = ops.first else { throw unsupported() }
       fixups.append((code.count, l, ins.line))
       return emit(Instr(op: .bra))
 
@@ -588,7 +685,7 @@ struct Lowering {
         try need(1)
         return emit(Instr(op: .warpSync, a: try source(ops[0], TypeCode.b | 2)))
       }
-      if mods.contains("red") { return unsupported() }
+      if mods.contains("red") { throw unsupported() }
       try need(1)
       var i = Instr(op: mods.contains("arrive") ? .barArrive : .barSync)
       i.a = try source(ops[0], TypeCode.u | 2)
@@ -628,6 +725,23 @@ struct Lowering {
       i.b = ops.count > 2 ? try source(ops[2], TypeCode.b | 2) : constant(0xffff_ffff)
       return emit(i)
 
+    case "match":
+      // match.any.sync / match.all.sync (PTX ISA §9.7.13.11), .b32 or .b64.
+      try need(3)
+      guard mods.contains("sync"), let mode = ["any", "all"].firstIndex(where: { mods.contains($0) }) else {
+        throw unsupported()
+      }
+      var i = Instr(op: .match, ty: t, mod: UInt8(mode), mask: mask)
+      switch ops[0] {
+      case .pair(let r, let p):
+        i.d = try dest(.word(r))
+        i.e = try predicate(p)
+      default: i.d = try dest(ops[0])
+      }
+      i.a = try source(ops[1], t)
+      i.b = try source(ops[2], TypeCode.b | 2)
+      return emit(i)
+
     case "activemask":
       try need(1)
       return emit(Instr(op: .activemask, d: try dest(ops[0])))
@@ -635,7 +749,7 @@ struct Lowering {
     case "redux":
       try need(3)
       let reduxOps: [String: AtomicOp] = ["add": .add, "min": .min, "max": .max, "and": .and, "or": .or, "xor": .xor]
-      guard let aop = mods.compactMap({ reduxOps[$0] }).first, TypeCode.bits(t) == 32 else { return unsupported() }
+      guard let aop = mods.compactMap({ reduxOps[$0] }).first, TypeCode.bits(t) == 32 else { throw unsupported() }
       var i = Instr(op: .redux, ty: t, mod: aop.rawValue, flags: flags)
       i.d = try dest(ops[0])
       i.a = try source(ops[1], t)
@@ -643,7 +757,7 @@ struct Lowering {
       return emit(i)
 
     default:
-      return unsupported()
+      throw unsupported()
     }
   }
 
@@ -674,8 +788,7 @@ struct Lowering {
       calleeParams = module.paramLayouts[f].params
       calleeReturns = module.paramLayouts[f].returns
     } else if case .reg? = lookup(name) {
-      texts[Int32(code.count)] = "call (indirect)"
-      return emit(Instr(op: .unsupported))
+      throw .unsupported(kernel: function.name, instruction: "call (indirect)", line: ins.line)
     } else {
       throw fail(name, "a declared function")
     }
