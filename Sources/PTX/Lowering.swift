@@ -365,8 +365,23 @@ struct Lowering {
 
     switch base {
     case "add", "sub", "mul", "mad", "div", "rem", "min", "max", "abs", "neg", "and", "or", "xor", "not", "cnot", "shl",
-      "shr", "popc", "clz", "brev", "bfe", "bfi", "prmt", "mul24", "mad24", "shf", "bfind", "addc", "subc", "sad":
+      "shr", "popc", "clz", "brev", "bfe", "bfi", "prmt", "mul24", "mad24", "shf", "bfind", "addc", "subc", "sad",
+      "madc":
       try need(2)
+      if (base == "mad" && mods.contains("cc")) || base == "madc" {
+        // .lo or .hi is required; .wide has no carry form (PTX ISA §9.7.2.3).
+        guard TypeCode.bits(t) >= 32, mods.contains("lo") || mods.contains("hi") else { throw unsupported() }
+        try need(4)
+        let signed = TypeCode.kind(t) == TypeCode.s
+        var i = Instr(
+          op: mods.contains("lo") ? .madCarryLo : (signed ? .madCarryHiS : .madCarryHiU), ty: t, sh: sh, mask: mask)
+        i.flags = (base == "madc" ? Flag.carryIn : 0) | (mods.contains("cc") ? Flag.carryOut : 0)
+        i.d = try dest(ops[0])
+        i.a = try source(ops[1], t)
+        i.b = try source(ops[2], t)
+        i.c = try source(ops[3], t)
+        return emit(i)
+      }
       if mods.contains("cc") || base == "addc" || base == "subc" {
         guard ["add", "sub", "addc", "subc"].contains(base), TypeCode.bits(t) >= 32, !mods.contains("sat") else {
           throw unsupported()

@@ -612,8 +612,12 @@ struct WarpAndFloatInstructionTests {
     selp.u32 %o31, 1, 0, %p7;
     sad.s32 %o32, %xl, %yl, %xh;
     mad24.lo.u32 %o33, %xl, %yl, %xh;
+    mad.lo.cc.u32 %o34, %xl, %yl, %xh;
+    madc.hi.u32 %o35, %xl, %yl, %yh;
+    mad.hi.cc.s32 %o36, %xl, %yl, %xh;
+    madc.lo.cc.u32 %o37, %xh, %yh, %yl;
     """
-  static let outputs = 34
+  static let outputs = 38
 
   static var source: String {
     var s =
@@ -723,6 +727,15 @@ struct WarpAndFloatInstructionTests {
       want += [b(h(xl, 0) < h(yl, 0)), b(h(xl, 16) < h(yl, 16))]
       want.append(UInt32(truncatingIfNeeded: abs(Int64(Int32(bitPattern: xl)) - Int64(Int32(bitPattern: yl)))) &+ xh)
       want.append((xl & 0xff_ffff) &* (yl & 0xff_ffff) &+ xh)
+      // mad.cc / madc (§9.7.2.3-4): a product half plus c plus the carry in, carry out.
+      let p0 = UInt64(xl) * UInt64(yl)
+      let s0 = (p0 & 0xffff_ffff) + UInt64(xh)
+      want.append(UInt32(truncatingIfNeeded: s0))
+      want.append(UInt32(truncatingIfNeeded: (p0 >> 32) + UInt64(yh) + (s0 >> 32)))
+      let ps = UInt64(bitPattern: Int64(Int32(bitPattern: xl)) * Int64(Int32(bitPattern: yl)))
+      let s2 = (ps >> 32) + UInt64(xh)
+      want.append(UInt32(truncatingIfNeeded: s2))
+      want.append(UInt32(truncatingIfNeeded: ((UInt64(xh) * UInt64(yh)) & 0xffff_ffff) + UInt64(yl) + (s2 >> 32)))
       let got = Array(r[i * Self.outputs..<(i + 1) * Self.outputs])
       for k in 0..<Self.outputs {
         // NaN results: any NaN (the engine's are canonical).
