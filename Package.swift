@@ -10,6 +10,11 @@ let package = Package(
     .library(name: "PCI", targets: ["PCI"]),
     .library(name: "VGPU", targets: ["VGPU"]),
     .library(name: "PTX", targets: ["PTX"]),
+    // For Fuzz/ (a package of its own that depends on this one by path): the layers it drives.
+    .library(name: "VGPUProtocol", targets: ["VGPUProtocol"]),
+    .library(name: "VGPUDevice", targets: ["VGPUDevice"]),
+    .library(name: "FatBinary", targets: ["FatBinary"]),
+    .library(name: "DeviceAccess", targets: ["DeviceAccess"]),
     .executable(name: "pcitool", targets: ["pcitool"]),
     .executable(name: "vgpu-mediator", targets: ["vgpu-mediator"]),
     .executable(name: "vgpu-bench", targets: ["vgpu-bench"]),

@@ -96,8 +96,16 @@ int vgpu_recv_fds(int sock, void *data, size_t len, int *fds, int max, int *nfds
       if (*nfds < max) fds[(*nfds)++] = fd; else close(fd);
     }
   }
-  if (n == 0) return -EPIPE;
-  if (n != (ssize_t)len) return -EPROTO;
+  // A short or empty message is refused; the fds that came with it are closed
+  // here, since the caller throws the message away and would leak them.
+  if (n == 0 || n != (ssize_t)len) {
+    for (int i = 0; i < *nfds; i++) {
+      close(fds[i]);
+      fds[i] = -1;
+    }
+    *nfds = 0;
+    return n == 0 ? -EPIPE : -EPROTO;
+  }
   return 0;
 }
 
@@ -105,6 +113,7 @@ int vgpu_recv_fd(int sock, void *data, size_t len, int *fd) {
   int n = 0;
   int rc = vgpu_recv_fds(sock, data, len, fd, 1, &n);
   if (rc != 0) return rc;
+  if (n != 1) *fd = -1;
   return n == 1 ? 0 : -EPROTO;
 }
 

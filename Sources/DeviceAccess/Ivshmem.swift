@@ -173,14 +173,7 @@ public final class IvshmemServer: @unchecked Sendable {
       if fd < 0 { break }
       own.append(fd)
     }
-    let id = peers.withLock { list -> UInt16? in
-      var id: UInt16 = 1
-      while list.contains(where: { $0.id == id }) {
-        if id == UInt16.max { return nil }
-        id += 1
-      }
-      return id
-    }
+    let id = peers.withLock { list in Self.freePeerID(taken: list.map(\.id)) }
     guard let id, own.count == vectors else {
       log("ivshmem: refused a client (no free peer id or eventfds)")
       own.forEach { close($0) }
@@ -188,11 +181,13 @@ public final class IvshmemServer: @unchecked Sendable {
       return
     }
     let others = peers.withLock { $0 }
-    // The order QEMU expects (ivshmem-spec.txt): version, id, shared memory, peers, itself.
-    var ok = send(s, 0) && send(s, Int64(id)) && send(s, -1, fd: sharedMemoryFD)
-    ok = ok && send(s, Int64(Ivshmem.devicePeer), fd: hostEventFD)
-    for other in others { for fd in other.eventFDs where ok { ok = send(s, Int64(other.id), fd: fd) } }
-    for fd in own where ok { ok = send(s, Int64(id), fd: fd) }
+    var ok = true
+    for m in Self.setupMessages(
+      id: id, sharedMemoryFD: sharedMemoryFD, hostEventFD: hostEventFD, others: others.map { ($0.id, $0.eventFDs) },
+      own: own)
+    where ok {
+      ok = send(s, m.value, fd: m.fd)
+    }
     guard ok else {
       log("ivshmem: a client left during set-up")
       own.forEach { close($0) }
@@ -220,6 +215,32 @@ public final class IvshmemServer: @unchecked Sendable {
   private func drop(_ peer: Peer) {
     peer.eventFDs.forEach { close($0) }
     close(peer.socket)
+  }
+
+  /// The lowest peer id not in `taken` (1...65535; 0 is the device's own),
+  /// nil when all are. Pure, so that it can be fuzzed against any pattern of
+  /// guests coming and going (Fuzz/Sources/ivshmem-messages).
+  static func freePeerID(taken: [UInt16]) -> UInt16? {
+    var id: UInt16 = 1
+    while taken.contains(id) {
+      if id == UInt16.max { return nil }
+      id += 1
+    }
+    return id
+  }
+
+  /// What a new guest `id` is sent, in the order QEMU expects
+  /// (ivshmem-spec.txt): version 0, its id, -1 with the shared memory, the
+  /// device's id with its eventfd, each other guest's id once per eventfd,
+  /// and its own id once per eventfd of its own. `fd` is -1 where none goes with it.
+  static func setupMessages(
+    id: UInt16, sharedMemoryFD: Int32, hostEventFD: Int32, others: [(id: UInt16, eventFDs: [Int32])], own: [Int32]
+  ) -> [(value: Int64, fd: Int32)] {
+    var messages: [(value: Int64, fd: Int32)] = [(0, -1), (Int64(id), -1), (-1, sharedMemoryFD)]
+    messages.append((Int64(Ivshmem.devicePeer), hostEventFD))
+    for other in others { for fd in other.eventFDs { messages.append((Int64(other.id), fd)) } }
+    for fd in own { messages.append((Int64(id), fd)) }
+    return messages
   }
 
   /// One protocol message: a little-endian int64, with `fd` attached when ≥ 0.

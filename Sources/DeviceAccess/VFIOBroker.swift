@@ -29,6 +29,32 @@ public enum VFIOBroker {
     var bar0Offset: UInt64
     var vectors: UInt32
     var reserved: UInt32 = 0
+
+    init(offset: UInt64, size: UInt64, pid: UInt32, bar: UInt32, bar0Offset: UInt64, vectors: UInt32) {
+      self.offset = offset
+      self.size = size
+      self.pid = pid
+      self.bar = bar
+      self.bar0Offset = bar0Offset
+      self.vectors = vectors
+    }
+
+    /// The grant in `message` (as another process sent it), checked before
+    /// anything is mapped from it: the BAR asked for, a size that can be
+    /// mapped, a vector count MSI-X allows. Pure, for Fuzz/Sources/vfio-broker-messages.
+    init(decoding message: UnsafeRawBufferPointer, bar: Int, attempted: String) throws(AccessError) {
+      guard message.count == MemoryLayout<Grant>.size else {
+        throw AccessError(
+          .failed, attempted: attempted,
+          found: "the broker sent \(message.count) bytes, not a \(MemoryLayout<Grant>.size)-byte grant")
+      }
+      self = message.loadUnaligned(as: Grant.self)
+      // The grant comes from another process: check it before mapping.
+      guard self.bar == UInt32(truncatingIfNeeded: bar), size > 0, size <= 1 << 40, vectors <= 2048 else {
+        throw AccessError(
+          .failed, attempted: attempted, found: "the broker described BAR \(self.bar) of \(size) bytes")
+      }
+    }
   }
 
   /// What a process gets from the broker.
@@ -79,19 +105,22 @@ public enum VFIOBroker {
         errno: Errno(-sock))
     }
     defer { close(sock) }
-    var grant = Grant(offset: 0, size: 0, pid: 0, bar: 0, bar0Offset: 0, vectors: 0)
+    var message = [UInt8](repeating: 0, count: MemoryLayout<Grant>.size)
     var fd: Int32 = -1
-    let rc = withUnsafeMutableBytes(of: &grant) { vgpu_recv_fd(sock, $0.baseAddress, $0.count, &fd) }
+    let rc = message.withUnsafeMutableBytes { vgpu_recv_fd(sock, $0.baseAddress, $0.count, &fd) }
     guard rc == 0, fd >= 0 else {
       throw AccessError(
         .permissionDenied, attempted: attempted,
         found: "the broker refused or sent nothing (it serves only its own user and root)", errno: Errno(-rc))
     }
-    // The grant comes from another process: check it before mapping.
-    guard grant.bar == UInt32(bar), grant.size > 0, grant.size <= 1 << 40, grant.vectors <= 2048 else {
+    let grant: Grant
+    do throws(AccessError) {
+      grant = try message.withUnsafeBytes { raw in
+        Result { () throws(AccessError) in try Grant(decoding: raw, bar: bar, attempted: attempted) }
+      }.get()
+    } catch {
       close(fd)
-      throw AccessError(
-        .failed, attempted: attempted, found: "the broker described BAR \(grant.bar) of \(grant.size) bytes")
+      throw error
     }
     let p = mmap(nil, Int(grant.size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(Int64(bitPattern: grant.offset)))
     guard let p, p != MAP_FAILED else {

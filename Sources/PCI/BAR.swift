@@ -52,7 +52,13 @@ public struct PCIResource: Sendable, Equatable {
   }
 
   /// Bytes covered; sysfs writes an empty slot as `0x0 0x0 0x0`.
-  public var size: UInt64 { end > start || (end == start && end != 0) ? end - start + 1 : 0 }
+  /// A resource spanning all 2^64 addresses (start 0, end UInt64.max) cannot
+  /// say its size; it reads as UInt64.max rather than trapping (found by Fuzz/pci-config).
+  public var size: UInt64 {
+    guard end > start || (end == start && end != 0) else { return 0 }
+    let (size, overflow) = (end - start).addingReportingOverflow(1)
+    return overflow ? .max : size
+  }
 
   // include/linux/ioport.h
   static let ioresourceIO: UInt64 = 0x0000_0100

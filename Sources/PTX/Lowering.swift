@@ -32,6 +32,9 @@ struct Lowering {
     self.function = function
   }
 
+  /// The largest `%r<N>` a module may declare.
+  static let maxRegisterRange = 1 << 16
+
   func fail(_ token: String, _ expected: String) -> PTXError {
     .parse(line: line, token: token, expected: expected)
   }
@@ -49,6 +52,11 @@ struct Lowering {
     case .reg:
       guard let t = TypeCode.parse(d.type.dropFirst()) else { throw fail(d.type, "a register type") }
       let n = d.rangeCount ?? 1
+      // `%r<N>` from a guest: a negative N trapped here (found by Fuzz/ptx-text); a
+      // huge one would declare registers for minutes. nvcc declares hundreds at most.
+      guard (0...Lowering.maxRegisterRange).contains(n) else {
+        throw fail("<\(n)>", "a register count of 0 to \(Lowering.maxRegisterRange)")
+      }
       for i in 0..<n {
         let name = d.rangeCount == nil ? d.name : d.name + String(i)
         scopes[scopes.count - 1][name] = .reg(nextSlot, t)
