@@ -505,8 +505,8 @@ extension BlockRunner {
       case .trap: throw .trap(i.line)
       case .nop: break
 
-      // Sync points: park (PTX ISA §9.7.13.1 bar/barrier).
-      case .barSync:
+      // Sync points: park (PTX ISA §9.7.13.1 bar/barrier); bar.red brings its predicate.
+      case .barSync, .barRed:
         if n > limit, try checkpoint() {
           suspend()
           return
@@ -514,6 +514,7 @@ extension BlockRunner {
         pc += 1
         st.barrier = UInt8(a & 15)
         st.barrierCount = i.b >= 0 ? UInt32(truncatingIfNeeded: r[Int(i.b)]) : 0
+        st.barrierValue = i.op == .barRed && (r[Int(i.c)] != 0) != (i.flags & Flag.negC != 0) ? 1 : 0
         save(Status.barrier)
         return
       case .barArrive:

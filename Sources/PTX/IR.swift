@@ -33,6 +33,8 @@ enum Op: UInt8 {
   case atomGlobal, atomShared, atomGeneric
   case bra, call, ret, exit, trap, nop
   case barSync, barArrive, warpSync, shfl, vote, activemask, redux, match
+  // bar.red: `mod` 0 popc, 1 and, 2 or; `c` the predicate (negated with `Flag.negC`).
+  case barRed
 }
 
 /// One decoded instruction. 48 bytes, no references: the code array is plain memory.

@@ -685,7 +685,26 @@ struct Lowering {
         try need(1)
         return emit(Instr(op: .warpSync, a: try source(ops[0], TypeCode.b | 2)))
       }
-      if mods.contains("red") { throw unsupported() }
+      if mods.contains("red") {
+        // bar.red.popc.u32 d, a{, b}, {!}c / bar.red.{and,or}.pred p, a{, b}, {!}c (PTX ISA
+        // §9.7.13.1): a CTA barrier that also reduces c over the threads that arrive and gives
+        // every one of them the result (numba's syncthreads_count/_and/_or).
+        try need(3)
+        guard let mode = ["popc", "and", "or"].firstIndex(where: { mods.contains($0) }) else {
+          throw fail(ins.opcode, "a bar.red operation (.popc, .and or .or)")
+        }
+        var i = Instr(op: .barRed, mod: UInt8(mode))
+        i.d = try dest(ops[0])
+        i.a = try source(ops[1], TypeCode.u | 2)
+        i.b = ops.count > 3 ? try source(ops[2], TypeCode.u | 2) : -1
+        switch ops[ops.count - 1] {
+        case .not(let p):
+          i.c = try predicate(p)
+          i.flags |= Flag.negC
+        case let o: i.c = try source(o, TypeCode.pred)
+        }
+        return emit(i)
+      }
       try need(1)
       var i = Instr(op: mods.contains("arrive") ? .barArrive : .barSync)
       i.a = try source(ops[0], TypeCode.u | 2)

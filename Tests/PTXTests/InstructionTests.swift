@@ -508,6 +508,38 @@ struct WarpAndFloatInstructionTests {
     }
   }
 
+  /// __syncthreads_count/_and/_or are bar.red.popc.u32 / bar.red.and.pred / bar.red.or.pred
+  /// (PTX ISA §9.7.13.1; numba's cuda.syncthreads_count/_and/_or): each thread of the block
+  /// gets the reduction over every thread's predicate. Two blocks of 96 threads (3 warps),
+  /// predicates from the input, so the blocks differ.
+  static let barRedSource = #"""
+    extern "C" __global__ void bar_red(const int* v, int* out) {
+      int t = blockIdx.x * blockDim.x + threadIdx.x;
+      int p = v[t];
+      out[3 * t] = __syncthreads_count(p);
+      out[3 * t + 1] = __syncthreads_and(p);
+      out[3 * t + 2] = __syncthreads_or(!p);
+    }
+    """#
+
+  @Test func barrierReductions() throws {
+    let ptx = try Compiler.nvrtc!.ptx(Self.barRedSource, name: "bar_red.cu", compute: 75)
+    for op in ["bar.red.popc.u32", "bar.red.and.pred", "bar.red.or.pred"] {
+      #expect(ptx.contains(op), "NVRTC no longer emits \(op)")
+    }
+    let module = try PTXModule(source: ptx)
+    let mem = TestMemory()
+    // Block 0: every third thread votes yes; block 1: all do.
+    let v: [Int32] = (0..<192).map { t in t < 96 ? (t % 3 == 0 ? 1 : 0) : 5 }
+    let out = mem.alloc(192 * 12)
+    try launch1D(module, mem, "bar_red", 192, [mem.upload(v), out], block: 96)
+    let r = mem.download(out, count: 192 * 3, as: Int32.self)
+    for t in 0..<192 {
+      let want: [Int32] = t < 96 ? [32, 0, 1] : [96, 1, 0]
+      #expect(Array(r[3 * t..<3 * t + 3]) == want, "thread \(t)")
+    }
+  }
+
   static let floatSource = #"""
     extern "C" __global__ void floats(const float* a, const float* b, float* out, int n) {
       int i = blockIdx.x * blockDim.x + threadIdx.x;
