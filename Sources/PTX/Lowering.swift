@@ -493,7 +493,15 @@ struct Lowering {
       emit(i)
       if isSet {
         let dt = types[types.count - 2]
-        let one: UInt64 = TypeCode.kind(dt) == TypeCode.f ? 0x3f80_0000 : 0xffff_ffff
+        // 1.0 in the destination's format (§9.7.4.6 set with an .f16/.bf16 destination, as in
+        // cuda_fp16.hpp's inline assembly), all ones for an integer one.
+        let one: UInt64 =
+          switch (TypeCode.kind(dt), TypeCode.bits(dt)) {
+          case (TypeCode.f, 16): 0x3c00
+          case (TypeCode.bf, _): 0x3f80
+          case (TypeCode.f, _): 0x3f80_0000
+          default: 0xffff_ffff
+          }
         emit(Instr(op: .selp, ty: dt, d: try dest(ops[0]), a: constant(one), b: Slot.zero, c: i.d))
       }
       return

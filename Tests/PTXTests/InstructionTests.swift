@@ -774,6 +774,49 @@ struct WarpAndFloatInstructionTests {
     }
   }
 
+  /// CUDA's cuda_fp16.hpp inline assembly, as numba links it for hexp10 and friends: directives
+  /// without spaces (`.reg.b16`), sibling `{ }` scopes that declare the same names again, and
+  /// `set.eq.f16.f16` (1.0 or 0.0 as an f16) feeding `fma.rn.f16` to patch one input's result.
+  @Test func fp16HeaderInlineAssembly() throws {
+    let src =
+      header + """
+        .visible .entry patch(.param .u64 io)
+        {
+        	.reg .b16 	%rs<3>;
+        	.reg .b64 	%rd<2>;
+        	ld.param.u64 	%rd1, [io];
+        	ld.global.u16 	%rs2, [%rd1];
+        	{.reg.b16         h,r;
+        	 mov.b16         h, %rs2;
+        	 mov.b16         r, %rs2;
+        	{.reg.b16 spc, ulp, p;
+        	  mov.b16 spc,0x34DEU;
+        	  mov.b16 ulp,0x9800U;
+        	  set.eq.f16.f16 p,h, spc;
+        	  fma.rn.f16 r,p,ulp,r;
+        	}
+        	{.reg.b16 spc, ulp, p;
+        	  mov.b16 spc,0x3C00U;
+        	  mov.b16 ulp,0x1400U;
+        	  set.eq.f16.f16 p,h, spc;
+        	  fma.rn.f16 r,p,ulp,r;
+        	}
+        	  mov.b16         %rs1, r;
+        	}
+        	st.global.u16 	[%rd1+2], %rs1;
+        	ret;
+        }
+        """
+    // 0x34DE (about 0.277, f16 ulp 2^-12) gets 0x9800 (-2^-9, 8 ulps) added; 1.0 gets 0x1400
+    // (2^-10, its one ulp), so 0x3C01; anything else stays as it is.
+    for (x, want): (UInt16, UInt16) in [(0x34DE, 0x34DE - 8), (0x3C00, 0x3C01), (0x4000, 0x4000)] {
+      let mem = TestMemory()
+      let io = mem.upload([x, 0])
+      try run(src, "patch", block: PTXDim3(1), args: [io], memory: mem)
+      #expect(mem.download(io, count: 2, as: UInt16.self)[1] == want, "x = \(String(x, radix: 16))")
+    }
+  }
+
   /// An instruction the engine does not run fails the kernel's load (CUDA_ERROR_INVALID_PTX,
   /// naming it and its line) instead of a launch; the module's other kernels still load.
   @Test func unsupportedInstructionFailsTheLoad() throws {
