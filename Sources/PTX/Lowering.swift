@@ -154,6 +154,9 @@ struct Lowering {
         return tmp
       }
       if w.hasPrefix("%envreg") { return Slot.zero }
+      // WARP_SZ: the predefined constant warp size, 32 (PTX ISA §4.4.3 "Predefined
+      // Identifiers"; numba's cuda.warpsize reads it).
+      if w == "WARP_SZ" { return constant(32) }
       if let s = try symbolAddress(w, 0, generic: false) { return s }
       throw fail(w, "a register or symbol")
     case .symbolOffset(let w, let off):

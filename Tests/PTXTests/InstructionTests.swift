@@ -817,6 +817,27 @@ struct WarpAndFloatInstructionTests {
     }
   }
 
+  /// WARP_SZ, the predefined warp-size constant (PTX ISA §4.4.3), as numba's cuda.warpsize emits it.
+  @Test func warpSizeConstant() throws {
+    let src =
+      header + """
+        .visible .entry ws(.param .u64 out)
+        {
+        	.reg .b32 	%r<3>;
+        	.reg .b64 	%rd<2>;
+        	ld.param.u64 	%rd1, [out];
+        	mov.u32 	%r1, WARP_SZ;
+        	add.s32 	%r2, %r1, WARP_SZ;
+        	st.global.v2.u32 	[%rd1], {%r1, %r2};
+        	ret;
+        }
+        """
+    let mem = TestMemory()
+    let out = mem.alloc(8)
+    try run(src, "ws", block: PTXDim3(1), args: [out], memory: mem)
+    #expect(mem.download(out, count: 2, as: UInt32.self) == [32, 64])
+  }
+
   /// An instruction the engine does not run fails the kernel's load (CUDA_ERROR_INVALID_PTX,
   /// naming it and its line) instead of a launch; the module's other kernels still load.
   @Test func unsupportedInstructionFailsTheLoad() throws {
