@@ -368,8 +368,28 @@ struct Lowering {
 
     switch base {
     case "add", "sub", "mul", "mad", "div", "rem", "min", "max", "abs", "neg", "and", "or", "xor", "not", "cnot", "shl",
-      "shr", "popc", "clz", "brev", "bfe", "bfi", "prmt", "mul24", "mad24", "shf", "bfind", "addc", "subc", "sad":
+      "shr", "popc", "clz", "brev", "bfe", "bfi", "prmt", "mul24", "mad24", "shf", "bfind", "addc", "subc", "sad",
+      "madc":
       try need(2)
+      if (base == "mad" && mods.contains("cc")) || base == "madc" {
+        // mad{.lo,.hi}.cc and madc{.lo,.hi}{.cc} (PTX ISA §9.7.2.3-4, multi-word multiplies such as
+        // numba's 128-bit integer division): the product's half, then an add through CC.CF.
+        guard TypeCode.bits(t) >= 32, !mods.contains("wide") else { throw unsupported() }
+        try need(4)
+        let signed = TypeCode.kind(t) == TypeCode.s
+        let hi = mods.contains("hi")
+        let product = temp()
+        emit(
+          Instr(
+            op: hi ? (signed ? .mulHiS : .mulHiU) : .mulLo, ty: t, sh: sh, d: product, a: try source(ops[1], t),
+            b: try source(ops[2], t), mask: mask))
+        var i = Instr(op: .addCarry, ty: t, sh: sh, mask: mask)
+        i.flags = (base == "madc" ? Flag.carryIn : 0) | (mods.contains("cc") ? Flag.carryOut : 0)
+        i.d = try dest(ops[0])
+        i.a = product
+        i.b = try source(ops[3], t)
+        return emit(i)
+      }
       if mods.contains("cc") || base == "addc" || base == "subc" {
         guard ["add", "sub", "addc", "subc"].contains(base), TypeCode.bits(t) >= 32, !mods.contains("sat") else {
           throw unsupported()

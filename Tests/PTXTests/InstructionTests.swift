@@ -817,6 +817,44 @@ struct WarpAndFloatInstructionTests {
     }
   }
 
+  /// mad.lo.cc / madc.hi.cc (PTX ISA §9.7.2.3-4) chained through CC.CF, as numba's 128-bit
+  /// integer arithmetic emits them: (r2:r1:r0) = x·y + (w:z), checked against UInt64 arithmetic.
+  @Test func multiplyAddWithCarry() throws {
+    let src =
+      header + """
+        .visible .entry madcc(.param .u64 in, .param .u64 out)
+        {
+        	.reg .b32 	%r<10>;
+        	.reg .b64 	%rd<6>;
+        	ld.param.u64 	%rd1, [in];
+        	ld.param.u64 	%rd2, [out];
+        	mov.u32 	%r9, %tid.x;
+        	mul.wide.u32 	%rd3, %r9, 16;
+        	add.s64 	%rd4, %rd1, %rd3;
+        	ld.global.v4.u32 	{%r1, %r2, %r3, %r4}, [%rd4];
+        	mad.lo.cc.u32 	%r5, %r1, %r2, %r3;
+        	madc.hi.cc.u32 	%r6, %r1, %r2, %r4;
+        	addc.u32 	%r7, 0, 0;
+        	add.s64 	%rd5, %rd2, %rd3;
+        	st.global.v4.u32 	[%rd5], {%r5, %r6, %r7, %r7};
+        	ret;
+        }
+        """
+    let w = words(64, seed: 5)
+    var input: [UInt32] = []
+    for t in 0..<64 { input += [w[t], w[63 - t], w[(t * 7) % 64], w[(t * 13) % 64]] }
+    let mem = TestMemory()
+    let out = mem.alloc(64 * 16)
+    try run(src, "madcc", block: PTXDim3(64), args: [mem.upload(input), out], memory: mem)
+    let r = mem.download(out, count: 64 * 4, as: UInt32.self)
+    for t in 0..<64 {
+      let (x, y, z, hi) = (input[4 * t], input[4 * t + 1], input[4 * t + 2], input[4 * t + 3])
+      let sum = (UInt64(x) * UInt64(y)).addingReportingOverflow(UInt64(hi) << 32 | UInt64(z))
+      let want = [UInt32(truncatingIfNeeded: sum.partialValue), UInt32(sum.partialValue >> 32), sum.overflow ? 1 : 0]
+      #expect(Array(r[4 * t..<4 * t + 3]) == want, "x=\(x) y=\(y) z=\(z) w=\(hi)")
+    }
+  }
+
   /// WARP_SZ, the predefined warp-size constant (PTX ISA §4.4.3), as numba's cuda.warpsize emits it.
   @Test func warpSizeConstant() throws {
     let src =
