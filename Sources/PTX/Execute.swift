@@ -224,26 +224,6 @@ extension BlockRunner {
         }
         r[d] = v
         if i.flags & Flag.carryOut != 0 { r[Int(Slot.carry)] = out ? 1 : 0 }
-      case .madCarryLo, .madCarryHiU, .madCarryHiS:
-        let product: UInt64
-        if i.op == .madCarryLo {
-          product = a &* b
-        } else if i.sh == 0 {
-          product =
-            i.op == .madCarryHiU
-            ? a.multipliedFullWidth(by: b).high
-            : UInt64(bitPattern: Int64(bitPattern: a).multipliedFullWidth(by: Int64(bitPattern: b)).high)
-        } else if i.op == .madCarryHiU {
-          let m = ~UInt64(0) >> UInt64(i.sh)
-          product = ((a & m) &* (b & m)) >> UInt64(64 - i.sh)
-        } else {
-          product = UInt64(bitPattern: (sext(a, i.sh) &* sext(b, i.sh)) >> Int64(64 - i.sh))
-        }
-        let cin = i.flags & Flag.carryIn != 0 ? r[Int(Slot.carry)] & 1 : 0
-        let (s1, o1) = (product & i.mask).addingReportingOverflow(r[Int(i.c)] & i.mask)
-        let (s2, o2) = s1.addingReportingOverflow(cin)
-        r[d] = s2 & i.mask
-        if i.flags & Flag.carryOut != 0 { r[Int(Slot.carry)] = (i.sh == 0 ? o1 || o2 : s2 > i.mask) ? 1 : 0 }
       case .sadU:
         let (x, y) = (a & i.mask, b & i.mask)
         r[d] = ((x > y ? x - y : y - x) &+ r[Int(i.c)]) & i.mask
@@ -525,8 +505,8 @@ extension BlockRunner {
       case .trap: throw .trap(i.line)
       case .nop: break
 
-      // Sync points: park (PTX ISA §9.7.13.1 bar/barrier).
-      case .barSync:
+      // Sync points: park (PTX ISA §9.7.13.1 bar/barrier); bar.red brings its predicate.
+      case .barSync, .barRed:
         if n > limit, try checkpoint() {
           suspend()
           return
@@ -534,6 +514,7 @@ extension BlockRunner {
         pc += 1
         st.barrier = UInt8(a & 15)
         st.barrierCount = i.b >= 0 ? UInt32(truncatingIfNeeded: r[Int(i.b)]) : 0
+        st.barrierValue = i.op == .barRed && (r[Int(i.c)] != 0) != (i.flags & Flag.negC != 0) ? 1 : 0
         save(Status.barrier)
         return
       case .barArrive:

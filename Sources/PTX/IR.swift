@@ -14,9 +14,6 @@ enum Op: UInt8 {
   // Extended precision (PTX ISA §9.7.2): the carry flag lives in `Slot.carry`; `flags` says
   // whether the carry is read (`Flag.carryIn`: addc/subc) and written (`Flag.carryOut`: .cc).
   case addCarry, subCarry
-  // mad{c}.{lo,hi}{.cc} (§9.7.2.3, §9.7.2.4): the product's low or high half plus c (plus
-  // CC.CF for madc), carry out with .cc — multi-word multiplies (numba's 64-bit arithmetic).
-  case madCarryLo, madCarryHiU, madCarryHiS
   // slct (§9.7.8.2): `d = c >= 0 ? a : b` with `c` an s32 or an f32.
   case slctI, slctF
   // f32 (bits in the low half) and f64 (`flags`: ftz, sat, nanProp).
@@ -36,6 +33,8 @@ enum Op: UInt8 {
   case atomGlobal, atomShared, atomGeneric
   case bra, call, ret, exit, trap, nop
   case barSync, barArrive, warpSync, shfl, vote, activemask, redux, match
+  // bar.red: `mod` 0 popc, 1 and, 2 or; `c` the predicate (negated with `Flag.negC`).
+  case barRed
 }
 
 /// One decoded instruction. 48 bytes, no references: the code array is plain memory.

@@ -12,6 +12,8 @@ struct ThreadState {
   var frame: Int32 = 0  // slot offset of the current frame in the thread's stack
   var status: UInt8 = 0  // Status.*
   var barrier: UInt8 = 0
+  /// What this thread brings to a bar.red (its predicate, 0 or 1).
+  var barrierValue: UInt8 = 0
   var barrierCount: UInt32 = 0
   var x: UInt32 = 0
   var y: UInt32 = 0
@@ -337,7 +339,22 @@ struct BlockRunner {
       if waiting == 0 { continue }
       let expected = count > 0 ? Swift.min(count, live + arrivals[id]) : live
       if waiting + arrivals[id] >= expected {
+        // bar.red: every waiting thread brought its predicate; each gets the reduction
+        // (PTX ISA §9.7.13.1: the result is the same in all threads of the barrier).
+        var votes = 0
         for t in 0..<nthreads where threads[t].status == Status.barrier && threads[t].barrier == id {
+          votes += Int(threads[t].barrierValue)
+        }
+        for t in 0..<nthreads where threads[t].status == Status.barrier && threads[t].barrier == id {
+          let ins = funcs[Int(threads[t].fn)].code[Int(threads[t].pc - 1)]
+          if ins.op == .barRed {
+            laneRegs(t)[Int(ins.d)] =
+              switch ins.mod {
+              case 0: UInt64(votes)
+              case 1: votes == waiting ? 1 : 0
+              default: votes > 0 ? 1 : 0
+              }
+          }
           threads[t].status = Status.ready
         }
         arrivals[id] = 0

@@ -96,6 +96,13 @@ struct Lexer {
           skipLine()
           continue
         }
+        // Directives written without a space between them, `.reg.b16 h;` as CUDA's fp16
+        // headers' inline assembly does, are separate words (PTX ISA §4.3: a directive is a
+        // dot-prefixed keyword); instruction words (`ld.global.u32`) do not start with a dot.
+        if text.utf8.first == 46, text.utf8.dropFirst().contains(46) {
+          for part in text.split(separator: ".") { tokens.append(Token(kind: .word, text: "." + part, line: line)) }
+          continue
+        }
         tokens.append(Token(kind: .word, text: text, line: line))
         continue
       }

@@ -162,6 +162,9 @@ struct Lowering {
         return tmp
       }
       if w.hasPrefix("%envreg") { return Slot.zero }
+      // WARP_SZ: the predefined constant warp size, 32 (PTX ISA §4.4.3 "Predefined
+      // Identifiers"; numba's cuda.warpsize reads it).
+      if w == "WARP_SZ" { return constant(32) }
       if let s = try symbolAddress(w, 0, generic: false) { return s }
       throw fail(w, "a register or symbol")
     case .symbolOffset(let w, let off):
@@ -377,17 +380,22 @@ struct Lowering {
       "madc":
       try need(2)
       if (base == "mad" && mods.contains("cc")) || base == "madc" {
-        // .lo or .hi is required; .wide has no carry form (PTX ISA §9.7.2.3).
-        guard TypeCode.bits(t) >= 32, mods.contains("lo") || mods.contains("hi") else { throw unsupported() }
+        // mad{.lo,.hi}.cc and madc{.lo,.hi}{.cc} (PTX ISA §9.7.2.3-4, multi-word multiplies such as
+        // numba's 128-bit integer division): the product's half, then an add through CC.CF.
+        guard TypeCode.bits(t) >= 32, !mods.contains("wide") else { throw unsupported() }
         try need(4)
         let signed = TypeCode.kind(t) == TypeCode.s
-        var i = Instr(
-          op: mods.contains("lo") ? .madCarryLo : (signed ? .madCarryHiS : .madCarryHiU), ty: t, sh: sh, mask: mask)
+        let hi = mods.contains("hi")
+        let product = temp()
+        emit(
+          Instr(
+            op: hi ? (signed ? .mulHiS : .mulHiU) : .mulLo, ty: t, sh: sh, d: product, a: try source(ops[1], t),
+            b: try source(ops[2], t), mask: mask))
+        var i = Instr(op: .addCarry, ty: t, sh: sh, mask: mask)
         i.flags = (base == "madc" ? Flag.carryIn : 0) | (mods.contains("cc") ? Flag.carryOut : 0)
         i.d = try dest(ops[0])
-        i.a = try source(ops[1], t)
-        i.b = try source(ops[2], t)
-        i.c = try source(ops[3], t)
+        i.a = product
+        i.b = try source(ops[3], t)
         return emit(i)
       }
       if mods.contains("cc") || base == "addc" || base == "subc" {
@@ -516,7 +524,15 @@ struct Lowering {
       emit(i)
       if isSet {
         let dt = types[types.count - 2]
-        let one: UInt64 = TypeCode.kind(dt) == TypeCode.f ? 0x3f80_0000 : 0xffff_ffff
+        // 1.0 in the destination's format (§9.7.4.6 set with an .f16/.bf16 destination, as in
+        // cuda_fp16.hpp's inline assembly), all ones for an integer one.
+        let one: UInt64 =
+          switch (TypeCode.kind(dt), TypeCode.bits(dt)) {
+          case (TypeCode.f, 16): 0x3c00
+          case (TypeCode.bf, _): 0x3f80
+          case (TypeCode.f, _): 0x3f80_0000
+          default: 0xffff_ffff
+          }
         emit(Instr(op: .selp, ty: dt, d: try dest(ops[0]), a: constant(one), b: Slot.zero, c: i.d))
       }
       return
@@ -708,7 +724,26 @@ struct Lowering {
         try need(1)
         return emit(Instr(op: .warpSync, a: try source(ops[0], TypeCode.b | 2)))
       }
-      if mods.contains("red") { throw unsupported() }
+      if mods.contains("red") {
+        // bar.red.popc.u32 d, a{, b}, {!}c / bar.red.{and,or}.pred p, a{, b}, {!}c (PTX ISA
+        // §9.7.13.1): a CTA barrier that also reduces c over the threads that arrive and gives
+        // every one of them the result (numba's syncthreads_count/_and/_or).
+        try need(3)
+        guard let mode = ["popc", "and", "or"].firstIndex(where: { mods.contains($0) }) else {
+          throw fail(ins.opcode, "a bar.red operation (.popc, .and or .or)")
+        }
+        var i = Instr(op: .barRed, mod: UInt8(mode))
+        i.d = try dest(ops[0])
+        i.a = try source(ops[1], TypeCode.u | 2)
+        i.b = ops.count > 3 ? try source(ops[2], TypeCode.u | 2) : -1
+        switch ops[ops.count - 1] {
+        case .not(let p):
+          i.c = try predicate(p)
+          i.flags |= Flag.negC
+        case let o: i.c = try source(o, TypeCode.pred)
+        }
+        return emit(i)
+      }
       try need(1)
       var i = Instr(op: mods.contains("arrive") ? .barArrive : .barSync)
       i.a = try source(ops[0], TypeCode.u | 2)

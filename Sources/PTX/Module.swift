@@ -114,7 +114,12 @@ public final class PTXModule: @unchecked Sendable {
     for v in syntax.variables {
       switch v.space {
       case .global, .const:
-        if ctx.globalIndex[v.name] != nil { continue }
+        if let i = ctx.globalIndex[v.name] {
+          // A definition wins over an `.extern` declaration of the same name, in either order:
+          // cuLinkComplete joins several PTX inputs into one text (PTX ISA §11.3 ".extern").
+          if globals[i].isExtern && !v.isExtern { globals[i] = try PTXModule.globalVariable(v) }
+          continue
+        }
         ctx.globalIndex[v.name] = globals.count
         globals.append(try PTXModule.globalVariable(v))
       case .shared:

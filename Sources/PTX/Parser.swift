@@ -75,14 +75,17 @@ struct Parser {
         guard case .float64(let bits) = tok.kind else { throw fail("a version number such as 8.8") }
         let text = next().text
         let parts = text.split(separator: ".")
-        m.version = (Int(parts.first ?? "") ?? 0, parts.count > 1 ? Int(parts[1]) ?? 0 : 0)
+        // Several inputs joined by cuLinkComplete bring one `.version` each: the newest counts.
+        let v = (Int(parts.first ?? "") ?? 0, parts.count > 1 ? Int(parts[1]) ?? 0 : 0)
+        if !sawVersion || v > m.version { m.version = v }
         _ = bits
         sawVersion = true
       case ".target":
         _ = next()
         var targets: [String] = []
         repeat { targets.append(try word("a target")) } while accept(",")
-        m.target = targets.first ?? ""
+        // The first input's target (the kernel's own, when cuLinkComplete joined several).
+        if m.target.isEmpty { m.target = targets.first ?? "" }
       case ".address_size":
         _ = next()
         m.addressSize = try integer("32 or 64")

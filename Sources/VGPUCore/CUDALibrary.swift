@@ -614,6 +614,16 @@ func addLinkInput(
   }
 }
 
+/// A CUjitInputType's name, for messages.
+func linkInputKind(_ type: Int32) -> String {
+  switch type {
+  case CU_JIT_INPUT_CUBIN: "cubin"
+  case CU_JIT_INPUT_PTX: "PTX"
+  case CU_JIT_INPUT_FATBINARY: "fatbin"
+  default: "CUjitInputType \(type)"
+  }
+}
+
 /// Writes `line` to the state's error log, says it on stderr, and answers NOT_SUPPORTED.
 func linkRefusal(_ call: StaticString, _ state: UnsafeMutableRawPointer?, _ line: String) -> Int32 {
   let log = cudaObjects.withLock { o in o.links[handleKey(state)].map { ($0.errorLog, $0.errorLogSize) } }
@@ -657,8 +667,14 @@ public func vgpucore_cuLinkAddFile_v2(
 }
 
 /// cuLinkComplete(CUlinkState state, void **cubinOut, size_t *sizeOut): the
-/// one input, PTX NUL-terminated, owned by the state until cuLinkDestroy.
-/// Several inputs would need a real linker: CUDA_ERROR_NOT_SUPPORTED.
+/// image, owned by the state until cuLinkDestroy. One input is handed back
+/// as it is (PTX NUL-terminated). Several PTX inputs (numba's kernel plus
+/// the PTX or CUDA C++ of `link=[...]`, which numba compiles to PTX with
+/// NVRTC) are joined into one PTX text: the device's PTX engine resolves a
+/// `.extern .func` declaration against the definition another input brings
+/// (PTX ISA §11.3 "Linking Directives": .extern names a symbol defined
+/// elsewhere, .visible makes it so). Several inputs of which one is a cubin
+/// or fatbin would need a real device linker: CUDA_ERROR_NOT_SUPPORTED.
 @_cdecl("vgpucore_cuLinkComplete")
 public func vgpucore_cuLinkComplete(
   _ state: UnsafeMutableRawPointer?, _ cubin: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
@@ -672,18 +688,31 @@ public func vgpucore_cuLinkComplete(
     size.pointee = output.count
     return CUDA_SUCCESS
   }
-  guard record.inputs.count == 1, let input = record.inputs.first else {
+  guard let input = record.inputs.first else {
+    return linkRefusal("cuLinkComplete", state, "nothing was added to link")
+  }
+  guard record.inputs.count == 1 || record.inputs.allSatisfy({ $0.type == CU_JIT_INPUT_PTX }) else {
     return linkRefusal(
       "cuLinkComplete", state,
-      record.inputs.isEmpty
-        ? "nothing was added to link"
-        : "\(record.inputs.count) inputs (\(record.inputs.map(\.name).joined(separator: ", "))) cannot be linked "
-          + "into one image here: this virtual GPU links a single PTX, cubin or fatbin input only")
+      "\(record.inputs.count) inputs (\(record.inputs.map { "\($0.name): \(linkInputKind($0.type))" }.joined(separator: ", "))) "
+        + "cannot be linked into one image here: this virtual GPU links several inputs only when all of them are "
+        + "PTX (a cubin or fatbin needs the device's linker); add PTX instead")
   }
-  var bytes = input.bytes
-  if input.type == CU_JIT_INPUT_PTX {
-    // Up to the first NUL, then exactly one.
-    if let nul = bytes.firstIndex(of: 0) { bytes.removeSubrange(nul...) }
+  var bytes: [UInt8] = []
+  if record.inputs.count == 1 {
+    bytes = input.bytes
+    // PTX up to the first NUL, then exactly one.
+    if input.type == CU_JIT_INPUT_PTX {
+      if let nul = bytes.firstIndex(of: 0) { bytes.removeSubrange(nul...) }
+      bytes.append(0)
+    }
+  } else {
+    for ptx in record.inputs {
+      // Each text up to its first NUL, a newline between them, then exactly one NUL.
+      let text = ptx.bytes.firstIndex(of: 0).map { ptx.bytes[..<$0] } ?? ptx.bytes[...]
+      bytes += text
+      bytes.append(0x0a)
+    }
     bytes.append(0)
   }
   let output = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)

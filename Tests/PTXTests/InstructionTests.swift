@@ -508,6 +508,38 @@ struct WarpAndFloatInstructionTests {
     }
   }
 
+  /// __syncthreads_count/_and/_or are bar.red.popc.u32 / bar.red.and.pred / bar.red.or.pred
+  /// (PTX ISA §9.7.13.1; numba's cuda.syncthreads_count/_and/_or): each thread of the block
+  /// gets the reduction over every thread's predicate. Two blocks of 96 threads (3 warps),
+  /// predicates from the input, so the blocks differ.
+  static let barRedSource = #"""
+    extern "C" __global__ void bar_red(const int* v, int* out) {
+      int t = blockIdx.x * blockDim.x + threadIdx.x;
+      int p = v[t];
+      out[3 * t] = __syncthreads_count(p);
+      out[3 * t + 1] = __syncthreads_and(p);
+      out[3 * t + 2] = __syncthreads_or(!p);
+    }
+    """#
+
+  @Test func barrierReductions() throws {
+    let ptx = try Compiler.nvrtc!.ptx(Self.barRedSource, name: "bar_red.cu", compute: 75)
+    for op in ["bar.red.popc.u32", "bar.red.and.pred", "bar.red.or.pred"] {
+      #expect(ptx.contains(op), "NVRTC no longer emits \(op)")
+    }
+    let module = try PTXModule(source: ptx)
+    let mem = TestMemory()
+    // Block 0: every third thread votes yes; block 1: all do.
+    let v: [Int32] = (0..<192).map { t in t < 96 ? (t % 3 == 0 ? 1 : 0) : 5 }
+    let out = mem.alloc(192 * 12)
+    try launch1D(module, mem, "bar_red", 192, [mem.upload(v), out], block: 96)
+    let r = mem.download(out, count: 192 * 3, as: Int32.self)
+    for t in 0..<192 {
+      let want: [Int32] = t < 96 ? [32, 0, 1] : [96, 1, 0]
+      #expect(Array(r[3 * t..<3 * t + 3]) == want, "thread \(t)")
+    }
+  }
+
   static let floatSource = #"""
     extern "C" __global__ void floats(const float* a, const float* b, float* out, int n) {
       int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -753,6 +785,108 @@ struct WarpAndFloatInstructionTests {
         #expect(same, "misc[\(k)] x=\(String(x, radix: 16)) y=\(String(y, radix: 16)): \(String(got[k], radix: 16))")
       }
     }
+  }
+
+  /// CUDA's cuda_fp16.hpp inline assembly, as numba links it for hexp10 and friends: directives
+  /// without spaces (`.reg.b16`), sibling `{ }` scopes that declare the same names again, and
+  /// `set.eq.f16.f16` (1.0 or 0.0 as an f16) feeding `fma.rn.f16` to patch one input's result.
+  @Test func fp16HeaderInlineAssembly() throws {
+    let src =
+      header + """
+        .visible .entry patch(.param .u64 io)
+        {
+        	.reg .b16 	%rs<3>;
+        	.reg .b64 	%rd<2>;
+        	ld.param.u64 	%rd1, [io];
+        	ld.global.u16 	%rs2, [%rd1];
+        	{.reg.b16         h,r;
+        	 mov.b16         h, %rs2;
+        	 mov.b16         r, %rs2;
+        	{.reg.b16 spc, ulp, p;
+        	  mov.b16 spc,0x34DEU;
+        	  mov.b16 ulp,0x9800U;
+        	  set.eq.f16.f16 p,h, spc;
+        	  fma.rn.f16 r,p,ulp,r;
+        	}
+        	{.reg.b16 spc, ulp, p;
+        	  mov.b16 spc,0x3C00U;
+        	  mov.b16 ulp,0x1400U;
+        	  set.eq.f16.f16 p,h, spc;
+        	  fma.rn.f16 r,p,ulp,r;
+        	}
+        	  mov.b16         %rs1, r;
+        	}
+        	st.global.u16 	[%rd1+2], %rs1;
+        	ret;
+        }
+        """
+    // 0x34DE (about 0.277, f16 ulp 2^-12) gets 0x9800 (-2^-9, 8 ulps) added; 1.0 gets 0x1400
+    // (2^-10, its one ulp), so 0x3C01; anything else stays as it is.
+    for (x, want): (UInt16, UInt16) in [(0x34DE, 0x34DE - 8), (0x3C00, 0x3C01), (0x4000, 0x4000)] {
+      let mem = TestMemory()
+      let io = mem.upload([x, 0])
+      try run(src, "patch", block: PTXDim3(1), args: [io], memory: mem)
+      #expect(mem.download(io, count: 2, as: UInt16.self)[1] == want, "x = \(String(x, radix: 16))")
+    }
+  }
+
+  /// mad.lo.cc / madc.hi.cc (PTX ISA §9.7.2.3-4) chained through CC.CF, as numba's 128-bit
+  /// integer arithmetic emits them: (r2:r1:r0) = x·y + (w:z), checked against UInt64 arithmetic.
+  @Test func multiplyAddWithCarry() throws {
+    let src =
+      header + """
+        .visible .entry madcc(.param .u64 in, .param .u64 out)
+        {
+        	.reg .b32 	%r<10>;
+        	.reg .b64 	%rd<6>;
+        	ld.param.u64 	%rd1, [in];
+        	ld.param.u64 	%rd2, [out];
+        	mov.u32 	%r9, %tid.x;
+        	mul.wide.u32 	%rd3, %r9, 16;
+        	add.s64 	%rd4, %rd1, %rd3;
+        	ld.global.v4.u32 	{%r1, %r2, %r3, %r4}, [%rd4];
+        	mad.lo.cc.u32 	%r5, %r1, %r2, %r3;
+        	madc.hi.cc.u32 	%r6, %r1, %r2, %r4;
+        	addc.u32 	%r7, 0, 0;
+        	add.s64 	%rd5, %rd2, %rd3;
+        	st.global.v4.u32 	[%rd5], {%r5, %r6, %r7, %r7};
+        	ret;
+        }
+        """
+    let w = words(64, seed: 5)
+    var input: [UInt32] = []
+    for t in 0..<64 { input += [w[t], w[63 - t], w[(t * 7) % 64], w[(t * 13) % 64]] }
+    let mem = TestMemory()
+    let out = mem.alloc(64 * 16)
+    try run(src, "madcc", block: PTXDim3(64), args: [mem.upload(input), out], memory: mem)
+    let r = mem.download(out, count: 64 * 4, as: UInt32.self)
+    for t in 0..<64 {
+      let (x, y, z, hi) = (input[4 * t], input[4 * t + 1], input[4 * t + 2], input[4 * t + 3])
+      let sum = (UInt64(x) * UInt64(y)).addingReportingOverflow(UInt64(hi) << 32 | UInt64(z))
+      let want = [UInt32(truncatingIfNeeded: sum.partialValue), UInt32(sum.partialValue >> 32), sum.overflow ? 1 : 0]
+      #expect(Array(r[4 * t..<4 * t + 3]) == want, "x=\(x) y=\(y) z=\(z) w=\(hi)")
+    }
+  }
+
+  /// WARP_SZ, the predefined warp-size constant (PTX ISA §4.4.3), as numba's cuda.warpsize emits it.
+  @Test func warpSizeConstant() throws {
+    let src =
+      header + """
+        .visible .entry ws(.param .u64 out)
+        {
+        	.reg .b32 	%r<3>;
+        	.reg .b64 	%rd<2>;
+        	ld.param.u64 	%rd1, [out];
+        	mov.u32 	%r1, WARP_SZ;
+        	add.s32 	%r2, %r1, WARP_SZ;
+        	st.global.v2.u32 	[%rd1], {%r1, %r2};
+        	ret;
+        }
+        """
+    let mem = TestMemory()
+    let out = mem.alloc(8)
+    try run(src, "ws", block: PTXDim3(1), args: [out], memory: mem)
+    #expect(mem.download(out, count: 2, as: UInt32.self) == [32, 64])
   }
 
   /// An instruction the engine does not run fails the kernel's load (CUDA_ERROR_INVALID_PTX,

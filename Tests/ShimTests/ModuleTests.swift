@@ -27,7 +27,7 @@ import Testing
       for expected in [
         "cuLaunchKernelEx: thread block clusters (2×1×1) are not supported",
         "cuLibraryGetManaged is not supported",
-        "cuLinkComplete: 2 inputs (a.ptx, b.ptx) cannot be linked",
+        "cuLinkComplete: 2 inputs (a.ptx: PTX, b.cubin: cubin) cannot be linked",
         "cuLinkAddData: input 'c.o' is of CUjitInputType 3",
       ] {
         #expect(r.stderrLines.contains { $0.contains(expected) }, "no line with '\(expected)': \(r)")

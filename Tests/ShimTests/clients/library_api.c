@@ -5,7 +5,8 @@
  * (cuda.h allows the cast), cuKernelGetFunction, the parameter layout walked
  * with cuFuncGetParamInfo until CUDA_ERROR_INVALID_VALUE, attributes,
  * occupancy, cuLaunchKernel / cuLaunchKernelEx / cuLaunchCooperativeKernel,
- * cuLink* with one PTX input, and the handles dying with their library.
+ * cuLink* with one PTX input and with two (a call across them), and the
+ * handles dying with their library.
  *
  * Prints "FAIL line N: ..." for every failed check, then "ok <n> checks". */
 #include <stdint.h>
@@ -70,6 +71,7 @@ CUresult cuKernelGetParamInfo(CUkernel, size_t, size_t *, size_t *);
 CUresult cuKernelGetParamCount(CUkernel, size_t *);
 CUresult cuModuleGetFunction(CUfunction *, CUmodule, const char *);
 CUresult cuModuleLoadData(CUmodule *, const void *);
+CUresult cuModuleUnload(CUmodule);
 CUresult cuFuncGetParamInfo(CUfunction, size_t, size_t *, size_t *);
 CUresult cuFuncGetParamCount(CUfunction, size_t *);
 CUresult cuFuncGetAttribute(int *, int, CUfunction);
@@ -294,13 +296,51 @@ int main(void) {
   OK(cuLinkDestroy(link));
   IS(cuLinkDestroy(link), 400);
 
-  /* Two inputs need a linker this driver does not have. */
+  /* Two PTX inputs (numba's kernel and a `link=[...]` file): the kernel calls a
+   * function only the second defines, declared .extern in the first. Linked,
+   * loaded and launched, it gives twice its argument. */
+  static const char caller[] =
+      ".version 7.5\n.target sm_75\n.address_size 64\n"
+      ".extern .func (.param .b32 ret) twice(.param .b32 x);\n"
+      ".visible .entry use_twice(.param .u64 out, .param .u32 x)\n{\n"
+      "  .reg .b32 %r<4>;\n  .reg .b64 %rd<2>;\n"
+      "  ld.param.u64 %rd1, [out];\n  ld.param.u32 %r1, [x];\n"
+      "  { .param .b32 p0; st.param.b32 [p0], %r1; .param .b32 r0;\n"
+      "    call.uni (r0), twice, (p0); ld.param.b32 %r2, [r0]; }\n"
+      "  st.global.u32 [%rd1], %r2;\n  ret;\n}\n";
+  static const char callee[] =
+      ".version 6.4\n.target sm_52\n.address_size 64\n"
+      ".visible .func (.param .b32 ret) twice(.param .b32 x)\n{\n"
+      "  .reg .b32 %r<3>;\n  ld.param.u32 %r1, [x];\n  shl.b32 %r2, %r1, 1;\n"
+      "  st.param.b32 [ret], %r2;\n  ret;\n}\n";
+  values[3] = (void *)(uintptr_t)sizeof errorLog;
+  OK(cuLinkCreate_v2(4, options, values, &link));
+  OK(cuLinkAddData_v2(link, 1, (void *)caller, sizeof caller, "a.ptx", 0, NULL, NULL));
+  OK(cuLinkAddData_v2(link, 1, (void *)callee, strlen(callee), "b.ptx", 0, NULL, NULL));
+  OK(cuLinkComplete(link, &cubin, &cubinSize));
+  EXPECT(cubin && cubinSize == strlen(caller) + strlen(callee) + 3 && strlen(cubin) == cubinSize - 1,
+         "one NUL-terminated PTX of %zu bytes", cubinSize);
+  CUmodule two;
+  CUfunction useTwice;
+  OK(cuModuleLoadData(&two, cubin));
+  OK(cuModuleGetFunction(&useTwice, two, "use_twice"));
+  unsigned x = 21, got = 0;
+  void *twiceArgs[] = {&d, &x};
+  OK(cuLaunchKernel(useTwice, 1, 1, 1, 1, 1, 1, 0, NULL, twiceArgs, NULL));
+  OK(cuMemcpyDtoH_v2(&got, d, sizeof got));
+  EXPECT(got == 42, "the kernel called the other input's function: %u", got);
+  OK(cuModuleUnload(two));
+  OK(cuLinkDestroy(link));
+
+  /* PTX with a cubin needs a device linker this driver does not have. (The
+   * successful link wrote the log sizes back as 0.) */
+  values[1] = (void *)(uintptr_t)sizeof infoLog;
   values[3] = (void *)(uintptr_t)sizeof errorLog;
   OK(cuLinkCreate_v2(4, options, values, &link));
   OK(cuLinkAddData_v2(link, 1, (void *)ptx, sizeof ptx, "a.ptx", 0, NULL, NULL));
-  OK(cuLinkAddData_v2(link, 1, (void *)ptx, sizeof ptx, "b.ptx", 0, NULL, NULL));
+  OK(cuLinkAddData_v2(link, 0, (void *)ptx, sizeof ptx, "b.cubin", 0, NULL, NULL));
   IS(cuLinkComplete(link, &cubin, &cubinSize), 801);
-  EXPECT(strstr(errorLog, "a.ptx, b.ptx") != NULL, "the error log says why: %s", errorLog);
+  EXPECT(strstr(errorLog, "a.ptx: PTX, b.cubin: cubin") != NULL, "the error log says why: %s", errorLog);
   IS(cuLinkAddData_v2(link, 3, (void *)ptx, sizeof ptx, "c.o", 0, NULL, NULL), 801);
   OK(cuLinkDestroy(link));
 
