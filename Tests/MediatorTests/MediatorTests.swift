@@ -115,6 +115,39 @@ import VGPUProtocol
     #expect(Date().timeIntervalSince(killed) < 1.5)
   }
 
+  /// A killed mediator whose parent has not reaped it yet is a zombie,
+  /// which kill(pid, 0) still finds: the client notices it anyway.
+  @Test func aKilledMediatorNotYetReapedIsNoticed() throws {
+    let path = "/dev/shm/vgpu-zombie-\(getpid())"
+    unlink(path)
+    defer { unlink(path) }
+    // Spawned directly, so nothing reaps it until this test does.
+    let binary = MediatorProcess.binaries.appendingPathComponent("vgpu-mediator").path
+    let argv = [binary, "--path", path, "--memory", "1G", "--log-level", "error"]
+    var pid: pid_t = 0
+    var cArgs = argv.map { strdup($0) } + [nil]
+    defer { for p in cArgs { free(p) } }
+    try #require(posix_spawn(&pid, binary, nil, nil, &cArgs, environ) == 0)
+    var reaped = false
+    defer {
+      if !reaped {
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+      }
+    }
+    let deadline = Date().addingTimeInterval(10)
+    while (try? Device.open("shm:\(path)")) == nil && Date() < deadline { usleep(50_000) }
+    let client = try ClientProcess("vgpu-test-client", ["loop", "shm:\(path)", "\(32 << 20)", "0", "1"])
+    #expect(client.waitFor("ready", seconds: 20) != nil)
+    kill(pid, SIGKILL)
+    let error = client.waitFor("error", seconds: 5)
+    #expect(error?.contains("has exited") == true, "\(client.output)")
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    reaped = true
+  }
+
   @Test func aSecondMediatorOnTheSameFileIsRefused() throws {
     let first = try MediatorProcess()
     let second = Process()
