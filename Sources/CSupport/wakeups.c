@@ -2,6 +2,9 @@
 #include "CSupport.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -51,4 +54,24 @@ int vgpu_pidfd_open(int pid) {
   (void)pid;
   return -ENOSYS;
 #endif
+}
+
+// 1 when `pid` has exited and waits to be reaped (state Z or X in
+// /proc/PID/stat, proc(5)), else 0. Allocates nothing: a guest reads it
+// while it sleeps for a completion.
+int vgpu_process_is_zombie(int pid) {
+  char path[32];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buffer[128];
+  ssize_t n = read(fd, buffer, sizeof buffer - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buffer[n] = 0;
+  // "pid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ')'.
+  char *close_paren = strrchr(buffer, ')');
+  if (!close_paren || close_paren + 2 >= buffer + n) return 0;
+  char state = close_paren[2];
+  return state == 'Z' || state == 'X';
 }

@@ -350,29 +350,12 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     // A mediator killed outright leaves its status "ready": ask the kernel
     // instead. Until its parent reaps it, a dead process is a zombie, which
     // kill(pid, 0) still finds: its state in /proc says it has exited.
-    if serverPID != 0 && ((kill(serverPID, 0) != 0 && errno == ESRCH) || Self.isZombie(serverPID)) {
+    if serverPID != 0 && ((kill(serverPID, 0) != 0 && errno == ESRCH) || vgpu_process_is_zombie(serverPID) == 1) {
       let error = VGPUError(
         .unavailable, "\(operation)", device: deviceName, found: "its mediator (pid \(serverPID)) has exited",
         remedy: "restart vgpu-mediator, then reopen")
       broken = error
       throw error
-    }
-  }
-
-  /// Whether `pid` has exited and waits to be reaped (state Z or X in
-  /// /proc/PID/stat, proc(5)). Read only while a wait sleeps.
-  static func isZombie(_ pid: Int32) -> Bool {
-    let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    var buffer = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-    return withUnsafeMutableBytes(of: &buffer) { b -> Bool in
-      let n = read(fd, b.baseAddress, b.count)
-      guard n > 0 else { return false }
-      // "pid (comm) S ...": comm may hold spaces and parentheses, so the state follows the last ')'.
-      guard let close = b[..<n].lastIndex(of: UInt8(ascii: ")")), close + 2 < n else { return false }
-      let state = b[close + 2]
-      return state == UInt8(ascii: "Z") || state == UInt8(ascii: "X")
     }
   }
 

@@ -84,6 +84,9 @@ int vgpu_pwrite_u32(int fd, uint32_t value, int64_t offset);
 void vgpu_copy_nontemporal(void *dst, const void *src, size_t n);
 // pidfd_open(pid, 0): readable once the process has exited.
 int vgpu_pidfd_open(int pid);
+// 1 when pid has exited and waits to be reaped (a zombie, which kill(pid, 0)
+// still finds), from /proc/PID/stat; allocates nothing.
+int vgpu_process_is_zombie(int pid);
 // The file of the loaded object that holds `address` (dladdr's dli_fname,
 // owned by the dynamic loader: valid while the object stays loaded), or NULL.
 // dladdr needs _GNU_SOURCE, which Swift's Glibc module does not define.
