@@ -588,7 +588,8 @@ final class CUDAFunction: BackendFunction {
 final class ShimLaunch: BackendWork, @unchecked Sendable {
   let function: CUDAFunction
   let geometry: KernelGeometry
-  let parameters: [UInt8]
+  /// The packed parameters, copied once (16-byte aligned, as a kernel's are).
+  let parameters: UnsafeMutableRawBufferPointer
   let stream: CUDABackend.PairStream
 
   init(
@@ -596,9 +597,15 @@ final class ShimLaunch: BackendWork, @unchecked Sendable {
   ) {
     self.function = function
     self.geometry = geometry
-    self.parameters = Array(parameters)
+    self.parameters = .allocate(byteCount: max(parameters.count, 1), alignment: 16)
+    self.parameters.copyMemory(from: parameters)
+    self.count = parameters.count
     self.stream = stream
   }
+
+  let count: Int
+
+  deinit { parameters.deallocate() }
 
   func finish(caller: BackendCaller, output: inout DeviceOutput) throws(BackendError) {
     let backend = function.backend
@@ -609,11 +616,8 @@ final class ShimLaunch: BackendWork, @unchecked Sendable {
       extra.deallocate()
       size.deallocate()
     }
-    let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(parameters.count, 1), alignment: 16)
-    defer { copy.deallocate() }
-    parameters.withUnsafeBytes { copy.copyMemory(from: $0) }
     try function.enqueue(
-      geometry, parameters: UnsafeRawBufferPointer(rebasing: copy[..<parameters.count]), stream: stream.stream,
+      geometry, parameters: UnsafeRawBufferPointer(rebasing: parameters[..<count]), stream: stream.stream,
       extra: extra, size: size)
     try backend.synchronized(stream, pid: caller.pid)
   }
@@ -632,6 +636,11 @@ final class PrintfCapture: @unchecked Sendable {
   private var text: [UInt32: DeviceOutput] = [:]
   /// Where the mediator's own standard output went.
   let savedStandardOutput: Int32
+
+  deinit {
+    buffer.deallocate()
+    close(readEnd)
+  }
 
   init?() {
     var saved: Int32 = -1

@@ -75,6 +75,7 @@ extension Executor {
       if let job = handedOver {
         handedOver = nil
         // Its latency and kernel time are counted when the worker is done.
+        job.opcode = entry.opcode
         job.startedAt = last
         last = vgpu_monotonic_ns()
         job.commandID = entry.commandID
@@ -119,6 +120,31 @@ extension Executor {
 }
 
 extension Executor {
+  /// The completion of a job whose work is done (by a worker, or inline on
+  /// a device driven by hand): its output, busy time and counts, a module
+  /// load's placing, the error text of a failure.
+  func complete(_ job: WorkerJob) -> CompletionEntry {
+    let qp = job.qp
+    appendOutput(job.output, pid: served[qp].pid)
+    countBusy(job.busyNanoseconds, qp)
+    var c = job.result
+    if c.status == CommandStatus.success.rawValue, let load = job.load, let module = load.module {
+      do throws(Refusal) { c = try completeLoad(module, qp: qp) } catch {
+        c = CompletionEntry(status: error.status, result0: error.result0, result1: error.result1, detail: error.detail)
+        job.errorText = error.message.isEmpty ? "moduleLoad: \(error.status)" : error.message
+      }
+    }
+    let latency = vgpu_monotonic_ns() &- job.startedAt
+    if c.status != CommandStatus.success.rawValue {
+      served[qp].errorText = job.errorText
+    } else if job.isLaunch {
+      countLaunch(qp)
+      countKernelTime(latency, qp)
+    }
+    countCompletion(job.opcode, c.status, nanoseconds: latency, qp)
+    return c
+  }
+
   /// Posts the completions of the work the workers finished, each on its
   /// pair (which served nothing else meanwhile, so its ring has room), with
   /// its device output and error text; a pair released meanwhile is
@@ -138,26 +164,7 @@ extension Executor {
         release(qp, because: reason)
         continue
       }
-      appendOutput(job.output, pid: served[qp].pid)
-      countBusy(job.busyNanoseconds, qp)
-      var c = job.result
-      if c.status == CommandStatus.success.rawValue, let load = job.load, let module = load.module {
-        do throws(Refusal) { c = try completeLoad(module, qp: qp) } catch {
-          c = CompletionEntry(
-            status: error.status, result0: error.result0, result1: error.result1, detail: error.detail)
-          job.errorText = error.message.isEmpty ? "moduleLoad: \(error.status)" : error.message
-        }
-      }
-      let latency = vgpu_monotonic_ns() &- job.startedAt
-      if c.status == CommandStatus.success.rawValue {
-        if job.isLaunch {
-          countLaunch(qp)
-          countKernelTime(latency, qp)
-        }
-      } else {
-        served[qp].errorText = job.errorText
-      }
-      countCompletion(Opcode.launch.rawValue, c.status, nanoseconds: latency, qp)
+      var c = complete(job)
       c.commandID = job.commandID
       c.sqHead = job.sqHead
       served[qp].completions.post(c, into: views[qp])

@@ -142,22 +142,15 @@ final class Executor: @unchecked Sendable {
   func handOver(
     _ work: any BackendWork, qp: Int, isLaunch: Bool = false, success: CompletionEntry, then load: ModuleLoadWork? = nil
   ) -> CompletionEntry {
+    // Without workers it runs here, on the serving thread, which holds the lock.
     let job = WorkerJob(
-      qp: qp, generation: served[qp].generation, work: work, isLaunch: isLaunch, caller: caller(qp).onWorker,
-      success: success)
+      qp: qp, generation: served[qp].generation, work: work, isLaunch: isLaunch,
+      caller: workers == nil ? caller(qp) : caller(qp).onWorker, success: success)
     job.load = load
     guard workers != nil else {
-      // On the serving thread, which holds the lock: the caller must say so.
-      let inline = WorkerJob(
-        qp: qp, generation: job.generation, work: work, isLaunch: isLaunch, caller: caller(qp), success: success)
-      inline.run()
-      appendOutput(inline.output, pid: served[qp].pid)
-      if inline.result.status != CommandStatus.success.rawValue {
-        served[qp].errorText = inline.errorText
-      } else if isLaunch {
-        countLaunch(qp)
-      }
-      return inline.result
+      job.startedAt = vgpu_monotonic_ns()
+      job.run()
+      return complete(job)
     }
     handedOver = job
     return success

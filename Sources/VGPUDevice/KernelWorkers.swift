@@ -24,6 +24,8 @@ final class WorkerJob: @unchecked Sendable {
   /// When its command started on the serving thread (monotonic ns): its
   /// latency (and a launch's kernel time) run until the worker is done.
   var startedAt: UInt64 = 0
+  /// Its command's opcode, for the latency histograms.
+  var opcode: UInt8 = Opcode.launch.rawValue
   /// For the worker: takes the executor's lock per lookup.
   let caller: BackendCaller
   // Written by the worker, read by the serving thread after `finished`.
