@@ -39,19 +39,26 @@ public enum ThreadSanitizer {
   }
 }
 
-/// `Mutex(())` as ThreadSanitizer sees it: a lock (see ``ThreadSanitizer``).
-/// A drop-in for a Mutex that guards state kept beside it.
-public final class SanitizerVisibleLock: @unchecked Sendable {
-  private let mutex = Mutex(())
+/// A `Mutex` as ThreadSanitizer sees it: a lock (see ``ThreadSanitizer``).
+/// A drop-in for `Mutex(value)` where threads that TSan watches share it.
+public final class SanitizerVisibleMutex<Value>: @unchecked Sendable {
+  private let mutex: Mutex<Value>
 
-  public init() {}
+  public init(_ value: consuming sending Value) { mutex = Mutex(value) }
 
   @inline(__always)
-  public func withLock<R, E: Error>(_ body: (inout sending ()) throws(E) -> sending R) throws(E) -> sending R {
-    try mutex.withLock { (unit: inout sending ()) throws(E) -> sending R in
+  public func withLock<R, E: Error>(_ body: (inout sending Value) throws(E) -> sending R) throws(E) -> sending R {
+    try mutex.withLock { (value: inout sending Value) throws(E) -> sending R in
       ThreadSanitizer.acquired(self)
       defer { ThreadSanitizer.releasing(self) }
-      return try body(&unit)
+      return try body(&value)
     }
   }
+}
+
+/// `Mutex(())`, the lock beside the state it guards, as TSan sees it.
+public typealias SanitizerVisibleLock = SanitizerVisibleMutex<Void>
+
+extension SanitizerVisibleMutex where Value == Void {
+  public convenience init() { self.init(()) }
 }
