@@ -344,7 +344,7 @@ extension BlockRunner {
         let eb = UInt64(TypeCode.bits(i.ty) / count)
         let em: UInt64 = eb >= 64 ? ~0 : (1 << eb) - 1
         var v: UInt64 = 0
-        for k in 0..<count { v |= (r[Int(fn.extra(Int(i.a) + k))] & em) << (UInt64(k) * eb) }
+        for k in 0..<count { v |= (r[Int(fn.extra(Int(i.imm) + k))] & em) << (UInt64(k) * eb) }
         r[d] = v
       case .unpack:
         let count = Int(i.b)
@@ -410,7 +410,7 @@ extension BlockRunner {
         pc = Int(i.imm)
         continue
       case .call:
-        let site = module.callSite(Int(st.fn), Int(i.a))
+        let site = module.callSite(Int(st.fn), Int(i.imm))
         switch site.target {
         case .function(let callee):
           if n > limit, try checkpoint() {
@@ -428,7 +428,7 @@ extension BlockRunner {
           newR[Int(Slot.returnPC)] = UInt64(pc + 1)
           newR[Int(Slot.callerFrame)] = UInt64(r - base)
           newR[Int(Slot.callerFunction)] = UInt64(st.fn)
-          newR[Int(Slot.callSite)] = UInt64(i.a)
+          newR[Int(Slot.callSite)] = UInt64(i.imm)
           newR[Int(Slot.localWindow)] = r[Int(Slot.localWindow)]
           let newP = UnsafeMutableRawPointer(newR + cf.slots)
           for arg in site.args {
@@ -513,7 +513,7 @@ extension BlockRunner {
         }
         pc += 1
         st.barrier = UInt8(a & 15)
-        st.barrierCount = i.b >= 0 ? UInt32(truncatingIfNeeded: r[Int(i.b)]) : 0
+        st.barrierCount = UInt32(truncatingIfNeeded: b)  // the zero slot when PTX gave no count
         st.barrierValue = i.op == .barRed && (r[Int(i.c)] != 0) != (i.flags & Flag.negC != 0) ? 1 : 0
         save(Status.barrier)
         return

@@ -38,6 +38,9 @@ enum Op: UInt8 {
 }
 
 /// One decoded instruction. 48 bytes, no references: the code array is plain memory.
+/// `a` and `b` are always slots of the frame (Slot.zero when unused): the interpreter
+/// reads both before it looks at the opcode, so an index that is not a slot (a call
+/// site, a position in `extra`) goes in `imm`, and "none" is never -1.
 struct Instr {
   var op: Op
   var ty: UInt8 = 0  // operand type code or atomic kind

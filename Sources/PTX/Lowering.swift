@@ -562,7 +562,7 @@ struct Lowering {
       try need(2)
       if case .vector = ops[1] {  // pack: mov.b64 %rd, {%r1, %r2}
         let (first, count) = try slotList(ops[1], TypeCode.b | UInt8(max(0, Int(t & 0xF) - 1)), isDest: false)
-        return emit(Instr(op: .pack, ty: t, d: try dest(ops[0]), a: first, b: count))
+        return emit(Instr(op: .pack, ty: t, d: try dest(ops[0]), b: count, imm: Int64(first)))
       }
       if case .vector = ops[0] {  // unpack: mov.b64 {%r1, %r2}, %rd
         let (first, count) = try slotList(ops[0], t, isDest: true)
@@ -597,7 +597,7 @@ struct Lowering {
         }
         let first = Int32(extra.count)
         extra += halves
-        return emit(Instr(op: .pack, ty: TypeCode.b | 2, d: try dest(ops[0]), a: first, b: 2))
+        return emit(Instr(op: .pack, ty: TypeCode.b | 2, d: try dest(ops[0]), b: 2, imm: Int64(first)))
       }
       if packed { throw unsupported() }
       guard types.count >= 2 else { throw fail(ins.opcode, "two types") }
@@ -735,7 +735,7 @@ struct Lowering {
         var i = Instr(op: .barRed, mod: UInt8(mode))
         i.d = try dest(ops[0])
         i.a = try source(ops[1], TypeCode.u | 2)
-        i.b = ops.count > 3 ? try source(ops[2], TypeCode.u | 2) : -1
+        i.b = ops.count > 3 ? try source(ops[2], TypeCode.u | 2) : Slot.zero
         switch ops[ops.count - 1] {
         case .not(let p):
           i.c = try predicate(p)
@@ -747,7 +747,10 @@ struct Lowering {
       try need(1)
       var i = Instr(op: mods.contains("arrive") ? .barArrive : .barSync)
       i.a = try source(ops[0], TypeCode.u | 2)
-      i.b = ops.count > 1 ? try source(ops[1], TypeCode.u | 2) : -1
+      // No thread count: the zero slot (count 0 = the whole CTA), never -1: the
+      // interpreter reads `r[a]` and `r[b]` of every instruction before its
+      // switch, and r[-1] of thread 0 is outside the stack (AddressSanitizer).
+      i.b = ops.count > 1 ? try source(ops[1], TypeCode.u | 2) : Slot.zero
       return emit(i)
 
     case "shfl":
@@ -870,6 +873,6 @@ struct Lowering {
       site.results.append((calleeReturns[k].0, p, calleeReturns[k].1))
     }
     calls.append(site)
-    emit(Instr(op: .call, a: Int32(calls.count - 1)))
+    emit(Instr(op: .call, imm: Int64(calls.count - 1)))
   }
 }

@@ -120,9 +120,30 @@ public final class Device: @unchecked Sendable {
   /// Round-robin counter placing new streams on queue pairs.
   let nextStream = Atomic<Int>(0)
 
+  /// A queue pair behind its lock, taken only through `withLock` and
+  /// `withLockIfAvailable`, which tell ThreadSanitizer about the lock
+  /// (`ThreadSanitizer`: a contended Mutex's hand-over is invisible to it).
   final class QueuePairLock: @unchecked Sendable {
-    let mutex: Mutex<GuestQueuePair>
+    private let mutex: Mutex<GuestQueuePair>
     init(_ qp: consuming GuestQueuePair) { mutex = Mutex(qp) }
+
+    @inline(__always)
+    func withLock<R: Sendable, E: Error>(_ body: (inout GuestQueuePair) throws(E) -> R) throws(E) -> R {
+      try mutex.withLock { (qp: inout GuestQueuePair) throws(E) -> R in
+        ThreadSanitizer.acquired(self)
+        defer { ThreadSanitizer.releasing(self) }
+        return try body(&qp)
+      }
+    }
+
+    @inline(__always)
+    func withLockIfAvailable<R: Sendable, E: Error>(_ body: (inout GuestQueuePair) throws(E) -> R) throws(E) -> R? {
+      try mutex.withLockIfAvailable { (qp: inout GuestQueuePair) throws(E) -> R in
+        ThreadSanitizer.acquired(self)
+        defer { ThreadSanitizer.releasing(self) }
+        return try body(&qp)
+      }
+    }
   }
 
   /// Opens the device `spec` names (see ``DeviceSpec``) and handshakes with it.
@@ -176,8 +197,8 @@ public final class Device: @unchecked Sendable {
 
   /// The wake-up mechanism and, with interrupts, which vectors carry this client's pairs.
   private static func describe(_ w: Wakeups, _ queues: [QueuePairLock]) -> String {
-    let notes = queues.compactMap { q in q.mutex.withLock { $0.interruptNote } }
-    let wired = queues.compactMap { q in q.mutex.withLock { $0.completionEventFD >= 0 ? $0.index : nil } }
+    let notes = queues.compactMap { q in q.withLock { $0.interruptNote } }
+    let wired = queues.compactMap { q in q.withLock { $0.completionEventFD >= 0 ? $0.index : nil } }
     var s = w.description
     if !wired.isEmpty {
       s += "; this client: vector\(wired.count == 1 ? "" : "s") \(wired.map(String.init).joined(separator: ", "))"
@@ -360,7 +381,7 @@ public final class Device: @unchecked Sendable {
     guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
     let deadline = vgpu_monotonic_ns() + 2_000_000_000
     for q in queues {
-      let view = q.mutex.withLock { $0.view }
+      let view = q.withLock { $0.view }
       QueuePairClaim.release(view)
       wakeups.wakeDevice(registers)
       while view.state == QueuePairState.closing.rawValue && registers.status.contains(.ready)
@@ -387,18 +408,17 @@ public final class Device: @unchecked Sendable {
     let home = Int(((UInt(pthread_self()) &* 0x9E37_79B9_7F4A_7C15) >> 40) % UInt(n))
     for i in 0..<n {
       let q = queues[(home + i) % n]
-      if let r = try q.mutex.withLockIfAvailable({ (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) })
-      {
+      if let r = try q.withLockIfAvailable({ (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) }) {
         return r
       }
     }
-    return try queues[home].mutex.withLock { (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) }
+    return try queues[home].withLock { (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) }
   }
 
   func withQueuePair<R: Sendable>(_ index: Int, _ body: (inout GuestQueuePair) throws(VGPUError) -> R) throws(VGPUError)
     -> R
   {
-    try queues[index].mutex.withLock { (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) }
+    try queues[index].withLock { (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) }
   }
 
   /// Queue pair `index` if given (a stream's), else any free one.

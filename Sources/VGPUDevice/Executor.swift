@@ -53,7 +53,9 @@ struct ServedQueuePair {
 /// callgrind) are off, and the per-pair state lives in one fixed buffer
 /// that handlers update in place.
 final class Executor: @unchecked Sendable {
-  let lock = Mutex(())
+  /// A Mutex ThreadSanitizer can follow (the device thread, workers and
+  /// callers such as stop() take it in turn; see DeviceAccess.ThreadSanitizer).
+  let lock = SanitizerVisibleLock()
   let base: UnsafeMutableRawPointer
   let layout: BARLayout
   let registers: RegisterBlock

@@ -20,7 +20,8 @@ final class OwnerWatch: @unchecked Sendable {
     var toClose: [Int32] = []
     var stopping = false
   }
-  private let state = Mutex(State())
+  /// Taken by the watch thread and the device thread in turn: a Mutex TSan can follow.
+  private let state = SanitizerVisibleMutex(State())
   private let wake: Int32
   private let onExit: @Sendable () -> Void
   private var thread: pthread_t?

@@ -289,7 +289,7 @@ final class Clients: @unchecked Sendable {
     var env = ProcessInfo.processInfo.environment
     env["LD_LIBRARY_PATH"] = Paths.shims.path
     env["VGPU_DEVICE"] = mediator.spec
-    process.environment = env
+    process.environment = Sanitizer.clientEnvironment(env, executable: python)
     process.standardInput = input
     let out = Pipe()
     process.standardOutput = out

@@ -46,7 +46,7 @@ enum ShimProgram {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: executable)
     p.arguments = arguments
-    p.environment = environment
+    p.environment = Sanitizer.clientEnvironment(environment, executable: executable)
     p.standardOutput = try FileHandle(forWritingTo: outURL)
     p.standardError = try FileHandle(forWritingTo: errURL)
     p.standardInput = FileHandle.nullDevice

@@ -52,6 +52,8 @@ enum CUDAClient {
       sources.appendingPathComponent(name + ".c").path,
     ]
     if linked { arguments += ["-L", Paths.shims.path, "-l:libcuda.so.1"] }
+    // A client that replaces malloc (cuda_api.c) leaves it to the preloaded sanitizer runtime.
+    if Sanitizer.active { arguments.append("-DVGPU_SANITIZER_PRELOADED") }
     arguments.append("-ldl")
     let cc = try run("/usr/bin/cc", arguments, device: nil)
     guard cc.status == 0 else { throw Failure(description: "cc \(name).c failed:\n\(cc)") }
@@ -90,7 +92,8 @@ enum CUDAClient {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: executable)
     p.arguments = arguments
-    p.environment = environment(device: device).merging(extra) { $1 }
+    p.environment = Sanitizer.clientEnvironment(
+      environment(device: device).merging(extra) { $1 }, executable: executable)
     p.standardOutput = try FileHandle(forWritingTo: out)
     p.standardError = try FileHandle(forWritingTo: err)
     p.standardInput = FileHandle.nullDevice

@@ -19,12 +19,17 @@
 #include <unistd.h>
 
 /* ---- counting allocator (glibc manual, "Replacing malloc") ---- */
+static __thread uint64_t allocations;
+#ifndef VGPU_SANITIZER_PRELOADED
+/* Not under tools/test --sanitize, where the sanitizer's runtime is preloaded
+ * and must be the allocator: these would hand out glibc's blocks that the
+ * runtime's malloc_usable_size and free then reject. The count stays 0 there;
+ * the normal run checks the hot path's allocations. */
 extern void *__libc_malloc(size_t);
 extern void *__libc_calloc(size_t, size_t);
 extern void *__libc_realloc(void *, size_t);
 extern void *__libc_memalign(size_t, size_t);
 extern void __libc_free(void *);
-static __thread uint64_t allocations;
 void *malloc(size_t n) { allocations++; return __libc_malloc(n); }
 void *calloc(size_t n, size_t m) { allocations++; return __libc_calloc(n, m); }
 void *realloc(void *p, size_t n) { allocations++; return __libc_realloc(p, n); }
@@ -38,6 +43,7 @@ int posix_memalign(void **out, size_t a, size_t n) {
   *out = p;
   return 0;
 }
+#endif
 
 /* ---- cuda.h declarations used here ---- */
 typedef int CUresult;

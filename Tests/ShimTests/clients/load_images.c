@@ -44,8 +44,12 @@ static void *readFile(const char *path, size_t *size) {
   fseek(f, 0, SEEK_END);
   *size = (size_t)ftell(f);
   fseek(f, 0, SEEK_SET);
-  void *p = malloc(*size ? *size : 1);
+  /* One byte more, a NUL: cuModuleLoadData takes PTX as a NUL-terminated
+   * string, and without it the shim's sizer read past the buffer looking for
+   * the end (AddressSanitizer, tools/test --sanitize address). */
+  char *p = malloc(*size + 1);
   if (fread(p, 1, *size, f) != *size) *size = 0;
+  p[*size] = 0;
   fclose(f);
   return p;
 }
