@@ -184,12 +184,17 @@ final class LoweredFunction: @unchecked Sendable {
   let callees: [Int]
   let sharedSymbols: Set<Int>
   let registerCount: Int
+  /// The function's `.maxnreg` and `.maxntid`/`.reqntid` bounds (nil: none given).
+  let maxRegisters: Int?
+  let maxThreads: Int?
 
   init(
     name: String, code: [Instr], slots: Int, paramBytes: Int, localBytes: Int,
     constants: [(slot: Int32, source: ConstSource)], calls: [CallSite], extra: [Int32],
-    sharedSymbols: Set<Int>, registerCount: Int
+    sharedSymbols: Set<Int>, registerCount: Int, maxRegisters: Int? = nil, maxThreads: Int? = nil
   ) {
+    self.maxRegisters = maxRegisters
+    self.maxThreads = maxThreads
     self.name = name
     self.count = code.count
     self.code = .allocate(capacity: max(code.count, 1))

@@ -297,7 +297,7 @@ struct Lowering {
     return LoweredFunction(
       name: function.name, code: code, slots: Int(nextSlot), paramBytes: paramBytes, localBytes: localBytes,
       constants: constants, calls: calls, extra: extra, sharedSymbols: sharedUsed,
-      registerCount: registerCount)
+      registerCount: registerCount, maxRegisters: function.maxRegisters, maxThreads: function.maxThreads)
   }
 
   mutating func lower(_ ins: SyntaxInstruction) throws(PTXError) {

@@ -66,8 +66,25 @@ public struct PTXKernelInfo: Sendable {
   public var ptxVersion: (major: Int, minor: Int)
   /// `.target` of the module, e.g. `sm_75`.
   public var target: String
-  /// Registers the entry declares (its `.reg` declarations, ranges expanded).
+  /// Registers per thread as a compiler would allocate them (CU_FUNC_ATTRIBUTE_NUM_REGS):
+  /// the virtual registers the entry declares (`.reg`, ranges expanded), at most what
+  /// its bounds allow — see `allocatedRegisters`.
   public var registerCount: Int
+  /// The most threads a block of it may have (CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK):
+  /// 1024, or less by `.maxntid`/`.reqntid`.
+  public var maxThreadsPerBlock: Int = 1024
+
+  /// The registers ptxas would give a function that declares `declared` virtual
+  /// registers: no more than `.maxnreg` (or CU_JIT_MAX_REGISTERS, which the linker
+  /// turns into it), 255 (the most a thread can address on sm_50 and later), and
+  /// what lets its largest block run on one SM's 64 K registers — `.maxntid`'s
+  /// threads, else 1024, because every block size up to that launches here.
+  /// Virtual registers are SSA names, far more than a compiler allocates: reported
+  /// as they are, occupancy answers said 0 blocks fit (CUB divided by it in CuPy's sort).
+  static func allocatedRegisters(declared: Int, maxRegisters: Int?, maxThreads: Int) -> Int {
+    let threads = (min(max(maxThreads, 1), 1024) + 31) / 32 * 32
+    return max(1, min(declared, maxRegisters ?? 255, 255, 65536 / threads))
+  }
 }
 
 /// A parsed and lowered PTX module.
@@ -333,6 +350,9 @@ public final class PTXModule: @unchecked Sendable {
       name: name, parameters: layout.params, parameterBytes: layout.bytes, staticSharedBytes: shared.staticBytes,
       localBytesPerThread: stack.localBytes,
       constBytes: globals.filter { $0.space == .const }.reduce(0) { $0 + $1.size }, ptxVersion: version,
-      target: target, registerCount: f.registerCount)
+      target: target,
+      registerCount: PTXKernelInfo.allocatedRegisters(
+        declared: f.registerCount, maxRegisters: f.maxRegisters, maxThreads: f.maxThreads ?? 1024),
+      maxThreadsPerBlock: min(1024, f.maxThreads ?? 1024))
   }
 }

@@ -254,7 +254,22 @@ struct Parser {
     if isPunct("(") { f.params = try parseParamList() }
     // Performance directives: .maxntid 256, 1, 1 / .reqntid / .minnctapersm / .maxnreg / .noreturn / .pragma
     while tok.kind == .word && tok.text.hasPrefix(".") {
-      _ = next()
+      let directive = next().text
+      // Kept: the bounds a compiler allocates registers by (PTX ISA §11.4
+      // "Performance-Tuning Directives"); the rest are hints an interpreter ignores.
+      if directive == ".maxnreg", case .integer(let n) = tok.kind {
+        f.maxRegisters = min(f.maxRegisters ?? Int.max, Int(clamping: n))
+      } else if directive == ".maxntid" || directive == ".reqntid" {
+        var product = 1
+        while case .integer(let n) = tok.kind {
+          _ = next()
+          product =
+            product.multipliedReportingOverflow(by: max(1, Int(clamping: n))).overflow
+            ? Int.max : product * max(1, Int(clamping: n))
+          if !accept(",") { break }
+        }
+        f.maxThreads = min(f.maxThreads ?? Int.max, product)
+      }
       while tok.kind != .eof && !isPunct("{") && !isPunct(";") && !(tok.kind == .word && tok.text.hasPrefix(".")) {
         _ = next()
       }

@@ -65,6 +65,10 @@ struct FunctionSyntax {
   var body: [Statement]?
   var error: PTXError?
   var line: Int
+  /// `.maxnreg N`: the most registers per thread the compiler may use (PTX ISA §11.4.1).
+  var maxRegisters: Int?
+  /// `.maxntid` / `.reqntid`: the most threads a block launches with (the product of the dimensions).
+  var maxThreads: Int?
 }
 
 struct ModuleSyntax {

@@ -545,7 +545,8 @@ public func vgpucore_cuOccupancyAvailableDynamicSMemPerBlock(
 let CU_JIT_INPUT_CUBIN: Int32 = 0
 let CU_JIT_INPUT_PTX: Int32 = 1
 let CU_JIT_INPUT_FATBINARY: Int32 = 2
-/// CUjit_option (cuda.h): the log buffers and their sizes.
+/// CUjit_option (cuda.h): the register limit, the log buffers and their sizes.
+let CU_JIT_MAX_REGISTERS: Int32 = 0
 let CU_JIT_INFO_LOG_BUFFER: Int32 = 3
 let CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES: Int32 = 4
 let CU_JIT_ERROR_LOG_BUFFER: Int32 = 5
@@ -572,6 +573,9 @@ public func vgpucore_cuLinkCreate_v2(
   var errorSize = 0
   for i in 0..<Int(count) {
     switch options![i] {
+    case CU_JIT_MAX_REGISTERS:
+      let n = UInt32(truncatingIfNeeded: UInt(bitPattern: values![i]))
+      if n > 0 { record.maxRegisters = n }
     case CU_JIT_INFO_LOG_BUFFER: infoBuffer = values![i]
     case CU_JIT_ERROR_LOG_BUFFER: errorBuffer = values![i]
     case CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES:
@@ -715,6 +719,9 @@ public func vgpucore_cuLinkComplete(
     }
     bytes.append(0)
   }
+  if let limit = record.maxRegisters, record.inputs.allSatisfy({ $0.type == CU_JIT_INPUT_PTX }) {
+    bytes = PTXEntries.limitingRegisters(bytes, to: limit)
+  }
   let output = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
   output.copyBytes(from: bytes)
   let kept = cudaObjects.withLock { o -> Bool in
@@ -735,6 +742,53 @@ public func vgpucore_cuLinkComplete(
   cubin.pointee = output.baseAddress
   size.pointee = output.count
   return CUDA_SUCCESS
+}
+
+/// PTX entries' headers, as the linker touches them.
+enum PTXEntries {
+  /// `ptx` with `.maxnreg limit` before the body of every `.entry`: how a PTX
+  /// text carries CU_JIT_MAX_REGISTERS to the device, which compiles it (PTX
+  /// ISA §11.4.1: the directive bounds the registers per thread; with two, the
+  /// device keeps the smaller). Comments (`//`, `/* */`) are skipped, so a word
+  /// `.entry` in one is not taken for a header.
+  static func limitingRegisters(_ ptx: [UInt8], to limit: UInt32) -> [UInt8] {
+    let directive = Array(" .maxnreg \(limit) ".utf8)
+    let entry = Array(".entry".utf8)
+    var out: [UInt8] = []
+    out.reserveCapacity(ptx.count + 64)
+    var i = 0
+    var inHeader = false
+    while i < ptx.count {
+      let c = ptx[i]
+      if c == UInt8(ascii: "/"), i + 1 < ptx.count, ptx[i + 1] == UInt8(ascii: "/") || ptx[i + 1] == UInt8(ascii: "*") {
+        let block = ptx[i + 1] == UInt8(ascii: "*")
+        var j = i + 2
+        while j < ptx.count {
+          if block ? (ptx[j] == UInt8(ascii: "/") && ptx[j - 1] == UInt8(ascii: "*") && j > i + 2) : ptx[j] == 0x0a {
+            break
+          }
+          j += 1
+        }
+        j = min(j + (block ? 1 : 0), ptx.count)
+        out += ptx[i..<j]
+        i = j
+        continue
+      }
+      if !inHeader, c == UInt8(ascii: "."), ptx[i...].starts(with: entry),
+        i + entry.count < ptx.count, ptx[i + entry.count] == 0x20 || ptx[i + entry.count] == 0x09
+      {
+        inHeader = true
+      } else if inHeader && c == UInt8(ascii: "{") {
+        out += directive
+        inHeader = false
+      } else if inHeader && c == UInt8(ascii: ";") {
+        inHeader = false  // a declaration: no body to bound
+      }
+      out.append(c)
+      i += 1
+    }
+    return out
+  }
 }
 
 /// cuLinkDestroy(CUlinkState state): the image cuLinkComplete gave goes with it.

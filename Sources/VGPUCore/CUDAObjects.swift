@@ -80,6 +80,8 @@ struct LinkRecord: @unchecked Sendable {
   var infoLogSize: UnsafeMutablePointer<UnsafeMutableRawPointer?>?
   /// cuLinkComplete's image, valid until cuLinkDestroy.
   var output: UnsafeMutableRawBufferPointer?
+  /// CU_JIT_MAX_REGISTERS: the most registers per thread the linked kernels may use.
+  var maxRegisters: UInt32?
 }
 
 struct EventRecord {

@@ -118,13 +118,19 @@ final class PTXBackendFunction: BackendFunction {
   init(module: PTXBackendModule, info k: PTXKernelInfo) {
     self.module = module
     name = k.name
-    // sm_XY from the module's `.target` (e.g. "sm_52"), as binaryVersion would be.
+    // CU_FUNC_ATTRIBUTE_PTX_VERSION is the PTX *virtual architecture* the code
+    // was compiled for (the `.target`, sm_52 → 52; not the PTX ISA version),
+    // BINARY_VERSION the architecture it runs as: a driver that JIT-compiles PTX
+    // reports the device's. CUB picks its kernels' tuning policy by PTX_VERSION
+    // (cub::PtxVersion, major × 100 + minor × 10): reporting the ISA version
+    // made CuPy's sort ask for kernels the module does not have.
     let sm = UInt16(k.target.split(separator: ",").first.map { $0.dropFirst(3).prefix { $0.isNumber } } ?? "") ?? 0
     info = FunctionInfo(
-      parameterCount: UInt32(k.parameters.count), parameterBytes: UInt32(k.parameterBytes), maxThreadsPerBlock: 1024,
+      parameterCount: UInt32(k.parameters.count), parameterBytes: UInt32(k.parameterBytes),
+      maxThreadsPerBlock: UInt32(k.maxThreadsPerBlock),
       sharedBytes: UInt32(k.staticSharedBytes), localBytes: UInt32(k.localBytesPerThread),
       constBytes: UInt32(k.constBytes), registers: UInt32(k.registerCount),
-      ptxVersion: UInt16(k.ptxVersion.major * 10 + k.ptxVersion.minor), binaryVersion: sm)
+      ptxVersion: sm, binaryVersion: UInt16(module.backend.computeCapability))
     slots = k.parameters.map { ParameterSlot(offset: UInt32($0.offset), size: UInt32($0.size)) }
   }
 

@@ -21,6 +21,29 @@ import Testing
     #expect(stats.instructions > UInt64(n) * 20)
   }
 
+  /// Registers as a compiler allocates them, not the virtual ones declared: at most
+  /// `.maxnreg`, 255, and 64 K over the largest block. CUB computes occupancy from
+  /// them and divided by zero when 300 declared registers made 0 blocks fit.
+  @Test(arguments: [
+    ("", 300, 64, 1024), (".maxnreg 38", 300, 38, 1024), (".maxntid 256, 1, 1", 300, 255, 256),
+    (".reqntid 128 .maxnreg 40", 300, 40, 128), (".maxntid 32, 2", 20, 20, 64), (".maxnreg 100", 20, 20, 1024),
+  ])
+  func registersAsAllocated(directives: String, declared: Int, registers: Int, threads: Int) throws {
+    let ptx = """
+      .version 8.0
+      .target sm_75
+      .address_size 64
+      .visible .entry k(.param .u64 p) \(directives)
+      {
+        .reg .b32 %r<\(declared)>;
+        ret;
+      }
+      """
+    let k = try PTXModule(source: ptx).kernel(named: "k")
+    #expect(k.registerCount == registers)
+    #expect(k.maxThreadsPerBlock == threads)
+  }
+
   @Test func metadata() throws {
     let m = try PTXModule(source: vectorAddPTX)
     let k = try m.kernel(named: "_Z6vecAddPKfS0_Pfi")

@@ -23,13 +23,15 @@ func fail(_ message: String, _ code: Int32) -> Never {
 
 let args = CommandLine.arguments
 guard args.count >= 4, args[1] == "loop", let bytes = Int(args[3]) else {
-  fail("usage: vgpu-test-client loop DEVICE BYTES [HOLD_BYTES] [THREADS]", 64)
+  fail("usage: vgpu-test-client loop DEVICE BYTES [HOLD_BYTES] [THREADS] [DEADLINE_SECONDS]", 64)
 }
 let hold = args.count > 4 ? Int(args[4]) ?? 0 : 0
 let threads = args.count > 5 ? Int(args[5]) ?? 1 : 1
 
+var options = OpenOptions.simulator()
+if args.count > 6, let seconds = Int(args[6]) { options.timeout = .seconds(seconds) }
 let device: Device
-do { device = try Device.open(args[2], options: .simulator()) } catch { fail("\(error)", 1) }
+do { device = try Device.open(args[2], options: options) } catch { fail("\(error)", 1) }
 if hold > 0 {
   do {
     let p = try device.allocate(hold)

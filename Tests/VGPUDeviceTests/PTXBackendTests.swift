@@ -120,7 +120,8 @@ import VGPUProtocol
     let (fill, fillInfo, fillLayout) = function(h, module, "fill")
     #expect(fill.status == 0 && Command.GetFunction.Reply(fill).parameterBytes == 16)
     #expect(fillLayout?.slots == [.init(offset: 0, size: 8), .init(offset: 8, size: 4), .init(offset: 12, size: 4)])
-    #expect(fillInfo.ptxVersion == 70 && fillInfo.binaryVersion == 52 && fillInfo.maxThreadsPerBlock == 1024)
+    // PTX_VERSION: the .target (sm_52); BINARY_VERSION: the device's 9.0, which runs it.
+    #expect(fillInfo.ptxVersion == 52 && fillInfo.binaryVersion == 90 && fillInfo.maxThreadsPerBlock == 1024)
     let (add, _, addLayout) = function(h, module, "vector_add")
     #expect(add.status == 0 && Command.GetFunction.Reply(add).parameterBytes == 28)
     #expect(addLayout?.slots.map(\.offset) == [0, 8, 16, 24] && addLayout?.slots.map(\.size) == [8, 8, 8, 4])
