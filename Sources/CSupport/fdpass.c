@@ -2,7 +2,12 @@
 #include "CSupport.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stddef.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -44,13 +49,19 @@ int vgpu_abstract_connect(const char *name) {
   return s;
 }
 
-int vgpu_peer_credentials(int sock, uint32_t *pid, uint32_t *uid) {
+int vgpu_peer_ucred(int sock, uint32_t *pid, uint32_t *uid, uint32_t *gid) {
   struct ucred c;
   socklen_t len = sizeof c;
   if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &c, &len) != 0) return -errno;
   *pid = (uint32_t)c.pid;
   *uid = (uint32_t)c.uid;
+  *gid = (uint32_t)c.gid;
   return 0;
+}
+
+int vgpu_peer_credentials(int sock, uint32_t *pid, uint32_t *uid) {
+  uint32_t gid;
+  return vgpu_peer_ucred(sock, pid, uid, &gid);
 }
 
 // SCM_RIGHTS (unix(7)): `len` bytes of data with up to VGPU_MAX_FDS file
@@ -128,7 +139,9 @@ static int path_address(struct sockaddr_un *a, const char *path) {
 
 // A Unix socket bound to a path (the ivshmem server's; QEMU connects to it).
 // A stale socket file left by a dead server is replaced; a live one is not.
-int vgpu_path_listen(const char *path) {
+int vgpu_path_listen(const char *path) { return vgpu_path_listen_mode(path, 4, 0); }
+
+int vgpu_path_listen_mode(const char *path, int backlog, uint32_t mode) {
   struct sockaddr_un a;
   if (path_address(&a, path) != 0) return -ENAMETOOLONG;
   int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -144,7 +157,8 @@ int vgpu_path_listen(const char *path) {
     unlink(path);
     if (bind(s, (struct sockaddr *)&a, sizeof a) != 0) goto fail;
   }
-  if (listen(s, 4) != 0) goto fail;
+  if (mode != 0 && chmod(path, (mode_t)mode) != 0) goto fail;
+  if (listen(s, backlog) != 0) goto fail;
   return s;
 fail:;
   int e = errno;
@@ -163,4 +177,81 @@ int vgpu_path_connect(const char *path) {
     return -e;
   }
   return s;
+}
+
+static uint64_t monotonic_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+int vgpu_path_connect_within(const char *path, uint64_t timeout_ns) {
+  struct sockaddr_un a;
+  if (path_address(&a, path) != 0) return -ENAMETOOLONG;
+  uint64_t deadline = monotonic_ns() + timeout_ns;
+  for (;;) {
+    // Non-blocking: unix(7) says a full backlog makes connect fail with
+    // EAGAIN then, where a blocking one would wait without bound.
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (s < 0) return -errno;
+    if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) {
+      int flags = fcntl(s, F_GETFL);
+      if (flags < 0 || fcntl(s, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        close(s);
+        return -e;
+      }
+      return s;
+    }
+    int e = errno;
+    close(s);
+    if (e != EAGAIN) return -e;
+    if (monotonic_ns() >= deadline) return -ETIMEDOUT;
+    struct timespec pause = {.tv_sec = 0, .tv_nsec = 1000000};
+    nanosleep(&pause, NULL);
+  }
+}
+
+int vgpu_wait_readable(int fd, uint64_t timeout_ns) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  uint64_t deadline = monotonic_ns() + timeout_ns;
+  for (;;) {
+    uint64_t now = monotonic_ns();
+    uint64_t left = now < deadline ? deadline - now : 0;
+    struct timespec ts = {.tv_sec = (time_t)(left / 1000000000u), .tv_nsec = (long)(left % 1000000000u)};
+    int rc = ppoll(&p, 1, &ts, NULL);
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc < 0) return -errno;
+    return rc > 0 ? 1 : 0;
+  }
+}
+
+int vgpu_memfd_size_seals(void) { return F_SEAL_SHRINK | F_SEAL_GROW; }
+
+int vgpu_memfd_sealed(const char *name, uint64_t size) {
+  int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return -errno;
+  if (ftruncate(fd, (off_t)size) != 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+int vgpu_memfd_seals(int fd) {
+  int seals = fcntl(fd, F_GET_SEALS);
+  return seals < 0 ? -errno : seals;
+}
+
+int vgpu_socket_hung_up(int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+  int rc = poll(&p, 1, 0);
+  if (rc < 0) return -errno;
+  return rc > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) ? 1 : 0;
+}
+
+int vgpu_accept_cloexec(int listener) {
+  int fd = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+  return fd < 0 ? -errno : fd;
 }

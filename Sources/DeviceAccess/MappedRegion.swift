@@ -1,3 +1,5 @@
+import CSupport
+
 #if canImport(Glibc)
   import Glibc
 #endif
@@ -6,7 +8,8 @@
 /// memory both sides of the protocol read and write.
 ///
 /// Kinds: anonymous shared memory (the simulated device, in one process),
-/// a shared-memory file, a sysfs `resourceN` (``SysfsResource``, UIO) or a
+/// a shared-memory file, a sealed memfd passed over a Unix socket (a host
+/// process's own BAR), a sysfs `resourceN` (``SysfsResource``, UIO) or a
 /// VFIO region (``VFIODevice``). The mapping is released when the last
 /// reference goes away.
 public final class MappedRegion: @unchecked Sendable {
@@ -26,13 +29,15 @@ public final class MappedRegion: @unchecked Sendable {
   private let unmap: (@Sendable (UnsafeMutableRawPointer, Int) -> Void)?
   private let closeFile: (@Sendable (Int32) -> Void)?
 
-  private init(base: UnsafeMutableRawPointer, size: Int, origin: String, fileDescriptor: Int32 = -1) {
+  private init(
+    base: UnsafeMutableRawPointer, size: Int, origin: String, fileDescriptor: Int32 = -1, owner: AnyObject? = nil
+  ) {
     self.base = base
     self.size = size
     self.origin = origin
     self.fileDescriptor = fileDescriptor
     self.mappedRanges = nil
-    self.owner = nil
+    self.owner = owner
     self.unmap = nil
     self.closeFile = nil
   }
@@ -119,6 +124,59 @@ public final class MappedRegion: @unchecked Sendable {
       throw RegionError(attempted: "map \(length) bytes of \(path)", found: "mmap failed", errno: e)
     }
     return MappedRegion(base: p, size: length, origin: path, fileDescriptor: fd)
+  }
+
+  /// A new memfd of `size` bytes, sealed against shrinking and growing,
+  /// mapped shared: the BAR a mediator makes for one host process and
+  /// passes to it (its `fileDescriptor`). The seals keep the client from
+  /// resizing it under the mediator (a shrunk file faults the mapper).
+  public static func sealedMemory(name: String, size: Int) throws(RegionError) -> MappedRegion {
+    let fd = vgpu_memfd_sealed(name, UInt64(size))
+    guard fd >= 0 else {
+      throw RegionError(
+        attempted: "create a memfd of \(size) bytes", found: "memfd_create, ftruncate or F_ADD_SEALS failed",
+        errno: -fd)
+    }
+    let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+    guard let p, p != MAP_FAILED else {
+      let e = errno
+      close(fd)
+      throw RegionError(attempted: "map a memfd of \(size) bytes", found: "mmap failed", errno: e)
+    }
+    return MappedRegion(base: p, size: size, origin: "memfd \(name)", fileDescriptor: fd)
+  }
+
+  /// A BAR another process passed as a file descriptor (SCM_RIGHTS), mapped
+  /// shared. Takes `fd` (closed on failure too). The sender is not trusted:
+  /// the file must have exactly the `size` it said and be sealed against
+  /// resizing, since touching a page past a shrunk file's end faults.
+  /// `keeping` (the socket the fd came over) lives as long as the mapping.
+  public static func passedDescriptor(_ fd: Int32, size: Int, origin: String, keeping: AnyObject?) throws(RegionError)
+    -> MappedRegion
+  {
+    var st = stat()
+    guard fstat(fd, &st) == 0 else {
+      let e = errno
+      close(fd)
+      throw RegionError(attempted: "stat the BAR passed by \(origin)", found: "fstat failed", errno: e)
+    }
+    let seals = vgpu_memfd_seals(fd)
+    let needed = vgpu_memfd_size_seals()
+    guard Int(st.st_size) == size, seals >= 0, seals & needed == needed else {
+      close(fd)
+      throw RegionError(
+        attempted: "map the BAR passed by \(origin)",
+        found:
+          "the file has \(st.st_size) bytes (announced \(size)) and seals 0x\(String(max(seals, 0), radix: 16)); it must be a memfd of the announced size sealed against resizing",
+        errno: 0)
+    }
+    let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+    guard let p, p != MAP_FAILED else {
+      let e = errno
+      close(fd)
+      throw RegionError(attempted: "map \(size) bytes passed by \(origin)", found: "mmap failed", errno: e)
+    }
+    return MappedRegion(base: p, size: size, origin: origin, fileDescriptor: fd, owner: keeping)
   }
 
   deinit {

@@ -8,7 +8,7 @@ import VGPU
 /// The one device a shim library (libcuda, libnvidia-ml, libvgpu) talks to,
 /// opened on the first call that needs it — never when the library loads.
 ///
-/// Device selection: `VGPU_DEVICE` (shm:PATH, a PCI address), else the
+/// Device selection: `VGPU_DEVICE` (unix:PATH, shm:PATH, a PCI address), else the
 /// vGPU's PCI slot 0000:00:05.0. No device means no device, and one line on
 /// stderr says why. (`sim` is refused: this library carries no device model.)
 ///

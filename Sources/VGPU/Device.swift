@@ -91,6 +91,10 @@ public struct OpenOptions: Sendable {
   /// system calls: the real machine, or (tests) a fixture tree and fakes.
   var host = HostEnvironment.live
   public init() {}
+
+  var timeoutNanoseconds: UInt64 {
+    UInt64(timeout.components.seconds) * 1_000_000_000 + UInt64(timeout.components.attoseconds / 1_000_000_000)
+  }
 }
 
 /// A device model run inside the client's process (the `sim` device): a BAR
@@ -156,19 +160,26 @@ public final class Device: @unchecked Sendable {
           .unavailable, "open", device: spec,
           found: "sim is an in-process reference device, and this program carries none",
           remedy:
-            "run the device in vgpu-mediator and open shm:PATH, or (a Swift program) set OpenOptions.simulator from VGPUSimulator"
+            "run the device in vgpu-mediator and open unix:PATH, or (a Swift program) set OpenOptions.simulator from VGPUSimulator"
         )
       }
       let device = try simulator()
       return try Device(
         spec: parsed, region: device.region, simulated: device, options: options,
         how: "sim (in-process reference device)")
+    case .unixSocket(let path):
+      let region = try MediatorSocket.connect(path, spec: spec, timeoutNanoseconds: options.timeoutNanoseconds)
+      // The socket vouches for the mediator (its pid may be another namespace's).
+      return try Device(spec: parsed, region: region, options: options, how: "unix (a BAR of its own from \(path))")
     case .sharedMemory(let path):
       let region: MappedRegion
       do throws(RegionError) { region = try MappedRegion.sharedFile(path) } catch {
         let remedy =
           switch error.errno {
-          case ENOENT: "start the mediator: vgpu-mediator --path \(path)"
+          case ENOENT where MediatorSocket.servesHostsInstead(of: path):
+            "vgpu-mediator serves host processes on a Unix socket now: VGPU_DEVICE=unix:\(MediatorSocket.socketNear(path))"
+          case ENOENT:
+            "start the mediator: vgpu-mediator --vm --path \(path) (a VM's BAR file), or use unix:SOCKET on this host"
           case EACCES, EPERM: "run as a user allowed to read and write \(path) (its group, or root)"
           default: "check that \(path) is a vGPU BAR file served by vgpu-mediator"
           }
@@ -227,9 +238,7 @@ public final class Device: @unchecked Sendable {
     func fail(_ kind: VGPUError.Kind, _ found: String, _ remedy: String) -> VGPUError {
       VGPUError(kind, "open", device: name, found: found, remedy: remedy)
     }
-    let timeout =
-      UInt64(options.timeout.components.seconds) * 1_000_000_000
-      + UInt64(options.timeout.components.attoseconds / 1_000_000_000)
+    let timeout = options.timeoutNanoseconds
     guard region.size >= Register.blockSize else {
       throw fail(
         .protocolViolation, "the BAR has \(region.size) bytes, fewer than the 4096 of the registers", "is this a vGPU?")
@@ -336,7 +345,7 @@ public final class Device: @unchecked Sendable {
         view: view, registers: registers, layout: layout, base: region.base, timeoutNanoseconds: timeout,
         deviceName: name,
         serverPID: servedByAnotherProcess ? Int32(bitPattern: registers.load(Register.devicePID)) : 0,
-        wakeups: wakeups)
+        serverSocket: MediatorSocket.socket(of: region), wakeups: wakeups)
       do throws(VGPUError) {
         let c = try pair.execute(QueuePairClaim.identify, "identify")
         let both = offered.intersection(Command.Identify.Reply(c).features)

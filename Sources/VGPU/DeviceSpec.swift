@@ -1,19 +1,25 @@
+import VGPUProtocol
+
 /// A device named by one string a user can type, the same everywhere
 /// (pcitool's DEVICE, the shims' `VGPU_DEVICE`, tests):
 ///
 /// - `sim`: the built-in simulated device, served in this process;
-/// - `shm:PATH`: a shared-memory BAR file served by `vgpu-mediator`;
+/// - `unix:PATH`: `vgpu-mediator`'s Unix socket, which gives this process a
+///   BAR of its own (how host processes reach it; `MediatorSocket`);
+/// - `shm:PATH`: a shared-memory BAR file served by `vgpu-mediator --vm`
+///   (the file a VM's ivshmem device maps; every process that opens it is one tenant);
 /// - `DDDD:BB:DD.F` or `BB:DD.F`, optionally prefixed `vfio:`, `uio:` or `sysfs:`:
 ///   a PCI device, mapped through that backend (the best available without one).
 public enum DeviceSpec: Equatable, Sendable, CustomStringConvertible {
   case simulated
+  case unixSocket(path: String)
   case sharedMemory(path: String)
   case pci(address: String, backend: PCIBackend?)
 
   public enum PCIBackend: String, Sendable, CaseIterable { case vfio, uio, sysfs }
 
   public static let grammar =
-    "sim, shm:PATH, or a PCI address DDDD:BB:DD.F (optionally vfio:, uio: or sysfs: before it)"
+    "sim, unix:PATH, shm:PATH, or a PCI address DDDD:BB:DD.F (optionally vfio:, uio: or sysfs: before it)"
 
   public init(parsing text: String) throws(VGPUError) {
     func bad(_ why: String) -> VGPUError {
@@ -21,6 +27,10 @@ public enum DeviceSpec: Equatable, Sendable, CustomStringConvertible {
     }
     if text == "sim" {
       self = .simulated
+    } else if text.hasPrefix("unix:") {
+      let path = String(text.dropFirst(5))
+      guard !path.isEmpty else { throw bad("unix: needs a path, e.g. unix:\(HostSocketPath.standard)") }
+      self = .unixSocket(path: path)
     } else if text.hasPrefix("shm:") {
       let path = String(text.dropFirst(4))
       guard !path.isEmpty else { throw bad("shm: needs a path, e.g. shm:/dev/shm/vgpu0") }
@@ -49,6 +59,7 @@ public enum DeviceSpec: Equatable, Sendable, CustomStringConvertible {
   public var description: String {
     switch self {
     case .simulated: "sim"
+    case .unixSocket(let path): "unix:\(path)"
     case .sharedMemory(let path): "shm:\(path)"
     case .pci(let address, let backend): backend.map { "\($0.rawValue):\(address)" } ?? address
     }

@@ -25,6 +25,9 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   let deviceName: String
   /// The process serving the BAR (a mediator), checked while waiting; 0 in-process.
   let serverPID: Int32
+  /// The mediator's socket (`unix:` devices), -1 otherwise: its hang-up says
+  /// the mediator is gone, whatever PID namespace it runs in.
+  let serverSocket: Int32
   /// How the device is woken, and (across a VM) the eventfd this pair's
   /// MSI-X vector signals, -1 when completions are waited for on the futex.
   let wakeups: Wakeups
@@ -76,9 +79,11 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
 
   init(
     view: QueuePairView, registers: RegisterBlock, layout: BARLayout, base: UnsafeMutableRawPointer,
-    timeoutNanoseconds: UInt64, deviceName: String, serverPID: Int32 = 0, wakeups: Wakeups = .sameHost
+    timeoutNanoseconds: UInt64, deviceName: String, serverPID: Int32 = 0, serverSocket: Int32 = -1,
+    wakeups: Wakeups = .sameHost
   ) {
     self.serverPID = serverPID
+    self.serverSocket = serverSocket
     self.wakeups = wakeups
     (completionEventFD, interruptNote) = wakeups.completionEventFD(queuePair: view.index)
     self.view = view
@@ -353,6 +358,13 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     if serverPID != 0 && ((kill(serverPID, 0) != 0 && errno == ESRCH) || vgpu_process_is_zombie(serverPID) == 1) {
       let error = VGPUError(
         .unavailable, "\(operation)", device: deviceName, found: "its mediator (pid \(serverPID)) has exited",
+        remedy: "restart vgpu-mediator, then reopen")
+      broken = error
+      throw error
+    }
+    if serverSocket >= 0 && vgpu_socket_hung_up(serverSocket) == 1 {
+      let error = VGPUError(
+        .unavailable, "\(operation)", device: deviceName, found: "its mediator closed the socket (it has exited)",
         remedy: "restart vgpu-mediator, then reopen")
       broken = error
       throw error

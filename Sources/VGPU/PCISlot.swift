@@ -17,7 +17,7 @@ struct PCISlot {
   static let vgpuID = "1af4:1110"
   static let vgpuBAR = 2
   static let alternatives =
-    "set VGPU_DEVICE=shm:/dev/shm/vgpu0 to use a vgpu-mediator on this host (pcitool also offers sim, its built-in reference device)"
+    "set VGPU_DEVICE=unix:/run/vgpu/vgpu0.sock to use a vgpu-mediator on this host (pcitool also offers sim, its built-in reference device)"
 
   let function: PCIFunctionSysfs
   var address: String { function.address }

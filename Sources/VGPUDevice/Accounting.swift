@@ -26,11 +26,13 @@ extension Executor {
     served[qp].stats.allocations &+= 1
     deviceTotals.bytesAllocated &+= bytes
     deviceTotals.allocations &+= 1
+    shared.bytesInUse &+= bytes
   }
 
   func countFree(_ bytes: UInt64, owner qp: Int) {
     Self.debit(&served[qp].stats.bytesAllocated, bytes)
     Self.debit(&deviceTotals.bytesAllocated, bytes)
+    Self.debit(&shared.bytesInUse, bytes)
   }
 
   static func debit(_ counter: inout UInt64, _ amount: UInt64) {

@@ -369,7 +369,7 @@ public final class CUDADriver: @unchecked Sendable {
   static func initHint(_ r: Int32, shim: Bool) -> String {
     if shim {
       return "this is the vGPU shim, not NVIDIA's driver: its VGPU_DEVICE must name a running vgpu-mediator "
-        + "(e.g. VGPU_DEVICE=shm:/dev/shm/vgpu0); its line on stderr says what it tried"
+        + "(e.g. VGPU_DEVICE=unix:/run/vgpu/vgpu0.sock); its line on stderr says what it tried"
     }
     let visible = getenv("CUDA_VISIBLE_DEVICES").map { "'\(String(cString: $0))'" } ?? "unset"
     switch r {

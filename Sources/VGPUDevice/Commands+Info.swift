@@ -30,7 +30,9 @@ extension Executor {
     case .device:
       record = deviceTotals
       if let busy = backend.busyNanoseconds() { record.busyNanoseconds = busy }
-      record.bytesAllocated = ledger.bytes
+      // The memory every tenant of the backend holds, as memoryInfo's free
+      // counts it (the rest of the record is this BAR's own).
+      record.bytesAllocated = shared.bytesInUse
       record.queuePairs = UInt64(served.count { $0.active })
     }
     out.storeBytes(of: record, as: StatisticsRecord.self)

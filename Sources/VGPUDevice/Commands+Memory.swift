@@ -6,7 +6,7 @@ import VGPUProtocol
 /// the backend places memory and moves the bytes.
 extension Executor {
   func memoryInfo() -> CompletionEntry {
-    Command.MemoryInfo.Reply(free: memoryLimit - min(ledger.bytes, memoryLimit), total: memoryLimit).completion
+    Command.MemoryInfo.Reply(free: memoryFree, total: memoryLimit).completion
   }
 
   func alloc(_ c: Command.Alloc, qp: Int) throws(Refusal) -> CompletionEntry {
@@ -27,7 +27,7 @@ extension Executor {
     // cudaMalloc's 256-byte granularity (DeviceAllocator.granularity), whichever backend places it.
     let (padded, overflow) = length.addingReportingOverflow(DeviceAllocator.granularity - 1)
     let size = padded & ~(DeviceAllocator.granularity - 1)
-    let free = memoryLimit - min(ledger.bytes, memoryLimit)
+    let free = memoryFree
     guard !overflow, size <= free else {
       throw Refusal(
         status: .outOfMemory, detail: 1, result0: free, result1: free,

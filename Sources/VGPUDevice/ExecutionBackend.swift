@@ -197,7 +197,8 @@ public struct BackendError: Error, Sendable, CustomStringConvertible {
 /// value type, so a backend's generic code calls it without existential dispatch.
 public struct BackendCaller: @unchecked Sendable {
   unowned(unsafe) let executor: Executor
-  /// The queue pair the command came through.
+  /// The queue pair the command came through, as a key unique among the
+  /// devices that share the backend (`SharedExecution`): not the BAR's index.
   public let queuePair: Int
   /// Its owner process (as the device knows it: a host pid, or a guest's).
   public let pid: UInt32

@@ -72,7 +72,8 @@ extension Executor {
 
   private func accept(_ qp: Int) {
     views[qp].resetRings()
-    let pid = views[qp].ownerPID
+    // A BAR of one process's own: the pid its socket vouches for, not the one it declared.
+    let pid = fixedOwner ?? views[qp].ownerPID
     // The claim may have been withdrawn meanwhile: take it only if it still stands.
     guard views[qp].exchangeState(from: .claiming, to: .active) else { return }
     served[qp] = ServedQueuePair(depth: layout.depth)
@@ -119,7 +120,7 @@ extension Executor {
       if let token = events.slots[i].value { backend.destroyEvent(token) }
     }
     events.removeAll(queuePair: qp)
-    backend.release(queuePair: qp)
+    backend.release(queuePair: queuePairBase + qp)
     served[qp] = ServedQueuePair(depth: layout.depth)
     activeQueuePairs.removeAll { $0 == qp }
     views[qp].resetRings()
@@ -181,7 +182,7 @@ extension Executor {
     for qp in views.indices {
       // Work on a worker: the device says it is alive while it runs (`tickForWorkers`).
       if served[qp].busy != nil { return true }
-      if served[qp].active && !served[qp].watched { return true }
+      if served[qp].active && !served[qp].watched && fixedOwner == nil { return true }
       if !served[qp].active && views[qp].state == QueuePairState.claiming.rawValue { return true }
     }
     return false

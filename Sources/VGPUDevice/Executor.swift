@@ -55,12 +55,18 @@ struct ServedQueuePair {
 final class Executor: @unchecked Sendable {
   /// A Mutex ThreadSanitizer can follow (the device thread, workers and
   /// callers such as stop() take it in turn; see DeviceAccess.ThreadSanitizer).
-  let lock = SanitizerVisibleLock()
+  /// The one of `shared`: every device over the same backend takes it.
+  let lock: SanitizerVisibleLock
+  /// The backend, memory limit and lock this device shares with the other
+  /// clients' devices of its mediator (or has to itself).
+  let shared: SharedExecution
+  /// This device's pair 0 as the backend knows it (`caller(_:)`).
+  let queuePairBase: Int
   let base: UnsafeMutableRawPointer
   let layout: BARLayout
   let registers: RegisterBlock
   let views: [QueuePairView]
-  /// The device memory guests may hold in all (the BAR's memory limit).
+  /// The device memory guests may hold in all (shared with the other devices over `shared`).
   let memoryLimit: UInt64
   /// One entry per queue pair, allocated once.
   let served: UnsafeMutableBufferPointer<ServedQueuePair>
@@ -108,16 +114,19 @@ final class Executor: @unchecked Sendable {
   @exclusivity(unchecked) var ownerWatch: OwnerWatch?
   /// Across a VM boundary: raises the guests' MSI-X vectors (set before serving).
   @exclusivity(unchecked) var ivshmem: IvshmemServer?
+  /// The process every claim belongs to, whatever pid the guest wrote
+  /// (`ReferenceDeviceConfiguration.owner`); nil: the claim's pid.
+  @exclusivity(unchecked) var fixedOwner: UInt32?
 
-  init(
-    base: UnsafeMutableRawPointer, layout: BARLayout, memoryLimit: UInt64, registers: RegisterBlock,
-    backend: any ExecutionBackend
-  ) {
-    self.backend = backend
+  init(base: UnsafeMutableRawPointer, layout: BARLayout, registers: RegisterBlock, shared: SharedExecution) {
+    self.shared = shared
+    self.lock = shared.lock
+    self.backend = shared.backend
+    self.memoryLimit = shared.memoryLimit
+    self.queuePairBase = shared.reserveQueuePairs(Int(layout.queuePairs))
     self.base = base
     self.layout = layout
     self.registers = registers
-    self.memoryLimit = memoryLimit
     self.views = (0..<Int(layout.queuePairs)).map { QueuePairView(base: base, layout: layout, index: $0) }
     self.served = .allocate(capacity: Int(layout.queuePairs))
     served.initialize(repeating: ServedQueuePair(depth: layout.depth))
@@ -133,9 +142,13 @@ final class Executor: @unchecked Sendable {
 
   var memoryInUse: (allocated: UInt64, total: UInt64) { (ledger.bytes, memoryLimit) }
 
-  /// The caller a backend call from the serving thread is for.
+  /// The memory the limit leaves to all clients of the backend together.
+  var memoryFree: UInt64 { memoryLimit - min(shared.bytesInUse, memoryLimit) }
+
+  /// The caller a backend call from the serving thread is for (its queue
+  /// pair as the backend knows it: unique among the devices sharing it).
   func caller(_ qp: Int) -> BackendCaller {
-    BackendCaller(executor: self, queuePair: qp, pid: served[qp].pid, locked: true)
+    BackendCaller(executor: self, queuePair: queuePairBase + qp, pid: served[qp].pid, locked: true)
   }
 
   /// Hands `work` (which a backend call returned unfinished) to a worker:

@@ -255,3 +255,42 @@ extension Executor {
       failures: failures, latencyBucketBounds: CommandCounters.bucketBounds, latency: latency, processes: processes)
   }
 }
+
+extension DeviceSnapshot {
+  /// Several devices over one backend (a mediator's per-client BARs) as one
+  /// device: counts, memory and histograms summed, processes side by side.
+  /// `busyNanoseconds`: the backend's own busy time when it knows it (a
+  /// GPU's: each device reports the same figure, so it is not summed).
+  public static func combining(
+    _ parts: [DeviceSnapshot], memoryTotal: UInt64, busyNanoseconds: UInt64? = nil
+  ) -> DeviceSnapshot {
+    var all = DeviceSnapshot(
+      takenAt: vgpu_monotonic_ns(), memoryTotal: memoryTotal, memoryUsed: 0, queuePairs: 0, queuePairsInUse: 0,
+      totals: StatisticsRecord(), activity: ActivityCounters(), failures: [],
+      latencyBucketBounds: CommandCounters.bucketBounds, latency: [], processes: [])
+    var failures: [CommandStatus: UInt64] = [:]
+    var latency: [String: LatencyHistogram] = [:]
+    for p in parts {
+      all.memoryUsed &+= p.memoryUsed
+      all.queuePairs += p.queuePairs
+      all.queuePairsInUse += p.queuePairsInUse
+      all.totals = all.totals + p.totals
+      all.activity = all.activity + p.activity
+      for f in p.failures { failures[f.status, default: 0] &+= f.count }
+      for h in p.latency {
+        guard var sum = latency[h.opcode], sum.buckets.count == h.buckets.count else {
+          latency[h.opcode] = h
+          continue
+        }
+        for i in sum.buckets.indices { sum.buckets[i] &+= h.buckets[i] }
+        sum.sumNanoseconds &+= h.sumNanoseconds
+        latency[h.opcode] = sum
+      }
+      all.processes += p.processes
+    }
+    if let busyNanoseconds { all.totals.busyNanoseconds = busyNanoseconds }
+    all.failures = failures.sorted { $0.key.rawValue < $1.key.rawValue }.map { ($0.key, $0.value) }
+    all.latency = latency.values.sorted { $0.opcode < $1.opcode }
+    return all
+  }
+}

@@ -52,6 +52,12 @@ public struct ReferenceDeviceConfiguration: Sendable {
   /// claims, closes, owners' exits through pidfds): an idle device wakes
   /// once a second, for its heartbeat.
   public var idleSleepNanoseconds: UInt64 = 1_000_000_000
+  /// The one process every queue pair of this BAR belongs to, whatever pid
+  /// a guest writes into a claim: a host process with a BAR of its own,
+  /// known by its socket's SO_PEERCRED. Its exit is reported by whoever
+  /// holds that socket (`releaseAll`), not found in /proc. Nil: each claim
+  /// names its owner.
+  public var owner: UInt32?
 
   public init() {}
 
@@ -80,9 +86,19 @@ public final class ReferenceDevice: @unchecked Sendable {
   /// vGPU BAR whose work `backend` does: by default the PTX interpreter,
   /// with device memory in this host's RAM; a host GPU's `CUDABackend`
   /// (then `configuration` should carry that GPU's identity).
-  public init(
+  public convenience init(
     configuration: ReferenceDeviceConfiguration = .init(), region: MappedRegion? = nil,
     backend: (any ExecutionBackend)? = nil
+  ) throws(DeviceSetupError) {
+    try self.init(
+      configuration: configuration, region: region,
+      sharing: try SharedExecution(configuration: configuration, backend: backend))
+  }
+
+  /// Lays out `region` as a vGPU BAR whose work `shared`'s backend does,
+  /// within `shared`'s memory limit, beside the other devices over it.
+  public init(
+    configuration: ReferenceDeviceConfiguration, region: MappedRegion?, sharing shared: SharedExecution
   ) throws(DeviceSetupError) {
     self.configuration = configuration
     let layout = configuration.layout
@@ -98,23 +114,8 @@ public final class ReferenceDevice: @unchecked Sendable {
         description:
           "the BAR (\(self.region.origin)) has \(self.region.size) bytes; the layout needs \(layout.regionSize)")
     }
-    let work: any ExecutionBackend
-    if let backend {
-      work = backend
-    } else {
-      let memory: DeviceMemory
-      do { memory = try DeviceMemory(size: configuration.memorySize) } catch {
-        throw DeviceSetupError(description: error.description)
-      }
-      work = PTXBackend(
-        memory: memory,
-        computeCapability: configuration.computeCapability.major * 10 + configuration.computeCapability.minor,
-        instructionBudget: configuration.kernelInstructionBudget)
-    }
     registers = RegisterBlock(self.region.base)
-    executor = Executor(
-      base: self.region.base, layout: layout, memoryLimit: configuration.memorySize, registers: registers,
-      backend: work)
+    executor = Executor(base: self.region.base, layout: layout, registers: registers, shared: shared)
 
     executor.setStatus([])
     registers.store(Register.magic, vgpuMagic)
@@ -125,7 +126,12 @@ public final class ReferenceDevice: @unchecked Sendable {
     configuration.identity.write(to: registers)
     for qp in 0..<Int(layout.queuePairs) { executor.views[qp].setState(.free) }
     executor.rememberRegisters()
+    executor.fixedOwner = configuration.owner
   }
+
+  /// Whether owners' exits are looked for here (pidfds, /proc), rather than
+  /// told by the socket of a BAR's one owner, or meaningless (a VM's pids).
+  private var watchesOwners: Bool { configuration.ownersAreLocalProcesses && configuration.owner == nil }
 
   deinit { stop() }
 
@@ -138,7 +144,7 @@ public final class ReferenceDevice: @unchecked Sendable {
       return
     }
     executor.lock.withLock { _ in executor.setStatus(.ready) }
-    if configuration.ownersAreLocalProcesses {
+    if watchesOwners {
       // An owner's exit wakes the device like a doorbell would.
       let registers = registers
       let doorbell = doorbells?.hostEventFD
@@ -191,6 +197,19 @@ public final class ReferenceDevice: @unchecked Sendable {
     for qp in executor.views.indices { executor.wakeGuest(qp) }
   }
 
+  /// Releases every queue pair and all it holds (memory, modules, the
+  /// backend's streams and contexts) as its owner's exit would: the socket
+  /// of a BAR's one owner closed. Call after `stop()`.
+  public func releaseAll() {
+    executor.lock.withLock { _ in
+      for qp in executor.views.indices where executor.served[qp].active {
+        // stop() cancelled its work and joined the workers: nothing runs for it now.
+        executor.served[qp].busy = nil
+        executor.release(qp, because: .ownerExited)
+      }
+    }
+  }
+
   /// Called on the serving thread when a queue pair is attached, released,
   /// reclaimed from a dead process, or faulted. Set it before `start()`.
   public var onEvent: (@Sendable (DeviceEvent) -> Void)? {
@@ -238,7 +257,7 @@ public final class ReferenceDevice: @unchecked Sendable {
         _ = executor.restoreRegisters()
         executor.tickForWorkers()
       }
-      guard configuration.ownersAreLocalProcesses else { return }
+      guard watchesOwners else { return }
       executor.lock.withLock { _ in executor.reapExited() }
       let now = vgpu_monotonic_ns()
       if now &- lastReap > configuration.reapIntervalNanoseconds {
@@ -275,7 +294,9 @@ public final class ReferenceDevice: @unchecked Sendable {
       // Bounded, so housekeeping (heartbeat, claims, reaping) goes on while idle.
       let sleepSlice = configuration.wait.sleepSliceNanoseconds
       let slice =
-        executor.lock.withLock { _ in executor.ownerWatch != nil && !executor.needsPolling }
+        executor.lock.withLock { _ in
+          (executor.ownerWatch != nil || executor.fixedOwner != nil) && !executor.needsPolling
+        }
         ? max(configuration.idleSleepNanoseconds, sleepSlice) : sleepSlice
       if let doorbells {
         // A guest's doorbell (or a wake-up missed meanwhile: the eventfd keeps it).

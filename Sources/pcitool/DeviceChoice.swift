@@ -54,7 +54,7 @@ struct DeviceChoice: Encodable {
 struct DeviceArgument: ParsableArguments {
   @Argument(
     help: ArgumentHelp(
-      "sim, shm:PATH or a PCI address (default: $VGPU_DEVICE, else 0000:00:05.0 if it is a vGPU, else sim).",
+      "sim, unix:PATH (vgpu-mediator's socket), shm:PATH or a PCI address (default: $VGPU_DEVICE, else 0000:00:05.0 if it is a vGPU, else sim).",
       valueName: "device"))
   var device: String?
 

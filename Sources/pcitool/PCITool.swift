@@ -24,8 +24,9 @@ struct PCITool: ParsableCommand {
       which selects every matching function.
 
       probe, selftest, bench and top talk to a vGPU: their DEVICE is sim (a simulated \
-      device in this process), shm:PATH (a shared-memory BAR served by \
-      vgpu-mediator) or a PCI address. Without one they use $VGPU_DEVICE if set, \
+      device in this process), unix:PATH (vgpu-mediator's socket: a BAR of this \
+      process's own), shm:PATH (a VM's BAR file served by vgpu-mediator --vm) or a \
+      PCI address. Without one they use $VGPU_DEVICE if set, \
       else 0000:00:05.0 if it is an ivshmem function (1af4:1110), else sim, and \
       say which and why.
 
@@ -39,7 +40,7 @@ struct PCITool: ParsableCommand {
         pcitool dump 0000:00:05.0     config space as hex, like `lspci -xxx`
         pcitool probe sim             handshake and print the vGPU's identity
         pcitool selftest              a checked workload on the default vGPU
-        pcitool bench shm:/dev/shm/vgpu0  latency and bandwidth vs baselines
+        pcitool bench unix:/run/vgpu/vgpu0.sock  latency and bandwidth vs baselines
         pcitool top                   who uses the vGPU, live (memory, launches/s, copy MB/s)
         pcitool status 00:05.0        driver, IOMMU group, /dev/vfio, usable backends
         pcitool bind 00:05.0 vfio-pci bind through driver_override (root; rolls back on failure)

@@ -20,11 +20,14 @@ extension PCITool {
 
         pcitool top is a client like any other: it asks the device through the \
         protocol (the statistics and processes commands), so it works wherever a \
-        client does — on the host against vgpu-mediator's BAR (shm:PATH), or inside \
-        a VM against 0000:00:05.0. It holds one queue pair while it runs and leaves \
-        itself out of the list. Command names come from /proc/PID/comm when the \
-        process is on this machine (for shm:PATH, one that maps the BAR file); \
-        clients in a VM seen from the host show "?" (their pids are the guest's).
+        client does — inside a VM against 0000:00:05.0 (it sees every process of \
+        the VM), or on the host against a VM's BAR file (shm:PATH). On unix:PATH it \
+        sees only its own BAR: each host process has a BAR of its own there, so \
+        other host processes are not listed (use the mediator's --metrics-listen). \
+        It holds one queue pair while it runs and leaves itself out of the list. \
+        Command names come from /proc/PID/comm when the process is on this machine \
+        (for shm:PATH, one that maps the BAR file); clients in a VM seen from the \
+        host show "?" (their pids are the guest's).
 
         Keys: q quits (so do Ctrl-C and SIGTERM); the terminal is restored either way. \
         A narrow terminal drops the right-hand columns first.
@@ -43,7 +46,7 @@ extension PCITool {
 
         Examples:
           pcitool top                           the default vGPU, refreshed every second
-          pcitool top shm:/dev/shm/vgpu0 --sort launches
+          pcitool top 0000:00:05.0 --sort launches
           pcitool top --once --json | jq '.processes[] | {pid, memoryBytes}'
         """)
 
@@ -343,7 +346,7 @@ final class ProcessNames {
     case .sharedMemory(let path):
       barFile = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
       local = true
-    case .pci:
+    case .pci, .unixSocket:
       barFile = nil
       local = true
     case .simulated:

@@ -237,7 +237,10 @@ final class Suite {
     unlink(barPath)
     let p = Process()
     p.executableURL = URL(fileURLWithPath: options.mediator)
-    p.arguments = ["--path", barPath, "--memory", "16G", "--log-level", "warning"] + options.mediatorOptions
+    // One BAR file for every process (--shared-bar): the figures below read
+    // it (queue pairs reclaimed, callgrind's client) and compare with earlier runs.
+    p.arguments =
+      ["--shared-bar", "--path", barPath, "--memory", "16G", "--log-level", "warning"] + options.mediatorOptions
     p.standardOutput = FileHandle.nullDevice
     do { try p.run() } catch {
       throw BenchError("cannot start the mediator \(options.mediator): \(error) (build it: swift build -c release)")

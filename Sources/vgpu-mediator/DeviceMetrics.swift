@@ -17,8 +17,9 @@ import VGPUProtocol
 /// observations one at a time.
 final class DeviceMetrics: Sendable {
   let registry = PrometheusCollectorRegistry()
-  private let device: ReferenceDevice
-  /// The `device` label of every series: the BAR file.
+  /// One snapshot of the device: its BAR's, or all client BARs' together.
+  private let snapshot: @Sendable () -> DeviceSnapshot
+  /// The `device` label of every series: the BAR file, or the socket.
   private let deviceLabel: String
   /// Whether the clients are in a VM: their pids are the guest's, and have no name here.
   private let vm: Bool
@@ -38,14 +39,16 @@ final class DeviceMetrics: Sendable {
     var command: String
   }
 
-  init(device: ReferenceDevice, deviceLabel: String, vm: Bool) {
-    self.device = device
+  init(
+    configuration c: ReferenceDeviceConfiguration, deviceLabel: String, vm: Bool,
+    snapshot: @escaping @Sendable () -> DeviceSnapshot
+  ) {
+    self.snapshot = snapshot
     self.deviceLabel = deviceLabel
     self.vm = vm
     MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
     scrapeTimer = CoreMetrics.Timer(
       label: "vgpu_metrics_scrape_duration_seconds", preferredDisplayUnit: .seconds)
-    let c = device.configuration
     registry.makeGauge(
       descriptor: Names.info,
       labels: [
@@ -59,7 +62,7 @@ final class DeviceMetrics: Sendable {
   func render() -> [UInt8] {
     let start = DispatchTime.now().uptimeNanoseconds
     let text = state.withLock { state -> [UInt8] in
-      let snapshot = device.snapshot()
+      let snapshot = snapshot()
       update(&state, snapshot)
       var buffer = registry.emitToBuffer()
       appendLatency(snapshot, to: &buffer)

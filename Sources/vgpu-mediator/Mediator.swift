@@ -1,5 +1,6 @@
 import ArgumentParser
 import DeviceAccess
+import Foundation
 import Logging
 import VGPUDevice
 import VGPUProtocol
@@ -14,28 +15,64 @@ import VGPUProtocol
 struct Mediator: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "vgpu-mediator",
-    abstract: "Serve a vGPU over a shared-memory BAR file, with the reference device doing the work.",
+    abstract: "Serve a vGPU to host processes over a Unix socket, or to a VM over a shared-memory BAR file.",
     discussion: """
-      Creates (or takes over) the BAR file, lays out the register block, doorbells, \
-      queue pairs and staging area (docs/PROTOCOL.md), and serves every client that \
-      maps it. Clients name it as shm:PATH, e.g.
+      Host processes connect to the mediator's Unix socket (--socket) and each gets \
+      a BAR of its own (docs/PROTOCOL.md §23): no process sees or touches another's \
+      rings, staging or memory. Clients name the socket as unix:PATH, e.g.
 
         vgpu-mediator &
-        VGPU_DEVICE=shm:/dev/shm/vgpu0 pcitool selftest
+        VGPU_DEVICE=unix:/run/vgpu/vgpu0.sock pcitool selftest
 
-      Each client process claims queue pairs under its pid; when it exits or is \
-      killed, its queue pairs and device memory are reclaimed within a second. \
+      A process is known by its socket (SO_PEERCRED: pid, uid, gid, which cross \
+      container PID namespaces) and admitted by --allow-uid/--allow-group (default: \
+      this user, root and group vgpu). When its socket closes (exit, SIGKILL) its \
+      queue pairs and device memory are released at once.
+
+      With --vm (or --ivshmem-socket) the mediator serves one BAR file (--path) to a \
+      VM instead: QEMU's ivshmem device maps it, and the VM is one tenant. \
       SIGINT or SIGTERM stops the mediator: the commands in hand complete, the \
       status register says the device stopped, and waiting clients get an error.
 
-      A second mediator on a file that a live one serves is refused (the file is \
-      locked while served). The file stays after exit; a new mediator reuses it.
+      A second mediator on a socket or file that a live one serves is refused.
       Exit status: 0 after a clean stop, 1 when the device (or the metrics endpoint) could not be set up, \
       2 on a bad command line.
       """)
 
-  @Option(name: .long, help: "The BAR file (a file on tmpfs: /dev/shm/NAME).")
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
+      """
+      The Unix socket host processes connect to (unix:PATH). Default: \(HostSocketPath.standard) \
+      if /run/vgpu can be created, else \(HostSocketPath.fallback). Not with --vm.
+      """, valueName: "path"))
+  var socket: String?
+
+  @Option(
+    name: .customLong("allow-uid"),
+    help: ArgumentHelp(
+      "A user id that may connect to --socket (repeatable). With --allow-uid or --allow-group, only those are admitted.",
+      valueName: "uid"))
+  var allowUIDs: [UInt32] = []
+
+  @Option(
+    name: .customLong("allow-group"),
+    help: ArgumentHelp(
+      "A group whose members may connect to --socket (repeatable; primary or supplementary group).",
+      valueName: "name"))
+  var allowGroups: [String] = []
+
+  @Option(name: .long, help: "With --vm or --shared-bar: the BAR file (a file on tmpfs: /dev/shm/NAME).")
   var path = "/dev/shm/vgpu0"
+
+  @Flag(
+    name: .customLong("shared-bar"),
+    help: """
+      Serve host processes on one BAR file (--path, shm:PATH) instead of the socket: every \
+      process that can open the file is one tenant and can disturb the others. For benchmarks \
+      that compare with the socket's per-process BARs.
+      """)
+  var sharedBAR = false
 
   @Option(
     name: .long,
@@ -182,6 +219,14 @@ struct Mediator: ParsableCommand {
     guard Logger.Level(rawValue: logLevel) != nil else {
       throw ValidationError("--log-level '\(logLevel)' is not a level")
     }
+    let fileMode = vm || ivshmemSocket != nil || sharedBAR
+    if fileMode && (socket != nil || !allowUIDs.isEmpty || !allowGroups.isEmpty) {
+      throw ValidationError(
+        "--socket, --allow-uid and --allow-group serve host processes; not with --vm, --ivshmem-socket or --shared-bar")
+    }
+    if sharedBAR && (vm || ivshmemSocket != nil) {
+      throw ValidationError("--shared-bar serves host processes on one file; a VM's file is --vm")
+    }
     if let metricsListen, MetricsAddress(metricsListen) == nil {
       throw ValidationError("--metrics-listen '\(metricsListen)' is not an address: use \(MetricsAddress.forms)")
     }
@@ -198,12 +243,15 @@ struct Mediator: ParsableCommand {
     config.cudaDriverVersion = Self.cudaVersion(cudaDriverVersion ?? "12.8")!
     // The host's GPU, opened before the BAR is touched: without a driver or
     // a GPU the mediator says so in one line and serves nothing.
+    let fileMode = vm || ivshmemSocket != nil || sharedBAR
+    // What clients open: the BAR file, or the socket (which names the device in logs and metrics).
+    let served = fileMode ? path : (socket ?? Self.defaultSocket())
     var driver: CUDADriver?
     if backend == "cuda" {
       do {
         let d = try CUDADriver.load(path: cudaLibrary)
         let gpu = try d.identity(ordinal: self.gpu)
-        config.adopt(gpu, barPath: path)
+        config.adopt(gpu, barPath: served)
         if cudaDriverVersion == nil { config.cudaDriverVersion = UInt32(d.version) }
         if let memory {
           config.memorySize = Size.parse(memory)!
@@ -226,15 +274,70 @@ struct Mediator: ParsableCommand {
     }
     if let name { config.name = name }
     let vm = vm || ivshmemSocket != nil
+    config.layout = BARLayout(
+      queuePairs: UInt32(queuePairs), depth: UInt32(depth), stagingSlotSize: UInt32(Size.parse(slotSize)!),
+      slotsPerQueue: UInt32(slots))
+    let events = Self.eventLogger(log)
+    if fileMode {
+      try serveFile(config, driver: driver, vm: vm, log: log, events: events)
+    } else {
+      try serveHosts(config, socketPath: served, driver: driver, log: log, events: events)
+    }
+  }
+
+  /// Host processes, each with a BAR of its own, on the Unix socket.
+  private func serveHosts(
+    _ config: ReferenceDeviceConfiguration, socketPath: String, driver: CUDADriver?, log: Logger,
+    events: @escaping @Sendable (DeviceEvent) -> Void
+  ) throws {
+    let allow = try AllowList.make(uids: allowUIDs, groupNames: allowGroups)
+    // No BAR outlives a client, so no staging is page-locked up front:
+    // a GPU's copies go through the driver's bounce buffers.
+    let work = try driver.map { try cudaBackend($0, staging: nil, log: log) }
+    let shared: SharedExecution
+    do { shared = try SharedExecution(configuration: config, backend: work) } catch {
+      throw Failure(error.description)
+    }
+    var signals = Self.blockStopSignals()
+    let server = try HostClientServer(
+      socketPath: socketPath, allow: allow, shared: shared, configuration: config, log: log,
+      onEvent: events)
+    let metrics: MetricsServer?
+    do {
+      metrics = try startMetrics(
+        DeviceMetrics(configuration: config, deviceLabel: server.socketPath, vm: false) { server.snapshot() },
+        log: log)
+    } catch {
+      server.stop()  // removes the socket
+      throw error
+    }
+    server.start()
+    log.info(
+      "serving host processes",
+      metadata: [
+        "socket": "\(server.socketPath)", "client": "VGPU_DEVICE=unix:\(server.socketPath)",
+        "admits": "\(allow.summary)", "memory": "\(config.memorySize >> 20) MiB", "backend": "\(shared.backendName)",
+        "barPerClient": "\(config.layout.regionSize) bytes, \(queuePairs) queue pairs", "pid": "\(getpid())",
+      ])
+    var received: Int32 = 0
+    sigwait(&signals, &received)
+    log.info("stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
+    metrics?.stop()
+    server.stop()
+    log.info("stopped", metadata: ["memoryStillAllocated": "\(shared.memoryInUse.allocated)"])
+  }
+
+  /// One BAR file: a VM's (QEMU's ivshmem maps it), or with --shared-bar every host process's.
+  private func serveFile(
+    _ configuration: ReferenceDeviceConfiguration, driver: CUDADriver?, vm: Bool, log: Logger,
+    events: @escaping @Sendable (DeviceEvent) -> Void
+  ) throws {
+    var config = configuration
     if vm {
       config.ownersAreLocalProcesses = false
       // Without doorbells nothing wakes the device from a VM: it looks often.
       if ivshmemSocket == nil { config.wait.sleepSliceNanoseconds = 1_000_000 }
     }
-    config.layout = BARLayout(
-      queuePairs: UInt32(queuePairs), depth: UInt32(depth), stagingSlotSize: UInt32(Size.parse(slotSize)!),
-      slotsPerQueue: UInt32(slots))
-
     // The lock comes first: the file of a live mediator must not be touched.
     let region: MappedRegion
     do {
@@ -250,23 +353,10 @@ struct Mediator: ParsableCommand {
     }
     let device: ReferenceDevice
     do {
-      var work: (any ExecutionBackend)?
-      if let driver {
-        let layout = config.layout
-        let staging = UnsafeMutableRawBufferPointer(
-          start: region.base + Int(layout.stagingOffset), count: Int(layout.stagingSize))
-        let cuda: CUDABackend
-        do { cuda = try CUDABackend(driver: driver, ordinal: gpu, staging: staging) } catch {
-          throw Failure(error.description)
-        }
-        do {
-          cuda.nvml = try HostNVML(path: nvmlLibrary, uuid: cuda.identity.uuidString)
-          log.info("host NVML", metadata: ["library": "\(cuda.nvml!.path)"])
-        } catch {
-          log.warning("\(error.description)")
-        }
-        work = cuda
-      }
+      let layout = config.layout
+      let staging = UnsafeMutableRawBufferPointer(
+        start: region.base + Int(layout.stagingOffset), count: Int(layout.stagingSize))
+      let work = try driver.map { try cudaBackend($0, staging: staging, log: log) }
       device = try ReferenceDevice(configuration: config, region: region, backend: work)
     } catch let e as DeviceSetupError {
       throw Failure(e.description)
@@ -283,43 +373,10 @@ struct Mediator: ParsableCommand {
       }
       device.useDoorbells(server!)
     }
-    let events = log
-    device.onEvent = { event in
-      switch event {
-      case .attached(let qp, let pid):
-        events.info("client attached", metadata: ["pid": "\(pid)", "queuePair": "\(qp)"])
-      case .released(let qp, let pid, let reason, let count, let bytes):
-        let level: Logger.Level = reason == .closed ? .info : .notice
-        events.log(
-          level: level, "queue pair released: \(reason)",
-          metadata: ["pid": "\(pid)", "queuePair": "\(qp)", "allocations": "\(count)", "bytes": "\(bytes)"])
-      case .faulted(let qp, let pid, let fault):
-        events.warning(
-          "queue pair faulted: a doorbell index was out of range",
-          metadata: ["pid": "\(pid)", "queuePair": "\(qp)", "fault": "\(fault)"])
-      case .suppressed(let qp, let count):
-        events.warning(
-          "\(count) events of one queue pair not logged: its client changes the pair's state faster than \(EventBudget.perSecond) times a second",
-          metadata: ["queuePair": "\(qp)"])
-      }
-    }
-
-    // Signals are taken by sigwait on this thread only: block them before the
-    // device thread starts, so it inherits the mask.
-    var signals = sigset_t()
-    sigemptyset(&signals)
-    sigaddset(&signals, SIGINT)
-    sigaddset(&signals, SIGTERM)
-    pthread_sigmask(SIG_BLOCK, &signals, nil)
-
-    // After the signal mask: Swift concurrency's threads, which the HTTP
-    // server starts, inherit it. Bound before serving, so that an address
-    // in use stops the mediator before any client sees the device.
-    var metrics: MetricsServer?
-    if let metricsListen, let address = MetricsAddress(metricsListen) {
-      metrics = try MetricsServer(
-        address: address, metrics: DeviceMetrics(device: device, deviceLabel: path, vm: vm))
-    }
+    device.onEvent = events
+    var signals = Self.blockStopSignals()
+    let metrics = try startMetrics(
+      DeviceMetrics(configuration: config, deviceLabel: path, vm: vm) { device.snapshot() }, log: log)
 
     device.announce(pid: UInt32(getpid()))
     server?.start()
@@ -340,11 +397,6 @@ struct Mediator: ParsableCommand {
             "-chardev socket,path=\(server.socketPath),id=vgpu -device ivshmem-doorbell,chardev=vgpu,vectors=\(server.vectors),addr=05.0",
         ])
     }
-    if let metrics {
-      log.info(
-        "metrics listening",
-        metadata: ["address": "\(metrics.listening)", "url": "http://\(metrics.listening)/metrics"])
-    }
     var received: Int32 = 0
     sigwait(&signals, &received)
     log.info("stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
@@ -359,6 +411,78 @@ struct Mediator: ParsableCommand {
       facts["interruptsSent"] = "\(server.interruptsSent)"
     }
     log.info("stopped", metadata: facts)
+  }
+
+  /// The host GPU's backend, its staging page-locked when there is one, with NVML if it loads.
+  private func cudaBackend(_ driver: CUDADriver, staging: UnsafeMutableRawBufferPointer?, log: Logger) throws
+    -> CUDABackend
+  {
+    let cuda: CUDABackend
+    do { cuda = try CUDABackend(driver: driver, ordinal: gpu, staging: staging) } catch {
+      throw Failure(error.description)
+    }
+    do {
+      cuda.nvml = try HostNVML(path: nvmlLibrary, uuid: cuda.identity.uuidString)
+      log.info("host NVML", metadata: ["library": "\(cuda.nvml!.path)"])
+    } catch {
+      log.warning("\(error.description)")
+    }
+    return cuda
+  }
+
+  /// Signals are taken by sigwait on the main thread only: blocked before
+  /// any other thread starts (devices, the HTTP server's Swift concurrency
+  /// threads), so that they inherit the mask.
+  static func blockStopSignals() -> sigset_t {
+    var signals = sigset_t()
+    sigemptyset(&signals)
+    sigaddset(&signals, SIGINT)
+    sigaddset(&signals, SIGTERM)
+    pthread_sigmask(SIG_BLOCK, &signals, nil)
+    return signals
+  }
+
+  /// The metrics endpoint, bound before serving, so that an address in use
+  /// stops the mediator before any client sees the device.
+  private func startMetrics(_ metrics: @autoclosure () -> DeviceMetrics, log: Logger) throws -> MetricsServer? {
+    guard let metricsListen, let address = MetricsAddress(metricsListen) else { return nil }
+    let server = try MetricsServer(address: address, metrics: metrics())
+    log.info(
+      "metrics listening",
+      metadata: ["address": "\(server.listening)", "url": "http://\(server.listening)/metrics"])
+    return server
+  }
+
+  /// /run/vgpu/vgpu0.sock where /run/vgpu can be made (or is writable), else /dev/shm/vgpu0.sock.
+  static func defaultSocket() -> String {
+    let directory = (HostSocketPath.standard as NSString).deletingLastPathComponent
+    if mkdir(directory, 0o755) == 0 || (errno == EEXIST && access(directory, W_OK) == 0) {
+      return HostSocketPath.standard
+    }
+    return HostSocketPath.fallback
+  }
+
+  /// What the device reports (attached, released, faulted) as log lines.
+  static func eventLogger(_ events: Logger) -> @Sendable (DeviceEvent) -> Void {
+    { event in
+      switch event {
+      case .attached(let qp, let pid):
+        events.info("client attached", metadata: ["pid": "\(pid)", "queuePair": "\(qp)"])
+      case .released(let qp, let pid, let reason, let count, let bytes):
+        let level: Logger.Level = reason == .closed ? .info : .notice
+        events.log(
+          level: level, "queue pair released: \(reason)",
+          metadata: ["pid": "\(pid)", "queuePair": "\(qp)", "allocations": "\(count)", "bytes": "\(bytes)"])
+      case .faulted(let qp, let pid, let fault):
+        events.warning(
+          "queue pair faulted: a doorbell index was out of range",
+          metadata: ["pid": "\(pid)", "queuePair": "\(qp)", "fault": "\(fault)"])
+      case .suppressed(let qp, let count):
+        events.warning(
+          "\(count) events of one queue pair not logged: its client changes the pair's state faster than \(EventBudget.perSecond) times a second",
+          metadata: ["queuePair": "\(qp)"])
+      }
+    }
   }
 
   /// "12.8" → 12080, as CUDA numbers versions (1000 × major + 10 × minor).

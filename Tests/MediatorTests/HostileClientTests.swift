@@ -7,11 +7,11 @@ import Testing
 import VGPU
 import VGPUProtocol
 
-/// A client of a real mediator that stores random values into every word a
-/// client can write — its own pair's state and owner pid, its doorbells,
-/// `control` and `status` — while other clients run `pcitool selftest`
-/// back to back. None of them may fail, the mediator must keep serving, and
-/// everything must be reclaimed at the end.
+/// A client of a real mediator that stores random values into every word of
+/// its BAR a client can write — its own pair's state and owner pid, its
+/// doorbells, `control` and `status` — while other clients run `pcitool
+/// selftest` back to back on their own BARs. None of them may fail, the
+/// mediator must keep serving, and everything must be reclaimed at the end.
 ///
 /// 60 s by default (VGPU_HOSTILE_SECONDS sets another bound).
 @Suite struct HostileClientTests {
@@ -19,7 +19,7 @@ import VGPUProtocol
 
   @Test(.timeLimit(.minutes(5))) func aScribblingClientCannotStopOthersSelftests() throws {
     let mediator = try MediatorProcess()
-    let region = try MappedRegion.sharedFile(mediator.path)
+    let region = try MediatorSocket.connect(mediator.path)
     let registers = RegisterBlock(region.base)
     let layout = try BARLayout(reading: registers, size: region.size)
     // The scribbler is a client like any other: it claims the last pair.
@@ -92,10 +92,10 @@ import VGPUProtocol
   }
 
   /// The reported lock-out: a client stores 0 into `status` (over and over
-  /// here); new clients still open the device and work.
+  /// here, on its own BAR); new clients still open the device and work.
   @Test func aZeroedStatusDoesNotLockOutNewClients() throws {
     let mediator = try MediatorProcess()
-    let region = try MappedRegion.sharedFile(mediator.path)
+    let region = try MediatorSocket.connect(mediator.path)
     let registers = RegisterBlock(region.base)
     let stop = Atomic<Bool>(false)
     let scribbler = Thread {

@@ -97,12 +97,12 @@ import VGPUProtocol
     // still far below anything that waits for a second deadline.
     #expect(Date().timeIntervalSince(stopped) < 8)
     #expect(error?.contains("stopped answering") == true, "\(error ?? "")")
-    // Opening the file now says that nobody serves it.
+    // Opening the socket now says that no mediator runs: it removed its socket.
     do {
       _ = try Device.open(mediator.spec)
-      Issue.record("opened a BAR that no mediator serves")
+      Issue.record("opened a socket that no mediator serves")
     } catch {
-      #expect(error.description.contains("no mediator serves it"), "\(error)")
+      #expect(error.description.contains("is vgpu-mediator running?"), "\(error)")
     }
   }
 
@@ -123,12 +123,12 @@ import VGPUProtocol
   /// A killed mediator whose parent has not reaped it yet is a zombie,
   /// which kill(pid, 0) still finds: the client notices it anyway.
   @Test func aKilledMediatorNotYetReapedIsNoticed() throws {
-    let path = "/dev/shm/vgpu-zombie-\(getpid())"
+    let path = "/dev/shm/vgpu-zombie-\(getpid()).sock"
     unlink(path)
     defer { unlink(path) }
     // Spawned directly, so nothing reaps it until this test does.
     let binary = MediatorProcess.binaries.appendingPathComponent("vgpu-mediator").path
-    let argv = [binary, "--path", path, "--memory", "1G", "--log-level", "error"]
+    let argv = [binary, "--socket", path, "--memory", "1G", "--log-level", "error"]
     var pid: pid_t = 0
     var cArgs = argv.map { strdup($0) } + [nil]
     defer { for p in cArgs { free(p) } }
@@ -142,9 +142,9 @@ import VGPUProtocol
       }
     }
     let deadline = Date().addingTimeInterval(10)
-    while (try? Device.open("shm:\(path)")) == nil && Date() < deadline { usleep(50_000) }
+    while (try? Device.open("unix:\(path)")) == nil && Date() < deadline { usleep(50_000) }
     // A 60 s deadline, as above: the error must come from the mediator's death.
-    let client = try ClientProcess("vgpu-test-client", ["loop", "shm:\(path)", "\(32 << 20)", "0", "1", "60"])
+    let client = try ClientProcess("vgpu-test-client", ["loop", "unix:\(path)", "\(32 << 20)", "0", "1", "60"])
     #expect(client.waitFor("ready", seconds: 20) != nil)
     kill(pid, SIGKILL)
     let error = client.waitFor("error", seconds: 20)
@@ -154,18 +154,22 @@ import VGPUProtocol
     reaped = true
   }
 
-  @Test func aSecondMediatorOnTheSameFileIsRefused() throws {
-    let first = try MediatorProcess()
+  @Test(arguments: [false, true]) func aSecondMediatorOnTheSameSocketOrFileIsRefused(file: Bool) throws {
+    let first = try MediatorProcess(arguments: file ? ["--shared-bar"] : [])
     let second = Process()
     second.executableURL = MediatorProcess.binaries.appendingPathComponent("vgpu-mediator")
-    second.arguments = ["--path", first.path]
+    second.arguments = file ? ["--shared-bar", "--path", first.path] : ["--socket", first.path]
     let err = Pipe()
     second.standardError = err
     try second.run()
     second.waitUntilExit()
     let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     #expect(second.terminationStatus == 1)
-    #expect(message.contains("already served by vgpu-mediator pid \(first.process.processIdentifier)"), "\(message)")
+    #expect(
+      message.contains(
+        file
+          ? "already served by vgpu-mediator pid \(first.process.processIdentifier)"
+          : "is served by a running vgpu-mediator"), "\(message)")
     // ... and the first goes on serving.
     let device = try Device.open(first.spec)
     try device.nop()
@@ -189,7 +193,15 @@ import VGPUProtocol
       _ = try Device.open("shm:/dev/shm/vgpu-no-such-file")
       Issue.record("opened a missing file")
     } catch {
-      #expect(error.description.contains("no such file") && error.description.contains("vgpu-mediator --path"))
+      #expect(error.description.contains("no such file") && error.description.contains("vgpu-mediator --vm --path"))
+    }
+    do {
+      _ = try Device.open("unix:/dev/shm/vgpu-no-such-socket")
+      Issue.record("opened a missing socket")
+    } catch {
+      #expect(
+        error.description.contains("no socket at /dev/shm/vgpu-no-such-socket")
+          && error.description.contains("is vgpu-mediator running? start it: vgpu-mediator --socket"), "\(error)")
     }
     let bad = Process()
     bad.executableURL = MediatorProcess.binaries.appendingPathComponent("vgpu-mediator")

@@ -29,9 +29,9 @@ import Testing
     let b = try Clients.start(python, mediator, hold: 5 << 20, launches: 11, copy: 1 << 17)
     defer { b.finish() }
     let reportB = try b.report()
-    // What each client's NVML listed: both processes (the later client sees both).
-    let nvml = reportB.nvml
-    #expect(nvml.keys.contains(String(reportA.pid)) && nvml.keys.contains(String(reportB.pid)), "\(nvml)")
+    // What each client's NVML listed: itself only, since each has a BAR of its own.
+    #expect(reportA.nvml.keys.sorted() == [String(reportA.pid)], "\(reportA.nvml)")
+    #expect(reportB.nvml.keys.sorted() == [String(reportB.pid)], "\(reportB.nvml)")
 
     let prometheus = try PrometheusServer(binary: prometheusBinary, target: "127.0.0.1:\(port)")
     defer { prometheus.stop() }
@@ -47,7 +47,8 @@ import Testing
     #expect(seen, "PromQL never returned both clients: memory \(memory), launches \(launches)\n\(prometheus.log)")
     for report in [reportA, reportB] {
       let pid = String(report.pid)
-      #expect(memory[pid] == Double(try #require(nvml[pid])), "pid \(pid): PromQL \(memory), NVML \(nvml)")
+      #expect(
+        memory[pid] == Double(try #require(report.nvml[pid])), "pid \(pid): PromQL \(memory), NVML \(report.nvml)")
       #expect(memory[pid] == Double(report.statistics["bytes_allocated"] ?? 0))
       #expect(launches[pid] == Double(report.launches), "pid \(pid): PromQL \(launches)")
       #expect(launches[pid] == Double(report.statistics["launches"] ?? 0))
@@ -72,14 +73,14 @@ import Testing
     for name in used_ { #expect(exposed.contains(name), "the dashboard uses \(name), which no scrape has") }
   }
 
-  /// `pcitool top` in a 160×40 tmux window shows both clients with their
-  /// command, memory and nonzero rates; `q` quits it. Then `--once --json`,
-  /// field by field.
+  /// `pcitool top` in a 160×40 tmux window shows both clients of a shared
+  /// BAR (as a VM's processes share theirs) with their command, memory and
+  /// nonzero rates; `q` quits it. Then `--once --json`, field by field.
   @Test(.enabled(if: Tools.usable("tmux"), Tools.missing("tmux")))
   func topShowsBothClientsLiveAndAsJSON() throws {
     let tmux = try Tools.require("tmux")
     let python = try Clients.requirePython()
-    let mediator = try MediatorProcess()
+    let mediator = try MediatorProcess(arguments: ["--shared-bar"])
     defer { mediator.stop() }
     let a = try Clients.start(python, mediator, hold: 3 << 20, launches: 2, copy: 1 << 16, busy: true)
     let b = try Clients.start(python, mediator, hold: 5 << 20, launches: 2, copy: 1 << 17, busy: true)
@@ -156,7 +157,7 @@ import Testing
       let r = Tools.run(
         MediatorProcess.binaries.appendingPathComponent("vgpu-mediator").path,
         [
-          "--path", "/dev/shm/vgpu-bad-\(getpid())", "--metrics-listen", bad,
+          "--socket", "/dev/shm/vgpu-bad-\(getpid()).sock", "--metrics-listen", bad,
         ])
       #expect(r.status == 2, "'\(bad)': \(r.output)")
       #expect(r.output.split(separator: "\n").count == 1 && r.output.contains("--metrics-listen"), "\(r.output)")
@@ -167,9 +168,9 @@ import Testing
     let busy = Tools.run(
       MediatorProcess.binaries.appendingPathComponent("vgpu-mediator").path,
       [
-        "--path", "/dev/shm/vgpu-busy-\(getpid())", "--metrics-listen", "\(holder.port)",
+        "--socket", "/dev/shm/vgpu-busy-\(getpid()).sock", "--metrics-listen", "\(holder.port)",
       ])
-    unlink("/dev/shm/vgpu-busy-\(getpid())")
+    #expect(access("/dev/shm/vgpu-busy-\(getpid()).sock", F_OK) != 0, "the mediator left its socket behind")
     #expect(
       busy.status == 1 && busy.output.contains("cannot serve metrics on 127.0.0.1:\(holder.port)"), "\(busy.output)")
 

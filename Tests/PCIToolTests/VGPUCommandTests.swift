@@ -69,12 +69,19 @@ import Testing
     #expect(r.stderr.hasPrefix("pcitool: ") && r.stderr.contains("vgpu-does-not-exist"))
   }
 
+  @Test func probeOfAMissingSocketSaysToStartTheMediator() throws {
+    let r = try Self.pcitool("probe", "unix:/dev/shm/vgpu-no-such-socket")
+    #expect(r.status == 1)
+    #expect(Self.lines(r.stderr).count == 1, "\(r.stderr)")
+    #expect(r.stderr.contains("is vgpu-mediator running? start it: vgpu-mediator --socket"), "\(r.stderr)")
+  }
+
   @Test func aDeviceStringThatIsNoneIsAUsageError() throws {
     for command in ["probe", "selftest", "bench"] {
       let r = try Self.pcitool(command, "nonsense")
       #expect(r.status == 2, "\(command): \(r.stderr)")
       #expect(Self.lines(r.stderr).count == 1, "\(command): \(r.stderr)")
-      #expect(r.stderr.contains("sim, shm:PATH"), "\(command): \(r.stderr)")
+      #expect(r.stderr.contains("sim, unix:PATH, shm:PATH"), "\(command): \(r.stderr)")
     }
   }
 

@@ -17,7 +17,9 @@ import Testing
   @Test func pynvmlSeesTheDeviceAndTheProcessesUsingIt() throws {
     try ShimProgram.requireShims(["libnvidia-ml.so.1", "libvgpu.so", "libvgpucore.so"])
     let python = try ShimProgram.requirePython()
-    let mediator = try MediatorProcess()
+    // One BAR for all, as a VM's processes share theirs: NVML lists the
+    // other process. (On unix: each process sees only itself.)
+    let mediator = try MediatorProcess(arguments: ["--shared-bar"])
     let client = try Self.clientHoldingMemory(mediator)
     let allocate = 5 << 20
     let r = try ShimProgram.run(
@@ -74,7 +76,9 @@ import Testing
   @Test func gpustatShowsTheDeviceAndItsProcesses() throws {
     try ShimProgram.requireShims(["libnvidia-ml.so.1", "libvgpucore.so"])
     let python = try ShimProgram.requirePython()
-    let mediator = try MediatorProcess()
+    // One BAR for all, as a VM's processes share theirs: NVML lists the
+    // other process. (On unix: each process sees only itself.)
+    let mediator = try MediatorProcess(arguments: ["--shared-bar"])
     let client = try Self.clientHoldingMemory(mediator)
     let r = try ShimProgram.run(
       python, ["-m", "gpustat", "--json"], environment: ShimProgram.environment(device: mediator.spec))
@@ -130,7 +134,9 @@ import Testing
 
   @Test func aCProgramGetsNVMLsABI() throws {
     try ShimProgram.requireShims(["libnvidia-ml.so.1", "libvgpucore.so"])
-    let mediator = try MediatorProcess()
+    // One BAR for all, as a VM's processes share theirs: NVML lists the
+    // other process. (On unix: each process sees only itself.)
+    let mediator = try MediatorProcess(arguments: ["--shared-bar"])
     let client = try Self.clientHoldingMemory(mediator)
     let program = try ShimProgram.compile("nvml_client.c", flags: "-L'\(Paths.shims.path)' -lnvidia-ml")
     let r = try ShimProgram.run(

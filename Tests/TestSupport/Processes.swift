@@ -28,8 +28,10 @@ public enum Paths {
   public static var python: URL { packageRoot.appendingPathComponent(".venv/bin/python") }
 }
 
-/// A real `vgpu-mediator` process serving a BAR file in /dev/shm, and real
-/// client processes (`vgpu-test-client`, `pcitool`) using it.
+/// A real `vgpu-mediator` process serving host processes on a Unix socket
+/// in /dev/shm (each with a BAR of its own), or with `--vm`,
+/// `--ivshmem-socket` or `--shared-bar` a BAR file there; and real client
+/// processes (`vgpu-test-client`, `pcitool`) using it.
 public final class MediatorProcess: @unchecked Sendable {
   public static let binaries: URL = {
     let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
@@ -37,19 +39,24 @@ public final class MediatorProcess: @unchecked Sendable {
   }()
   static let counter = Atomic<Int>(0)
 
+  /// The socket clients connect to, or the BAR file (`servesFile`).
   public let path: String
+  /// Whether it serves one BAR file (a VM's, or `--shared-bar`) rather than the socket.
+  public let servesFile: Bool
   public let process = Process()
   /// Its stderr goes to a file, not a pipe: a pipe nobody reads fills up
   /// (64 KiB) and the mediator then blocks in its logger, serving no one.
   let logPath: String
 
-  /// Starts one serving `path` (a fresh /dev/shm file by default) with
-  /// `arguments`; `environment` is added to the test's.
+  /// Starts one serving `path` (a fresh /dev/shm socket or file by default)
+  /// with `arguments`; `environment` is added to the test's.
   public init(path: String? = nil, arguments: [String] = [], environment: [String: String] = [:]) throws {
-    self.path = path ?? "/dev/shm/vgpu-test-\(getpid())-\(Self.counter.add(1, ordering: .relaxed).newValue)"
+    servesFile = arguments.contains { ["--vm", "--ivshmem-socket", "--shared-bar"].contains($0) }
+    let fresh = "/dev/shm/vgpu-test-\(getpid())-\(Self.counter.add(1, ordering: .relaxed).newValue)"
+    self.path = path ?? (servesFile ? fresh : fresh + ".sock")
     if path == nil { unlink(self.path) }
     process.executableURL = Self.binaries.appendingPathComponent("vgpu-mediator")
-    process.arguments = ["--path", self.path, "--memory", "8G"] + arguments
+    process.arguments = [servesFile ? "--path" : "--socket", self.path, "--memory", "8G"] + arguments
     if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     logPath =
       FileManager.default.temporaryDirectory
@@ -63,25 +70,27 @@ public final class MediatorProcess: @unchecked Sendable {
     process.standardError = log
     process.standardOutput = FileHandle.nullDevice
     try process.run()
-    // Ready when the BAR names this process as its server.
     let deadline = Date().addingTimeInterval(10)
     while Date() < deadline {
-      if let region = try? Data(contentsOf: URL(fileURLWithPath: self.path), options: .alwaysMapped),
-        region.count >= 4096,
-        region.withUnsafeBytes({
-          $0.load(fromByteOffset: Register.devicePID.offset, as: UInt32.self) == UInt32(process.processIdentifier)
-            && $0.load(fromByteOffset: Register.status.offset, as: UInt32.self) & 1 == 1
-        })
-      {
-        return
-      }
+      if servesFile ? fileIsServed : self.log.contains("serving host processes") { return }
       guard process.isRunning else { break }
-      usleep(20_000)
+      usleep(5_000)
     }
-    throw MediatorError(description: "vgpu-mediator did not come up on \(self.path)")
+    throw MediatorError(description: "vgpu-mediator did not come up on \(self.path): \(self.log.suffix(1000))")
   }
 
-  public var spec: String { "shm:\(path)" }
+  /// Whether the BAR file names this process as its server, ready.
+  private var fileIsServed: Bool {
+    guard let region = try? Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped), region.count >= 4096
+    else { return false }
+    return region.withUnsafeBytes {
+      $0.load(fromByteOffset: Register.devicePID.offset, as: UInt32.self) == UInt32(process.processIdentifier)
+        && $0.load(fromByteOffset: Register.status.offset, as: UInt32.self) & 1 == 1
+    }
+  }
+
+  /// What clients open: `unix:SOCKET`, or `shm:FILE`.
+  public var spec: String { servesFile ? "shm:\(path)" : "unix:\(path)" }
 
   /// What it has logged so far (standard error).
   public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }

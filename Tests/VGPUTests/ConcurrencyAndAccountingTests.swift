@@ -99,14 +99,15 @@ import VGPUSimulator
   @Test func deviceSpecGrammar() throws {
     #expect(try DeviceSpec(parsing: "sim") == .simulated)
     #expect(try DeviceSpec(parsing: "shm:/dev/shm/vgpu0") == .sharedMemory(path: "/dev/shm/vgpu0"))
+    #expect(try DeviceSpec(parsing: "unix:/run/vgpu/vgpu0.sock") == .unixSocket(path: "/run/vgpu/vgpu0.sock"))
     #expect(try DeviceSpec(parsing: "0000:00:05.0") == .pci(address: "0000:00:05.0", backend: nil))
     #expect(try DeviceSpec(parsing: "vfio:00:05.0") == .pci(address: "00:05.0", backend: .vfio))
-    for bad in ["", "simulator", "shm:", "vfio:", "vfio:nonsense", "gpu0", "00:05"] {
+    for bad in ["", "simulator", "shm:", "unix:", "vfio:", "vfio:nonsense", "gpu0", "00:05"] {
       #expect(throws: VGPUError.self) { try DeviceSpec(parsing: bad) }
     }
     let nonsense = #expect(throws: VGPUError.self) { _ = try Device.open("nonsense") }
     #expect(nonsense?.kind == .invalidArgument)
-    #expect(nonsense?.description.contains("sim, shm:PATH") == true, "\(String(describing: nonsense))")
+    #expect(nonsense?.description.contains("sim, unix:PATH, shm:PATH") == true, "\(String(describing: nonsense))")
     let absent = #expect(throws: VGPUError.self) { _ = try Device.open("shm:/dev/shm/x-absent") }
     #expect(absent?.kind == .unavailable && absent?.description.contains("no such file") == true)
     // What sits at the vGPU's slot decides the diagnosis; on these machines a virtio RNG does.

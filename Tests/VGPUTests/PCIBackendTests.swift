@@ -336,7 +336,7 @@ final class FakeVFIO: @unchecked Sendable {
     let e = try #require(openError(address, f.options()))
     #expect(e.kind == .unavailable)
     #expect(e.found == "no PCI device at 0000:00:05.0 (devices here: 0000:00:01.0, 0000:00:02.0)", "\(e)")
-    #expect(e.remedy?.contains("VGPU_DEVICE=shm:") == true)
+    #expect(e.remedy?.contains("VGPU_DEVICE=unix:") == true)
   }
 
   @Test func anotherDeviceIsNotAVGPU() throws {

@@ -103,6 +103,8 @@ int vgpu_capture_stdout(int size, int *saved);
 int vgpu_abstract_listen(const char *name);
 int vgpu_abstract_connect(const char *name);
 int vgpu_peer_credentials(int sock, uint32_t *pid, uint32_t *uid);
+// SO_PEERCRED with the group too: pid, uid and gid as the kernel saw them at connect(2).
+int vgpu_peer_ucred(int sock, uint32_t *pid, uint32_t *uid, uint32_t *gid);
 int vgpu_send_fd(int sock, const void *data, size_t len, int fd);
 int vgpu_recv_fd(int sock, void *data, size_t len, int *fd);
 // Several descriptors with one message (ivshmem server, broker).
@@ -112,5 +114,26 @@ int vgpu_recv_fds(int sock, void *data, size_t len, int *fds, int max, int *nfds
 // Unix sockets bound to a path in the file system.
 int vgpu_path_listen(const char *path);
 int vgpu_path_connect(const char *path);
+// A path socket with `backlog` pending connections whose file gets `mode`
+// (chmod before listen(2), so no one connects under the umask's mode).
+int vgpu_path_listen_mode(const char *path, int backlog, uint32_t mode);
+// connect(2) to a path socket within `timeout_ns`: a full backlog is retried
+// (a blocking connect would wait on it unbounded); -ETIMEDOUT past the deadline.
+int vgpu_path_connect_within(const char *path, uint64_t timeout_ns);
+// Whether the peer of socket `fd` hung up (POLLHUP, POLLRDHUP or POLLERR
+// now, without waiting): 1, 0, or -errno. Allocates nothing.
+int vgpu_socket_hung_up(int fd);
+// accept4(2) with SOCK_CLOEXEC: the new connection's fd or -errno.
+int vgpu_accept_cloexec(int listener);
+// Waits until `fd` is readable or hung up: 1, 0 at the timeout, or -errno.
+int vgpu_wait_readable(int fd, uint64_t timeout_ns);
+// A memfd (memfd_create(2), MFD_CLOEXEC | MFD_ALLOW_SEALING) of `size`
+// bytes, sealed against shrinking and growing (F_SEAL_SHRINK | F_SEAL_GROW),
+// so the process it is passed to cannot resize it under the mapper.
+int vgpu_memfd_sealed(const char *name, uint64_t size);
+// fcntl(F_GET_SEALS): the seals on `fd` (F_SEAL_* bits) or -errno.
+int vgpu_memfd_seals(int fd);
+// The F_SEAL_* bits vgpu_memfd_sealed sets.
+int vgpu_memfd_size_seals(void);
 
 #endif

@@ -3,7 +3,7 @@
  * vector_add kernel written in PTX, checks every result, and prints the statistics.
  *
  *   cc -o vgpu_example vgpu_example.c $(pkg-config --cflags --libs vgpu)
- *   VGPU_DEVICE=shm:/dev/shm/vgpu0 ./vgpu_example
+ *   VGPU_DEVICE=unix:/run/vgpu/vgpu0.sock ./vgpu_example
  *
  * Exit status 0 when everything checked out, 1 otherwise (the reason on stderr). */
 #include <stddef.h>

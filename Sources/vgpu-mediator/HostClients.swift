@@ -1,0 +1,307 @@
+import CSupport
+import DeviceAccess
+import Foundation
+import Logging
+import Synchronization
+import VGPUDevice
+import VGPUProtocol
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Who may connect to the host socket, by the uid and groups SO_PEERCRED
+/// and /proc give (never by anything the client says).
+struct AllowList: Sendable {
+  var uids: [UInt32]
+  var groups: [(name: String, gid: UInt32)]
+
+  /// `uids` and `groupNames` as given (`--allow-uid`, `--allow-group`); with
+  /// neither, the mediator's own user, root and group `vgpu` if it exists.
+  static func make(uids: [UInt32], groupNames: [String]) throws -> AllowList {
+    guard uids.isEmpty && groupNames.isEmpty else {
+      var groups: [(String, UInt32)] = []
+      for name in groupNames {
+        guard let g = getgrnam(name) else {
+          throw Failure("--allow-group \(name): no such group (getent group \(name)); create it or name another")
+        }
+        groups.append((name, g.pointee.gr_gid))
+      }
+      return AllowList(uids: uids, groups: groups)
+    }
+    let vgpu = getgrnam("vgpu").map { [("vgpu", $0.pointee.gr_gid)] } ?? []
+    return AllowList(uids: Array(Set([UInt32(geteuid()), 0])).sorted(), groups: vgpu)
+  }
+
+  /// Why a peer is refused (one line for it to print), or nil if admitted.
+  func refusal(pid: UInt32, uid: UInt32, gid: UInt32) -> String? {
+    if uids.contains(uid) { return nil }
+    if !groups.isEmpty {
+      let theirs = Set([gid] + Self.supplementaryGroups(of: pid))
+      if groups.contains(where: { theirs.contains($0.gid) }) { return nil }
+    }
+    return "uid \(uid) (pid \(pid)) is not admitted; vgpu-mediator admits \(summary)"
+  }
+
+  /// "uid 0, 1000; group vgpu (998)".
+  var summary: String {
+    var parts: [String] = []
+    if !uids.isEmpty { parts.append("uid \(uids.map(String.init).joined(separator: ", "))") }
+    if !groups.isEmpty { parts.append("group \(groups.map { "\($0.name) (\($0.gid))" }.joined(separator: ", "))") }
+    return parts.isEmpty ? "no one" : parts.joined(separator: "; ")
+  }
+
+  /// Whether others than the mediator's user (and root) may connect: the socket file must let them.
+  var admitsOthers: Bool { uids.contains { $0 != geteuid() && $0 != 0 } }
+
+  /// The `Groups:` line of /proc/PID/status (proc(5)): the supplementary groups.
+  static func supplementaryGroups(of pid: UInt32) -> [UInt32] {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+      let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Groups:") })
+    else { return [] }
+    return line.dropFirst("Groups:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap {
+      UInt32($0)
+    }
+  }
+}
+
+/// Serves host processes on a Unix socket, each with a BAR of its own
+/// (docs/PROTOCOL.md §23): a sealed memfd of the configured layout, served
+/// by its own `ReferenceDevice` over the mediator's one `SharedExecution`.
+/// A process sees and touches only its own rings, staging and memory; its
+/// identity is its socket's SO_PEERCRED and its liveness the socket: when
+/// it closes (exit, SIGKILL) everything the process held is released at once.
+///
+/// One thread polls the listening socket and every client's socket (an idle
+/// mediator sleeps in poll(2)); each client device serves on a thread of its
+/// own, which sleeps on its own BAR's futex while idle. A thread per client
+/// keeps one client's futex sleep from needing the others' wake-ups; the
+/// shared lock keeps the backend's calls one at a time.
+final class HostClientServer: @unchecked Sendable {
+  let socketPath: String
+  let allow: AllowList
+  private let listener: Int32
+  /// An eventfd that stops the thread.
+  private let wake: Int32
+  private let shared: SharedExecution
+  private let configuration: ReferenceDeviceConfiguration
+  private let log: Logger
+  private let onEvent: @Sendable (DeviceEvent) -> Void
+  private var thread: pthread_t?
+
+  private final class Client {
+    let socket: Int32
+    let pid: UInt32
+    let uid: UInt32
+    let device: ReferenceDevice
+    init(socket: Int32, pid: UInt32, uid: UInt32, device: ReferenceDevice) {
+      self.socket = socket
+      self.pid = pid
+      self.uid = uid
+      self.device = device
+    }
+  }
+  private struct State {
+    var clients: [Int32: Client] = [:]
+    /// What departed clients' devices counted, so the totals never go down.
+    var retired: DeviceSnapshot?
+  }
+  private let state = Mutex(State())
+
+  /// Binds `socketPath` (a stale socket file is replaced; one a live mediator
+  /// serves is refused), gives it the mode the allow-list needs, and listens.
+  init(
+    socketPath: String, allow: AllowList, shared: SharedExecution, configuration: ReferenceDeviceConfiguration,
+    log: Logger, onEvent: @escaping @Sendable (DeviceEvent) -> Void
+  ) throws {
+    self.socketPath = socketPath
+    self.allow = allow
+    self.shared = shared
+    self.configuration = configuration
+    self.log = log
+    self.onEvent = onEvent
+    let parent = (socketPath as NSString).deletingLastPathComponent
+    if !parent.isEmpty && mkdir(parent, 0o755) != 0 && errno != EEXIST {
+      throw Failure(
+        "cannot create \(parent) for --socket \(socketPath) (\(String(cString: strerror(errno)))); name a socket in a writable directory"
+      )
+    }
+    // 0660 for the user and the admitted group; anyone may connect (0666)
+    // when other users are admitted: the allow-list then decides.
+    let mode: UInt32 = allow.admitsOthers ? 0o666 : 0o660
+    let fd = vgpu_path_listen_mode(socketPath, 128, mode)
+    guard fd >= 0 else {
+      if -fd == EADDRINUSE {
+        throw Failure("\(socketPath) is served by a running vgpu-mediator; stop it first, or use another --socket")
+      }
+      throw Failure(
+        "cannot listen on \(socketPath) (\(String(cString: strerror(-fd)))); check the directory's permissions or use another --socket"
+      )
+    }
+    if let group = allow.groups.first, chown(socketPath, uid_t.max, group.gid) != 0 {
+      log.warning("cannot give \(socketPath) to group \(group.name): \(String(cString: strerror(errno)))")
+    }
+    listener = fd
+    wake = eventfd(0, Int32(EFD_CLOEXEC))
+    guard wake >= 0 else {
+      close(fd)
+      throw Failure("eventfd failed (\(String(cString: strerror(errno))))")
+    }
+  }
+
+  deinit {
+    close(listener)
+    close(wake)
+  }
+
+  func start() {
+    thread = startThread { [self] in serve() }
+    precondition(thread != nil, "pthread_create failed: \(errno)")
+  }
+
+  /// Stops accepting, releases every client (their devices stop; waiting
+  /// clients see the device stop), and removes the socket file.
+  func stop() {
+    var one: UInt64 = 1
+    _ = write(wake, &one, 8)
+    if let thread { pthread_join(thread, nil) }
+    thread = nil
+    // The clients still map their BARs: their devices stop (waiting clients
+    // see the status), and their pairs are left as they are, not reset under them.
+    for fd in state.withLock({ Array($0.clients.keys) }) {
+      disconnect(fd, reason: "the mediator stops", release: false)
+    }
+    unlink(socketPath)
+  }
+
+  /// Clients connected now.
+  var clientCount: Int { state.withLock { $0.clients.count } }
+
+  /// All clients' devices as one, with what departed clients counted.
+  func snapshot() -> DeviceSnapshot {
+    let (devices, retired) = state.withLock { s in (s.clients.values.map(\.device), s.retired) }
+    let parts = devices.map { $0.snapshot() } + (retired.map { [$0] } ?? [])
+    return DeviceSnapshot.combining(
+      parts, memoryTotal: shared.memoryLimit, busyNanoseconds: shared.busyNanoseconds())
+  }
+
+  private func serve() {
+    var fds: [pollfd] = []
+    while true {
+      fds = [
+        pollfd(fd: wake, events: Int16(POLLIN), revents: 0), pollfd(fd: listener, events: Int16(POLLIN), revents: 0),
+      ]
+      fds += state.withLock { $0.clients.keys.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) } }
+      // No timeout: an idle mediator sleeps here; stop() writes `wake`.
+      let n = poll(&fds, nfds_t(fds.count), -1)
+      if n < 0 && errno == EINTR { continue }
+      guard n >= 0, fds[0].revents == 0 else { return }
+      for p in fds.dropFirst(2) where p.revents != 0 && hasClosed(p) {
+        disconnect(p.fd, reason: "its socket closed")
+      }
+      if fds[1].revents & Int16(POLLIN) != 0 { accept() }
+    }
+  }
+
+  /// Whether a client's socket closed (POLLHUP, an error, or end of file).
+  /// A client has nothing to say on it: bytes it sends are read and dropped.
+  private func hasClosed(_ p: pollfd) -> Bool {
+    if p.revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 { return true }
+    var scratch = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+    let n = withUnsafeMutableBytes(of: &scratch) { recv(p.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)
+  }
+
+  private func accept() {
+    let fd = vgpu_accept_cloexec(listener)
+    guard fd >= 0 else { return }
+    var pid: UInt32 = 0
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
+    guard vgpu_peer_ucred(fd, &pid, &uid, &gid) == 0 else {
+      close(fd)
+      return
+    }
+    if let reason = allow.refusal(pid: pid, uid: uid, gid: gid) {
+      log.notice(
+        "client refused", metadata: ["pid": "\(pid)", "uid": "\(uid)", "gid": "\(gid)", "reason": "\(reason)"])
+      send(SocketGreeting(status: .refused, reason: reason), to: fd)
+      close(fd)
+      return
+    }
+    let started = vgpu_monotonic_ns()
+    let device: ReferenceDevice
+    do {
+      device = try makeDevice(for: pid)
+    } catch {
+      log.error("no BAR for a client", metadata: ["pid": "\(pid)", "error": "\(error)"])
+      send(SocketGreeting(status: .failed, reason: "\(error)"), to: fd)
+      close(fd)
+      return
+    }
+    let greeting = SocketGreeting(status: .accepted, barSize: UInt64(device.region.size))
+    guard send(greeting, to: fd, with: device.region.fileDescriptor) else {
+      device.stop()
+      close(fd)
+      return
+    }
+    state.withLock { $0.clients[fd] = Client(socket: fd, pid: pid, uid: uid, device: device) }
+    log.info(
+      "client connected",
+      metadata: [
+        "pid": "\(pid)", "uid": "\(uid)", "bar": "\(device.region.size) bytes",
+        "setupMicroseconds": "\((vgpu_monotonic_ns() - started) / 1000)",
+      ])
+  }
+
+  /// A BAR of `pid`'s own: a sealed memfd laid out and served by a new device.
+  private func makeDevice(for pid: UInt32) throws -> ReferenceDevice {
+    let region: MappedRegion
+    do {
+      region = try MappedRegion.sealedMemory(name: "vgpu-client-\(pid)", size: Int(configuration.layout.regionSize))
+    } catch {
+      throw Failure(error.description)
+    }
+    var c = configuration
+    c.owner = pid
+    let device: ReferenceDevice
+    do { device = try ReferenceDevice(configuration: c, region: region, sharing: shared) } catch {
+      throw Failure(error.description)
+    }
+    device.onEvent = onEvent
+    device.announce(pid: UInt32(getpid()))
+    device.start()
+    return device
+  }
+
+  /// Sends `greeting` (with `fd` when accepted); whether it went whole.
+  @discardableResult
+  private func send(_ greeting: SocketGreeting, to socket: Int32, with fd: Int32 = -1) -> Bool {
+    let bytes = greeting.encoded
+    var f = fd
+    return bytes.withUnsafeBytes { b in vgpu_send_fds(socket, b.baseAddress, b.count, &f, fd >= 0 ? 1 : 0) == 0 }
+  }
+
+  /// Stops the client's device, releases everything it held (`release`:
+  /// the client is gone), and unmaps its BAR.
+  private func disconnect(_ fd: Int32, reason: String, release: Bool = true) {
+    guard let client = state.withLock({ $0.clients.removeValue(forKey: fd) }) else { return }
+    let (bytes, _) = client.device.memoryInUse
+    client.device.stop()
+    if release { client.device.releaseAll() }
+    var final = client.device.snapshot()
+    // What it counted stays in the totals; its pairs are gone with it.
+    final.queuePairs = 0
+    state.withLock { s in
+      s.retired = DeviceSnapshot.combining(
+        [final] + (s.retired.map { [$0] } ?? []), memoryTotal: shared.memoryLimit)
+    }
+    close(fd)
+    log.info(
+      "client disconnected",
+      metadata: [
+        "pid": "\(client.pid)", "uid": "\(client.uid)", "why": "\(reason)",
+        "\(release ? "released" : "held")Bytes": "\(bytes)",
+      ])
+  }
+}
