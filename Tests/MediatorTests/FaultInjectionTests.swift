@@ -1,6 +1,7 @@
 import CSupport
 import DeviceAccess
 import Foundation
+import Synchronization
 import TestSupport
 import Testing
 import VGPU
@@ -12,19 +13,22 @@ import VGPUProtocol
 /// deadline (`OpenOptions.timeout`); the bounds asserted are generous
 /// multiples of it, and what was measured is printed.
 @Suite(.serialized) struct FaultInjectionTests {
-  /// Two clients each copy 256 MiB to the device and back from two threads;
+  enum PlayedDevices { static let counter = Atomic<Int>(0) }
+
+  /// Two clients each copy 64 MiB to the device and back, over and over;
   /// the mediator is SIGKILLed under them. Each says so and exits.
   @Test func aMediatorKilledMidCopyFailsEveryClient() throws {
     let mediator = try MediatorProcess()
     let clients = try (0..<2).map { _ in
-      try ClientProcess("vgpu-test-client", ["loop", mediator.spec, "\(256 << 20)", "0", "2"])
+      try ClientProcess("vgpu-test-client", ["loop", mediator.spec, "\(64 << 20)", "0", "1"])
     }
     for c in clients { #expect(c.waitFor("ready", seconds: 60) != nil, "\(c.output)") }
     usleep(200_000)  // copies in flight
     let killed = Date()
     kill(mediator.process.processIdentifier, SIGKILL)
     for c in clients {
-      #expect(Faults.exits(c, within: 10), "a client hung after its mediator was killed: \(c.output)")
+      // A client between copies makes its next 64 MiB of data (seconds in a debug build) before it notices.
+      #expect(Faults.exits(c, within: 20), "a client hung after its mediator was killed: \(c.output)")
       #expect(c.process.terminationStatus == 1)
       let error = c.output.first { $0.hasPrefix("error") } ?? ""
       #expect(error.contains("has exited") && error.contains("restart vgpu-mediator"), "\(c.output)")
@@ -116,20 +120,19 @@ import VGPUProtocol
   @Test(arguments: [
     ("wrong-id", "not in flight"), ("bad-status", "not a known status"), ("bad-head", "submission head"),
     ("garbage", "the device sent"), ("stale-phase", "no completion"), ("silent", "no completion"),
-    ("needs-reset", "needs a reset"), ("fault", "fault"),
+    ("needs-reset", "reset the device"), ("fault", "fault"),
   ])
   func aDeviceAnsweringWronglyGetsAClearError(mode: String, expected: String) throws {
-    let path = "/dev/shm/vgpu-played-\(getpid())-\(mode)"
+    // No mode in the name: the error quotes the path.
+    let path = "/dev/shm/vgpu-played-\(getpid())-\(PlayedDevices.counter.add(1, ordering: .relaxed).newValue)"
     defer { unlink(path) }
     let device = try ClientProcess("vgpu-fault-client", ["play-device", path, mode])
     defer { device.kill() }
     #expect(device.waitFor("ready", seconds: 10) != nil, "\(device.output)")
-    var options = OpenOptions()
-    options.timeout = .seconds(1)
     let start = Date()
     var error: VGPUError?
     do {
-      let client = try Device.open("shm:\(path)", options: options)
+      let client = try Device.open("shm:\(path)")
       defer { client.close() }
       // More commands than the ring holds: a phase that never flips shows on the second lap.
       for _ in 0..<20 { try client.nop() }
@@ -138,11 +141,10 @@ import VGPUProtocol
       Issue.record("every command succeeded against a device playing '\(mode)'")
     } catch let e { error = e }
     let took = Date().timeIntervalSince(start)
-    // The deadline (1 s), the status grace (1 s) and the open's own waits bound it.
-    #expect(took < 6, "\(mode): the error came after \(took) s")
+    // The deadline (2 s) and the open's own waits bound it.
+    #expect(took < 8, "\(mode): the error came after \(took) s")
     let text = error?.description ?? ""
-    let clear = text.contains(expected) || (mode == "needs-reset" && text.contains("reset"))
-    #expect(clear && !text.contains("\n"), "\(mode): \(text)")
+    #expect(text.contains(expected) && !text.contains("\n"), "\(mode): \(text)")
     print("played device '\(mode)': \(String(format: "%.2f", took)) s: \(text)")
   }
 
