@@ -92,6 +92,7 @@ struct Attacker {
           inFlight = 0
           allocations = []
           claims += 1
+          identify(v)
           return true
         }
         QueuePairClaim.release(v)
@@ -99,6 +100,18 @@ struct Attacker {
       usleep(10_000)
     }
     return false
+  }
+
+  /// Sends identify, as every claim must before the device takes other commands.
+  mutating func identify(_ v: QueuePairView) {
+    tail.push(QueuePairClaim.identify, into: v)
+    v.ringSubmission(tail: tail.index)
+    wakeDevice()
+    let deadline = vgpu_monotonic_ns() + 2_000_000_000
+    while completions.take(from: v) == nil && vgpu_monotonic_ns() < deadline {
+      _ = vgpu_futex_wait(v.completionWakeWord, v.completionWakeValue, 1_000_000)
+    }
+    v.ringCompletion(head: completions.index)
   }
 
   /// Hands the pair back (the device reclaims what it held) and takes

@@ -75,8 +75,7 @@ import VGPUProtocol
     usleep(500_000)
     #expect(try observer.memoryInfo().free < before, "the looping client holds no memory")
     let busy = Faults.cpuTicks(of: mediator, over: 1)
-    client.kill()
-    let reclaim = Faults.reclaimTime(of: client.process.processIdentifier, observer)
+    let reclaim = Faults.killAndTimeReclaim(client, observer)
     #expect(reclaim != nil && reclaim! < 2, "reclaimed after \(reclaim.map { "\($0) s" } ?? "more than 5 s")")
     #expect(try waitUntil(seconds: 2) { try observer.memoryInfo().free == before })
     // The worker stopped: the mediator settles to (almost) no CPU.

@@ -24,10 +24,14 @@ enum Faults {
     return exited
   }
 
-  /// Seconds until `pid` holds no queue pair or memory on the device `observer` has open (nil: not within `limit`).
-  static func reclaimTime(of pid: pid_t, _ observer: Device, limit: Double = 5) -> Double? {
+  /// SIGKILLs `client`, then returns the seconds from the signal until its
+  /// process holds no queue pair or memory on the device `observer` has open
+  /// (nil: not within `limit`).
+  static func killAndTimeReclaim(_ client: ClientProcess, _ observer: Device, limit: Double = 5) -> Double? {
+    let pid = UInt32(client.process.processIdentifier)
     let start = Date()
-    let gone = waitUntil(seconds: limit) { !((try? observer.processes())?.contains { $0.pid == UInt32(pid) } ?? true) }
+    client.kill()
+    let gone = waitUntil(seconds: limit) { !((try? observer.processes())?.contains { $0.pid == pid } ?? true) }
     return gone ? Date().timeIntervalSince(start) : nil
   }
 

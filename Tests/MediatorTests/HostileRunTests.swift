@@ -39,8 +39,7 @@ import VGPU
 
     let observer = try Device.open(spec)
     defer { observer.close() }
-    hostile.kill()
-    let reclaim = Faults.reclaimTime(of: hostile.process.processIdentifier, observer)
+    let reclaim = Faults.killAndTimeReclaim(hostile, observer)
     #expect(reclaim != nil && reclaim! < 1, "reclaimed after \(reclaim.map { "\($0) s" } ?? "more than 5 s")")
     #expect(Faults.settled(observer), "the hostile client's memory or pairs were left behind")
 
@@ -58,6 +57,6 @@ import VGPU
     }
     print(
       "hostile run: \(passed) selftests passed, \(failures.count) failed; \(stats);"
-        + " leak: \(leak ?? "none"); reclaimed in \(String(format: "%.0f", (reclaim ?? -1) * 1000)) ms")
+        + " \(leak ?? "leak: none"); reclaimed in \(String(format: "%.0f", (reclaim ?? -1) * 1000)) ms")
   }
 }
