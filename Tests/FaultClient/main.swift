@@ -5,7 +5,9 @@
 //   vgpu-fault-client stress DEVICE SECONDS THREADS SEED PTX
 //   vgpu-fault-client marker DEVICE SECONDS MARKER   copy MARKER (hex) through the staging, verified
 //   vgpu-fault-client play-device PATH MODE          serve PATH as a device that answers wrongly
-//   vgpu-fault-client settle DEVICE PID SECONDS      wait until PID holds nothing on the device
+//   vgpu-fault-client settle DEVICE PID SECONDS [--kill]
+//                                                    wait until PID holds nothing on the device
+//                                                    (--kill: SIGKILL it first, timed from the signal)
 //
 // Each prints "ready" once it works, "error: ..." and exits 1 on a failure
 // (2 when data read back differs), and its counts on a last "ok" line.
@@ -19,7 +21,7 @@ func seconds(since start: Date) -> String { String(format: "%.3f", Date().timeIn
 let args = CommandLine.arguments
 let usage =
   "usage: vgpu-fault-client launch DEVICE PTX KERNEL | stress DEVICE SECONDS THREADS SEED PTX"
-  + " | marker DEVICE SECONDS HEX | play-device PATH MODE | settle DEVICE PID SECONDS"
+  + " | marker DEVICE SECONDS HEX | play-device PATH MODE | settle DEVICE PID SECONDS [--kill]"
 guard args.count >= 3 else { fail(usage, 64) }
 
 func open(_ spec: String, queuePairs: Int = 2) -> Device {
@@ -74,10 +76,11 @@ case "play-device" where args.count == 4:
   }
   PlayedDevice(path: args[2], mode: mode).serve()
 
-case "settle" where args.count == 5:
+case "settle" where args.count == 5 || (args.count == 6 && args[5] == "--kill"):
   guard let pid = UInt32(args[3]), let limit = Double(args[4]) else { fail(usage, 64) }
   let device = open(args[2], queuePairs: 1)
   let start = Date()
+  if args.count == 6 { kill(pid_t(pid), SIGKILL) }
   while Date().timeIntervalSince(start) < limit {
     let holds = (try? device.processes())?.contains { $0.pid == pid } ?? true
     if !holds { break }
