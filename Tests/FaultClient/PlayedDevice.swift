@@ -24,7 +24,9 @@ struct PlayedDevice {
     case stalePhase = "stale-phase"
     /// Accepts and identifies, then answers nothing.
     case silent
-    /// Sets `needsReset` in the status register and answers nothing.
+    /// Sets `needsReset` in the status register at the first command after
+    /// identify and answers nothing; on a reset request (`control` = 1) drops
+    /// every pair, says ready, and serves rightly from then on (PROTOCOL.md §4).
     case needsReset = "needs-reset"
     /// Sets the pair's fault word, as a device does for a broken doorbell.
     case fault
@@ -65,8 +67,25 @@ struct PlayedDevice {
     say("ready")
     var pairs = views.map { _ in Pair(head: SubmissionCursor(depth: layout.depth)) }
     var random = SystemRandomNumberGenerator()
+    var wasReset = false
     // Polls every 200 µs: a test device for a few seconds, not a model of manners.
     while true {
+      if registers.load(Register.control) != ControlRequest.none.rawValue {
+        let request = registers.load(Register.control)
+        registers.store(Register.control, ControlRequest.none.rawValue)
+        if request == ControlRequest.reset.rawValue
+          && StatusRegister(rawValue: registers.load(Register.status)).contains(.needsReset)
+        {
+          for v in views where v.state != QueuePairState.free.rawValue {
+            v.resetRings()
+            v.setOwnerPID(0)
+            v.setState(.free)
+            v.wakeGuest()
+          }
+          registers.store(Register.status, StatusRegister.ready.rawValue)
+          wasReset = true
+        }
+      }
       for (qp, view) in views.enumerated() {
         switch view.state {
         case QueuePairState.claiming.rawValue where view.ownerPID != 0:
@@ -81,7 +100,7 @@ struct PlayedDevice {
           let tail = view.submissionTail & (layout.depth - 1)
           while pairs[qp].head.index != tail {
             let e = pairs[qp].head.pop(from: view)
-            answer(e, &pairs[qp], view, registers, &random)
+            answer(e, &pairs[qp], view, registers, &random, wasReset: wasReset)
           }
         default: break
         }
@@ -92,7 +111,7 @@ struct PlayedDevice {
 
   func answer(
     _ e: SubmissionEntry, _ pair: inout Pair, _ view: QueuePairView, _ registers: RegisterBlock,
-    _ random: inout SystemRandomNumberGenerator
+    _ random: inout SystemRandomNumberGenerator, wasReset: Bool
   ) {
     var c = CompletionEntry(status: .success)
     if e.opcode == Opcode.identify.rawValue && !pair.identified && mode != .garbage {
@@ -101,7 +120,7 @@ struct PlayedDevice {
         Command.Identify.Reply(
           features: FeatureBits.all.intersection(FeatureBits(rawValue: e.a1)), deviceVersion: ProtocolVersion.packed
         ).completion
-    } else {
+    } else if !wasReset {  // after a reset, every other command succeeds
       switch mode {
       case .wrongID: c.commandID = e.commandID &+ 1
       case .badStatus: c.status = CommandStatus.highest &+ 7

@@ -180,3 +180,44 @@ import VGPUProtocol
         + " mediator \(stormTicks) ticks during, \(after) in 2 s after; \(stats)")
   }
 }
+
+extension FaultInjectionTests {
+  /// A device that needs a reset (played: the reference device never needs
+  /// one): both clients waiting on it get the reset remedy, not a hang; a
+  /// client that does what it says (control = 1) gets a device that serves
+  /// new clients (PROTOCOL.md §4).
+  @Test func aDeviceThatNeedsAResetFailsEveryClientAndServesAfterOne() throws {
+    let path = "/dev/shm/vgpu-played-\(getpid())-\(PlayedDevices.counter.add(1, ordering: .relaxed).newValue)"
+    defer { unlink(path) }
+    let device = try ClientProcess("vgpu-fault-client", ["play-device", path, "needs-reset"])
+    defer { device.kill() }
+    #expect(device.waitFor("ready", seconds: 10) != nil, "\(device.output)")
+    var one = OpenOptions()
+    one.queuePairs = 1
+    let clients = try (0..<2).map { _ in try Device.open("shm:\(path)", options: one) }
+    let errors = Mutex<[String]>([])
+    let start = Date()
+    for client in clients {
+      Thread {
+        do {
+          try client.nop()
+          errors.withLock { $0.append("the nop succeeded") }
+        } catch { errors.withLock { $0.append("\(error)") } }
+      }.start()
+    }
+    #expect(waitUntil(seconds: 8) { errors.withLock { $0.count } == 2 }, "a client hung")
+    print("needs reset: both clients failed within \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
+    for e in errors.withLock({ $0 }) {
+      #expect(e.contains("reset the device (write 1 to its control register)"), "\(e)")
+    }
+    for c in clients { c.close() }
+
+    let region = try MappedRegion.sharedFile(path)
+    let registers = RegisterBlock(region.base)
+    registers.store(Register.control, ControlRequest.reset.rawValue)
+    #expect(waitUntil(seconds: 2) { registers.status == .ready })
+    let fresh = try Device.open("shm:\(path)", options: one)
+    for _ in 0..<20 { try fresh.nop() }
+    fresh.close()
+  }
+}
