@@ -161,7 +161,8 @@ let package = Package(
     .testTarget(
       name: "MediatorTests",
       dependencies: [
-        "vgpu-mediator", "vgpu-test-client", "vgpu-fault-client", "vgpu-hostile", "pcitool", "VGPU", "VGPUSimulator", "VGPUProtocol", "VGPUDevice",
+        "vgpu-mediator", "vgpu-test-client", "vgpu-fault-client", "vgpu-hostile", "pcitool", "VGPU", "VGPUSimulator",
+        "VGPUProtocol", "VGPUDevice",
         "DeviceAccess", "CSupport", "TestSupport",
       ],
       exclude: ["clients"]),
