@@ -9,8 +9,9 @@
 //                                                    wait until PID holds nothing on the device
 //                                                    (--kill: SIGKILL it first, timed from the signal)
 //
-// Each prints "ready" once it works, "error: ..." and exits 1 on a failure
-// (2 when data read back differs), and its counts on a last "ok" line.
+// launch, marker and play-device print "ready" once they work; every mode
+// prints "error: ..." and exits 1 on a failure (2 when data read back
+// differs, 64 for a usage error), and its counts or time on a last "ok" line.
 import Foundation
 import TestSupport
 import VGPU
@@ -27,9 +28,6 @@ guard args.count >= 3 else { fail(usage, 64) }
 func open(_ spec: String, queuePairs: Int = 2) -> Device {
   var options = OpenOptions()
   options.queuePairs = queuePairs
-  if let ms = ProcessInfo.processInfo.environment["VGPU_TIMEOUT_MS"].flatMap(Int.init) {
-    options.timeout = .milliseconds(ms)
-  }
   do { return try Device.open(spec, options: options) } catch { fail("\(error)") }
 }
 
