@@ -145,12 +145,24 @@ let package = Package(
         "VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "DeviceAccess", "MallocCounter", "TestSupport",
       ]),
     // A client process for cross-process tests: holds memory, copies, exits on cue.
-    .executableTarget(name: "vgpu-test-client", dependencies: ["VGPU", "VGPUSimulator"], path: "Tests/TestClient"),
+    .executableTarget(
+      name: "vgpu-test-client", dependencies: ["VGPU", "VGPUSimulator", "TestSupport"], path: "Tests/TestClient"),
+    // The fault-injection and stress tests' clients: a long launch, mixed work, a marker copier,
+    // a process that plays a device answering wrongly, a reclaim timer.
+    .executableTarget(
+      name: "vgpu-fault-client", dependencies: ["VGPU", "VGPUProtocol", "DeviceAccess", "CSupport", "TestSupport"],
+      path: "Tests/FaultClient"),
+    // A hostile client (random and forged commands, lifecycle and register writes, doorbell
+    // storms, a scan for another client's bytes): the hostile-client test and tools/hostile-run.
+    .executableTarget(
+      name: "vgpu-hostile", dependencies: ["VGPUProtocol", "DeviceAccess", "CSupport", "TestSupport"],
+      path: "Tests/HostileClient"),
     // clients/: the Python client the observability tests run (not part of the test target).
     .testTarget(
       name: "MediatorTests",
       dependencies: [
-        "vgpu-mediator", "vgpu-test-client", "pcitool", "VGPU", "VGPUSimulator", "VGPUProtocol", "VGPUDevice",
+        "vgpu-mediator", "vgpu-test-client", "vgpu-fault-client", "vgpu-hostile", "pcitool", "VGPU", "VGPUSimulator",
+        "VGPUProtocol", "VGPUDevice",
         "DeviceAccess", "CSupport", "TestSupport",
       ],
       exclude: ["clients"]),

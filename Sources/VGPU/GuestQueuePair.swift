@@ -73,6 +73,8 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// the command deadline; a mediator that exits is noticed at once anyway
   /// (its pid, checked while waiting).
   static let statusGraceNanoseconds: UInt64 = 1_000_000_000
+  /// Status bits that say the device does not serve, whatever `ready` says.
+  static let notServing: StatusRegister = [.stopping, .needsReset, .fatal]
   /// Copies from device memory this large are written out with streaming stores.
   static let streamingCopyBytes = 8 << 20
   let waitPolicy: WaitPolicy
@@ -334,7 +336,8 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
         "fault \(fault) on queue pair \(index): it found a doorbell index out of range and stopped serving the pair")
     }
     let status = registers.status
-    if status.contains(.ready) && !status.contains(.stopping) {
+    // PROTOCOL.md §20: ready with stopping, needsReset or fatal is not serving either.
+    if status.contains(.ready) && status.isDisjoint(with: Self.notServing) {
       statusBadSince = 0
     } else {
       // Believed only once it persists: wake the device so that it puts a

@@ -7,19 +7,9 @@
 // round trip. Prints "ready" once every thread has done one round trip, and
 // on the first failure prints "error: ..." and exits 1 (data mismatch: 2).
 import Foundation
+import TestSupport
 import VGPU
 import VGPUSimulator
-
-/// A line on standard output, unbuffered: the test reads it while we run.
-func say(_ line: String) {
-  let text = line + "\n"
-  _ = text.withCString { write(1, $0, strlen($0)) }
-}
-
-func fail(_ message: String, _ code: Int32) -> Never {
-  say("error: \(message)")
-  exit(code)
-}
 
 let args = CommandLine.arguments
 guard args.count >= 4, args[1] == "loop", let bytes = Int(args[3]) else {

@@ -8,14 +8,8 @@
 public func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
   let tile = 64 << 10
   var block = [UInt64](repeating: 0, count: tile / 8)
-  var state = seed
-  for i in block.indices {
-    state &+= 0x9E37_79B9_7F4A_7C15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    block[i] = z ^ (z >> 31)
-  }
+  var generator = SplitMix(seed)
+  for i in block.indices { block[i] = generator.next() }
   var out = [UInt8](repeating: 0, count: count)
   out.withUnsafeMutableBytes { raw in
     block.withUnsafeBytes { b in
