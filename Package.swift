@@ -155,7 +155,7 @@ let package = Package(
     // A hostile client (random and forged commands, lifecycle and register writes, doorbell
     // storms, a scan for another client's bytes): the hostile-client test and tools/hostile-run.
     .executableTarget(
-      name: "vgpu-hostile", dependencies: ["VGPUProtocol", "DeviceAccess", "CSupport", "TestSupport"],
+      name: "vgpu-hostile", dependencies: ["VGPUProtocol", "DeviceAccess", "CSupport", "TestSupport", "VGPU"],
       path: "Tests/HostileClient"),
     // clients/: the Python client the observability tests run (not part of the test target).
     .testTarget(

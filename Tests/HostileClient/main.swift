@@ -17,6 +17,7 @@ import CSupport
 import DeviceAccess
 import Foundation
 import TestSupport
+import VGPU
 import VGPUProtocol
 
 let usage = "usage: vgpu-hostile DEVICE SECONDS SEED [--marker HEX] [--storm]"
@@ -36,13 +37,16 @@ guard arguments.count == 3, let seconds = Double(arguments[1]), let seed = UInt6
 /// The BAR as a client process maps it, from the device spec. Only the
 /// shared file (shm:PATH) maps the same bytes in every client; another
 /// transport adds its case here.
+/// The BAR the attacker works on: the shared file (shm:), or the BAR of its
+/// own that a mediator's socket hands this process (unix:).
 func mapBAR(_ spec: String) -> MappedRegion {
-  guard spec.hasPrefix("shm:") else {
-    fail("vgpu-hostile maps shm:PATH devices only; '\(spec)' is not one (add its mapping in mapBAR)", 64)
-  }
-  do { return try MappedRegion.sharedFile(String(spec.dropFirst(4))) } catch {
+  do {
+    if spec.hasPrefix("shm:") { return try MappedRegion.sharedFile(String(spec.dropFirst(4))) }
+    if spec.hasPrefix("unix:") { return try MediatorSocket.connect(String(spec.dropFirst(5)), spec: spec) }
+  } catch {
     fail("cannot map \(spec): \(error); is vgpu-mediator serving it?")
   }
+  fail("vgpu-hostile maps shm:PATH and unix:PATH devices; '\(spec)' is neither", 64)
 }
 
 let region = mapBAR(arguments[0])
