@@ -144,8 +144,10 @@ let package = Package(
       dependencies: [
         "VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "DeviceAccess", "MallocCounter", "TestSupport",
       ]),
-    // A client process for cross-process tests: holds memory, copies, exits on cue.
-    .executableTarget(name: "vgpu-test-client", dependencies: ["VGPU", "VGPUSimulator"], path: "Tests/TestClient"),
+    // A client process for cross-process tests: holds memory, copies, exits on cue; scans or scribbles on its raw BAR.
+    .executableTarget(
+      name: "vgpu-test-client", dependencies: ["VGPU", "VGPUSimulator", "VGPUProtocol", "DeviceAccess", "CSupport"],
+      path: "Tests/TestClient"),
     // clients/: the Python client the observability tests run (not part of the test target).
     .testTarget(
       name: "MediatorTests",

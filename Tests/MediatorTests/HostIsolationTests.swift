@@ -11,24 +11,12 @@ import VGPUProtocol
 /// another, a killed one's memory comes back at once, the memory limit holds
 /// for all together, and who may connect is the allow-list's decision.
 @Suite(.serialized) struct HostIsolationTests {
-  /// Whether `needle` occurs anywhere in the mapping.
-  static func contains(_ region: MappedRegion, _ needle: [UInt8]) -> Bool {
-    needle.withUnsafeBytes { n in
-      // memchr for the first byte, memcmp for the rest (memmem is a GNU extension).
-      var at = UnsafeRawPointer(region.base)
-      let end = at + region.size
-      while end - at >= n.count, let hit = memchr(at, Int32(n[0]), end - at) {
-        if end - UnsafeRawPointer(hit) >= n.count && memcmp(hit, n.baseAddress!, n.count) == 0 { return true }
-        at = UnsafeRawPointer(hit) + 1
-      }
-      return false
-    }
-  }
-
-  /// Wakes the device serving `registers`, as a client does after a store.
-  static func ring(_ registers: RegisterBlock) {
-    _ = vgpu_fetch_add_u32(registers.deviceWakeWord, 1)
-    _ = vgpu_futex_wake(registers.deviceWakeWord, 1)
+  /// What `vgpu-test-client scan` says about `bytes` in its own BAR from `mediator`.
+  static func scan(_ mediator: MediatorProcess, for bytes: [UInt8]) throws -> String? {
+    let hex = bytes.map { String(format: "%02x", $0) }.joined()
+    let scanner = try ClientProcess("vgpu-test-client", ["scan", mediator.path, hex])
+    scanner.process.waitUntilExit()
+    return scanner.output.last
   }
 
   @Test func aClientsBytesNeverAppearInAnothersBAR() throws {
@@ -38,20 +26,20 @@ import VGPUProtocol
     let p = try a.allocate(pattern.count)
     try a.copy(to: p, from: pattern)
     #expect(sameBytes(try a.read(p, count: pattern.count), pattern))
-    // A raw client that puts the pattern straight into its own staging.
-    let writer = try MediatorSocket.connect(mediator.path)
-    let layout = try BARLayout(reading: RegisterBlock(writer.base), size: writer.size)
-    let staging = writer.base + Int(layout.stagingOffset)
-    pattern.withUnsafeBytes {
-      staging.copyMemory(from: $0.baseAddress!, byteCount: min($0.count, Int(layout.stagingSize)))
+    // And straight into this process's staging (its connections share its BAR).
+    let mine = try MediatorSocket.connect(mediator.path)
+    let layout = try BARLayout(reading: RegisterBlock(mine.base), size: mine.size)
+    let last = mine.base + Int(layout.stagingOffset + layout.stagingSize) - 4096
+    pattern.withUnsafeBytes { last.copyMemory(from: $0.baseAddress! + 8192, byteCount: 4096) }
+    // Another process's whole mapping holds none of it.
+    let staged = Array(pattern[8192..<8256])
+    let copied = Array(pattern[(1 << 20) - 64..<(1 << 20)])
+    for window in [staged, copied] {
+      #expect(try Self.scan(mediator, for: window) == "absent", "another process's BAR carries the pattern")
     }
-    let window = Array(pattern[4096..<4160])
-    #expect(Self.contains(writer, window), "the writer's own BAR holds the pattern")
-    // Another client's whole mapping holds none of it.
-    let b = try MediatorSocket.connect(mediator.path)
-    #expect(b.size == writer.size)
-    #expect(!Self.contains(b, window), "another client's BAR carries the pattern")
-    #expect(b.base != writer.base)
+    // The scan does see its BAR: the register block's first words, which every BAR has.
+    let header = (0..<8).map { mine.base.load(fromByteOffset: $0, as: UInt8.self) }
+    #expect(try Self.scan(mediator, for: header) == "found")
     a.close()
   }
 
@@ -61,29 +49,19 @@ import VGPUProtocol
     let data = randomBytes(1 << 20, seed: 7)
     let p = try victim.allocate(data.count)
     try victim.copy(to: p, from: data)
-
-    // The hostile client claims a pair under a forged pid, then asks for a
-    // reset and zeroes the status, over and over, on its BAR.
-    let hostile = try MediatorSocket.connect(mediator.path)
-    let registers = RegisterBlock(hostile.base)
-    let layout = try BARLayout(reading: registers, size: hostile.size)
-    let view = QueuePairView(base: hostile.base, layout: layout, index: 0)
-    #expect(QueuePairClaim.claim(view, pid: 1))
-    Self.ring(registers)
-    #expect(QueuePairClaim.awaitAcceptance(view, deadline: vgpu_monotonic_ns() + 5_000_000_000) { usleep(100) })
-    for round in 0..<2000 {
-      registers.store(Register.control, ControlRequest.reset.rawValue)
-      registers.store(Register.status, 0)
-      view.ringSubmission(tail: UInt32(round) % (layout.depth * 2))
-      Self.ring(registers)
-    }
+    // Another process claims a pair under a forged pid, then asks for a
+    // reset, zeroes the status and rings stray doorbells on its BAR.
+    let hostile = try ClientProcess("vgpu-test-client", ["scribble", mediator.path, "2000"])
+    #expect(hostile.waitFor("done", seconds: 20) != nil, "\(hostile.output)")
     #expect(sameBytes(try victim.read(p, count: data.count), data))
     try victim.nop()
     #expect(try victim.memoryInfo().free == (8 << 30) - UInt64(data.count))
     victim.close()
+    hostile.kill()
     let log = mediator.stop()
     // The forged pid is not believed: the pair is the connecting process's.
-    #expect(log.contains("pid=\(getpid()) queuePair=0 [vgpu_mediator] client attached"), "\(log.suffix(3000))")
+    let forger = hostile.process.processIdentifier
+    #expect(log.contains("pid=\(forger) queuePair=0 [vgpu_mediator] client attached"), "\(log.suffix(3000))")
     #expect(!log.contains("pid=1 "), "\(log.suffix(3000))")
   }
 
@@ -93,8 +71,8 @@ import VGPUProtocol
     #expect(client.waitFor("ready", seconds: 30) != nil, "\(client.output)")
     let observer = try Device.open(mediator.spec)
     #expect(try observer.memoryInfo().free <= (8 << 30) - (1 << 30))
-    client.kill()
     let killed = Date()
+    client.kill()
     #expect(try waitUntil(seconds: 5) { try observer.memoryInfo().free == 8 << 30 })
     let took = Date().timeIntervalSince(killed)
     #expect(took < 1, "reclaimed after \(took) s")
