@@ -19,13 +19,19 @@ import VGPUProtocol
     return scanner.output.last
   }
 
+  /// A client (this process) holding 1 MiB of random bytes in device memory.
+  static func holding(_ mediator: MediatorProcess, seed: UInt64) throws -> (Device, DevicePointer, [UInt8]) {
+    let device = try Device.open(mediator.spec)
+    let data = randomBytes(1 << 20, seed: seed)
+    let p = try device.allocate(data.count)
+    try device.copy(to: p, from: data)
+    #expect(sameBytes(try device.read(p, count: data.count), data))
+    return (device, p, data)
+  }
+
   @Test func aClientsBytesNeverAppearInAnothersBAR() throws {
     let mediator = try MediatorProcess()
-    let a = try Device.open(mediator.spec)
-    let pattern = randomBytes(1 << 20, seed: 42)
-    let p = try a.allocate(pattern.count)
-    try a.copy(to: p, from: pattern)
-    #expect(sameBytes(try a.read(p, count: pattern.count), pattern))
+    let (a, _, pattern) = try Self.holding(mediator, seed: 42)
     // And straight into this process's staging (its connections share its BAR).
     let mine = try MediatorSocket.connect(mediator.path)
     let layout = try BARLayout(reading: RegisterBlock(mine.base), size: mine.size)
@@ -45,10 +51,7 @@ import VGPUProtocol
 
   @Test func controlScribblesAndAForgedPidOnOneBARLeaveOthersAlone() throws {
     let mediator = try MediatorProcess()
-    let victim = try Device.open(mediator.spec)
-    let data = randomBytes(1 << 20, seed: 7)
-    let p = try victim.allocate(data.count)
-    try victim.copy(to: p, from: data)
+    let (victim, p, data) = try Self.holding(mediator, seed: 7)
     // Another process claims a pair under a forged pid, then asks for a
     // reset, zeroes the status and rings stray doorbells on its BAR.
     let hostile = try ClientProcess("vgpu-test-client", ["scribble", mediator.path, "2000"])
