@@ -232,7 +232,12 @@ final class HostClientServer: @unchecked Sendable {
       close(fd)
       return
     }
-    if let reason = allow.refusal(pid: pid, uid: uid, gid: gid) {
+    // SO_PEERCRED gives pid 0 for a peer outside this PID namespace's view
+    // (unix(7)): such peers could not be told apart, so none is served.
+    let invisible =
+      pid == 0
+      ? "this process's pid is not visible from the mediator's PID namespace; run vgpu-mediator in the host's" : nil
+    if let reason = invisible ?? allow.refusal(pid: pid, uid: uid, gid: gid) {
       log.notice(
         "client refused", metadata: ["pid": "\(pid)", "uid": "\(uid)", "gid": "\(gid)", "reason": "\(reason)"])
       send(SocketGreeting(status: .refused, reason: reason), to: fd)
@@ -267,7 +272,7 @@ final class HostClientServer: @unchecked Sendable {
       s.clients[fd] = tenant
     }
     log.info(
-      known == nil ? "client connected" : "client connected again: its BAR",
+      known == nil ? "client connected" : "client connected again (its process's BAR)",
       metadata: [
         "pid": "\(pid)", "uid": "\(uid)", "bar": "\(region.size) bytes",
         "setupMicroseconds": "\((vgpu_monotonic_ns() - started) / 1000)",
