@@ -144,9 +144,11 @@ let package = Package(
       dependencies: [
         "VGPU", "VGPUSimulator", "VGPUDevice", "VGPUProtocol", "DeviceAccess", "MallocCounter", "TestSupport",
       ]),
-    // A client process for cross-process tests: holds memory, copies, exits on cue.
+    // A client process for cross-process tests: holds memory, copies, exits on cue; scans or scribbles on its raw BAR.
     .executableTarget(
-      name: "vgpu-test-client", dependencies: ["VGPU", "VGPUSimulator", "TestSupport"], path: "Tests/TestClient"),
+      name: "vgpu-test-client",
+      dependencies: ["VGPU", "VGPUSimulator", "VGPUProtocol", "DeviceAccess", "CSupport", "TestSupport"],
+      path: "Tests/TestClient"),
     // The fault-injection and stress tests' clients: a long launch, mixed work, a marker copier,
     // a process that plays a device answering wrongly, a reclaim timer.
     .executableTarget(

@@ -14,6 +14,7 @@ extension Executor {
   func countBusy(_ nanoseconds: UInt64, _ qp: Int) {
     served[qp].stats.busyNanoseconds &+= nanoseconds
     deviceTotals.busyNanoseconds &+= nanoseconds
+    shared.busyNanoseconds &+= nanoseconds
   }
 
   func countLaunch(_ qp: Int) {

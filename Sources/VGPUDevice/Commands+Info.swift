@@ -28,10 +28,10 @@ extension Executor {
         record.queuePairs += 1
       }
     case .device:
+      // Memory and busy time are every tenant's of the backend, as
+      // memoryInfo's free and a GPU's utilization are; the rest is this BAR's own.
       record = deviceTotals
-      if let busy = backend.busyNanoseconds() { record.busyNanoseconds = busy }
-      // The memory every tenant of the backend holds, as memoryInfo's free
-      // counts it (the rest of the record is this BAR's own).
+      record.busyNanoseconds = backend.busyNanoseconds() ?? shared.busyNanoseconds
       record.bytesAllocated = shared.bytesInUse
       record.queuePairs = UInt64(served.count { $0.active })
     }

@@ -61,9 +61,9 @@ extension Executor {
 
 /// Whether a process still runs, from /proc. A pid alone is not enough: a
 /// zombie still has one, and pids are reused, so the start time is compared.
-enum ProcessLiveness {
+public enum ProcessLiveness {
   /// Field 22 of /proc/PID/stat (start time in clock ticks since boot).
-  static func startTime(_ pid: UInt32) -> UInt64? { stat(pid)?.start }
+  public static func startTime(_ pid: UInt32) -> UInt64? { stat(pid)?.start }
 
   static func isAlive(_ pid: UInt32, startTime: UInt64) -> Bool {
     guard pid != 0, let s = stat(pid) else { return false }

@@ -204,6 +204,12 @@ extension Executor {
     }
   }
 
+  /// Remembers one fixed register's new value (cheaper than `rememberRegisters`,
+  /// which a client's connection would otherwise pay for a second time).
+  func remember(_ register: Register32, _ word: UInt32) {
+    if let i = registerImage.firstIndex(where: { $0.0 == register }) { registerImage[i].1 = word }
+  }
+
   /// Undoes guests' stores into device-written registers: the status, the
   /// layout and identity that new clients read. Returns how many words were put back.
   @discardableResult

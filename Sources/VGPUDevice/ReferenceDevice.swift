@@ -233,7 +233,7 @@ public final class ReferenceDevice: @unchecked Sendable {
   /// Writes the serving process's pid where clients look for it (0 = in-process).
   public func announce(pid: UInt32) {
     registers.store(Register.devicePID, pid)
-    executor.lock.withLock { _ in executor.rememberRegisters() }
+    executor.lock.withLock { _ in executor.remember(Register.devicePID, pid) }
   }
 
   /// Device memory in use and its total, as the device accounts it.

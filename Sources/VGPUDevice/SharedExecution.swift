@@ -20,6 +20,9 @@ public final class SharedExecution: @unchecked Sendable {
   public let memoryLimit: UInt64
   /// Bytes held by all devices' clients (under `lock`).
   @exclusivity(unchecked) var bytesInUse: UInt64 = 0
+  /// Time all devices spent executing commands (under `lock`): the busy
+  /// time the backend's clients see, as a GPU's utilization is everyone's.
+  @exclusivity(unchecked) var busyNanoseconds: UInt64 = 0
   /// The next device's first backend queue-pair key (under `lock`).
   @exclusivity(unchecked) private var nextQueuePairBase = 0
 
@@ -47,7 +50,7 @@ public final class SharedExecution: @unchecked Sendable {
   public var backendName: String { backend.name }
 
   /// The backend's own busy time when it knows it (a GPU's, from NVML).
-  public func busyNanoseconds() -> UInt64? { lock.withLock { _ in backend.busyNanoseconds() } }
+  public func backendBusyNanoseconds() -> UInt64? { lock.withLock { _ in backend.busyNanoseconds() } }
 
   /// Bytes all clients hold, and the limit.
   public var memoryInUse: (allocated: UInt64, total: UInt64) { lock.withLock { _ in (bytesInUse, memoryLimit) } }

@@ -36,7 +36,7 @@ enum Modes {
     }
   }
 
-  /// `shm:PATH` or `sim` is the vGPU, `socket:PATH` the socket server.
+  /// `unix:PATH`, `shm:PATH` or `sim` is the vGPU, `socket:PATH` the socket server.
   static func open(_ target: String) throws -> BenchTarget {
     if target.hasPrefix("socket:") { return try SocketClient(path: String(target.dropFirst(7))) }
     return DeviceTarget(try Device.open(target, options: .simulator()))

@@ -67,10 +67,12 @@ struct AllowList: Sendable {
 
 /// Serves host processes on a Unix socket, each with a BAR of its own
 /// (docs/PROTOCOL.md §23): a sealed memfd of the configured layout, served
-/// by its own `ReferenceDevice` over the mediator's one `SharedExecution`.
+/// by its own `ReferenceDevice` over the mediator's one `SharedExecution`;
+/// a process's further connections (its other shims) get the same BAR.
 /// A process sees and touches only its own rings, staging and memory; its
 /// identity is its socket's SO_PEERCRED and its liveness the socket: when
-/// it closes (exit, SIGKILL) everything the process held is released at once.
+/// its last connection closes (exit, SIGKILL) everything the process held is
+/// released at once.
 ///
 /// One thread polls the listening socket and every client's socket (an idle
 /// mediator sleeps in poll(2)); each client device serves on a thread of its
@@ -89,22 +91,33 @@ final class HostClientServer: @unchecked Sendable {
   private let onEvent: @Sendable (DeviceEvent) -> Void
   private var thread: pthread_t?
 
-  private final class Client {
-    let socket: Int32
+  /// One process: its BAR and device, shared by all its connections (the
+  /// shims of one process each connect; they are one tenant). Known by pid
+  /// and start time, so that a reused pid is another tenant. `connections`
+  /// changes under `state` only.
+  private final class Tenant: @unchecked Sendable {
     let pid: UInt32
+    let startTime: UInt64
     let uid: UInt32
     let device: ReferenceDevice
-    init(socket: Int32, pid: UInt32, uid: UInt32, device: ReferenceDevice) {
-      self.socket = socket
+    var connections = 0
+    init(pid: UInt32, startTime: UInt64, uid: UInt32, device: ReferenceDevice) {
       self.pid = pid
+      self.startTime = startTime
       self.uid = uid
       self.device = device
     }
   }
   private struct State {
-    var clients: [Int32: Client] = [:]
-    /// What departed clients' devices counted, so the totals never go down.
+    /// Each connected socket's tenant.
+    var clients: [Int32: Tenant] = [:]
+    /// What departed tenants' devices counted, so the totals never go down.
     var retired: DeviceSnapshot?
+    /// Each tenant once.
+    var tenants: [Tenant] {
+      var seen = Set<ObjectIdentifier>()
+      return clients.values.filter { seen.insert(ObjectIdentifier($0)).inserted }
+    }
   }
   private let state = Mutex(State())
 
@@ -174,15 +187,12 @@ final class HostClientServer: @unchecked Sendable {
     unlink(socketPath)
   }
 
-  /// Clients connected now.
-  var clientCount: Int { state.withLock { $0.clients.count } }
-
-  /// All clients' devices as one, with what departed clients counted.
+  /// All tenants' devices as one, with what departed tenants counted.
   func snapshot() -> DeviceSnapshot {
-    let (devices, retired) = state.withLock { s in (s.clients.values.map(\.device), s.retired) }
+    let (devices, retired) = state.withLock { s in (s.tenants.map(\.device), s.retired) }
     let parts = devices.map { $0.snapshot() } + (retired.map { [$0] } ?? [])
     return DeviceSnapshot.combining(
-      parts, memoryTotal: shared.memoryLimit, busyNanoseconds: shared.busyNanoseconds())
+      parts, memoryTotal: shared.memoryLimit, busyNanoseconds: shared.backendBusyNanoseconds())
   }
 
   private func serve() {
@@ -222,7 +232,12 @@ final class HostClientServer: @unchecked Sendable {
       close(fd)
       return
     }
-    if let reason = allow.refusal(pid: pid, uid: uid, gid: gid) {
+    // SO_PEERCRED gives pid 0 for a peer outside this PID namespace's view
+    // (unix(7)): such peers could not be told apart, so none is served.
+    let invisible =
+      pid == 0
+      ? "this process's pid is not visible from the mediator's PID namespace; run vgpu-mediator in the host's" : nil
+    if let reason = invisible ?? allow.refusal(pid: pid, uid: uid, gid: gid) {
       log.notice(
         "client refused", metadata: ["pid": "\(pid)", "uid": "\(uid)", "gid": "\(gid)", "reason": "\(reason)"])
       send(SocketGreeting(status: .refused, reason: reason), to: fd)
@@ -230,26 +245,36 @@ final class HostClientServer: @unchecked Sendable {
       return
     }
     let started = vgpu_monotonic_ns()
-    let device: ReferenceDevice
-    do {
-      device = try makeDevice(for: pid)
-    } catch {
-      log.error("no BAR for a client", metadata: ["pid": "\(pid)", "error": "\(error)"])
-      send(SocketGreeting(status: .failed, reason: "\(error)"), to: fd)
+    let startTime = ProcessLiveness.startTime(pid) ?? 0
+    let known = state.withLock { s in s.clients.values.first { $0.pid == pid && $0.startTime == startTime } }
+    let tenant: Tenant
+    if let known {
+      tenant = known
+    } else {
+      do {
+        tenant = Tenant(pid: pid, startTime: startTime, uid: uid, device: try makeDevice(for: pid))
+      } catch {
+        log.error("no BAR for a client", metadata: ["pid": "\(pid)", "error": "\(error)"])
+        send(SocketGreeting(status: .failed, reason: "\(error)"), to: fd)
+        close(fd)
+        return
+      }
+    }
+    let region = tenant.device.region
+    guard send(SocketGreeting(status: .accepted, barSize: UInt64(region.size)), to: fd, with: region.fileDescriptor)
+    else {
+      if known == nil { tenant.device.stop() }
       close(fd)
       return
     }
-    let greeting = SocketGreeting(status: .accepted, barSize: UInt64(device.region.size))
-    guard send(greeting, to: fd, with: device.region.fileDescriptor) else {
-      device.stop()
-      close(fd)
-      return
+    state.withLock { s in
+      tenant.connections += 1
+      s.clients[fd] = tenant
     }
-    state.withLock { $0.clients[fd] = Client(socket: fd, pid: pid, uid: uid, device: device) }
     log.info(
-      "client connected",
+      known == nil ? "client connected" : "client connected again (its process's BAR)",
       metadata: [
-        "pid": "\(pid)", "uid": "\(uid)", "bar": "\(device.region.size) bytes",
+        "pid": "\(pid)", "uid": "\(uid)", "bar": "\(region.size) bytes",
         "setupMicroseconds": "\((vgpu_monotonic_ns() - started) / 1000)",
       ])
   }
@@ -282,25 +307,30 @@ final class HostClientServer: @unchecked Sendable {
     return bytes.withUnsafeBytes { b in vgpu_send_fds(socket, b.baseAddress, b.count, &f, fd >= 0 ? 1 : 0) == 0 }
   }
 
-  /// Stops the client's device, releases everything it held (`release`:
-  /// the client is gone), and unmaps its BAR.
+  /// Closes one connection; with a tenant's last, stops its device,
+  /// releases everything it held (`release`: the process is gone), and
+  /// unmaps its BAR.
   private func disconnect(_ fd: Int32, reason: String, release: Bool = true) {
-    guard let client = state.withLock({ $0.clients.removeValue(forKey: fd) }) else { return }
-    let (bytes, _) = client.device.memoryInUse
-    client.device.stop()
-    if release { client.device.releaseAll() }
-    var final = client.device.snapshot()
+    let last = state.withLock { s -> Tenant? in
+      guard let tenant = s.clients.removeValue(forKey: fd) else { return nil }
+      tenant.connections -= 1
+      return tenant.connections == 0 ? tenant : nil
+    }
+    close(fd)
+    guard let tenant = last else { return }
+    let (bytes, _) = tenant.device.memoryInUse
+    tenant.device.stop()
+    if release { tenant.device.releaseAll() }
+    var final = tenant.device.snapshot()
     // What it counted stays in the totals; its pairs are gone with it.
     final.queuePairs = 0
     state.withLock { s in
-      s.retired = DeviceSnapshot.combining(
-        [final] + (s.retired.map { [$0] } ?? []), memoryTotal: shared.memoryLimit)
+      s.retired = DeviceSnapshot.combining([final] + (s.retired.map { [$0] } ?? []), memoryTotal: shared.memoryLimit)
     }
-    close(fd)
     log.info(
       "client disconnected",
       metadata: [
-        "pid": "\(client.pid)", "uid": "\(client.uid)", "why": "\(reason)",
+        "pid": "\(tenant.pid)", "uid": "\(tenant.uid)", "why": "\(reason)",
         "\(release ? "released" : "held")Bytes": "\(bytes)",
       ])
   }

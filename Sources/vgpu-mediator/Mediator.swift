@@ -62,15 +62,19 @@ struct Mediator: ParsableCommand {
       valueName: "name"))
   var allowGroups: [String] = []
 
-  @Option(name: .long, help: "With --vm or --shared-bar: the BAR file (a file on tmpfs: /dev/shm/NAME).")
-  var path = "/dev/shm/vgpu0"
+  @Option(
+    name: .customLong("path"),
+    help: "With --vm or --shared-bar: the BAR file (a file on tmpfs: /dev/shm/NAME; default /dev/shm/vgpu0).")
+  var pathOption: String?
+  /// The BAR file of --vm and --shared-bar.
+  var path: String { pathOption ?? "/dev/shm/vgpu0" }
 
   @Flag(
     name: .customLong("shared-bar"),
     help: """
       Serve host processes on one BAR file (--path, shm:PATH) instead of the socket: every \
       process that can open the file is one tenant and can disturb the others. For benchmarks \
-      that compare with the socket's per-process BARs.
+      and tests that need one BAR for several processes (as a VM's share theirs).
       """)
   var sharedBAR = false
 
@@ -78,7 +82,7 @@ struct Mediator: ParsableCommand {
     name: .long,
     help: ArgumentHelp(
       """
-      Device memory clients may hold in all, e.g. 80G, 512M: the BAR's slice, enforced exactly. \
+      Device memory all clients may hold together, e.g. 80G, 512M: this mediator's slice, enforced exactly. \
       Default: 80G on the reference device (only touched pages cost RAM); the GPU's memory with --backend cuda.
       """, valueName: "size"))
   var memory: String?
@@ -220,6 +224,11 @@ struct Mediator: ParsableCommand {
       throw ValidationError("--log-level '\(logLevel)' is not a level")
     }
     let fileMode = vm || ivshmemSocket != nil || sharedBAR
+    if !fileMode && pathOption != nil {
+      throw ValidationError(
+        "--path names a BAR file (with --vm, --ivshmem-socket or --shared-bar); host processes connect to --socket now (VGPU_DEVICE=unix:PATH)"
+      )
+    }
     if fileMode && (socket != nil || !allowUIDs.isEmpty || !allowGroups.isEmpty) {
       throw ValidationError(
         "--socket, --allow-uid and --allow-group serve host processes; not with --vm, --ivshmem-socket or --shared-bar")

@@ -203,14 +203,22 @@ import VGPUProtocol
         error.description.contains("no socket at /dev/shm/vgpu-no-such-socket")
           && error.description.contains("is vgpu-mediator running? start it: vgpu-mediator --socket"), "\(error)")
     }
-    let bad = Process()
-    bad.executableURL = MediatorProcess.binaries.appendingPathComponent("vgpu-mediator")
-    bad.arguments = ["--depth", "100"]
-    let err = Pipe()
-    bad.standardError = err
-    try bad.run()
-    bad.waitUntilExit()
-    #expect(bad.terminationStatus == 2)
-    #expect(String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("power of two"))
+    /// The mediator's exit status and standard error for `arguments`.
+    func mediator(_ arguments: [String]) throws -> (status: Int32, stderr: String) {
+      let p = Process()
+      p.executableURL = MediatorProcess.binaries.appendingPathComponent("vgpu-mediator")
+      p.arguments = arguments
+      let err = Pipe()
+      p.standardError = err
+      try p.run()
+      p.waitUntilExit()
+      return (p.terminationStatus, String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+    }
+    let bad = try mediator(["--depth", "100"])
+    #expect(bad.status == 2 && bad.stderr.contains("power of two"), "\(bad.stderr)")
+    // The old host form, --path without --vm: told where host processes go now.
+    let old = try mediator(["--path", "/dev/shm/vgpu-old-form-\(getpid())"])
+    #expect(old.status == 2, "\(old.stderr)")
+    #expect(old.stderr.contains("host processes connect to --socket now"), "\(old.stderr)")
   }
 }

@@ -1,6 +1,8 @@
 // A client process for the cross-process tests. Usage:
 //
 //   vgpu-test-client loop DEVICE BYTES [HOLD_BYTES] [THREADS]
+//   vgpu-test-client scan SOCKET HEX          (RawBAR.swift)
+//   vgpu-test-client scribble SOCKET ROUNDS   (RawBAR.swift)
 //
 // Allocates HOLD_BYTES (kept until exit), then in each of THREADS threads
 // copies BYTES of random data to the device and back, forever, verifying each
@@ -12,8 +14,12 @@ import VGPU
 import VGPUSimulator
 
 let args = CommandLine.arguments
+if args.count == 4 && args[1] == "scan" { RawBAR.scan(args[2], args[3]) }
+if args.count == 4 && args[1] == "scribble", let rounds = Int(args[3]) { RawBAR.scribble(args[2], rounds: rounds) }
 guard args.count >= 4, args[1] == "loop", let bytes = Int(args[3]) else {
-  fail("usage: vgpu-test-client loop DEVICE BYTES [HOLD_BYTES] [THREADS] [DEADLINE_SECONDS]", 64)
+  fail(
+    "usage: vgpu-test-client loop DEVICE BYTES [HOLD_BYTES] [THREADS] [DEADLINE_SECONDS] | scan SOCKET HEX | scribble SOCKET ROUNDS",
+    64)
 }
 let hold = args.count > 4 ? Int(args[4]) ?? 0 : 0
 let threads = args.count > 5 ? Int(args[5]) ?? 1 : 1
