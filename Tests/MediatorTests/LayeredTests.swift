@@ -126,7 +126,7 @@ import VGPUProtocol
     let p = Process()
     p.executableURL = MediatorProcess.binaries.appendingPathComponent("vgpu-mediator")
     p.arguments = [
-      "--path", "/dev/shm/vgpu-nodriver-\(getpid())", "--backend", "cuda", "--cuda-library",
+      "--socket", "/dev/shm/vgpu-nodriver-\(getpid()).sock", "--backend", "cuda", "--cuda-library",
       "/nonexistent/libcuda.so.1",
     ]
     let err = Pipe()
@@ -138,7 +138,7 @@ import VGPUProtocol
     #expect(p.terminationStatus == 1)
     #expect(text.split(separator: "\n").count == 1, "\(text)")
     #expect(text.contains("/nonexistent/libcuda.so.1") && text.contains("NVIDIA driver"), "\(text)")
-    #expect(!FileManager.default.fileExists(atPath: "/dev/shm/vgpu-nodriver-\(getpid())"))
+    #expect(!FileManager.default.fileExists(atPath: "/dev/shm/vgpu-nodriver-\(getpid()).sock"))
   }
 
   @Test func aBadBackendIsRefused() throws {
