@@ -47,9 +47,13 @@ public struct SocketGreeting: Sendable, Equatable {
     var text = Array(reason.utf8)
     if text.count > Self.reasonCapacity {
       text = Array(text.prefix(Self.reasonCapacity))
-      // Not in the middle of a character: drop UTF-8 continuation bytes (10xxxxxx) and their lead.
-      while let last = text.last, last & 0xC0 == 0x80 { text.removeLast() }
-      if let last = text.last, last >= 0xC0 { text.removeLast() }
+      // Not in the middle of a character: the last lead byte (not 10xxxxxx)
+      // says how long its UTF-8 sequence is; an incomplete one goes.
+      if let lead = text.lastIndex(where: { $0 & 0xC0 != 0x80 }) {
+        let b = text[lead]
+        let length = b < 0x80 ? 1 : b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : 2
+        if text.count - lead < length { text.removeSubrange(lead...) }
+      }
     }
     var bytes = [UInt8](repeating: 0, count: Self.size)
     bytes.withUnsafeMutableBytes { b in
