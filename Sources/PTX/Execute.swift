@@ -27,11 +27,11 @@ extension BlockRunner {
     // instruction changes anything, so the thread can stop there and run
     // that instruction when it is resumed.
     var limit = min(
-      budget &- executed, nextProgress > executed ? nextProgress &- executed : 0,
+      budgetEnd &- executed, nextProgress > executed ? nextProgress &- executed : 0,
       suspendAt > executed ? suspendAt &- executed : 0)
     /// True: suspend here (the instructions before this one reached `suspendAt`).
     func checkpoint() throws(Fault) -> Bool {
-      let remaining = budget &- executed
+      let remaining = budgetEnd &- executed
       if n > remaining { throw .budget }
       // `n` counts the instruction at `pc`, not yet run; at least one before it
       // must have run, so every slice makes progress.
@@ -453,7 +453,7 @@ extension BlockRunner {
             }
           }
           let text = formatPrintf(format: arg(0), args: arg(1))
-          printf?(text)
+          emitPrintf(text)
           for res in site.results {
             store(pbase + res.callerOffset, UInt8(Swift.min(res.size, 4)), UInt64(text.utf8.count))
           }
@@ -504,6 +504,7 @@ extension BlockRunner {
         return
       case .trap: throw .trap(i.line)
       case .nop: break
+      case .fence: atomicMemoryFence(ordering: .sequentiallyConsistent)
 
       // Sync points: park (PTX ISA §9.7.13.1 bar/barrier); bar.red brings its predicate.
       case .barSync, .barRed:

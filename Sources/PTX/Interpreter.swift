@@ -151,8 +151,15 @@ struct BlockRunner {
   let paramBytes: Int
   let memory: any PTXGlobalMemory
   let threads: UnsafeMutablePointer<ThreadState>
+  /// The launch's instruction budget (for its error message).
   let budget: UInt64
+  /// When `executed` passes this, the next checkpoint fails with `.budget`: the budget for
+  /// a lone runner; what was left of the launch's at a quantum's start for one of several.
+  var budgetEnd: UInt64
   let printf: ((String) -> Void)?
+  /// When non-nil, printf text is kept here instead of going to `printf`: a runner on a
+  /// helper thread keeps its block's lines, which the launch hands on in block order.
+  var printed: [String]? = nil
   let progress: (() -> Bool)?
   let progressInterval: UInt64
   var executed: UInt64 = 0
@@ -194,6 +201,7 @@ struct BlockRunner {
     self.memory = memory
     threads = .allocate(capacity: nthreads)
     self.budget = budget
+    budgetEnd = budget
     self.printf = printf
     let dummy = UnsafeMutableRawPointer(bitPattern: 16)!
     cache = (1, 0, dummy, false)
@@ -268,6 +276,11 @@ struct BlockRunner {
       return t < nthreads && off + size <= localBytes ? local + t * localBytes + off : nil
     }
     return global(addr, size, write: write)
+  }
+
+  /// A device printf's text: kept for in-order delivery, or delivered now.
+  mutating func emitPrintf(_ text: String) {
+    if printed != nil { printed!.append(text) } else { printf?(text) }
   }
 
   /// Reads a NUL-terminated string at a generic address (printf formats, assert messages).
