@@ -129,6 +129,19 @@ func reverseBits(_ v: UInt64) -> UInt64 {
   return isMax ? Swift.max(x, y) : Swift.min(x, y)
 }
 
+/// A global region as the runner caches it.
+struct CachedRegion {
+  var base: UInt64
+  var end: UInt64
+  var pointer: UnsafeMutableRawPointer
+  var writable: Bool
+
+  /// Whether `addr ..< end` lies inside (and may be written when `write`).
+  @inline(__always) func holds(_ addr: UInt64, _ end: UInt64, _ write: Bool) -> Bool {
+    addr >= base && end <= self.end && end >= addr && (!write || writable)
+  }
+}
+
 /// Runs the blocks of one launch. All storage is allocated once per launch and reused per
 /// block, so a block's run allocates nothing; a block depends on nothing but its own buffers,
 /// which is what lets blocks move to separate host threads later.
@@ -169,9 +182,13 @@ struct BlockRunner {
   var suspendAt: UInt64 = .max
   var ctaid = PTXDim3(0)
   var arrivals = [Int](repeating: 0, count: 16)
-  // Last-hit cache of global regions.
-  var cache: (base: UInt64, end: UInt64, pointer: UnsafeMutableRawPointer, writable: Bool)
-  var cache2: (base: UInt64, end: UInt64, pointer: UnsafeMutableRawPointer, writable: Bool)
+  // The global regions used last, most recent first: `cache` is checked inline, the others
+  // on a miss, so that a kernel with a few buffers (vector add's three) seldom asks `memory`.
+  var cache: CachedRegion
+  var cache2: CachedRegion
+  var cache3: CachedRegion
+  var cache4: CachedRegion
+  var nextCache = 0
 
   init(
     kernel: String, module: PTXModule, funcs: UnsafeMutablePointer<FuncRT>, root: Int, block: PTXDim3, grid: PTXDim3,
@@ -204,8 +221,8 @@ struct BlockRunner {
     budgetEnd = budget
     self.printf = printf
     let dummy = UnsafeMutableRawPointer(bitPattern: 16)!
-    cache = (1, 0, dummy, false)
-    cache2 = (1, 0, dummy, false)
+    cache = CachedRegion(base: 1, end: 0, pointer: dummy, writable: false)
+    (cache2, cache3, cache4) = (cache, cache, cache)
   }
 
   func release() {
@@ -243,23 +260,29 @@ struct BlockRunner {
   /// Host pointer for `size` bytes of global memory at `addr`, or nil.
   @inline(__always) mutating func global(_ addr: UInt64, _ size: Int, write: Bool) -> UnsafeMutableRawPointer? {
     let end = addr &+ UInt64(size)
-    if addr >= cache.base && end <= cache.end && end >= addr && (!write || cache.writable) {
+    if cache.holds(addr, end, write) {
       return cache.pointer + Int(addr - cache.base)
     }
     return globalMiss(addr, size, write: write)
   }
 
   mutating func globalMiss(_ addr: UInt64, _ size: Int, write: Bool) -> UnsafeMutableRawPointer? {
+    // Nothing moves on a hit: these are checked in turn, and a region found anew replaces
+    // them in rotation.
     let end = addr &+ UInt64(size)
-    if addr >= cache2.base && end <= cache2.end && end >= addr && (!write || cache2.writable) {
-      swap(&cache, &cache2)
-      return cache.pointer + Int(addr - cache.base)
-    }
+    if cache2.holds(addr, end, write) { return cache2.pointer + Int(addr - cache2.base) }
+    if cache3.holds(addr, end, write) { return cache3.pointer + Int(addr - cache3.base) }
+    if cache4.holds(addr, end, write) { return cache4.pointer + Int(addr - cache4.base) }
     guard let r = memory.region(containing: addr), r.count >= 0 else { return nil }
-    let rEnd = r.base &+ UInt64(r.count)
-    guard addr >= r.base, end <= rEnd, end >= addr, !write || r.writable else { return nil }
-    cache2 = cache
-    cache = (r.base, rEnd, r.pointer, r.writable)
+    let found = CachedRegion(base: r.base, end: r.base &+ UInt64(r.count), pointer: r.pointer, writable: r.writable)
+    guard found.holds(addr, end, write) else { return nil }
+    switch nextCache & 3 {
+    case 0: cache = found
+    case 1: cache2 = found
+    case 2: cache3 = found
+    default: cache4 = found
+    }
+    nextCache &+= 1
     return r.pointer + Int(addr - r.base)
   }
 
