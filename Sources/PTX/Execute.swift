@@ -370,14 +370,16 @@ extension BlockRunner {
           try access(r, i, a, fn, localBase)
           break
         }
-        r[d] = Self.loadScalar(p, i)
+        var v = loadRelaxed(p, i.ty2)
+        if i.flags & Flag.signed != 0 { v = UInt64(bitPattern: sext(v, 64 - 8 * i.ty2)) }
+        r[d] = v & i.mask
       case .stGlobal where i.e == 1:
         let addr = a &+ UInt64(bitPattern: i.imm)
         guard addr & (UInt64(i.ty2) &- 1) == 0, let p = global(addr, Int(i.ty2), write: true) else {
           try access(r, i, a, fn, localBase)
           break
         }
-        store(p, i.ty2, r[d])
+        storeRelaxed(p, i.ty2, r[d])
       case .ldGlobal, .ldGeneric, .ldShared, .ldLocal, .stGlobal, .stGeneric, .stShared, .stLocal:
         try access(r, i, a, fn, localBase)
       case .atomGlobal, .atomShared, .atomGeneric:

@@ -73,6 +73,29 @@ enum Fault: Error {
   default: p.storeBytes(of: v, toByteOffset: 0, as: UInt64.self)
   }
 }
+/// An aligned global load as a relaxed atomic: blocks on other host threads may write the
+/// same word (a CAS loop's first read, a flag), and a relaxed access is a plain `mov` on
+/// x86-64 that ThreadSanitizer does not report as a race.
+@inline(__always) func loadRelaxed(_ p: UnsafeMutableRawPointer, _ size: UInt8) -> UInt64 {
+  switch size {
+  case 1: return UInt64(p.assumingMemoryBound(to: Atomic<UInt8>.self).pointee.load(ordering: .relaxed))
+  case 2: return UInt64(p.assumingMemoryBound(to: Atomic<UInt16>.self).pointee.load(ordering: .relaxed))
+  case 4: return UInt64(p.assumingMemoryBound(to: Atomic<UInt32>.self).pointee.load(ordering: .relaxed))
+  default: return p.assumingMemoryBound(to: Atomic<UInt64>.self).pointee.load(ordering: .relaxed)
+  }
+}
+/// An aligned global store as a relaxed atomic (see `loadRelaxed`).
+@inline(__always) func storeRelaxed(_ p: UnsafeMutableRawPointer, _ size: UInt8, _ v: UInt64) {
+  switch size {
+  case 1:
+    p.assumingMemoryBound(to: Atomic<UInt8>.self).pointee.store(UInt8(truncatingIfNeeded: v), ordering: .relaxed)
+  case 2:
+    p.assumingMemoryBound(to: Atomic<UInt16>.self).pointee.store(UInt16(truncatingIfNeeded: v), ordering: .relaxed)
+  case 4:
+    p.assumingMemoryBound(to: Atomic<UInt32>.self).pointee.store(UInt32(truncatingIfNeeded: v), ordering: .relaxed)
+  default: p.assumingMemoryBound(to: Atomic<UInt64>.self).pointee.store(v, ordering: .relaxed)
+  }
+}
 func reverseBits(_ v: UInt64) -> UInt64 {
   var x = v
   x = ((x >> 1) & 0x5555_5555_5555_5555) | ((x & 0x5555_5555_5555_5555) << 1)

@@ -337,21 +337,22 @@ public final class PTXLaunch: @unchecked Sendable {
     let buffered = options.printf != nil
     let helpers = min(options.hostThreads, grid.count - nextBlock) - 1
     let makeRunner = self.makeRunner
-    hostThreads =
-      1
-      + onThreads(helpers) {
-        var r = makeRunner()
-        r.nextProgress = .max
-        r.printed = buffered ? [] : nil
-        run.work(&r, started: nil, main: false)
-        run.outcome.withLock { $0.helperExecuted &+= r.executed }
-        r.release()
-      } main: {
-        runner.nextProgress = .max
-        runner.printed = buffered ? [] : nil
-        run.work(&runner, started: started, main: true)
-        runner.printed = nil
-      }
+    let helpersRan = onThreads(helpers) {
+      var r = makeRunner()
+      r.nextProgress = .max
+      r.printed = buffered ? [] : nil
+      run.work(&r, started: nil, main: false)
+      run.outcome.withLock { $0.helperExecuted &+= r.executed }
+      r.release()
+      run.helpersLeft.subtract(1, ordering: .releasing)
+    } main: { helpersStarted in
+      runner.nextProgress = .max
+      runner.printed = buffered ? [] : nil
+      run.work(&runner, started: started, main: true)
+      runner.printed = nil
+      run.awaitHelpers(started: helpersStarted, kernel: runner.kernel)
+    }
+    hostThreads = 1 + helpersRan
     let outcome = run.outcome.withLock { $0 }
     helperExecuted &+= outcome.helperExecuted
     if let printf = options.printf {

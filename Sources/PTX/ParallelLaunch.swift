@@ -42,6 +42,8 @@ final class ParallelRun: @unchecked Sendable {
   /// Blocks after this one are not started (a block before it failed); `.max` while none has.
   let lastBlock = Atomic<Int>(.max)
   let outcome = Mutex(Outcome())
+  /// Helper threads still running, less those not yet counted in (`awaitHelpers`).
+  let helpersLeft = Atomic<Int>(0)
 
   init(grid: PTXDim3, next: Int, executed: UInt64, options: PTXLaunchOptions) {
     self.grid = grid
@@ -101,6 +103,26 @@ final class ParallelRun: @unchecked Sendable {
     }
   }
 
+  /// On the launching thread once it has no block left: waits for the `started` helpers,
+  /// reporting progress meanwhile (a helper's long last block must not look like a hang to
+  /// the client, whose waits count silence), and cancelling them when asked to.
+  func awaitHelpers(started: Int, kernel: String) {
+    var left = helpersLeft.wrappingAdd(started, ordering: .acquiringAndReleasing).newValue
+    while left > 0 {
+      var pause = timespec(tv_sec: 0, tv_nsec: 100_000)
+      nanosleep(&pause, nil)
+      let now = executed.load(ordering: .relaxed)
+      if let progress, now >= nextProgress, !stop.load(ordering: .relaxed) {
+        if progress() {
+          nextProgress = now &+ progressInterval
+        } else {
+          halt(.launchFailed(kernel: kernel, reason: "cancelled by the device (its client went away)"))
+        }
+      }
+      left = helpersLeft.load(ordering: .acquiring)
+    }
+  }
+
   /// Block `k` failed: blocks after it are not started, and of several failures the first
   /// block's is reported (what a serial run would meet). A budget stops every block.
   private func fail(block k: Int, _ error: PTXError, text: [String]?) {
@@ -133,10 +155,11 @@ struct UncheckedSendable<Value>: @unchecked Sendable {
   init(_ value: Value) { self.value = value }
 }
 
-/// Runs `helper` on `extra` new POSIX threads and `main` on this one, and returns when all
-/// have returned; returns how many helpers ran. A thread the system will not start is simply
-/// missing: the work is claimed from a shared counter, so fewer threads only take longer.
-func onThreads(_ extra: Int, _ helper: @escaping @Sendable () -> Void, main: () -> Void) -> Int {
+/// Runs `helper` on `extra` new POSIX threads and `main` on this one (given how many helpers
+/// started), and returns when all have returned; returns how many helpers ran. A thread the
+/// system will not start is simply missing: the work is claimed from a shared counter, so
+/// fewer threads only take longer.
+func onThreads(_ extra: Int, _ helper: @escaping @Sendable () -> Void, main: (Int) -> Void) -> Int {
   final class Body: @unchecked Sendable {
     let run: @Sendable () -> Void
     init(_ run: @escaping @Sendable () -> Void) { self.run = run }
@@ -153,7 +176,7 @@ func onThreads(_ extra: Int, _ helper: @escaping @Sendable () -> Void, main: () 
       }, box.toOpaque())
     if rc == 0 { threads.append(thread) } else { box.release() }
   }
-  main()
+  main(threads.count)
   for t in threads { pthread_join(t, nil) }
   return threads.count
 }

@@ -33,6 +33,12 @@ struct ParallelLaunchTests {
       if (threadIdx.x < 2) printf("block %d thread %d\n", blockIdx.x, threadIdx.x);
       if (blockIdx.x >= 5 && threadIdx.x == 3) p[1 << 28] = 1;  // out of bounds from block 5 on
     }
+    extern "C" __global__ void lopsided(int* p) {
+      int n = blockIdx.x == 0 ? 200 : 20000;  // block 1, on the helper, runs long
+      int acc = 0;
+      for (int k = 0; k < n; k++) acc += k ^ threadIdx.x;
+      if (acc == 1) p[0] = acc;
+    }
     extern "C" __global__ void spin(volatile int* p) {
       while (p[0] == 0) {}
     }
@@ -87,6 +93,26 @@ struct ParallelLaunchTests {
     // Every block up to the failing one printed, in block order (block 5 before its fault).
     let want = (0...5).flatMap { b in (0..<2).map { "block \(b) thread \($0)\n" } }
     #expect(lines.withLock { $0 } == want)
+  }
+
+  /// The launching thread done with its blocks still reports progress while a helper runs
+  /// the last one (the client's wait counts silence).
+  @Test func progressWhileAHelperRunsTheLastBlock() throws {
+    let (module, memory) = try load()
+    let p = memory.alloc(16)
+    let calls = Atomic<Int>(0)
+    var options = PTXLaunchOptions(
+      progress: {
+        calls.add(1, ordering: .relaxed)
+        return true
+      }, hostThreads: 2)
+    options.progressInterval = 1 << 14
+    let stats = try module.launch(
+      kernel: "lopsided", grid: PTXDim3(2), block: PTXDim3(32),
+      parameters: pack(try module.kernel(named: "lopsided"), [p]), memory: memory, options: options)
+    #expect(stats.hostThreads == 2)
+    // Block 1 alone runs about 2.5M instructions: about 150 intervals; block 0 not two.
+    #expect(calls.load(ordering: .relaxed) >= 20, "\(calls.load(ordering: .relaxed)) progress calls")
   }
 
   @Test func budgetAndCancelStopEveryThread() throws {
