@@ -388,7 +388,10 @@ struct BlockRunner {
   /// threads count as arrived (PTX ISA §9.7.13.1 bar, and §9.7.13.8 exit).
   mutating func releaseBarriers(live: Int) -> Bool {
     var released = false
-    for id in 0..<16 {
+    // The barriers someone waits at, in one pass (16 passes over the block cost matmul 5 %).
+    var used: UInt32 = 0
+    for t in 0..<nthreads where threads[t].status == Status.barrier { used |= 1 << UInt32(threads[t].barrier & 15) }
+    for id in 0..<16 where used & (1 << UInt32(id)) != 0 {
       var waiting = 0
       var count = 0
       for t in 0..<nthreads where threads[t].status == Status.barrier && threads[t].barrier == id {
