@@ -27,42 +27,18 @@ extension BlockRunner {
     // instruction changes anything, so the thread can stop there and run
     // that instruction when it is resumed.
     var limit = min(
-      budget &- executed, nextProgress > executed ? nextProgress &- executed : 0,
+      budgetEnd &- executed, nextProgress > executed ? nextProgress &- executed : 0,
       suspendAt > executed ? suspendAt &- executed : 0)
-    /// True: suspend here (the instructions before this one reached `suspendAt`).
-    func checkpoint() throws(Fault) -> Bool {
-      let remaining = budget &- executed
-      if n > remaining { throw .budget }
-      // `n` counts the instruction at `pc`, not yet run; at least one before it
-      // must have run, so every slice makes progress.
-      if executed &+ n &- 1 >= suspendAt { return true }
-      if executed &+ n >= nextProgress {
-        if let progress, !progress() { throw .cancelled }
-        nextProgress = executed &+ n &+ progressInterval
-      }
-      limit = min(remaining, nextProgress &- executed, suspendAt &- executed)
-      return false
-    }
     let localBase = local + t * localBytes
+    // No local function captures `n`, `pc` or `r`: a captured variable lives in memory, and
+    // these change with every instruction (callgrind: a load and store each per instruction).
     defer { executed &+= n }
-
-    @inline(__always) func save(_ status: UInt8) {
-      st.pc = Int32(pc)
-      st.frame = Int32(r - base)
-      st.status = status
-      threads[t] = st
-    }
-    /// Parks the thread, ready, before the instruction at `pc` (uncounted: it runs on resume).
-    func suspend() {
-      n &-= 1
-      save(Status.ready)
-    }
 
     while true {
       let i = code[pc]
       n &+= 1
       if i.guardSlot >= 0 && (r[Int(i.guardSlot)] != 0) == i.guardNeg {
-        pc += 1
+        pc &+= 1
         continue
       }
       let d = Int(i.d)
@@ -351,7 +327,7 @@ extension BlockRunner {
         let eb = UInt64(TypeCode.bits(i.ty) / count)
         let em: UInt64 = eb >= 64 ? ~0 : (1 << eb) - 1
         for k in 0..<count { r[Int(fn.extra(d + k))] = (a >> (UInt64(k) * eb)) & em }
-      case .cvt: r[d] = convert(a, i)
+      case .cvt: r[d] = Self.convert(a, i)
       case .isspace:
         let inShared = a &- Memory.sharedWindow < 1 << 32
         let inLocal = a &- Memory.localWindow < Memory.localStride * 1024
@@ -366,23 +342,46 @@ extension BlockRunner {
       case .ldKParam:
         let size = Int(i.ty2) * Int(i.e)
         guard i.imm >= 0, Int(i.imm) + size <= paramBytes else { throw .illegal(UInt64(i.imm), size, false, i.line) }
-        loadInto(r, i, UnsafeMutableRawPointer(mutating: params + Int(i.imm)), fn)
-      case .ldParam: loadInto(r, i, pbase + Int(i.imm), fn)
-      case .stParam: storeFrom(r, i, pbase + Int(i.imm), fn)
-      case .ldGlobal, .ldGeneric, .ldShared, .ldLocal, .stGlobal, .stGeneric, .stShared, .stLocal:
+        let p = UnsafeMutableRawPointer(mutating: params + Int(i.imm))
+        if i.e == 1 { r[d] = Self.loadScalar(p, i) } else { Self.loadInto(r, i, p, fn) }
+      case .ldParam: Self.loadInto(r, i, pbase + Int(i.imm), fn)
+      case .stParam: Self.storeFrom(r, i, pbase + Int(i.imm), fn)
+      // Scalar shared and global accesses, aligned and in bounds, go straight; the rest
+      // (vectors, local, generic, faults) take `access`.
+      case .ldShared where i.e == 1:
         let addr = a &+ UInt64(bitPattern: i.imm)
-        let size = Int(i.ty2) * Int(i.e)
-        let isStore = i.op.rawValue >= Op.stParam.rawValue
-        if addr & UInt64(size - 1) != 0 && size & (size - 1) == 0 { throw .misaligned(addr, size, i.line) }
-        let p: UnsafeMutableRawPointer?
-        switch i.op {
-        case .ldGlobal, .stGlobal: p = global(addr, size, write: isStore)
-        case .ldShared, .stShared: p = addr &+ UInt64(size) <= UInt64(sharedBytes) ? shared + Int(addr) : nil
-        case .ldLocal, .stLocal: p = addr &+ UInt64(size) <= UInt64(localBytes) ? localBase + Int(addr) : nil
-        default: p = generic(addr, size, write: isStore)
+        let size = UInt64(i.ty2)
+        guard addr & (size &- 1) == 0, addr &+ size <= UInt64(sharedBytes) else {
+          try access(r, i, a, fn, localBase)
+          break
         }
-        guard let p else { throw .illegal(addr, size, isStore, i.line) }
-        if isStore { storeFrom(r, i, p, fn) } else { loadInto(r, i, p, fn) }
+        r[d] = Self.loadScalar(shared + Int(addr), i)
+      case .stShared where i.e == 1:
+        let addr = a &+ UInt64(bitPattern: i.imm)
+        let size = UInt64(i.ty2)
+        guard addr & (size &- 1) == 0, addr &+ size <= UInt64(sharedBytes) else {
+          try access(r, i, a, fn, localBase)
+          break
+        }
+        store(shared + Int(addr), i.ty2, r[d])
+      case .ldGlobal where i.e == 1:
+        let addr = a &+ UInt64(bitPattern: i.imm)
+        guard addr & (UInt64(i.ty2) &- 1) == 0, let p = global(addr, Int(i.ty2), write: false) else {
+          try access(r, i, a, fn, localBase)
+          break
+        }
+        var v = loadRelaxed(p, i.ty2)
+        if i.flags & Flag.signed != 0 { v = UInt64(bitPattern: sext(v, 64 - 8 * i.ty2)) }
+        r[d] = v & i.mask
+      case .stGlobal where i.e == 1:
+        let addr = a &+ UInt64(bitPattern: i.imm)
+        guard addr & (UInt64(i.ty2) &- 1) == 0, let p = global(addr, Int(i.ty2), write: true) else {
+          try access(r, i, a, fn, localBase)
+          break
+        }
+        storeRelaxed(p, i.ty2, r[d])
+      case .ldGlobal, .ldGeneric, .ldShared, .ldLocal, .stGlobal, .stGeneric, .stShared, .stLocal:
+        try access(r, i, a, fn, localBase)
       case .atomGlobal, .atomShared, .atomGeneric:
         let addr = a &+ UInt64(bitPattern: i.imm)
         let size = Int(i.ty2)
@@ -399,12 +398,13 @@ extension BlockRunner {
           plain = addr &- Memory.sharedWindow < 1 << 32 || addr &- Memory.localWindow < Memory.localStride * 1024
         }
         guard let p else { throw .illegal(addr, size, true, i.line) }
-        r[d] = atomic(p, i, b, r[Int(i.c)], plain: plain)
+        r[d] = Self.atomic(p, i, b, r[Int(i.c)], plain: plain)
 
       // Control flow (PTX ISA §9.7.13).
       case .bra:
-        if n > limit, try checkpoint() {
-          suspend()
+        if n > limit, try checkpoint(n, &limit) {
+          park(t, &st, pc: pc, frame: r - base, Status.ready)
+          n &-= 1  // the instruction at `pc` runs on resume
           return
         }
         pc = Int(i.imm)
@@ -413,8 +413,9 @@ extension BlockRunner {
         let site = module.callSite(Int(st.fn), Int(i.imm))
         switch site.target {
         case .function(let callee):
-          if n > limit, try checkpoint() {
-            suspend()
+          if n > limit, try checkpoint(n, &limit) {
+            park(t, &st, pc: pc, frame: r - base, Status.ready)
+            n &-= 1
             return
           }
           let cf = funcs[callee]
@@ -445,39 +446,27 @@ extension BlockRunner {
           pc = 0
           continue
         case .vprintf:
-          func arg(_ k: Int) -> UInt64 {
-            guard k < site.args.count else { return 0 }
-            switch site.args[k].source {
-            case .param(let off): return load(pbase + off, 8)
-            case .slot(let s): return r[Int(s)]
-            }
-          }
-          let text = formatPrintf(format: arg(0), args: arg(1))
-          printf?(text)
+          let text = formatPrintf(format: site.argument(0, 8, r, pbase), args: site.argument(1, 8, r, pbase))
+          emitPrintf(text)
           for res in site.results {
             store(pbase + res.callerOffset, UInt8(Swift.min(res.size, 4)), UInt64(text.utf8.count))
           }
         case .assertfail:
-          func arg(_ k: Int, _ size: UInt8) -> UInt64 {
-            guard k < site.args.count else { return 0 }
-            switch site.args[k].source {
-            case .param(let off): return load(pbase + off, size)
-            case .slot(let s): return r[Int(s)]
-            }
-          }
           throw .assertion(
-            cString(arg(0, 8)), cString(arg(1, 8)), Int(Int32(truncatingIfNeeded: arg(2, 4))), cString(arg(3, 8)))
+            cString(site.argument(0, 8, r, pbase)), cString(site.argument(1, 8, r, pbase)),
+            Int(Int32(truncatingIfNeeded: site.argument(2, 4, r, pbase))), cString(site.argument(3, 8, r, pbase)))
         case .unsupported(let name):
           throw .unsupported("call \(name)", i.line)
         }
       case .ret:
         if r == base {
           // Short threads that never branch back still count towards progress.
-          if n > limit, try checkpoint() {
-            suspend()
+          if n > limit, try checkpoint(n, &limit) {
+            park(t, &st, pc: pc, frame: r - base, Status.ready)
+            n &-= 1
             return
           }
-          save(Status.exited)
+          park(t, &st, pc: pc, frame: r - base, Status.exited)
           return
         }
         let callerFn = Int(r[Int(Slot.callerFunction)])
@@ -496,58 +485,112 @@ extension BlockRunner {
         pbase = callerP
         continue
       case .exit:
-        if n > limit, try checkpoint() {
-          suspend()
+        if n > limit, try checkpoint(n, &limit) {
+          park(t, &st, pc: pc, frame: r - base, Status.ready)
+          n &-= 1  // the instruction at `pc` runs on resume
           return
         }
-        save(Status.exited)
+        park(t, &st, pc: pc, frame: r - base, Status.exited)
         return
       case .trap: throw .trap(i.line)
       case .nop: break
+      case .fence: atomicMemoryFence(ordering: .sequentiallyConsistent)
 
       // Sync points: park (PTX ISA §9.7.13.1 bar/barrier); bar.red brings its predicate.
       case .barSync, .barRed:
-        if n > limit, try checkpoint() {
-          suspend()
+        if n > limit, try checkpoint(n, &limit) {
+          park(t, &st, pc: pc, frame: r - base, Status.ready)
+          n &-= 1  // the instruction at `pc` runs on resume
           return
         }
-        pc += 1
+        pc &+= 1
         st.barrier = UInt8(a & 15)
         st.barrierCount = UInt32(truncatingIfNeeded: b)  // the zero slot when PTX gave no count
         st.barrierValue = i.op == .barRed && (r[Int(i.c)] != 0) != (i.flags & Flag.negC != 0) ? 1 : 0
-        save(Status.barrier)
+        park(t, &st, pc: pc, frame: r - base, Status.barrier)
         return
       case .barArrive:
         arrivals[Int(a & 15)] += 1
       case .warpSync, .shfl, .vote, .activemask, .redux, .match:
-        if n > limit, try checkpoint() {
-          suspend()
+        if n > limit, try checkpoint(n, &limit) {
+          park(t, &st, pc: pc, frame: r - base, Status.ready)
+          n &-= 1  // the instruction at `pc` runs on resume
           return
         }
-        save(Status.collective)
+        park(t, &st, pc: pc, frame: r - base, Status.collective)
         return
       }
-      pc += 1
+      pc &+= 1
     }
   }
 
-  @inline(__always) func loadInto(
+  /// Past `limit` instructions of a run: either the budget is spent, or it is time to report
+  /// progress, or (true) to suspend the thread here (`PTXLaunch.run(until:)`). Every
+  /// checkpoint sits before its instruction changes anything, so the thread can stop there
+  /// and run that instruction when it is resumed. Both count the launch's instructions, not
+  /// this thread's: a grid of many short threads reports progress too. `n` counts this run's
+  /// instructions including the one at the checkpoint, not yet run.
+  @inline(never)
+  mutating func checkpoint(_ n: UInt64, _ limit: inout UInt64) throws(Fault) -> Bool {
+    let remaining = budgetEnd &- executed
+    if n > remaining { throw .budget }
+    // At least one instruction before this one must have run, so every slice makes progress.
+    if executed &+ n &- 1 >= suspendAt { return true }
+    if executed &+ n >= nextProgress {
+      if let progress, !progress() { throw .cancelled }
+      nextProgress = executed &+ n &+ progressInterval
+    }
+    limit = min(remaining, nextProgress &- executed, suspendAt &- executed)
+    return false
+  }
+
+  /// Parks thread `t` at `pc` in the frame `frame` slots into its stack.
+  @inline(__always) func park(_ t: Int, _ st: inout ThreadState, pc: Int, frame: Int, _ status: UInt8) {
+    st.pc = Int32(pc)
+    st.frame = Int32(frame)
+    st.status = status
+    threads[t] = st
+  }
+
+  /// ld/st of any space and shape (`a` the base register's value): the bounds and
+  /// alignment checks, then the access, or the fault.
+  @inline(never)
+  mutating func access(
+    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ a: UInt64, _ fn: FuncRT, _ localBase: UnsafeMutableRawPointer
+  ) throws(Fault) {
+    let addr = a &+ UInt64(bitPattern: i.imm)
+    let size = Int(i.ty2) * Int(i.e)
+    let isStore = i.op.rawValue >= Op.stParam.rawValue
+    if addr & UInt64(size - 1) != 0 && size & (size - 1) == 0 { throw .misaligned(addr, size, i.line) }
+    let p: UnsafeMutableRawPointer?
+    switch i.op {
+    case .ldGlobal, .stGlobal: p = global(addr, size, write: isStore)
+    case .ldShared, .stShared: p = addr &+ UInt64(size) <= UInt64(sharedBytes) ? shared + Int(addr) : nil
+    case .ldLocal, .stLocal: p = addr &+ UInt64(size) <= UInt64(localBytes) ? localBase + Int(addr) : nil
+    default: p = generic(addr, size, write: isStore)
+    }
+    guard let p else { throw .illegal(addr, size, isStore, i.line) }
+    if isStore { Self.storeFrom(r, i, p, fn) } else { Self.loadInto(r, i, p, fn) }
+  }
+
+  /// A scalar load's value, sign-extended for .s types and masked to the register.
+  @inline(__always) static func loadScalar(_ p: UnsafeMutableRawPointer, _ i: Instr) -> UInt64 {
+    var v = load(p, i.ty2)
+    if i.flags & Flag.signed != 0 { v = UInt64(bitPattern: sext(v, 64 - 8 * i.ty2)) }
+    return v & i.mask
+  }
+
+  @inline(__always) static func loadInto(
     _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: FuncRT
   ) {
     if i.e == 1 {
-      var v = load(p, i.ty2)
-      if i.flags & Flag.signed != 0 { v = UInt64(bitPattern: sext(v, 64 - 8 * i.ty2)) }
-      r[Int(i.d)] = v & i.mask
+      r[Int(i.d)] = loadScalar(p, i)
       return
     }
-    for k in 0..<Int(i.e) {
-      var v = load(p + k * Int(i.ty2), i.ty2)
-      if i.flags & Flag.signed != 0 { v = UInt64(bitPattern: sext(v, 64 - 8 * i.ty2)) }
-      r[Int(fn.extra(Int(i.d) + k))] = v & i.mask
-    }
+    for k in 0..<Int(i.e) { r[Int(fn.extra(Int(i.d) + k))] = loadScalar(p + k * Int(i.ty2), i) }
   }
 
-  @inline(__always) func storeFrom(
+  @inline(__always) static func storeFrom(
     _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: FuncRT
   ) {
     if i.e == 1 {
@@ -558,7 +601,9 @@ extension BlockRunner {
   }
 
   /// A special register's value; `n` counts this run's instructions so far (not yet in `executed`).
-  func special(_ s: Special, _ st: ThreadState, _ t: Int, _ n: UInt64) -> UInt64 {
+  // `mutating` though it changes nothing: a non-mutating call from the mutating loop copies
+  // the runner (its references retained and released), callgrind's BlockRunnerVWOc.
+  mutating func special(_ s: Special, _ st: ThreadState, _ t: Int, _ n: UInt64) -> UInt64 {
     let lane = UInt64(t % 32)
     switch s {
     case .tidX: return UInt64(st.x)
@@ -596,7 +641,7 @@ extension BlockRunner {
 
   /// `cvt` (PTX ISA §9.7.9.21): float→int rounds as asked (default .rzi per NVRTC output) and
   /// saturates, NaN → 0; int→int with .sat clamps; f32→f32 with .rni etc. rounds to integral.
-  func convert(_ a: UInt64, _ i: Instr) -> UInt64 {
+  static func convert(_ a: UInt64, _ i: Instr) -> UInt64 {
     let dk = TypeCode.kind(i.ty)
     let sk = TypeCode.kind(i.ty2)
     let dbits = TypeCode.bits(i.ty)
@@ -673,17 +718,17 @@ extension BlockRunner {
 
   /// atom/red (PTX ISA §9.7.13.5): global memory uses real atomics so that blocks may later
   /// run concurrently; shared and local memory belong to one host thread and use plain RMW.
-  func atomic(_ p: UnsafeMutableRawPointer, _ i: Instr, _ b: UInt64, _ c: UInt64, plain: Bool) -> UInt64 {
+  static func atomic(_ p: UnsafeMutableRawPointer, _ i: Instr, _ b: UInt64, _ c: UInt64, plain: Bool) -> UInt64 {
     if plain {
       let old = load(p, i.ty2)
-      store(p, i.ty2, rmw(old, i, b, c))
+      store(p, i.ty2, Self.rmw(old, i, b, c))
       return old
     }
     if i.ty2 == 4 {
       let atom = p.assumingMemoryBound(to: Atomic<UInt32>.self)
       var old = atom.pointee.load(ordering: .relaxed)
       while true {
-        let new = UInt32(truncatingIfNeeded: rmw(UInt64(old), i, b, c))
+        let new = UInt32(truncatingIfNeeded: Self.rmw(UInt64(old), i, b, c))
         let (done, seen) = atom.pointee.compareExchange(expected: old, desired: new, ordering: .relaxed)
         if done { return UInt64(old) }
         old = seen
@@ -692,14 +737,14 @@ extension BlockRunner {
     let atom = p.assumingMemoryBound(to: Atomic<UInt64>.self)
     var old = atom.pointee.load(ordering: .relaxed)
     while true {
-      let new = rmw(old, i, b, c)
+      let new = Self.rmw(old, i, b, c)
       let (done, seen) = atom.pointee.compareExchange(expected: old, desired: new, ordering: .relaxed)
       if done { return old }
       old = seen
     }
   }
 
-  @inline(__always) func rmw(_ old: UInt64, _ i: Instr, _ b: UInt64, _ c: UInt64) -> UInt64 {
+  @inline(__always) static func rmw(_ old: UInt64, _ i: Instr, _ b: UInt64, _ c: UInt64) -> UInt64 {
     let kind = TypeCode.kind(i.ty)
     let isFloat = kind == TypeCode.f
     let wide = i.ty2 == 8
@@ -747,6 +792,18 @@ func prmtMode(_ bytes: UInt64, _ sel: UInt64, _ mode: UInt8) -> UInt64 {
   var v: UInt64 = 0
   for k in 0..<4 { v |= ((bytes >> (p[s + k] * 8)) & 0xff) << UInt64(8 * k) }
   return v
+}
+
+extension CallSite {
+  /// Argument `k` (`size` bytes) of a call to a built-in (printf, assert), or 0 when absent.
+  func argument(_ k: Int, _ size: UInt8, _ r: UnsafeMutablePointer<UInt64>, _ pbase: UnsafeMutableRawPointer) -> UInt64
+  {
+    guard k < args.count else { return 0 }
+    switch args[k].source {
+    case .param(let off): return load(pbase + off, size)
+    case .slot(let s): return r[Int(s)]
+    }
+  }
 }
 
 extension FuncRT {

@@ -32,6 +32,8 @@ enum Op: UInt8 {
   case stParam, stGlobal, stShared, stLocal, stGeneric
   case atomGlobal, atomShared, atomGeneric
   case bra, call, ret, exit, trap, nop
+  // membar/fence (PTX ISA §9.7.13.4): a host fence, since blocks run on several host threads.
+  case fence
   case barSync, barArrive, warpSync, shfl, vote, activemask, redux, match
   // bar.red: `mod` 0 popc, 1 and, 2 or; `c` the predicate (negated with `Flag.negC`).
   case barRed

@@ -73,6 +73,29 @@ enum Fault: Error {
   default: p.storeBytes(of: v, toByteOffset: 0, as: UInt64.self)
   }
 }
+/// An aligned global load as a relaxed atomic: blocks on other host threads may write the
+/// same word (a CAS loop's first read, a flag), and a relaxed access is a plain `mov` on
+/// x86-64 that ThreadSanitizer does not report as a race.
+@inline(__always) func loadRelaxed(_ p: UnsafeMutableRawPointer, _ size: UInt8) -> UInt64 {
+  switch size {
+  case 1: return UInt64(p.assumingMemoryBound(to: Atomic<UInt8>.self).pointee.load(ordering: .relaxed))
+  case 2: return UInt64(p.assumingMemoryBound(to: Atomic<UInt16>.self).pointee.load(ordering: .relaxed))
+  case 4: return UInt64(p.assumingMemoryBound(to: Atomic<UInt32>.self).pointee.load(ordering: .relaxed))
+  default: return p.assumingMemoryBound(to: Atomic<UInt64>.self).pointee.load(ordering: .relaxed)
+  }
+}
+/// An aligned global store as a relaxed atomic (see `loadRelaxed`).
+@inline(__always) func storeRelaxed(_ p: UnsafeMutableRawPointer, _ size: UInt8, _ v: UInt64) {
+  switch size {
+  case 1:
+    p.assumingMemoryBound(to: Atomic<UInt8>.self).pointee.store(UInt8(truncatingIfNeeded: v), ordering: .relaxed)
+  case 2:
+    p.assumingMemoryBound(to: Atomic<UInt16>.self).pointee.store(UInt16(truncatingIfNeeded: v), ordering: .relaxed)
+  case 4:
+    p.assumingMemoryBound(to: Atomic<UInt32>.self).pointee.store(UInt32(truncatingIfNeeded: v), ordering: .relaxed)
+  default: p.assumingMemoryBound(to: Atomic<UInt64>.self).pointee.store(v, ordering: .relaxed)
+  }
+}
 func reverseBits(_ v: UInt64) -> UInt64 {
   var x = v
   x = ((x >> 1) & 0x5555_5555_5555_5555) | ((x & 0x5555_5555_5555_5555) << 1)
@@ -129,6 +152,19 @@ func reverseBits(_ v: UInt64) -> UInt64 {
   return isMax ? Swift.max(x, y) : Swift.min(x, y)
 }
 
+/// A global region as the runner caches it.
+struct CachedRegion {
+  var base: UInt64
+  var end: UInt64
+  var pointer: UnsafeMutableRawPointer
+  var writable: Bool
+
+  /// Whether `addr ..< end` lies inside (and may be written when `write`).
+  @inline(__always) func holds(_ addr: UInt64, _ end: UInt64, _ write: Bool) -> Bool {
+    addr >= base && end <= self.end && end >= addr && (!write || writable)
+  }
+}
+
 /// Runs the blocks of one launch. All storage is allocated once per launch and reused per
 /// block, so a block's run allocates nothing; a block depends on nothing but its own buffers,
 /// which is what lets blocks move to separate host threads later.
@@ -151,8 +187,15 @@ struct BlockRunner {
   let paramBytes: Int
   let memory: any PTXGlobalMemory
   let threads: UnsafeMutablePointer<ThreadState>
+  /// The launch's instruction budget (for its error message).
   let budget: UInt64
+  /// When `executed` passes this, the next checkpoint fails with `.budget`: the budget for
+  /// a lone runner; what was left of the launch's at a quantum's start for one of several.
+  var budgetEnd: UInt64
   let printf: ((String) -> Void)?
+  /// When non-nil, printf text is kept here instead of going to `printf`: a runner on a
+  /// helper thread keeps its block's lines, which the launch hands on in block order.
+  var printed: [String]? = nil
   let progress: (() -> Bool)?
   let progressInterval: UInt64
   var executed: UInt64 = 0
@@ -162,9 +205,13 @@ struct BlockRunner {
   var suspendAt: UInt64 = .max
   var ctaid = PTXDim3(0)
   var arrivals = [Int](repeating: 0, count: 16)
-  // Last-hit cache of global regions.
-  var cache: (base: UInt64, end: UInt64, pointer: UnsafeMutableRawPointer, writable: Bool)
-  var cache2: (base: UInt64, end: UInt64, pointer: UnsafeMutableRawPointer, writable: Bool)
+  // The global regions used last, most recent first: `cache` is checked inline, the others
+  // on a miss, so that a kernel with a few buffers (vector add's three) seldom asks `memory`.
+  var cache: CachedRegion
+  var cache2: CachedRegion
+  var cache3: CachedRegion
+  var cache4: CachedRegion
+  var nextCache = 0
 
   init(
     kernel: String, module: PTXModule, funcs: UnsafeMutablePointer<FuncRT>, root: Int, block: PTXDim3, grid: PTXDim3,
@@ -194,10 +241,11 @@ struct BlockRunner {
     self.memory = memory
     threads = .allocate(capacity: nthreads)
     self.budget = budget
+    budgetEnd = budget
     self.printf = printf
     let dummy = UnsafeMutableRawPointer(bitPattern: 16)!
-    cache = (1, 0, dummy, false)
-    cache2 = (1, 0, dummy, false)
+    cache = CachedRegion(base: 1, end: 0, pointer: dummy, writable: false)
+    (cache2, cache3, cache4) = (cache, cache, cache)
   }
 
   func release() {
@@ -235,23 +283,29 @@ struct BlockRunner {
   /// Host pointer for `size` bytes of global memory at `addr`, or nil.
   @inline(__always) mutating func global(_ addr: UInt64, _ size: Int, write: Bool) -> UnsafeMutableRawPointer? {
     let end = addr &+ UInt64(size)
-    if addr >= cache.base && end <= cache.end && end >= addr && (!write || cache.writable) {
+    if cache.holds(addr, end, write) {
       return cache.pointer + Int(addr - cache.base)
     }
     return globalMiss(addr, size, write: write)
   }
 
   mutating func globalMiss(_ addr: UInt64, _ size: Int, write: Bool) -> UnsafeMutableRawPointer? {
+    // Nothing moves on a hit: these are checked in turn, and a region found anew replaces
+    // them in rotation.
     let end = addr &+ UInt64(size)
-    if addr >= cache2.base && end <= cache2.end && end >= addr && (!write || cache2.writable) {
-      swap(&cache, &cache2)
-      return cache.pointer + Int(addr - cache.base)
-    }
+    if cache2.holds(addr, end, write) { return cache2.pointer + Int(addr - cache2.base) }
+    if cache3.holds(addr, end, write) { return cache3.pointer + Int(addr - cache3.base) }
+    if cache4.holds(addr, end, write) { return cache4.pointer + Int(addr - cache4.base) }
     guard let r = memory.region(containing: addr), r.count >= 0 else { return nil }
-    let rEnd = r.base &+ UInt64(r.count)
-    guard addr >= r.base, end <= rEnd, end >= addr, !write || r.writable else { return nil }
-    cache2 = cache
-    cache = (r.base, rEnd, r.pointer, r.writable)
+    let found = CachedRegion(base: r.base, end: r.base &+ UInt64(r.count), pointer: r.pointer, writable: r.writable)
+    guard found.holds(addr, end, write) else { return nil }
+    switch nextCache & 3 {
+    case 0: cache = found
+    case 1: cache2 = found
+    case 2: cache3 = found
+    default: cache4 = found
+    }
+    nextCache &+= 1
     return r.pointer + Int(addr - r.base)
   }
 
@@ -268,6 +322,11 @@ struct BlockRunner {
       return t < nthreads && off + size <= localBytes ? local + t * localBytes + off : nil
     }
     return global(addr, size, write: write)
+  }
+
+  /// A device printf's text: kept for in-order delivery, or delivered now.
+  mutating func emitPrintf(_ text: String) {
+    if printed != nil { printed!.append(text) } else { printf?(text) }
   }
 
   /// Reads a NUL-terminated string at a generic address (printf formats, assert messages).
@@ -329,7 +388,10 @@ struct BlockRunner {
   /// threads count as arrived (PTX ISA §9.7.13.1 bar, and §9.7.13.8 exit).
   mutating func releaseBarriers(live: Int) -> Bool {
     var released = false
-    for id in 0..<16 {
+    // The barriers someone waits at, in one pass (16 passes over the block cost matmul 5 %).
+    var used: UInt32 = 0
+    for t in 0..<nthreads where threads[t].status == Status.barrier { used |= 1 << UInt32(threads[t].barrier & 15) }
+    for id in 0..<16 where used & (1 << UInt32(id)) != 0 {
       var waiting = 0
       var count = 0
       for t in 0..<nthreads where threads[t].status == Status.barrier && threads[t].barrier == id {

@@ -50,13 +50,28 @@ public struct PTXLaunchOptions {
   /// Thread-instructions between `progress` calls (2^18: a few milliseconds
   /// in a release build, well under a second in a debug one on a busy machine).
   public var progressInterval: UInt64 = 1 << 18
-  /// Default settings: a budget of 10^10 thread-instructions, printf output dropped.
+  /// Host threads a launch run to its end (`run(until: .max)`) may spread its blocks over;
+  /// 1 runs them one after another on the calling thread (the serial engine).
+  public var hostThreads: Int
+  /// Default settings: a budget of 10^10 thread-instructions, printf output dropped, blocks
+  /// over `defaultHostThreads`.
   public init(
-    instructionBudget: UInt64 = 10_000_000_000, printf: ((String) -> Void)? = nil, progress: (() -> Bool)? = nil
+    instructionBudget: UInt64 = 10_000_000_000, printf: ((String) -> Void)? = nil, progress: (() -> Bool)? = nil,
+    hostThreads: Int = PTXLaunchOptions.defaultHostThreads
   ) {
     self.instructionBudget = instructionBudget
     self.printf = printf
     self.progress = progress
+    self.hostThreads = max(1, hostThreads)
+  }
+
+  /// The host's online cores (at most 64), or 1 when the environment has
+  /// `VGPU_PTX_ENGINE=serial` (the engine of issue 10, kept to compare with),
+  /// or `VGPU_PTX_THREADS` when it holds a count.
+  public static var defaultHostThreads: Int {
+    if let e = getenv("VGPU_PTX_ENGINE"), String(cString: e) == "serial" { return 1 }
+    if let e = getenv("VGPU_PTX_THREADS"), let n = Int(String(cString: e)), n > 0 { return min(n, 64) }
+    return min(max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))), 64)
   }
 }
 
@@ -64,6 +79,8 @@ public struct PTXLaunchOptions {
 public struct PTXLaunchStats: Sendable {
   /// Thread-instructions executed (guarded-off ones included).
   public var instructions: UInt64
+  /// Host threads that ran its blocks (1 for a serial run).
+  public var hostThreads: Int = 1
 }
 
 /// A kernel's launch-invariant tables (see `PTXModule.plan`); read-only
@@ -103,7 +120,7 @@ struct FuncRT {
 extension PTXModule {
   /// Runs `kernel` over `grid` × `block` threads. `parameters` is the packed parameter buffer
   /// laid out as `kernel(named:)` reports; `dynamicSharedBytes` is the launch's dynamic shared
-  /// memory. Blocks run one after another on the calling thread.
+  /// memory. Blocks run on up to `options.hostThreads` host threads (`PTXLaunch.run(until:)`).
   public func launch(
     kernel: String, grid: PTXDim3, block: PTXDim3, dynamicSharedBytes: Int = 0, parameters: UnsafeRawBufferPointer,
     memory: any PTXGlobalMemory, options: PTXLaunchOptions = PTXLaunchOptions()
@@ -214,12 +231,19 @@ public final class PTXLaunch: @unchecked Sendable {
   private let parameters: UnsafeMutableRawBufferPointer
   private var runner: BlockRunner
   private let grid: PTXDim3
+  private let options: PTXLaunchOptions
+  /// A fresh runner like `runner`, for a helper thread.
+  private let makeRunner: @Sendable () -> BlockRunner
   /// The linear index of the block running (or next to run).
   private var nextBlock = 0
   /// Whether block `nextBlock` has been set up (its threads started).
   private var blockStarted = false
   /// Set once the launch finished or failed: `run` then does nothing more.
   private var ended = false
+  /// Instructions run by helper threads' runners (`runner.executed` counts this thread's).
+  private var helperExecuted: UInt64 = 0
+  /// Host threads that have run blocks of it.
+  private var hostThreads = 1
 
   init(
     kernel: String, module: PTXModule, plan: LaunchPlan, grid: PTXDim3, block: PTXDim3, dynamicSharedBytes: Int,
@@ -227,18 +251,25 @@ public final class PTXLaunch: @unchecked Sendable {
   ) {
     self.plan = plan
     self.grid = grid
-    self.parameters = .allocate(byteCount: max(parameters.count, 16), alignment: 16)
+    self.options = options
+    let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(parameters.count, 16), alignment: 16)
     if let b = parameters.baseAddress, parameters.count > 0 {
-      self.parameters.baseAddress!.copyMemory(from: b, byteCount: parameters.count)
+      copy.baseAddress!.copyMemory(from: b, byteCount: parameters.count)
     }
+    self.parameters = copy
     let stack = plan.stack
-    runner = BlockRunner(
-      kernel: kernel, module: module, funcs: plan.funcs, root: plan.root, block: block, grid: grid,
-      stackSlots: stack.frameSlots + 64, localBytes: stack.localBytes,
-      sharedBytes: plan.dynamicBase + max(0, dynamicSharedBytes), dynamicShared: UInt32(max(0, dynamicSharedBytes)),
-      params: UnsafeRawBufferPointer(start: self.parameters.baseAddress, count: parameters.count), memory: memory,
-      budget: options.instructionBudget, printf: options.printf, progress: options.progress,
-      progressInterval: max(1, options.progressInterval))
+    let params = UnsafeRawBufferPointer(start: copy.baseAddress, count: parameters.count)
+    let shape = UncheckedSendable((module, memory, options, params))
+    makeRunner = {
+      let (module, memory, options, params) = shape.value
+      return BlockRunner(
+        kernel: kernel, module: module, funcs: plan.funcs, root: plan.root, block: block, grid: grid,
+        stackSlots: stack.frameSlots + 64, localBytes: stack.localBytes,
+        sharedBytes: plan.dynamicBase + max(0, dynamicSharedBytes), dynamicShared: UInt32(max(0, dynamicSharedBytes)),
+        params: params, memory: memory, budget: options.instructionBudget, printf: options.printf,
+        progress: options.progress, progressInterval: max(1, options.progressInterval))
+    }
+    runner = makeRunner()
   }
 
   deinit {
@@ -247,23 +278,37 @@ public final class PTXLaunch: @unchecked Sendable {
   }
 
   /// What the launch has done so far.
-  public var stats: PTXLaunchStats { PTXLaunchStats(instructions: runner.executed) }
+  public var stats: PTXLaunchStats {
+    PTXLaunchStats(instructions: runner.executed &+ helperExecuted, hostThreads: hostThreads)
+  }
 
   /// Runs the launch until it finishes (true) or until it has run at least `limit` more
   /// thread-instructions (at least one) and can stop (false; call again to go on). A failure
   /// (a fault, the budget, a cancel) ends the launch: later calls return true at once.
+  ///
+  /// With no limit (`.max`) and `options.hostThreads` > 1, the blocks left after a short start
+  /// on this thread run on that many host threads, each block on one of them, and the call
+  /// returns when all are done. The outcome is the serial one (printf lines in block order;
+  /// of several faults, the first block's) except where blocks race on global memory.
   public func run(until limit: UInt64) throws(PTXError) -> Bool {
     if ended { return true }
+    if limit == .max && options.hostThreads > 1 && grid.count - nextBlock > 1 {
+      // A small launch ends within the start and never pays for threads.
+      if try runSerial(until: ParallelRun.quantum(options)) { return true }
+      if grid.count - nextBlock > 1 { return try runParallel() }
+    }
+    return try runSerial(until: limit)
+  }
+
+  /// Runs blocks one after another on this thread (`run(until:)`).
+  private func runSerial(until limit: UInt64) throws(PTXError) -> Bool {
     let l = max(1, limit)
     runner.suspendAt = runner.executed > UInt64.max - l ? .max : runner.executed + l
     do throws(PTXError) {
       let count = grid.count
       while nextBlock < count {
         if !blockStarted {
-          let x = UInt32(nextBlock % Int(grid.x))
-          let y = UInt32((nextBlock / Int(grid.x)) % Int(grid.y))
-          let z = UInt32(nextBlock / (Int(grid.x) * Int(grid.y)))
-          runner.startBlock(PTXDim3(x, y, z))
+          runner.startBlock(grid.block(nextBlock))
           blockStarted = true
         }
         guard try runner.continueBlock() else { return false }
@@ -278,5 +323,57 @@ public final class PTXLaunch: @unchecked Sendable {
     }
     ended = true
     return true
+  }
+
+  /// Runs the blocks left (the one started, if any, then the others) on up to
+  /// `options.hostThreads` threads: this one and helpers started for the purpose.
+  private func runParallel() throws(PTXError) -> Bool {
+    ended = true
+    let budget = options.instructionBudget
+    let run = ParallelRun(
+      grid: grid, next: nextBlock + (blockStarted ? 1 : 0), executed: runner.executed &+ helperExecuted,
+      options: options)
+    let started = blockStarted ? nextBlock : nil
+    let buffered = options.printf != nil
+    let helpers = min(options.hostThreads, grid.count - nextBlock) - 1
+    let makeRunner = self.makeRunner
+    let helpersRan = onThreads(helpers) {
+      var r = makeRunner()
+      r.nextProgress = .max
+      r.printed = buffered ? [] : nil
+      run.work(&r, started: nil, main: false)
+      run.outcome.withLock { $0.helperExecuted &+= r.executed }
+      r.release()
+      run.helpersLeft.subtract(1, ordering: .releasing)
+    } main: { helpersStarted in
+      runner.nextProgress = .max
+      runner.printed = buffered ? [] : nil
+      run.work(&runner, started: started, main: true)
+      runner.printed = nil
+      run.awaitHelpers(started: helpersStarted, kernel: runner.kernel)
+    }
+    hostThreads = 1 + helpersRan
+    let outcome = run.outcome.withLock { $0 }
+    helperExecuted &+= outcome.helperExecuted
+    if let printf = options.printf {
+      let last = outcome.fault?.block ?? .max
+      for k in outcome.texts.keys.sorted() where k <= last {
+        for line in outcome.texts[k]! { printf(line) }
+      }
+    }
+    if let fault = outcome.fault { throw fault.error }
+    if let error = outcome.stopped { throw error }
+    if runner.executed &+ helperExecuted > budget {
+      throw .budgetExhausted(kernel: runner.kernel, budget: budget)
+    }
+    return true
+  }
+}
+
+extension PTXDim3 {
+  /// The block with linear index `k` in this grid (x fastest).
+  func block(_ k: Int) -> PTXDim3 {
+    PTXDim3(
+      UInt32(k % Int(x)), UInt32((k / Int(x)) % Int(y)), UInt32(k / (Int(x) * Int(y))))
   }
 }

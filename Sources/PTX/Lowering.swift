@@ -715,7 +715,10 @@ struct Lowering {
       return emit(Instr(op: .exit))
     case "trap":
       return emit(Instr(op: .trap))
-    case "membar", "fence", "nanosleep", "prefetch", "prefetchu", "brkpt", "pmevent", "discard", "applypriority",
+    case "membar", "fence":
+      // Proxy fences order other proxies (texture, async copies) the engine does not have.
+      return emit(Instr(op: mods.contains("proxy") ? .nop : .fence))
+    case "nanosleep", "prefetch", "prefetchu", "brkpt", "pmevent", "discard", "applypriority",
       "griddepcontrol":
       return emit(Instr(op: .nop))
 

@@ -15,8 +15,8 @@ import VGPUSimulator
 /// kernel's launch round trip, and module loads of large fat binaries, all
 /// through the running vgpu-mediator and timed by this client.
 extension Suite {
-  /// Thread-instructions per second per core, the least the engine should do.
-  static let engineTarget = 5e7
+  /// Thread-instructions per second on the host's cores (2 here), the least the engine should do.
+  static let engineTarget = 2e8
 
   /// `extern "C" __global__ void empty() {}` as NVRTC 12.9 writes it, for a
   /// run without NVRTC (the launch round trip does not depend on the compiler).
@@ -49,6 +49,46 @@ extension Suite {
     return nil
   }
 
+  /// `file` of Tests/Kernels compiled to PTX by NVRTC.
+  func compileKernel(_ file: String, _ nvrtc: Result<NVRTC, NVRTC.Failure>) throws -> String {
+    let api = try nvrtc.get()
+    guard let sources = kernelSources() else {
+      throw BenchError("Tests/Kernels not found above \(selfExecutable) or the working directory")
+    }
+    let url = sources.appendingPathComponent(file)
+    return try api.ptx(try String(contentsOf: url, encoding: .utf8), name: file)
+  }
+
+  /// `vgpu-bench _engine WORKLOAD THREADS LAUNCHES`: a quick-size workload (0 vector add,
+  /// 1 matmul, 2 reduction) launched in this process on THREADS host threads, to profile
+  /// the engine alone (callgrind, perf); prints its thread-instructions and time.
+  static func engineAlone(_ args: [String]) throws {
+    guard args.count == 4, let k = Int(args[1]), let threads = Int(args[2]), let launches = Int(args[3]) else {
+      throw BenchError("usage: vgpu-bench _engine WORKLOAD(0-2) THREADS LAUNCHES")
+    }
+    let suite = Suite(
+      SuiteOptions(quick: true, maxSize: 0, mediator: "", shims: nil, callgrind: false, discoveryRuns: 1))
+    let workloads = suite.engineWorkloads()
+    guard workloads.indices.contains(k), threads > 0 else {
+      throw BenchError("WORKLOAD is 0 to \(workloads.count - 1), THREADS at least 1 (got \(k), \(threads))")
+    }
+    let w = workloads[k]
+    let module = try PTXModule(
+      source: try suite.compileKernel(w.file, Result { () throws(NVRTC.Failure) in try NVRTC.load() }))
+    let local = try InProcessWorkload(w, module: module)
+    var ns: UInt64 = 0
+    var instructions: UInt64 = 0
+    for _ in 0..<launches {
+      let (t, stats) = try local.launch(hostThreads: threads)
+      ns += t
+      instructions += stats.instructions
+    }
+    guard local.output == w.expected else { throw BenchError("\(w.entry): wrong result") }
+    print(
+      "\(w.entry): \(instructions) thread-instructions in \(ns / 1000) µs: \(Double(instructions) / (Double(ns) / 1e9)) /s"
+    )
+  }
+
   func measureEngine(_ spec: String) {
     // Loading a 100 MiB image parses 100 MiB of PTX on the device: more than
     // the default 2 s a command may stay silent.
@@ -62,21 +102,13 @@ extension Suite {
     defer { device.close() }
 
     let nvrtc: Result<NVRTC, NVRTC.Failure> = Result { () throws(NVRTC.Failure) in try NVRTC.load() }
-    let sources = kernelSources()
-    func compile(_ file: String) throws -> String {
-      let api = try nvrtc.get()
-      guard let sources else {
-        throw BenchError("Tests/Kernels not found above \(selfExecutable) or the working directory")
-      }
-      let url = sources.appendingPathComponent(file)
-      return try api.ptx(try String(contentsOf: url, encoding: .utf8), name: file)
-    }
+    func compile(_ file: String) throws -> String { try compileKernel(file, nvrtc) }
 
     progress.begin("engine: PTX thread-instructions/s (vector add, tiled matmul, shuffle reduction)")
     var vectorAddPTX: String?
     for w in engineWorkloads() {
       progress.detail(w.label)
-      let name = "thread-instr/s per core: \(w.label)"
+      let name = "thread-instr/s: \(w.label)"
       let ptx: String
       do { ptx = try compile(w.file) } catch {
         report.figures.append(
@@ -90,9 +122,10 @@ extension Suite {
           Figure(
             "engine", name, unit: "instr/s", r.mediated, lowerIsBetter: false,
             note:
-              "target ≥ 5e7; \(w.detail); \(r.instructions) thread-instructions counted in-process by PTXModule.launch (the device does not report them), divided by the client-timed launch through vgpu-mediator (median of \(r.samples)); blocks run one after another on one core; \(w.file) by NVRTC 12.9, result checked against the CPU"
+              "target ≥ 2e8 on 2 cores; \(w.detail); \(r.instructions) thread-instructions counted in-process by PTXModule.launch (the device does not report them), divided by the client-timed launch through vgpu-mediator (median of \(r.samples)); blocks over the host's cores (\(r.hostThreads) threads in-process); \(w.file) by NVRTC 12.9, result checked against the CPU; baselines interleaved in the same run"
           )
-          .against("same PTX in-process, no mediator", r.inProcess))
+          .against("same PTX in-process, no mediator", r.inProcess)
+          .against("in-process, serial engine (issue 10: one thread, blocks in order)", r.serial))
       } catch {
         report.problems.append("engine: \(w.label): \(error)")
         report.figures.append(
@@ -168,27 +201,19 @@ extension Suite {
   struct WorkloadResult {
     var instructions: UInt64
     var samples: Int
-    /// Thread-instructions per second through the mediator, and in this process.
+    /// Host threads the in-process launches spread their blocks over.
+    var hostThreads: Int
+    /// Thread-instructions per second through the mediator, in this process, and in this
+    /// process with the serial engine (one thread, blocks in order: issue 10's).
     var mediated: Double
     var inProcess: Double
+    var serial: Double
   }
 
   /// Runs `w` through the mediator and in this process in turn: a checked
   /// warm-up launch each, then timed launches (outputs reset untimed).
   func runWorkload(_ w: EngineWorkload, ptx: String, device: Device) throws -> WorkloadResult {
     let module = try PTXModule(source: ptx)
-    let info = try module.kernel(named: w.entry)
-    guard info.parameters.count == w.inputs.count + 2 else {
-      throw BenchError("\(w.entry) has \(info.parameters.count) parameters, expected \(w.inputs.count + 2)")
-    }
-    func pack(_ pointers: [UInt64]) -> [UInt8] {
-      var p = [UInt8](repeating: 0, count: info.parameterBytes)
-      for (k, v) in pointers.enumerated() {
-        withUnsafeBytes(of: v.littleEndian) { for j in 0..<8 { p[info.parameters[k].offset + j] = $0[j] } }
-      }
-      withUnsafeBytes(of: w.n.littleEndian) { for j in 0..<4 { p[info.parameters[pointers.count].offset + j] = $0[j] } }
-      return p
-    }
     func verify(_ got: [Float], _ where_: String) throws {
       guard got.count == w.expected.count else { throw BenchError("\(where_): \(got.count) results") }
       if let i = got.indices.first(where: { got[$0] != w.expected[$0] }) {
@@ -210,7 +235,7 @@ extension Suite {
     let out = try device.allocate(outBytes)
     buffers.append(out)
     let function = try device.function(w.entry, in: try device.loadModule(Array(ptx.utf8)))
-    let deviceParameters = pack(buffers.map(\.address))
+    let deviceParameters = try InProcessWorkload.pack(w, module, buffers.map(\.address))
     let grid = Dimensions(w.grid.0, w.grid.1)
     let block = Dimensions(w.block.0, w.block.1)
     func launchMediated() throws -> UInt64 {
@@ -220,53 +245,93 @@ extension Suite {
       return now() - t0
     }
 
-    // In this process, on host memory.
-    let memory = HostGlobalMemory()
-    var regions: [PTXMemoryRegion] = []
-    for input in w.inputs {
-      let r = memory.allocate(input.count * 4)
-      input.withUnsafeBytes { r.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-      regions.append(r)
-    }
-    let hostOut = memory.allocate(outBytes)
-    regions.append(hostOut)
-    let hostParameters = pack(regions.map(\.base))
-    var instructions: UInt64 = 0
-    func launchInProcess() throws -> UInt64 {
-      memset(hostOut.pointer, 0, outBytes)
-      let t0 = now()
-      let stats = try module.launch(
-        kernel: w.entry, grid: PTXDim3(w.grid.0, w.grid.1), block: PTXDim3(w.block.0, w.block.1),
-        parameters: hostParameters, memory: memory)
-      let t = now() - t0
-      instructions = stats.instructions
-      return t
-    }
-
+    let local = try InProcessWorkload(w, module: module)
     // Warm-up, checked once each.
     _ = try launchMediated()
     var got = [Float](repeating: 0, count: w.outputCount)
     try got.withUnsafeMutableBytes { try device.copy(from: out, into: $0) }
     try verify(got, "through the mediator")
-    _ = try launchInProcess()
-    let counted = instructions
-    try verify(
-      Array(UnsafeBufferPointer(start: hostOut.pointer.assumingMemoryBound(to: Float.self), count: w.outputCount)),
-      "in-process")
+    let counted = try local.launch(hostThreads: PTXLaunchOptions.defaultHostThreads).stats.instructions
+    try verify(local.output, "in-process")
+    _ = try local.launch(hostThreads: 1)
+    try verify(local.output, "in-process, serial engine")
 
     let samples = options.quick ? 2 : 5
     var mediated: [Double] = []
     var inProcess: [Double] = []
+    var serial: [Double] = []
+    var threads = 1
     for _ in 0..<samples {
       mediated.append(Double(try launchMediated()))
-      inProcess.append(Double(try launchInProcess()))
-      guard instructions == counted else {
-        throw BenchError("the engine counted \(instructions) thread-instructions, then \(counted), for the same launch")
+      for (hostThreads, into) in [(PTXLaunchOptions.defaultHostThreads, 0), (1, 1)] {
+        let (ns, stats) = try local.launch(hostThreads: hostThreads)
+        guard stats.instructions == counted else {
+          throw BenchError(
+            "the engine counted \(stats.instructions) thread-instructions, then \(counted), for the same launch")
+        }
+        if into == 0 {
+          inProcess.append(Double(ns))
+          threads = stats.hostThreads
+        } else {
+          serial.append(Double(ns))
+        }
       }
     }
     return WorkloadResult(
-      instructions: counted, samples: samples, mediated: Double(counted) / (median(mediated) / 1e9),
-      inProcess: Double(counted) / (median(inProcess) / 1e9))
+      instructions: counted, samples: samples, hostThreads: threads,
+      mediated: Double(counted) / (median(mediated) / 1e9),
+      inProcess: Double(counted) / (median(inProcess) / 1e9), serial: Double(counted) / (median(serial) / 1e9))
+  }
+
+  /// A workload run in this process on host memory with `PTXModule.launch` (no mediator).
+  final class InProcessWorkload {
+    let w: EngineWorkload
+    let module: PTXModule
+    let memory = HostGlobalMemory()
+    let outputRegion: PTXMemoryRegion
+    let parameters: [UInt8]
+
+    /// The parameter buffer: `pointers` (inputs, output), then `w.n`.
+    static func pack(_ w: EngineWorkload, _ module: PTXModule, _ pointers: [UInt64]) throws -> [UInt8] {
+      let info = try module.kernel(named: w.entry)
+      guard info.parameters.count == w.inputs.count + 2 else {
+        throw BenchError("\(w.entry) has \(info.parameters.count) parameters, expected \(w.inputs.count + 2)")
+      }
+      var p = [UInt8](repeating: 0, count: info.parameterBytes)
+      for (k, v) in pointers.enumerated() {
+        withUnsafeBytes(of: v.littleEndian) { for j in 0..<8 { p[info.parameters[k].offset + j] = $0[j] } }
+      }
+      withUnsafeBytes(of: w.n.littleEndian) { for j in 0..<4 { p[info.parameters[pointers.count].offset + j] = $0[j] } }
+      return p
+    }
+
+    init(_ w: EngineWorkload, module: PTXModule) throws {
+      self.w = w
+      self.module = module
+      var regions: [PTXMemoryRegion] = []
+      for input in w.inputs {
+        let r = memory.allocate(input.count * 4)
+        input.withUnsafeBytes { r.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        regions.append(r)
+      }
+      outputRegion = memory.allocate(w.outputCount * 4)
+      regions.append(outputRegion)
+      parameters = try Self.pack(w, module, regions.map(\.base))
+    }
+
+    /// One launch (output reset untimed): its time in ns and the engine's stats.
+    func launch(hostThreads: Int) throws -> (ns: UInt64, stats: PTXLaunchStats) {
+      memset(outputRegion.pointer, 0, w.outputCount * 4)
+      let t0 = now()
+      let stats = try module.launch(
+        kernel: w.entry, grid: PTXDim3(w.grid.0, w.grid.1), block: PTXDim3(w.block.0, w.block.1),
+        parameters: parameters, memory: memory, options: PTXLaunchOptions(hostThreads: hostThreads))
+      return (now() - t0, stats)
+    }
+
+    var output: [Float] {
+      Array(UnsafeBufferPointer(start: outputRegion.pointer.assumingMemoryBound(to: Float.self), count: w.outputCount))
+    }
   }
 
   // MARK: Empty launch

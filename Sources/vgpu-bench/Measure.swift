@@ -408,12 +408,14 @@ extension Suite {
         .joined(separator: "; "),
         // "No CPU": under 0.1% (a wake-up per sleep slice costs microseconds).
         met: idle.isEmpty || idle.contains { $0.value == nil } ? nil : idle.allSatisfy { $0.value! < 0.1 }))
-    let engine = report.figures.filter { $0.name.hasPrefix("thread-instr/s per core") }
+    // The issue's target names vector add and matmul; the reduction is shown beside them.
+    let engine = report.figures.filter { $0.name.hasPrefix("thread-instr/s: ") && !$0.name.contains("reduce") }
     report.targets.append(
       TargetCheck(
-        target: "PTX engine at least 5e7 thread-instructions/s per core through the mediator",
+        target:
+          "PTX engine at least 2e8 thread-instructions/s on the host's cores (2) through the mediator, vector add and matmul",
         measured: engine.map {
-          "\($0.name.replacingOccurrences(of: "thread-instr/s per core: ", with: "")): \($0.value.map { String(format: "%.3g", $0) } ?? "n/a")"
+          "\($0.name.replacingOccurrences(of: "thread-instr/s: ", with: "")): \($0.value.map { String(format: "%.3g", $0) } ?? "n/a") (serial engine \($0.comparisons.last?.value.map { String(format: "%.3g", $0) } ?? "n/a"))"
         }
         .joined(separator: "; "),
         met: engine.isEmpty || engine.contains { $0.value == nil }

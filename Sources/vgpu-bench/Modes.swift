@@ -25,6 +25,7 @@ enum Modes {
       case "_nops": try nops(target: args[1], count: Int(args[2])!, batch: Int(args[3])!)
       case "_direct-nops": try directNops(count: Int(args[1])!, batch: Int(args[2])!)
       case "_idle": try idle(target: args[1])
+      case "_engine": try Suite.engineAlone(args)
       default:
         FileHandle.standardError.write(Data("vgpu-bench: unknown internal mode \(args.first ?? "")\n".utf8))
         return 2

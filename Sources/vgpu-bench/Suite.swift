@@ -46,6 +46,8 @@ struct SuiteOptions {
   var mediatorOptions: [String] = []
   /// Only the idle CPU figures (e.g. to compare a mediator with and without its metrics endpoint).
   var onlyIdle = false
+  /// Only the engine section (the PTX engine's figures, e.g. after a change to it).
+  var onlyEngine = false
 }
 
 /// Runs every case and baseline and fills the report.
@@ -111,6 +113,11 @@ final class Suite {
     if options.onlyIdle {
       progress.begin("idle CPU of the mediator and of a client")
       measureIdle(vgpuSpec)
+      report.seconds = progress.seconds
+      return report
+    }
+    if options.onlyEngine {
+      measureEngine(vgpuSpec)
       report.seconds = progress.seconds
       return report
     }

@@ -87,6 +87,9 @@ struct VGPUBench: ParsableCommand {
     help: "Measure only the idle CPU of the mediator and of a client (5 s after a 2 s grace period).")
   var onlyIdle = false
 
+  @Flag(name: .customLong("only-engine"), help: "Measure only the engine section (PTX engine, launches, module loads).")
+  var onlyEngine = false
+
   func validate() throws {
     if let maxSize, parseSize(maxSize) == nil {
       throw ValidationError("--max-size '\(maxSize)' is not a size such as 1G, 256M or 64K")
@@ -105,7 +108,8 @@ struct VGPUBench: ParsableCommand {
     let options = SuiteOptions(
       quick: quick, maxSize: maxSize.flatMap(parseSize) ?? (quick ? 1 << 20 : 1 << 30), mediator: mediatorPath,
       shims: shims ?? findShims(from: here), callgrind: !quick && !noCallgrind,
-      discoveryRuns: discoveryRuns ?? (quick ? 3 : 30), mediatorOptions: mediatorOptions, onlyIdle: onlyIdle)
+      discoveryRuns: discoveryRuns ?? (quick ? 3 : 30), mediatorOptions: mediatorOptions, onlyIdle: onlyIdle,
+      onlyEngine: onlyEngine)
     let report = try Suite(options).run()
 
     try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)

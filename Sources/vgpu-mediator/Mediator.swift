@@ -181,7 +181,8 @@ struct Mediator: ParsableCommand {
       """
       Thread-instructions one kernel launch may run before it fails with CUDA error 702 \
       (launch timeout), as a watchdog ends an endless loop. The interpreter runs about \
-      7×10^7 a second per core.
+      10^8 a second per core and spreads a launch's blocks over the cores \
+      (VGPU_PTX_ENGINE=serial: one thread, blocks in order).
       """, valueName: "count"))
   var kernelBudget: UInt64 = 10_000_000_000
 

@@ -39,8 +39,8 @@ import Testing
     for name in expected { #expect(names.contains(name), "missing case \(name)") }
     // The engine section (names carry the quick run's sizes).
     for prefix in [
-      "thread-instr/s per core: vector add", "thread-instr/s per core: tiled matmul",
-      "thread-instr/s per core: shuffle+barrier reduce", "empty kernel launch round trip p50",
+      "thread-instr/s: vector add", "thread-instr/s: tiled matmul",
+      "thread-instr/s: shuffle+barrier reduce", "empty kernel launch round trip p50",
       "empty kernel launch round trip p99", "module load, 1 MiB fat binary", "module load, 16 MiB fat binary",
     ] {
       #expect(names.contains { $0.hasPrefix(prefix) }, "missing case \(prefix)")

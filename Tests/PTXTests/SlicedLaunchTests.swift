@@ -20,7 +20,8 @@ import Testing
     let (args, result, bytes) = setup(memory)
     let info = try module.kernel(named: kernel)
     let lines = Mutex<[String]>([])
-    let options = PTXLaunchOptions(printf: { text in lines.withLock { $0.append(text) } })
+    // One host thread: the float atomic of `reduction` sums in block order, as a sliced run does.
+    let options = PTXLaunchOptions(printf: { text in lines.withLock { $0.append(text) } }, hostThreads: 1)
     let parameters = pack(info, args)
     var slices = 1
     var instructions: UInt64
