@@ -25,9 +25,10 @@ let usage =
   + " | marker DEVICE SECONDS HEX | play-device PATH MODE | settle DEVICE PID SECONDS [--kill]"
 guard args.count >= 3 else { fail(usage, 64) }
 
-func open(_ spec: String, queuePairs: Int = 2) -> Device {
+func open(_ spec: String, queuePairs: Int = 2, timeout: Duration = .seconds(2)) -> Device {
   var options = OpenOptions()
   options.queuePairs = queuePairs
+  options.timeout = timeout
   do { return try Device.open(spec, options: options) } catch { fail("\(error)") }
 }
 
@@ -55,7 +56,9 @@ case "launch" where args.count == 5:
 
 case "stress" where args.count == 7:
   guard let duration = Double(args[3]), let threads = Int(args[4]), let seed = UInt64(args[5]) else { fail(usage, 64) }
-  let device = open(args[2])
+  // Correctness under load, not latency: 16 processes × 4 threads and their
+  // kernels on 2 cores took over the default 2 s per command in CI.
+  let device = open(args[2], timeout: .seconds(60))
   let report = Stress.run(device, seconds: duration, threads: threads, seed: seed, ptx: readPTX(args[6]))
   device.close()
   say("ok \(report)")
