@@ -5,9 +5,8 @@
 // at once, pipelined copies both ways, module uploads, error texts), plus
 // the fault word, status and progress registers. No thread serves the pair;
 // what the input did not post is a silence, which the guest must end with
-// its deadline (30 µs here: its 20 µs of polling, then one short sleep, the
-// path a real wait takes). Whatever comes back, the guest may only throw a
-// VGPUError: a trap, an out-of-bounds access or a hang is a finding.
+// its deadline (100 µs here). Whatever comes back, the guest may only throw
+// a VGPUError: a trap, an out-of-bounds access or a hang is a finding.
 import DeviceAccess
 import FuzzSupport
 import VGPUProtocol
@@ -68,7 +67,7 @@ runFuzzer { data, size in
   let view = QueuePairView(base: base, layout: layout, index: 0)
   view.setState(.active)
   var qp = GuestQueuePair(
-    view: view, registers: registers, layout: layout, base: base, timeoutNanoseconds: 30_000,
+    view: view, registers: registers, layout: layout, base: base, timeoutNanoseconds: 100_000,
     deviceName: "fuzz")
   qp.deviceExplainsFailures = input.byte() & 1 != 0
 
