@@ -57,15 +57,23 @@ extension ConfigSpace {
   /// Rows of 16 bytes, `"00: 86 80 ..."`, exactly as `lspci -x`/`-xxx`/`-xxxx` print them.
   public func hexDump(limit: Int? = nil) -> String {
     let n = min(limit ?? bytes.count, bytes.count)
-    var out = ""
-    out.reserveCapacity(n * 3 + n / 16 * 5)
+    // Written as UTF-8 bytes: a String per byte made the dump of a 4 KiB
+    // config space a fifth of the pci-config fuzz target's time per input.
+    let digits = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    out.reserveCapacity(n * 3 + n / 16 * 5 + 5)
     for i in 0..<n {
-      if i & 15 == 0 { out += hex(i, width: 2) + ":" }
-      out += " " + hex(bytes[i], width: 2)
-      if i & 15 == 15 { out += "\n" }
+      if i & 15 == 0 {
+        out.append(contentsOf: hex(i, width: 2).utf8)
+        out.append(UInt8(ascii: ":"))
+      }
+      out.append(UInt8(ascii: " "))
+      out.append(digits[Int(bytes[i] >> 4)])
+      out.append(digits[Int(bytes[i] & 15)])
+      if i & 15 == 15 { out.append(UInt8(ascii: "\n")) }
     }
-    if n & 15 != 0 { out += "\n" }
-    return out
+    if n & 15 != 0 { out.append(UInt8(ascii: "\n")) }
+    return String(decoding: out, as: UTF8.self)
   }
 
   /// Reads the hex rows of an `lspci -x` dump; other lines (the device's title,

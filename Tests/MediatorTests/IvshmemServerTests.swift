@@ -1,10 +1,11 @@
 import CSupport
-import DeviceAccess
 import Foundation
 import TestSupport
 import Testing
 import VGPUDevice
 import VGPUProtocol
+
+@testable import DeviceAccess
 
 /// The mediator as QEMU's ivshmem server (QEMU docs/specs/ivshmem-spec.txt).
 /// The whole path — guest doorbell, MSI-X through VFIO — is proven in the VM
@@ -108,6 +109,16 @@ import VGPUProtocol
     #expect(gone.value == 2 && gone.fd == -1)
     #expect(waitUntil(seconds: 2) { server.connectedPeers == [1] })
     (vectors + [memory.fd, devicePeer.fd]).forEach { close($0) }
+  }
+
+  /// The lowest id not taken, whatever the order and repeats of those that
+  /// are (0 is the device's); none once all 65,535 are taken.
+  @Test func aNewGuestGetsTheLowestFreePeerID() {
+    #expect(IvshmemServer.freePeerID(taken: []) == 1)
+    #expect(IvshmemServer.freePeerID(taken: [3, 1, 1, 2, 5]) == 4)
+    #expect(IvshmemServer.freePeerID(taken: [0, 2, UInt16.max]) == 1)
+    #expect(IvshmemServer.freePeerID(taken: [UInt16](1...UInt16.max - 1).reversed()) == UInt16.max)
+    #expect(IvshmemServer.freePeerID(taken: [UInt16](0...UInt16.max)) == nil)
   }
 
   @Test func aSecondServerOnALiveSocketIsRefusedAndAStaleOneReplaced() throws {

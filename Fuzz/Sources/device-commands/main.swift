@@ -10,9 +10,24 @@
 //
 // After the sequence every pair is closed: the device must hand all its
 // memory back (no leaked or double-counted allocation, no underflow).
+//
+// Speed: the BAR, the 16 MiB device-memory reservation and the PTX backend
+// are made once (mapping and faulting them in was most of an input's time);
+// each input gets a fresh ReferenceDevice over them, so that no state of an
+// earlier input (handles, counters, registers) reaches the next one. What
+// outlives an input is put back as new: the BAR zeroed, device memory
+// discarded (reads as zero again), the backend's allocator checked empty.
+// VGPU_FUZZ_FRESH_DEVICE=1 makes all three anew per input instead, to tell
+// a finding that needs an earlier input's leftovers from one that does not.
+import DeviceAccess
 import FuzzSupport
-import VGPUDevice
 import VGPUProtocol
+
+@testable import VGPUDevice
+
+#if canImport(Glibc)
+  import Glibc
+#endif
 
 let pairs = 4
 let layout = BARLayout(queuePairs: UInt32(pairs), depth: 8, stagingSlotSize: 4096, slotsPerQueue: 2)
@@ -20,7 +35,7 @@ let layout = BARLayout(queuePairs: UInt32(pairs), depth: 8, stagingSlotSize: 409
 /// The highest opcode the protocol defines (moduleKernels), for the fix-up that picks a real one.
 let opcodeCount: UInt8 = 0x1c
 
-func makeDevice() -> ReferenceDevice {
+let configuration: ReferenceDeviceConfiguration = {
   var config = ReferenceDeviceConfiguration()
   config.layout = layout
   config.memorySize = 16 << 20
@@ -28,9 +43,52 @@ func makeDevice() -> ReferenceDevice {
   config.kernelInstructionBudget = 100_000
   // Pids in the input mean nothing on this host: never look them up in /proc.
   config.ownersAreLocalProcesses = false
-  do { return try ReferenceDevice(configuration: config) } catch {
+  return config
+}()
+
+/// What every input's device stands on: the in-memory BAR and the backend with its device memory.
+struct Fixture {
+  let region: MappedRegion
+  let shared: SharedExecution
+  init() {
+    do {
+      region = try MappedRegion.anonymous(size: Int(layout.regionSize))
+      shared = try SharedExecution(configuration: configuration)
+    } catch {
+      fatalError(
+        "fuzz set-up: no BAR of \(layout.regionSize) bytes or no device memory of \(configuration.memorySize): \(error)"
+      )
+    }
+  }
+}
+
+let freshPerInput = getenv("VGPU_FUZZ_FRESH_DEVICE").map { String(cString: $0) == "1" } ?? false
+nonisolated(unsafe) var fixture: Fixture?
+
+func makeDevice() -> ReferenceDevice {
+  if fixture == nil || freshPerInput { fixture = Fixture() }
+  let fixture = fixture!
+  // A new BAR is zero-filled: so is this one before the device lays it out.
+  fixture.region.base.initializeMemory(as: UInt8.self, repeating: 0, count: fixture.region.size)
+  do { return try ReferenceDevice(configuration: configuration, region: fixture.region, sharing: fixture.shared) } catch
+  {
     fatalError("fuzz set-up: the reference device did not start: \(error)")
   }
+}
+
+/// Checks that the backend holds nothing any more and puts its device memory back as new.
+func checkAndClearBackend() {
+  let shared = fixture!.shared
+  let (inUse, _) = shared.memoryInUse
+  invariant(inUse == 0, "\(inUse) bytes still counted in use by the shared backend after every queue pair was closed")
+  guard let backend = shared.backend as? PTXBackend else { return }
+  let allocator = backend.allocator
+  invariant(
+    allocator.liveAllocations == 0 && allocator.largestFreeBlock == allocator.capacity,
+    "the backend's allocator holds \(allocator.liveAllocations) allocations (largest free block \(allocator.largestFreeBlock) of \(allocator.capacity)) after every queue pair was closed"
+  )
+  // Freed memory is discarded in whole pages only: zero the rest as a new reservation would be.
+  backend.memory.discard(offset: 0, length: backend.memory.size)
 }
 
 runFuzzer { data, size in
@@ -123,5 +181,6 @@ runFuzzer { data, size in
     after.allocated == 0,
     "\(after.allocated) bytes of device memory still allocated after every queue pair was closed (before: \(allocated))"
   )
+  checkAndClearBackend()
   return 0
 }

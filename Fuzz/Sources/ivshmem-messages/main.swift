@@ -53,13 +53,20 @@ func check(_ messages: [(value: Int64, fd: Int32)], id: UInt16, peers: [Peer], o
   invariant(messages[1] == (Int64(id), -1), "the second message is \(messages[1]), not the id \(id)")
   invariant(messages[2] == (-1, 3), "the third message is \(messages[2]), not -1 with the shared memory")
   invariant(messages[3] == (0, 4), "the fourth message is \(messages[3]), not the device's eventfd")
-  var expected: [(Int64, Int32)] = []
-  for p in peers { for fd in p.eventFDs { expected.append((Int64(p.id), fd)) } }
-  for fd in own { expected.append((Int64(id), fd)) }
-  let rest = Array(messages.dropFirst(4))
-  invariant(
-    rest.count == expected.count && zip(rest, expected).allSatisfy { $0.value == $1.0 && $0.fd == $1.1 },
-    "the peers' eventfds were not each sent once, its own last")
+  // Compared in place: copying both lists per connect cost about 15% of an
+  // input's time.
+  var next = 4
+  func expect(_ peer: UInt16, _ fd: Int32) {
+    invariant(
+      next < messages.count && messages[next] == (Int64(peer), fd),
+      "the peers' eventfds were not each sent once, its own last (message \(next) of \(messages.count))")
+    next += 1
+  }
+  for p in peers { for fd in p.eventFDs { expect(p.id, fd) } }
+  for fd in own { expect(id, fd) }
+  invariant(next == messages.count, "\(messages.count - next) set-up messages more than the peers' eventfds")
   // QEMU reads every id as a peer number below its peer limit; the device is peer 0, guests 1...65535.
-  for m in rest { invariant(m.value >= 0 && m.value <= Int64(UInt16.max), "peer id \(m.value) out of range") }
+  for m in messages[4...] {
+    invariant(m.value >= 0 && m.value <= Int64(UInt16.max), "peer id \(m.value) out of range")
+  }
 }
