@@ -182,7 +182,14 @@ struct Lowering {
       return constant(UInt64(b))
     case .f64(let b):
       if isFloat && bits == 32 { return constant(UInt64(Float(Double(bitPattern: b)).bitPattern)) }
-      if !isFloat { return constant(UInt64(bitPattern: Int64(Double(bitPattern: b))) & TypeCode.mask(t)) }
+      if !isFloat {
+        // Its value, truncated, as the integer; NaN, ±inf or a value past Int64 is refused
+        // (the conversion trapped: Fuzz/module-image found `0d7FF…` as an integer operand).
+        guard let i = Int64(exactly: Double(bitPattern: b).rounded(.towardZero)) else {
+          throw fail("\(o)", "a floating-point literal whose value fits a 64-bit integer")
+        }
+        return constant(UInt64(bitPattern: i) & TypeCode.mask(t))
+      }
       return constant(b)
     default:
       throw fail("\(o)", "a scalar operand")

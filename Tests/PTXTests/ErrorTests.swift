@@ -37,6 +37,31 @@ import Testing
     #expect(throws: PTXError.self) { try PTXModule(source: ".target sm_75\n") }
   }
 
+  /// A double literal as an integer operand is its value, truncated; one that no
+  /// Int64 holds (inf, NaN, 1e300) is an error in that function, not a trap
+  /// (found by Fuzz/module-image).
+  @Test(arguments: ["0d7FF0000000000000", "0d7FF8000000000000", "0d7E37E43C8800759C"])
+  func anUnconvertibleDoubleLiteralIsAnError(literal: String) throws {
+    let m = try PTXModule(
+      source: header + """
+        .visible .entry k()
+        {
+        	.reg .b64 %rd<3>;
+        	add.s64 %rd1, %rd2, \(literal);
+        }
+        """)
+    #expect(throws: PTXError.self) { _ = try m.kernel(named: "k") }
+    let fine = try PTXModule(
+      source: header + """
+        .visible .entry k()
+        {
+        	.reg .b64 %rd<3>;
+        	add.s64 %rd1, %rd2, 0dC004000000000000;
+        }
+        """)
+    _ = try fine.kernel(named: "k")
+  }
+
   @Test func badFunctionFailsAlone() throws {
     let src =
       vectorAddPTX + """
