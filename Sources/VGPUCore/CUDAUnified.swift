@@ -286,7 +286,11 @@ func pointerKind(_ ptr: UInt64) -> PointerKind {
 func writePointerAttribute(_ attribute: Int32, _ kind: PointerKind, _ ptr: UInt64, _ data: UnsafeMutableRawPointer)
   -> Bool
 {
-  func bool(_ v: Bool) { data.storeBytes(of: v ? 1 : 0, as: UInt8.self) }
+  // The boolean attributes are C ints: cudart's cudaPointerGetAttributes
+  // reads IS_MANAGED as 4 bytes without clearing them first, and every
+  // caller we know passes an int (cuda-python's Cython `bint`, CCCL, CUDA.jl's
+  // Cuint); cuPointerSetAttribute documents SYNC_MEMOPS as an unsigned int.
+  func bool(_ v: Bool) { data.storeBytes(of: v ? 1 : 0, as: UInt32.self) }
   // Memory of the process's device belongs to its primary context if there is one, else the current one.
   let owner = cudaObjects.withLock { $0.primary }
   let context = owner != 0 ? owner : (CUDAThread.current.currentContext ?? 0)
@@ -360,7 +364,7 @@ func zeroPointerAttribute(_ attribute: Int32, _ data: UnsafeMutableRawPointer) {
   switch attribute {
   case 2: data.storeBytes(of: 0, as: UInt32.self)
   case 9: data.storeBytes(of: -2, as: Int32.self)  // DEVICE_ORDINAL: cudaInvalidDeviceId (driver_types.h)
-  case 6, 8, 13, 15: data.storeBytes(of: 0, as: UInt8.self)
+  case 6, 8, 13, 15: data.storeBytes(of: 0, as: UInt32.self)  // booleans: C ints (writePointerAttribute)
   default: data.storeBytes(of: 0, as: UInt64.self)  // pointers, addresses, sizes, ids
   }
 }

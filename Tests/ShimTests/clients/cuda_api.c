@@ -375,6 +375,12 @@ static void memory(void) {
   EXPECT(memoryType == 1, "registered memory is CU_MEMORYTYPE_HOST: %u", memoryType);
   CUdeviceptr viaRegistered;
   OK(cuMemAlloc_v2(&viaRegistered, R));
+  /* The boolean attributes are written as whole C ints: cudart reads
+     IS_MANAGED (8) that wide without clearing it first. */
+  unsigned int managed = 0xffffffffu, syncMemops = 0xffffffffu;
+  OK(cuPointerGetAttribute(&managed, 8, viaRegistered));
+  OK(cuPointerGetAttribute(&syncMemops, 6, viaRegistered));
+  EXPECT(managed == 0 && syncMemops == 1, "IS_MANAGED %#x, SYNC_MEMOPS %#x as whole ints", managed, syncMemops);
   OK(cuMemcpyHtoD_v2(viaRegistered, registered, R));
   unsigned char *back = malloc(R);
   OK(cuMemcpyDtoH_v2(back, viaRegistered, R));
