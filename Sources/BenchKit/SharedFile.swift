@@ -84,7 +84,10 @@ public final class HelperProcess {
 /// `grace` ns, then SIGKILLs. SIGKILL because a parent such as the test runner
 /// may have SIGTERM blocked, and children inherit the mask.
 public func stop(_ process: Process, signal: Int32 = SIGTERM, grace: UInt64 = 3_000_000_000) {
-  guard process.isRunning else { return }
+  // waitUntilExit also when it has exited: it is what drops the run-loop
+  // source that holds the Process (swift-corelibs-foundation's Process.run
+  // makes that cycle; LeakSanitizer reports the Process and all it holds).
+  guard process.isRunning else { return process.waitUntilExit() }
   if signal != 0 { kill(process.processIdentifier, signal) }
   let started = now()
   while process.isRunning && now() - started < grace { usleep(1000) }

@@ -88,14 +88,14 @@ import VGPUProtocol
     let stopped = Date()
     let log = mediator.stop()
     #expect(log.contains("stopping") && log.contains("stopped"))
-    let error = client.waitFor("error", seconds: 5)
+    let error = client.waitFor("error", seconds: 5 * Sanitizer.slowdown)
     #expect(error != nil, "\(client.output)")
     // The client believes a status that says "stopping" once it has lasted
     // the status grace (1 s, GuestQueuePair.statusGraceNanoseconds) with no
     // answer: its 2 s deadline plus that grace bound the wait, and the rest is
     // slack for a loaded machine (4.7 s seen at load average 11 on 2 cores),
     // still far below anything that waits for a second deadline.
-    #expect(Date().timeIntervalSince(stopped) < 8)
+    #expect(Date().timeIntervalSince(stopped) < 8 * Sanitizer.slowdown)
     #expect(error?.contains("stopped answering") == true, "\(error ?? "")")
     // Opening the socket now says that no mediator runs: it removed its socket.
     do {

@@ -321,17 +321,15 @@ final class Clients: @unchecked Sendable {
 
   /// Tells it to stop (a line on stdin) and waits; kills it if it does not.
   func finish() {
-    guard process.isRunning else { return }
+    guard process.isRunning else { return process.waitUntilExit() }
     try? input.fileHandleForWriting.write(contentsOf: Data("exit\n".utf8))
     if !waitUntil(seconds: 10, { !process.isRunning }) { kill(process.processIdentifier, SIGKILL) }
     process.waitUntilExit()
   }
 
   deinit {
-    if process.isRunning {
-      kill(process.processIdentifier, SIGKILL)
-      process.waitUntilExit()
-    }
+    if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    process.waitUntilExit()
   }
 
   static func command(of pid: UInt32) -> String {
@@ -410,8 +408,8 @@ final class PrometheusServer {
     if process.isRunning {
       process.terminate()
       if !waitUntil(seconds: 10, { !process.isRunning }) { kill(process.processIdentifier, SIGKILL) }
-      process.waitUntilExit()
     }
+    process.waitUntilExit()
     try? FileManager.default.removeItem(at: directory)
   }
 

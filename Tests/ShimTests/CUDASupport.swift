@@ -101,10 +101,10 @@ enum CUDAClient {
     p.standardInput = FileHandle.nullDevice
     try p.run()
     let finished = waitUntil(seconds: timeout) { !p.isRunning }
-    if !finished {
-      kill(p.processIdentifier, SIGKILL)
-      p.waitUntilExit()
-    }
+    if !finished { kill(p.processIdentifier, SIGKILL) }
+    // Always, also when it has exited: waitUntilExit drops the run-loop
+    // source through which swift-corelibs-foundation's Process holds itself.
+    p.waitUntilExit()
     let result = Output(
       status: finished ? p.terminationStatus : -1,
       stdout: (try? String(contentsOf: out, encoding: .utf8)) ?? "",

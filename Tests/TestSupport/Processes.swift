@@ -98,10 +98,8 @@ public final class MediatorProcess: @unchecked Sendable {
   /// SIGTERM, then its log once it has exited.
   @discardableResult
   public func stop() -> String {
-    if process.isRunning {
-      process.terminate()
-      process.waitUntilExit()
-    }
+    if process.isRunning { process.terminate() }
+    process.waitUntilExit()
     return (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
   }
 
@@ -115,10 +113,11 @@ public final class MediatorProcess: @unchecked Sendable {
   }
 
   deinit {
-    if process.isRunning {
-      process.terminate()
-      process.waitUntilExit()
-    }
+    // waitUntilExit even when it has exited: swift-corelibs-foundation's
+    // Process holds itself through a run-loop source until waitUntilExit
+    // drops it, and LeakSanitizer reports the Process and all it holds.
+    if process.isRunning { process.terminate() }
+    process.waitUntilExit()
     unlink(path)
     unlink(logPath)
   }
@@ -208,7 +207,7 @@ public final class ClientProcess: @unchecked Sendable {
     process.waitUntilExit()
   }
 
-  deinit { if process.isRunning { kill() } }
+  deinit { if process.isRunning { kill() } else { process.waitUntilExit() } }
 }
 
 public func waitUntil(seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool {

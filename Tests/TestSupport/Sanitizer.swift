@@ -20,6 +20,13 @@ public enum Sanitizer {
 
   public static var active: Bool { kind != nil }
 
+  /// How many times longer a wall-clock bound may be in this run: the
+  /// sanitizers' own slowdown (AddressSanitizer about 2-3x, ThreadSanitizer
+  /// 5-15x, by their documentation) on top of a shared 2-core machine. For
+  /// bounds that stand for "soon, not after a second deadline", never for a
+  /// figure a test measures.
+  public static let slowdown: Double = kind == "thread" ? 5 : kind == "address" ? 3 : 1
+
   /// `environment` for `executable`, a program that is not a sanitized Swift
   /// executable but may load the sanitized shims (a client the tests compiled,
   /// the venv's Python): the runtime preloaded. System tools (/usr/bin, /bin:
