@@ -41,6 +41,24 @@ public final class ShimRuntime: Sendable {
     return Self.defaultDevice
   }
 
+  /// `VGPU_TIMEOUT`: how long, in seconds, a command may go without any sign
+  /// of life from the device before it fails (default 2: `OpenOptions.timeout`;
+  /// the device's progress register restarts the wait while long work runs).
+  /// For devices slower than that allows: a sanitized mediator, an
+  /// overloaded host. Nil when unset; an error for anything but 0.1 to 3600.
+  public var timeout: Result<Duration?, VGPUError> {
+    guard let value = getenv("VGPU_TIMEOUT"), value.pointee != 0 else { return .success(nil) }
+    let text = String(cString: value)
+    guard let seconds = Double(text), seconds.isFinite, seconds >= 0.1, seconds <= 3600 else {
+      return .failure(
+        VGPUError(
+          .invalidArgument, "open", device: deviceName,
+          found: "VGPU_TIMEOUT='\(text)' is not a number of seconds from 0.1 to 3600",
+          remedy: "unset it for the default of 2 s, or give one such as VGPU_TIMEOUT=10"))
+    }
+    return .success(.nanoseconds(Int64(seconds * 1e9)))
+  }
+
   /// Whether `VGPU_DEBUG` asks for diagnostics on stderr.
   public var debug: Bool { getenv("VGPU_DEBUG").map { $0.pointee != 0 && $0.pointee != 0x30 } ?? false }
 
@@ -62,6 +80,7 @@ public final class ShimRuntime: Sendable {
       // several discovery processes at once).
       options.queuePairs = 1
       do throws(VGPUError) {
+        if let timeout = try timeout.get() { options.timeout = timeout }
         let d = try Device.open(deviceName, options: options)
         s.device = d
         s.error = nil

@@ -100,7 +100,7 @@ enum CUDAClient {
     p.standardError = try FileHandle(forWritingTo: err)
     p.standardInput = FileHandle.nullDevice
     try p.run()
-    let finished = waitUntil(seconds: timeout) { !p.isRunning }
+    let finished = waitUntil(seconds: timeout * Sanitizer.slowdown) { !p.isRunning }
     if !finished { kill(p.processIdentifier, SIGKILL) }
     // Always, also when it has exited: waitUntilExit drops the run-loop
     // source through which swift-corelibs-foundation's Process holds itself.

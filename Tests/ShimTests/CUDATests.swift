@@ -96,6 +96,24 @@ import VGPUDevice
     #expect(r.stderr.contains("carries none") && r.stderr.contains("vgpu-mediator"), "says what to do: \(r)")
   }
 
+  /// `VGPU_TIMEOUT` that is no number of seconds in range: no device, and
+  /// the one line says which variable and what to give instead; a good one
+  /// opens the device as usual.
+  @Test func badTimeoutIsRefused() throws {
+    try CUDAClient.requireShims()
+    let program = try CUDAClient.program("count_devices", linked: false)
+    try CUDATarget.mediator { device, _ in
+      for bad in ["abc", "0", "-1", "1e9", "nan"] {
+        let r = try CUDAClient.run(program.path, [], device: device, extra: ["VGPU_TIMEOUT": bad])
+        #expect(r.lines == ["version 12080 (0) cuInit 100 count 0 (0) cuDeviceGet 100"], "\(bad): \(r)")
+        #expect(r.stderrLines.count == 1, "one line on stderr: \(r)")
+        #expect(r.stderr.contains("VGPU_TIMEOUT='\(bad)'") && r.stderr.contains("VGPU_TIMEOUT=10"), "\(r)")
+      }
+      let good = try CUDAClient.run(program.path, [], device: device, extra: ["VGPU_TIMEOUT": "7.5"])
+      #expect(good.lines.first?.contains("cuInit 0 count 1") == true, "\(good)")
+    }
+  }
+
   /// NVIDIA's cuda-bindings: everything through cuGetProcAddress_v2 by name
   /// and version; copies of random bytes; Tests/Kernels/vector_add.cu as PTX
   /// (cuModuleLoadData, kernelParams) and as nvcc's fat binary (`extra`),

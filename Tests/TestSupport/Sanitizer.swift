@@ -45,6 +45,9 @@ public enum Sanitizer {
         separator: ":")
     }
     env["LD_PRELOAD"] = [runtime, env["LD_PRELOAD"]].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: ":")
+    // The shims' silence deadline (2 s) stretched by the sanitizer's slowdown,
+    // as a user on a slow host would (VGPU_TIMEOUT, ShimRuntime.timeout).
+    if env["VGPU_TIMEOUT"] == nil { env["VGPU_TIMEOUT"] = "\(Int(2 * slowdown))" }
     if kind == "address" {
       env["ASAN_OPTIONS"] = [env["ASAN_OPTIONS"], "detect_leaks=0"].compactMap { $0 }.joined(separator: ":")
     }
