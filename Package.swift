@@ -96,6 +96,7 @@ let package = Package(
       name: "pcitool",
       dependencies: [
         "PCI", "VGPU", "VGPUSimulator", "VGPUProtocol", "CSupport", "DeviceAccess", "BenchKit", "SelftestKernels",
+        "PTX",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
@@ -103,7 +104,7 @@ let package = Package(
     .executableTarget(
       name: "vgpu-mediator",
       dependencies: [
-        "VGPUDevice", "VGPUProtocol", "DeviceAccess", "CSupport",
+        "VGPUDevice", "VGPUProtocol", "DeviceAccess", "CSupport", "PTX",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Prometheus", package: "swift-prometheus"),
@@ -175,8 +176,11 @@ let package = Package(
       exclude: ["clients"]),
     // Runs vgpu-bench --quick and checks its report (shape, not timings).
     .testTarget(name: "BenchTests", dependencies: ["vgpu-bench", "vgpu-mediator", "TestSupport"]),
-    // Runs the built pcitool and compares it with lspci on this machine.
-    .testTarget(name: "PCIToolTests", dependencies: ["pcitool", "PCI", "LspciFacts"]),
+    // Runs the built pcitool and compares it with lspci on this machine; BadInputTests runs
+    // every executable (and the tools/ scripts) with bad command lines and environments.
+    .testTarget(
+      name: "PCIToolTests",
+      dependencies: ["pcitool", "vgpu-mediator", "vgpu-bench", "PCI", "LspciFacts", "TestSupport"]),
   ],
   swiftLanguageModes: [.v6]
 )

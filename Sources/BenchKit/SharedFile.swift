@@ -39,6 +39,11 @@ public struct SharedFile {
       unlink(path)
       throw BenchError("cannot size \(path): \(reason)")
     }
+    // An existing file must hold what is mapped: touching a page past its end is SIGBUS.
+    var st = stat()
+    if !create, fstat(fd, &st) != 0 || (st.st_mode & S_IFMT) != S_IFREG || Int(st.st_size) < size {
+      throw BenchError("cannot use \(path): not a file of at least \(size) bytes, as the benchmark makes them")
+    }
     guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
       throw BenchError("cannot map \(path): \(String(cString: strerror(errno)))")
     }

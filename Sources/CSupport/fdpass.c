@@ -154,6 +154,13 @@ int vgpu_path_listen_mode(const char *path, int backlog, uint32_t mode) {
       close(s);
       return -EADDRINUSE;
     }
+    /* Only a stale socket is ours to replace: a regular file or a folder
+     * named by mistake is someone's, and stays. */
+    struct stat st;
+    if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+      close(s);
+      return -ENOTSOCK;
+    }
     unlink(path);
     if (bind(s, (struct sockaddr *)&a, sizeof a) != 0) goto fail;
   }

@@ -77,8 +77,12 @@ public final class IvshmemServer: @unchecked Sendable {
     guard l >= 0 else {
       throw AccessError(
         .busy, attempted: attempted,
-        found: -l == EADDRINUSE ? "another server listens there" : "could not listen",
-        remedy: -l == EADDRINUSE ? "stop the other mediator, or use another socket path" : nil, errno: Errno(-l))
+        found: -l == EADDRINUSE
+          ? "another server listens there"
+          : -l == ENOTSOCK ? "it exists and is not a socket (left as it is)" : "could not listen",
+        remedy: -l == EADDRINUSE
+          ? "stop the other mediator, or use another socket path" : -l == ENOTSOCK ? "name another socket path" : nil,
+        errno: Errno(-l))
     }
     let host = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
     let stop = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))

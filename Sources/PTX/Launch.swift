@@ -73,6 +73,23 @@ public struct PTXLaunchOptions {
     if let e = getenv("VGPU_PTX_THREADS"), let n = Int(String(cString: e)), n > 0 { return min(n, 64) }
     return min(max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))), 64)
   }
+
+  /// What is wrong with `VGPU_PTX_ENGINE` or `VGPU_PTX_THREADS` in `environment`, as one
+  /// line, or nil when both are unset, empty or settings (`serial`; a count from 1 to 64).
+  /// The library goes on with its default for a value that is not one; the programs that
+  /// run the engine (vgpu-mediator, vgpu-bench, pcitool on `sim`) refuse to start with it.
+  public static func environmentProblem(_ environment: [String: String]) -> String? {
+    if let engine = environment["VGPU_PTX_ENGINE"], !engine.isEmpty, engine != "serial" {
+      return
+        "VGPU_PTX_ENGINE='\(engine)' is not an engine: set it to 'serial' (one thread, blocks in order) or unset it"
+    }
+    if let threads = environment["VGPU_PTX_THREADS"], !threads.isEmpty {
+      guard let n = Int(threads), (1...64).contains(n) else {
+        return "VGPU_PTX_THREADS='\(threads)' is not a thread count: give a whole number from 1 to 64, or unset it"
+      }
+    }
+    return nil
+  }
 }
 
 /// What a finished launch reports.

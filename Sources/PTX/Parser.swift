@@ -19,6 +19,16 @@ struct Parser {
     return t
   }
 
+  /// `sm_NN` or `compute_NN` (with `a` or `f` after), or a `.target` modifier.
+  static func isTarget(_ word: String) -> Bool {
+    if ["texmode_unified", "texmode_independent", "debug", "map_f64_to_f32"].contains(word) { return true }
+    for prefix in ["sm_", "compute_"] where word.hasPrefix(prefix) {
+      var digits = Substring(word.dropFirst(prefix.count))
+      if let last = digits.last, last == "a" || last == "f" { digits = digits.dropLast() }
+      return !digits.isEmpty && digits.count <= 4 && digits.allSatisfy(\.isASCII) && digits.allSatisfy(\.isNumber)
+    }
+    return false
+  }
   func fail(_ expected: String) -> PTXError {
     .parse(line: tok.line, token: tok.text, expected: expected)
   }
@@ -83,7 +93,15 @@ struct Parser {
       case ".target":
         _ = next()
         var targets: [String] = []
-        repeat { targets.append(try word("a target")) } while accept(",")
+        repeat {
+          // An architecture (sm_90, sm_90a, compute_75) or one of PTX's target modifiers: the
+          // engine interprets any architecture, but a word that is none is not PTX.
+          guard tok.kind == .word, Self.isTarget(tok.text) else {
+            throw fail(
+              "a target such as sm_90 or compute_75 (or texmode_unified, texmode_independent, debug, map_f64_to_f32)")
+          }
+          targets.append(next().text)
+        } while accept(",")
         // The first input's target (the kernel's own, when cuLinkComplete joined several).
         if m.target.isEmpty { m.target = targets.first ?? "" }
       case ".address_size":

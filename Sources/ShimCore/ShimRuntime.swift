@@ -59,8 +59,12 @@ public final class ShimRuntime: Sendable {
     return .success(.nanoseconds(Int64(seconds * 1e9)))
   }
 
-  /// Whether `VGPU_DEBUG` asks for diagnostics on stderr.
-  public var debug: Bool { getenv("VGPU_DEBUG").map { $0.pointee != 0 && $0.pointee != 0x30 } ?? false }
+  /// Whether `VGPU_DEBUG` asks for diagnostics on stderr: off when unset, empty, `0`,
+  /// `false`, `no` or `off` (any case), on for anything else.
+  public var debug: Bool {
+    guard let value = getenv("VGPU_DEBUG") else { return false }
+    return !["", "0", "false", "no", "off"].contains(String(cString: value).lowercased())
+  }
 
   /// The open device, opening it if needed (`retry`: try again after an
   /// earlier failure, as cuInit / nvmlInit do). On failure the error.

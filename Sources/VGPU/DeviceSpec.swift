@@ -42,18 +42,31 @@ public enum DeviceSpec: Equatable, Sendable, CustomStringConvertible {
         backend = b
         rest = rest[rest.index(after: colon)...]
       }
-      guard Self.looksLikePCIAddress(rest) else { throw bad("not a device name") }
+      guard Self.looksLikePCIAddress(rest) else {
+        throw bad(
+          rest.contains(":") && rest.contains(".")
+            ? "not a PCI address (bus 00-ff, device 00-1f, function 0-7)" : "not a device name")
+      }
       self = .pci(address: String(rest), backend: backend)
     }
   }
 
-  /// `[DDDD:]BB:DD.F` in hex; the PCI layer checks the ranges when it looks the device up.
+  /// `[DDDD:]BB:DD.F` in hex with the fields in range (domain up to 8 digits, bus 2,
+  /// device at most 1f, function 0-7): a name that cannot be a PCI function is a usage
+  /// error, not a device that is missing.
   static func looksLikePCIAddress(_ s: Substring) -> Bool {
     let parts = s.split(separator: ":", omittingEmptySubsequences: false)
     guard parts.count == 2 || parts.count == 3, let last = parts.last else { return false }
     let slot = last.split(separator: ".", omittingEmptySubsequences: false)
     let fields = parts.dropLast() + slot
-    return slot.count == 2 && fields.allSatisfy { !$0.isEmpty && $0.count <= 8 && $0.allSatisfy(\.isHexDigit) }
+    guard slot.count == 2, fields.allSatisfy({ !$0.isEmpty && $0.count <= 8 && $0.allSatisfy(\.isHexDigit) }) else {
+      return false
+    }
+    let bus = parts[parts.count - 2]
+    guard bus.count <= 2, slot[0].count <= 2, let device = Int(slot[0], radix: 16), device <= 0x1f,
+      slot[1].count == 1, let function = Int(slot[1], radix: 16), function <= 7
+    else { return false }
+    return true
   }
 
   public var description: String {

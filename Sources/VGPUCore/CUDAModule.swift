@@ -324,7 +324,18 @@ func getFunction(
     case .success(let m): module = m
     case .failure(let e): return e.result
     }
-    let function = try device.function(kernelName, in: module)
+    let function: FunctionHandle
+    do throws(VGPUError) { function = try device.function(kernelName, in: module) } catch {
+      // A kernel whose PTX the device cannot run (the rest of its module loaded) is said
+      // like a refused image, in one line; a name the module lacks stays silent (programs probe).
+      if error.status == .invalidPTX,
+        ShimRuntime.shared.debug || refusedImagesReported.add(1, ordering: .relaxed).oldValue < refusedImagesShown
+      {
+        ShimRuntime.printLine(
+          "vgpu: \(call): the device cannot run kernel '\(kernelName)' (CUDA_ERROR_INVALID_PTX): \(error)")
+      }
+      throw error
+    }
     // Packing `kernelParams` needs the layout, which the device reports.
     guard function.layout != nil else {
       ShimRuntime.printLine(

@@ -36,8 +36,8 @@ extension PCITool {
     @OptionGroup var output: JSONOption
 
     func run() throws {
-      let choice = target.choice
-      let device = try openDevice(choice.device, timeout: target.timeout)
+      let choice = try target.chosen()
+      let device = try openDevice(choice, timeout: target.timeout)
       defer { device.close() }
       if !output.json { print(choice.line) }
       // The measuring code is vgpu-bench's (BenchKit); this is its quick per-device subset.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PCI
+import PTX
 import VGPU
 import VGPUSimulator
 
@@ -17,11 +18,12 @@ struct DeviceChoice: Encodable {
   /// function that carries its BAR.
   static let defaultAddress = "0000:00:05.0"
   static let ivshmem = PCIDeviceID(vendor: 0x1af4, device: 0x1110)
+  static let onCommandLine = "given on the command line"
 
   static func choose(_ argument: String?, environment: [String: String] = ProcessInfo.processInfo.environment)
     -> DeviceChoice
   {
-    if let argument { return DeviceChoice(device: argument, reason: "given on the command line") }
+    if let argument { return DeviceChoice(device: argument, reason: onCommandLine) }
     if let env = environment["VGPU_DEVICE"], !env.isEmpty {
       return DeviceChoice(device: env, reason: "VGPU_DEVICE=\(env)")
     }
@@ -66,11 +68,25 @@ struct DeviceArgument: ParsableArguments {
   }
 
   var choice: DeviceChoice { DeviceChoice.choose(device) }
+
+  /// The choice, refused (exit 2) before anything is opened when it is not a device
+  /// name, or when it is `sim` (the PTX engine runs in this process) and
+  /// VGPU_PTX_ENGINE or VGPU_PTX_THREADS is not a setting.
+  func chosen(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> DeviceChoice {
+    let choice = self.choice
+    do { _ = try DeviceSpec(parsing: choice.device) } catch { throw ToolError(error, choice: choice) }
+    if choice.device == "sim", let problem = PTXLaunchOptions.environmentProblem(environment) {
+      throw ToolError(status: .usage, description: problem)
+    }
+    return choice
+  }
 }
 
 /// Opens a device; a VGPUError becomes a ToolError (a wrong device string is a usage error).
-func openDevice(_ spec: String, timeout: Double) throws -> Device {
-  do { return try Device.open(spec, options: openOptions(timeout: timeout)) } catch { throw ToolError(error) }
+func openDevice(_ choice: DeviceChoice, timeout: Double, options: OpenOptions? = nil) throws -> Device {
+  do { return try Device.open(choice.device, options: options ?? openOptions(timeout: timeout)) } catch {
+    throw ToolError(error, choice: choice)
+  }
 }
 
 /// The library's defaults with the command's deadline.
@@ -84,8 +100,12 @@ func openOptions(timeout: Double, threads: Int = 1) -> OpenOptions {
 }
 
 extension ToolError {
-  init(_ error: VGPUError) {
-    self.init(status: error.kind == .invalidArgument ? .usage : .failure, description: error.description)
+  /// `choice`: where the device name came from, said when it was not the command line
+  /// (a name from VGPU_DEVICE is otherwise hard to trace).
+  init(_ error: VGPUError, choice: DeviceChoice? = nil) {
+    var text = error.description
+    if let choice, choice.reason != DeviceChoice.onCommandLine { text += " (\(choice.reason))" }
+    self.init(status: error.kind == .invalidArgument ? .usage : .failure, description: text)
   }
 }
 

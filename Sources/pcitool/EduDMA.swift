@@ -1,6 +1,7 @@
 import ArgumentParser
 import CSupport
 import DeviceAccess
+import PCI
 
 /// A DMA round trip through QEMU's `edu` device behind the IOMMU: proves the
 /// VFIO DMA-mapping path (container, IOVA, bus mastering) against a real DMA
@@ -16,6 +17,10 @@ struct EduDMA: ParsableCommand {
 
   @Argument(help: "The edu device's PCI address, bound to vfio-pci.")
   var address: String
+
+  func validate() throws {
+    do { _ = try PCIAddress(parsing: address) } catch { throw ValidationError(error.description) }
+  }
 
   func run() throws {
     func fail(_ what: String) -> ToolError {

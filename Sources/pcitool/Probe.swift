@@ -19,8 +19,8 @@ extension PCITool {
     @OptionGroup var output: JSONOption
 
     func run() throws {
-      let choice = target.choice
-      let device = try openDevice(choice.device, timeout: target.timeout)
+      let choice = try target.chosen()
+      let device = try openDevice(choice, timeout: target.timeout)
       defer { device.close() }
       let memory: (free: UInt64, total: UInt64)
       do { memory = try device.memoryInfo() } catch { throw ToolError(error) }

@@ -38,9 +38,8 @@ extension PCITool {
     }
 
     func run() throws {
-      let choice = target.choice
       // A device string that is not one at all is a usage error, before any step.
-      do { _ = try DeviceSpec(parsing: choice.device) } catch { throw ToolError(error) }
+      let choice = try target.chosen()
       let live = !output.json
       if live { print(choice.line) }
       let test = SelftestRun(
@@ -64,6 +63,9 @@ extension PCITool {
         let skipped = failed.count - failures.count
         var text = "selftest on \(choice.device) failed: " + failures.map(\.name).joined(separator: ", ")
         if skipped > 0 { text += " (\(skipped) more steps skipped)" }
+        // What went wrong first, so that the one line says why, and where the device name came from.
+        if let first = failures.first { text += "; \(first.name): \(first.detail)" }
+        if choice.reason != DeviceChoice.onCommandLine { text += " (\(choice.reason))" }
         throw ToolError(status: .failure, description: text)
       }
     }

@@ -69,12 +69,11 @@ extension PCITool {
     }
 
     func run() throws {
-      let choice = target.choice
+      let choice = try target.chosen()
       var options = openOptions(timeout: target.timeout)
       // One pair is enough to ask, and leaves the rest to the clients watched.
       options.queuePairs = 1
-      let device: Device
-      do { device = try Device.open(choice.device, options: options) } catch { throw ToolError(error) }
+      let device = try openDevice(choice, timeout: target.timeout, options: options)
       defer { device.close() }
       let sampler = TopSampler(device: device)
       if once {

@@ -23,11 +23,13 @@ struct WakeupsProbe: ParsableCommand {
   @Option(name: .customLong("pause-ms"), help: "Idle time before each NOP, in ms (the device sleeps after 50 µs).")
   var pauseMilliseconds = 100
 
+  func validate() throws {
+    guard (1...100_000).contains(rounds) else { throw ValidationError("--rounds must be 1 to 100000") }
+    guard (0...60_000).contains(pauseMilliseconds) else { throw ValidationError("--pause-ms must be 0 to 60000") }
+  }
+
   func run() throws {
-    guard rounds > 0, pauseMilliseconds >= 0 else {
-      throw ToolError(status: .usage, description: "--rounds must be positive and --pause-ms not negative")
-    }
-    let device = try openDevice(target.choice.device, timeout: target.timeout)
+    let device = try openDevice(try target.chosen(), timeout: target.timeout)
     defer { device.close() }
     print("Wake-ups: \(device.info.wakeups)")
     let interruptsBefore = Self.vfioInterrupts()

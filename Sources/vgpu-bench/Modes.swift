@@ -13,26 +13,51 @@ import VGPUSimulator
 /// `vgpu-bench _MODE ...`. Not for people: the suite starts and stops them.
 enum Modes {
   static func run(_ args: [String]) -> Int32 {
+    let mode = args.first ?? ""
+    /// The mode's operands: `count` of them, the last `counts` of which are positive whole numbers.
+    func operands(_ usage: String, count: Int, counts: Int = 0) -> (strings: [String], numbers: [Int])? {
+      let rest = Array(args.dropFirst())
+      let numbers = rest.suffix(counts).compactMap { Int($0) }.filter { $0 > 0 }
+      guard rest.count == count || (mode == "_client" && rest.count == count + 1 && rest.last == "--quick"),
+        numbers.count == counts
+      else {
+        FileHandle.standardError.write(
+          Data(
+            "vgpu-bench: \(mode) takes \(usage), not '\(rest.joined(separator: " "))' (an internal mode of the suite)\n"
+              .utf8))
+        return nil
+      }
+      return (Array(rest.prefix(count - counts)), numbers)
+    }
     do {
-      switch args.first {
-      case "_pingpong": try PingPong.serve(args[1])
-      case "_ring": try SPSCRing.consume(args[1])
-      case "_rpc-server":
-        try SocketRPC.serve(args[1]) {
-          say("ready")
+      switch mode {
+      case "_pingpong", "_ring", "_rpc-server", "_client", "_idle":
+        guard let o = operands(mode == "_client" || mode == "_idle" ? "TARGET" : "PATH", count: 1) else { return 2 }
+        switch mode {
+        case "_pingpong": try PingPong.serve(o.strings[0])
+        case "_ring": try SPSCRing.consume(o.strings[0])
+        case "_rpc-server": try SocketRPC.serve(o.strings[0]) { say("ready") }
+        case "_client": try client(target: o.strings[0], quick: args.contains("--quick"))
+        default: try idle(target: o.strings[0])
         }
-      case "_client": try client(target: args[1], quick: args.contains("--quick"))
-      case "_nops": try nops(target: args[1], count: Int(args[2])!, batch: Int(args[3])!)
-      case "_direct-nops": try directNops(count: Int(args[1])!, batch: Int(args[2])!)
-      case "_idle": try idle(target: args[1])
-      case "_engine": try Suite.engineAlone(args)
+      case "_nops":
+        guard let o = operands("TARGET COUNT BATCH", count: 3, counts: 2) else { return 2 }
+        try nops(target: o.strings[0], count: o.numbers[0], batch: o.numbers[1])
+      case "_direct-nops":
+        guard let o = operands("COUNT BATCH", count: 2, counts: 2) else { return 2 }
+        try directNops(count: o.numbers[0], batch: o.numbers[1])
+      case "_engine":
+        guard operands("WORKLOAD THREADS LAUNCHES", count: 3, counts: 2) != nil else { return 2 }
+        try Suite.engineAlone(args)
       default:
-        FileHandle.standardError.write(Data("vgpu-bench: unknown internal mode \(args.first ?? "")\n".utf8))
+        FileHandle.standardError.write(
+          Data("vgpu-bench: '\(mode)' is not an internal mode (see 'vgpu-bench --help')\n".utf8))
         return 2
       }
       return 0
     } catch {
-      FileHandle.standardError.write(Data("vgpu-bench \(args.first ?? ""): \(error)\n".utf8))
+      let line = "\(error)".split(separator: "\n").joined(separator: "; ")
+      FileHandle.standardError.write(Data("vgpu-bench \(mode): \(line)\n".utf8))
       return 1
     }
   }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import BenchKit
 import Foundation
+import PTX
 
 #if canImport(Glibc)
   import Glibc
@@ -95,15 +96,27 @@ struct VGPUBench: ParsableCommand {
       throw ValidationError("--max-size '\(maxSize)' is not a size such as 1G, 256M or 64K")
     }
     if let discoveryRuns, discoveryRuns < 1 { throw ValidationError("--discovery-runs must be at least 1") }
+    if onlyIdle && onlyEngine { throw ValidationError("--only-idle and --only-engine exclude each other: give one") }
+    if let mediator, !FileManager.default.isExecutableFile(atPath: mediator) {
+      throw ValidationError("--mediator \(mediator) is not an executable file: name a built vgpu-mediator")
+    }
+    // The suite runs the PTX engine in this process and in the mediator it starts.
+    if let problem = PTXLaunchOptions.environmentProblem(ProcessInfo.processInfo.environment) {
+      throw ValidationError(problem)
+    }
   }
 
   func run() throws {
     let here = URL(fileURLWithPath: selfExecutable).deletingLastPathComponent()
     let mediatorPath = mediator ?? here.appendingPathComponent("vgpu-mediator").path
     guard FileManager.default.isExecutableFile(atPath: mediatorPath) else {
-      throw ValidationError(
+      throw BenchError(
         "no vgpu-mediator at \(mediatorPath): build it (swift build -c release --product vgpu-mediator) or pass --mediator"
       )
+    }
+    // The report's folder, made now: a folder that cannot be made fails before minutes of measuring.
+    do { try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true) } catch {
+      throw BenchError("cannot create --out \(out) (\(error.localizedDescription)); name a folder that can be written")
     }
     let options = SuiteOptions(
       quick: quick, maxSize: maxSize.flatMap(parseSize) ?? (quick ? 1 << 20 : 1 << 30), mediator: mediatorPath,
@@ -152,9 +165,12 @@ struct VGPUBench: ParsableCommand {
   }
 }
 
+/// `1G`, `256M`, `64K` or a byte count; nil for anything else, zero, negative or past Int.
 func parseSize(_ s: String) -> Int? {
   let units: [Character: Int] = ["K": 10, "M": 20, "G": 30]
-  if let last = s.uppercased().last, let shift = units[last], let n = Int(s.dropLast()), n > 0 { return n << shift }
+  if let last = s.uppercased().last, let shift = units[last], let n = Int(s.dropLast()), n > 0 {
+    return n <= Int.max >> shift ? n << shift : nil
+  }
   return Int(s).flatMap { $0 > 0 ? $0 : nil }
 }
 
@@ -162,4 +178,22 @@ func parseSize(_ s: String) -> Int? {
 if CommandLine.arguments.count > 1, CommandLine.arguments[1].hasPrefix("_") {
   exit(Modes.run(Array(CommandLine.arguments.dropFirst())))
 }
-VGPUBench.main()
+// As pcitool and vgpu-mediator: an error is one line on stderr; exit 1 when
+// the run failed, 2 for a wrong command line (not ArgumentParser's 64 and usage block).
+do {
+  var command = try VGPUBench.parseAsRoot()
+  try command.run()
+} catch let code as ExitCode {
+  exit(code.rawValue)
+} catch {
+  let code = VGPUBench.exitCode(for: error)
+  if code == .success {
+    print(VGPUBench.fullMessage(for: error))
+    exit(0)
+  }
+  let usage = code == .validationFailure
+  let line = (VGPUBench.message(for: error) + (usage ? " (see 'vgpu-bench --help')" : ""))
+    .split(separator: "\n").joined(separator: "; ")
+  FileHandle.standardError.write(Data("vgpu-bench: \(line)\n".utf8))
+  exit(usage ? 2 : 1)
+}

@@ -147,6 +147,10 @@ final class HostClientServer: @unchecked Sendable {
       if -fd == EADDRINUSE {
         throw Failure("\(socketPath) is served by a running vgpu-mediator; stop it first, or use another --socket")
       }
+      if -fd == ENOTSOCK {
+        throw Failure(
+          "cannot listen on \(socketPath): it exists and is not a socket (left as it is); name another --socket")
+      }
       throw Failure(
         "cannot listen on \(socketPath) (\(String(cString: strerror(-fd)))); check the directory's permissions or use another --socket"
       )

@@ -2,6 +2,7 @@ import ArgumentParser
 import DeviceAccess
 import Foundation
 import Logging
+import PTX
 import VGPUDevice
 import VGPUProtocol
 
@@ -239,6 +240,9 @@ struct Mediator: ParsableCommand {
     }
     if let metricsListen, MetricsAddress(metricsListen) == nil {
       throw ValidationError("--metrics-listen '\(metricsListen)' is not an address: use \(MetricsAddress.forms)")
+    }
+    if let problem = PTXLaunchOptions.environmentProblem(ProcessInfo.processInfo.environment) {
+      throw ValidationError(problem)
     }
   }
 

@@ -37,6 +37,25 @@ import Testing
     #expect(throws: PTXError.self) { try PTXModule(source: ".target sm_75\n") }
   }
 
+  /// `.target` takes architectures and PTX's modifiers; a word that is neither fails the
+  /// module (218 with its line), any architecture number is run (the engine interprets).
+  @Test func targetIsAnArchitecture() throws {
+    let body = "\n.address_size 64\n.visible .entry k()\n{\n\tret;\n}\n"
+    for good in ["sm_90", "sm_90a", "sm_100f", "compute_75", "sm_52, texmode_independent", "sm_75, debug"] {
+      _ = try PTXModule(source: ".version 8.0\n.target \(good)" + body)
+    }
+    for bad in ["bogus_arch", "sm_", "sm_9x", "compute_", "sm_90b", "gfx90a"] {
+      do {
+        _ = try PTXModule(source: ".version 8.0\n.target \(bad)" + body)
+        Issue.record("'.target \(bad)' loaded")
+      } catch {
+        #expect(error.cudaError == 218)
+        #expect(
+          error.description.contains("line 2") && error.description.contains("a target such as sm_90"), "\(error)")
+      }
+    }
+  }
+
   /// A double literal as an integer operand is its value, truncated; one that no
   /// Int64 holds (inf, NaN, 1e300) is an error in that function, not a trap
   /// (found by Fuzz/module-image).

@@ -102,7 +102,12 @@ import VGPUSimulator
     #expect(try DeviceSpec(parsing: "unix:/run/vgpu/vgpu0.sock") == .unixSocket(path: "/run/vgpu/vgpu0.sock"))
     #expect(try DeviceSpec(parsing: "0000:00:05.0") == .pci(address: "0000:00:05.0", backend: nil))
     #expect(try DeviceSpec(parsing: "vfio:00:05.0") == .pci(address: "00:05.0", backend: .vfio))
-    for bad in ["", "simulator", "shm:", "unix:", "vfio:", "vfio:nonsense", "gpu0", "00:05"] {
+    #expect(try DeviceSpec(parsing: "10000:00:1f.7") == .pci(address: "10000:00:1f.7", backend: nil))
+    // Out of range is not a PCI address (a usage error), not a device that is missing.
+    for bad in [
+      "", "simulator", "shm:", "unix:", "vfio:", "vfio:nonsense", "gpu0", "00:05", "0000:00:05.9", "00:20.0",
+      "100:05.0", "0000:00:005.0",
+    ] {
       #expect(throws: VGPUError.self) { try DeviceSpec(parsing: bad) }
     }
     let nonsense = #expect(throws: VGPUError.self) { _ = try Device.open("nonsense") }

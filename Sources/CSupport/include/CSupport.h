@@ -111,7 +111,8 @@ int vgpu_recv_fd(int sock, void *data, size_t len, int *fd);
 #define VGPU_MAX_FDS 64
 int vgpu_send_fds(int sock, const void *data, size_t len, const int *fds, int nfds);
 int vgpu_recv_fds(int sock, void *data, size_t len, int *fds, int max, int *nfds);
-// Unix sockets bound to a path in the file system.
+// Unix sockets bound to a path in the file system. A stale socket file is
+// replaced; a path that holds anything but a socket is left alone: -ENOTSOCK.
 int vgpu_path_listen(const char *path);
 int vgpu_path_connect(const char *path);
 // A path socket with `backlog` pending connections whose file gets `mode`

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
@@ -39,6 +40,9 @@ CUresult cuLibraryGetKernel(CUkernel *, CUlibrary, const char *);
 CUresult cuLibraryUnload(CUlibrary);
 
 static void *readFile(const char *path, size_t *size) {
+  /* Regular files only: a folder opens, and its "size" made malloc fail. */
+  struct stat st;
+  if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return NULL;
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
   fseek(f, 0, SEEK_END);
@@ -75,7 +79,9 @@ int main(int argc, char **argv) {
     if (!path) return 2;
     *path++ = 0;
     size_t size = 0;
-    void *bytes = strcmp(mode, "garbage") == 0 ? NULL : readFile(path, &size);
+    /* file and libfile hand the library the path alone. */
+    int byPath = strcmp(mode, "garbage") == 0 || strcmp(mode, "file") == 0 || strcmp(mode, "libfile") == 0;
+    void *bytes = byPath ? NULL : readFile(path, &size);
     CUmodule m = NULL;
     CUlibrary lib = NULL;
     CUresult r;
