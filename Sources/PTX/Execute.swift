@@ -455,6 +455,19 @@ extension BlockRunner {
           throw .assertion(
             cString(site.argument(0, 8, r, pbase)), cString(site.argument(1, 8, r, pbase)),
             Int(Int32(truncatingIfNeeded: site.argument(2, 4, r, pbase))), cString(site.argument(3, 8, r, pbase)))
+        case .deviceRuntime(let f):
+          if f == .synchronize || f == .synchronizeGrid, n > limit, try checkpoint(n, &limit) {
+            park(t, &st, pc: pc, frame: r - base, Status.ready)
+            n &-= 1  // the instruction at `pc` runs on resume
+            return
+          }
+          if try deviceRuntimeCall(f, site, t, r, pbase, line: i.line) {
+            // A grid-wide barrier: the thread waits past the call until every block's
+            // threads have arrived (`CooperativeRun`).
+            pc &+= 1
+            park(t, &st, pc: pc, frame: r - base, Status.gridBarrier)
+            return
+          }
         case .unsupported(let name):
           throw .unsupported("call \(name)", i.line)
         }

@@ -159,6 +159,8 @@ struct CallSite {
     case function(Int)
     case vprintf
     case assertfail
+    /// A function of CUDA's device runtime (libcudadevrt) that the engine provides itself.
+    case deviceRuntime(DeviceRuntimeFunction)
     case unsupported(String)
   }
   /// Where an argument's bytes come from: the caller's param area (byte offset) or a slot.

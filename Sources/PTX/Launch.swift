@@ -53,12 +53,18 @@ public struct PTXLaunchOptions {
   /// Host threads a launch run to its end (`run(until: .max)`) may spread its blocks over;
   /// 1 runs them one after another on the calling thread (the serial engine).
   public var hostThreads: Int
+  /// A cooperative launch (`cuLaunchCooperativeKernel`): every block of the grid is resident
+  /// at once, so the kernel may call the grid-wide barrier of CUDA's device runtime
+  /// (`cudaCGSynchronize`, DeviceRuntime.swift). Its blocks run in phases between barriers
+  /// (`CooperativeRun`); in a launch that is not cooperative such a call fails the launch.
+  public var cooperative = false
   /// Default settings: a budget of 10^10 thread-instructions, printf output dropped, blocks
   /// over `defaultHostThreads`.
   public init(
     instructionBudget: UInt64 = 10_000_000_000, printf: ((String) -> Void)? = nil, progress: (() -> Bool)? = nil,
-    hostThreads: Int = PTXLaunchOptions.defaultHostThreads
+    hostThreads: Int = PTXLaunchOptions.defaultHostThreads, cooperative: Bool = false
   ) {
+    self.cooperative = cooperative
     self.instructionBudget = instructionBudget
     self.printf = printf
     self.progress = progress
@@ -244,6 +250,8 @@ public final class PTXLaunch: @unchecked Sendable {
   private var helperExecuted: UInt64 = 0
   /// Host threads that have run blocks of it.
   private var hostThreads = 1
+  /// A cooperative launch's scheduler (`options.cooperative`), which runs it instead.
+  private var cooperative: CooperativeRun?
 
   init(
     kernel: String, module: PTXModule, plan: LaunchPlan, grid: PTXDim3, block: PTXDim3, dynamicSharedBytes: Int,
@@ -267,9 +275,13 @@ public final class PTXLaunch: @unchecked Sendable {
         stackSlots: stack.frameSlots + 64, localBytes: stack.localBytes,
         sharedBytes: plan.dynamicBase + max(0, dynamicSharedBytes), dynamicShared: UInt32(max(0, dynamicSharedBytes)),
         params: params, memory: memory, budget: options.instructionBudget, printf: options.printf,
-        progress: options.progress, progressInterval: max(1, options.progressInterval))
+        progress: options.progress, progressInterval: max(1, options.progressInterval),
+        cooperative: options.cooperative)
     }
     runner = makeRunner()
+    if options.cooperative {
+      cooperative = CooperativeRun(kernel: kernel, grid: grid, options: options, makeRunner: makeRunner)
+    }
   }
 
   deinit {
@@ -279,7 +291,11 @@ public final class PTXLaunch: @unchecked Sendable {
 
   /// What the launch has done so far.
   public var stats: PTXLaunchStats {
-    PTXLaunchStats(instructions: runner.executed &+ helperExecuted, hostThreads: hostThreads)
+    if let cooperative {
+      return PTXLaunchStats(
+        instructions: cooperative.executed.load(ordering: .relaxed), hostThreads: cooperative.hostThreads)
+    }
+    return PTXLaunchStats(instructions: runner.executed &+ helperExecuted, hostThreads: hostThreads)
   }
 
   /// Runs the launch until it finishes (true) or until it has run at least `limit` more
@@ -291,6 +307,7 @@ public final class PTXLaunch: @unchecked Sendable {
   /// returns when all are done. The outcome is the serial one (printf lines in block order;
   /// of several faults, the first block's) except where blocks race on global memory.
   public func run(until limit: UInt64) throws(PTXError) -> Bool {
+    if let cooperative { return try cooperative.run(until: limit) }
     if ended { return true }
     if limit == .max && options.hostThreads > 1 && grid.count - nextBlock > 1 {
       // A small launch ends within the start and never pays for threads.

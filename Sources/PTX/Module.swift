@@ -5,6 +5,8 @@ struct ModuleContext {
   var globalIndex: [String: Int] = [:]
   var sharedIndex: [String: Int] = [:]  // module-level names, and "function::name" for function-level ones
   var functionIndex: [String: Int] = [:]
+  /// Functions only declared (`.extern .func f(...);`), with no definition in the module.
+  var declaredOnly: Set<String> = []
   var paramLayouts: [(params: [(Int, Int)], returns: [(Int, Int)])] = []
 }
 
@@ -161,6 +163,7 @@ public final class PTXModule: @unchecked Sendable {
     }
     for (i, f) in chosen.enumerated() {
       ctx.functionIndex[f.name] = i
+      if f.body == nil && f.error == nil { ctx.declaredOnly.insert(f.name) }
       var off = 0
       func place(_ list: [VariableDecl]) -> [(Int, Int)] {
         list.map { d in

@@ -552,6 +552,14 @@ final class CUDAFunction: BackendFunction {
     _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, caller: BackendCaller,
     output: inout DeviceOutput, inlineSlice: UInt64
   ) throws(BackendError) -> (any BackendWork)? {
+    guard !geometry.cooperative else {
+      // Forwarding would need cuLaunchCooperativeKernel with kernelParams built from the
+      // packed buffer; not done yet.
+      throw BackendError(
+        .notSupported,
+        "a cooperative launch (cuLaunchCooperativeKernel) is not forwarded to the host's GPU yet; "
+          + "run this kernel on the PTX engine (vgpu-mediator without --backend cuda)")
+    }
     let s = try backend.stream(caller)
     if backend.driver.isVGPUShim {
       // A vGPU as the host driver runs the kernel inside cuLaunchKernel:
