@@ -15,15 +15,19 @@ import Synchronization
 /// blocks per multiprocessor: `cuLaunchCooperativeKernel` refuses a larger one), which bounds
 /// that memory too.
 ///
-/// A phase runs each block that is ready until it ends or until all its live threads wait at
-/// the grid barrier: on this thread one block after another (`run(until:)` with a limit, or
-/// `VGPU_PTX_ENGINE=serial`), or with blocks claimed by several host threads, which meet at a
-/// host barrier when no block is left to claim. At a phase's end:
+/// Within a phase the ready blocks take turns, a quantum of instructions each (2^16,
+/// `ParallelRun.quantum`), until each has ended or all its live threads wait at the grid
+/// barrier: on this thread (`run(until:)` with a limit, or `VGPU_PTX_ENGINE=serial`), or on
+/// several host threads, each claiming the next ready block for one quantum. Taking turns
+/// matters beyond the barrier: the blocks of a cooperative grid are resident together on a
+/// GPU, so a block may wait for another block's write (a flag, a spin lock), which only
+/// makes progress if the writer gets to run. At a phase's end (host threads meet at a host
+/// barrier):
 ///
 /// - no block waits: the launch is done;
-/// - some blocks wait and every other block has ended without reaching the barrier (its
-///   threads exited): on a GPU the waiting blocks would hang; here the launch fails
-///   (`launchFailed`, naming a block that ended);
+/// - some blocks wait and another block has ended without reaching the barrier (its threads
+///   exited): on a GPU the waiting blocks would hang; here the launch fails (`launchFailed`,
+///   naming a block that ended);
 /// - otherwise every block waits: all are released (their waiting threads readied) and the
 ///   next phase starts. The host barrier (release/acquire) orders every memory operation of
 ///   a phase before every one of the next, which is the grid barrier's memory guarantee.
@@ -32,19 +36,24 @@ final class CooperativeRun: @unchecked Sendable {
     static let ready: UInt8 = 0
     static let waiting: UInt8 = 1
     static let done: UInt8 = 2
+    /// Claimed by a host thread for a quantum (parallel runs).
+    static let running: UInt8 = 3
   }
 
   let kernel: String
   let grid: PTXDim3
   let count: Int
   let options: PTXLaunchOptions
+  let quantum: UInt64
   let makeRunner: @Sendable () -> BlockRunner
-  /// Per block: its runner while it has one (nil before it starts and after it ends).
+  /// Per block: its runner while it has one (nil before it starts and after it ends). Only
+  /// the host thread that holds the block (`running`, or the only thread) touches it.
   let runners: UnsafeMutablePointer<BlockRunner?>
-  let state: UnsafeMutablePointer<UInt8>
+  /// Per block: a `BlockState`; a claim is a compare-exchange from ready to running.
+  let state: UnsafeMutablePointer<Atomic<UInt8>>
   /// Instructions run by all blocks so far.
   let executed = Atomic<UInt64>(0)
-  /// The serial scheduler's place: the next block of the current phase.
+  /// The serial scheduler's place: the next block of the current pass.
   var next = 0
   /// Grid barriers passed.
   var phases = 0
@@ -56,19 +65,24 @@ final class CooperativeRun: @unchecked Sendable {
     self.grid = grid
     count = grid.count
     self.options = options
+    quantum = ParallelRun.quantum(options)
     self.makeRunner = makeRunner
     runners = .allocate(capacity: count)
     runners.initialize(repeating: nil, count: count)
     state = .allocate(capacity: count)
-    state.initialize(repeating: BlockState.ready, count: count)
+    for k in 0..<count { (state + k).initialize(to: Atomic(BlockState.ready)) }
   }
 
   deinit {
     for k in 0..<count { runners[k]?.release() }
     runners.deinitialize(count: count)
     runners.deallocate()
+    state.deinitialize(count: count)
     state.deallocate()
   }
+
+  @inline(__always) private func stateOf(_ k: Int) -> UInt8 { state[k].load(ordering: .acquiring) }
+  @inline(__always) private func setState(_ k: Int, _ v: UInt8) { state[k].store(v, ordering: .releasing) }
 
   /// Block `k`'s runner, made and started at the block's first run.
   private func startIfNeeded(_ k: Int) {
@@ -83,7 +97,7 @@ final class CooperativeRun: @unchecked Sendable {
   private func finish(_ k: Int) {
     runners[k]!.release()
     runners[k] = nil
-    state[k] = BlockState.done
+    setState(k, BlockState.done)
   }
 
   /// Runs until the launch ends (true) or has run at least `limit` more thread-instructions
@@ -105,33 +119,38 @@ final class CooperativeRun: @unchecked Sendable {
     let l = max(1, limit)
     let stopAt = start > .max - l ? UInt64.max : start + l
     while true {
-      while next < count {
-        let k = next
-        if state[k] == BlockState.ready {
-          startIfNeeded(k)
-          let total = executed.load(ordering: .relaxed)
-          let before = runners[k]!.executed
-          runners[k]!.budgetEnd = before &+ (budget &- min(budget, total))
-          runners[k]!.suspendAt = stopAt == .max ? .max : before &+ (stopAt &- min(stopAt, total))
-          let done = try runners[k]!.continueBlock()
-          executed.wrappingAdd(runners[k]!.executed &- before, ordering: .relaxed)
-          if done {
-            flushPrinted(k)
-            finish(k)
-          } else if runners[k]!.gridWaiting {
-            state[k] = BlockState.waiting
-          } else {
-            return false  // suspended: `limit` reached
+      // Passes over the blocks, a quantum each, until none is ready.
+      while true {
+        while next < count {
+          let k = next
+          if stateOf(k) == BlockState.ready {
+            startIfNeeded(k)
+            let total = executed.load(ordering: .relaxed)
+            let before = runners[k]!.executed
+            runners[k]!.budgetEnd = before &+ (budget &- min(budget, total))
+            runners[k]!.suspendAt = before &+ min(quantum, stopAt &- min(stopAt, total))
+            let done = try runners[k]!.continueBlock()
+            let now = executed.wrappingAdd(runners[k]!.executed &- before, ordering: .relaxed).newValue
+            if done {
+              flushPrinted(k)
+              finish(k)
+            } else if runners[k]!.gridWaiting {
+              setState(k, BlockState.waiting)
+            } else if now >= stopAt {
+              return false  // `limit` reached: this block goes on first when called again
+            }
           }
+          next += 1
+          if next < count && executed.load(ordering: .relaxed) >= stopAt { return false }
         }
-        next += 1
-        if next < count && executed.load(ordering: .relaxed) >= stopAt { return false }
+        next = 0
+        guard (0..<count).contains(where: { stateOf($0) == BlockState.ready }) else { break }
+        if executed.load(ordering: .relaxed) >= stopAt { return false }
       }
       if try endPhase() {
         ended = true
         return true
       }
-      next = 0
     }
   }
 
@@ -141,8 +160,9 @@ final class CooperativeRun: @unchecked Sendable {
     var waiting = 0
     var ended: Int? = nil
     for k in 0..<count {
-      if state[k] == BlockState.waiting { waiting += 1 }
-      if state[k] == BlockState.done && ended == nil { ended = k }
+      let s = stateOf(k)
+      if s == BlockState.waiting { waiting += 1 }
+      if s == BlockState.done && ended == nil { ended = k }
     }
     if waiting == 0 { return true }
     if let ended {
@@ -155,7 +175,7 @@ final class CooperativeRun: @unchecked Sendable {
     }
     for k in 0..<count {
       runners[k]!.releaseGrid()
-      state[k] = BlockState.ready
+      setState(k, BlockState.ready)
     }
     phases += 1
     return false
@@ -176,7 +196,10 @@ final class CooperativeRun: @unchecked Sendable {
 
   /// Shared by the host threads of a parallel run.
   private final class Shared: @unchecked Sendable {
-    let claim: Atomic<Int>
+    /// Where the next look for a ready block starts (taken modulo the block count).
+    let claim = Atomic<Int>(0)
+    /// Blocks of this phase neither ended nor waiting at the barrier.
+    let remaining: Atomic<Int>
     let arrived = Atomic<Int>(0)
     let generation = Atomic<Int>(0)
     let stop = Atomic<Bool>(false)
@@ -185,29 +208,32 @@ final class CooperativeRun: @unchecked Sendable {
       (nil, nil, nil))
     var nextProgress: UInt64
     var threads = 1
-    init(claim: Int, nextProgress: UInt64) {
-      self.claim = Atomic(claim)
+    init(remaining: Int, nextProgress: UInt64) {
+      self.remaining = Atomic(remaining)
       self.nextProgress = nextProgress
     }
   }
 
   private func runParallel() throws(PTXError) -> Bool {
     ended = true
-    let quantum = ParallelRun.quantum(options)
-    let shared = Shared(
-      claim: next, nextProgress: executed.load(ordering: .relaxed) &+ max(1, options.progressInterval))
-    let helpers = min(options.hostThreads, count) - 1
     let buffered = options.printf != nil
-    for k in 0..<count where runners[k] != nil {
+    var ready = 0
+    for k in 0..<count {
+      if stateOf(k) == BlockState.ready { ready += 1 }
+      guard runners[k] != nil else { continue }
       runners[k]!.nextProgress = .max
       if buffered && runners[k]!.printed == nil { runners[k]!.printed = [] }
     }
+    let shared = Shared(
+      remaining: ready, nextProgress: executed.load(ordering: .relaxed) &+ max(1, options.progressInterval))
+    shared.claim.store(next, ordering: .relaxed)
+    let helpers = min(options.hostThreads, count) - 1
     let body = UncheckedSendable(self)
     let ran = onThreads(helpers) {
-      body.value.work(shared, quantum: quantum, main: false, buffered: buffered)
+      body.value.work(shared, main: false, buffered: buffered)
     } main: { started in
       shared.threads = 1 + started
-      work(shared, quantum: quantum, main: true, buffered: buffered)
+      work(shared, main: true, buffered: buffered)
     }
     hostThreads = 1 + ran
     for k in 0..<count where runners[k] != nil { flushPrinted(k) }
@@ -223,66 +249,32 @@ final class CooperativeRun: @unchecked Sendable {
     return true
   }
 
-  /// One host thread's share of a parallel run: blocks claimed one at a time, each run until
-  /// it ends or waits at the grid barrier; then the host barrier; until the launch is done.
-  private func work(_ shared: Shared, quantum: UInt64, main: Bool, buffered: Bool) {
-    let budget = options.instructionBudget
+  /// One host thread's share of a parallel run: ready blocks claimed one quantum at a time
+  /// until none is left in the phase; then the host barrier; until the launch is done.
+  private func work(_ shared: Shared, main: Bool, buffered: Bool) {
     var generation = 0
+    var idle = 0
     while true {
-      claiming: while !shared.stop.load(ordering: .relaxed) {
-        let k = shared.claim.wrappingAdd(1, ordering: .relaxed).oldValue
-        if k >= count { break }
-        if state[k] != BlockState.ready { continue }
-        if runners[k] == nil {
-          startIfNeeded(k)
-          runners[k]!.nextProgress = .max
-          if buffered { runners[k]!.printed = [] }
+      while !shared.stop.load(ordering: .relaxed) && shared.remaining.load(ordering: .acquiring) > 0 {
+        let k = shared.claim.wrappingAdd(1, ordering: .relaxed).oldValue % count
+        guard
+          state[k].compareExchange(
+            expected: BlockState.ready, desired: BlockState.running, ordering: .acquiringAndReleasing
+          ).exchanged
+        else {
+          // Nothing to claim in a whole turn: the blocks left are running elsewhere.
+          idle += 1
+          if idle >= count {
+            idle = 0
+            pause(shared, main: main, yieldOnly: false)
+          }
+          continue
         }
-        while true {
-          let total = executed.load(ordering: .relaxed)
-          let before = runners[k]!.executed
-          runners[k]!.budgetEnd = before &+ (budget &- min(budget, total))
-          runners[k]!.suspendAt = before &+ quantum
-          let done: Bool
-          do throws(PTXError) {
-            done = try runners[k]!.continueBlock()
-          } catch {
-            flushPrinted(k)
-            if case .budgetExhausted = error {
-              halt(shared, error)
-            } else {
-              shared.outcome.withLock { o in
-                if o.fault == nil || k < o.fault!.block { o.fault = (k, error) }
-              }
-              shared.stop.store(true, ordering: .relaxed)
-            }
-            break claiming
-          }
-          let now = executed.wrappingAdd(runners[k]!.executed &- before, ordering: .relaxed).newValue
-          if now > budget {
-            halt(shared, .budgetExhausted(kernel: kernel, budget: budget))
-            break claiming
-          }
-          if main, let progress = options.progress, now >= shared.nextProgress {
-            guard progress() else {
-              halt(shared, .launchFailed(kernel: kernel, reason: "cancelled by the device (its client went away)"))
-              break claiming
-            }
-            shared.nextProgress = now &+ max(1, options.progressInterval)
-          }
-          if done {
-            flushPrinted(k)
-            finish(k)
-            break
-          }
-          if runners[k]!.gridWaiting {
-            state[k] = BlockState.waiting
-            break
-          }
-          if shared.stop.load(ordering: .relaxed) { break claiming }
-        }
+        idle = 0
+        if !runQuantum(k, shared, main: main, buffered: buffered) { break }
       }
       // The host barrier: the last thread to arrive ends the phase for everyone.
+      generation += 1
       let arrived = shared.arrived.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue
       if arrived == shared.threads {
         shared.arrived.store(0, ordering: .relaxed)
@@ -290,39 +282,100 @@ final class CooperativeRun: @unchecked Sendable {
           shared.finished.store(true, ordering: .relaxed)
         } else {
           do throws(PTXError) {
-            if try endPhase() { shared.finished.store(true, ordering: .relaxed) }
+            if try endPhase() {
+              shared.finished.store(true, ordering: .relaxed)
+            } else {
+              shared.claim.store(0, ordering: .relaxed)
+              shared.remaining.store(count, ordering: .relaxed)
+            }
           } catch {
             shared.outcome.withLock { $0.phaseError = error }
             shared.finished.store(true, ordering: .relaxed)
           }
-          shared.claim.store(0, ordering: .relaxed)
         }
-        generation += 1
         shared.generation.store(generation, ordering: .releasing)
       } else {
-        generation += 1
         var spins = 0
         while shared.generation.load(ordering: .acquiring) < generation {
           spins += 1
-          if spins < 64 {
-            sched_yield()
-            continue
-          }
-          var pause = timespec(tv_sec: 0, tv_nsec: 50_000)
-          nanosleep(&pause, nil)
-          if main, let progress = options.progress, !shared.stop.load(ordering: .relaxed) {
-            let now = executed.load(ordering: .relaxed)
-            if now >= shared.nextProgress {
-              if progress() {
-                shared.nextProgress = now &+ max(1, options.progressInterval)
-              } else {
-                halt(shared, .launchFailed(kernel: kernel, reason: "cancelled by the device (its client went away)"))
-              }
-            }
-          }
+          pause(shared, main: main, yieldOnly: spins < 64)
         }
       }
       if shared.finished.load(ordering: .relaxed) { return }
+    }
+  }
+
+  /// Runs claimed block `k` for one quantum; false when the launch stops (a fault, the
+  /// budget, a cancel).
+  private func runQuantum(_ k: Int, _ shared: Shared, main: Bool, buffered: Bool) -> Bool {
+    let budget = options.instructionBudget
+    if runners[k] == nil {
+      startIfNeeded(k)
+      runners[k]!.nextProgress = .max
+      if buffered { runners[k]!.printed = [] }
+    }
+    let total = executed.load(ordering: .relaxed)
+    let before = runners[k]!.executed
+    runners[k]!.budgetEnd = before &+ (budget &- min(budget, total))
+    runners[k]!.suspendAt = before &+ quantum
+    let done: Bool
+    do throws(PTXError) {
+      done = try runners[k]!.continueBlock()
+    } catch {
+      flushPrinted(k)
+      setState(k, BlockState.done)
+      if case .budgetExhausted = error {
+        halt(shared, error)
+      } else {
+        shared.outcome.withLock { o in
+          if o.fault == nil || k < o.fault!.block { o.fault = (k, error) }
+        }
+        shared.stop.store(true, ordering: .relaxed)
+      }
+      return false
+    }
+    let now = executed.wrappingAdd(runners[k]!.executed &- before, ordering: .relaxed).newValue
+    if done {
+      flushPrinted(k)
+      finish(k)
+      shared.remaining.wrappingSubtract(1, ordering: .releasing)
+    } else if runners[k]!.gridWaiting {
+      setState(k, BlockState.waiting)
+      shared.remaining.wrappingSubtract(1, ordering: .releasing)
+    } else {
+      setState(k, BlockState.ready)
+    }
+    if now > budget {
+      halt(shared, .budgetExhausted(kernel: kernel, budget: budget))
+      return false
+    }
+    if main, let progress = options.progress, now >= shared.nextProgress {
+      guard progress() else {
+        halt(shared, .launchFailed(kernel: kernel, reason: "cancelled by the device (its client went away)"))
+        return false
+      }
+      shared.nextProgress = now &+ max(1, options.progressInterval)
+    }
+    return true
+  }
+
+  /// A wait for other host threads: a yield, or a short sleep (reporting progress on the
+  /// launching thread, so a client does not take a long phase for a hang).
+  private func pause(_ shared: Shared, main: Bool, yieldOnly: Bool) {
+    if yieldOnly {
+      sched_yield()
+      return
+    }
+    var pause = timespec(tv_sec: 0, tv_nsec: 50_000)
+    nanosleep(&pause, nil)
+    guard main, let progress = options.progress, !shared.stop.load(ordering: .relaxed) else { return }
+    let now = executed.load(ordering: .relaxed)
+    if now >= shared.nextProgress {
+      if progress() {
+        shared.nextProgress = now &+ max(1, options.progressInterval)
+      } else {
+        halt(shared, .launchFailed(kernel: kernel, reason: "cancelled by the device (its client went away)"))
+      }
     }
   }
 

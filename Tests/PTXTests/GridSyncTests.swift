@@ -48,6 +48,18 @@ struct GridSyncTests {
       cudaCGSynchronize(cudaCGGetIntrinsicHandle(cudaCGScopeGrid), 0);
       a[n + i] = a[n - 1 - i];
     }
+    // No grid sync: block b spins until block b + 1 has set its flag, so the blocks can only
+    // finish last to first, and only if a spinning block lets the others run.
+    extern "C" __global__ void handoff(volatile int* flag, int* order) {
+      int b = blockIdx.x;
+      if (threadIdx.x != 0) return;
+      if (b + 1 < gridDim.x) {
+        while (flag[b + 1] == 0) {}
+      }
+      order[b] = atomicAdd(&order[gridDim.x], 1);
+      __threadfence();
+      flag[b] = 1;
+    }
     """#
 
   static let blocks = 12
@@ -144,6 +156,23 @@ struct GridSyncTests {
       return
     }
     #expect(reason.contains("reached by 3 of the grid's 4 blocks") && reason.contains("block (1,0,0)"))
+  }
+
+  /// The blocks of a cooperative grid take turns (a quantum each), so one may wait for
+  /// another's write, as the blocks of a cooperative grid, all resident, can on a GPU.
+  @Test(arguments: [1, 2, 3]) func blocksTakeTurnsSoOneCanWaitForAnother(hostThreads: Int) throws {
+    let (module, memory) = try load()
+    let blocks = 6
+    let flag = memory.alloc(blocks * 4)
+    let order = memory.alloc((blocks + 1) * 4)
+    try module.launch(
+      kernel: "handoff", grid: PTXDim3(UInt32(blocks)), block: PTXDim3(32),
+      parameters: pack(try module.kernel(named: "handoff"), [flag, order]), memory: memory,
+      options: PTXLaunchOptions(instructionBudget: 1_000_000_000, hostThreads: hostThreads, cooperative: true))
+    #expect(
+      memory.download(order, count: blocks + 1, as: Int32.self) == (0..<blocks).map { Int32(blocks - 1 - $0) } + [
+        Int32(blocks)
+      ])
   }
 
   @Test func aGridSyncOutsideACooperativeLaunchFails() throws {
