@@ -649,6 +649,10 @@ extension BlockRunner {
     case .nsmid: return 1
     case .dynamicSmem: return UInt64(dynamicShared)
     case .totalSmem: return UInt64(sharedBytes)
+    // The grid workspace of a cooperative launch; 0 in another, where CUDA's header traps on
+    // `this_grid().sync()` as a GPU's does (its workspace pointer is null there).
+    case .envreg1: return workspace == nil ? 0 : Memory.gridWorkspace >> 32
+    case .envreg2: return workspace == nil ? 0 : Memory.gridWorkspace & 0xffff_ffff
     }
   }
 

@@ -204,6 +204,8 @@ struct BlockRunner {
   var executed: UInt64 = 0
   /// Whether the launch is cooperative: grid-wide barriers are allowed (DeviceRuntime.swift).
   let cooperative: Bool
+  /// A cooperative launch's grid workspace (`Memory.gridWorkspace`), shared by its blocks.
+  let workspace: UnsafeMutableRawPointer?
   /// Set when `continueBlock` returned false because every live thread of the block waits
   /// at the grid barrier (not because of `suspendAt`).
   var gridWaiting = false
@@ -225,9 +227,10 @@ struct BlockRunner {
     kernel: String, module: PTXModule, funcs: UnsafeMutablePointer<FuncRT>, root: Int, block: PTXDim3, grid: PTXDim3,
     stackSlots: Int, localBytes: Int, sharedBytes: Int, dynamicShared: UInt32, params: UnsafeRawBufferPointer,
     memory: any PTXGlobalMemory, budget: UInt64, printf: ((String) -> Void)?, progress: (() -> Bool)? = nil,
-    progressInterval: UInt64 = 1 << 18, cooperative: Bool = false
+    progressInterval: UInt64 = 1 << 18, cooperative: Bool = false, workspace: UnsafeMutableRawPointer? = nil
   ) {
     self.cooperative = cooperative
+    self.workspace = workspace
     self.progress = progress
     self.progressInterval = progressInterval
     nextProgress = progressInterval
@@ -305,7 +308,13 @@ struct BlockRunner {
     if cache2.holds(addr, end, write) { return cache2.pointer + Int(addr - cache2.base) }
     if cache3.holds(addr, end, write) { return cache3.pointer + Int(addr - cache3.base) }
     if cache4.holds(addr, end, write) { return cache4.pointer + Int(addr - cache4.base) }
-    guard let r = memory.region(containing: addr), r.count >= 0 else { return nil }
+    let r: PTXMemoryRegion
+    if let workspace, addr &- Memory.gridWorkspace < UInt64(Memory.gridWorkspaceBytes) {
+      r = PTXMemoryRegion(base: Memory.gridWorkspace, count: Memory.gridWorkspaceBytes, pointer: workspace)
+    } else {
+      guard let found = memory.region(containing: addr), found.count >= 0 else { return nil }
+      r = found
+    }
     let found = CachedRegion(base: r.base, end: r.base &+ UInt64(r.count), pointer: r.pointer, writable: r.writable)
     guard found.holds(addr, end, write) else { return nil }
     switch nextCache & 3 {

@@ -252,6 +252,8 @@ public final class PTXLaunch: @unchecked Sendable {
   private var hostThreads = 1
   /// A cooperative launch's scheduler (`options.cooperative`), which runs it instead.
   private var cooperative: CooperativeRun?
+  /// A cooperative launch's grid workspace (`Memory.gridWorkspace`).
+  private let workspace: UnsafeMutableRawPointer?
 
   init(
     kernel: String, module: PTXModule, plan: LaunchPlan, grid: PTXDim3, block: PTXDim3, dynamicSharedBytes: Int,
@@ -267,16 +269,26 @@ public final class PTXLaunch: @unchecked Sendable {
     self.parameters = copy
     let stack = plan.stack
     let params = UnsafeRawBufferPointer(start: copy.baseAddress, count: parameters.count)
-    let shape = UncheckedSendable((module, memory, options, params))
+    // A cooperative launch's grid workspace: { wsSize, barrier } as CUDA's cooperative_groups
+    // reads it (`Memory.gridWorkspace`).
+    if options.cooperative {
+      let w = UnsafeMutableRawPointer.allocate(byteCount: Memory.gridWorkspaceBytes, alignment: 16)
+      w.initializeMemory(as: UInt8.self, repeating: 0, count: Memory.gridWorkspaceBytes)
+      w.storeBytes(of: UInt32(Memory.gridWorkspaceBytes), as: UInt32.self)
+      workspace = w
+    } else {
+      workspace = nil
+    }
+    let shape = UncheckedSendable((module, memory, options, params, workspace))
     makeRunner = {
-      let (module, memory, options, params) = shape.value
+      let (module, memory, options, params, workspace) = shape.value
       return BlockRunner(
         kernel: kernel, module: module, funcs: plan.funcs, root: plan.root, block: block, grid: grid,
         stackSlots: stack.frameSlots + 64, localBytes: stack.localBytes,
         sharedBytes: plan.dynamicBase + max(0, dynamicSharedBytes), dynamicShared: UInt32(max(0, dynamicSharedBytes)),
         params: params, memory: memory, budget: options.instructionBudget, printf: options.printf,
         progress: options.progress, progressInterval: max(1, options.progressInterval),
-        cooperative: options.cooperative)
+        cooperative: options.cooperative, workspace: workspace)
     }
     runner = makeRunner()
     if options.cooperative {
@@ -285,8 +297,10 @@ public final class PTXLaunch: @unchecked Sendable {
   }
 
   deinit {
+    cooperative = nil  // its runners first: they use the workspace
     runner.release()
     parameters.deallocate()
+    workspace?.deallocate()
   }
 
   /// What the launch has done so far.

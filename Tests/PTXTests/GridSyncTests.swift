@@ -1,3 +1,4 @@
+import Foundation
 import PTX
 import Testing
 
@@ -173,6 +174,81 @@ struct GridSyncTests {
       memory.download(order, count: blocks + 1, as: Int32.self) == (0..<blocks).map { Int32(blocks - 1 - $0) } + [
         Int32(blocks)
       ])
+  }
+
+  /// CUDA C++'s own `cooperative_groups::this_grid().sync()` (no `-rdc`): it reads the grid
+  /// workspace from `%envreg1:%envreg2` and counts arrivals there with
+  /// `atom.add.release.gpu`, spinning on `ld.acquire.gpu` until the last block flips the
+  /// count's top bit. The headers come from the cuda-runtime-cu12 wheel, with CCCL's
+  /// `<nv/target>` from the CuPy wheel (tools/requirements-test.txt installs both).
+  static var cooperativeGroupsIncludes: [String]? {
+    let venv =
+      ProcessInfo.processInfo.environment["VGPU_VENV"].map { URL(fileURLWithPath: $0) }
+      ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .deletingLastPathComponent().appendingPathComponent(".venv")
+    let lib = venv.appendingPathComponent("lib")
+    guard
+      let python = try? FileManager.default.contentsOfDirectory(atPath: lib.path).first(where: {
+        $0.hasPrefix("python3")
+      })
+    else { return nil }
+    let site = lib.appendingPathComponent(python).appendingPathComponent("site-packages")
+    let cuda = site.appendingPathComponent("nvidia/cuda_runtime/include")
+    let cccl = site.appendingPathComponent("cupy/_core/include/cupy/_cccl/libcudacxx")
+    guard FileManager.default.fileExists(atPath: cuda.appendingPathComponent("cooperative_groups.h").path),
+      FileManager.default.fileExists(atPath: cccl.appendingPathComponent("nv/target").path)
+    else { return nil }
+    return ["-I\(cuda.path)", "-I\(cccl.path)"]
+  }
+
+  static let cooperativeGroupsSource = #"""
+    #include <cooperative_groups.h>
+    namespace cg = cooperative_groups;
+    extern "C" __global__ void cgRounds(unsigned* buf, unsigned* out, int rounds) {
+      cg::grid_group grid = cg::this_grid();
+      int n = gridDim.x * blockDim.x;
+      int i = blockIdx.x * blockDim.x + threadIdx.x;
+      unsigned v = i;
+      for (int r = 0; r < rounds; r++) {
+        buf[(r & 1) * n + i] = v;
+        grid.sync();
+        v = v * 3u + buf[(r & 1) * n + (i + blockDim.x + 1) % n];
+      }
+      out[i] = v;
+    }
+    """#
+
+  @Test(arguments: [1, 2, 3]) func cudaCooperativeGroupsGridSync(hostThreads: Int) throws {
+    guard let includes = Self.cooperativeGroupsIncludes else {
+      print("skipped: cooperative_groups.h or CCCL's nv/target not found under .venv")
+      return
+    }
+    let ptx = try Compiler.nvrtc!.ptx(Self.cooperativeGroupsSource, name: "cg.cu", options: includes)
+    #expect(ptx.contains("%envreg1") && ptx.contains("atom.add.release.gpu"))
+    let module = try PTXModule(source: ptx)
+    let memory = TestMemory()
+    try memory.load(module)
+    let blocks = 5
+    let n = blocks * 32
+    let buf = memory.alloc(2 * n * 4)
+    let out = memory.alloc(n * 4)
+    let params = pack(try module.kernel(named: "cgRounds"), [buf, out, Int32(6)])
+    try module.launch(
+      kernel: "cgRounds", grid: PTXDim3(UInt32(blocks)), block: PTXDim3(32), parameters: params, memory: memory,
+      options: PTXLaunchOptions(instructionBudget: 2_000_000_000, hostThreads: hostThreads, cooperative: true))
+    #expect(memory.download(out, count: n, as: UInt32.self) == Self.reference(n: n, block: 32, rounds: 6))
+    // Not cooperative: no workspace, and the header traps, as on a GPU.
+    var thrown: PTXError?
+    do {
+      try module.launch(
+        kernel: "cgRounds", grid: PTXDim3(UInt32(blocks)), block: PTXDim3(32), parameters: params, memory: memory,
+        options: PTXLaunchOptions(hostThreads: hostThreads))
+    } catch { thrown = error }
+    guard case .launchFailed(_, let reason) = thrown else {
+      Issue.record("expected launchFailed, got \(String(describing: thrown))")
+      return
+    }
+    #expect(reason.contains("trap"))
   }
 
   @Test func aGridSyncOutsideACooperativeLaunchFails() throws {
