@@ -207,8 +207,12 @@ final class CooperativeRun: @unchecked Sendable {
     let outcome = Mutex<(fault: (block: Int, error: PTXError)?, stopped: PTXError?, phaseError: PTXError?)>(
       (nil, nil, nil))
     var nextProgress: UInt64
-    var threads = 1
-    init(remaining: Int, nextProgress: UInt64) {
+    /// Host threads that meet at the host barrier. Set before any starts (helpers may reach
+    /// the barrier before the launching thread runs); lowered by the launching thread first
+    /// thing when fewer helpers started, which no earlier arrival can have counted as last.
+    let participants: Atomic<Int>
+    init(remaining: Int, nextProgress: UInt64, participants: Int) {
+      self.participants = Atomic(participants)
       self.remaining = Atomic(remaining)
       self.nextProgress = nextProgress
     }
@@ -224,15 +228,16 @@ final class CooperativeRun: @unchecked Sendable {
       runners[k]!.nextProgress = .max
       if buffered && runners[k]!.printed == nil { runners[k]!.printed = [] }
     }
-    let shared = Shared(
-      remaining: ready, nextProgress: executed.load(ordering: .relaxed) &+ max(1, options.progressInterval))
-    shared.claim.store(next, ordering: .relaxed)
     let helpers = min(options.hostThreads, count) - 1
+    let shared = Shared(
+      remaining: ready, nextProgress: executed.load(ordering: .relaxed) &+ max(1, options.progressInterval),
+      participants: 1 + helpers)
+    shared.claim.store(next, ordering: .relaxed)
     let body = UncheckedSendable(self)
     let ran = onThreads(helpers) {
       body.value.work(shared, main: false, buffered: buffered)
     } main: { started in
-      shared.threads = 1 + started
+      if started < helpers { shared.participants.wrappingSubtract(helpers - started, ordering: .acquiringAndReleasing) }
       work(shared, main: true, buffered: buffered)
     }
     hostThreads = 1 + ran
@@ -276,7 +281,7 @@ final class CooperativeRun: @unchecked Sendable {
       // The host barrier: the last thread to arrive ends the phase for everyone.
       generation += 1
       let arrived = shared.arrived.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue
-      if arrived == shared.threads {
+      if arrived == shared.participants.load(ordering: .acquiring) {
         shared.arrived.store(0, ordering: .relaxed)
         if shared.stop.load(ordering: .relaxed) {
           shared.finished.store(true, ordering: .relaxed)

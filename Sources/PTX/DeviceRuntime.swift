@@ -57,12 +57,19 @@ extension BlockRunner {
       let scope = UInt32(truncatingIfNeeded: site.argument(0, 4, r, pbase))
       result = cooperative && scope == 1 ? DeviceRuntimeFunction.gridHandle : 0
     case .synchronize, .synchronizeGrid:
+      let handle = site.argument(0, 8, r, pbase)
       guard cooperative else {
         throw .launch(
           "the kernel called \(f.rawValue) (a grid-wide sync, PTX line \(line)) in a launch that is not "
             + "cooperative: every block of the grid must be resident at once, which only "
             + "cuLaunchCooperativeKernel (or cuLaunchKernelEx with CU_LAUNCH_ATTRIBUTE_COOPERATIVE) "
             + "guarantees; launch it that way (numba does for a kernel that uses cg.this_grid().sync())")
+      }
+      guard handle == DeviceRuntimeFunction.gridHandle else {
+        throw .launch(
+          "the kernel called \(f.rawValue) (PTX line \(line)) with handle 0x\(String(handle, radix: 16)), which "
+            + "is not the grid's (cudaCGGetIntrinsicHandle(cudaCGScopeGrid) gives 0x"
+            + "\(String(DeviceRuntimeFunction.gridHandle, radix: 16)) here; multi-grid groups are not provided)")
       }
       for res in site.results { store(pbase + res.callerOffset, UInt8(Swift.min(res.size, 4)), 0) }
       return true

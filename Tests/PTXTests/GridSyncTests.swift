@@ -49,6 +49,11 @@ struct GridSyncTests {
       cudaCGSynchronize(cudaCGGetIntrinsicHandle(cudaCGScopeGrid), 0);
       a[n + i] = a[n - 1 - i];
     }
+    // A multi-grid group: not provided (no multi-device launches here).
+    extern "C" __global__ void multigrid(int* a) {
+      a[blockIdx.x] = 1;
+      cudaCGSynchronize(cudaCGGetIntrinsicHandle(cudaCGScopeMultiGrid), 0);
+    }
     // No grid sync: block b spins until block b + 1 has set its flag, so the blocks can only
     // finish last to first, and only if a spinning block lets the others run.
     extern "C" __global__ void handoff(volatile int* flag, int* order) {
@@ -249,6 +254,22 @@ struct GridSyncTests {
       return
     }
     #expect(reason.contains("trap"))
+  }
+
+  @Test func aMultiGridSyncFails() throws {
+    let (module, memory) = try load()
+    var thrown: PTXError?
+    do {
+      try module.launch(
+        kernel: "multigrid", grid: PTXDim3(2), block: PTXDim3(32),
+        parameters: pack(try module.kernel(named: "multigrid"), [memory.alloc(64)]), memory: memory,
+        options: PTXLaunchOptions(hostThreads: 2, cooperative: true))
+    } catch { thrown = error }
+    guard case .launchFailed(_, let reason) = thrown else {
+      Issue.record("expected launchFailed, got \(String(describing: thrown))")
+      return
+    }
+    #expect(reason.contains("with handle 0x0") && reason.contains("multi-grid groups are not provided"))
   }
 
   @Test func aGridSyncOutsideACooperativeLaunchFails() throws {
