@@ -259,6 +259,7 @@ final class CooperativeRun: @unchecked Sendable {
   private func work(_ shared: Shared, main: Bool, buffered: Bool) {
     var generation = 0
     var idle = 0
+    var idleTurns = 0
     while true {
       while !shared.stop.load(ordering: .relaxed) && shared.remaining.load(ordering: .acquiring) > 0 {
         let k = shared.claim.wrappingAdd(1, ordering: .relaxed).oldValue % count
@@ -267,18 +268,26 @@ final class CooperativeRun: @unchecked Sendable {
             expected: BlockState.ready, desired: BlockState.running, ordering: .acquiringAndReleasing
           ).exchanged
         else {
-          // Nothing to claim in a whole turn: the blocks left are running elsewhere.
+          // Nothing to claim in a whole turn: the blocks left are running on other threads,
+          // which go on with them (a block put back after its quantum is claimed again by
+          // the thread that ran it, if by no other). After a few turns this thread waits at
+          // the host barrier, as a thread with no block left does.
           idle += 1
           if idle >= count {
             idle = 0
-            pause(shared, main: main, yieldOnly: false)
+            idleTurns += 1
+            if idleTurns > 4 { break }
+            pause(shared, main: main, yieldOnly: true)
           }
           continue
         }
         idle = 0
+        idleTurns = 0
         if !runQuantum(k, shared, main: main, buffered: buffered) { break }
       }
       // The host barrier: the last thread to arrive ends the phase for everyone.
+      idle = 0
+      idleTurns = 0
       generation += 1
       let arrived = shared.arrived.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue
       if arrived == shared.participants.load(ordering: .acquiring) {
