@@ -455,6 +455,19 @@ extension BlockRunner {
           throw .assertion(
             cString(site.argument(0, 8, r, pbase)), cString(site.argument(1, 8, r, pbase)),
             Int(Int32(truncatingIfNeeded: site.argument(2, 4, r, pbase))), cString(site.argument(3, 8, r, pbase)))
+        case .deviceRuntime(let f):
+          if f == .synchronize || f == .synchronizeGrid, n > limit, try checkpoint(n, &limit) {
+            park(t, &st, pc: pc, frame: r - base, Status.ready)
+            n &-= 1  // the instruction at `pc` runs on resume
+            return
+          }
+          if try deviceRuntimeCall(f, site, t, r, pbase, line: i.line) {
+            // A grid-wide barrier: the thread waits past the call until every block's
+            // threads have arrived (`CooperativeRun`).
+            pc &+= 1
+            park(t, &st, pc: pc, frame: r - base, Status.gridBarrier)
+            return
+          }
         case .unsupported(let name):
           throw .unsupported("call \(name)", i.line)
         }
@@ -636,6 +649,10 @@ extension BlockRunner {
     case .nsmid: return 1
     case .dynamicSmem: return UInt64(dynamicShared)
     case .totalSmem: return UInt64(sharedBytes)
+    // The grid workspace of a cooperative launch; 0 in another, where CUDA's header traps on
+    // `this_grid().sync()` as a GPU's does (its workspace pointer is null there).
+    case .envreg1: return workspace == nil ? 0 : Memory.gridWorkspace >> 32
+    case .envreg2: return workspace == nil ? 0 : Memory.gridWorkspace & 0xffff_ffff
     }
   }
 

@@ -134,6 +134,8 @@ enum Special: Int64 {
   case tidX, tidY, tidZ, ntidX, ntidY, ntidZ, ctaidX, ctaidY, ctaidZ, nctaidX, nctaidY, nctaidZ
   case laneid, warpid, nwarpid, lanemaskEq, lanemaskLe, lanemaskLt, lanemaskGe, lanemaskGt
   case clock, clock64, globaltimer, smid, nsmid, gridid, dynamicSmem, totalSmem, zero
+  /// The grid workspace's address, high and low words (`Memory.gridWorkspace`).
+  case envreg1, envreg2
 
   static let names: [String: Special] = [
     "%tid.x": .tidX, "%tid.y": .tidY, "%tid.z": .tidZ, "%ntid.x": .ntidX, "%ntid.y": .ntidY, "%ntid.z": .ntidZ,
@@ -143,6 +145,10 @@ enum Special: Int64 {
     "%lanemask_ge": .lanemaskGe, "%lanemask_gt": .lanemaskGt, "%clock": .clock, "%clock64": .clock64,
     "%globaltimer": .globaltimer, "%smid": .smid, "%nsmid": .nsmid, "%gridid": .gridid,
     "%dynamic_smem_size": .dynamicSmem, "%total_smem_size": .totalSmem,
+    // PTX ISA §10.33 "%envreg<32>": driver-defined, read-only. CUDA's cooperative_groups
+    // header reads the grid workspace's address from %envreg1 (high) and %envreg2 (low);
+    // the other %envreg read 0.
+    "%envreg1": .envreg1, "%envreg2": .envreg2,
   ]
 }
 
@@ -159,6 +165,8 @@ struct CallSite {
     case function(Int)
     case vprintf
     case assertfail
+    /// A function of CUDA's device runtime (libcudadevrt) that the engine provides itself.
+    case deviceRuntime(DeviceRuntimeFunction)
     case unsupported(String)
   }
   /// Where an argument's bytes come from: the caller's param area (byte offset) or a slot.

@@ -25,6 +25,9 @@ enum Status {
   static let barrier: UInt8 = 1
   static let collective: UInt8 = 2
   static let exited: UInt8 = 3
+  /// At a grid-wide barrier (`cudaCGSynchronize`), past the call: released by the launch
+  /// once every block has arrived (`CooperativeRun`), never by its own block.
+  static let gridBarrier: UInt8 = 4
 }
 
 enum Fault: Error {
@@ -199,6 +202,13 @@ struct BlockRunner {
   let progress: (() -> Bool)?
   let progressInterval: UInt64
   var executed: UInt64 = 0
+  /// Whether the launch is cooperative: grid-wide barriers are allowed (DeviceRuntime.swift).
+  let cooperative: Bool
+  /// A cooperative launch's grid workspace (`Memory.gridWorkspace`), shared by its blocks.
+  let workspace: UnsafeMutableRawPointer?
+  /// Set when `continueBlock` returned false because every live thread of the block waits
+  /// at the grid barrier (not because of `suspendAt`).
+  var gridWaiting = false
   /// When `executed` reaches this, the next checkpoint calls `progress`.
   var nextProgress: UInt64
   /// When `executed` reaches this, the next checkpoint suspends its thread (`PTXLaunch.run(until:)`).
@@ -217,8 +227,10 @@ struct BlockRunner {
     kernel: String, module: PTXModule, funcs: UnsafeMutablePointer<FuncRT>, root: Int, block: PTXDim3, grid: PTXDim3,
     stackSlots: Int, localBytes: Int, sharedBytes: Int, dynamicShared: UInt32, params: UnsafeRawBufferPointer,
     memory: any PTXGlobalMemory, budget: UInt64, printf: ((String) -> Void)?, progress: (() -> Bool)? = nil,
-    progressInterval: UInt64 = 1 << 18
+    progressInterval: UInt64 = 1 << 18, cooperative: Bool = false, workspace: UnsafeMutableRawPointer? = nil
   ) {
+    self.cooperative = cooperative
+    self.workspace = workspace
     self.progress = progress
     self.progressInterval = progressInterval
     nextProgress = progressInterval
@@ -296,7 +308,13 @@ struct BlockRunner {
     if cache2.holds(addr, end, write) { return cache2.pointer + Int(addr - cache2.base) }
     if cache3.holds(addr, end, write) { return cache3.pointer + Int(addr - cache3.base) }
     if cache4.holds(addr, end, write) { return cache4.pointer + Int(addr - cache4.base) }
-    guard let r = memory.region(containing: addr), r.count >= 0 else { return nil }
+    let r: PTXMemoryRegion
+    if let workspace, addr &- Memory.gridWorkspace < UInt64(Memory.gridWorkspaceBytes) {
+      r = PTXMemoryRegion(base: Memory.gridWorkspace, count: Memory.gridWorkspaceBytes, pointer: workspace)
+    } else {
+      guard let found = memory.region(containing: addr), found.count >= 0 else { return nil }
+      r = found
+    }
     let found = CachedRegion(base: r.base, end: r.base &+ UInt64(r.count), pointer: r.pointer, writable: r.writable)
     guard found.holds(addr, end, write) else { return nil }
     switch nextCache & 3 {
@@ -375,8 +393,16 @@ struct BlockRunner {
         if threads[t].status == Status.ready || executed >= suspendAt { return false }
       }
       var live = 0
-      for t in 0..<nthreads where threads[t].status != Status.exited { live += 1 }
+      var atGrid = 0
+      for t in 0..<nthreads where threads[t].status != Status.exited {
+        live += 1
+        if threads[t].status == Status.gridBarrier { atGrid += 1 }
+      }
       if live == 0 { return true }
+      if atGrid == live {
+        gridWaiting = true
+        return false
+      }
       var released = releaseBarriers(live: live)
       if try releaseCollectives(activemask: false) { released = true }
       if !released, try releaseCollectives(activemask: true) { released = true }
@@ -426,6 +452,12 @@ struct BlockRunner {
     return released
   }
 
+  /// Readies the threads waiting at the grid barrier (every block has arrived).
+  mutating func releaseGrid() {
+    gridWaiting = false
+    for t in 0..<nthreads where threads[t].status == Status.gridBarrier { threads[t].status = Status.ready }
+  }
+
   func deadlockDetail() -> String {
     var parts: [String] = []
     var shown = 0
@@ -436,8 +468,11 @@ struct BlockRunner {
       }
       shown += 1
       let s = threads[t]
-      let ins = funcs[Int(s.fn)].code[Int(s.status == Status.barrier ? s.pc - 1 : s.pc)]
-      let what = s.status == Status.barrier ? "bar.sync \(s.barrier)" : "\(ins.op)"
+      let ins = funcs[Int(s.fn)].code[
+        Int(s.status == Status.barrier || s.status == Status.gridBarrier ? s.pc - 1 : s.pc)]
+      let what =
+        s.status == Status.barrier
+        ? "bar.sync \(s.barrier)" : s.status == Status.gridBarrier ? "a grid-wide sync" : "\(ins.op)"
       parts.append("thread \(dim(t)) waits at \(what) (line \(ins.line))")
     }
     return "every live thread waits and none can be released: " + parts.joined(separator: "; ")

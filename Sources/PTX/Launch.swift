@@ -53,12 +53,18 @@ public struct PTXLaunchOptions {
   /// Host threads a launch run to its end (`run(until: .max)`) may spread its blocks over;
   /// 1 runs them one after another on the calling thread (the serial engine).
   public var hostThreads: Int
+  /// A cooperative launch (`cuLaunchCooperativeKernel`): every block of the grid is resident
+  /// at once, so the kernel may call the grid-wide barrier of CUDA's device runtime
+  /// (`cudaCGSynchronize`, DeviceRuntime.swift). Its blocks run in phases between barriers
+  /// (`CooperativeRun`); in a launch that is not cooperative such a call fails the launch.
+  public var cooperative = false
   /// Default settings: a budget of 10^10 thread-instructions, printf output dropped, blocks
   /// over `defaultHostThreads`.
   public init(
     instructionBudget: UInt64 = 10_000_000_000, printf: ((String) -> Void)? = nil, progress: (() -> Bool)? = nil,
-    hostThreads: Int = PTXLaunchOptions.defaultHostThreads
+    hostThreads: Int = PTXLaunchOptions.defaultHostThreads, cooperative: Bool = false
   ) {
+    self.cooperative = cooperative
     self.instructionBudget = instructionBudget
     self.printf = printf
     self.progress = progress
@@ -261,6 +267,10 @@ public final class PTXLaunch: @unchecked Sendable {
   private var helperExecuted: UInt64 = 0
   /// Host threads that have run blocks of it.
   private var hostThreads = 1
+  /// A cooperative launch's scheduler (`options.cooperative`), which runs it instead.
+  private var cooperative: CooperativeRun?
+  /// A cooperative launch's grid workspace (`Memory.gridWorkspace`).
+  private let workspace: UnsafeMutableRawPointer?
 
   init(
     kernel: String, module: PTXModule, plan: LaunchPlan, grid: PTXDim3, block: PTXDim3, dynamicSharedBytes: Int,
@@ -276,27 +286,47 @@ public final class PTXLaunch: @unchecked Sendable {
     self.parameters = copy
     let stack = plan.stack
     let params = UnsafeRawBufferPointer(start: copy.baseAddress, count: parameters.count)
-    let shape = UncheckedSendable((module, memory, options, params))
+    // A cooperative launch's grid workspace: { wsSize, barrier } as CUDA's cooperative_groups
+    // reads it (`Memory.gridWorkspace`).
+    if options.cooperative {
+      let w = UnsafeMutableRawPointer.allocate(byteCount: Memory.gridWorkspaceBytes, alignment: 16)
+      w.initializeMemory(as: UInt8.self, repeating: 0, count: Memory.gridWorkspaceBytes)
+      w.storeBytes(of: UInt32(Memory.gridWorkspaceBytes), as: UInt32.self)
+      workspace = w
+    } else {
+      workspace = nil
+    }
+    let shape = UncheckedSendable((module, memory, options, params, workspace))
     makeRunner = {
-      let (module, memory, options, params) = shape.value
+      let (module, memory, options, params, workspace) = shape.value
       return BlockRunner(
         kernel: kernel, module: module, funcs: plan.funcs, root: plan.root, block: block, grid: grid,
         stackSlots: stack.frameSlots + 64, localBytes: stack.localBytes,
         sharedBytes: plan.dynamicBase + max(0, dynamicSharedBytes), dynamicShared: UInt32(max(0, dynamicSharedBytes)),
         params: params, memory: memory, budget: options.instructionBudget, printf: options.printf,
-        progress: options.progress, progressInterval: max(1, options.progressInterval))
+        progress: options.progress, progressInterval: max(1, options.progressInterval),
+        cooperative: options.cooperative, workspace: workspace)
     }
     runner = makeRunner()
+    if options.cooperative {
+      cooperative = CooperativeRun(kernel: kernel, grid: grid, options: options, makeRunner: makeRunner)
+    }
   }
 
   deinit {
+    cooperative = nil  // its runners first: they use the workspace
     runner.release()
     parameters.deallocate()
+    workspace?.deallocate()
   }
 
   /// What the launch has done so far.
   public var stats: PTXLaunchStats {
-    PTXLaunchStats(instructions: runner.executed &+ helperExecuted, hostThreads: hostThreads)
+    if let cooperative {
+      return PTXLaunchStats(
+        instructions: cooperative.executed.load(ordering: .relaxed), hostThreads: cooperative.hostThreads)
+    }
+    return PTXLaunchStats(instructions: runner.executed &+ helperExecuted, hostThreads: hostThreads)
   }
 
   /// Runs the launch until it finishes (true) or until it has run at least `limit` more
@@ -308,6 +338,7 @@ public final class PTXLaunch: @unchecked Sendable {
   /// returns when all are done. The outcome is the serial one (printf lines in block order;
   /// of several faults, the first block's) except where blocks race on global memory.
   public func run(until limit: UInt64) throws(PTXError) -> Bool {
+    if let cooperative { return try cooperative.run(until: limit) }
     if ended { return true }
     if limit == .max && options.hostThreads > 1 && grid.count - nextBlock > 1 {
       // A small launch ends within the start and never pays for threads.

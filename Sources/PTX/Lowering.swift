@@ -854,6 +854,13 @@ struct Lowering {
     } else if name == "__assertfail" {
       site.target = .assertfail
       calleeParams = [(0, 8), (8, 8), (16, 4), (24, 8), (32, 8)]
+    } else if let f = module.functionIndex[name], module.declaredOnly.contains(name),
+      let builtin = DeviceRuntimeFunction(rawValue: name)
+    {
+      // Declared, not defined: CUDA's device runtime, which the engine provides (DeviceRuntime.swift).
+      site.target = .deviceRuntime(builtin)
+      calleeParams = module.paramLayouts[f].params
+      calleeReturns = module.paramLayouts[f].returns
     } else if let f = module.functionIndex[name] {
       site.target = .function(f)
       calleeParams = module.paramLayouts[f].params

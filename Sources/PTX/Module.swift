@@ -5,6 +5,8 @@ struct ModuleContext {
   var globalIndex: [String: Int] = [:]
   var sharedIndex: [String: Int] = [:]  // module-level names, and "function::name" for function-level ones
   var functionIndex: [String: Int] = [:]
+  /// Functions only declared (`.extern .func f(...);`), with no definition in the module.
+  var declaredOnly: Set<String> = []
   var paramLayouts: [(params: [(Int, Int)], returns: [(Int, Int)])] = []
 }
 
@@ -17,6 +19,12 @@ public enum Memory {
   public static let localWindow: UInt64 = 0x2000_0000_0000
   /// Bytes of window each thread's local space gets; its real size is `localBytesPerThread`.
   public static let localStride: UInt64 = 1 << 24
+  /// Device address of a cooperative launch's grid workspace (`%envreg1:%envreg2`), which the
+  /// launch provides (`gridWorkspaceBytes` bytes): CUDA C++'s `cooperative_groups`
+  /// `this_grid().sync()` counts arrivals in its second word (`grid_workspace.barrier`).
+  public static let gridWorkspace: UInt64 = 0x3000_0000_0000
+  /// Bytes of the grid workspace: `grid_workspace { unsigned wsSize; unsigned barrier; }`, padded.
+  static let gridWorkspaceBytes = 16
 }
 
 /// A module-scope `.global` or `.const` variable that the device must allocate.
@@ -161,6 +169,7 @@ public final class PTXModule: @unchecked Sendable {
     }
     for (i, f) in chosen.enumerated() {
       ctx.functionIndex[f.name] = i
+      if f.body == nil && f.error == nil { ctx.declaredOnly.insert(f.name) }
       var off = 0
       func place(_ list: [VariableDecl]) -> [(Int, Int)] {
         list.map { d in

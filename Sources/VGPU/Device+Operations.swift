@@ -245,10 +245,12 @@ extension Device {
   /// Launches `function` with its packed parameter buffer and waits for it to finish.
   public func launch(
     _ function: FunctionHandle, grid: Dimensions, block: Dimensions, sharedMemory: UInt32 = 0,
-    parameters: [UInt8], stream: StreamHandle? = nil
+    parameters: [UInt8], stream: StreamHandle? = nil, cooperative: Bool = false
   ) throws(VGPUError) {
     try parameters.span.withUnsafeBytes { (p) throws(VGPUError) in
-      try launch(function, grid: grid, block: block, sharedMemory: sharedMemory, parameters: p, stream: stream)
+      try launch(
+        function, grid: grid, block: block, sharedMemory: sharedMemory, parameters: p, stream: stream,
+        cooperative: cooperative)
     }
   }
 
@@ -257,14 +259,16 @@ extension Device {
   /// waits for it to finish. Allocates nothing.
   public func launch(
     _ function: FunctionHandle, grid: Dimensions, block: Dimensions, sharedMemory: UInt32 = 0,
-    parameters: UnsafeRawBufferPointer, stream: StreamHandle? = nil
+    parameters: UnsafeRawBufferPointer, stream: StreamHandle? = nil, cooperative: Bool = false
   ) throws(VGPUError) {
+    if cooperative { try requireCooperative() }
     // Closures passed straight down, never stored: a stored one would cost a heap context per launch.
     _ = try withStaged(parameters, "launch", on: stream?.queuePair) { (qp, address) throws(VGPUError) in
       try qp.execute(
         Command.Launch(
           function: function.raw, grid: grid, block: block, sharedBytes: sharedMemory,
-          parameterLength: UInt32(parameters.count), parameters: address, stream: stream?.raw ?? 0
+          parameterLength: UInt32(parameters.count), parameters: address, stream: stream?.raw ?? 0,
+          cooperative: cooperative
         ).entry, "launch")
     }
   }
@@ -274,8 +278,9 @@ extension Device {
   /// layout the device reported, straight into the staging slot.
   public func launch(
     _ function: FunctionHandle, grid: Dimensions, block: Dimensions, sharedMemory: UInt32 = 0,
-    arguments: UnsafePointer<UnsafeMutableRawPointer?>, stream: StreamHandle? = nil
+    arguments: UnsafePointer<UnsafeMutableRawPointer?>, stream: StreamHandle? = nil, cooperative: Bool = false
   ) throws(VGPUError) {
+    if cooperative { try requireCooperative() }
     guard let layout = function.layout else {
       throw VGPUError(
         .unsupported, "launch", device: self.info.spec.description,
@@ -304,8 +309,21 @@ extension Device {
       _ = try qp.execute(
         Command.Launch(
           function: function.raw, grid: grid, block: block, sharedBytes: sharedMemory,
-          parameterLength: UInt32(layout.bufferSize), parameters: address, stream: stream?.raw ?? 0
+          parameterLength: UInt32(layout.bufferSize), parameters: address, stream: stream?.raw ?? 0,
+          cooperative: cooperative
         ).entry, "launch")
+    }
+  }
+
+  /// A cooperative launch needs protocol 2.2 (feature `cooperativeLaunch`): an older device
+  /// would refuse the launch's flag.
+  private func requireCooperative() throws(VGPUError) {
+    guard info.features.contains(.cooperativeLaunch) else {
+      throw VGPUError(
+        .unsupported, "launch cooperatively", device: info.spec.description,
+        found:
+          "the device speaks protocol \(info.protocolVersion.major).\(info.protocolVersion.minor) without cooperative launches (feature 0x\(String(FeatureBits.cooperativeLaunch.rawValue, radix: 16)) not negotiated)",
+        remedy: "update the device or vgpu-mediator (cooperative launches came with protocol 2.2)")
     }
   }
 

@@ -86,7 +86,9 @@ public func vgpucore_cuDeviceGetAttribute(_ value: UnsafeMutablePointer<Int32>?,
 {
   guard let value else { return CUDA_ERROR_INVALID_VALUE }
   return withDevice(dev, "cuDeviceGetAttribute") { device in
-    guard let v = deviceAttribute(attribute, device.info.identity) else { return CUDA_ERROR_INVALID_VALUE }
+    guard var v = deviceAttribute(attribute, device.info.identity) else { return CUDA_ERROR_INVALID_VALUE }
+    // Cooperative launches (grid-wide sync) with a device that runs them (protocol 2.2).
+    if attribute == 95 && device.info.features.contains(.cooperativeLaunch) { v = 1 }
     value.pointee = v
     return CUDA_SUCCESS
   }
@@ -175,8 +177,9 @@ struct PCILocation: CustomStringConvertible {
 /// multiprocessor count and PCI location are the device's own. Features this
 /// virtual GPU does not provide read 0, even where an H100 has them: mapped,
 /// managed and registered host memory, virtual memory management (0 keeps
-/// ggml-cuda off cuMemCreate), memory pools, IPC, cooperative and cluster
-/// launches, stream priorities, ECC.
+/// ggml-cuda off cuMemCreate), memory pools, IPC, multi-device cooperative and
+/// cluster launches, stream priorities, ECC. COOPERATIVE_LAUNCH reads 1 where
+/// the device negotiated cooperativeLaunch (cuDeviceGetAttribute).
 func deviceAttribute(_ attribute: Int32, _ identity: DeviceIdentity) -> Int32? {
   let pci = PCILocation(parsing: identity.pciBusID)
   switch attribute {
@@ -274,7 +277,7 @@ func deviceAttribute(_ attribute: Int32, _ identity: DeviceIdentity) -> Int32? {
   case 92: return 0  // CAN_USE_STREAM_MEM_OPS_V1
   case 93: return 0  // CAN_USE_64_BIT_STREAM_MEM_OPS_V1
   case 94: return 0  // CAN_USE_STREAM_WAIT_VALUE_NOR_V1
-  case 95: return 0  // COOPERATIVE_LAUNCH
+  case 95: return 0  // COOPERATIVE_LAUNCH: 1 with feature cooperativeLaunch (cuDeviceGetAttribute)
   case 96: return 0  // COOPERATIVE_MULTI_DEVICE_LAUNCH
   case 97: return 232_448  // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN (227 KiB)
   case 98: return 0  // CAN_FLUSH_REMOTE_WRITES

@@ -545,6 +545,8 @@ public func vgpucore_cuOccupancyAvailableDynamicSMemPerBlock(
 let CU_JIT_INPUT_CUBIN: Int32 = 0
 let CU_JIT_INPUT_PTX: Int32 = 1
 let CU_JIT_INPUT_FATBINARY: Int32 = 2
+let CU_JIT_INPUT_OBJECT: Int32 = 3
+let CU_JIT_INPUT_LIBRARY: Int32 = 4
 /// CUjit_option (cuda.h): the register limit, the log buffers and their sizes.
 let CU_JIT_MAX_REGISTERS: Int32 = 0
 let CU_JIT_INFO_LOG_BUFFER: Int32 = 3
@@ -605,11 +607,22 @@ func addLinkInput(
 )
   -> Int32
 {
-  guard [CU_JIT_INPUT_PTX, CU_JIT_INPUT_CUBIN, CU_JIT_INPUT_FATBINARY].contains(type) else {
+  // CUDA's device runtime (libcudadevrt.a) is accepted as a library, whichever type it is
+  // given as: the PTX engine provides its functions (DeviceRuntimeLink.swift).
+  let deviceRuntime =
+    (type == CU_JIT_INPUT_LIBRARY || type == CU_JIT_INPUT_OBJECT) && DeviceRuntimeLibrary.recognizes(bytes, name: name)
+  guard [CU_JIT_INPUT_PTX, CU_JIT_INPUT_CUBIN, CU_JIT_INPUT_FATBINARY].contains(type) || deviceRuntime else {
     return linkRefusal(
       call, state,
-      "input '\(name)' is of CUjitInputType \(type); only PTX, cubin and fatbin inputs can be linked here "
-        + "(objects, libraries and NVVM IR need a device linker)")
+      "input '\(name)' is of CUjitInputType \(type); only PTX, cubin and fatbin inputs and CUDA's device "
+        + "runtime (libcudadevrt.a) can be linked here (other objects, libraries and NVVM IR need a device linker)")
+  }
+  if deviceRuntime {
+    return cudaObjects.withLock { o in
+      guard o.links[handleKey(state)] != nil else { return CUDA_ERROR_INVALID_HANDLE }
+      o.links[handleKey(state)]!.deviceRuntime = true
+      return CUDA_SUCCESS
+    }
   }
   return cudaObjects.withLock { o in
     guard o.links[handleKey(state)] != nil else { return CUDA_ERROR_INVALID_HANDLE }
@@ -693,7 +706,10 @@ public func vgpucore_cuLinkComplete(
     return CUDA_SUCCESS
   }
   guard let input = record.inputs.first else {
-    return linkRefusal("cuLinkComplete", state, "nothing was added to link")
+    return linkRefusal(
+      "cuLinkComplete", state,
+      record.deviceRuntime
+        ? "only CUDA's device runtime (libcudadevrt.a) was added: no code to link" : "nothing was added to link")
   }
   guard record.inputs.count == 1 || record.inputs.allSatisfy({ $0.type == CU_JIT_INPUT_PTX }) else {
     return linkRefusal(
@@ -721,6 +737,18 @@ public func vgpucore_cuLinkComplete(
   }
   if let limit = record.maxRegisters, record.inputs.allSatisfy({ $0.type == CU_JIT_INPUT_PTX }) {
     bytes = PTXEntries.limitingRegisters(bytes, to: limit)
+  }
+  if record.deviceRuntime && record.inputs.allSatisfy({ $0.type == CU_JIT_INPUT_PTX }) {
+    // Every function the PTX needs from elsewhere must be one the engine provides.
+    let missing = DeviceRuntimeLibrary.undefinedFunctions(bytes).filter { !DeviceRuntimeLibrary.provided.contains($0) }
+    if !missing.isEmpty {
+      return linkRefusal(
+        "cuLinkComplete", state,
+        "the PTX calls \(missing.joined(separator: ", ")), which no input defines and which this virtual GPU's "
+          + "device runtime does not provide (libcudadevrt.a's SASS cannot run here; the PTX engine provides "
+          + "\(DeviceRuntimeLibrary.provided.sorted().joined(separator: ", "))); define it in a PTX input or "
+          + "do without it")
+    }
   }
   let output = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
   output.copyBytes(from: bytes)

@@ -536,7 +536,7 @@ func launch(
       case (let params?, nil):
         try device.launch(
           function.handle, grid: grid, block: block, sharedMemory: shape.sharedMemory, arguments: params,
-          stream: target)
+          stream: target, cooperative: shape.cooperative)
       case (nil, let extra?):
         // The buffer is the parameters laid out as a C struct (cuda.h,
         // CU_LAUNCH_PARAM_BUFFER_POINTER): its sizeof may add tail padding
@@ -546,12 +546,14 @@ func launch(
         }
         try device.launch(
           function.handle, grid: grid, block: block, sharedMemory: shape.sharedMemory,
-          parameters: UnsafeRawBufferPointer(rebasing: buffer[..<function.handle.parameterSize]), stream: target)
+          parameters: UnsafeRawBufferPointer(rebasing: buffer[..<function.handle.parameterSize]), stream: target,
+          cooperative: shape.cooperative)
       case (nil, nil):
         guard function.handle.parameterSize == 0 else { return CUDA_ERROR_INVALID_VALUE }
         try device.launch(
           function.handle, grid: grid, block: block, sharedMemory: shape.sharedMemory,
-          parameters: UnsafeRawBufferPointer(start: nil, count: 0), stream: target)
+          parameters: UnsafeRawBufferPointer(start: nil, count: 0), stream: target,
+          cooperative: shape.cooperative)
       case (_?, _?):
         return CUDA_ERROR_INVALID_VALUE
       }

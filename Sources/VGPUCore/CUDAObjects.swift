@@ -82,6 +82,8 @@ struct LinkRecord: @unchecked Sendable {
   var output: UnsafeMutableRawBufferPointer?
   /// CU_JIT_MAX_REGISTERS: the most registers per thread the linked kernels may use.
   var maxRegisters: UInt32?
+  /// CUDA's device runtime (libcudadevrt.a) was added: the PTX engine provides its functions.
+  var deviceRuntime = false
 }
 
 struct EventRecord {

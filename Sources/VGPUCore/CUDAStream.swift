@@ -226,3 +226,40 @@ public func vgpucore_cuEventDestroy_v2(_ event: UnsafeMutableRawPointer?) -> Int
     return CUDA_SUCCESS
   }
 }
+
+/// cuStreamGetCtx(CUstream hStream, CUcontext *pctx): the stream's context.
+/// Every stream here belongs to the process's one device connection, so it is
+/// the calling thread's current context, or the primary context when none is
+/// current (cuda.core asks it before a cooperative launch, to check the
+/// device's COOPERATIVE_LAUNCH attribute).
+@_cdecl("vgpucore_cuStreamGetCtx")
+public func vgpucore_cuStreamGetCtx(
+  _ stream: UnsafeMutableRawPointer?, _ pctx: UnsafeMutablePointer<UnsafeMutableRawPointer?>?
+) -> Int32 {
+  guard let pctx else { return CUDA_ERROR_INVALID_VALUE }
+  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  if case .failure(let e) = lookUpStream(stream) { return e.result }
+  if let current = CUDAThread.current.currentContext {
+    pctx.pointee = handlePointer(current)
+    return CUDA_SUCCESS
+  }
+  let primary = cudaObjects.withLock { o in
+    o.primaryContext(0)
+    return o.primary
+  }
+  pctx.pointee = handlePointer(primary)
+  return CUDA_SUCCESS
+}
+
+/// cuStreamGetCtx_v2(CUstream hStream, CUcontext *pCtx, CUgreenCtx
+/// *pGreenCtx): the context as cuStreamGetCtx; no green contexts here (NULL).
+@_cdecl("vgpucore_cuStreamGetCtx_v2")
+public func vgpucore_cuStreamGetCtx_v2(
+  _ stream: UnsafeMutableRawPointer?, _ pctx: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+  _ green: UnsafeMutablePointer<UnsafeMutableRawPointer?>?
+) -> Int32 {
+  guard pctx != nil || green != nil else { return CUDA_ERROR_INVALID_VALUE }
+  green?.pointee = nil
+  guard let pctx else { return CUDA_SUCCESS }
+  return vgpucore_cuStreamGetCtx(stream, pctx)
+}

@@ -552,6 +552,12 @@ final class CUDAFunction: BackendFunction {
     _ geometry: KernelGeometry, parameters: UnsafeRawBufferPointer, caller: BackendCaller,
     output: inout DeviceOutput, inlineSlice: UInt64
   ) throws(BackendError) -> (any BackendWork)? {
+    guard !geometry.cooperative || backend.driver.cuLaunchKernelEx != nil else {
+      throw BackendError(
+        .notSupported,
+        "a cooperative launch needs the host driver's cuLaunchKernelEx (CUDA 12.0), which "
+          + "\(backend.driver.path) lacks")
+    }
     let s = try backend.stream(caller)
     if backend.driver.isVGPUShim {
       // A vGPU as the host driver runs the kernel inside cuLaunchKernel:
@@ -577,6 +583,29 @@ final class CUDAFunction: BackendFunction {
     extra[4] = nil
     let g = geometry.grid
     let b = geometry.block
+    if geometry.cooperative, let launchEx = backend.driver.cuLaunchKernelEx {
+      // cuLaunchCooperativeKernel takes no `extra`; cuLaunchKernelEx with
+      // CU_LAUNCH_ATTRIBUTE_COOPERATIVE (2) does. CUlaunchConfig (cuda.h, LP64):
+      // grid @0/4/8, block @12/16/20, sharedMemBytes @24, hStream @32, attrs
+      // @40, numAttrs @48; one CUlaunchAttribute: id @0, value @8 (int cooperative).
+      let r = withUnsafeTemporaryAllocation(byteCount: 56, alignment: 8) { c in
+        withUnsafeTemporaryAllocation(byteCount: 72, alignment: 8) { a in
+          c.initializeMemory(as: UInt8.self, repeating: 0)
+          a.initializeMemory(as: UInt8.self, repeating: 0)
+          a.storeBytes(of: UInt32(2), toByteOffset: 0, as: UInt32.self)
+          a.storeBytes(of: Int32(1), toByteOffset: 8, as: Int32.self)
+          for (k, v) in [g.x, g.y, g.z, b.x, b.y, b.z, geometry.sharedBytes].enumerated() {
+            c.storeBytes(of: v, toByteOffset: 4 * k, as: UInt32.self)
+          }
+          c.storeBytes(of: UInt(bitPattern: stream), toByteOffset: 32, as: UInt.self)
+          c.storeBytes(of: UInt(bitPattern: a.baseAddress), toByteOffset: 40, as: UInt.self)
+          c.storeBytes(of: UInt32(1), toByteOffset: 48, as: UInt32.self)
+          return launchEx(UnsafeRawPointer(c.baseAddress), function, nil, parameters.count > 0 ? extra : nil)
+        }
+      }
+      try backend.check(r, "cuLaunchKernelEx (cooperative)")
+      return
+    }
     let r = backend.driver.cuLaunchKernel(
       function, g.x, g.y, g.z, b.x, b.y, b.z, geometry.sharedBytes, stream, nil, parameters.count > 0 ? extra : nil)
     try backend.check(r, "cuLaunchKernel")

@@ -222,6 +222,9 @@ public final class CUDADriver: @unchecked Sendable {
   public let cuModuleEnumerateFunctions: (@convention(c) (HandleOut, UInt32, Handle) -> CUresult)?
   /// cuFuncGetName(const char **name, CUfunction hfunc): CUDA 12.3.
   public let cuFuncGetName: (@convention(c) (StringOut, Handle) -> CUresult)?
+  /// cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void
+  /// **kernelParams, void **extra): CUDA 12.0; cooperative launches use it.
+  public let cuLaunchKernelEx: (@convention(c) (UnsafeRawPointer?, Handle, ParameterArray, ParameterArray) -> CUresult)?
 
   // MARK: What was loaded
 
@@ -338,6 +341,7 @@ public final class CUDADriver: @unchecked Sendable {
     cuModuleGetFunctionCount = optional("cuModuleGetFunctionCount")
     cuModuleEnumerateFunctions = optional("cuModuleEnumerateFunctions")
     cuFuncGetName = optional("cuFuncGetName")
+    cuLaunchKernelEx = optional("cuLaunchKernelEx")
     isVGPUShim = dlsym(library, "vgpu_shim_identity") != nil
 
     let initialised = cuInit(0)

@@ -315,7 +315,7 @@ extension Executor {
       throw Refusal(status: .invalidParameters, detail: 5, result0: expected, result1: length)
     }
     let parameters = try stagingRange(c.parameters, length, qp: qp, argument: 6)
-    let geometry = KernelGeometry(grid: grid, block: block, sharedBytes: c.sharedBytes)
+    let geometry = KernelGeometry(grid: grid, block: block, sharedBytes: c.sharedBytes, cooperative: c.cooperative)
     let arguments = UnsafeRawBufferPointer(start: parameters, count: Int(length))
     // A box per process, found with the dictionary's getter: its modify
     // accessor (and a default value's closure) would allocate per launch.

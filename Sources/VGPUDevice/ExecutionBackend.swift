@@ -154,7 +154,10 @@ public struct KernelGeometry: Sendable, Equatable {
   public var grid: Dimensions
   public var block: Dimensions
   public var sharedBytes: UInt32
-  public init(grid: Dimensions, block: Dimensions, sharedBytes: UInt32 = 0) {
+  /// A cooperative launch: every block resident at once, grid-wide sync allowed.
+  public var cooperative: Bool
+  public init(grid: Dimensions, block: Dimensions, sharedBytes: UInt32 = 0, cooperative: Bool = false) {
+    self.cooperative = cooperative
     self.grid = grid
     self.block = block
     self.sharedBytes = sharedBytes

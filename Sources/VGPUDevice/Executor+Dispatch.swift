@@ -8,7 +8,9 @@ extension Executor {
   /// +Modules, +Sync, +Info).
   func execute(_ e: SubmissionEntry, qp: Int) -> CompletionEntry {
     do throws(Refusal) {
-      guard e.flags == 0, e.reserved == 0 else { throw Refusal(status: .invalidValue, detail: 0) }
+      // The flags byte is 0 except a launch's LaunchFlags (2.2).
+      let allowedFlags = e.opcode == Opcode.launch.rawValue ? Command.LaunchFlags.cooperative : 0
+      guard e.flags & ~allowedFlags == 0, e.reserved == 0 else { throw Refusal(status: .invalidValue, detail: 0) }
       guard let op = Opcode(rawValue: e.opcode) else { throw Refusal(status: .invalidOpcode) }
       if op != .identify && op != .nop && !served[qp].identified { throw Refusal(status: .notInitialized) }
       switch op {

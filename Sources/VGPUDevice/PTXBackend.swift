@@ -148,7 +148,7 @@ final class PTXBackendFunction: BackendFunction {
         dynamicSharedBytes: Int(geometry.sharedBytes), parameters: parameters, memory: context,
         options: PTXLaunchOptions(
           instructionBudget: module.backend.instructionBudget, printf: { context.text.append(contentsOf: $0.utf8) },
-          progress: { context.progress() }))
+          progress: { context.progress() }, cooperative: geometry.cooperative))
     } catch {
       throw BackendError(error)
     }

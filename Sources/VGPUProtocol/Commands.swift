@@ -415,6 +415,7 @@ extension Command {
   /// a2 grid z | block x << 32; a3 block y | z << 32; a4 shared bytes |
   /// parameter length << 32; a5 the packed parameters (staging); a6 stream (0 = default).
   /// With `invalidParameters`: r0 the bytes the kernel takes, r1 those given.
+  /// The entry's flags byte holds ``LaunchFlags`` (2.2, feature `cooperativeLaunch`).
   @frozen public struct Launch: CommandCodec {
     public static var opcode: Opcode { .launch }
     public var function: UInt64
@@ -424,10 +425,13 @@ extension Command {
     public var parameterLength: UInt32
     public var parameters: UInt64
     public var stream: UInt64
+    /// A cooperative launch (`LaunchFlags.cooperative`).
+    public var cooperative: Bool
     @inlinable public init(
       function: UInt64, grid: Dimensions, block: Dimensions, sharedBytes: UInt32 = 0, parameterLength: UInt32,
-      parameters: UInt64, stream: UInt64 = 0
+      parameters: UInt64, stream: UInt64 = 0, cooperative: Bool = false
     ) {
+      self.cooperative = cooperative
       self.function = function
       self.grid = grid
       self.block = block
@@ -447,13 +451,23 @@ extension Command {
       parameterLength = UInt32(truncatingIfNeeded: e.a4 >> 32)
       parameters = e.a5
       stream = e.a6
+      cooperative = e.flags & LaunchFlags.cooperative != 0
     }
     @inlinable public var entry: SubmissionEntry {
-      SubmissionEntry(
+      var e = SubmissionEntry(
         opcode: .launch, a0: function, a1: UInt64(grid.x) | UInt64(grid.y) << 32,
         a2: UInt64(grid.z) | UInt64(block.x) << 32, a3: UInt64(block.y) | UInt64(block.z) << 32,
         a4: UInt64(sharedBytes) | UInt64(parameterLength) << 32, a5: parameters, a6: stream)
+      e.flags = cooperative ? LaunchFlags.cooperative : 0
+      return e
     }
+  }
+
+  /// The flags byte of a `launch` entry (2.2, feature `cooperativeLaunch`); other opcodes keep it 0.
+  public enum LaunchFlags {
+    /// Every block of the grid must be resident at once (`cuLaunchCooperativeKernel`): the
+    /// kernel may use the grid-wide barrier (docs/PROTOCOL.md §14).
+    public static let cooperative: UInt8 = 1
   }
 
   /// Creates a stream; r0 its handle.

@@ -17,8 +17,9 @@ public enum ProtocolVersion {
   /// `ivshmemDoorbell`; 1.3 the parameter layout `getFunction` writes
   /// (feature `functionInfo`); 2.0 module uploads, globals, device output
   /// and error text (feature `kernelImages`); 2.1 the per-process activity
-  /// record of `processes` (feature `processActivity`).
-  public static let minor: UInt16 = 1
+  /// record of `processes` (feature `processActivity`); 2.2 cooperative
+  /// launches (feature `cooperativeLaunch`, the launch's flag ``LaunchFlags``).
+  public static let minor: UInt16 = 2
   /// `major << 16 | minor`, as the version register holds it.
   public static var packed: UInt32 { UInt32(major) << 16 | UInt32(minor) }
 }
@@ -159,9 +160,12 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   /// process's copies by direction and its commands, for monitors such as
   /// `pcitool top`.
   public static let processActivity = FeatureBits(rawValue: 1 << 7)
-  /// Everything `identify` negotiates in this version (2.1).
+  /// `launch` may carry ``LaunchFlags/cooperative`` in the entry's flags
+  /// (2.2): `cuLaunchCooperativeKernel`, whose kernel may sync the whole grid.
+  public static let cooperativeLaunch = FeatureBits(rawValue: 1 << 8)
+  /// Everything `identify` negotiates in this version (2.2).
   public static let all: FeatureBits = [
-    .eventSuppression, .streams, .processList, .functionInfo, .kernelImages, .processActivity,
+    .eventSuppression, .streams, .processList, .functionInfo, .kernelImages, .processActivity, .cooperativeLaunch,
   ]
 }
 

@@ -103,6 +103,50 @@ import VGPUProtocol
     #expect(busy >= ran / 3 && busy <= ran + 1, "busy \(busy) s of \(ran) s")
   }
 
+  /// A cooperative launch (protocol 2.2) crosses both layers: the GPU mediator forwards it
+  /// with cuLaunchKernelEx and CU_LAUNCH_ATTRIBUTE_COOPERATIVE to its host driver, here the
+  /// vGPU shim, whose device runs the grid sync (`cudaCGSynchronize`, NVRTC `-rdc=true`).
+  @Test func aCooperativeLaunchCrossesBothLayers() throws {
+    let d = try Device.open(layers.spec)
+    defer { d.close() }
+    let source = #"""
+      extern "C" __global__ void rounds(unsigned* buf, unsigned* out, int rounds) {
+        unsigned long long g = cudaCGGetIntrinsicHandle(cudaCGScopeGrid);
+        int n = gridDim.x * blockDim.x;
+        int i = blockIdx.x * blockDim.x + threadIdx.x;
+        unsigned v = i;
+        for (int r = 0; r < rounds; r++) {
+          buf[(r & 1) * n + i] = v;
+          cudaCGSynchronize(g, 0);
+          v = v * 3u + buf[(r & 1) * n + (i + blockDim.x + 1) % n];
+        }
+        out[i] = v;
+      }
+      """#
+    let ptx = try CUDAToolchain.nvrtcPTX(source: source, name: "rounds.cu", options: ["-rdc=true"])
+    let f = try d.function("rounds", in: try d.loadModule(Array(ptx.utf8) + [0]))
+    let (blocks, threads, rounds) = (4, 32, 5)
+    let n = blocks * threads
+    let buf = try d.allocate(2 * n * 4)
+    let out = try d.allocate(n * 4)
+    var parameters = [UInt8](repeating: 0, count: 20)
+    withUnsafeBytes(of: buf.address.littleEndian) { parameters.replaceSubrange(0..<8, with: $0) }
+    withUnsafeBytes(of: out.address.littleEndian) { parameters.replaceSubrange(8..<16, with: $0) }
+    withUnsafeBytes(of: Int32(rounds).littleEndian) { parameters.replaceSubrange(16..<20, with: $0) }
+    try d.launch(
+      f, grid: Dimensions(UInt32(blocks)), block: Dimensions(UInt32(threads)), parameters: parameters,
+      cooperative: true)
+    try d.synchronize()
+    var expected = (0..<n).map { UInt32($0) }
+    for _ in 0..<rounds {
+      let published = expected
+      for i in 0..<n { expected[i] = expected[i] &* 3 &+ published[(i + threads + 1) % n] }
+    }
+    let bytes = try d.read(out, count: n * 4)
+    let got = (0..<n).map { k in bytes[(4 * k)..<(4 * k + 4)].reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) } }
+    #expect(got == expected)
+  }
+
   /// The BAR's memory limit holds exactly, whatever the GPU has.
   @Test func theMemoryLimitIsTheBARs() throws {
     let d = try Device.open(layers.spec)

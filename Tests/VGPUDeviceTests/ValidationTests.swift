@@ -24,6 +24,15 @@ import VGPUProtocol
     e = Command.Nop().entry
     e.reserved = 7
     h.expect(e, .invalidValue)
+    // Only a launch may carry a flag (2.2: LaunchFlags.cooperative), and only that one.
+    e = Command.Nop().entry
+    e.flags = Command.LaunchFlags.cooperative
+    h.expect(e, .invalidValue)
+    var launch = Command.Launch(
+      function: 0, grid: Dimensions(1, 1, 1), block: Dimensions(1, 1, 1), parameterLength: 0, parameters: 0
+    ).entry
+    launch.flags = 2
+    h.expect(launch, .invalidValue)
   }
 
   @Test func allocAndFree() throws {

@@ -65,7 +65,7 @@ import Testing
   }
 
   @Test func version2_0AddsKernelImagesToWhat1_xHad() {
-    #expect(ProtocolVersion.packed == 0x0002_0001)
+    #expect(ProtocolVersion.packed == 0x0002_0002)
     #expect(Opcode.processes.rawValue == 0x16)
     #expect(
       [Opcode.moduleUpload, .moduleGlobal, .output, .errorText, .moduleKernels].map(\.rawValue) == [
@@ -74,7 +74,7 @@ import Testing
     #expect(FeatureBits.processList.rawValue == 1 << 3)
     #expect(FeatureBits.functionInfo.rawValue == 1 << 5)
     #expect(FeatureBits.kernelImages.rawValue == 1 << 6)
-    #expect(FeatureBits.all.rawValue == 0xed && FeatureBits.version1_0.rawValue == 0x7)
+    #expect(FeatureBits.all.rawValue == 0x1ed && FeatureBits.version1_0.rawValue == 0x7)
     // A transport bit: in the features register only, never negotiated.
     #expect(FeatureBits.ivshmemDoorbell.rawValue == 1 << 4 && !FeatureBits.all.contains(.ivshmemDoorbell))
   }

@@ -85,6 +85,12 @@ func decodeAndEncode<C: CommandCodec>(_ type: C.Type, _ e: SubmissionEntry) -> S
     let back = Command.Launch(e)
     #expect(back.grid == launch.grid && back.block == launch.block)
     #expect(back.sharedBytes == 0x1234 && back.parameterLength == 40 && back.parameters == 0x9000 && back.stream == 7)
+    #expect(e.flags == 0 && !back.cooperative)
+    // A cooperative launch (2.2) sets bit 0 of the entry's flags, and nothing else changes.
+    var cooperative = launch
+    cooperative.cooperative = true
+    let c = cooperative.entry
+    #expect(c.flags == Command.LaunchFlags.cooperative && words(c) == words(e) && Command.Launch(c).cooperative)
   }
 
   @Test func repliesRoundTrip() {

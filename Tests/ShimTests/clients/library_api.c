@@ -344,6 +344,72 @@ int main(void) {
   IS(cuLinkAddData_v2(link, 3, (void *)ptx, sizeof ptx, "c.o", 0, NULL, NULL), 801);
   OK(cuLinkDestroy(link));
 
+  /* CUDA's device runtime (libcudadevrt.a, an `ar` archive; here one that
+   * has its member's name) is taken as a library: the PTX engine provides the
+   * grid-wide sync numba's cg.this_grid().sync() calls, in a cooperative
+   * launch. Each thread writes, the grid syncs, each reads another block's. */
+  static const char devrt[] = "!<arch>\n//                                              24        `\n"
+                              "cuda_device_runtime.o/\n\n";
+  static const char gridSync[] =
+      ".version 7.5\n.target sm_75\n.address_size 64\n"
+      ".extern .func (.param .b64 r) cudaCGGetIntrinsicHandle(.param .b32 s);\n"
+      ".extern .func (.param .b32 r) cudaCGSynchronize(.param .b64 h, .param .b32 f);\n"
+      ".visible .entry exchange(.param .u64 a, .param .u64 b)\n{\n"
+      "  .reg .b32 %r<8>;\n  .reg .b64 %rd<10>;\n"
+      "  ld.param.u64 %rd1, [a];\n  ld.param.u64 %rd2, [b];\n"
+      "  { .param .b32 p0; st.param.b32 [p0], 1; .param .b64 r0;\n"
+      "    call.uni (r0), cudaCGGetIntrinsicHandle, (p0); ld.param.b64 %rd3, [r0]; }\n"
+      "  mov.u32 %r1, %ctaid.x;\n  mov.u32 %r2, %ntid.x;\n  mov.u32 %r3, %tid.x;\n  mov.u32 %r6, %nctaid.x;\n"
+      "  mad.lo.s32 %r4, %r1, %r2, %r3;\n  add.s32 %r5, %r4, 1;\n"
+      "  mul.wide.s32 %rd4, %r4, 4;\n  add.s64 %rd5, %rd1, %rd4;\n  st.global.u32 [%rd5], %r5;\n"
+      "  { .param .b64 p0; st.param.b64 [p0], %rd3; .param .b32 p1; st.param.b32 [p1], 0; .param .b32 r0;\n"
+      "    call.uni (r0), cudaCGSynchronize, (p0, p1); ld.param.b32 %r7, [r0]; }\n"
+      "  mul.lo.s32 %r6, %r6, %r2;\n  add.s32 %r5, %r4, %r2;\n  rem.u32 %r5, %r5, %r6;\n"
+      "  mul.wide.u32 %rd6, %r5, 4;\n  add.s64 %rd7, %rd1, %rd6;\n  ld.global.u32 %r5, [%rd7];\n"
+      "  add.s64 %rd8, %rd2, %rd4;\n  st.global.u32 [%rd8], %r5;\n  ret;\n}\n";
+  values[1] = (void *)(uintptr_t)sizeof infoLog;
+  values[3] = (void *)(uintptr_t)sizeof errorLog;
+  OK(cuLinkCreate_v2(4, options, values, &link));
+  OK(cuLinkAddData_v2(link, 1, (void *)gridSync, sizeof gridSync, "grid.ptx", 0, NULL, NULL));
+  OK(cuLinkAddData_v2(link, 4, (void *)devrt, sizeof devrt - 1, "devrt", 0, NULL, NULL));
+  OK(cuLinkComplete(link, &cubin, &cubinSize));
+  CUmodule synced;
+  CUfunction exchange;
+  OK(cuModuleLoadData(&synced, cubin));
+  OK(cuModuleGetFunction(&exchange, synced, "exchange"));
+  CUdeviceptr ga, gb;
+  OK(cuMemAlloc_v2(&ga, 128 * 4));
+  OK(cuMemAlloc_v2(&gb, 128 * 4));
+  void *exchangeArgs[] = {&ga, &gb};
+  OK(cuLaunchCooperativeKernel(exchange, 4, 1, 1, 32, 1, 1, 0, NULL, exchangeArgs));
+  unsigned seen[128];
+  OK(cuMemcpyDtoH_v2(seen, gb, sizeof seen));
+  int right = 1;
+  for (int i = 0; i < 128; i++) right &= seen[i] == (unsigned)((i + 32) % 128 + 1);
+  EXPECT(right, "after the grid sync each thread saw another block's write: %u %u", seen[0], seen[127]);
+  OK(cuModuleUnload(synced));
+  OK(cuMemFree_v2(ga));
+  OK(cuMemFree_v2(gb));
+  OK(cuLinkDestroy(link));
+
+  /* A device-runtime function the engine does not provide is refused at
+   * cuLinkComplete, named; so is an archive that is not the device runtime. */
+  static const char launchesKernels[] =
+      ".version 7.5\n.target sm_75\n.address_size 64\n"
+      ".extern .func (.param .b64 r) cudaGetParameterBuffer(.param .b64 a, .param .b64 s);\n"
+      ".visible .entry parent()\n{\n  .reg .b64 %rd<3>;\n"
+      "  { .param .b64 p0; st.param.b64 [p0], 8; .param .b64 p1; st.param.b64 [p1], 8; .param .b64 r0;\n"
+      "    call.uni (r0), cudaGetParameterBuffer, (p0, p1); ld.param.b64 %rd1, [r0]; }\n  ret;\n}\n";
+  values[3] = (void *)(uintptr_t)sizeof errorLog;
+  OK(cuLinkCreate_v2(4, options, values, &link));
+  OK(cuLinkAddData_v2(link, 1, (void *)launchesKernels, sizeof launchesKernels, "cdp.ptx", 0, NULL, NULL));
+  OK(cuLinkAddData_v2(link, 4, (void *)devrt, sizeof devrt - 1, "libcudadevrt.a", 0, NULL, NULL));
+  IS(cuLinkComplete(link, &cubin, &cubinSize), 801);
+  EXPECT(strstr(errorLog, "calls cudaGetParameterBuffer") != NULL, "the error log names it: %s", errorLog);
+  static const char otherArchive[] = "!<arch>\nfoo.o/          0           0     0     644     0         `\n";
+  IS(cuLinkAddData_v2(link, 4, (void *)otherArchive, sizeof otherArchive - 1, "libfoo.a", 0, NULL, NULL), 801);
+  OK(cuLinkDestroy(link));
+
   /* The context still works. */
   OK(cuMemFree_v2(d));
   OK(cuCtxSynchronize());
