@@ -13,7 +13,9 @@ public enum Sanitizer {
   public static let kind: String? = ProcessInfo.processInfo.environment["VGPU_SANITIZE"].flatMap {
     $0.isEmpty ? nil : $0
   }
-  /// The toolchain's shared runtime for `kind` (libclang_rt.asan-x86_64.so, ...).
+  /// What a client preloads: the toolchain's shared runtime for `kind`
+  /// (libclang_rt.asan-x86_64.so, ...), for TSan followed by the libdispatch
+  /// it refers to (a colon-separated list, as LD_PRELOAD takes it).
   public static let runtime: String? = ProcessInfo.processInfo.environment["VGPU_SANITIZER_RUNTIME"].flatMap {
     $0.isEmpty ? nil : $0
   }
