@@ -352,6 +352,7 @@ struct Mediator: ParsableCommand {
       // Without doorbells nothing wakes the device from a VM: it looks often.
       if ivshmemSocket == nil { config.wait.sleepSliceNanoseconds = 1_000_000 }
     }
+    if let problem = Self.notABAR(path) { throw Failure(problem) }
     // The lock comes first: the file of a live mediator must not be touched.
     let region: MappedRegion
     do {
@@ -506,6 +507,24 @@ struct Mediator: ParsableCommand {
       minor < 100
     else { return nil }
     return major * 1000 + minor * 10
+  }
+
+  /// Why the file at `path` must not become a BAR (it would be resized and overwritten), or
+  /// nil: a new or empty file, an earlier BAR (the vGPU magic first), or a file whose first
+  /// register block is all zeros (a mediator stopped before writing it) may be taken.
+  static func notABAR(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+    guard fd >= 0 else { return nil }  // missing (created), or refused later with the reason
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size > 0 else { return nil }
+    var head = [UInt8](repeating: 0, count: Int(Register.blockSize))
+    let n = head.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+    guard n > 0 else { return nil }
+    let magic = n >= 4 ? head.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) } : 0
+    if magic == vgpuMagic || head[..<n].allSatisfy({ $0 == 0 }) { return nil }
+    return
+      "\(path) holds \(st.st_size) bytes that are not a vGPU BAR (no vGPU register block): the mediator would resize and overwrite it; give --path a new file on tmpfs (/dev/shm/NAME) or remove that one"
   }
 
   /// Who holds the lock on `path`, as the register block says (best effort).

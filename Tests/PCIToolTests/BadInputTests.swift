@@ -231,6 +231,9 @@ import Testing
       mediator(["--socket", BadInput.path("directory")], 1, says: [BadInput.path("directory"), "not a socket"]),
       mediator(["--vm", "--path", BadInput.path("missing") + "/deeper/bar"], 1, says: ["deeper/bar"]),
       mediator(["--vm", "--path", BadInput.path("directory")], 1, says: [BadInput.path("directory")]),
+      mediator(["--vm", "--path", BadInput.path("regular")], 1, says: [BadInput.path("regular"), "not a vGPU BAR"]),
+      mediator(
+        ["--shared-bar", "--path", BadInput.path("garbage")], 1, says: [BadInput.path("garbage"), "not a vGPU BAR"]),
       mediator(
         ["--ivshmem-socket", BadInput.path("regular"), "--path", BadInput.path("bar3")], 1,
         says: [BadInput.path("regular"), "not a socket"]),
