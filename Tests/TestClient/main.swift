@@ -25,6 +25,9 @@ let hold = args.count > 4 ? Int(args[4]) ?? 0 : 0
 let threads = args.count > 5 ? Int(args[5]) ?? 1 : 1
 
 var options = OpenOptions.simulator()
+// A sanitized run (tools/test --sanitize; the variable is inherited) stretches the 2 s silence deadline as
+// the shims' clients get VGPU_TIMEOUT: a 1 GiB memset in an ASan mediator at load 12+ took longer.
+if Sanitizer.active { options.timeout = .seconds(2 * Sanitizer.slowdown) }
 if args.count > 6, let seconds = Int(args[6]) { options.timeout = .seconds(seconds) }
 let device: Device
 do { device = try Device.open(args[2], options: options) } catch { fail("\(error)", 1) }
