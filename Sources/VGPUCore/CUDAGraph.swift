@@ -74,8 +74,23 @@ struct CaptureRecord: @unchecked Sendable {
 /// the same record; an executable graph is independent of its source (cuda.h,
 /// cuGraphInstantiate: the graph may be destroyed or changed afterwards).
 struct GraphRecord {
-  var nodes: [GraphNode]
+  var nodes: [GraphNode] = []
+  /// References it holds to user objects (cuGraphRetainUserObject), by object.
+  var userObjects: [UInt: UInt32] = [:]
+  /// Its stream capture has not ended: it cannot be instantiated yet.
+  var capturing = false
 }
+
+/// A cuUserObjectCreate object: a destructor CUDA calls once no one holds a
+/// reference (cuda.h: the caller's, and graphs' and their instantiations').
+struct UserObjectRecord: @unchecked Sendable {
+  var pointer: UnsafeMutableRawPointer?
+  var destroy: @convention(c) (UnsafeMutableRawPointer?) -> Void
+  var references: UInt32
+}
+
+/// A destructor due, to be called outside the objects lock.
+typealias DueDestructor = (destroy: @convention(c) (UnsafeMutableRawPointer?) -> Void, pointer: UnsafeMutableRawPointer?)
 
 /// Capture sequences in progress in this process. While it is 0, which is
 /// always unless a program captures, the calls that capture or that capture
@@ -136,6 +151,37 @@ extension CUDAObjects {
     capturesInProgress.subtract(1, ordering: .relaxed)
     return c
   }
+
+  /// Ends the capture on stream `key` without a graph (its stream is
+  /// destroyed): the graph being built goes, with its user-object references.
+  mutating func abandonCapture(_ key: UInt) -> [DueDestructor] {
+    guard let c = endCapture(key), let g = graphs.removeValue(forKey: c.graph) else { return [] }
+    return release(g.userObjects)
+  }
+
+  /// Drops `count` references to user object `key`; its destructor when none is left.
+  mutating func release(_ key: UInt, _ count: UInt32) -> DueDestructor? {
+    guard let o = userObjects[key] else { return nil }
+    guard o.references > count else {
+      userObjects[key] = nil
+      return (o.destroy, o.pointer)
+    }
+    userObjects[key]!.references -= count
+    return nil
+  }
+
+  mutating func release(_ references: [UInt: UInt32]) -> [DueDestructor] {
+    references.compactMap { release($0.key, $0.value) }
+  }
+}
+
+/// Calls destructors that became due (outside the objects lock: CUDA runs
+/// them apart from the call that released the last reference).
+func run(_ due: [DueDestructor]) {
+  for d in due { d.destroy(d.pointer) }
+}
+
+extension CUDAObjects {
 }
 
 // MARK: Checks on the calls capture affects
@@ -230,6 +276,7 @@ public func vgpucore_cuStreamBeginCapture_v2(_ stream: UnsafeMutableRawPointer?,
     let dependencies = UnsafeMutablePointer<UInt>.allocate(capacity: 2)
     dependencies.initialize(repeating: 0, count: 2)
     let graph = o.newHandle(.graph)
+    o.graphs[graph] = GraphRecord(capturing: true)
     o.captures[key] = CaptureRecord(
       id: o.captureSerial, graph: graph, mode: mode, thread: me, dependencies: dependencies)
     capturesInProgress.add(1, ordering: .relaxed)
@@ -251,18 +298,22 @@ public func vgpucore_cuStreamEndCapture(
   if case .failure(let e) = lookUpStream(stream) { return e.result }
   let key = handleKey(stream)
   let me = pthread_self()
+  var due: [DueDestructor] = []
   let result = cudaObjects.withLock { o -> Int32 in
     guard let c = o.captures[key] else { return CUDA_ERROR_ILLEGAL_STATE }
     if c.mode != .relaxed && pthread_equal(c.thread, me) == 0 { return CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD }
-    _ = o.endCapture(key)
     if c.invalidated {
+      due = o.abandonCapture(key)
       phGraph.pointee = nil
       return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
     }
-    o.graphs[c.graph] = GraphRecord(nodes: c.nodes)
+    _ = o.endCapture(key)
+    o.graphs[c.graph, default: GraphRecord()].nodes = c.nodes
+    o.graphs[c.graph]!.capturing = false
     phGraph.pointee = handlePointer(c.graph)
     return CUDA_SUCCESS
   }
+  run(due)
   switch result {
   case CUDA_ERROR_ILLEGAL_STATE:
     debugLine(
@@ -388,15 +439,17 @@ func instantiate(
     return CUDA_ERROR_INVALID_VALUE
   }
   let exec = cudaObjects.withLock { o -> UInt? in
-    guard let g = o.graphs[handleKey(graph)] else { return nil }
+    guard let g = o.graphs[handleKey(graph)], !g.capturing else { return nil }
     let h = o.newHandle(.graphExec)
     o.graphExecs[h] = g
+    // The instantiation holds references of its own to the graph's user objects.
+    for (object, count) in g.userObjects { o.userObjects[object]?.references += count }
     return h
   }
   guard let exec else {
     debugLine(
-      "vgpu: \(call): \(hexHandle(handleKey(graph))) is not a graph of this process (CUDA_ERROR_INVALID_VALUE); "
-        + "instantiate what cuStreamEndCapture returned")
+      "vgpu: \(call): \(hexHandle(handleKey(graph))) is not a graph of this process, or its capture has not "
+        + "ended (CUDA_ERROR_INVALID_VALUE); instantiate what cuStreamEndCapture returned")
     return CUDA_ERROR_INVALID_VALUE
   }
   phExec.pointee = handlePointer(exec)
@@ -512,18 +565,119 @@ public func vgpucore_cuGraphUpload(_ exec: UnsafeMutableRawPointer?, _ stream: U
   return CUDA_SUCCESS
 }
 
-/// cuGraphExecDestroy(CUgraphExec hGraphExec)
+/// cuGraphExecDestroy(CUgraphExec hGraphExec): with its user-object references.
 @_cdecl("vgpucore_cuGraphExecDestroy")
 public func vgpucore_cuGraphExecDestroy(_ exec: UnsafeMutableRawPointer?) -> Int32 {
   guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
-  return cudaObjects.withLock { $0.graphExecs.removeValue(forKey: handleKey(exec)) } != nil
-    ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE
+  guard
+    let due = cudaObjects.withLock({ o -> [DueDestructor]? in
+      o.graphExecs.removeValue(forKey: handleKey(exec)).map { o.release($0.userObjects) }
+    })
+  else { return CUDA_ERROR_INVALID_HANDLE }
+  run(due)
+  return CUDA_SUCCESS
 }
 
-/// cuGraphDestroy(CUgraph hGraph): the graph only; its instantiations stay.
+/// cuGraphDestroy(CUgraph hGraph): the graph only (its instantiations stay),
+/// with its user-object references. Not while its capture goes on.
 @_cdecl("vgpucore_cuGraphDestroy")
 public func vgpucore_cuGraphDestroy(_ graph: UnsafeMutableRawPointer?) -> Int32 {
   guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
-  return cudaObjects.withLock { $0.graphs.removeValue(forKey: handleKey(graph)) } != nil
-    ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE
+  let key = handleKey(graph)
+  guard
+    let due = cudaObjects.withLock({ o -> [DueDestructor]? in
+      guard o.graphs[key]?.capturing == false else { return nil }
+      return o.release(o.graphs.removeValue(forKey: key)!.userObjects)
+    })
+  else { return CUDA_ERROR_INVALID_HANDLE }
+  run(due)
+  return CUDA_SUCCESS
+}
+
+// MARK: User objects
+
+/// cuUserObjectCreate(CUuserObject *object_out, void *ptr, CUhostFn destroy,
+/// unsigned int initialRefcount, unsigned int flags): `flags` must be
+/// CU_USER_OBJECT_NO_DESTRUCTOR_SYNC (1), the only one cuda.h defines, and the count positive.
+@_cdecl("vgpucore_cuUserObjectCreate")
+public func vgpucore_cuUserObjectCreate(
+  _ object: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ pointer: UnsafeMutableRawPointer?,
+  _ destroy: (@convention(c) (UnsafeMutableRawPointer?) -> Void)?, _ references: UInt32, _ flags: UInt32
+) -> Int32 {
+  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  guard let object, let destroy, references > 0, flags == 1 else { return CUDA_ERROR_INVALID_VALUE }
+  let h = cudaObjects.withLock { o in
+    let h = o.newHandle(.userObject)
+    o.userObjects[h] = UserObjectRecord(pointer: pointer, destroy: destroy, references: references)
+    return h
+  }
+  object.pointee = handlePointer(h)
+  return CUDA_SUCCESS
+}
+
+/// cuUserObjectRetain(CUuserObject object, unsigned int count)
+@_cdecl("vgpucore_cuUserObjectRetain")
+public func vgpucore_cuUserObjectRetain(_ object: UnsafeMutableRawPointer?, _ count: UInt32) -> Int32 {
+  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  guard count > 0 else { return CUDA_ERROR_INVALID_VALUE }
+  return cudaObjects.withLock { o -> Int32 in
+    guard o.userObjects[handleKey(object)] != nil else { return CUDA_ERROR_INVALID_HANDLE }
+    o.userObjects[handleKey(object)]!.references += count
+    return CUDA_SUCCESS
+  }
+}
+
+/// cuUserObjectRelease(CUuserObject object, unsigned int count): the
+/// destructor runs when the last reference goes.
+@_cdecl("vgpucore_cuUserObjectRelease")
+public func vgpucore_cuUserObjectRelease(_ object: UnsafeMutableRawPointer?, _ count: UInt32) -> Int32 {
+  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  guard count > 0 else { return CUDA_ERROR_INVALID_VALUE }
+  guard
+    let due = cudaObjects.withLock({ o -> DueDestructor?? in
+      o.userObjects[handleKey(object)] == nil ? nil : .some(o.release(handleKey(object), count))
+    })
+  else { return CUDA_ERROR_INVALID_HANDLE }
+  if let due { run([due]) }
+  return CUDA_SUCCESS
+}
+
+/// cuGraphRetainUserObject(CUgraph graph, CUuserObject object, unsigned int
+/// count, unsigned int flags): the graph holds `count` references, new ones,
+/// or with CU_GRAPH_USER_OBJECT_MOVE (1) the caller's. A graph still being
+/// captured counts (cuda.core attaches a launch's arguments to it).
+@_cdecl("vgpucore_cuGraphRetainUserObject")
+public func vgpucore_cuGraphRetainUserObject(
+  _ graph: UnsafeMutableRawPointer?, _ object: UnsafeMutableRawPointer?, _ count: UInt32, _ flags: UInt32
+) -> Int32 {
+  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  guard count > 0, flags & ~1 == 0 else { return CUDA_ERROR_INVALID_VALUE }
+  let (g, u) = (handleKey(graph), handleKey(object))
+  return cudaObjects.withLock { o -> Int32 in
+    guard o.graphs[g] != nil, o.userObjects[u] != nil else { return CUDA_ERROR_INVALID_HANDLE }
+    if flags & 1 == 0 { o.userObjects[u]!.references += count }
+    o.graphs[g]!.userObjects[u, default: 0] += count
+    return CUDA_SUCCESS
+  }
+}
+
+/// cuGraphReleaseUserObject(CUgraph graph, CUuserObject object, unsigned int
+/// count): references the graph holds, no more than it holds.
+@_cdecl("vgpucore_cuGraphReleaseUserObject")
+public func vgpucore_cuGraphReleaseUserObject(
+  _ graph: UnsafeMutableRawPointer?, _ object: UnsafeMutableRawPointer?, _ count: UInt32
+) -> Int32 {
+  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  guard count > 0 else { return CUDA_ERROR_INVALID_VALUE }
+  let (g, u) = (handleKey(graph), handleKey(object))
+  var due: DueDestructor?
+  let result = cudaObjects.withLock { o -> Int32 in
+    guard let held = o.graphs[g]?.userObjects[u] else { return CUDA_ERROR_INVALID_HANDLE }
+    guard count <= held else { return CUDA_ERROR_INVALID_VALUE }
+    o.graphs[g]!.userObjects[u] = held == count ? nil : held - count
+    due = o.release(u, count)
+    return CUDA_SUCCESS
+  }
+  if let due { run([due]) }
+  return result
 }

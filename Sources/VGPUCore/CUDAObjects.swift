@@ -16,7 +16,7 @@ import VGPUProtocol
 
 enum HandleKind: UInt {
   case context = 1
-  case module, function, stream, event, link, graph, graphExec, graphNode
+  case module, function, stream, event, link, graph, graphExec, graphNode, userObject
 }
 
 struct ContextRecord {
@@ -113,6 +113,8 @@ struct CUDAObjects: ~Copyable {
   /// Graphs cuStreamEndCapture made, and instantiated ones (CUgraphExec).
   var graphs: [UInt: GraphRecord] = [:]
   var graphExecs: [UInt: GraphRecord] = [:]
+  /// cuUserObjectCreate's objects, by handle.
+  var userObjects: [UInt: UserObjectRecord] = [:]
   /// Page-locked host allocations (cuMemAllocHost, cuMemHostAlloc), for
   /// cuMemFreeHost to check and pointer attributes to report.
   var hostRanges = AddressRanges()

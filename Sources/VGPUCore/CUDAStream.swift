@@ -146,15 +146,17 @@ public func vgpucore_cuStreamWaitEvent(
 public func vgpucore_cuStreamDestroy_v2(_ stream: UnsafeMutableRawPointer?) -> Int32 {
   withDevice("cuStreamDestroy") { (device) throws(VGPUError) in
     let key = handleKey(stream)
-    // A capture in progress ends with its stream.
+    // A capture in progress ends with its stream, without a graph.
+    var due: [DueDestructor] = []
     guard
       let handle = cudaObjects.withLock({ o in
-        _ = o.endCapture(key)
+        due = o.abandonCapture(key)
         return o.streams.removeValue(forKey: key)
       })
     else {
       return CUDA_ERROR_INVALID_HANDLE
     }
+    run(due)
     try device.destroyStream(handle)
     return CUDA_SUCCESS
   }
