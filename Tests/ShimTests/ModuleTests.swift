@@ -134,7 +134,8 @@ import Testing
   /// Stream capture and graphs (clients/graph_capture.c): a copy, a memset, two saxpy launches,
   /// an event record and a copy back are captured, not run; the graph, instantiated twice, runs
   /// them on each launch with the parameters of capture time and the host data of launch time,
-  /// checked against the CPU; the capture errors (900, 901, 401, 400, 907) are CUDA's.
+  /// checked against the CPU; the capture errors (900, 901, 401, 400, 907) are CUDA's; a user
+  /// object held by the graph and its instantiations is destroyed once, after the last of them.
   @Test func streamCaptureMakesGraphsThatReplay() throws {
     try CUDAClient.requireShims()
     let program = try CUDAClient.program("graph_capture", linked: true)
@@ -154,6 +155,7 @@ import Testing
       #expect(r.lines.contains("stream sync while capturing 900 901"), "\(r)")
       #expect(r.lines.contains("not capturing 401, null stream 900"), "\(r)")
       #expect(r.lines.contains("relaxed sync copy 0 0"), "\(r)")
+      #expect(r.lines.contains("user object destroyed 0 0 1"), "\(r)")
       #expect(r.lines.last == "ok", "\(r)")
     }
   }

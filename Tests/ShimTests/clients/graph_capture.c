@@ -12,6 +12,8 @@
  *      stream not capturing (401); capture on the NULL stream (900); capture
  *      begun twice (401); launching a destroyed exec (400); a synchronous copy
  *      in relaxed mode is allowed.
+ *   4. A user object moved to the graph during capture lives until the graph
+ *      and both of its instantiations are destroyed; then its destructor runs once.
  * Prints "step result" lines; exits 0 when every expectation held. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +32,7 @@ typedef struct CUevent_st *CUevent;
 typedef struct CUgraph_st *CUgraph;
 typedef struct CUgraphExec_st *CUgraphExec;
 typedef struct CUgraphNode_st *CUgraphNode;
+typedef struct CUuserObject_st *CUuserObject;
 typedef struct {
   cuuint64_t flags;
   CUstream hUploadStream;
@@ -66,9 +69,15 @@ CUresult cuGraphInstantiateWithParams(CUgraphExec *, CUgraph, CUDA_GRAPH_INSTANT
 CUresult cuGraphLaunch(CUgraphExec, CUstream);
 CUresult cuGraphExecDestroy(CUgraphExec);
 CUresult cuGraphDestroy(CUgraph);
+CUresult cuUserObjectCreate(CUuserObject *, void *, void (*)(void *), unsigned, unsigned);
+CUresult cuGraphRetainUserObject(CUgraph, CUuserObject, unsigned, unsigned);
 
 enum { N = 1000 };
 static float x[N], y[N];
+
+/* A user object's destructor: counts its calls. */
+static int destroyed;
+static void countDestruction(void *p) { destroyed += p == &destroyed; }
 
 /* Whether y holds saxpy applied twice with `a` to x from y = 1. The values
  * (multiples of 0.25 below 10^4) make every product and sum exact, so the
@@ -121,6 +130,9 @@ int main(int argc, char **argv) {
   EXPECT(cuStreamGetCaptureInfo_v2(s, &status, &id, &building, &deps, &ndeps) == 0, "capture info");
   printf("capture info %d %d %d\n", status, id != 0 && building != NULL, (int)ndeps);
   EXPECT(status == 1 && id != 0 && building != NULL && ndeps == 1 && deps && deps[0], "capture info values");
+  CUuserObject uo;
+  EXPECT(cuUserObjectCreate(&uo, &destroyed, countDestruction, 1, 1) == 0, "user object");
+  EXPECT(cuGraphRetainUserObject(building, uo, 1, 1) == 0, "move the reference to the graph");
   CUresult queried = cuEventQuery(ev);
   printf("captured event query %d\n", queried);
   EXPECT(queried == 907, "cuEventQuery of a captured event gave %d", queried);
@@ -139,6 +151,7 @@ int main(int argc, char **argv) {
   CUDA_GRAPH_INSTANTIATE_PARAMS params = {0, NULL, NULL, -1};
   EXPECT(cuGraphInstantiateWithParams(&exec2, graph, &params) == 0 && params.result_out == 0, "instantiate params");
   EXPECT(cuGraphDestroy(graph) == 0, "destroy graph (the execs stay)");
+  int afterGraph = destroyed;
   EXPECT(cuGraphLaunch(exec, s) == 0 && cuStreamSynchronize(s) == 0, "launch 1");
   int first = checkY(2.5f, "launch 1");
   for (int i = 0; i < N; i++) x[i] = 3.0f - (float)i, y[i] = -1;
@@ -149,10 +162,11 @@ int main(int argc, char **argv) {
   EXPECT(cuEventQuery(ev) == 0, "the graph recorded the event");
 
   /* 3. Errors. */
-  CUresult destroyed = cuGraphExecDestroy(exec);
+  CUresult execDestroyed = cuGraphExecDestroy(exec);
+  int afterExec = destroyed;
   CUresult again = cuGraphLaunch(exec, s);
-  printf("destroyed exec %d %d\n", destroyed, again);
-  EXPECT(destroyed == 0 && again == 400, "launch of a destroyed exec gave %d", again);
+  printf("destroyed exec %d %d\n", execDestroyed, again);
+  EXPECT(execDestroyed == 0 && again == 400, "launch of a destroyed exec gave %d", again);
   EXPECT(cuGraphExecDestroy(exec) == 400, "destroy twice");
 
   EXPECT(cuStreamBeginCapture_v2(s, GLOBAL) == 0, "begin global");
@@ -184,6 +198,8 @@ int main(int argc, char **argv) {
   printf("relaxed sync copy %d %d\n", relaxed, ended);
   EXPECT(relaxed == 0 && ended == 0 && graph != NULL, "relaxed mode allows a synchronous copy");
   EXPECT(cuGraphDestroy(graph) == 0 && cuGraphExecDestroy(exec2) == 0, "cleanup");
+  printf("user object destroyed %d %d %d\n", afterGraph, afterExec, destroyed);
+  EXPECT(afterGraph == 0 && afterExec == 0 && destroyed == 1, "user object lifetime");
   EXPECT(cuCtxSynchronize() == 0, "sync");
   printf(failures ? "failed\n" : "ok\n");
   return failures ? 1 : 0;
