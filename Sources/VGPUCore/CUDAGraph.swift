@@ -90,7 +90,9 @@ struct UserObjectRecord: @unchecked Sendable {
 }
 
 /// A destructor due, to be called outside the objects lock.
-typealias DueDestructor = (destroy: @convention(c) (UnsafeMutableRawPointer?) -> Void, pointer: UnsafeMutableRawPointer?)
+typealias DueDestructor = (
+  destroy: @convention(c) (UnsafeMutableRawPointer?) -> Void, pointer: UnsafeMutableRawPointer?
+)
 
 /// Capture sequences in progress in this process. While it is 0, which is
 /// always unless a program captures, the calls that capture or that capture
