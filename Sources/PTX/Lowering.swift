@@ -314,7 +314,7 @@ struct Lowering {
     if let g = ins.guardName { guardSlot = try predicate(g) }
     let parts = ins.opcode.split(separator: ".")
     let base = String(parts[0])
-    // `.shared::cta` is the CTA's shared memory, `.shared` by another name (PTX ISA §5.1.4);
+    // `.shared::cta` is the CTA's shared memory, `.shared` by another name (PTX ISA, "Shared State Space");
     // `.shared::cluster` (another CTA's) stays distinct.
     let mods = parts.dropFirst().map { $0 == "shared::cta" ? "shared" : String($0) }
     let types = mods.compactMap { TypeCode.parse(Substring($0)) }
@@ -929,8 +929,8 @@ struct Lowering {
   }
 }
 
-/// Where `tensormap.replace` puts each field of a tensor-map object (PTX ISA "Tensor-map"
-/// "Tensor-map": a 128-byte object whose layout is opaque, defined by each implementation).
+/// Where `tensormap.replace` puts each field of a tensor-map object (PTX ISA, "Tensor-map":
+/// a 128-byte object whose layout is opaque, defined by each implementation).
 /// This engine's layout, in bytes: rank 0 (.b32), elemtype 4, global_address 8 (.b64),
 /// global_dim[5] 16, box_dim[5] 36, element_stride[5] 56, interleave_layout 76,
 /// global_stride[4] 80 (.b64; a rank-5 tensor has 4 strides, as cuTensorMapEncodeTiled's

@@ -8,8 +8,8 @@ import VGPUProtocol
 #endif
 
 // Stream capture and CUDA graphs (CUDA Driver API, "Stream Management" and
-// "Graph Management"), as far as capturing clients use them: cuda.core's
-// GraphBuilder, CuPy's and PyTorch's stream capture.
+// "Graph Management"), as far as cuda.core's GraphBuilder (numba-cuda's
+// test_cuda_driver) and a single-stream capture in C use them.
 //
 // While a stream captures, the work enqueued on it (kernel launches with
 // their parameters copied, copies, memsets, event records) is recorded, in
@@ -177,13 +177,10 @@ extension CUDAObjects {
   }
 }
 
-/// Calls destructors that became due (outside the objects lock: CUDA runs
-/// them apart from the call that released the last reference).
-func run(_ due: [DueDestructor]) {
+/// Calls destructors that became due, outside the objects lock: a
+/// destructor may do anything but call CUDA (cuda.h, cuUserObjectCreate).
+func runDestructors(_ due: [DueDestructor]) {
   for d in due { d.destroy(d.pointer) }
-}
-
-extension CUDAObjects {
 }
 
 // MARK: Checks on the calls capture affects
@@ -315,7 +312,7 @@ public func vgpucore_cuStreamEndCapture(
     phGraph.pointee = handlePointer(c.graph)
     return CUDA_SUCCESS
   }
-  run(due)
+  runDestructors(due)
   switch result {
   case CUDA_ERROR_ILLEGAL_STATE:
     debugLine(
@@ -437,7 +434,7 @@ func instantiate(
         + "supported by this virtual GPU (CUDA_ERROR_NOT_SUPPORTED); instantiate without it")
     return CUDA_ERROR_NOT_SUPPORTED
   }
-  guard flags & ~(graphInstantiateFlagsAccepted | CUDA_GRAPH_INSTANTIATE_FLAG_DEVICE_LAUNCH) == 0 else {
+  guard flags & ~graphInstantiateFlagsAccepted == 0 else {
     return CUDA_ERROR_INVALID_VALUE
   }
   let exec = cudaObjects.withLock { o -> UInt? in
@@ -576,7 +573,7 @@ public func vgpucore_cuGraphExecDestroy(_ exec: UnsafeMutableRawPointer?) -> Int
       o.graphExecs.removeValue(forKey: handleKey(exec)).map { o.release($0.userObjects) }
     })
   else { return CUDA_ERROR_INVALID_HANDLE }
-  run(due)
+  runDestructors(due)
   return CUDA_SUCCESS
 }
 
@@ -592,7 +589,7 @@ public func vgpucore_cuGraphDestroy(_ graph: UnsafeMutableRawPointer?) -> Int32 
       return o.release(o.graphs.removeValue(forKey: key)!.userObjects)
     })
   else { return CUDA_ERROR_INVALID_HANDLE }
-  run(due)
+  runDestructors(due)
   return CUDA_SUCCESS
 }
 
@@ -640,7 +637,7 @@ public func vgpucore_cuUserObjectRelease(_ object: UnsafeMutableRawPointer?, _ c
       o.userObjects[handleKey(object)] == nil ? nil : .some(o.release(handleKey(object), count))
     })
   else { return CUDA_ERROR_INVALID_HANDLE }
-  if let due { run([due]) }
+  if let due { runDestructors([due]) }
   return CUDA_SUCCESS
 }
 
@@ -680,6 +677,6 @@ public func vgpucore_cuGraphReleaseUserObject(
     due = o.release(u, count)
     return CUDA_SUCCESS
   }
-  if let due { run([due]) }
+  if let due { runDestructors([due]) }
   return result
 }

@@ -123,22 +123,20 @@ public func vgpucore_cuStreamWaitEvent(
   guard let record = lookUpEvent(event) else { return CUDA_ERROR_INVALID_HANDLE }
   // An event recorded in a capture joins the waiting stream into that
   // capture (cuda.h, cuStreamWaitEvent): a fork across streams, which a
-  // capture here, one stream's sequence, cannot hold.
-  if record.capture != 0 {
-    let key = handleKey(stream)
-    let same = cudaObjects.withLock { $0.captures[key]?.id == record.capture }
-    if !same {
-      sayCaptureRefusal(
-        1 << 2,
-        "vgpu: cuStreamWaitEvent: joining another stream into a stream capture (waiting on an event recorded "
-          + "during the capture) is not supported by this virtual GPU (CUDA_ERROR_NOT_SUPPORTED); capture "
-          + "on one stream")
-      let owner = cudaObjects.withLock { o in o.captures.first { $0.value.id == record.capture }?.key }
-      if let owner { return invalidateCapture(owner, "cuStreamWaitEvent", CUDA_ERROR_NOT_SUPPORTED, "a fork") }
-      return CUDA_ERROR_NOT_SUPPORTED
-    }
+  // capture here, one stream's sequence, cannot hold. One recorded in a
+  // capture that has ended has no work until a graph records it.
+  guard record.capture != 0 else { return CUDA_SUCCESS }
+  let key = handleKey(stream)
+  let (same, owner) = cudaObjects.withLock { o in
+    (o.captures[key]?.id == record.capture, o.captures.first { $0.value.id == record.capture }?.key)
   }
-  return CUDA_SUCCESS
+  if same { return CUDA_SUCCESS }
+  guard let owner else { return capturedEvent("cuStreamWaitEvent") }
+  sayCaptureRefusal(
+    1 << 2,
+    "vgpu: cuStreamWaitEvent: joining another stream into a stream capture (waiting on an event recorded "
+      + "during the capture) is not supported by this virtual GPU (CUDA_ERROR_NOT_SUPPORTED); capture on one stream")
+  return invalidateCapture(owner, "cuStreamWaitEvent", CUDA_ERROR_NOT_SUPPORTED, "a fork")
 }
 
 /// cuStreamDestroy_v2(CUstream hStream); also the legacy cuStreamDestroy.
@@ -156,7 +154,7 @@ public func vgpucore_cuStreamDestroy_v2(_ stream: UnsafeMutableRawPointer?) -> I
     else {
       return CUDA_ERROR_INVALID_HANDLE
     }
-    run(due)
+    runDestructors(due)
     try device.destroyStream(handle)
     return CUDA_SUCCESS
   }

@@ -155,6 +155,7 @@ import Testing
       #expect(r.lines.contains("stream sync while capturing 900 901"), "\(r)")
       #expect(r.lines.contains("not capturing 401, null stream 900"), "\(r)")
       #expect(r.lines.contains("relaxed sync copy 0 0"), "\(r)")
+      #expect(r.lines.contains("thread relaxed 0, fork 801 901"), "\(r)")
       #expect(r.lines.contains("user object destroyed 0 0 1"), "\(r)")
       #expect(r.lines.last == "ok", "\(r)")
     }

@@ -11,7 +11,10 @@
  *      cuStreamSynchronize of a capturing stream (900); end capture on a
  *      stream not capturing (401); capture on the NULL stream (900); capture
  *      begun twice (401); launching a destroyed exec (400); a synchronous copy
- *      in relaxed mode is allowed.
+ *      in relaxed mode is allowed, and so is one from a thread whose interaction
+ *      mode is relaxed (cuThreadExchangeStreamCaptureMode); another stream
+ *      waiting on an event recorded in the capture (a fork) is refused (801)
+ *      and invalidates it.
  *   4. A user object moved to the graph during capture lives until the graph
  *      and both of its instantiations are destroyed; then its destructor runs once.
  * Prints "step result" lines; exits 0 when every expectation held. */
@@ -61,6 +64,8 @@ CUresult cuStreamIsCapturing(CUstream, int *);
 CUresult cuStreamBeginCapture_v2(CUstream, int);
 CUresult cuStreamEndCapture(CUstream, CUgraph *);
 CUresult cuStreamGetCaptureInfo_v2(CUstream, int *, cuuint64_t *, CUgraph *, const CUgraphNode **, size_t *);
+CUresult cuThreadExchangeStreamCaptureMode(int *);
+CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned);
 CUresult cuEventCreate(CUevent *, unsigned);
 CUresult cuEventRecord(CUevent, CUstream);
 CUresult cuEventQuery(CUevent);
@@ -190,6 +195,18 @@ int main(int argc, char **argv) {
   printf("not capturing %d, null stream %d\n", notCapturing, nullStream);
   EXPECT(notCapturing == 401, "end capture on a stream not capturing gave %d", notCapturing);
   EXPECT(nullStream == 900, "capture on the NULL stream gave %d", nullStream);
+
+  EXPECT(cuStreamBeginCapture_v2(s, GLOBAL) == 0, "begin global again");
+  int mode = RELAXED;
+  EXPECT(cuThreadExchangeStreamCaptureMode(&mode) == 0 && mode == GLOBAL, "exchange mode: old %d", mode);
+  CUresult threadRelaxed = cuMemcpyHtoD_v2(dx, x, sizeof x);
+  EXPECT(cuThreadExchangeStreamCaptureMode(&mode) == 0 && mode == RELAXED, "exchange back: old %d", mode);
+  CUstream s2;
+  EXPECT(cuStreamCreate(&s2, 0) == 0 && cuEventRecord(ev, s) == 0, "second stream, record");
+  CUresult fork = cuStreamWaitEvent(s2, ev, 0);
+  ended = cuStreamEndCapture(s, &none);
+  printf("thread relaxed %d, fork %d %d\n", threadRelaxed, fork, ended);
+  EXPECT(threadRelaxed == 0 && fork == 801 && ended == 901, "thread mode, fork");
 
   EXPECT(cuStreamBeginCapture_v2(s, RELAXED) == 0, "begin relaxed");
   CUresult relaxed = cuMemcpyHtoD_v2(dx, x, sizeof x);
