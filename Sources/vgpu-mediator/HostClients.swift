@@ -338,7 +338,9 @@ final class HostClientServer: @unchecked Sendable {
     let pids = tenants.map(\.pid).sorted()
     let shown = pids.prefix(12).map(String.init).joined(separator: ", ")
     let more = pids.count > 12 ? " and \(pids.count - 12) more" : ""
-    return "serves its maximum of \(maxClients) processes (--max-clients \(maxClients)): pids \(shown)\(more)"
+    let processes = maxClients == 1 ? "1 process" : "\(maxClients) processes"
+    return
+      "serves its maximum of \(processes) (--max-clients \(maxClients)): pid\(pids.count == 1 ? "" : "s") \(shown)\(more)"
   }
 
   /// Gives places freed by departed processes to the oldest waiters (and

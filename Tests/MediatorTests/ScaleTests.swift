@@ -81,7 +81,7 @@ import VGPU
     #expect(e?.kind == .timeout, "\(text)")
     let holder = held[0].process.processIdentifier
     for part in [
-      "serves its maximum of 1 processes (--max-clients 1): pids \(holder)", "none exited within 500 ms",
+      "serves its maximum of 1 process (--max-clients 1): pid \(holder)", "none exited within 500 ms",
       "raise vgpu-mediator --max-clients",
     ] {
       #expect(text.contains(part), "'\(part)' missing in: \(text)")
