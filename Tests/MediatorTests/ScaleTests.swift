@@ -43,6 +43,23 @@ import VGPU
     }
   }
 
+  /// An open of `spec` with a 500 ms deadline that must fail: its error,
+  /// which names every one of `parts`, after waiting out the deadline (not
+  /// failing at once; the upper bound is only a hang guard).
+  @discardableResult
+  static func givesUp(_ spec: String, _ what: String, saying parts: [String]) -> VGPUError? {
+    var options = OpenOptions()
+    options.timeout = .milliseconds(500)
+    let started = vgpu_monotonic_ns()
+    let e = #expect(throws: VGPUError.self) { _ = try Device.open(spec, options: options) }
+    let waited = Double(vgpu_monotonic_ns() - started) / 1e9
+    let text = e?.description ?? ""
+    print("\(what): \(text)")
+    for part in parts { #expect(text.contains(part), "'\(part)' missing in: \(text)") }
+    #expect(waited >= 0.45 && waited < 30, "gave up after \(waited) s")
+    return e
+  }
+
   @Test func aProcessBeyondMaxClientsWaitsAndIsServedWhenOneExits() throws {
     let mediator = try MediatorProcess(arguments: ["--max-clients", "4"])
     defer { mediator.stop() }
@@ -71,23 +88,14 @@ import VGPU
     let mediator = try MediatorProcess(arguments: ["--max-clients", "1"])
     defer { mediator.stop() }
     let held = try Self.holders(1, mediator)
-    var options = OpenOptions()
-    options.timeout = .milliseconds(500)
-    let started = vgpu_monotonic_ns()
-    let e = #expect(throws: VGPUError.self) { _ = try Device.open(mediator.spec, options: options) }
-    let waited = Double(vgpu_monotonic_ns() - started) / 1e9
-    let text = e?.description ?? ""
-    print("beyond --max-clients: \(text)")
-    #expect(e?.kind == .timeout, "\(text)")
     let holder = held[0].process.processIdentifier
-    for part in [
-      "serves its maximum of 1 process (--max-clients 1): pid \(holder)", "none exited within 500 ms",
-      "raise vgpu-mediator --max-clients",
-    ] {
-      #expect(text.contains(part), "'\(part)' missing in: \(text)")
-    }
-    // It waited its deadline (not failed at once), and the hang guard is generous.
-    #expect(waited >= 0.45 && waited < 30, "gave up after \(waited) s")
+    let e = Self.givesUp(
+      mediator.spec, "beyond --max-clients",
+      saying: [
+        "serves its maximum of 1 process (--max-clients 1): pid \(holder)", "none exited within 500 ms",
+        "raise vgpu-mediator --max-clients",
+      ])
+    #expect(e?.kind == .timeout)
     #expect(
       waitUntil(seconds: 10) { mediator.log.contains("a waiting client gave up") }, "\(mediator.log.suffix(2000))")
     // The place it waited for is there once the holder goes.
@@ -106,20 +114,13 @@ import VGPU
     defer { mediator.stop() }
     let held = try Self.holders(1, mediator, queuePairs: 2)
     let holder = held[0].process.processIdentifier
-    var options = OpenOptions()
-    options.timeout = .milliseconds(500)
-    let started = vgpu_monotonic_ns()
-    let e = #expect(throws: VGPUError.self) { _ = try Device.open(mediator.spec, options: options) }
-    let waited = Double(vgpu_monotonic_ns() - started) / 1e9
-    let text = e?.description ?? ""
-    print("beyond a shared BAR's queue pairs: \(text)")
-    for part in [
-      "all 2 queue pairs are in use (held by pid \(holder) ×2) and none was freed within",
-      "start vgpu-mediator with more --queue-pairs",
-    ] {
-      #expect(text.contains(part), "'\(part)' missing in: \(text)")
-    }
-    #expect(waited >= 0.45 && waited < 30, "gave up after \(waited) s")
+    let e = Self.givesUp(
+      mediator.spec, "beyond a shared BAR's queue pairs",
+      saying: [
+        "all 2 queue pairs are in use (held by pid \(holder) ×2) and none was freed within",
+        "start vgpu-mediator with more --queue-pairs",
+      ])
+    #expect(e?.kind == .unavailable)
 
     let next = BackgroundOpen(mediator.spec, timeout: .seconds(60), queuePairs: 1)
     usleep(200_000)
