@@ -90,7 +90,7 @@ public enum MediatorSocket {
         }
         throw fail(
           .timeout, "the mediator on \(path) accepted but sent no BAR within \(waited)",
-          "the mediator is stuck or this is not a vgpu-mediator socket; restart it")
+          "the mediator is stuck or out of file descriptors (see its log), or this is not a vgpu-mediator socket")
       }
       greeting = try receiveGreeting(fd, path: path, barFD: &barFD, count: &count, fail: fail)
       if greeting.status == .waiting {

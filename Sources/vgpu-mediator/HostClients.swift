@@ -232,6 +232,7 @@ final class HostClientServer: @unchecked Sendable {
     // Out of file descriptors, accept(2) fails while the listener stays
     // readable: it is left alone for a while instead of spun on.
     var acceptPausedUntil: UInt64 = 0
+    var descriptorsShort = false
     while true {
       let paused = vgpu_monotonic_ns() < acceptPausedUntil
       fds = [
@@ -250,8 +251,16 @@ final class HostClientServer: @unchecked Sendable {
         departed = disconnect(p.fd, reason: "its socket closed") || departed
       }
       if departed { admitWaiting() }
-      if fds[1].revents & Int16(POLLIN) != 0 && !accept() {
-        acceptPausedUntil = vgpu_monotonic_ns() + 100_000_000
+      if fds[1].revents & Int16(POLLIN) != 0 {
+        let accepted = accept()
+        if !accepted && !descriptorsShort {
+          // Said once per shortage: it lasts until a process departs.
+          log.error(
+            "cannot accept clients: out of file descriptors; they wait in the backlog until a process exits. Raise the mediator's limit (ulimit -n, LimitNOFILE=) or lower --max-clients",
+            metadata: ["clients": "\(state.withLock { $0.tenants.count })"])
+        }
+        descriptorsShort = !accepted
+        if !accepted { acceptPausedUntil = vgpu_monotonic_ns() + 100_000_000 }
       }
     }
   }
@@ -269,15 +278,7 @@ final class HostClientServer: @unchecked Sendable {
   /// serves it. False when accept(2) found no descriptor to give (EMFILE, ENFILE).
   private func accept() -> Bool {
     let fd = vgpu_accept_cloexec(listener)
-    guard fd >= 0 else {
-      if -fd == EMFILE || -fd == ENFILE {
-        log.error(
-          "cannot accept a client: out of file descriptors; raise the mediator's limit (ulimit -n, LimitNOFILE=) or lower --max-clients",
-          metadata: ["clients": "\(state.withLock { $0.tenants.count })"])
-        return false
-      }
-      return true
-    }
+    guard fd >= 0 else { return -fd != EMFILE && -fd != ENFILE }
     var pid: UInt32 = 0
     var uid: UInt32 = 0
     var gid: UInt32 = 0

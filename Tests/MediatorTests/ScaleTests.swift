@@ -133,4 +133,39 @@ import VGPU
     try device.nop()
     device.close()
   }
+
+  /// Out of file descriptors (its limit lowered under it), the mediator says
+  /// so once and leaves the backlog alone for a while instead of spinning on
+  /// a readable listener; the processes it could not take fail at their
+  /// deadline pointing at its log; once processes exit, it serves again.
+  @Test(.enabled(if: Tools.usable("prlimit"), Tools.missing("prlimit")))
+  func outOfDescriptorsTheMediatorSaysSoOnceAndDoesNotSpin() throws {
+    let mediator = try MediatorProcess()
+    defer { mediator.stop() }
+    let prlimit = try Tools.require("prlimit")
+    let lowered = Tools.run(prlimit, ["--pid", "\(mediator.process.processIdentifier)", "--nofile=40:40"])
+    try #require(lowered.status == 0, "prlimit: \(lowered.output)")
+    let crowd = try (0..<24).map { _ in try ClientProcess("vgpu-test-client", ["hold", mediator.spec]) }
+    #expect(
+      waitUntil(seconds: 60) { crowd.allSatisfy { !$0.process.isRunning || $0.output.contains("ready") } },
+      "\(crowd.map(\.output))")
+    let served = crowd.filter { $0.output.contains("ready") }
+    let refused = crowd.filter { !$0.process.isRunning }
+    #expect(!served.isEmpty && !refused.isEmpty, "served \(served.count), failed \(refused.count) of 24")
+    for r in refused {
+      #expect(r.output.joined().contains("out of file descriptors (see its log)"), "\(r.output)")
+    }
+    let log = mediator.log
+    #expect(
+      log.components(separatedBy: "cannot accept clients: out of file descriptors").count == 2, "\(log.suffix(3000))")
+    // Spinning on the listener would take a whole core (100 ticks a second).
+    let ticks = Faults.cpuTicks(of: mediator, over: 1)
+    #expect(ticks < 30, "the mediator used \(ticks) ticks in 1 s while out of descriptors")
+    for c in served { c.kill() }
+    var options = OpenOptions()
+    options.timeout = .seconds(30)
+    let device = try Device.open(mediator.spec, options: options)
+    try device.nop()
+    device.close()
+  }
 }
