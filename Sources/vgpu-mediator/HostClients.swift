@@ -443,6 +443,7 @@ final class HostClientServer: @unchecked Sendable {
     close(fd)
     if wasWaiting { log.info("a waiting client gave up", metadata: ["why": "\(reason)"]) }
     guard let tenant = last else { return false }
+    let started = vgpu_monotonic_ns()
     let (bytes, _) = tenant.device.memoryInUse
     tenant.device.stop()
     if release { tenant.device.releaseAll() }
@@ -457,6 +458,7 @@ final class HostClientServer: @unchecked Sendable {
       metadata: [
         "pid": "\(tenant.pid)", "uid": "\(tenant.uid)", "why": "\(reason)",
         "\(release ? "released" : "held")Bytes": "\(bytes)",
+        "teardownMicroseconds": "\((vgpu_monotonic_ns() - started) / 1000)",
       ])
     return true
   }
