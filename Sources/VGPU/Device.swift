@@ -240,7 +240,8 @@ public final class Device: @unchecked Sendable {
     var holders: [UInt32: Int] = [:]
     for qp in 0..<pairs { holders[view(qp).ownerPID, default: 0] += 1 }
     let named = holders.sorted { $0.key < $1.key }.prefix(16).map { owner, n in
-      (owner == 0 ? "none yet" : owner == pid ? "\(owner) (this process)" : "\(owner)") + (n > 1 ? " ×\(n)" : "")
+      (owner == 0 ? "0 (a claim in progress)" : owner == pid ? "\(owner) (this process)" : "\(owner)")
+        + (n > 1 ? " ×\(n)" : "")
     }
     let more = holders.count > 16 ? " and \(holders.count - 16) more" : ""
     let onlyMine = holders.keys.allSatisfy { $0 == pid }

@@ -127,6 +127,7 @@ public enum MediatorSocket {
       throw fail(.protocolViolation, error.description, "report it: the mediator's BAR is unusable")
     }
   }
+
   /// Reads one greeting from `fd` (readable), with the fd it carries, if any.
   private static func receiveGreeting(
     _ fd: Int32, path: String, barFD: inout Int32, count: inout Int32,

@@ -136,8 +136,10 @@ import VGPU
 
   /// Out of file descriptors (its limit lowered under it), the mediator says
   /// so once and leaves the backlog alone for a while instead of spinning on
-  /// a readable listener; the processes it could not take fail at their
-  /// deadline pointing at its log; once processes exit, it serves again.
+  /// a readable listener; the processes it could not take fail, pointing at
+  /// its log (at their deadline when accept(2) failed, at once when the BAR's
+  /// memfd did: which comes first depends on the order of events); once
+  /// processes exit, it serves again.
   @Test(.enabled(if: Tools.usable("prlimit"), Tools.missing("prlimit")))
   func outOfDescriptorsTheMediatorSaysSoOnceAndDoesNotSpin() throws {
     let mediator = try MediatorProcess()
@@ -153,11 +155,14 @@ import VGPU
     let refused = crowd.filter { !$0.process.isRunning }
     #expect(!served.isEmpty && !refused.isEmpty, "served \(served.count), failed \(refused.count) of 24")
     for r in refused {
-      #expect(r.output.joined().contains("out of file descriptors (see its log)"), "\(r.output)")
+      let text = r.output.joined()
+      #expect(
+        text.contains("out of file descriptors (see its log)")
+          || text.contains("could not make a BAR") && text.contains("Too many open files"), "\(text)")
     }
     let log = mediator.log
     #expect(
-      log.components(separatedBy: "cannot accept clients: out of file descriptors").count == 2, "\(log.suffix(3000))")
+      log.components(separatedBy: "cannot accept clients: out of file descriptors").count <= 2, "\(log.suffix(3000))")
     // Spinning on the listener would take a whole core (100 ticks a second).
     let ticks = Faults.cpuTicks(of: mediator, over: 1)
     #expect(ticks < 30, "the mediator used \(ticks) ticks in 1 s while out of descriptors")
