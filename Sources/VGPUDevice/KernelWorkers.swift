@@ -67,8 +67,10 @@ final class WorkerJob: @unchecked Sendable {
 /// over and goes on serving the other pairs; a pair's later commands wait
 /// for its launch (in order per pair, and so per stream).
 final class KernelWorkers: @unchecked Sendable {
-  private let queue = Mutex<[WorkerJob]>([])
-  private let done = Mutex<[WorkerJob]>([])
+  // Locks TSan can see (the serving thread and the workers contend for both:
+  // a plain Mutex hands over through PI futexes, which TSan reports as races).
+  private let queue = SanitizerVisibleMutex<[WorkerJob]>([])
+  private let done = SanitizerVisibleMutex<[WorkerJob]>([])
   /// Bumped per job queued; workers sleep on it (futex).
   private let word = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
   /// Jobs finished and not yet collected: the serving thread's cheap check.

@@ -139,7 +139,7 @@ final class HostClientServer: @unchecked Sendable {
       return clients.values.filter { seen.insert(ObjectIdentifier($0)).inserted }
     }
   }
-  private let state = Mutex(State())
+  private let state = SanitizerVisibleMutex(State())
 
   /// Binds `socketPath` (a stale socket file is replaced; one a live mediator
   /// serves is refused), gives it the mode the allow-list needs, and listens.
