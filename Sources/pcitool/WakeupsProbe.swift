@@ -1,5 +1,6 @@
 import ArgumentParser
 import CSupport
+import DeviceAccess
 import Foundation
 import VGPU
 
@@ -76,7 +77,8 @@ struct WakeupsProbe: ParsableCommand {
 
   /// The sum of the per-CPU counts of every vfio-msix line, or nil when there is none.
   static func vfioInterrupts() -> UInt64? {
-    guard let text = try? String(contentsOfFile: "/proc/interrupts", encoding: .utf8) else { return nil }
+    // To the end (String(contentsOfFile:) stops at 4 KiB of a /proc file; see Top).
+    guard let text = HostEnvironment.live.readText("/proc/interrupts", limit: .max) else { return nil }
     var total: UInt64 = 0
     var found = false
     for line in text.split(separator: "\n") where line.contains("vfio-msix") {
