@@ -18,7 +18,9 @@ import VGPUProtocol
     options.queuePairs = 1
     let observer = try Device.open(mediator.spec, options: options)
     defer { observer.close() }
-    #expect(observer.info.features.contains(.guestHeartbeat), "features 0x\(String(observer.info.features.rawValue, radix: 16))")
+    #expect(
+      observer.info.features.contains(.guestHeartbeat),
+      "features 0x\(String(observer.info.features.rawValue, radix: 16))")
     let before = try observer.memoryInfo().free
 
     let idleBytes = 1 << 20

@@ -72,7 +72,9 @@ import VGPUProtocol
       }
     }
     let took = try #require(reclaimedAfter, "the silent pair was not reclaimed")
-    print("in-process: a pair whose heartbeat stopped was reclaimed \(took / 1_000_000) ms after its identify (silence 1 s)")
+    print(
+      "in-process: a pair whose heartbeat stopped was reclaimed \(took / 1_000_000) ms after its identify (silence 1 s)"
+    )
     #expect(took >= 900_000_000 && took < 1_500_000_000)
     #expect(device.memoryInUse.allocated == 0)
     #expect(beater.view.state == QueuePairState.active.rawValue)
