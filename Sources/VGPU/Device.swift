@@ -371,7 +371,8 @@ public final class Device: @unchecked Sendable {
     // device's count of silence never starts before the first beat.
     var heartbeat =
       offered.contains(.guestHeartbeat)
-      ? HeartbeatThread(views: claimed.map { QueuePairView(base: region.base, layout: layout, index: $0) }) : nil
+      ? HeartbeatThread(
+        views: claimed.map { QueuePairView(base: region.base, layout: layout, index: $0) }, pid: pid) : nil
     let identify = Command.Identify(
       guestFeatures: heartbeat != nil ? FeatureBits.all.union(.guestHeartbeat) : FeatureBits.all
     ).entry
@@ -470,6 +471,7 @@ public final class Device: @unchecked Sendable {
       throw VGPUError(
         .closed, "use the device", device: info.spec.description, found: "it was closed", remedy: "open it again")
     }
+    try refuseIfLost()
     let n = queues.count
     // Fibonacci hashing spreads thread ids (addresses, MiB apart) over the pairs.
     let home = Int(((UInt(pthread_self()) &* 0x9E37_79B9_7F4A_7C15) >> 40) % UInt(n))
@@ -485,7 +487,21 @@ public final class Device: @unchecked Sendable {
   func withQueuePair<R: Sendable>(_ index: Int, _ body: (inout GuestQueuePair) throws(VGPUError) -> R) throws(VGPUError)
     -> R
   {
-    try queues[index].withLock { (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) }
+    try refuseIfLost()
+    return try queues[index].withLock { (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) }
+  }
+
+  /// Its pairs were taken back by the device for a silent heartbeat (2.3):
+  /// then no command may go into rings that may be another process's now.
+  @inline(__always)
+  private func refuseIfLost() throws(VGPUError) {
+    if let heartbeat, !closed.load(ordering: .relaxed), heartbeat.lost {
+      throw VGPUError(
+        .unavailable, "use the device", device: info.spec.description,
+        found:
+          "the device took back this process's queue pairs: their heartbeat stopped for more than \(GuestHeartbeat.silenceNanoseconds / 1_000_000) ms (was the process stopped, or its VM paused?); their memory and handles are gone",
+        remedy: "close the device and open it again")
+    }
   }
 
   /// Queue pair `index` if given (a stream's), else any free one.

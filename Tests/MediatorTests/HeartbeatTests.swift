@@ -79,4 +79,33 @@ import VGPUProtocol
       released.contains { $0.contains("heartbeat stopped") && $0.contains("pid=\(victimPID) ") }, "\(released)")
     #expect(!released.contains { $0.contains("heartbeat stopped") && $0.contains("pid=\(idlePID) ") }, "\(released)")
   }
+
+  /// A guest process stopped (SIGSTOP: a debugger, a shell's ^Z) for longer
+  /// than the device waits cannot be told from a dead one: its pair and
+  /// memory go. Continued, it is told so at its next call, rather than
+  /// write into rings that may be another process's by then.
+  @Test func aStoppedGuestLosesItsPairAndIsToldWhenContinued() throws {
+    let mediator = try MediatorProcess(arguments: ["--vm"])
+    var options = OpenOptions()
+    options.queuePairs = 1
+    let observer = try Device.open(mediator.spec, options: options)
+    defer { observer.close() }
+    let client = try ClientProcess("vgpu-fault-client", ["idle", mediator.spec, "1", "\(1 << 20)"])
+    #expect(client.waitFor("ready", seconds: 30) != nil, "\(client.output)")
+    let pid = client.process.processIdentifier
+    kill(pid, SIGSTOP)
+    let stopped = Date()
+    let gone = waitUntil(seconds: 5) {
+      !((try? observer.processes())?.contains { $0.pid == UInt32(pid) } ?? true)
+    }
+    let took = Date().timeIntervalSince(stopped)
+    kill(pid, SIGCONT)
+    #expect(gone, "a stopped client kept its pair for 5 s")
+    let error = client.waitFor("error", seconds: 20)
+    #expect(error?.contains("took back") == true, "\(client.output)")
+    #expect(Faults.exits(client, within: 10))
+    print(
+      "guest heartbeat: a client stopped (SIGSTOP) lost its pair after \(String(format: "%.3f", took)) s; continued: \(error ?? "no error")"
+    )
+  }
 }

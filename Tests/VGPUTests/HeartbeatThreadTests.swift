@@ -18,11 +18,29 @@ import VGPUSimulator
     defer { bar.deallocate() }
     bar.initializeMemory(as: UInt8.self, repeating: 0, count: Int(layout.regionSize))
     let views = (0..<2).map { QueuePairView(base: bar, layout: layout, index: $0) }
-    let thread = try #require(HeartbeatThread(views: views, periodNanoseconds: 50_000_000))
+    let pid = UInt32(getpid())
+    // Claimed, not yet accepted: nothing to beat for.
+    for view in views {
+      view.setState(.claiming)
+      view.setOwnerPID(pid)
+    }
+    let thread = try #require(HeartbeatThread(views: views, pid: pid, periodNanoseconds: 50_000_000))
+    usleep(120_000)
+    #expect(views.map(\.heartbeat) == [0, 0])
+    for view in views { view.setState(.active) }
     usleep(525_000)
     let beats = views.map(\.heartbeat)
-    // One at start, then one per 50 ms: 11 in 525 ms; a loaded host delays some, none comes early.
+    // One per 50 ms once accepted: 10 or 11 in 525 ms; a loaded host delays some, none comes early.
     #expect(beats[0] == beats[1] && (6...11).contains(beats[0]), "\(beats)")
+    #expect(!thread.lost)
+    // The device takes pair 1 back (as for a silent heartbeat): the thread
+    // beats for it no more, and says so.
+    views[1].setOwnerPID(0)
+    views[1].setState(.free)
+    #expect(thread.lost)
+    let taken = views[1].heartbeat
+    usleep(120_000)
+    #expect(views[1].heartbeat == taken && views[0].heartbeat > beats[0])
     let start = vgpu_monotonic_ns()
     thread.stop()
     let stopped = vgpu_monotonic_ns() - start
