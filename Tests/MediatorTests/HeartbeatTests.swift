@@ -9,7 +9,7 @@ import VGPUProtocol
 /// (`--vm`: a VM's processes, whose pids mean nothing on the host; no /proc,
 /// no pidfd, no socket), opened by host processes as `shm:FILE` as a VM's
 /// processes open its ivshmem BAR. A client that holds memory is SIGKILLed:
-/// its pair and memory come back within 2 s. A client idle for 5 s keeps
+/// its pair and memory come back within 2 s. A client idle for 6 s keeps
 /// its pair, its memory and its data, and works after.
 @Suite(.serialized) struct HeartbeatTests {
   @Test func aKilledGuestIsReclaimedWithin2sAndAnIdleOneKeepsItsPair() throws {
@@ -25,10 +25,12 @@ import VGPUProtocol
 
     let idleBytes = 1 << 20
     let victimBytes = 8 << 20
-    let idle = try ClientProcess("vgpu-fault-client", ["idle", mediator.spec, "5", "\(idleBytes)"])
+    // The victim first, so that the idle one's 6 s start just before the
+    // kill however slowly a loaded host starts processes.
     let victim = try ClientProcess("vgpu-fault-client", ["idle", mediator.spec, "60", "\(victimBytes)"])
-    let idleReady = idle.waitFor("ready", seconds: 30)
     let victimReady = victim.waitFor("ready", seconds: 30)
+    let idle = try ClientProcess("vgpu-fault-client", ["idle", mediator.spec, "6", "\(idleBytes)"])
+    let idleReady = idle.waitFor("ready", seconds: 30)
     #expect(idleReady != nil, "\(idle.output)")
     #expect(victimReady != nil, "\(victim.output)")
     // Both announced the heartbeat (bit 9) in their identify.
@@ -65,8 +67,10 @@ import VGPUProtocol
     #expect(pairBack != nil && pairBack! < 2, "the killed client's pair was not reclaimed within 2 s")
     #expect(memoryBack != nil && memoryBack! < 2, "the killed client's memory was not reclaimed within 2 s")
 
-    // The idle one (no call for 5 s) still holds its pair and memory, then reads its data back.
-    #expect(try observer.processes().contains { $0.pid == idlePID }, "the idle client lost its pair")
+    // The idle one (no call for 6 s) still holds its pair and memory (unless
+    // a starved test runner looks only after it finished), then reads its data back.
+    let listed = try observer.processes().contains { $0.pid == idlePID }
+    #expect(listed || idle.output.contains { $0.hasPrefix("ok") }, "the idle client lost its pair")
     let done = idle.waitFor("ok", seconds: 20)
     #expect(done != nil, "the idle client failed after its idle time: \(idle.output)")
     #expect(Faults.exits(idle, within: 10))
