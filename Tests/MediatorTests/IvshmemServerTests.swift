@@ -184,10 +184,11 @@ import VGPUProtocol
     defer { close(silent) }
     #expect(waitUntil(seconds: 2) { server.connectedPeers == [1] })
     // Each guest that comes and goes sends the silent one 64 eventfds and a
-    // departure: its socket fills within a few rounds.
+    // departure: its socket fills within tens to a few hundred rounds (19 to
+    // 111 seen; the kernel's accounting of queued descriptors varies).
     var rounds = 0
     let started = Date()
-    while server.connectedPeers.contains(1) && rounds < 200 && Date().timeIntervalSince(started) < 30 {
+    while server.connectedPeers.contains(1) && rounds < 5000 && Date().timeIntervalSince(started) < 60 {
       let churn = try Self.connect(path)
       _ = Self.receive(churn)
       close(churn)
