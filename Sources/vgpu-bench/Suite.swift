@@ -50,6 +50,10 @@ struct SuiteOptions {
   var onlyEngine = false
   /// Only the scale section (discovery bursts of 1 to 32 processes).
   var onlyScale = false
+  /// Only the bandwidth section (e.g. a per-size sweep of the copies).
+  var onlyCopies = false
+  /// The copy sizes (`--sizes`), instead of 4 KiB to `maxSize` in ×4 steps.
+  var copySizes: [Int]? = nil
 }
 
 /// Runs every case and baseline and fills the report.
@@ -87,6 +91,7 @@ final class Suite {
   }
 
   var sizes: [Int] {
+    if let copySizes = options.copySizes { return copySizes }
     var s: [Int] = []
     var n = 4096
     while n <= options.maxSize {
@@ -133,6 +138,12 @@ final class Suite {
 
     let device = try DeviceTarget(Device.open(vgpuSpec, options: .simulator()))
     let socket = try SocketClient(path: socketPath)
+    if options.onlyCopies {
+      _ = measureCopies(device, socket)
+      report.loadAverage.append(loadAverage())
+      report.seconds = progress.seconds
+      return report
+    }
 
     progress.begin("ceilings: shared-memory ping-pong (interleaved with vGPU NOPs), SPSC ring, memcpy")
     let both = measured("ping-pong baseline and vGPU NOP latency") {
@@ -178,6 +189,42 @@ final class Suite {
       Figure("rates", "alloc + free pairs (64 KiB)", unit: "ops/s", allocs, lowerIsBetter: false)
         .against("socket RPC alloc + free", socketAllocs))
 
+    let copies = measureCopies(device, socket)
+
+    progress.begin("heap allocations per command (malloc counter)")
+    measureAllocations(device)
+
+    // The PTX engine: kernels, an empty launch and module loads through the mediator.
+    measureEngine(vgpuSpec)
+
+    // Discovery and the two-client cases need queue pairs: give ours back.
+    device.device.close()
+    progress.begin("discovery through libcuda.so.1 in a fresh process")
+    measureDiscovery()
+    progress.begin("scale: 1 to \(scaleLevels.last!) discovery processes at once (a socket mediator)")
+    measureScale()
+
+    progress.begin("two client processes at once: vGPU")
+    let two = measured("two vGPU clients") { try twoClients(vgpuSpec) }
+    progress.begin("two client processes at once: socket RPC")
+    let twoSocket = measured("two socket clients") { try twoClients("socket:\(socketPath)") }
+    addTwoClientFigures(two, twoSocket, single: (nop, batched, launch, allocs), copies: copies)
+
+    progress.begin("instructions per NOP (callgrind)")
+    measureInstructions(vgpuSpec)
+
+    progress.begin("idle CPU of the mediator and of a client")
+    measureIdle(vgpuSpec)
+
+    checkTargets()
+    report.loadAverage.append(loadAverage())
+    report.seconds = progress.seconds
+    return report
+  }
+
+  /// The bandwidth section: memcpy, the vGPU and the socket RPC sampled in
+  /// turn at each size (H2D, D2H, D2D). Returns the vGPU's copies.
+  func measureCopies(_ device: DeviceTarget, _ socket: SocketClient) -> Cases.Copies? {
     progress.begin("bandwidth, \(sizeText(sizes.first!)) to \(sizeText(sizes.last!)): memcpy, vGPU, socket RPC")
     // memcpy, the vGPU and the socket RPC sampled in turn at each size.
     let allCopies = measured("copies (vGPU, socket RPC, memcpy)") {
@@ -209,36 +256,7 @@ final class Suite {
             .against("socket RPC \(kind) \(sizeText(size))", theirs?[i].gbPerSecond))
       }
     }
-
-    progress.begin("heap allocations per command (malloc counter)")
-    measureAllocations(device)
-
-    // The PTX engine: kernels, an empty launch and module loads through the mediator.
-    measureEngine(vgpuSpec)
-
-    // Discovery and the two-client cases need queue pairs: give ours back.
-    device.device.close()
-    progress.begin("discovery through libcuda.so.1 in a fresh process")
-    measureDiscovery()
-    progress.begin("scale: 1 to \(scaleLevels.last!) discovery processes at once (a socket mediator)")
-    measureScale()
-
-    progress.begin("two client processes at once: vGPU")
-    let two = measured("two vGPU clients") { try twoClients(vgpuSpec) }
-    progress.begin("two client processes at once: socket RPC")
-    let twoSocket = measured("two socket clients") { try twoClients("socket:\(socketPath)") }
-    addTwoClientFigures(two, twoSocket, single: (nop, batched, launch, allocs), copies: copies)
-
-    progress.begin("instructions per NOP (callgrind)")
-    measureInstructions(vgpuSpec)
-
-    progress.begin("idle CPU of the mediator and of a client")
-    measureIdle(vgpuSpec)
-
-    checkTargets()
-    report.loadAverage.append(loadAverage())
-    report.seconds = progress.seconds
-    return report
+    return copies
   }
 
   /// The 1-minute load average: spinning baselines and cases suffer alike when
