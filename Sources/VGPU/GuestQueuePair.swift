@@ -34,6 +34,9 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   let completionEventFD: Int32
   /// Why this pair could not get an interrupt, when it could not.
   let interruptNote: String?
+  /// Whether the device runs on this host (shm, unix, in-process), so that
+  /// its CPU numbers and ours name the same CPUs; not across a VM boundary.
+  let sameHost: Bool
 
   /// Where the next command goes (the guest's submission tail).
   private var tail: SubmissionCursor
@@ -55,6 +58,9 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// For pipelined copies: the command using each staging slot.
   private let slotCommand: UnsafeMutablePointer<UInt16>
   private(set) var broken: VGPUError?
+  /// Waits that slept at once, without spinning, because the device thread
+  /// last ran on this thread's CPU (issue 17).
+  private(set) var waitsOnSharedCore: UInt64 = 0
   /// The device's progress register when last looked at.
   private var lastProgress: UInt64 = 0
   /// When the status register was first seen saying the device is not
@@ -82,8 +88,9 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   init(
     view: QueuePairView, registers: RegisterBlock, layout: BARLayout, base: UnsafeMutableRawPointer,
     timeoutNanoseconds: UInt64, deviceName: String, serverPID: Int32 = 0, serverSocket: Int32 = -1,
-    wakeups: Wakeups = .sameHost
+    wakeups: Wakeups = .sameHost, sameHost: Bool = true
   ) {
+    self.sameHost = sameHost
     self.serverPID = serverPID
     self.serverSocket = serverSocket
     self.wakeups = wakeups
@@ -219,10 +226,23 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     let slot = Int(UInt32(id) & mask)
     var spin = Spin()
     var spinning = true
+    var placed = false
     while idSlots[slot] == UInt32(id) {
       if let broken { throw broken }
       if try drain(operation) > 0 { continue }
       if spinning && spin.keepPolling(waitPolicy) {
+        // Spin only while the device can run meanwhile: on the core the
+        // device thread last ran on, a spin keeps it off the CPU until the
+        // spin ends (issue 17). Looked at once a wait, at its first clock
+        // read (32 polls): a quick answer never pays for the look.
+        if !placed && spin.started != 0 {
+          placed = true
+          if sharesCoreWithDevice() {
+            spinning = false
+            waitsOnSharedCore &+= 1
+            continue
+          }
+        }
         vgpu_cpu_relax()
         continue
       }
@@ -234,6 +254,15 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     idSlots[slot] = Self.idle
     uncollected -= 1
     return results[slot]
+  }
+
+  /// Publishes this thread's CPU for the device and says whether the device
+  /// thread last ran on it (same host only: across a VM the numbers differ).
+  @inline(__always) private func sharesCoreWithDevice() -> Bool {
+    guard sameHost else { return false }
+    let cpu = vgpu_current_cpu()
+    view.publishGuestCPU(cpu)
+    return cpu != 0 && view.deviceCPU == cpu
   }
 
   /// Waits until at least one completion has been collected.

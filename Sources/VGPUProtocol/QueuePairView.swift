@@ -103,6 +103,23 @@ public struct QueuePairView: @unchecked Sendable {
     vgpu_store_release_u32(doorbell + Doorbell.completionHead, 0)
     vgpu_store_release_u32(block + QueuePairBlock.fault, 0)
     vgpu_store_release_u32(block + QueuePairBlock.guestWaiting, 0)
+    vgpu_store_release_u32(block + QueuePairBlock.guestCPU, 0)
+    vgpu_store_release_u32(block + QueuePairBlock.deviceCPU, 0)
+  }
+
+  // MARK: Where each side runs (spin or sleep)
+
+  /// The guest's CPU + 1 (0 unknown): untrusted, only a hint.
+  @inlinable @inline(__always) public var guestCPU: UInt32 { vgpu_load_acquire_u32(block + QueuePairBlock.guestCPU) }
+  /// The device's CPU + 1 (0 unknown): untrusted, only a hint.
+  @inlinable @inline(__always) public var deviceCPU: UInt32 { vgpu_load_acquire_u32(block + QueuePairBlock.deviceCPU) }
+  /// Stores `cpu` as the guest's CPU if it changed (the line is the guest's own).
+  @inlinable @inline(__always) public func publishGuestCPU(_ cpu: UInt32) {
+    if guestCPU != cpu { vgpu_store_release_u32(block + QueuePairBlock.guestCPU, cpu) }
+  }
+  /// Stores `cpu` as the device's CPU if it changed (the line is the device's own).
+  @inlinable @inline(__always) public func publishDeviceCPU(_ cpu: UInt32) {
+    if deviceCPU != cpu { vgpu_store_release_u32(block + QueuePairBlock.deviceCPU, cpu) }
   }
 
   // MARK: Waking (event suppression)
