@@ -1,4 +1,6 @@
 #!/bin/bash
+# base = a worktree of 6e64103 (before) at /work/wt-d2h-base, fix = this branch at /work/wt-d2h;
+# both built with: swift build -c release --product vgpu-mediator; ... --product vgpu-bench.
 # A/B: base (before) and fix (after) sweeps, alternating, each with its own mediator.
 ms=${1:-200}; rounds=${2:-2}
 for r in $(seq $rounds); do

@@ -1,4 +1,6 @@
 #!/bin/bash
+# base = a worktree of 6e64103 (before) at /work/wt-d2h-base, fix = this branch at /work/wt-d2h;
+# both built with: swift build -c release --product vgpu-mediator; ... --product vgpu-bench.
 # vgpu-bench --only-copies, before (base) and after (fix), alternating.
 rounds=${1:-2}; sizes=${2:-4K,16K,64K,256K,1M,64M}
 for r in $(seq $rounds); do

@@ -1,4 +1,6 @@
 #!/bin/bash
+# base = a worktree of 6e64103 (before) at /work/wt-d2h-base, fix = this branch at /work/wt-d2h;
+# both built with: swift build -c release --product vgpu-mediator; ... --product vgpu-bench.
 # Pinned A/B: mediator on CPU $1, client on CPU $2; base (before) then fix (after), alternating.
 mc=$1; cc=$2; ms=${3:-200}; rounds=${4:-1}
 export VGPU_SWEEP_SIZES=${SIZES:-4096,16384,65536,262144,1048576}
