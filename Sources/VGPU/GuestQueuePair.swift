@@ -86,11 +86,11 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// Status bits that say the device does not serve, whatever `ready` says.
   static let notServing: StatusRegister = [.stopping, .needsReset, .fatal]
   /// A copy chunk's wait spins for at least this long per KiB (1 GB/s) before
-  /// it sleeps, when the device runs on another core and was awake: the device copies the
-  /// chunk meanwhile, and a D2H chunk — the device's copy into slot lines
-  /// this core last read — took 20-47 µs for 64 KiB on this machine's two
-  /// cores, past the guest's 20 µs spin, so every one paid a wake-up on top
-  /// (issue 17). 256 µs for a 256 KiB slot.
+  /// it sleeps, when the device runs on another core and was awake: the
+  /// device copies the chunk meanwhile, and a D2H chunk (the device's copy
+  /// into slot lines this core last read) took 20-47 µs for 64 KiB on this
+  /// machine's two cores, past the guest's 20 µs spin, so every one paid a
+  /// wake-up on top (issue 17). 256 µs for a 256 KiB slot.
   static let copySpinNanosecondsPerKiB: UInt64 = 1_000
   /// Copies from device memory this large are written out with streaming stores.
   static let streamingCopyBytes = 8 << 20
@@ -554,7 +554,8 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   private mutating func collectChunk(_ s: Int, expected: Int, _ operation: StaticString, _ firstError: inout VGPUError?)
     throws(VGPUError)
   {
-    let c = try wait(for: slotCommand[s], operation, spinAtLeast: (UInt64(expected) * Self.copySpinNanosecondsPerKiB) >> 10)
+    let spin = (UInt64(expected) * Self.copySpinNanosecondsPerKiB) >> 10
+    let c = try wait(for: slotCommand[s], operation, spinAtLeast: spin)
     if c.status != CommandStatus.success.rawValue {
       if firstError == nil { firstError = deviceError(c, operation) }
     } else if c.result0 != UInt64(expected) {

@@ -124,11 +124,15 @@ public struct QueuePairView: @unchecked Sendable {
 
   // MARK: Waking (event suppression)
 
-  @inlinable @inline(__always) public var guestWaiting: Bool { vgpu_load_seqcst_u32(block + QueuePairBlock.guestWaiting) != 0 }
+  @inlinable @inline(__always) public var guestWaiting: Bool {
+    vgpu_load_seqcst_u32(block + QueuePairBlock.guestWaiting) != 0
+  }
   @inlinable @inline(__always) public func setGuestWaiting(_ waiting: Bool) {
     vgpu_store_seqcst_u32(block + QueuePairBlock.guestWaiting, waiting ? 1 : 0)
   }
-  @inlinable @inline(__always) public var completionWakeWord: UnsafeMutableRawPointer { block + QueuePairBlock.completionWake }
+  @inlinable @inline(__always) public var completionWakeWord: UnsafeMutableRawPointer {
+    block + QueuePairBlock.completionWake
+  }
   @inlinable @inline(__always) public var completionWakeValue: UInt32 { vgpu_load_acquire_u32(completionWakeWord) }
   /// Device: tells a sleeping guest that completions are there.
   @inlinable @inline(__always) public func wakeGuest() {

@@ -159,7 +159,11 @@ enum Modes {
         { try t.copyIn(a, from: source) }, { try t.copyOut(a, into: destination) },
       ]
       var lat = [[UInt64]](repeating: [], count: 2)
-      var bytes = [0, 0], time = [UInt64(0), 0], sleeps = [0, 0], busy = [UInt64(0), 0], copies = [UInt64(0), 0]
+      var bytes = [0, 0]
+      var time = [UInt64(0), 0]
+      var sleeps = [0, 0]
+      var busy = [UInt64(0), 0]
+      var copies = [UInt64(0), 0]
       for body in bodies { for _ in 0..<20 { try body() } }
       for _ in 0..<4 {
         for (i, body) in bodies.enumerated() {

@@ -60,10 +60,10 @@ static inline void vgpu_cpu_relax(void) {
 #endif
 }
 
-// The CPU this thread runs on, plus one (0: unknown). glibc reads it from
-// the thread's rseq area (no system call); a peer that finds the same value
-// in the queue pair shares this core, where spinning only keeps it off the
-// CPU (docs/PROTOCOL.md §11, issue 17).
+// The CPU this thread runs on, plus one (0: unknown). No system call (glibc
+// reads the rseq area or asks the vDSO; about 20 ns here). A peer that finds
+// the same value in the queue pair shares this core, where spinning only
+// keeps it off the CPU (docs/PROTOCOL.md §11, issue 17).
 // (Declared here: <sched.h> has it only under _GNU_SOURCE.)
 extern int sched_getcpu(void);
 static inline uint32_t vgpu_current_cpu(void) {
