@@ -61,9 +61,10 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// Waits that slept at once, without spinning, because the device thread
   /// last ran on this thread's CPU (issue 17).
   private(set) var waitsOnSharedCore: UInt64 = 0
-  /// Whether the last doorbell had to wake the device: then the scheduler
-  /// is placing its thread now, perhaps on this core, and what `deviceCPU`
-  /// says is from before.
+  /// Whether a doorbell had to wake the device since its last answer: then
+  /// the scheduler placed its thread anew, perhaps on this core, and what
+  /// `deviceCPU` says is from before. Cleared when a wait ends (the answer
+  /// came with the device's CPU).
   private var deviceWasAsleep = false
   /// The device's progress register when last looked at.
   private var lastProgress: UInt64 = 0
@@ -182,8 +183,10 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   @inline(__always) mutating func ring() {
     view.ringSubmission(tail: tail.index)
     // Seq-cst store (tail) then load (flag): the device's mirror image sees one of them.
-    deviceWasAsleep = registers.deviceSleeping
-    if deviceWasAsleep { wakeups.wakeDevice(registers) }
+    if registers.deviceSleeping {
+      deviceWasAsleep = true
+      wakeups.wakeDevice(registers)
+    }
   }
 
   /// Submits one command, waits for it, and returns its completion if it succeeded.
@@ -275,6 +278,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
       try sleepUntilCompletion(&spin, operation)
     }
     precondition(idSlots[slot] == UInt32(id) | Self.answered, "waited for command \(id), which was not submitted")
+    deviceWasAsleep = false
     idSlots[slot] = Self.idle
     uncollected -= 1
     return results[slot]
