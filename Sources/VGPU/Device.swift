@@ -391,11 +391,14 @@ public final class Device: @unchecked Sendable {
         handBack()
         throw notAccepted(UInt32(qp))
       }
+      // Across a VM (a PCI device) the device's CPU numbers are the host's.
+      let sameHost: Bool
+      if case .pci = spec { sameHost = false } else { sameHost = true }
       var pair = GuestQueuePair(
         view: view, registers: registers, layout: layout, base: region.base, timeoutNanoseconds: timeout,
         deviceName: name,
         serverPID: servedByAnotherProcess ? Int32(bitPattern: registers.load(Register.devicePID)) : 0,
-        serverSocket: MediatorSocket.socket(of: region), wakeups: wakeups)
+        serverSocket: MediatorSocket.socket(of: region), wakeups: wakeups, sameHost: sameHost)
       do throws(VGPUError) {
         let c = try pair.execute(identify, "identify")
         let both = offered.intersection(Command.Identify.Reply(c).features)

@@ -34,6 +34,9 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   let completionEventFD: Int32
   /// Why this pair could not get an interrupt, when it could not.
   let interruptNote: String?
+  /// Whether the device runs on this host (shm, unix, in-process), so that
+  /// its CPU numbers and ours name the same CPUs; not across a VM boundary.
+  let sameHost: Bool
 
   /// Where the next command goes (the guest's submission tail).
   private var tail: SubmissionCursor
@@ -55,6 +58,14 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// For pipelined copies: the command using each staging slot.
   private let slotCommand: UnsafeMutablePointer<UInt16>
   private(set) var broken: VGPUError?
+  /// Waits that slept at once, without spinning, because the device thread
+  /// last ran on this thread's CPU (issue 17).
+  private(set) var waitsOnSharedCore: UInt64 = 0
+  /// Whether a doorbell had to wake the device since its last answer: then
+  /// the scheduler placed its thread anew, perhaps on this core, and what
+  /// `deviceCPU` says is from before. Cleared when a wait ends (the answer
+  /// came with the device's CPU).
+  private var deviceWasAsleep = false
   /// The device's progress register when last looked at.
   private var lastProgress: UInt64 = 0
   /// When the status register was first seen saying the device is not
@@ -75,6 +86,13 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   static let statusGraceNanoseconds: UInt64 = 1_000_000_000
   /// Status bits that say the device does not serve, whatever `ready` says.
   static let notServing: StatusRegister = [.stopping, .needsReset, .fatal]
+  /// A copy chunk's wait spins for at least this long per KiB (1 GB/s) before
+  /// it sleeps, when the device runs on another core and was awake: the
+  /// device copies the chunk meanwhile, and a D2H chunk (the device's copy
+  /// into slot lines this core last read) took 20-47 µs for 64 KiB on this
+  /// machine's two cores, past the guest's 20 µs spin, so every one paid a
+  /// wake-up on top (issue 17). 256 µs for a 256 KiB slot.
+  static let copySpinNanosecondsPerKiB: UInt64 = 1_000
   /// Copies from device memory this large are written out with streaming stores.
   static let streamingCopyBytes = 8 << 20
   let waitPolicy: WaitPolicy
@@ -82,8 +100,9 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   init(
     view: QueuePairView, registers: RegisterBlock, layout: BARLayout, base: UnsafeMutableRawPointer,
     timeoutNanoseconds: UInt64, deviceName: String, serverPID: Int32 = 0, serverSocket: Int32 = -1,
-    wakeups: Wakeups = .sameHost
+    wakeups: Wakeups = .sameHost, sameHost: Bool = true
   ) {
+    self.sameHost = sameHost
     self.serverPID = serverPID
     self.serverSocket = serverSocket
     self.wakeups = wakeups
@@ -161,10 +180,13 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   }
 
   /// Makes submitted commands visible and wakes the device if it sleeps.
-  @inline(__always) func ring() {
+  @inline(__always) mutating func ring() {
     view.ringSubmission(tail: tail.index)
     // Seq-cst store (tail) then load (flag): the device's mirror image sees one of them.
-    if registers.deviceSleeping { wakeups.wakeDevice(registers) }
+    if registers.deviceSleeping {
+      deviceWasAsleep = true
+      wakeups.wakeDevice(registers)
+    }
   }
 
   /// Submits one command, waits for it, and returns its completion if it succeeded.
@@ -215,14 +237,39 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   // MARK: Complete
 
   /// Waits for command `id` and hands back its completion (any status).
-  mutating func wait(for id: UInt16, _ operation: StaticString) throws(VGPUError) -> CompletionEntry {
+  ///
+  /// - Parameter spinAtLeast: spin this long before sleeping if it is longer
+  ///   than the policy's spin: the device's expected time for the command
+  ///   (a copy chunk), so that a wait does not give up moments before the
+  ///   answer and pay a wake-up for it.
+  mutating func wait(for id: UInt16, _ operation: StaticString, spinAtLeast: UInt64 = 0) throws(VGPUError)
+    -> CompletionEntry
+  {
     let slot = Int(UInt32(id) & mask)
+    var policy = waitPolicy
+    // Longer only while the device is known to run (it did not need waking):
+    // a device just woken may have been put on this core, where a long spin
+    // would keep it off the CPU.
+    if spinAtLeast > policy.spinNanoseconds && !deviceWasAsleep { policy.spinNanoseconds = spinAtLeast }
     var spin = Spin()
     var spinning = true
+    var placed = false
     while idSlots[slot] == UInt32(id) {
       if let broken { throw broken }
       if try drain(operation) > 0 { continue }
-      if spinning && spin.keepPolling(waitPolicy) {
+      if spinning && spin.keepPolling(policy) {
+        // Spin only while the device can run meanwhile: on the core the
+        // device thread last ran on, a spin keeps it off the CPU until the
+        // spin ends (issue 17). Looked at once a wait, at its first clock
+        // read (32 polls): a quick answer never pays for the look.
+        if !placed && spin.started != 0 {
+          placed = true
+          if sharesCoreWithDevice() {
+            spinning = false
+            waitsOnSharedCore &+= 1
+            continue
+          }
+        }
         vgpu_cpu_relax()
         continue
       }
@@ -231,9 +278,19 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
       try sleepUntilCompletion(&spin, operation)
     }
     precondition(idSlots[slot] == UInt32(id) | Self.answered, "waited for command \(id), which was not submitted")
+    deviceWasAsleep = false
     idSlots[slot] = Self.idle
     uncollected -= 1
     return results[slot]
+  }
+
+  /// Publishes this thread's CPU for the device and says whether the device
+  /// thread last ran on it (same host only: across a VM the numbers differ).
+  @inline(__always) private func sharesCoreWithDevice() -> Bool {
+    guard sameHost else { return false }
+    let cpu = vgpu_current_cpu()
+    view.publishGuestCPU(cpu)
+    return cpu != 0 && view.deviceCPU == cpu
   }
 
   /// Waits until at least one completion has been collected.
@@ -252,7 +309,12 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// silence: while the device's progress register moves (a long command is
   /// running), the wait's start moves with it.
   private mutating func sleepUntilCompletion(_ spin: inout Spin, _ operation: StaticString) throws(VGPUError) {
-    try checkDevice(operation)
+    // Whether the mediator process still lives is asked (kill + /proc, about
+    // 12 µs here) only once a wait has gone on a while: asked before every
+    // sleep, it was most of a command's cost whenever the two sides share a
+    // core and every command sleeps (issue 17). A dead mediator wakes nobody,
+    // so the first sleep ends by its slice and the next look finds it.
+    try checkDevice(operation, processes: spin.elapsed >= Self.livenessCheckAfterNanoseconds)
     let progress = registers.load(Register.progress)
     if progress != lastProgress {
       lastProgress = progress
@@ -327,8 +389,12 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     unacknowledged = 0
   }
 
-  /// Fails if the device stopped, needs a reset, or faulted this queue pair.
-  private mutating func checkDevice(_ operation: StaticString) throws(VGPUError) {
+  /// How long a wait goes on before the serving process's liveness is checked.
+  static let livenessCheckAfterNanoseconds: UInt64 = 1_000_000
+
+  /// Fails if the device stopped, needs a reset, or faulted this queue pair;
+  /// with `processes`, also if the mediator serving it has exited.
+  private mutating func checkDevice(_ operation: StaticString, processes: Bool) throws(VGPUError) {
     let fault = view.fault
     if fault != 0 {
       throw violation(
@@ -355,6 +421,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
       broken = error
       throw error
     }
+    guard processes else { return }
     // A mediator killed outright leaves its status "ready": ask the kernel
     // instead. Until its parent reaps it, a dead process is a zombie, which
     // kill(pid, 0) still finds: its state in /proc says it has exited.
@@ -491,7 +558,8 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   private mutating func collectChunk(_ s: Int, expected: Int, _ operation: StaticString, _ firstError: inout VGPUError?)
     throws(VGPUError)
   {
-    let c = try wait(for: slotCommand[s], operation)
+    let spin = (UInt64(expected) * Self.copySpinNanosecondsPerKiB) >> 10
+    let c = try wait(for: slotCommand[s], operation, spinAtLeast: spin)
     if c.status != CommandStatus.success.rawValue {
       if firstError == nil { firstError = deviceError(c, operation) }
     } else if c.result0 != UInt64(expected) {

@@ -13,6 +13,7 @@ extension Executor {
       for qp in activeQueuePairs where !served[qp].faulted { worked = serve(qp) || worked }
       return worked
     }
+    servingCPU = vgpu_current_cpu()
     worked = observeControl()
     for qp in views.indices {
       worked = observeLifecycle(qp) || worked
@@ -106,7 +107,15 @@ extension Executor {
       // Store (completion) then load (guestWaiting) needs a full barrier:
       // the guest does the mirror image, so one of us sees the other.
       vgpu_fence_seqcst()
-      if view.guestWaiting { wakeGuest(qp) }
+      // Where this thread runs, for the guest's choice between spinning and
+      // sleeping; and a guest woken on this very CPU means this thread
+      // should get off it (both hints: a wrong one costs time, not results).
+      let cpu = servingCPU
+      view.publishDeviceCPU(cpu)
+      if view.guestWaiting {
+        wakeGuest(qp)
+        if cpu != 0 && view.guestCPU == cpu { wokeGuestOnThisCPU = true }
+      }
     }
     return posted
   }

@@ -299,9 +299,18 @@ public final class ReferenceDevice: @unchecked Sendable {
       // before sleeping); the passes between only serve active rings.
       let quick = passes & 63 != 0 && !fullPass
       fullPass = false
-      if executor.lock.withLock({ _ in executor.servePass(quick: quick) }) {
+      let (worked, wokeGuestHere) = executor.lock.withLock { _ in
+        let worked = executor.servePass(quick: quick)
+        defer { executor.wokeGuestOnThisCPU = false }
+        return (worked, executor.wokeGuestOnThisCPU)
+      }
+      if worked {
         idle.restart()
-        spin = true
+        // A guest just woken on this CPU runs only once this thread stops:
+        // sleep (after the checks below) instead of spinning. Spinning here
+        // while the guest spun on the same core made every command cost
+        // both spins, about 95 µs (issue 17, docs/bench/README.md).
+        spin = !wokeGuestHere
         continue
       }
       if spin && idle.keepPolling(configuration.wait) {

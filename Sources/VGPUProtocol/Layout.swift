@@ -165,11 +165,19 @@ public enum QueuePairBlock {
   /// `GuestHeartbeat.periodNanoseconds` while its process lives; any value,
   /// only its changes mean anything. The device zeroes it at accept.
   public static let heartbeat = 0x0C
+  /// u32 the CPU the guest's waiting thread last ran on, plus one (0 =
+  /// unknown, or not on the device's host). Advisory: it only decides
+  /// whether the device spins after waking the guest.
+  public static let guestCPU = 0x10
   // Device line.
   /// u32 futex word the device bumps (and wakes) after posting completions.
   public static let completionWake = 0x40
   /// u32 a protocol error the device found in this queue pair (QueuePairFault), 0 = none.
   public static let fault = 0x44
+  /// u32 the CPU the device's serving thread ran on when it last posted to
+  /// this pair, plus one (0 = unknown). Advisory: it only decides whether
+  /// the guest spins while it waits.
+  public static let deviceCPU = 0x48
   /// Submission ring (depth × 64 bytes), then completion ring (depth × 32 bytes).
   public static let ringsOffset = 0x80
 }

@@ -104,6 +104,8 @@ public struct QueuePairView: @unchecked Sendable {
     vgpu_store_release_u32(block + QueuePairBlock.fault, 0)
     vgpu_store_release_u32(block + QueuePairBlock.guestWaiting, 0)
     vgpu_store_release_u32(block + QueuePairBlock.heartbeat, 0)
+    vgpu_store_release_u32(block + QueuePairBlock.guestCPU, 0)
+    vgpu_store_release_u32(block + QueuePairBlock.deviceCPU, 0)
   }
 
   // MARK: Guest heartbeat (2.3)
@@ -115,13 +117,32 @@ public struct QueuePairView: @unchecked Sendable {
     _ = vgpu_fetch_add_u32(block + QueuePairBlock.heartbeat, 1)
   }
 
+  // MARK: Where each side runs (spin or sleep)
+
+  /// The guest's CPU + 1 (0 unknown): untrusted, only a hint.
+  @inlinable @inline(__always) public var guestCPU: UInt32 { vgpu_load_acquire_u32(block + QueuePairBlock.guestCPU) }
+  /// The device's CPU + 1 (0 unknown): untrusted, only a hint.
+  @inlinable @inline(__always) public var deviceCPU: UInt32 { vgpu_load_acquire_u32(block + QueuePairBlock.deviceCPU) }
+  /// Stores `cpu` as the guest's CPU if it changed (the line is the guest's own).
+  @inlinable @inline(__always) public func publishGuestCPU(_ cpu: UInt32) {
+    if guestCPU != cpu { vgpu_store_release_u32(block + QueuePairBlock.guestCPU, cpu) }
+  }
+  /// Stores `cpu` as the device's CPU if it changed (the line is the device's own).
+  @inlinable @inline(__always) public func publishDeviceCPU(_ cpu: UInt32) {
+    if deviceCPU != cpu { vgpu_store_release_u32(block + QueuePairBlock.deviceCPU, cpu) }
+  }
+
   // MARK: Waking (event suppression)
 
-  @inlinable @inline(__always) public var guestWaiting: Bool { vgpu_load_seqcst_u32(block + QueuePairBlock.guestWaiting) != 0 }
+  @inlinable @inline(__always) public var guestWaiting: Bool {
+    vgpu_load_seqcst_u32(block + QueuePairBlock.guestWaiting) != 0
+  }
   @inlinable @inline(__always) public func setGuestWaiting(_ waiting: Bool) {
     vgpu_store_seqcst_u32(block + QueuePairBlock.guestWaiting, waiting ? 1 : 0)
   }
-  @inlinable @inline(__always) public var completionWakeWord: UnsafeMutableRawPointer { block + QueuePairBlock.completionWake }
+  @inlinable @inline(__always) public var completionWakeWord: UnsafeMutableRawPointer {
+    block + QueuePairBlock.completionWake
+  }
   @inlinable @inline(__always) public var completionWakeValue: UInt32 { vgpu_load_acquire_u32(completionWakeWord) }
   /// Device: tells a sleeping guest that completions are there.
   @inlinable @inline(__always) public func wakeGuest() {

@@ -49,6 +49,9 @@ enum Modes {
       case "_direct-nops":
         guard let o = operands("COUNT BATCH", count: 2, counts: 2) else { return 2 }
         try directNops(count: o.numbers[0], batch: o.numbers[1])
+      case "_copy-sweep":
+        guard let o = operands("TARGET MILLISECONDS", count: 2, counts: 1) else { return 2 }
+        try copySweep(target: o.strings[0], milliseconds: o.numbers[0])
       case "_engine":
         guard operands("WORKLOAD THREADS LAUNCHES", count: 3, counts: 2) != nil else { return 2 }
         try Suite.engineAlone(args)
@@ -124,6 +127,77 @@ enum Modes {
     }
     run(1000)
     run(count)
+  }
+
+  /// Issue 17's D2H anomaly: per size and direction, bandwidth, per-copy
+  /// latency (p50 / p90 / p99), the client thread's voluntary context
+  /// switches per copy (each is a sleep in the wait for a completion), and
+  /// the device's busy time per copy (its statistics). H2D and D2H are run
+  /// in turn, four rounds of MILLISECONDS / 4 each. Sizes: VGPU_SWEEP_SIZES
+  /// (bytes, comma-separated), else 4 KiB to 1 MiB.
+  static func copySweep(target: String, milliseconds: Int) throws {
+    guard let t = try open(target) as? DeviceTarget else { throw BenchError("_copy-sweep needs a vGPU target") }
+    let sizes =
+      ProcessInfo.processInfo.environment["VGPU_SWEEP_SIZES"].map { $0.split(separator: ",").compactMap { Int($0) } }
+      ?? [4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 512, 1024].map { $0 << 10 }
+    let most = sizes.max() ?? 0
+    let host = Cases.hostBuffer(most, fill: 0x5A)
+    let back = Cases.hostBuffer(most, fill: 0xA5)
+    let a = try t.allocate(most)
+    defer {
+      try? t.free(a)
+      host.deallocate()
+      back.deallocate()
+    }
+    func switches() -> Int {
+      var u = rusage()
+      getrusage(__rusage_who_t(1), &u)  // RUSAGE_THREAD
+      return u.ru_nvcsw
+    }
+    print("size  dir  GB/s   p50us  p90us  p99us  sleeps/copy  device-us/copy")
+    for size in sizes {
+      let source = UnsafeRawBufferPointer(rebasing: host[0..<size])
+      let destination = UnsafeMutableRawBufferPointer(rebasing: back[0..<size])
+      let bodies: [() throws -> Void] = [
+        { try t.copyIn(a, from: source) }, { try t.copyOut(a, into: destination) },
+      ]
+      var lat = [[UInt64]](repeating: [], count: 2)
+      var bytes = [0, 0]
+      var time = [UInt64(0), 0]
+      var sleeps = [0, 0]
+      var busy = [UInt64(0), 0]
+      var copies = [UInt64(0), 0]
+      for body in bodies { for _ in 0..<20 { try body() } }
+      for _ in 0..<4 {
+        for (i, body) in bodies.enumerated() {
+          let s0 = try t.device.statistics(.process)
+          let c0 = switches()
+          let t0 = now()
+          var t1 = t0
+          repeat {
+            let b = now()
+            try body()
+            t1 = now()
+            lat[i].append(t1 &- b)
+            bytes[i] += size
+          } while t1 &- t0 < UInt64(milliseconds) * 250_000
+          time[i] += t1 &- t0
+          sleeps[i] += switches() - c0
+          let s1 = try t.device.statistics(.process)
+          busy[i] += s1.busyNanoseconds &- s0.busyNanoseconds
+          copies[i] += s1.copies &- s0.copies
+        }
+      }
+      for i in 0..<2 {
+        let l = lat[i].sorted()
+        func q(_ f: Double) -> Double { Double(l[min(l.count - 1, Int(Double(l.count) * f))]) / 1000 }
+        print(
+          String(
+            format: "%5dK %@ %6.2f %6.1f %6.1f %6.1f  %6.3f  %6.2f", size >> 10, i == 0 ? "H2D" : "D2H",
+            Double(bytes[i]) / Double(time[i]), q(0.5), q(0.9), q(0.99), Double(sleeps[i]) / Double(l.count),
+            Double(busy[i]) / 1000 / Double(max(1, copies[i]))))
+      }
+    }
   }
 
   /// An idle client: opens the device, does a little, then holds it open until stdin closes.

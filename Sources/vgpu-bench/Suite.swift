@@ -50,6 +50,10 @@ struct SuiteOptions {
   var onlyEngine = false
   /// Only the scale section (discovery bursts of 1 to 32 processes).
   var onlyScale = false
+  /// Only the bandwidth section (e.g. a per-size sweep of the copies).
+  var onlyCopies = false
+  /// The copy sizes (`--sizes`), instead of 4 KiB to `maxSize` in ×4 steps.
+  var copySizes: [Int]? = nil
 }
 
 /// Runs every case and baseline and fills the report.
@@ -87,6 +91,7 @@ final class Suite {
   }
 
   var sizes: [Int] {
+    if let copySizes = options.copySizes { return copySizes }
     var s: [Int] = []
     var n = 4096
     while n <= options.maxSize {
@@ -136,6 +141,12 @@ final class Suite {
 
     let device = try DeviceTarget(Device.open(vgpuSpec, options: .simulator()))
     let socket = try SocketClient(path: socketPath)
+    if options.onlyCopies {
+      _ = measureCopies(device, socket)
+      report.loadAverage.append(loadAverage())
+      report.seconds = progress.seconds
+      return report
+    }
 
     progress.begin("ceilings: shared-memory ping-pong (interleaved with vGPU NOPs), SPSC ring, memcpy")
     let both = measured("ping-pong baseline and vGPU NOP latency") {
@@ -181,37 +192,7 @@ final class Suite {
       Figure("rates", "alloc + free pairs (64 KiB)", unit: "ops/s", allocs, lowerIsBetter: false)
         .against("socket RPC alloc + free", socketAllocs))
 
-    progress.begin("bandwidth, \(sizeText(sizes.first!)) to \(sizeText(sizes.last!)): memcpy, vGPU, socket RPC")
-    // memcpy, the vGPU and the socket RPC sampled in turn at each size.
-    let allCopies = measured("copies (vGPU, socket RPC, memcpy)") {
-      try Cases.copies(device, plan, sizes: sizes, d2d: true, against: socket) { self.progress.detail($0) }
-    }
-    let copies = allCopies?.mine
-    let socketCopies = allCopies?.other
-    let memcpyPoints = allCopies?.memcpy ?? sizes.map { BandwidthPoint(bytes: $0, gbPerSecond: nil) }
-    report.bandwidth["memcpy, 1 thread (ceiling)"] = memcpyPoints
-    if let copies {
-      report.bandwidth["vGPU H2D"] = copies.h2d
-      report.bandwidth["vGPU D2H"] = copies.d2h
-      report.bandwidth["vGPU D2D"] = copies.d2d
-    }
-    if let socketCopies {
-      report.bandwidth["socket RPC H2D"] = socketCopies.h2d
-      report.bandwidth["socket RPC D2H"] = socketCopies.d2h
-      report.bandwidth["socket RPC D2D"] = socketCopies.d2d
-    }
-    for (i, size) in sizes.enumerated() {
-      let m = memcpyPoints[i].gbPerSecond
-      for (kind, ours, theirs) in [
-        ("H2D", copies?.h2d, socketCopies?.h2d), ("D2H", copies?.d2h, socketCopies?.d2h),
-        ("D2D", copies?.d2d, socketCopies?.d2d),
-      ] {
-        report.figures.append(
-          Figure("bandwidth", "\(kind) \(sizeText(size))", unit: "GB/s", ours?[i].gbPerSecond, lowerIsBetter: false)
-            .against("memcpy \(sizeText(size)), 1 thread (ceiling)", m)
-            .against("socket RPC \(kind) \(sizeText(size))", theirs?[i].gbPerSecond))
-      }
-    }
+    let copies = measureCopies(device, socket)
 
     progress.begin("heap allocations per command (malloc counter)")
     measureAllocations(device)
@@ -244,6 +225,43 @@ final class Suite {
     report.loadAverage.append(loadAverage())
     report.seconds = progress.seconds
     return report
+  }
+
+  /// The bandwidth section: memcpy, the vGPU and the socket RPC sampled in
+  /// turn at each size (H2D, D2H, D2D). Returns the vGPU's copies.
+  func measureCopies(_ device: DeviceTarget, _ socket: SocketClient) -> Cases.Copies? {
+    progress.begin("bandwidth, \(sizeText(sizes.first!)) to \(sizeText(sizes.last!)): memcpy, vGPU, socket RPC")
+    // memcpy, the vGPU and the socket RPC sampled in turn at each size.
+    let allCopies = measured("copies (vGPU, socket RPC, memcpy)") {
+      try Cases.copies(device, plan, sizes: sizes, d2d: true, against: socket) { self.progress.detail($0) }
+    }
+    let copies = allCopies?.mine
+    let socketCopies = allCopies?.other
+    let memcpyPoints = allCopies?.memcpy ?? sizes.map { BandwidthPoint(bytes: $0, gbPerSecond: nil) }
+    report.bandwidth["memcpy, 1 thread (ceiling)"] = memcpyPoints
+    if let copies {
+      report.bandwidth["vGPU H2D"] = copies.h2d
+      report.bandwidth["vGPU D2H"] = copies.d2h
+      report.bandwidth["vGPU D2D"] = copies.d2d
+    }
+    if let socketCopies {
+      report.bandwidth["socket RPC H2D"] = socketCopies.h2d
+      report.bandwidth["socket RPC D2H"] = socketCopies.d2h
+      report.bandwidth["socket RPC D2D"] = socketCopies.d2d
+    }
+    for (i, size) in sizes.enumerated() {
+      let m = memcpyPoints[i].gbPerSecond
+      for (kind, ours, theirs) in [
+        ("H2D", copies?.h2d, socketCopies?.h2d), ("D2H", copies?.d2h, socketCopies?.d2h),
+        ("D2D", copies?.d2d, socketCopies?.d2d),
+      ] {
+        report.figures.append(
+          Figure("bandwidth", "\(kind) \(sizeText(size))", unit: "GB/s", ours?[i].gbPerSecond, lowerIsBetter: false)
+            .against("memcpy \(sizeText(size)), 1 thread (ceiling)", m)
+            .against("socket RPC \(kind) \(sizeText(size))", theirs?[i].gbPerSecond))
+      }
+    }
+    return copies
   }
 
   /// The 1-minute load average: spinning baselines and cases suffer alike when

@@ -23,7 +23,8 @@ struct VGPUBench: ParsableCommand {
       of 64-byte slots (batches of 32 and of 1); single-thread memcpy
         round trip   NOP p50 / p99 / p99.9: vGPU, ping-pong, socket RPC
         rates        NOPs 32 a doorbell; launches; alloc + free
-        bandwidth    H2D, D2H, D2D from 4 KiB to --max-size (×4 steps)
+        bandwidth    H2D, D2H, D2D from 4 KiB to --max-size (×4 steps), or at --sizes; \
+      --only-copies measures this section alone
         efficiency   heap allocations per command (a malloc counter linked in); \
       instructions per NOP (valgrind --tool=callgrind, N and 2N NOPs)
         engine       the PTX engine through the mediator: thread-instructions/s per \
@@ -65,6 +66,12 @@ struct VGPUBench: ParsableCommand {
   @Option(name: .customLong("max-size"), help: "Largest copy, e.g. 1G, 256M (default 1G; 1M with --quick).")
   var maxSize: String?
 
+  @Option(
+    help: ArgumentHelp(
+      "The copy sizes, comma-separated, e.g. 16K,32K,64K,128K (default: 4 KiB to --max-size in ×4 steps).",
+      valueName: "list"))
+  var sizes: String?
+
   @Option(help: "The vgpu-mediator executable (default: the one next to this one).")
   var mediator: String?
 
@@ -101,13 +108,21 @@ struct VGPUBench: ParsableCommand {
   )
   var onlyScale = false
 
+  @Flag(
+    name: .customLong("only-copies"),
+    help: "Measure only the bandwidth section (H2D, D2H, D2D: memcpy, vGPU and socket RPC in turn at each size).")
+  var onlyCopies = false
+
   func validate() throws {
     if let maxSize, parseSize(maxSize) == nil {
       throw ValidationError("--max-size '\(maxSize)' is not a size such as 1G, 256M or 64K")
     }
+    if let sizes, parseSizes(sizes) == nil {
+      throw ValidationError("--sizes '\(sizes)' is not a comma-separated list of sizes such as 16K,64K,1M")
+    }
     if let discoveryRuns, discoveryRuns < 1 { throw ValidationError("--discovery-runs must be at least 1") }
-    if [onlyIdle, onlyEngine, onlyScale].filter({ $0 }).count > 1 {
-      throw ValidationError("--only-idle, --only-engine and --only-scale exclude each other: give one")
+    if [onlyIdle, onlyEngine, onlyScale, onlyCopies].filter({ $0 }).count > 1 {
+      throw ValidationError("--only-idle, --only-engine, --only-scale and --only-copies exclude each other: give one")
     }
     if let mediator, !FileManager.default.isExecutableFile(atPath: mediator) {
       throw ValidationError("--mediator \(mediator) is not an executable file: name a built vgpu-mediator")
@@ -134,7 +149,7 @@ struct VGPUBench: ParsableCommand {
       quick: quick, maxSize: maxSize.flatMap(parseSize) ?? (quick ? 1 << 20 : 1 << 30), mediator: mediatorPath,
       shims: shims ?? findShims(from: here), callgrind: !quick && !noCallgrind,
       discoveryRuns: discoveryRuns ?? (quick ? 3 : 30), mediatorOptions: mediatorOptions, onlyIdle: onlyIdle,
-      onlyEngine: onlyEngine, onlyScale: onlyScale)
+      onlyEngine: onlyEngine, onlyScale: onlyScale, onlyCopies: onlyCopies, copySizes: sizes.flatMap(parseSizes))
     let report = try Suite(options).run()
 
     try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
@@ -184,6 +199,13 @@ func parseSize(_ s: String) -> Int? {
     return n <= Int.max >> shift ? n << shift : nil
   }
   return Int(s).flatMap { $0 > 0 ? $0 : nil }
+}
+
+/// `16K,64K,1M`: sizes as `parseSize` reads them, sorted; nil if any is not one.
+func parseSizes(_ s: String) -> [Int]? {
+  let sizes = s.split(separator: ",", omittingEmptySubsequences: false).map { parseSize(String($0)) }
+  guard !sizes.isEmpty, sizes.allSatisfy({ $0 != nil }) else { return nil }
+  return sizes.compactMap { $0 }.sorted()
 }
 
 // Internal modes (helper processes the suite starts) bypass the parser.

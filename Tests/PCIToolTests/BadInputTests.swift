@@ -273,6 +273,10 @@ import Testing
       bench(["--out", BadInput.path("regular") + "/sub", "--quick"], 1, says: [BadInput.path("regular") + "/sub"]),
       bench(["--only-idle", "--only-engine"], 2, says: ["--only-idle", "--only-engine"]),
       bench(["--only-scale", "--only-engine"], 2, says: ["--only-scale", "--only-engine"]),
+      bench(["--only-copies", "--only-engine"], 2, says: ["--only-copies", "--only-engine"]),
+      bench(["--sizes", "abc"], 2, says: ["--sizes", "abc"]),
+      bench(["--sizes", "64K,,1M"], 2, says: ["--sizes", "64K,,1M"]),
+      bench(["--sizes", "0"], 2, says: ["--sizes"]),
       // The internal modes, as the suite starts them.
       bench(["_bogus"], 2, says: ["_bogus"]),
       bench(["_nops"], 2, says: ["_nops"]),
@@ -280,6 +284,8 @@ import Testing
       bench(["_direct-nops"], 2, says: ["_direct-nops"]),
       bench(["_pingpong"], 2, says: ["_pingpong"]),
       bench(["_client", "foo:bar"], 1, says: ["foo:bar"]),
+      bench(["_copy-sweep"], 2, says: ["_copy-sweep"]),
+      bench(["_copy-sweep", "sim", "abc"], 2, says: ["_copy-sweep"]),
     ]
     for (variable, value) in BadInput.engineVariables {
       cases.append(bench(["--quick"], 2, says: [variable, value], env: [variable: value]))

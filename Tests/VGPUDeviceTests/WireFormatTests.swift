@@ -128,6 +128,9 @@ import Testing
       ]
         == [0x100, 0x140, 0x150, 0x160, 0x168, 0x170, 0x174, 0x178])
     #expect(QueuePairBlock.completionWake == 64 && QueuePairBlock.ringsOffset == 128)
+    // Each side's CPU hint in its own line (issue 17).
+    #expect(QueuePairBlock.guestWaiting == 0x08 && QueuePairBlock.guestCPU == 0x10)
+    #expect(QueuePairBlock.fault == 0x44 && QueuePairBlock.deviceCPU == 0x48)
   }
 
   @Test func defaultLayout() throws {

@@ -60,6 +60,17 @@ static inline void vgpu_cpu_relax(void) {
 #endif
 }
 
+// The CPU this thread runs on, plus one (0: unknown). No system call (glibc
+// reads the rseq area or asks the vDSO; about 20 ns here). A peer that finds
+// the same value in the queue pair shares this core, where spinning only
+// keeps it off the CPU (docs/PROTOCOL.md §11, issue 17).
+// (Declared here: <sched.h> has it only under _GNU_SOURCE.)
+extern int sched_getcpu(void);
+static inline uint32_t vgpu_current_cpu(void) {
+  int cpu = sched_getcpu();
+  return cpu < 0 ? 0 : (uint32_t)cpu + 1;
+}
+
 static inline uint64_t vgpu_monotonic_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
