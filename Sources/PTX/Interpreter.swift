@@ -204,6 +204,8 @@ struct BlockRunner {
   var executed: UInt64 = 0
   /// Whether the launch is cooperative: grid-wide barriers are allowed (DeviceRuntime.swift).
   let cooperative: Bool
+  /// Whether warps run in lockstep (`runWarp`) rather than thread by thread (`run`).
+  let lockstep: Bool
   /// A cooperative launch's grid workspace (`Memory.gridWorkspace`), shared by its blocks.
   let workspace: UnsafeMutableRawPointer?
   /// Set when `continueBlock` returned false because every live thread of the block waits
@@ -227,9 +229,11 @@ struct BlockRunner {
     kernel: String, module: PTXModule, funcs: UnsafeMutablePointer<FuncRT>, root: Int, block: PTXDim3, grid: PTXDim3,
     stackSlots: Int, localBytes: Int, sharedBytes: Int, dynamicShared: UInt32, params: UnsafeRawBufferPointer,
     memory: any PTXGlobalMemory, budget: UInt64, printf: ((String) -> Void)?, progress: (() -> Bool)? = nil,
-    progressInterval: UInt64 = 1 << 18, cooperative: Bool = false, workspace: UnsafeMutableRawPointer? = nil
+    progressInterval: UInt64 = 1 << 18, cooperative: Bool = false, workspace: UnsafeMutableRawPointer? = nil,
+    lockstep: Bool = true
   ) {
     self.cooperative = cooperative
+    self.lockstep = lockstep
     self.workspace = workspace
     self.progress = progress
     self.progressInterval = progressInterval
@@ -386,11 +390,17 @@ struct BlockRunner {
   /// reached (a thread's run never readies another; only the release steps do).
   mutating func continueBlock() throws(PTXError) -> Bool {
     while true {
-      for t in 0..<nthreads where threads[t].status == Status.ready {
-        do { try run(t) } catch { throw self.error(error, thread: t) }
-        // Still ready after its run: it stopped at a checkpoint to suspend. Threads
-        // that merely parked are at rest too, so stopping between threads is safe.
-        if threads[t].status == Status.ready || executed >= suspendAt { return false }
+      if lockstep {
+        for w in 0..<(nthreads + 31) / 32 {
+          if try runWarp(w) || executed >= suspendAt { return false }
+        }
+      } else {
+        for t in 0..<nthreads where threads[t].status == Status.ready {
+          do { try run(t) } catch { throw self.error(error, thread: t) }
+          // Still ready after its run: it stopped at a checkpoint to suspend. Threads
+          // that merely parked are at rest too, so stopping between threads is safe.
+          if threads[t].status == Status.ready || executed >= suspendAt { return false }
+        }
       }
       var live = 0
       var atGrid = 0
