@@ -35,7 +35,6 @@ extension BlockRunner {
     // instruction changes anything, so the thread can stop there and run
     // that instruction when it is resumed.
     var limit = runLimit()
-    let localBase = local + t * localBytes
     // No local function captures `n`, `pc` or `r`: a captured variable lives in memory, and
     // these change with every instruction (callgrind: a load and store each per instruction).
     defer { executed &+= n }
@@ -55,7 +54,7 @@ extension BlockRunner {
       let b = r[Int(i.b)]
       // Straight-line instructions (every op before `.bra`) in one jump table; the rest below.
       if i.op.rawValue < Op.bra.rawValue {
-        try compute(i, r, a, b, fn, pbase, localBase, st, t, n)
+        try compute(i, r, a, b, fn, st, t, n)
         pc &+= 1
         continue
       }
@@ -201,10 +200,10 @@ extension BlockRunner {
   /// One straight-line instruction (an op before `.bra`) for thread `t` whose frame is `r`:
   /// `a` and `b` are its first two operands' values, `n` the run's count so far (for
   /// `%clock`). The per-thread loop and the warp loop (`runWarp`) share it.
-  @inline(__always)
+  @_transparent
   mutating func compute(
     _ i: Instr, _ r: UnsafeMutablePointer<UInt64>, _ a: UInt64, _ b: UInt64, _ fn: FuncRT,
-    _ pbase: UnsafeMutableRawPointer, _ localBase: UnsafeMutableRawPointer, _ st: ThreadState, _ t: Int, _ n: UInt64
+    _ st: ThreadState, _ t: Int, _ n: UInt64
   ) throws(Fault) {
     let d = Int(i.d)
     switch i.op {
@@ -507,15 +506,16 @@ extension BlockRunner {
       guard i.imm >= 0, Int(i.imm) + size <= paramBytes else { throw .illegal(UInt64(i.imm), size, false, i.line) }
       let p = UnsafeMutableRawPointer(mutating: params + Int(i.imm))
       if i.e == 1 { r[d] = Self.loadScalar(p, i) } else { Self.loadInto(r, i, p, fn) }
-    case .ldParam: Self.loadInto(r, i, pbase + Int(i.imm), fn)
-    case .stParam: Self.storeFrom(r, i, pbase + Int(i.imm), fn)
+    // A frame's param area follows its slots (`pbase` in `execute`).
+    case .ldParam: Self.loadInto(r, i, UnsafeMutableRawPointer(r + fn.slots) + Int(i.imm), fn)
+    case .stParam: Self.storeFrom(r, i, UnsafeMutableRawPointer(r + fn.slots) + Int(i.imm), fn)
     // Scalar shared and global accesses, aligned and in bounds, go straight; the rest
     // (vectors, local, generic, faults) take `access`.
     case .ldShared where i.e == 1:
       let addr = a &+ UInt64(bitPattern: i.imm)
       let size = UInt64(i.ty2)
       guard addr & (size &- 1) == 0, addr &+ size <= UInt64(sharedBytes) else {
-        try access(r, i, a, fn, localBase)
+        try access(r, i, a, fn, t)
         break
       }
       r[d] = Self.loadScalar(shared + Int(addr), i)
@@ -523,14 +523,14 @@ extension BlockRunner {
       let addr = a &+ UInt64(bitPattern: i.imm)
       let size = UInt64(i.ty2)
       guard addr & (size &- 1) == 0, addr &+ size <= UInt64(sharedBytes) else {
-        try access(r, i, a, fn, localBase)
+        try access(r, i, a, fn, t)
         break
       }
       store(shared + Int(addr), i.ty2, r[d])
     case .ldGlobal where i.e == 1:
       let addr = a &+ UInt64(bitPattern: i.imm)
       guard addr & (UInt64(i.ty2) &- 1) == 0, let p = global(addr, Int(i.ty2), write: false) else {
-        try access(r, i, a, fn, localBase)
+        try access(r, i, a, fn, t)
         break
       }
       var v = loadRelaxed(p, i.ty2)
@@ -539,12 +539,12 @@ extension BlockRunner {
     case .stGlobal where i.e == 1:
       let addr = a &+ UInt64(bitPattern: i.imm)
       guard addr & (UInt64(i.ty2) &- 1) == 0, let p = global(addr, Int(i.ty2), write: true) else {
-        try access(r, i, a, fn, localBase)
+        try access(r, i, a, fn, t)
         break
       }
       storeRelaxed(p, i.ty2, r[d])
     case .ldGlobal, .ldGeneric, .ldShared, .ldLocal, .stGlobal, .stGeneric, .stShared, .stLocal:
-      try access(r, i, a, fn, localBase)
+      try access(r, i, a, fn, t)
     case .atomGlobal, .atomShared, .atomGeneric:
       let addr = a &+ UInt64(bitPattern: i.imm)
       let size = Int(i.ty2)
@@ -606,7 +606,7 @@ extension BlockRunner {
   /// alignment checks, then the access, or the fault.
   @inline(never)
   mutating func access(
-    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ a: UInt64, _ fn: FuncRT, _ localBase: UnsafeMutableRawPointer
+    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ a: UInt64, _ fn: FuncRT, _ t: Int
   ) throws(Fault) {
     let addr = a &+ UInt64(bitPattern: i.imm)
     let size = Int(i.ty2) * Int(i.e)
@@ -616,7 +616,7 @@ extension BlockRunner {
     switch i.op {
     case .ldGlobal, .stGlobal: p = global(addr, size, write: isStore)
     case .ldShared, .stShared: p = addr &+ UInt64(size) <= UInt64(sharedBytes) ? shared + Int(addr) : nil
-    case .ldLocal, .stLocal: p = addr &+ UInt64(size) <= UInt64(localBytes) ? localBase + Int(addr) : nil
+    case .ldLocal, .stLocal: p = addr &+ UInt64(size) <= UInt64(localBytes) ? local + t * localBytes + Int(addr) : nil
     default: p = generic(addr, size, write: isStore)
     }
     guard let p else { throw .illegal(addr, size, isStore, i.line) }

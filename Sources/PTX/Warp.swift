@@ -14,7 +14,8 @@ extension BlockRunner {
   mutating func runWarp(_ w: Int) throws(PTXError) -> Bool {
     let t0 = w &* 32
     let lanes = Swift.min(32, nthreads &- t0)
-    let warpStack = stack + t0 &* stackSlots
+    let stride = stackSlots
+    let warpStack = stack + t0 &* stride
     var culprit = t0
     do throws(Fault) {
       while true {
@@ -57,11 +58,9 @@ extension BlockRunner {
               let l = m.trailingZeroBitCount
               m &= m &- 1
               let t = t0 &+ l
-              let r = r0 + l &* stackSlots
+              let r = r0 + l &* stride
               do throws(Fault) {
-                try compute(
-                  i, r, r[Int(i.a)], r[Int(i.b)], fn, UnsafeMutableRawPointer(r + fn.slots), local + t &* localBytes,
-                  threads[t], t, n)
+                try compute(i, r, r[Int(i.a)], r[Int(i.b)], fn, threads[t], t, n)
               } catch {
                 culprit = t
                 throw error
@@ -96,7 +95,28 @@ extension BlockRunner {
             }
             continue
           }
-          // Calls, returns, exits and sync points: one lane at a time.
+          if i.op == .exit || (i.op == .ret && gframe == 0) {
+            // The kernel's end for the lanes whose guard holds (PTX ISA §9.7.13.8 exit): they
+            // park exited, as `execute` parks them; the others go on.
+            n &+= count
+            if n > limit, try checkpoint(n &- count &+ 1, &limit) {
+              setPC(group, t0, pc)
+              executed &+= n &- count  // the instruction runs on resume
+              return true
+            }
+            let off = i.guardSlot >= 0 ? guardMask(i, group, r0) : group
+            setPC(group, t0, off == group ? pc : pc &+ 1)
+            var m = off
+            while m != 0 {
+              let l = m.trailingZeroBitCount
+              m &= m &- 1
+              threads[t0 &+ l].pc = Int32(pc)
+              threads[t0 &+ l].status = Status.exited
+            }
+            group = 0
+            break
+          }
+          // Calls, returns and sync points: one lane at a time.
           setPC(group, t0, pc)
           executed &+= n
           n = 0
