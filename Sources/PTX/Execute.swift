@@ -476,7 +476,10 @@ extension BlockRunner {
       }
     case .selp: r[d] = r[Int(i.c)] != 0 ? a : b
     case .mov: r[d] = a & i.mask
-    case .movSR: r[d] = special(Special(rawValue: i.imm) ?? .zero, st, t, n) & i.mask
+    case .movSR:
+      // %tid.x, the one most read (vector add's every thread), without the call.
+      r[d] =
+        (i.imm == Special.tidX.rawValue ? UInt64(st.x) : special(Special(rawValue: i.imm) ?? .zero, st, t, n)) & i.mask
     case .pack:
       let count = Int(i.b)
       let eb = UInt64(TypeCode.bits(i.ty) / count)

@@ -306,12 +306,22 @@ struct BlockRunner {
   }
 
   mutating func globalMiss(_ addr: UInt64, _ size: Int, write: Bool) -> UnsafeMutableRawPointer? {
-    // Nothing moves on a hit: these are checked in turn, and a region found anew replaces
-    // them in rotation.
+    // These are checked in turn; one that holds the address swaps with `cache`, so a warp's
+    // lanes, which run one instruction after another, find it inline. A region found anew
+    // replaces one in rotation.
     let end = addr &+ UInt64(size)
-    if cache2.holds(addr, end, write) { return cache2.pointer + Int(addr - cache2.base) }
-    if cache3.holds(addr, end, write) { return cache3.pointer + Int(addr - cache3.base) }
-    if cache4.holds(addr, end, write) { return cache4.pointer + Int(addr - cache4.base) }
+    if cache2.holds(addr, end, write) {
+      swap(&cache, &cache2)
+      return cache.pointer + Int(addr - cache.base)
+    }
+    if cache3.holds(addr, end, write) {
+      swap(&cache, &cache3)
+      return cache.pointer + Int(addr - cache.base)
+    }
+    if cache4.holds(addr, end, write) {
+      swap(&cache, &cache4)
+      return cache.pointer + Int(addr - cache.base)
+    }
     let r: PTXMemoryRegion
     if let workspace, addr &- Memory.gridWorkspace < UInt64(Memory.gridWorkspaceBytes) {
       r = PTXMemoryRegion(base: Memory.gridWorkspace, count: Memory.gridWorkspaceBytes, pointer: workspace)
