@@ -47,8 +47,10 @@ extension BlockRunner {
         let count = UInt64(group.nonzeroBitCount)
         var pc = Int(gpc)
         var n: UInt64 = 0
+        // Counted when the group ends, as `execute` counts a run (a fault's included).
+        defer { executed &+= n }
         var limit = runLimit()
-        // A lane `l`'s frame is `r0 + l * stackSlots`: the lanes of a group share the frame offset.
+        // A lane `l`'s frame is `r0 + l * stride`: the lanes of a group share the frame offset.
         while pc < nextStop {
           let i = code[pc]
           if i.op.rawValue < Op.bra.rawValue {
@@ -74,7 +76,7 @@ extension BlockRunner {
             // The checkpoint counts this instruction once, as when the group's first lane reaches it.
             if n > limit, try checkpoint(n &- count &+ 1, &limit) {
               setPC(group, t0, pc)
-              executed &+= n &- count  // the branch runs on resume
+              n &-= count  // the branch runs on resume
               return true
             }
             let taken = i.guardSlot >= 0 ? guardMask(i, group, r0) : group
@@ -101,7 +103,7 @@ extension BlockRunner {
             n &+= count
             if n > limit, try checkpoint(n &- count &+ 1, &limit) {
               setPC(group, t0, pc)
-              executed &+= n &- count  // the instruction runs on resume
+              n &-= count  // the instruction runs on resume
               return true
             }
             let off = i.guardSlot >= 0 ? guardMask(i, group, r0) : group
@@ -132,7 +134,6 @@ extension BlockRunner {
           break
         }
         setPC(group, t0, pc)
-        executed &+= n
       }
     } catch {
       throw self.error(error, thread: culprit)
