@@ -53,7 +53,7 @@ extension BlockRunner {
       let a = r[Int(i.a)]
       let b = r[Int(i.b)]
       // Straight-line instructions (every op before `.bra`) in one jump table; the rest below.
-      if i.op.rawValue < Op.bra.rawValue {
+      if i.op.isStraightLine {
         try compute(i, r, a, b, fn, st, t, n)
         pc &+= 1
         continue

@@ -53,7 +53,7 @@ extension BlockRunner {
         // A lane `l`'s frame is `r0 + l * stride`: the lanes of a group share the frame offset.
         while pc < nextStop {
           let i = code[pc]
-          if i.op.rawValue < Op.bra.rawValue {
+          if i.op.isStraightLine {
             n &+= count
             var m = i.guardSlot >= 0 ? guardMask(i, group, r0) : group
             while m != 0 {
