@@ -31,6 +31,13 @@ typedef struct CUlib_st *CUlibrary;
 typedef struct CUkern_st *CUkernel;
 typedef struct CUlinkState_st *CUlinkState;
 typedef struct CUlaunchConfig_st CUlaunchConfig;
+typedef struct CUgraph_st *CUgraph;
+typedef struct CUgraphExec_st *CUgraphExec;
+typedef struct CUgraphNode_st *CUgraphNode;
+typedef struct CUgraphEdgeData_st CUgraphEdgeData;
+typedef struct CUDA_GRAPH_INSTANTIATE_PARAMS_st CUDA_GRAPH_INSTANTIATE_PARAMS;
+typedef struct CUuserObject_st *CUuserObject;
+typedef void (*CUhostFn)(void *userData);
 typedef size_t (*CUoccupancyB2DSize)(int blockSize);
 typedef struct CUuuid_st {
   char bytes[16];
@@ -48,6 +55,8 @@ typedef int CUfunction_attribute;             /* enum CUfunction_attribute_enum 
 typedef int CUfunc_cache;                     /* enum CUfunc_cache_enum */
 typedef int CUmoduleLoadingMode;              /* enum CUmoduleLoadingMode_enum */
 typedef int CUdriverProcAddressQueryResult;   /* enum CUdriverProcAddressQueryResult_enum */
+typedef int CUstreamCaptureMode;              /* enum CUstreamCaptureMode_enum */
+typedef int CUstreamCaptureStatus;            /* enum CUstreamCaptureStatus_enum */
 
 /* CUresult (cuda.h, enum cudaError_enum) values used here. */
 #define CUDA_SUCCESS 0

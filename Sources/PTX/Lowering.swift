@@ -314,7 +314,9 @@ struct Lowering {
     if let g = ins.guardName { guardSlot = try predicate(g) }
     let parts = ins.opcode.split(separator: ".")
     let base = String(parts[0])
-    let mods = parts.dropFirst().map(String.init)
+    // `.shared::cta` is the CTA's shared memory, `.shared` by another name (PTX ISA, "Shared State Space");
+    // `.shared::cluster` (another CTA's) stays distinct.
+    let mods = parts.dropFirst().map { $0 == "shared::cta" ? "shared" : String($0) }
     let types = mods.compactMap { TypeCode.parse(Substring($0)) }
     let t = types.last ?? TypeCode.b | 2  // f16x2 / bf16x2 are not parsed: .b32 where they are moved
     let ops = ins.operands
@@ -686,6 +688,39 @@ struct Lowering {
       }
       return emit(i)
 
+    case "tensormap":
+      // tensormap.replace.tile.field{.ss}.b1024.type [addr], {ord,} new_val (PTX ISA "tensormap.replace"):
+      // the tensor-map object is opaque, so the engine defines its layout (TensorMapLayout) and
+      // replaces a field as a store of the new value there. Nothing here reads a tensor map
+      // (cp.async.bulk.tensor stays unsupported), so only this instruction must agree with it.
+      guard mods.first == "replace", mods.contains("tile"), mods.contains("b1024") else { throw unsupported() }
+      guard let field = mods.lazy.compactMap({ TensorMapLayout.fields[$0] }).first else {
+        throw fail(ins.opcode, "a tensor-map field (\(TensorMapLayout.fields.keys.sorted().joined(separator: ", ")))")
+      }
+      guard TypeCode.bytes(t) == field.size, TypeCode.kind(t) == TypeCode.b else {
+        throw fail(ins.opcode, "type .b\(field.size * 8) for this field")
+      }
+      try need(field.count > 1 ? 3 : 2)
+      var offset = Int64(field.offset)
+      if field.count > 1 {
+        guard case .int(let ord) = ops[1], ord < UInt64(field.count) else {
+          throw fail(ins.opcode, "an immediate ordinal in 0...\(field.count - 1)")
+        }
+        offset += Int64(ord) * Int64(field.size)
+      }
+      let generic = !(mods.contains("global") || mods.contains("shared"))
+      guard case .register(let s, let off) = try address(ops[0], generic: generic) else {
+        throw fail(ins.opcode, "a global or shared address")
+      }
+      let (first, _) = try slotList(ops[ops.count - 1], t, isDest: false)
+      var i = Instr(
+        op: mods.contains("shared") ? .stShared : generic ? .stGeneric : .stGlobal, ty: t,
+        ty2: UInt8(field.size), e: 1, mask: mask)
+      i.d = extra[Int(first)]
+      i.a = s
+      i.imm = off + offset
+      return emit(i)
+
     case "atom", "red":
       let isRed = base == "red"
       try need(isRed ? 2 : 3)
@@ -892,4 +927,28 @@ struct Lowering {
     calls.append(site)
     emit(Instr(op: .call, imm: Int64(calls.count - 1)))
   }
+}
+
+/// Where `tensormap.replace` puts each field of a tensor-map object (PTX ISA, "Tensor-map":
+/// a 128-byte object whose layout is opaque, defined by each implementation).
+/// This engine's layout, in bytes: rank 0 (.b32), elemtype 4, global_address 8 (.b64),
+/// global_dim[5] 16, box_dim[5] 36, element_stride[5] 56, interleave_layout 76,
+/// global_stride[4] 80 (.b64; a rank-5 tensor has 4 strides, as cuTensorMapEncodeTiled's
+/// globalStrides), swizzle_mode 112, swizzle_atomicity 116, fill_mode 120; 124–127 unused. A
+/// replacement writes only its field's bytes, as given (no encoding or range checks).
+enum TensorMapLayout {
+  struct Field {
+    var offset: Int
+    /// Bytes of one element, and how many there are (ordinals 0..<count).
+    var size: Int
+    var count: Int
+  }
+  static let fields: [String: Field] = [
+    "rank": Field(offset: 0, size: 4, count: 1), "elemtype": Field(offset: 4, size: 4, count: 1),
+    "global_address": Field(offset: 8, size: 8, count: 1), "global_dim": Field(offset: 16, size: 4, count: 5),
+    "box_dim": Field(offset: 36, size: 4, count: 5), "element_stride": Field(offset: 56, size: 4, count: 5),
+    "interleave_layout": Field(offset: 76, size: 4, count: 1), "global_stride": Field(offset: 80, size: 8, count: 4),
+    "swizzle_mode": Field(offset: 112, size: 4, count: 1), "swizzle_atomicity": Field(offset: 116, size: 4, count: 1),
+    "fill_mode": Field(offset: 120, size: 4, count: 1),
+  ]
 }

@@ -395,6 +395,14 @@ struct Parser {
       } else {
         off = try parseSigned()
       }
+      // `[tensorMap, {coordinates}]`: the tensor operand of the bulk tensor copies (PTX ISA
+      // "cp.async.bulk.tensor"), parsed so that the instruction is refused by name.
+      if accept(",") {
+        var parts: [SyntaxOperand] = [.address(base: base, offset: off)]
+        repeat { parts.append(try parseOperand()) } while accept(",")
+        try expect("]")
+        return .list(parts)
+      }
       try expect("]")
       return .address(base: base, offset: off)
     }

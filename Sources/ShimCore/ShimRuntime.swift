@@ -80,8 +80,9 @@ public final class ShimRuntime: Sendable {
       if let e = s.error, !retry { return .failure(e) }
       var options = OpenOptions()
       // One queue pair per process: the shims' callers submit from few threads,
-      // and a default 8-pair device then serves 8 processes (Ollama runs
-      // several discovery processes at once).
+      // and a VM's default 8-pair BAR then serves 8 processes at once (Ollama
+      // runs several discovery processes at once); one more waits for a pair
+      // until the open deadline (VGPU_TIMEOUT).
       options.queuePairs = 1
       do throws(VGPUError) {
         if let timeout = try timeout.get() { options.timeout = timeout }

@@ -315,16 +315,23 @@ extension Device {
     }
   }
 
-  /// A cooperative launch needs protocol 2.2 (feature `cooperativeLaunch`): an older device
-  /// would refuse the launch's flag.
+  /// Fails as unsupported, naming `what` the device lacks, unless it negotiated `feature`
+  /// (which came with protocol `since`): an older device is never sent the command.
+  private func requireFeature(
+    _ feature: FeatureBits, _ operation: String, lacking what: String, since: String
+  ) throws(VGPUError) {
+    guard !info.features.contains(feature) else { return }
+    let version = info.protocolVersion
+    throw VGPUError(
+      .unsupported, operation, device: info.spec.description,
+      found:
+        "the device speaks protocol \(version.major).\(version.minor) without \(what) (feature 0x\(String(feature.rawValue, radix: 16)) not negotiated)",
+      remedy: "update the device or vgpu-mediator (\(what) came with protocol \(since))")
+  }
+
+  /// A cooperative launch needs protocol 2.2: an older device would refuse the launch's flag.
   private func requireCooperative() throws(VGPUError) {
-    guard info.features.contains(.cooperativeLaunch) else {
-      throw VGPUError(
-        .unsupported, "launch cooperatively", device: info.spec.description,
-        found:
-          "the device speaks protocol \(info.protocolVersion.major).\(info.protocolVersion.minor) without cooperative launches (feature 0x\(String(FeatureBits.cooperativeLaunch.rawValue, radix: 16)) not negotiated)",
-        remedy: "update the device or vgpu-mediator (cooperative launches came with protocol 2.2)")
-    }
+    try requireFeature(.cooperativeLaunch, "launch cooperatively", lacking: "cooperative launches", since: "2.2")
   }
 
   /// Puts `bytes` in the first staging slot of a queue pair, then runs `body`.
@@ -442,13 +449,7 @@ extension Device {
   /// Needs protocol 1.1 (feature `processList`); a 1.0 device is never sent
   /// the command, and the call fails as unsupported.
   public func processes() throws(VGPUError) -> [ProcessRecord] {
-    guard info.features.contains(.processList) else {
-      throw VGPUError(
-        .unsupported, "list processes", device: info.spec.description,
-        found:
-          "the device speaks protocol \(info.protocolVersion.major).\(info.protocolVersion.minor) without the process list (feature 0x\(String(FeatureBits.processList.rawValue, radix: 16)) not negotiated)",
-        remedy: "update the device or vgpu-mediator (the process list came with protocol 1.1)")
-    }
+    try requireFeature(.processList, "list processes", lacking: "the process list", since: "1.1")
     return try processRecords(ProcessRecord.self, size: ProcessRecord.size, recordSize: 0)
   }
 
@@ -458,13 +459,8 @@ extension Device {
   /// Needs protocol 2.1 (feature `processActivity`); an older device is
   /// never sent the command, and the call fails as unsupported.
   public func processActivity() throws(VGPUError) -> [ProcessActivityRecord] {
-    guard info.features.contains(.processActivity) else {
-      throw VGPUError(
-        .unsupported, "list processes with their activity", device: info.spec.description,
-        found:
-          "the device speaks protocol \(info.protocolVersion.major).\(info.protocolVersion.minor) without activity records (feature 0x\(String(FeatureBits.processActivity.rawValue, radix: 16)) not negotiated)",
-        remedy: "update the device or vgpu-mediator (activity records came with protocol 2.1)")
-    }
+    try requireFeature(
+      .processActivity, "list processes with their activity", lacking: "activity records", since: "2.1")
     return try processRecords(
       ProcessActivityRecord.self, size: ProcessActivityRecord.size, recordSize: UInt64(ProcessActivityRecord.size))
   }

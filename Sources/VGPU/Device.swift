@@ -218,6 +218,42 @@ public final class Device: @unchecked Sendable {
     return s
   }
 
+  /// Claims up to `count` free queue pairs; with none free, waits for one
+  /// (its process exits or closes) until `deadline`, then fails saying who
+  /// holds them. Polls with backoff, 1 to 16 ms: a freed pair has no wake-up
+  /// a guest can sleep on, and a crowd of waiters must not eat the cores.
+  private static func claimWaiting(
+    upTo count: Int, region: MappedRegion, layout: BARLayout, pid: UInt32, deadline: UInt64, timeout: Duration,
+    fail: (VGPUError.Kind, String, String) -> VGPUError
+  ) throws(VGPUError) -> [Int] {
+    let pairs = Int(layout.queuePairs)
+    let view = { QueuePairView(base: region.base, layout: layout, index: $0) }
+    var pause: UInt32 = 1000
+    while true {
+      let claimed = QueuePairClaim.claim(upTo: count, of: pairs, pid: pid, view: view)
+      if !claimed.isEmpty { return claimed }
+      if vgpu_monotonic_ns() >= deadline { break }
+      usleep(pause)
+      pause = min(pause * 2, 16_000)
+    }
+    // Who holds them, as the BAR says (guest-written words: a hint, not proof).
+    var holders: [UInt32: Int] = [:]
+    for qp in 0..<pairs { holders[view(qp).ownerPID, default: 0] += 1 }
+    let named = holders.sorted { $0.key < $1.key }.prefix(16).map { owner, n in
+      (owner == 0 ? "0 (a claim in progress)" : owner == pid ? "\(owner) (this process)" : "\(owner)")
+        + (n > 1 ? " ×\(n)" : "")
+    }
+    let more = holders.count > 16 ? " and \(holders.count - 16) more" : ""
+    let onlyMine = holders.keys.allSatisfy { $0 == pid }
+    throw fail(
+      .unavailable,
+      "all \(pairs) queue pairs are in use (held by pid \(named.joined(separator: ", "))\(more)) and none was freed within \(timeout)",
+      onlyMine
+        ? "this process holds them all: close a device it opened, or start vgpu-mediator with more --queue-pairs"
+        : "end or close one of those clients, start vgpu-mediator with more --queue-pairs, or wait longer (VGPU_TIMEOUT=SECONDS)"
+    )
+  }
+
   /// No device has written the register block yet (all zero).
   private static func registersAreBlank(_ region: MappedRegion) -> Bool {
     let words = min(region.size, Register.blockSize) / 4
@@ -323,12 +359,11 @@ public final class Device: @unchecked Sendable {
 
     // Claim queue pairs: free → claiming (ours), then the device makes them active.
     let pid = UInt32(bitPattern: getpid())
-    let claimed = QueuePairClaim.claim(upTo: max(1, options.queuePairs), of: Int(layout.queuePairs), pid: pid) {
-      QueuePairView(base: region.base, layout: layout, index: $0)
-    }
-    guard !claimed.isEmpty else {
-      throw fail(.unavailable, "all \(layout.queuePairs) queue pairs are in use", "close another client, or wait")
-    }
+    let claimed = try Self.claimWaiting(
+      upTo: max(1, options.queuePairs), region: region, layout: layout, pid: pid, deadline: claimDeadline,
+      timeout: options.timeout, fail: fail)
+    // A pair freed late still gets its grace to be accepted.
+    claimDeadline = max(claimDeadline, vgpu_monotonic_ns() &+ min(timeout, GuestQueuePair.statusGraceNanoseconds))
     func handBack() {
       for q in claimed { QueuePairClaim.release(QueuePairView(base: region.base, layout: layout, index: q)) }
     }

@@ -72,37 +72,34 @@ public enum MediatorSocket {
       }
     }
     let connection = Connection(fd)
-    let ready = vgpu_wait_readable(fd, timeoutNanoseconds)
-    guard ready == 1 else {
-      throw fail(
-        .timeout, "the mediator on \(path) accepted but sent no BAR within \(timeoutNanoseconds / 1_000_000) ms",
-        "the mediator is stuck or this is not a vgpu-mediator socket; restart it")
-    }
-    var message = [UInt8](repeating: 0, count: SocketGreeting.size)
+    let deadline = vgpu_monotonic_ns() &+ timeoutNanoseconds
+    // A mediator at its maximum of processes says so first (`waiting`), then
+    // sends the final greeting once one exits: this process waits until its deadline.
+    var waitingReason: String?
+    var greeting: SocketGreeting
     var barFD: Int32 = -1
     var count: Int32 = 0
-    let rc = message.withUnsafeMutableBytes { vgpu_recv_fds(fd, $0.baseAddress, $0.count, &barFD, 1, &count) }
-    guard rc == 0 else {
-      throw fail(
-        .protocolViolation,
-        rc == -EPIPE
-          ? "the mediator on \(path) closed the connection without an answer"
-          : "the mediator's answer on \(path) was not one \(SocketGreeting.size)-byte message (\(String(cString: strerror(-rc))))",
-        "check that \(path) is a vgpu-mediator socket of this version")
-    }
-    let decoded = message.withUnsafeBytes { b in
-      Result { () throws(GreetingError) in try SocketGreeting(decoding: b) }
-    }
-    let greeting: SocketGreeting
-    switch decoded {
-    case .success(let g): greeting = g
-    case .failure(let error):
-      if count == 1 { close(barFD) }
-      throw fail(
-        .protocolViolation, "the mediator's answer is malformed: \(error)", "update the mediator or this library")
-    }
+    repeat {
+      let left = deadline &- min(deadline, vgpu_monotonic_ns())
+      guard vgpu_wait_readable(fd, left) == 1 else {
+        let waited = "\(timeoutNanoseconds / 1_000_000) ms"
+        if let waitingReason {
+          throw fail(
+            .timeout, "the mediator on \(path) \(waitingReason), and none exited within \(waited)",
+            "end one of those processes, raise vgpu-mediator --max-clients, or wait longer (VGPU_TIMEOUT=SECONDS)")
+        }
+        throw fail(
+          .timeout, "the mediator on \(path) accepted but sent no BAR within \(waited)",
+          "the mediator is stuck or out of file descriptors (see its log), or this is not a vgpu-mediator socket")
+      }
+      greeting = try receiveGreeting(fd, path: path, barFD: &barFD, count: &count, fail: fail)
+      if greeting.status == .waiting {
+        if count == 1 { close(barFD) }
+        waitingReason = greeting.reason
+      }
+    } while greeting.status == .waiting
     switch greeting.status {
-    case .accepted:
+    case .accepted, .waiting:
       break
     case .refused:
       if count == 1 { close(barFD) }
@@ -128,6 +125,35 @@ public enum MediatorSocket {
         barFD, size: Int(greeting.barSize), origin: "unix:\(path)", keeping: connection)
     } catch {
       throw fail(.protocolViolation, error.description, "report it: the mediator's BAR is unusable")
+    }
+  }
+
+  /// Reads one greeting from `fd` (readable), with the fd it carries, if any.
+  private static func receiveGreeting(
+    _ fd: Int32, path: String, barFD: inout Int32, count: inout Int32,
+    fail: (VGPUError.Kind, String, String) -> VGPUError
+  ) throws(VGPUError) -> SocketGreeting {
+    var message = [UInt8](repeating: 0, count: SocketGreeting.size)
+    barFD = -1
+    count = 0
+    let rc = message.withUnsafeMutableBytes { vgpu_recv_fds(fd, $0.baseAddress, $0.count, &barFD, 1, &count) }
+    guard rc == 0 else {
+      throw fail(
+        .protocolViolation,
+        rc == -EPIPE
+          ? "the mediator on \(path) closed the connection without an answer"
+          : "the mediator's answer on \(path) was not one \(SocketGreeting.size)-byte message (\(String(cString: strerror(-rc))))",
+        "check that \(path) is a vgpu-mediator socket of this version")
+    }
+    let decoded = message.withUnsafeBytes { b in
+      Result { () throws(GreetingError) in try SocketGreeting(decoding: b) }
+    }
+    switch decoded {
+    case .success(let g): return g
+    case .failure(let error):
+      if count == 1 { close(barFD) }
+      throw fail(
+        .protocolViolation, "the mediator's answer is malformed: \(error)", "update the mediator or this library")
     }
   }
 }

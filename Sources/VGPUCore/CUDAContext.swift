@@ -258,10 +258,26 @@ public func vgpucore_cuCtxGetStreamPriorityRange(
   return CUDA_SUCCESS
 }
 
-/// cuCtxSynchronize(void): waits for all of this process's work on the device.
+/// cuCtxSynchronize(void): waits for all of this process's work on the
+/// device. Not while a stream captures (CUDA C++ Programming Guide,
+/// "Prohibited and Unhandled Operations": a context that holds a capturing
+/// stream cannot be synchronized): CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, and
+/// every capture is invalidated.
 @_cdecl("vgpucore_cuCtxSynchronize")
 public func vgpucore_cuCtxSynchronize() -> Int32 {
-  withDevice("cuCtxSynchronize") { (device) throws(VGPUError) in
+  if capturesInProgress.load(ordering: .relaxed) != 0 {
+    let keys = cudaObjects.withLock { o in
+      for key in o.captures.keys { o.captures[key]!.invalidated = true }
+      return Array(o.captures.keys)
+    }
+    if !keys.isEmpty {
+      debugLine(
+        "vgpu: cuCtxSynchronize: not permitted while stream(s) \(keys.map(hexHandle).joined(separator: ", ")) "
+          + "capture (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED); the captures are invalidated: end them first")
+      return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+    }
+  }
+  return withDevice("cuCtxSynchronize") { (device) throws(VGPUError) in
     try device.synchronize()
     flushDeviceOutput(device)
     return CUDA_SUCCESS

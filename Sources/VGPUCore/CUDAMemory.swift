@@ -7,7 +7,8 @@ import VGPU
 
 // Device memory, copies and memsets, and page-locked host memory. Copies and
 // memsets complete before they return; the Async forms are the same calls
-// after checking their stream. None of them allocates.
+// after checking their stream, or are recorded while it captures
+// (CUDAGraph.swift). None of them allocates unless captured.
 
 /// cuMemGetInfo_v2(size_t *free, size_t *total)
 @_cdecl("vgpucore_cuMemGetInfo_v2")
@@ -40,6 +41,7 @@ public func vgpucore_cuMemGetInfo(_ free: UnsafeMutablePointer<UInt32>?, _ total
 @_cdecl("vgpucore_cuMemAlloc_v2")
 public func vgpucore_cuMemAlloc_v2(_ dptr: UnsafeMutablePointer<UInt64>?, _ bytes: Int) -> Int32 {
   guard let dptr, bytes > 0 else { return CUDA_ERROR_INVALID_VALUE }
+  if let refused = refusedWhileCapturing("cuMemAlloc") { return refused }
   return withDevice("cuMemAlloc") { (device) throws(VGPUError) in
     let address = try device.allocate(bytes).address
     cudaObjects.withLock { $0.deviceRanges.insert(address, size: UInt64(bytes)) }
@@ -51,7 +53,8 @@ public func vgpucore_cuMemAlloc_v2(_ dptr: UnsafeMutablePointer<UInt64>?, _ byte
 /// cuMemFree_v2(CUdeviceptr dptr): freeing 0 does nothing.
 @_cdecl("vgpucore_cuMemFree_v2")
 public func vgpucore_cuMemFree_v2(_ dptr: UInt64) -> Int32 {
-  withDevice("cuMemFree") { (device) throws(VGPUError) in
+  if let refused = refusedWhileCapturing("cuMemFree") { return refused }
+  return withDevice("cuMemFree") { (device) throws(VGPUError) in
     if dptr != 0 {
       try device.free(DevicePointer(dptr))
       _ = cudaObjects.withLock { $0.deviceRanges.remove(start: dptr) }
@@ -65,8 +68,13 @@ public func vgpucore_cuMemFree_v2(_ dptr: UInt64) -> Int32 {
 /// cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount)
 @_cdecl("vgpucore_cuMemcpyHtoD_v2")
 public func vgpucore_cuMemcpyHtoD_v2(_ dst: UInt64, _ src: UnsafeRawPointer?, _ count: Int) -> Int32 {
+  if let refused = refusedWhileCapturing("cuMemcpyHtoD") { return refused }
+  return copyHtoD("cuMemcpyHtoD", dst, src, count)
+}
+
+func copyHtoD(_ call: StaticString, _ dst: UInt64, _ src: UnsafeRawPointer?, _ count: Int) -> Int32 {
   guard count >= 0, count == 0 || src != nil else { return CUDA_ERROR_INVALID_VALUE }
-  return withDevice("cuMemcpyHtoD") { (device) throws(VGPUError) in
+  return withDevice(call) { (device) throws(VGPUError) in
     try device.copy(to: DevicePointer(dst), from: UnsafeRawBufferPointer(start: src, count: count))
     flushDeviceOutput(device)
     return CUDA_SUCCESS
@@ -76,8 +84,13 @@ public func vgpucore_cuMemcpyHtoD_v2(_ dst: UInt64, _ src: UnsafeRawPointer?, _ 
 /// cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount)
 @_cdecl("vgpucore_cuMemcpyDtoH_v2")
 public func vgpucore_cuMemcpyDtoH_v2(_ dst: UnsafeMutableRawPointer?, _ src: UInt64, _ count: Int) -> Int32 {
+  if let refused = refusedWhileCapturing("cuMemcpyDtoH") { return refused }
+  return copyDtoH("cuMemcpyDtoH", dst, src, count)
+}
+
+func copyDtoH(_ call: StaticString, _ dst: UnsafeMutableRawPointer?, _ src: UInt64, _ count: Int) -> Int32 {
   guard count >= 0, count == 0 || dst != nil else { return CUDA_ERROR_INVALID_VALUE }
-  return withDevice("cuMemcpyDtoH") { (device) throws(VGPUError) in
+  return withDevice(call) { (device) throws(VGPUError) in
     try device.copy(from: DevicePointer(src), into: UnsafeMutableRawBufferPointer(start: dst, count: count))
     flushDeviceOutput(device)
     return CUDA_SUCCESS
@@ -87,41 +100,62 @@ public func vgpucore_cuMemcpyDtoH_v2(_ dst: UnsafeMutableRawPointer?, _ src: UIn
 /// cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount)
 @_cdecl("vgpucore_cuMemcpyDtoD_v2")
 public func vgpucore_cuMemcpyDtoD_v2(_ dst: UInt64, _ src: UInt64, _ count: Int) -> Int32 {
+  if let refused = refusedWhileCapturing("cuMemcpyDtoD") { return refused }
+  return copyDtoD("cuMemcpyDtoD", dst, src, count)
+}
+
+func copyDtoD(_ call: StaticString, _ dst: UInt64, _ src: UInt64, _ count: Int) -> Int32 {
   guard count >= 0 else { return CUDA_ERROR_INVALID_VALUE }
-  return withDevice("cuMemcpyDtoD") { (device) throws(VGPUError) in
+  return withDevice(call) { (device) throws(VGPUError) in
     try device.copy(to: DevicePointer(dst), from: DevicePointer(src), count: count)
     flushDeviceOutput(device)
     return CUDA_SUCCESS
   }
 }
 
-/// cuMemcpyHtoDAsync_v2(..., CUstream hStream): done when it returns.
+/// cuMemcpyHtoDAsync_v2(..., CUstream hStream): done when it returns, or
+/// captured (the host memory is read when the graph runs).
 @_cdecl("vgpucore_cuMemcpyHtoDAsync_v2")
 public func vgpucore_cuMemcpyHtoDAsync_v2(
   _ dst: UInt64, _ src: UnsafeRawPointer?, _ count: Int, _ stream: UnsafeMutableRawPointer?
 ) -> Int32 {
+  guard count >= 0, count == 0 || src != nil else { return CUDA_ERROR_INVALID_VALUE }
+  if let r = captured(
+    "cuMemcpyHtoDAsync", stream, .copy(destination: dst, source: UInt64(UInt(bitPattern: src)), count: count))
+  {
+    return r
+  }
   if case .failure(let e) = lookUpStream(stream) { return e.result }
-  return vgpucore_cuMemcpyHtoD_v2(dst, src, count)
+  return copyHtoD("cuMemcpyHtoDAsync", dst, src, count)
 }
 
-/// cuMemcpyDtoHAsync_v2(..., CUstream hStream): done when it returns.
+/// cuMemcpyDtoHAsync_v2(..., CUstream hStream): done when it returns, or
+/// captured (the host memory is written when the graph runs).
 @_cdecl("vgpucore_cuMemcpyDtoHAsync_v2")
 public func vgpucore_cuMemcpyDtoHAsync_v2(
   _ dst: UnsafeMutableRawPointer?, _ src: UInt64, _ count: Int, _ stream: UnsafeMutableRawPointer?
 ) -> Int32 {
+  guard count >= 0, count == 0 || dst != nil else { return CUDA_ERROR_INVALID_VALUE }
+  if let r = captured(
+    "cuMemcpyDtoHAsync", stream, .copy(destination: UInt64(UInt(bitPattern: dst)), source: src, count: count))
+  {
+    return r
+  }
   if case .failure(let e) = lookUpStream(stream) { return e.result }
-  return vgpucore_cuMemcpyDtoH_v2(dst, src, count)
+  return copyDtoH("cuMemcpyDtoHAsync", dst, src, count)
 }
 
-/// cuMemcpyDtoDAsync_v2(..., CUstream hStream): done when it returns.
+/// cuMemcpyDtoDAsync_v2(..., CUstream hStream): done when it returns, or captured.
 @_cdecl("vgpucore_cuMemcpyDtoDAsync_v2")
 public func vgpucore_cuMemcpyDtoDAsync_v2(
   _ dst: UInt64, _ src: UInt64, _ count: Int, _ stream: UnsafeMutableRawPointer?
 )
   -> Int32
 {
+  guard count >= 0 else { return CUDA_ERROR_INVALID_VALUE }
+  if let r = captured("cuMemcpyDtoDAsync", stream, .copy(destination: dst, source: src, count: count)) { return r }
   if case .failure(let e) = lookUpStream(stream) { return e.result }
-  return vgpucore_cuMemcpyDtoD_v2(dst, src, count)
+  return copyDtoD("cuMemcpyDtoDAsync", dst, src, count)
 }
 
 // MARK: Memsets
@@ -137,19 +171,22 @@ func memset(_ call: StaticString, _ dst: UInt64, _ value: UInt32, _ elementSize:
 /// cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char uc, size_t N)
 @_cdecl("vgpucore_cuMemsetD8_v2")
 public func vgpucore_cuMemsetD8_v2(_ dst: UInt64, _ value: UInt8, _ count: Int) -> Int32 {
-  memset("cuMemsetD8", dst, UInt32(value), 1, count)
+  if let refused = refusedWhileCapturing("cuMemsetD8") { return refused }
+  return memset("cuMemsetD8", dst, UInt32(value), 1, count)
 }
 
 /// cuMemsetD16_v2(CUdeviceptr dstDevice, unsigned short us, size_t N)
 @_cdecl("vgpucore_cuMemsetD16_v2")
 public func vgpucore_cuMemsetD16_v2(_ dst: UInt64, _ value: UInt16, _ count: Int) -> Int32 {
-  memset("cuMemsetD16", dst, UInt32(value), 2, count)
+  if let refused = refusedWhileCapturing("cuMemsetD16") { return refused }
+  return memset("cuMemsetD16", dst, UInt32(value), 2, count)
 }
 
 /// cuMemsetD32_v2(CUdeviceptr dstDevice, unsigned int ui, size_t N)
 @_cdecl("vgpucore_cuMemsetD32_v2")
 public func vgpucore_cuMemsetD32_v2(_ dst: UInt64, _ value: UInt32, _ count: Int) -> Int32 {
-  memset("cuMemsetD32", dst, value, 4, count)
+  if let refused = refusedWhileCapturing("cuMemsetD32") { return refused }
+  return memset("cuMemsetD32", dst, value, 4, count)
 }
 
 /// cuMemsetD8Async(CUdeviceptr dstDevice, unsigned char uc, size_t N, CUstream hStream)
@@ -157,6 +194,12 @@ public func vgpucore_cuMemsetD32_v2(_ dst: UInt64, _ value: UInt32, _ count: Int
 public func vgpucore_cuMemsetD8Async(_ dst: UInt64, _ value: UInt8, _ count: Int, _ stream: UnsafeMutableRawPointer?)
   -> Int32
 {
+  guard count >= 0 else { return CUDA_ERROR_INVALID_VALUE }
+  if let r = captured(
+    "cuMemsetD8Async", stream, .memset(destination: dst, value: UInt32(value), elementSize: 1, count: count))
+  {
+    return r
+  }
   if case .failure(let e) = lookUpStream(stream) { return e.result }
   return memset("cuMemsetD8Async", dst, UInt32(value), 1, count)
 }
@@ -166,6 +209,12 @@ public func vgpucore_cuMemsetD8Async(_ dst: UInt64, _ value: UInt8, _ count: Int
 public func vgpucore_cuMemsetD16Async(_ dst: UInt64, _ value: UInt16, _ count: Int, _ stream: UnsafeMutableRawPointer?)
   -> Int32
 {
+  guard count >= 0 else { return CUDA_ERROR_INVALID_VALUE }
+  if let r = captured(
+    "cuMemsetD16Async", stream, .memset(destination: dst, value: UInt32(value), elementSize: 2, count: count))
+  {
+    return r
+  }
   if case .failure(let e) = lookUpStream(stream) { return e.result }
   return memset("cuMemsetD16Async", dst, UInt32(value), 2, count)
 }
@@ -175,6 +224,12 @@ public func vgpucore_cuMemsetD16Async(_ dst: UInt64, _ value: UInt16, _ count: I
 public func vgpucore_cuMemsetD32Async(_ dst: UInt64, _ value: UInt32, _ count: Int, _ stream: UnsafeMutableRawPointer?)
   -> Int32
 {
+  guard count >= 0 else { return CUDA_ERROR_INVALID_VALUE }
+  if let r = captured(
+    "cuMemsetD32Async", stream, .memset(destination: dst, value: value, elementSize: 4, count: count))
+  {
+    return r
+  }
   if case .failure(let e) = lookUpStream(stream) { return e.result }
   return memset("cuMemsetD32Async", dst, value, 4, count)
 }

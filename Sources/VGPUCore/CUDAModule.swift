@@ -184,6 +184,8 @@ func cudaErrorName(_ code: Int32) -> String {
   case CUDA_ERROR_ASSERT: "CUDA_ERROR_ASSERT"
   case CUDA_ERROR_LAUNCH_FAILED: "CUDA_ERROR_LAUNCH_FAILED"
   case CUDA_ERROR_NOT_SUPPORTED: "CUDA_ERROR_NOT_SUPPORTED"
+  case CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"
+  case CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED"
   default: "CUresult \(code)"
   }
 }
@@ -524,6 +526,11 @@ func launch(
         return CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE
       }
     }
+    if capturesInProgress.load(ordering: .relaxed) != 0,
+      let result = captureLaunch(call, function.handle, shape, kernelParams, extra)
+    {
+      return result
+    }
     let target: StreamHandle?
     switch lookUpStream(shape.stream) {
     case .failure(let e): return e.result
@@ -562,6 +569,46 @@ func launch(
     }
     return CUDA_SUCCESS
   }
+}
+
+/// A launch onto a capturing stream: its parameters packed now (cuda.h,
+/// cuLaunchKernel: "kernel parameters are copied at the time of the call")
+/// and recorded. Nil when the stream does not capture.
+func captureLaunch(
+  _ call: StaticString, _ function: FunctionHandle, _ shape: LaunchShape,
+  _ kernelParams: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+  _ extra: UnsafeMutablePointer<UnsafeMutableRawPointer?>?
+) -> Int32? {
+  let key = handleKey(shape.stream)
+  if key == 0 || key == CU_STREAM_LEGACY { return refuseUnsafeCall(call) }
+  guard isCapturing(key) else { return nil }
+  var parameters: [UInt8]
+  switch (kernelParams, extra.flatMap { $0[0] == nil ? nil : $0 }) {
+  case (let params?, nil):
+    guard let layout = function.layout else { return CUDA_ERROR_NOT_SUPPORTED }
+    parameters = [UInt8](repeating: 0, count: layout.bufferSize)
+    for (i, slot) in layout.slots.enumerated() {
+      guard let value = params[i] else { return CUDA_ERROR_INVALID_VALUE }
+      parameters.withUnsafeMutableBytes { b in
+        (b.baseAddress! + Int(slot.offset)).copyMemory(from: value, byteCount: Int(slot.size))
+      }
+    }
+  case (nil, let extra?):
+    guard let buffer = packedBuffer(extra), buffer.count >= function.parameterSize else {
+      return CUDA_ERROR_INVALID_VALUE
+    }
+    parameters = Array(buffer[..<function.parameterSize])
+  case (nil, nil):
+    guard function.parameterSize == 0 else { return CUDA_ERROR_INVALID_VALUE }
+    parameters = []
+  case (_?, _?):
+    return CUDA_ERROR_INVALID_VALUE
+  }
+  return recordCaptured(
+    call, shape.stream,
+    .kernel(
+      function, grid: shape.grid, block: shape.block, sharedMemory: shape.sharedMemory, cooperative: shape.cooperative,
+      parameters: parameters))
 }
 
 /// cuLaunchKernel(CUfunction f, gridDim x/y/z, blockDim x/y/z, unsigned int
@@ -657,7 +704,7 @@ public func vgpucore_cuLaunchKernelEx(
     case .programmaticEvent?, .launchCompletionEvent?:
       refusal = "events triggered from inside a kernel (launch attribute \(id))"
     case .deviceUpdatableKernelNode?:
-      refusal = "device-updatable graph kernel nodes (graphs are not supported)"
+      refusal = "device-updatable graph kernel nodes"
     case nil:
       refusal = "launch attribute \(id), unknown to this driver"
     }

@@ -16,7 +16,7 @@ import VGPUProtocol
 
 enum HandleKind: UInt {
   case context = 1
-  case module, function, stream, event, link
+  case module, function, stream, event, link, graph, graphExec, graphNode, userObject
 }
 
 struct ContextRecord {
@@ -90,6 +90,9 @@ struct EventRecord {
   var handle: EventHandle
   /// False for CU_EVENT_DISABLE_TIMING.
   var timing: Bool
+  /// The id of the capture sequence it was last recorded in (0: none):
+  /// cuEventQuery and cuEventSynchronize refuse such an event (CUDA_ERROR_CAPTURED_EVENT).
+  var capture: UInt64 = 0
 }
 
 struct CUDAObjects: ~Copyable {
@@ -104,6 +107,14 @@ struct CUDAObjects: ~Copyable {
   var streams: [UInt: StreamHandle] = [:]
   var events: [UInt: EventRecord] = [:]
   var links: [UInt: LinkRecord] = [:]
+  /// Stream captures in progress, by stream handle (CUDAGraph.swift).
+  var captures: [UInt: CaptureRecord] = [:]
+  var captureSerial: UInt64 = 0
+  /// Graphs cuStreamEndCapture made, and instantiated ones (CUgraphExec).
+  var graphs: [UInt: GraphRecord] = [:]
+  var graphExecs: [UInt: GraphRecord] = [:]
+  /// cuUserObjectCreate's objects, by handle.
+  var userObjects: [UInt: UserObjectRecord] = [:]
   /// Page-locked host allocations (cuMemAllocHost, cuMemHostAlloc), for
   /// cuMemFreeHost to check and pointer attributes to report.
   var hostRanges = AddressRanges()
@@ -132,7 +143,8 @@ let cudaObjects = Mutex(CUDAObjects())
 /// context), and the buffers this thread packs launch parameters into.
 final class CUDAThread {
   var contexts: [UInt] = []
-  /// Indexed by buffer size / 8: reused, so a launch allocates nothing.
+  /// The thread's stream capture interaction mode (cuThreadExchangeStreamCaptureMode).
+  var captureMode = CaptureMode.global
 
   init() { contexts.reserveCapacity(8) }
 

@@ -4,7 +4,8 @@ import VGPUProtocol
 
 // Streams and events. Work completes before the call that submits it
 // returns, so a stream is always idle and a recorded event always complete;
-// the device still tracks them (handles, ownership, timestamps).
+// the device still tracks them (handles, ownership, timestamps). Stream
+// capture is in CUDAGraph.swift.
 
 /// CU_STREAM_LEGACY and CU_STREAM_PER_THREAD (cuda.h): the two default streams.
 let CU_STREAM_LEGACY: UInt = 0x1
@@ -71,7 +72,8 @@ public func vgpucore_cuStreamCreateWithPriority(
 /// this process's work (the legacy default stream synchronizes with every stream).
 @_cdecl("vgpucore_cuStreamSynchronize")
 public func vgpucore_cuStreamSynchronize(_ stream: UnsafeMutableRawPointer?) -> Int32 {
-  withDevice("cuStreamSynchronize") { (device) throws(VGPUError) in
+  if let refused = refusedOnCapturingStream("cuStreamSynchronize", stream) { return refused }
+  return withDevice("cuStreamSynchronize") { (device) throws(VGPUError) in
     switch lookUpStream(stream) {
     case .failure(let e): return e.result
     case .success(let s?): try device.synchronize(s)
@@ -87,23 +89,23 @@ public func vgpucore_cuStreamSynchronize(_ stream: UnsafeMutableRawPointer?) -> 
 public func vgpucore_cuStreamQuery(_ stream: UnsafeMutableRawPointer?) -> Int32 {
   guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
   if case .failure(let e) = lookUpStream(stream) { return e.result }
+  if let refused = refusedOnCapturingStream("cuStreamQuery", stream) { return refused }
   return CUDA_SUCCESS
 }
 
-/// cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus):
-/// CU_STREAM_CAPTURE_STATUS_NONE (0) for every valid stream. Capture cannot
-/// begin here (cuStreamBeginCapture is a stub), so no stream is ever
-/// capturing. CuPy's runtime asks before every device-to-host copy
-/// (`ndarray.get()` → cudaStreamIsCapturing) and gives up when it fails.
-@_cdecl("vgpucore_cuStreamIsCapturing")
-public func vgpucore_cuStreamIsCapturing(_ stream: UnsafeMutableRawPointer?, _ status: UnsafeMutablePointer<Int32>?)
-  -> Int32
-{
-  guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
-  guard let status else { return CUDA_ERROR_INVALID_VALUE }
-  if case .failure(let e) = lookUpStream(stream) { return e.result }
-  status.pointee = 0
-  return CUDA_SUCCESS
+/// For a synchronization or query of `stream`: nil when it may go on. A
+/// capturing stream cannot be synchronized or queried (CUDA C++ Programming
+/// Guide, "Prohibited and Unhandled Operations"): CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+/// and its capture is invalidated. The legacy default stream would
+/// synchronize with capturing streams: refused as a potentially unsafe call.
+@inline(__always)
+func refusedOnCapturingStream(_ call: StaticString, _ stream: UnsafeMutableRawPointer?) -> Int32? {
+  guard capturesInProgress.load(ordering: .relaxed) != 0 else { return nil }
+  let key = handleKey(stream)
+  if key == 0 || key == CU_STREAM_LEGACY { return refuseUnsafeCall(call) }
+  guard isCapturing(key) else { return nil }
+  return invalidateCapture(
+    key, call, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "a capturing stream cannot be synchronized or queried")
 }
 
 /// cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags):
@@ -118,8 +120,23 @@ public func vgpucore_cuStreamWaitEvent(
   // CU_EVENT_WAIT_DEFAULT 0, CU_EVENT_WAIT_EXTERNAL 1 (CUevent_wait_flags_enum).
   guard flags & ~1 == 0 else { return CUDA_ERROR_INVALID_VALUE }
   if case .failure(let e) = lookUpStream(stream) { return e.result }
-  guard lookUpEvent(event) != nil else { return CUDA_ERROR_INVALID_HANDLE }
-  return CUDA_SUCCESS
+  guard let record = lookUpEvent(event) else { return CUDA_ERROR_INVALID_HANDLE }
+  // An event recorded in a capture joins the waiting stream into that
+  // capture (cuda.h, cuStreamWaitEvent): a fork across streams, which a
+  // capture here, one stream's sequence, cannot hold. One recorded in a
+  // capture that has ended has no work until a graph records it.
+  guard record.capture != 0 else { return CUDA_SUCCESS }
+  let key = handleKey(stream)
+  let (same, owner) = cudaObjects.withLock { o in
+    (o.captures[key]?.id == record.capture, o.captures.first { $0.value.id == record.capture }?.key)
+  }
+  if same { return CUDA_SUCCESS }
+  guard let owner else { return capturedEvent("cuStreamWaitEvent") }
+  sayCaptureRefusal(
+    1 << 2,
+    "vgpu: cuStreamWaitEvent: joining another stream into a stream capture (waiting on an event recorded "
+      + "during the capture) is not supported by this virtual GPU (CUDA_ERROR_NOT_SUPPORTED); capture on one stream")
+  return invalidateCapture(owner, "cuStreamWaitEvent", CUDA_ERROR_NOT_SUPPORTED, "a fork")
 }
 
 /// cuStreamDestroy_v2(CUstream hStream); also the legacy cuStreamDestroy.
@@ -127,9 +144,17 @@ public func vgpucore_cuStreamWaitEvent(
 public func vgpucore_cuStreamDestroy_v2(_ stream: UnsafeMutableRawPointer?) -> Int32 {
   withDevice("cuStreamDestroy") { (device) throws(VGPUError) in
     let key = handleKey(stream)
-    guard let handle = cudaObjects.withLock({ $0.streams.removeValue(forKey: key) }) else {
+    // A capture in progress ends with its stream, without a graph.
+    var due: [DueDestructor] = []
+    guard
+      let handle = cudaObjects.withLock({ o in
+        due = o.abandonCapture(key)
+        return o.streams.removeValue(forKey: key)
+      })
+    else {
       return CUDA_ERROR_INVALID_HANDLE
     }
+    runDestructors(due)
     try device.destroyStream(handle)
     return CUDA_SUCCESS
   }
@@ -160,10 +185,17 @@ public func vgpucore_cuEventCreate(_ phEvent: UnsafeMutablePointer<UnsafeMutable
 public func vgpucore_cuEventRecord(_ event: UnsafeMutableRawPointer?, _ stream: UnsafeMutableRawPointer?) -> Int32 {
   withDevice("cuEventRecord") { (device) throws(VGPUError) in
     guard let record = lookUpEvent(event) else { return CUDA_ERROR_INVALID_HANDLE }
+    if let result = captured("cuEventRecord", stream, .eventRecord(event: handleKey(event))) {
+      if result == CUDA_SUCCESS {
+        cudaObjects.withLock { o in o.events[handleKey(event)]?.capture = o.captures[handleKey(stream)]?.id ?? 0 }
+      }
+      return result
+    }
     switch lookUpStream(stream) {
     case .failure(let e): return e.result
     case .success(let s): try device.record(record.handle, on: s)
     }
+    if record.capture != 0 { cudaObjects.withLock { $0.events[handleKey(event)]?.capture = 0 } }
     return CUDA_SUCCESS
   }
 }
@@ -174,6 +206,7 @@ public func vgpucore_cuEventRecord(_ event: UnsafeMutableRawPointer?, _ stream: 
 public func vgpucore_cuEventQuery(_ event: UnsafeMutableRawPointer?) -> Int32 {
   withDevice("cuEventQuery") { (device) throws(VGPUError) in
     guard let record = lookUpEvent(event) else { return CUDA_ERROR_INVALID_HANDLE }
+    if record.capture != 0 { return capturedEvent("cuEventQuery") }
     return try device.query(record.handle) ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY
   }
 }
@@ -184,6 +217,7 @@ public func vgpucore_cuEventQuery(_ event: UnsafeMutableRawPointer?) -> Int32 {
 public func vgpucore_cuEventSynchronize(_ event: UnsafeMutableRawPointer?) -> Int32 {
   withDevice("cuEventSynchronize") { (device) throws(VGPUError) in
     guard let record = lookUpEvent(event) else { return CUDA_ERROR_INVALID_HANDLE }
+    if record.capture != 0 { return capturedEvent("cuEventSynchronize") }
     _ = try device.query(record.handle)
     flushDeviceOutput(device)
     return CUDA_SUCCESS
@@ -212,6 +246,15 @@ public func vgpucore_cuEventElapsedTime(
     }
     return CUDA_SUCCESS
   }
+}
+
+/// An event last recorded in a capture has no work to wait for until a
+/// graph records it (cuda.h, CUDA_ERROR_CAPTURED_EVENT).
+func capturedEvent(_ call: StaticString) -> Int32 {
+  debugLine(
+    "vgpu: \(call): the event was last recorded during a stream capture (CUDA_ERROR_CAPTURED_EVENT); "
+      + "query it after a graph launch or an ordinary cuEventRecord records it")
+  return CUDA_ERROR_CAPTURED_EVENT
 }
 
 /// cuEventDestroy_v2(CUevent hEvent); also the legacy cuEventDestroy.

@@ -102,21 +102,29 @@ func copyUnified(_ dst: UInt64, _ src: UInt64, _ count: Int, _ device: Device) t
 /// cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount): either side host or device.
 @_cdecl("vgpucore_cuMemcpy")
 public func vgpucore_cuMemcpy(_ dst: UInt64, _ src: UInt64, _ count: Int) -> Int32 {
+  if let refused = refusedWhileCapturing("cuMemcpy") { return refused }
+  return memcpyUnified("cuMemcpy", dst, src, count)
+}
+
+func memcpyUnified(_ call: StaticString, _ dst: UInt64, _ src: UInt64, _ count: Int) -> Int32 {
   guard count >= 0, count == 0 || (dst != 0 && src != 0) else { return CUDA_ERROR_INVALID_VALUE }
-  return withDevice("cuMemcpy") { (device) throws(VGPUError) in
+  return withDevice(call) { (device) throws(VGPUError) in
     try copyUnified(dst, src, count, device)
     flushDeviceOutput(device)
     return CUDA_SUCCESS
   }
 }
 
-/// cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream): done when it returns.
+/// cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream): done when it returns,
+/// or captured.
 @_cdecl("vgpucore_cuMemcpyAsync")
 public func vgpucore_cuMemcpyAsync(_ dst: UInt64, _ src: UInt64, _ count: Int, _ stream: UnsafeMutableRawPointer?)
   -> Int32
 {
+  guard count >= 0, count == 0 || (dst != 0 && src != 0) else { return CUDA_ERROR_INVALID_VALUE }
+  if let r = captured("cuMemcpyAsync", stream, .copy(destination: dst, source: src, count: count)) { return r }
   if case .failure(let e) = lookUpStream(stream) { return e.result }
-  return vgpucore_cuMemcpy(dst, src, count)
+  return memcpyUnified("cuMemcpyAsync", dst, src, count)
 }
 
 /// cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr
@@ -127,11 +135,17 @@ public func vgpucore_cuMemcpyPeer(
   _ dst: UInt64, _ dstContext: UnsafeMutableRawPointer?, _ src: UInt64, _ srcContext: UnsafeMutableRawPointer?,
   _ count: Int
 ) -> Int32 {
+  if let refused = peerContexts(dstContext, srcContext) { return refused }
+  return vgpucore_cuMemcpyDtoD_v2(dst, src, count)
+}
+
+/// Nil when both contexts of a peer copy are live, else the CUresult.
+func peerContexts(_ dstContext: UnsafeMutableRawPointer?, _ srcContext: UnsafeMutableRawPointer?) -> Int32? {
   guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
   guard context(handleKey(dstContext)) != nil, context(handleKey(srcContext)) != nil else {
     return CUDA_ERROR_INVALID_CONTEXT
   }
-  return vgpucore_cuMemcpyDtoD_v2(dst, src, count)
+  return nil
 }
 
 /// cuMemcpyPeerAsync(…, size_t ByteCount, CUstream hStream): done when it returns.
@@ -140,8 +154,8 @@ public func vgpucore_cuMemcpyPeerAsync(
   _ dst: UInt64, _ dstContext: UnsafeMutableRawPointer?, _ src: UInt64, _ srcContext: UnsafeMutableRawPointer?,
   _ count: Int, _ stream: UnsafeMutableRawPointer?
 ) -> Int32 {
-  if case .failure(let e) = lookUpStream(stream) { return e.result }
-  return vgpucore_cuMemcpyPeer(dst, dstContext, src, srcContext, count)
+  if let refused = peerContexts(dstContext, srcContext) { return refused }
+  return vgpucore_cuMemcpyDtoDAsync_v2(dst, src, count, stream)
 }
 
 // MARK: 2D copies
@@ -182,7 +196,7 @@ func memcpy2DSide(_ p: UnsafeRawPointer, _ side: Int) -> Result<(address: UInt64
 
 /// A 2D copy: Height rows of WidthInBytes, each side at its own pitch; one
 /// copy when both sides are contiguous.
-func memcpy2D(_ call: StaticString, _ p: UnsafeRawPointer?) -> Int32 {
+func memcpy2D(_ call: StaticString, _ p: UnsafeRawPointer?, async stream: UnsafeMutableRawPointer?? = nil) -> Int32 {
   guard let p else { return CUDA_ERROR_INVALID_VALUE }
   let width = p.load(fromByteOffset: Memcpy2D.width, as: Int.self)
   let height = p.load(fromByteOffset: Memcpy2D.height, as: Int.self)
@@ -194,6 +208,24 @@ func memcpy2D(_ call: StaticString, _ p: UnsafeRawPointer?) -> Int32 {
   case (.failure(let e), _), (_, .failure(let e)): return e.result
   }
   guard height <= 1 || (src.pitch >= width && dst.pitch >= width) else { return CUDA_ERROR_INVALID_VALUE }
+  if let stream {
+    // Captured as one copy per row (a capture here records copies, not 2D copies).
+    if let r = captured(
+      call, stream, .copy(destination: dst.address, source: src.address, count: height > 0 ? width : 0))
+    {
+      if r != CUDA_SUCCESS { return r }
+      for row in 1..<max(height, 1) {
+        let node = GraphNode.copy(
+          destination: dst.address &+ UInt64(row * dst.pitch), source: src.address &+ UInt64(row * src.pitch),
+          count: width)
+        if let r = recordCaptured(call, stream, node), r != CUDA_SUCCESS { return r }
+      }
+      return CUDA_SUCCESS
+    }
+    if case .failure(let e) = lookUpStream(stream) { return e.result }
+  } else if let refused = refusedWhileCapturing(call) {
+    return refused
+  }
   return withDevice(call) { (device) throws(VGPUError) in
     if src.pitch == width && dst.pitch == width {
       try copyUnified(dst.address, src.address, width * height, device)
@@ -215,11 +247,10 @@ public func vgpucore_cuMemcpy2D_v2(_ p: UnsafeRawPointer?) -> Int32 { memcpy2D("
 @_cdecl("vgpucore_cuMemcpy2DUnaligned_v2")
 public func vgpucore_cuMemcpy2DUnaligned_v2(_ p: UnsafeRawPointer?) -> Int32 { memcpy2D("cuMemcpy2DUnaligned", p) }
 
-/// cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D *pCopy, CUstream hStream): done when it returns.
+/// cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D *pCopy, CUstream hStream): done when it returns, or captured.
 @_cdecl("vgpucore_cuMemcpy2DAsync_v2")
 public func vgpucore_cuMemcpy2DAsync_v2(_ p: UnsafeRawPointer?, _ stream: UnsafeMutableRawPointer?) -> Int32 {
-  if case .failure(let e) = lookUpStream(stream) { return e.result }
-  return memcpy2D("cuMemcpy2DAsync", p)
+  memcpy2D("cuMemcpy2DAsync", p, async: stream)
 }
 
 // MARK: Pitched allocations and address ranges

@@ -67,29 +67,39 @@ final class WorkerJob: @unchecked Sendable {
 /// over and goes on serving the other pairs; a pair's later commands wait
 /// for its launch (in order per pair, and so per stream).
 final class KernelWorkers: @unchecked Sendable {
-  private let queue = Mutex<[WorkerJob]>([])
-  private let done = Mutex<[WorkerJob]>([])
+  // Locks TSan can see (the serving thread and the workers contend for both:
+  // a plain Mutex hands over through PI futexes, which TSan reports as races).
+  private let queue = SanitizerVisibleMutex<[WorkerJob]>([])
+  private let done = SanitizerVisibleMutex<[WorkerJob]>([])
   /// Bumped per job queued; workers sleep on it (futex).
   private let word = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
   /// Jobs finished and not yet collected: the serving thread's cheap check.
   let finished = Atomic<Int>(0)
   private let running = Atomic<Bool>(true)
+  /// Started with the first job, under `queue`'s lock: a mediator serves
+  /// each host process with a device of its own, and most (discovery) never
+  /// launch, so an idle device costs its serving thread only.
   private var threads: [pthread_t] = []
+  private let count: Int
   /// Wakes the serving thread (as a doorbell would) when a job is done.
   private let wakeDevice: @Sendable () -> Void
 
   init(count: Int, wakeDevice: @escaping @Sendable () -> Void) {
     word.initialize(to: 0)
     self.wakeDevice = wakeDevice
-    for _ in 0..<max(1, count) {
-      if let t = startThread({ [self] in work() }) { threads.append(t) }
-    }
+    self.count = max(1, count)
   }
 
   deinit { word.deallocate() }
 
   func submit(_ job: WorkerJob) {
-    queue.withLock { $0.append(job) }
+    queue.withLock { jobs in
+      jobs.append(job)
+      guard threads.isEmpty, running.load(ordering: .acquiring) else { return }
+      for _ in 0..<count {
+        if let t = startThread({ [self] in work() }) { threads.append(t) }
+      }
+    }
     _ = vgpu_fetch_add_u32(word, 1)
     _ = vgpu_futex_wake(word, 1)
   }
@@ -110,8 +120,11 @@ final class KernelWorkers: @unchecked Sendable {
     running.store(false, ordering: .releasing)
     _ = vgpu_fetch_add_u32(word, 1)
     _ = vgpu_futex_wake(word, Int32.max)
-    for t in threads { pthread_join(t, nil) }
-    threads = []
+    let started = queue.withLock { _ in
+      defer { threads = [] }
+      return threads
+    }
+    for t in started { pthread_join(t, nil) }
   }
 
   private func work() {

@@ -6,12 +6,14 @@
 /// |---|---|---|
 /// | 0 | 4 | magic `0x4B4E_4847` ("GHNK") |
 /// | 4 | 4 | protocol version (major << 16 \| minor), as `Register.version` |
-/// | 8 | 4 | status: 0 accepted (the fd comes with it), 1 refused, 2 failed |
+/// | 8 | 4 | status: 0 accepted (the fd comes with it), 1 refused, 2 failed, 3 waiting |
 /// | 12 | 4 | length of `reason` in bytes (0...`reasonCapacity`) |
 /// | 16 | 8 | BAR size in bytes (the fd's size; 0 unless accepted) |
 /// | 24 | 8 | reserved, 0 |
-/// | 32 | 224 | reason, UTF-8 (refused or failed: one line for a person) |
+/// | 32 | 224 | reason, UTF-8 (refused, failed or waiting: one line for a person) |
 ///
+/// `waiting` is not the last message: a mediator at its `--max-clients`
+/// says so at once, then sends the final greeting when a client exits.
 /// Both sides check every field (`init(decoding:)`): the bytes come from
 /// the other side of a socket.
 public struct SocketGreeting: Sendable, Equatable {
@@ -28,6 +30,9 @@ public struct SocketGreeting: Sendable, Equatable {
     case refused = 1
     /// The mediator admits it but could not make its BAR (out of memory, stopping).
     case failed = 2
+    /// The mediator serves its maximum of processes: another greeting follows
+    /// when one exits (`reason` says how many, which, and what to do).
+    case waiting = 3
   }
 
   public var status: Status

@@ -1,4 +1,5 @@
 import ArgumentParser
+import DeviceAccess
 import Foundation
 import VGPU
 import VGPUProtocol
@@ -358,14 +359,18 @@ final class ProcessNames {
   func command(of pid: UInt32) -> String {
     if let known = cache[pid] { return known }
     var name = "?"
-    if local, let comm = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8) {
+    // HostEnvironment reads to the end: Foundation's String(contentsOfFile:) gives the first
+    // 4 KiB of a /proc file (its size reads 0), and a BAR's line in a process with many
+    // mappings (a sanitized or a big Python process) came after it: the command showed "?".
+    let host = HostEnvironment.live
+    if local, let comm = host.readText("/proc/\(pid)/comm") {
       // Behind shm:, a pid is ours only if that process maps the BAR; else
       // it is a guest's pid in a VM served from the same file.
       if let barFile {
-        let maps = (try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)) ?? ""
-        if maps.contains(barFile) { name = comm.trimmingCharacters(in: .newlines) }
+        let maps = host.readText("/proc/\(pid)/maps", limit: .max) ?? ""
+        if maps.contains(barFile) { name = comm }
       } else {
-        name = comm.trimmingCharacters(in: .newlines)
+        name = comm
       }
     }
     cache[pid] = name

@@ -48,6 +48,8 @@ struct SuiteOptions {
   var onlyIdle = false
   /// Only the engine section (the PTX engine's figures, e.g. after a change to it).
   var onlyEngine = false
+  /// Only the scale section (discovery bursts of 1 to 32 processes).
+  var onlyScale = false
 }
 
 /// Runs every case and baseline and fills the report.
@@ -55,7 +57,7 @@ final class Suite {
   let options: SuiteOptions
   let plan: Plan
   var report: Report
-  let progress = Progress(total: 14)
+  let progress = Progress(total: 15)
   var mediator: Process?
   var barPath = ""
   var socketPath = ""
@@ -113,6 +115,13 @@ final class Suite {
     if options.onlyIdle {
       progress.begin("idle CPU of the mediator and of a client")
       measureIdle(vgpuSpec)
+      report.seconds = progress.seconds
+      return report
+    }
+    if options.onlyScale {
+      progress.begin("scale: 1 to \(scaleLevels.last!) discovery processes at once (a socket mediator)")
+      measureScale()
+      report.loadAverage.append(loadAverage())
       report.seconds = progress.seconds
       return report
     }
@@ -211,6 +220,8 @@ final class Suite {
     device.device.close()
     progress.begin("discovery through libcuda.so.1 in a fresh process")
     measureDiscovery()
+    progress.begin("scale: 1 to \(scaleLevels.last!) discovery processes at once (a socket mediator)")
+    measureScale()
 
     progress.begin("two client processes at once: vGPU")
     let two = measured("two vGPU clients") { try twoClients(vgpuSpec) }

@@ -34,6 +34,9 @@ struct VGPUBench: ParsableCommand {
       synthetic fat binaries vs an H2D copy of as many bytes
         discovery    cuInit .. cuDeviceTotalMem_v2 through libcuda.so.1 in a fresh \
       process vs an empty C program (cc builds both)
+        scale        Ollama's full discovery (CUDA and NVML) in 1, 2, 4, 8, 16 and 32 \
+      processes started at once on a socket mediator (a BAR each): wall time and \
+      per-process p50 / p99 vs one process alone
         two clients  the same cases with two client processes at once
         idle         CPU of an idle mediator and an idle client after a grace period
 
@@ -91,12 +94,19 @@ struct VGPUBench: ParsableCommand {
   @Flag(name: .customLong("only-engine"), help: "Measure only the engine section (PTX engine, launches, module loads).")
   var onlyEngine = false
 
+  @Flag(
+    name: .customLong("only-scale"),
+    help: "Measure only the scale section (discovery bursts of 1 to 32 processes on a socket mediator).")
+  var onlyScale = false
+
   func validate() throws {
     if let maxSize, parseSize(maxSize) == nil {
       throw ValidationError("--max-size '\(maxSize)' is not a size such as 1G, 256M or 64K")
     }
     if let discoveryRuns, discoveryRuns < 1 { throw ValidationError("--discovery-runs must be at least 1") }
-    if onlyIdle && onlyEngine { throw ValidationError("--only-idle and --only-engine exclude each other: give one") }
+    if [onlyIdle, onlyEngine, onlyScale].filter({ $0 }).count > 1 {
+      throw ValidationError("--only-idle, --only-engine and --only-scale exclude each other: give one")
+    }
     if let mediator, !FileManager.default.isExecutableFile(atPath: mediator) {
       throw ValidationError("--mediator \(mediator) is not an executable file: name a built vgpu-mediator")
     }
@@ -122,7 +132,7 @@ struct VGPUBench: ParsableCommand {
       quick: quick, maxSize: maxSize.flatMap(parseSize) ?? (quick ? 1 << 20 : 1 << 30), mediator: mediatorPath,
       shims: shims ?? findShims(from: here), callgrind: !quick && !noCallgrind,
       discoveryRuns: discoveryRuns ?? (quick ? 3 : 30), mediatorOptions: mediatorOptions, onlyIdle: onlyIdle,
-      onlyEngine: onlyEngine)
+      onlyEngine: onlyEngine, onlyScale: onlyScale)
     let report = try Suite(options).run()
 
     try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)

@@ -1,4 +1,5 @@
 import CoreMetrics
+import DeviceAccess
 import Foundation
 import Prometheus
 import Synchronization
@@ -23,7 +24,7 @@ final class DeviceMetrics: Sendable {
   private let deviceLabel: String
   /// Whether the clients are in a VM: their pids are the guest's, and have no name here.
   private let vm: Bool
-  private let state = Mutex(State())
+  private let state = SanitizerVisibleMutex(State())
   /// How long each scrape takes, through swift-metrics (bootstrapped to the same registry).
   private let scrapeTimer: CoreMetrics.Timer
 

@@ -74,6 +74,12 @@ struct AllowList: Sendable {
 /// its last connection closes (exit, SIGKILL) everything the process held is
 /// released at once.
 ///
+/// At most `maxClients` processes are served at once: a process beyond that
+/// is told so (greeting `waiting`, with who holds the places) and admitted
+/// when one exits; it gives up at its own open deadline. The limit bounds
+/// what the mediator holds per process (a BAR, its serving thread, file
+/// descriptors), not a layout: BARs are made on demand.
+///
 /// One thread polls the listening socket and every client's socket (an idle
 /// mediator sleeps in poll(2)); each client device serves on a thread of its
 /// own, which sleeps on its own BAR's futex while idle. A thread per client
@@ -90,6 +96,11 @@ final class HostClientServer: @unchecked Sendable {
   private let log: Logger
   private let onEvent: @Sendable (DeviceEvent) -> Void
   private var thread: pthread_t?
+  /// Processes served at once (`--max-clients`).
+  let maxClients: Int
+  /// Processes that may wait for a place beyond `maxClients`; more are told
+  /// at once that the mediator is full (each waiter holds a descriptor).
+  var maxWaiting: Int { max(64, maxClients) }
 
   /// One process: its BAR and device, shared by all its connections (the
   /// shims of one process each connect; they are one tenant). Known by pid
@@ -108,9 +119,18 @@ final class HostClientServer: @unchecked Sendable {
       self.device = device
     }
   }
+  /// A connection admitted by the allow-list, waiting for a place.
+  private struct Waiter {
+    var fd: Int32
+    var pid: UInt32
+    var uid: UInt32
+    var startTime: UInt64
+  }
   private struct State {
     /// Each connected socket's tenant.
     var clients: [Int32: Tenant] = [:]
+    /// Connections waiting for a place, oldest first.
+    var waiting: [Waiter] = []
     /// What departed tenants' devices counted, so the totals never go down.
     var retired: DeviceSnapshot?
     /// Each tenant once.
@@ -119,15 +139,16 @@ final class HostClientServer: @unchecked Sendable {
       return clients.values.filter { seen.insert(ObjectIdentifier($0)).inserted }
     }
   }
-  private let state = Mutex(State())
+  private let state = SanitizerVisibleMutex(State())
 
   /// Binds `socketPath` (a stale socket file is replaced; one a live mediator
   /// serves is refused), gives it the mode the allow-list needs, and listens.
   init(
     socketPath: String, allow: AllowList, shared: SharedExecution, configuration: ReferenceDeviceConfiguration,
-    log: Logger, onEvent: @escaping @Sendable (DeviceEvent) -> Void
+    maxClients: Int, log: Logger, onEvent: @escaping @Sendable (DeviceEvent) -> Void
   ) throws {
     self.socketPath = socketPath
+    self.maxClients = maxClients
     self.allow = allow
     self.shared = shared
     self.configuration = configuration
@@ -188,6 +209,13 @@ final class HostClientServer: @unchecked Sendable {
     for fd in state.withLock({ Array($0.clients.keys) }) {
       disconnect(fd, reason: "the mediator stops", release: false)
     }
+    for waiter in state.withLock({ s in
+      defer { s.waiting = [] }
+      return s.waiting
+    }) {
+      send(SocketGreeting(status: .failed, reason: "vgpu-mediator stopped while this process waited"), to: waiter.fd)
+      close(waiter.fd)
+    }
     unlink(socketPath)
   }
 
@@ -201,19 +229,39 @@ final class HostClientServer: @unchecked Sendable {
 
   private func serve() {
     var fds: [pollfd] = []
+    // Out of file descriptors, accept(2) fails while the listener stays
+    // readable: it is left alone for a while instead of spun on.
+    var acceptPausedUntil: UInt64 = 0
+    var descriptorsShort = false
     while true {
+      let paused = vgpu_monotonic_ns() < acceptPausedUntil
       fds = [
-        pollfd(fd: wake, events: Int16(POLLIN), revents: 0), pollfd(fd: listener, events: Int16(POLLIN), revents: 0),
+        pollfd(fd: wake, events: Int16(POLLIN), revents: 0),
+        pollfd(fd: paused ? -1 : listener, events: Int16(POLLIN), revents: 0),
       ]
-      fds += state.withLock { $0.clients.keys.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) } }
-      // No timeout: an idle mediator sleeps here; stop() writes `wake`.
-      let n = poll(&fds, nfds_t(fds.count), -1)
+      fds += state.withLock { s in
+        (Array(s.clients.keys) + s.waiting.map(\.fd)).map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+      }
+      // No timeout but a paused accept's: an idle mediator sleeps here; stop() writes `wake`.
+      let n = poll(&fds, nfds_t(fds.count), paused ? 100 : -1)
       if n < 0 && errno == EINTR { continue }
       guard n >= 0, fds[0].revents == 0 else { return }
+      var departed = false
       for p in fds.dropFirst(2) where p.revents != 0 && hasClosed(p) {
-        disconnect(p.fd, reason: "its socket closed")
+        departed = disconnect(p.fd, reason: "its socket closed") || departed
       }
-      if fds[1].revents & Int16(POLLIN) != 0 { accept() }
+      if departed { admitWaiting() }
+      if fds[1].revents & Int16(POLLIN) != 0 {
+        let accepted = accept()
+        if !accepted && !descriptorsShort {
+          // Said once per shortage: it lasts until a process departs.
+          log.error(
+            "cannot accept clients: out of file descriptors; they wait in the backlog until a process exits. Raise the mediator's limit (ulimit -n, LimitNOFILE=) or lower --max-clients",
+            metadata: ["clients": "\(state.withLock { $0.tenants.count })"])
+        }
+        descriptorsShort = !accepted
+        if !accepted { acceptPausedUntil = vgpu_monotonic_ns() + 100_000_000 }
+      }
     }
   }
 
@@ -226,15 +274,17 @@ final class HostClientServer: @unchecked Sendable {
     return n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)
   }
 
-  private func accept() {
+  /// Takes one connection from the backlog: refuses it, makes it wait, or
+  /// serves it. False when accept(2) found no descriptor to give (EMFILE, ENFILE).
+  private func accept() -> Bool {
     let fd = vgpu_accept_cloexec(listener)
-    guard fd >= 0 else { return }
+    guard fd >= 0 else { return -fd != EMFILE && -fd != ENFILE }
     var pid: UInt32 = 0
     var uid: UInt32 = 0
     var gid: UInt32 = 0
     guard vgpu_peer_ucred(fd, &pid, &uid, &gid) == 0 else {
       close(fd)
-      return
+      return true
     }
     // SO_PEERCRED gives pid 0 for a peer outside this PID namespace's view
     // (unix(7)): such peers could not be told apart, so none is served.
@@ -246,10 +296,75 @@ final class HostClientServer: @unchecked Sendable {
         "client refused", metadata: ["pid": "\(pid)", "uid": "\(uid)", "gid": "\(gid)", "reason": "\(reason)"])
       send(SocketGreeting(status: .refused, reason: reason), to: fd)
       close(fd)
-      return
+      return true
     }
+    let waiter = Waiter(fd: fd, pid: pid, uid: uid, startTime: ProcessLiveness.startTime(pid) ?? 0)
+    // A process already served connects again (its other shim): same tenant, no new place.
+    enum Decision {
+      case serve
+      case wait(String)
+      case full(String)
+    }
+    let decision = state.withLock { s -> Decision in
+      let tenants = s.tenants
+      if tenants.count < maxClients && s.waiting.isEmpty
+        || tenants.contains(where: { $0.pid == pid && $0.startTime == waiter.startTime })
+      {
+        return .serve
+      }
+      let full = self.fullness(tenants)
+      guard s.waiting.count < maxWaiting else {
+        return .full("\(full), and \(s.waiting.count) more processes wait already")
+      }
+      s.waiting.append(waiter)
+      return .wait(full)
+    }
+    switch decision {
+    case .serve:
+      admit(waiter)
+    case .wait(let full):
+      log.notice("client waits for a place", metadata: ["pid": "\(pid)", "uid": "\(uid)", "reason": "\(full)"])
+      send(SocketGreeting(status: .waiting, reason: full), to: fd)
+    case .full(let full):
+      log.warning("client refused: too many wait", metadata: ["pid": "\(pid)", "uid": "\(uid)"])
+      send(SocketGreeting(status: .failed, reason: full), to: fd)
+      close(fd)
+    }
+    return true
+  }
+
+  /// "serves its maximum of 4 processes (--max-clients 4): pids 10, 11, 12, 13",
+  /// as much as a greeting's reason holds.
+  private func fullness(_ tenants: [Tenant]) -> String {
+    let pids = tenants.map(\.pid).sorted()
+    let shown = pids.prefix(12).map(String.init).joined(separator: ", ")
+    let more = pids.count > 12 ? " and \(pids.count - 12) more" : ""
+    let processes = maxClients == 1 ? "1 process" : "\(maxClients) processes"
+    return
+      "serves its maximum of \(processes) (--max-clients \(maxClients)): pid\(pids.count == 1 ? "" : "s") \(shown)\(more)"
+  }
+
+  /// Gives places freed by departed processes to the oldest waiters (and
+  /// serves at once a waiter whose process is served meanwhile).
+  private func admitWaiting() {
+    while true {
+      let next = state.withLock { s -> Waiter? in
+        let tenants = s.tenants
+        let i = s.waiting.firstIndex { w in
+          tenants.contains { $0.pid == w.pid && $0.startTime == w.startTime }
+        }
+        if let i { return s.waiting.remove(at: i) }
+        return tenants.count < maxClients && !s.waiting.isEmpty ? s.waiting.removeFirst() : nil
+      }
+      guard let next else { return }
+      admit(next)
+    }
+  }
+
+  /// Serves a connection: its process's BAR, made now for a new process.
+  private func admit(_ client: Waiter) {
+    let (fd, pid, uid, startTime) = (client.fd, client.pid, client.uid, client.startTime)
     let started = vgpu_monotonic_ns()
-    let startTime = ProcessLiveness.startTime(pid) ?? 0
     let known = state.withLock { s in s.clients.values.first { $0.pid == pid && $0.startTime == startTime } }
     let tenant: Tenant
     if let known {
@@ -311,17 +426,24 @@ final class HostClientServer: @unchecked Sendable {
     return bytes.withUnsafeBytes { b in vgpu_send_fds(socket, b.baseAddress, b.count, &f, fd >= 0 ? 1 : 0) == 0 }
   }
 
-  /// Closes one connection; with a tenant's last, stops its device,
-  /// releases everything it held (`release`: the process is gone), and
-  /// unmaps its BAR.
-  private func disconnect(_ fd: Int32, reason: String, release: Bool = true) {
-    let last = state.withLock { s -> Tenant? in
-      guard let tenant = s.clients.removeValue(forKey: fd) else { return nil }
+  /// Closes one connection (a waiter's, or a tenant's); with a tenant's
+  /// last, stops its device, releases everything it held (`release`: the
+  /// process is gone), and unmaps its BAR. Whether a tenant departed.
+  @discardableResult
+  private func disconnect(_ fd: Int32, reason: String, release: Bool = true) -> Bool {
+    let (last, wasWaiting) = state.withLock { s -> (Tenant?, Bool) in
+      if let i = s.waiting.firstIndex(where: { $0.fd == fd }) {
+        s.waiting.remove(at: i)
+        return (nil, true)
+      }
+      guard let tenant = s.clients.removeValue(forKey: fd) else { return (nil, false) }
       tenant.connections -= 1
-      return tenant.connections == 0 ? tenant : nil
+      return (tenant.connections == 0 ? tenant : nil, false)
     }
     close(fd)
-    guard let tenant = last else { return }
+    if wasWaiting { log.info("a waiting client gave up", metadata: ["why": "\(reason)"]) }
+    guard let tenant = last else { return false }
+    let started = vgpu_monotonic_ns()
     let (bytes, _) = tenant.device.memoryInUse
     tenant.device.stop()
     if release { tenant.device.releaseAll() }
@@ -336,6 +458,8 @@ final class HostClientServer: @unchecked Sendable {
       metadata: [
         "pid": "\(tenant.pid)", "uid": "\(tenant.uid)", "why": "\(reason)",
         "\(release ? "released" : "held")Bytes": "\(bytes)",
+        "teardownMicroseconds": "\((vgpu_monotonic_ns() - started) / 1000)",
       ])
+    return true
   }
 }

@@ -30,6 +30,14 @@ struct Mediator: ParsableCommand {
       this user, root and group vgpu). When its socket closes (exit, SIGKILL) its \
       queue pairs and device memory are released at once.
 
+      At most --max-clients processes are served at once (default 256). One more \
+      waits for a place (the greeting says who holds them) and gets it when a \
+      process exits; it gives up at its open deadline (the shims' VGPU_TIMEOUT, \
+      default 2 s) with a message naming the limit. Within one BAR, --queue-pairs \
+      bounds the threads of a process that submit at once (the shims use one pair \
+      per process); on a shared BAR (--vm, --shared-bar) it bounds the processes, \
+      and one more waits the same way for a pair to be freed.
+
       With --vm (or --ivshmem-socket) the mediator serves one BAR file (--path) to a \
       VM instead: QEMU's ivshmem device maps it, and the VM is one tenant. \
       SIGINT or SIGTERM stops the mediator: the commands in hand complete, the \
@@ -120,8 +128,22 @@ struct Mediator: ParsableCommand {
       """, valueName: "path"))
   var nvmlLibrary = "libnvidia-ml.so.1"
 
-  @Option(name: .customLong("queue-pairs"), help: "Queue pairs (1-256): how many clients/threads can submit at once.")
+  @Option(
+    name: .customLong("queue-pairs"),
+    help: """
+      Queue pairs per BAR (1-256): on the socket, how many threads of one process submit at once; \
+      on a shared BAR (--vm, --shared-bar), how many processes use it at once (one more waits for a free pair).
+      """)
   var queuePairs = 8
+
+  @Option(
+    name: .customLong("max-clients"),
+    help: ArgumentHelp(
+      """
+      Processes served at once on --socket (1-65536; default 256), each with a BAR of its own; one more \
+      waits (up to its open deadline) until one exits. Not with --vm or --shared-bar (--queue-pairs bounds those).
+      """, valueName: "count"))
+  var maxClients: Int?
 
   @Option(name: .long, help: "Entries per ring (a power of two, 2-4096).")
   var depth = 256
@@ -211,6 +233,9 @@ struct Mediator: ParsableCommand {
       throw ValidationError("--slot-size '\(slotSize)' must be whole 4 KiB pages, at most 1G")
     }
     guard (1...256).contains(queuePairs) else { throw ValidationError("--queue-pairs must be 1-256") }
+    if let maxClients, !(1...65536).contains(maxClients) {
+      throw ValidationError("--max-clients must be 1-65536 (processes served at once)")
+    }
     guard (2...4096).contains(depth), depth & (depth - 1) == 0 else {
       throw ValidationError("--depth must be a power of two from 2 to 4096")
     }
@@ -231,9 +256,10 @@ struct Mediator: ParsableCommand {
         "--path names a BAR file (with --vm, --ivshmem-socket or --shared-bar); host processes connect to --socket now (VGPU_DEVICE=unix:PATH)"
       )
     }
-    if fileMode && (socket != nil || !allowUIDs.isEmpty || !allowGroups.isEmpty) {
+    if fileMode && (socket != nil || !allowUIDs.isEmpty || !allowGroups.isEmpty || maxClients != nil) {
       throw ValidationError(
-        "--socket, --allow-uid and --allow-group serve host processes; not with --vm, --ivshmem-socket or --shared-bar")
+        "--socket, --allow-uid, --allow-group and --max-clients serve host processes; not with --vm, --ivshmem-socket or --shared-bar (there --queue-pairs bounds the processes)"
+      )
     }
     if sharedBAR && (vm || ivshmemSocket != nil) {
       throw ValidationError("--shared-bar serves host processes on one file; a VM's file is --vm")
@@ -312,9 +338,11 @@ struct Mediator: ParsableCommand {
     do { shared = try SharedExecution(configuration: config, backend: work) } catch {
       throw Failure(error.description)
     }
+    let maxClients = maxClients ?? Self.defaultMaxClients
+    Self.raiseDescriptorLimit(for: maxClients, log: log)
     var signals = Self.blockStopSignals()
     let server = try HostClientServer(
-      socketPath: socketPath, allow: allow, shared: shared, configuration: config, log: log,
+      socketPath: socketPath, allow: allow, shared: shared, configuration: config, maxClients: maxClients, log: log,
       onEvent: events)
     let metrics: MetricsServer?
     do {
@@ -331,7 +359,8 @@ struct Mediator: ParsableCommand {
       metadata: [
         "socket": "\(server.socketPath)", "client": "VGPU_DEVICE=unix:\(server.socketPath)",
         "admits": "\(allow.summary)", "memory": "\(config.memorySize >> 20) MiB", "backend": "\(shared.backendName)",
-        "barPerClient": "\(config.layout.regionSize) bytes, \(queuePairs) queue pairs", "pid": "\(getpid())",
+        "barPerClient": "\(config.layout.regionSize) bytes, \(queuePairs) queue pairs", "maxClients": "\(maxClients)",
+        "pid": "\(getpid())",
       ])
     var received: Int32 = 0
     sigwait(&signals, &received)
@@ -352,6 +381,7 @@ struct Mediator: ParsableCommand {
       // Without doorbells nothing wakes the device from a VM: it looks often.
       if ivshmemSocket == nil { config.wait.sleepSliceNanoseconds = 1_000_000 }
     }
+    if let problem = Self.notABAR(path) { throw Failure(problem) }
     // The lock comes first: the file of a live mediator must not be touched.
     let region: MappedRegion
     do {
@@ -444,6 +474,27 @@ struct Mediator: ParsableCommand {
     return cuda
   }
 
+  /// Processes served at once unless --max-clients says otherwise.
+  static let defaultMaxClients = 256
+
+  /// Each process served holds a few descriptors (its socket, its BAR's
+  /// memfd, one per further connection), each waiter one: the soft limit
+  /// (often 1024) is raised toward the hard one when `maxClients` needs more,
+  /// and the log says so when even that is short.
+  static func raiseDescriptorLimit(for maxClients: Int, log: Logger) {
+    let needed = rlim_t(4 * maxClients + 64)
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < needed else { return }
+    let soft = limit.rlim_cur
+    limit.rlim_cur = min(needed, limit.rlim_max)
+    if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) != 0 { limit.rlim_cur = soft }
+    if limit.rlim_cur < needed {
+      log.warning(
+        "--max-clients \(maxClients) needs about \(needed) file descriptors; this process may open \(limit.rlim_cur): clients beyond that wait. Raise the limit (ulimit -n, systemd LimitNOFILE=) or lower --max-clients"
+      )
+    }
+  }
+
   /// Signals are taken by sigwait on the main thread only: blocked before
   /// any other thread starts (devices, the HTTP server's Swift concurrency
   /// threads), so that they inherit the mask.
@@ -506,6 +557,24 @@ struct Mediator: ParsableCommand {
       minor < 100
     else { return nil }
     return major * 1000 + minor * 10
+  }
+
+  /// Why the file at `path` must not become a BAR (it would be resized and overwritten), or
+  /// nil: a new or empty file, an earlier BAR (the vGPU magic first), or a file whose first
+  /// register block is all zeros (a mediator stopped before writing it) may be taken.
+  static func notABAR(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+    guard fd >= 0 else { return nil }  // missing (created), or refused later with the reason
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size > 0 else { return nil }
+    var head = [UInt8](repeating: 0, count: Int(Register.blockSize))
+    let n = head.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+    guard n > 0 else { return nil }
+    let magic = n >= 4 ? head.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) } : 0
+    if magic == vgpuMagic || head[..<n].allSatisfy({ $0 == 0 }) { return nil }
+    return
+      "\(path) holds \(st.st_size) bytes that are not a vGPU BAR (no vGPU register block): the mediator would resize and overwrite it; give --path a new file on tmpfs (/dev/shm/NAME) or remove that one"
   }
 
   /// Who holds the lock on `path`, as the register block says (best effort).

@@ -35,6 +35,9 @@ import Testing
       "instructions per NOP, client (shm, 1 a doorbell)", "discovery beyond empty program start-up",
       "NOP round trip p50, 2 clients (worse one)", "NOPs, 32 a doorbell, 2 clients (sum)",
       "H2D 64 MiB, 2 clients (sum)", "idle mediator: CPU", "idle client (device open, no calls): CPU",
+      // The scale section (quick: 1, 2 and 4 processes).
+      "4 discovery processes at once: wall", "4 at once: per-process discovery p50",
+      "4 at once: per-process discovery p99",
     ]
     for name in expected { #expect(names.contains(name), "missing case \(name)") }
     // The engine section (names carry the quick run's sizes).
@@ -61,8 +64,8 @@ import Testing
     for series in ["vGPU H2D", "vGPU D2H", "socket RPC H2D", "memcpy, 1 thread (ceiling)"] {
       #expect(bandwidth[series] != nil, "missing bandwidth series \(series)")
     }
-    // Only discovery may be missing (no shims built); anything else is a failure.
-    #expect(problems.allSatisfy { $0.hasPrefix("discovery") }, "\(problems)")
+    // Only discovery and scale may be missing (no shims built); anything else is a failure.
+    #expect(problems.allSatisfy { $0.hasPrefix("discovery") || $0.hasPrefix("scale") }, "\(problems)")
     let svg = try String(contentsOf: out.appendingPathComponent("plot.svg"), encoding: .utf8)
     #expect(svg.hasPrefix("<?xml") && svg.contains("</svg>") && svg.contains("<polyline"))
     #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("report.json").path))

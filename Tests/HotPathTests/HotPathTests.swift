@@ -28,7 +28,10 @@ import VGPUSimulator
     private var served: (ReferenceDevice, String)?
     init(_ kind: String) throws {
       if kind == "sim" {
-        device = try Device.open("sim", options: .simulator())
+        var options = OpenOptions.simulator()
+        // The in-process engine under a sanitizer at load 12+ took over the 2 s silence deadline.
+        options.timeout = .seconds(2 * Sanitizer.slowdown)
+        device = try Device.open("sim", options: options)
         return
       }
       let path = "/dev/shm/vgpu-hot-path-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -39,7 +42,9 @@ import VGPUSimulator
       reference.announce(pid: UInt32(getpid()))
       reference.start()
       served = (reference, path)
-      do { device = try Device.open("shm:" + path) } catch {
+      var options = OpenOptions()
+      options.timeout = .seconds(2 * Sanitizer.slowdown)
+      do { device = try Device.open("shm:" + path, options: options) } catch {
         reference.stop()
         unlink(path)
         throw error

@@ -109,21 +109,9 @@ import VGPUProtocol
   @Test func aCooperativeLaunchCrossesBothLayers() throws {
     let d = try Device.open(layers.spec)
     defer { d.close() }
-    let source = #"""
-      extern "C" __global__ void rounds(unsigned* buf, unsigned* out, int rounds) {
-        unsigned long long g = cudaCGGetIntrinsicHandle(cudaCGScopeGrid);
-        int n = gridDim.x * blockDim.x;
-        int i = blockIdx.x * blockDim.x + threadIdx.x;
-        unsigned v = i;
-        for (int r = 0; r < rounds; r++) {
-          buf[(r & 1) * n + i] = v;
-          cudaCGSynchronize(g, 0);
-          v = v * 3u + buf[(r & 1) * n + (i + blockDim.x + 1) % n];
-        }
-        out[i] = v;
-      }
-      """#
-    let ptx = try CUDAToolchain.nvrtcPTX(source: source, name: "rounds.cu", options: ["-rdc=true"])
+    let source = try String(
+      contentsOf: CUDAToolchain.kernels.appendingPathComponent("grid_sync_rdc.cu"), encoding: .utf8)
+    let ptx = try CUDAToolchain.nvrtcPTX(source: source, name: "grid_sync_rdc.cu", options: ["-rdc=true"])
     let f = try d.function("rounds", in: try d.loadModule(Array(ptx.utf8) + [0]))
     let (blocks, threads, rounds) = (4, 32, 5)
     let n = blocks * threads

@@ -419,18 +419,7 @@ final class PrometheusServer {
 /// The metrics endpoint as the tests find and read it.
 enum Metrics {
   /// The port from the mediator's "metrics listening" log line.
-  static func port(of mediator: MediatorProcess) throws -> UInt16? {
-    var found: UInt16?
-    _ = waitUntil(seconds: 10) {
-      for line in mediator.log.split(separator: "\n") where line.contains("metrics listening") {
-        if let r = line.range(of: #"address=[^ ]*:(\d+)"#, options: .regularExpression) {
-          found = UInt16(line[r].split(separator: ":").last ?? "")
-        }
-      }
-      return found != nil
-    }
-    return found
-  }
+  static func port(of mediator: MediatorProcess) throws -> UInt16? { mediator.metricsPort() }
 
   /// A socket listening on a free loopback port.
   static func listener() throws -> (fd: Int32, port: UInt16) {
@@ -470,43 +459,6 @@ enum Metrics {
       rest = rest[r.upperBound...]
     }
     return names
-  }
-}
-
-/// HTTP/1.0 GET on loopback, by hand: the tests need nothing more.
-enum HTTP {
-  static func get(port: UInt16, path: String) throws -> (status: Int, headers: String, body: String) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw ObservabilityFailure("socket: errno \(errno)") }
-    defer { close(fd) }
-    var timeout = timeval(tv_sec: 10, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = port.bigEndian
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    let connected = withUnsafePointer(to: &address) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
-      }
-    }
-    guard connected else { throw ObservabilityFailure("connect 127.0.0.1:\(port): errno \(errno)") }
-    let request = Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1:\(port)\r\nConnection: close\r\n\r\n".utf8)
-    _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
-    var response: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-      let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-      if n <= 0 { break }
-      response += chunk[..<n]
-    }
-    let text = String(decoding: response, as: UTF8.self)
-    guard let split = text.range(of: "\r\n\r\n") else {
-      throw ObservabilityFailure("GET \(path) on port \(port): no HTTP response (\(text.prefix(200)))")
-    }
-    let head = String(text[..<split.lowerBound])
-    let status = head.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
-    return (status, head, String(text[split.upperBound...]))
   }
 }
 

@@ -202,6 +202,10 @@ import Testing
       mediator(["--gpu", huge], 2, says: ["--gpu"]),
       mediator(["--queue-pairs", "0"], 2, says: ["--queue-pairs"]),
       mediator(["--queue-pairs", huge], 2, says: ["--queue-pairs"]),
+      mediator(["--max-clients", "0"], 2, says: ["--max-clients", "1-65536"]),
+      mediator(["--max-clients", "65537"], 2, says: ["--max-clients", "1-65536"]),
+      mediator(["--max-clients", "abc"], 2, says: ["--max-clients", "abc"]),
+      mediator(["--max-clients", huge], 2, says: ["--max-clients"]),
       mediator(["--depth", "3"], 2, says: ["--depth"]),
       mediator(["--depth", "0"], 2, says: ["--depth"]),
       mediator(["--slot-size", "1000"], 2, says: ["--slot-size"]),
@@ -221,6 +225,7 @@ import Testing
       mediator(["--path", BadInput.path("bar")], 2, says: ["--path"]),
       mediator(["--vm", "--socket", BadInput.path("s.sock")], 2, says: ["--socket", "--vm"]),
       mediator(["--shared-bar", "--vm", "--path", BadInput.path("bar")], 2, says: ["--shared-bar", "--vm"]),
+      mediator(["--shared-bar", "--max-clients", "4"], 2, says: ["--max-clients", "--queue-pairs"]),
       mediator(
         ["--ivshmem-socket", BadInput.path("i.sock"), "--path", BadInput.path("bar2"), "--vectors", "0"], 2,
         says: ["--vectors"]),
@@ -231,6 +236,9 @@ import Testing
       mediator(["--socket", BadInput.path("directory")], 1, says: [BadInput.path("directory"), "not a socket"]),
       mediator(["--vm", "--path", BadInput.path("missing") + "/deeper/bar"], 1, says: ["deeper/bar"]),
       mediator(["--vm", "--path", BadInput.path("directory")], 1, says: [BadInput.path("directory")]),
+      mediator(["--vm", "--path", BadInput.path("regular")], 1, says: [BadInput.path("regular"), "not a vGPU BAR"]),
+      mediator(
+        ["--shared-bar", "--path", BadInput.path("garbage")], 1, says: [BadInput.path("garbage"), "not a vGPU BAR"]),
       mediator(
         ["--ivshmem-socket", BadInput.path("regular"), "--path", BadInput.path("bar3")], 1,
         says: [BadInput.path("regular"), "not a socket"]),
@@ -264,6 +272,7 @@ import Testing
       bench(["--mediator", BadInput.path("regular")], 2, says: ["--mediator", BadInput.path("regular")]),
       bench(["--out", BadInput.path("regular") + "/sub", "--quick"], 1, says: [BadInput.path("regular") + "/sub"]),
       bench(["--only-idle", "--only-engine"], 2, says: ["--only-idle", "--only-engine"]),
+      bench(["--only-scale", "--only-engine"], 2, says: ["--only-scale", "--only-engine"]),
       // The internal modes, as the suite starts them.
       bench(["_bogus"], 2, says: ["_bogus"]),
       bench(["_nops"], 2, says: ["_nops"]),

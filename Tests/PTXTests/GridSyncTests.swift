@@ -9,21 +9,13 @@ import Testing
 /// calls, the PTX numba-cuda emits for `cg.this_grid().sync()`.
 @Suite(.enabled(if: Compiler.nvrtc != nil))
 struct GridSyncTests {
-  static let source = #"""
-    // Each round every thread publishes a value, the grid syncs, and each thread reads the
-    // value of a thread in another block: wrong without a grid-wide barrier.
-    extern "C" __global__ void rounds(unsigned* buf, unsigned* out, int rounds) {
-      unsigned long long g = cudaCGGetIntrinsicHandle(cudaCGScopeGrid);
-      int n = gridDim.x * blockDim.x;
-      int i = blockIdx.x * blockDim.x + threadIdx.x;
-      unsigned v = i;
-      for (int r = 0; r < rounds; r++) {
-        buf[(r & 1) * n + i] = v;
-        cudaCGSynchronize(g, 0);
-        v = v * 3u + buf[(r & 1) * n + (i + blockDim.x + 1) % n];
-      }
-      out[i] = v;
-    }
+  /// Tests/Kernels/grid_sync_rdc.cu (`rounds`, shared with MediatorTests' LayeredTests), then
+  /// this suite's own kernels.
+  static let source =
+    (try! String(
+      contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("../Kernels/grid_sync_rdc.cu"), encoding: .utf8)) + ownKernels
+  static let ownKernels = #"""
     extern "C" __global__ void ranks(unsigned* out) {
       unsigned long long g = cudaCGGetIntrinsicHandle(cudaCGScopeGrid);
       unsigned threads = 0, grids = 0, rank = 0, gridRank = 7;

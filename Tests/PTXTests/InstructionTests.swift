@@ -889,6 +889,106 @@ struct WarpAndFloatInstructionTests {
     #expect(mem.download(out, count: 2, as: UInt32.self) == [32, 64])
   }
 
+  /// `tensormap.replace` (PTX ISA "tensormap.replace", sm_90a) in its `.global`, `.shared::cta`
+  /// and generic forms, with and without an ordinal, .b32 and .b64 fields: each writes its
+  /// field's bytes at the engine's layout (TensorMapLayout) and nothing else; an sm_90a target
+  /// loads. cp.async.bulk.tensor, which would read a tensor map, stays refused at load.
+  @Test func tensorMapReplaceWritesItsField() throws {
+    let src = """
+      .version 8.3
+      .target sm_90a
+      .address_size 64
+      .visible .entry tm(.param .u64 out, .param .u64 gaddr)
+      {
+      	.reg .pred 	%p<2>;
+      	.reg .b32 	%r<8>;
+      	.reg .b64 	%rd<10>;
+      	.shared .align 128 .b8 smap[128];
+      	ld.param.u64 	%rd1, [out];
+      	ld.param.u64 	%rd2, [gaddr];
+      	cvta.to.global.u64 	%rd3, %rd1;
+      	tensormap.replace.tile.rank.global.b1024.b32 	[%rd3], 2;
+      	tensormap.replace.tile.global_address.global.b1024.b64 	[%rd3], %rd2;
+      	tensormap.replace.tile.global_stride.global.b1024.b64 	[%rd3], 3, %rd2;
+      	tensormap.replace.tile.fill_mode.global.b1024.b32 	[%rd3], 1;
+      	mov.u32 	%r1, smap;
+      	mov.u32 	%r2, -1;
+      	mov.u32 	%r3, 0;
+      $ZERO:
+      	add.s32 	%r4, %r1, %r3;
+      	st.shared.u32 	[%r4], %r2;
+      	add.s32 	%r3, %r3, 4;
+      	setp.lt.u32 	%p1, %r3, 128;
+      	@%p1 bra 	$ZERO;
+      	mov.u32 	%r5, 7;
+      	tensormap.replace.tile.box_dim.shared::cta.b1024.b32 	[%r1], 4, %r5;
+      	tensormap.replace.tile.elemtype.shared::cta.b1024.b32 	[%r1], 9;
+      	mov.u64 	%rd4, smap;
+      	cvta.shared.u64 	%rd5, %rd4;
+      	tensormap.replace.tile.swizzle_mode.b1024.b32 	[%rd5], 3;
+      	tensormap.replace.tile.global_dim.b1024.b32 	[%rd5], 0, 640;
+      	mov.u32 	%r3, 0;
+      $COPY:
+      	add.s32 	%r4, %r1, %r3;
+      	ld.shared.u32 	%r6, [%r4];
+      	cvt.u64.u32 	%rd6, %r3;
+      	add.s64 	%rd7, %rd3, %rd6;
+      	st.global.u32 	[%rd7+128], %r6;
+      	add.s32 	%r3, %r3, 4;
+      	setp.lt.u32 	%p1, %r3, 128;
+      	@%p1 bra 	$COPY;
+      	ret;
+      }
+      .visible .entry bulk(.param .u64 map)
+      {
+      	.reg .b64 	%rd<2>;
+      	.shared .align 128 .b8 tile[256];
+      	.shared .align 8 .b8 bar[8];
+      	ld.param.u64 	%rd1, [map];
+      	cp.async.bulk.tensor.1d.shared::cluster.global.tile.mbarrier::complete_tx::bytes 	[tile], [%rd1, {0}], [bar];
+      	ret;
+      }
+      """
+    let mem = TestMemory()
+    let out = mem.upload([UInt8](repeating: 0xab, count: 256))
+    let gaddr: UInt64 = 0x1234_5678_9abc_def0
+    try run(src, "tm", block: PTXDim3(1), args: [out, gaddr], memory: mem)
+    let bytes = mem.download(out, count: 256, as: UInt8.self)
+    func le(_ v: UInt64, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
+    // The global map: rank @0, global_address @8, global_stride[3] @80+24, fill_mode @120.
+    var global = [UInt8](repeating: 0xab, count: 128)
+    global.replaceSubrange(0..<4, with: le(2, 4))
+    global.replaceSubrange(8..<16, with: le(gaddr, 8))
+    global.replaceSubrange(104..<112, with: le(gaddr, 8))
+    global.replaceSubrange(120..<124, with: le(1, 4))
+    #expect(Array(bytes[0..<128]) == global)
+    // The shared map (all ones first): elemtype @4, global_dim[0] @16, box_dim[4] @36+16, swizzle_mode @112.
+    var shared = [UInt8](repeating: 0xff, count: 128)
+    shared.replaceSubrange(4..<8, with: le(9, 4))
+    shared.replaceSubrange(16..<20, with: le(640, 4))
+    shared.replaceSubrange(52..<56, with: le(7, 4))
+    shared.replaceSubrange(112..<116, with: le(3, 4))
+    #expect(Array(bytes[128..<256]) == shared)
+
+    let m = try PTXModule(source: src)
+    #expect(throws: PTXError.self) { try m.kernel(named: "bulk") }
+    do {
+      _ = try m.kernel(named: "bulk")
+    } catch {
+      #expect(error.description.contains("unsupported PTX instruction 'cp.async.bulk.tensor"), "\(error)")
+    }
+    // An ordinal past the field's elements, or the wrong width, fails the load.
+    for bad in [
+      "tensormap.replace.tile.global_stride.global.b1024.b64 [%rd1], 4, %rd1;",
+      "tensormap.replace.tile.rank.global.b1024.b64 [%rd1], %rd1;",
+    ] {
+      let k =
+        ".version 8.3\n.target sm_90a\n.address_size 64\n"
+        + ".visible .entry k(.param .u64 p)\n{\n.reg .b64 %rd<2>;\nld.param.u64 %rd1, [p];\n\(bad)\nret;\n}\n"
+      #expect(throws: PTXError.self) { try PTXModule(source: k).kernel(named: "k") }
+    }
+  }
+
   /// An instruction the engine does not run fails the kernel's load (CUDA_ERROR_INVALID_PTX,
   /// naming it and its line) instead of a launch; the module's other kernels still load.
   @Test func unsupportedInstructionFailsTheLoad() throws {

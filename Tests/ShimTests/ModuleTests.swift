@@ -131,6 +131,36 @@ import Testing
     }
   }
 
+  /// Stream capture and graphs (clients/graph_capture.c): a copy, a memset, two saxpy launches,
+  /// an event record and a copy back are captured, not run; the graph, instantiated twice, runs
+  /// them on each launch with the parameters of capture time and the host data of launch time,
+  /// checked against the CPU; the capture errors (900, 901, 401, 400, 907) are CUDA's; a user
+  /// object held by the graph and its instantiations is destroyed once, after the last of them.
+  @Test func streamCaptureMakesGraphsThatReplay() throws {
+    try CUDAClient.requireShims()
+    let program = try CUDAClient.program("graph_capture", linked: true)
+    let source = try String(
+      contentsOf: CUDAToolchain.kernels.appendingPathComponent("saxpy.cu"), encoding: .utf8)
+    let ptx = CUDAClient.directory.appendingPathComponent("graph_capture_saxpy.ptx")
+    try CUDAToolchain.nvrtcPTX(source: source, name: "saxpy.cu").write(to: ptx, atomically: true, encoding: .utf8)
+    try CUDATarget.mediator { device, _ in
+      let r = try CUDAClient.run(program.path, [ptx.path], device: device)
+      #expect(r.status == 0, "\(r)")
+      #expect(r.lines.contains("capture info 1 1 1"), "\(r)")
+      #expect(r.lines.contains("captured event query 907"), "\(r)")
+      #expect(r.lines.contains("capture ran nothing 1"), "\(r)")
+      #expect(r.lines.contains("graph launches 1 1"), "\(r)")
+      #expect(r.lines.contains("destroyed exec 0 400"), "\(r)")
+      #expect(r.lines.contains("global sync copy 401 900 2 901 1"), "\(r)")
+      #expect(r.lines.contains("stream sync while capturing 900 901"), "\(r)")
+      #expect(r.lines.contains("not capturing 401, null stream 900"), "\(r)")
+      #expect(r.lines.contains("relaxed sync copy 0 0"), "\(r)")
+      #expect(r.lines.contains("thread relaxed 0, fork 801 901"), "\(r)")
+      #expect(r.lines.contains("user object destroyed 0 0 1"), "\(r)")
+      #expect(r.lines.last == "ok", "\(r)")
+    }
+  }
+
   /// Tests/Kernels/vector_add_program.cu built by nvcc 13.5 with static
   /// cudart 13 (<<<>>> launches, cudaMemcpyToSymbol, cudaDeviceSynchronize):
   /// cudart loads its fatbins with cuLibraryLoadData (traced: neither cudart

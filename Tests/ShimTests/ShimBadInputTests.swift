@@ -77,7 +77,8 @@ import Testing
     var elf: [UInt8] = [0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0x33] + [UInt8](repeating: 0, count: 8)
     elf += [2, 0, 190, 0] + [UInt8](repeating: 0, count: 20)
     let truncatedELF = file("truncated.elf", elf)
-    // A fat binary header (magic 0xBA55ED50, version 1, header 16 bytes) that promises 4 KiB and holds none.
+    // A fat binary header (magic 0xBA55ED50, version 1, header 16 bytes) that promises 4 KiB and holds none
+    // (through a bare pointer, `fatbin`: 4 KiB of the client's zeros, no entry in them).
     let truncatedFatbin = file(
       "truncated.fatbin", [0x50, 0xed, 0x55, 0xba, 1, 0, 16, 0, 0, 16, 0, 0, 0, 0, 0, 0])
     let cases: [(mode: String, path: String, result: Int32, says: String?)] = [
@@ -86,7 +87,9 @@ import Testing
       ("data", BadInput.path("garbage"), 200, "INVALID_IMAGE"),
       ("fatbin", BadInput.path("garbage"), 200, "INVALID_IMAGE"),
       ("file", BadInput.path("tiny"), 200, "INVALID_IMAGE"),
-      ("data", truncatedELF, 200, "INVALID_IMAGE"),
+      // A bare pointer has no length: the client's zeros complete the header, a 64-byte cubin
+      // with no sections, which the PTX-only device cannot run. With a length (file), it is cut off.
+      ("data", truncatedELF, 209, "no PTX"),
       ("file", truncatedELF, 200, "INVALID_IMAGE"),
       ("fatbin", truncatedFatbin, 200, "INVALID_IMAGE"),
       ("libfile", truncatedFatbin, 200, "INVALID_IMAGE"),

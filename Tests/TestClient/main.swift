@@ -1,6 +1,7 @@
 // A client process for the cross-process tests. Usage:
 //
 //   vgpu-test-client loop DEVICE BYTES [HOLD_BYTES] [THREADS]
+//   vgpu-test-client hold DEVICE [QUEUE_PAIRS]  opens, prints "ready", sleeps until killed
 //   vgpu-test-client scan SOCKET HEX          (RawBAR.swift)
 //   vgpu-test-client scribble SOCKET ROUNDS   (RawBAR.swift)
 //
@@ -16,15 +17,27 @@ import VGPUSimulator
 let args = CommandLine.arguments
 if args.count == 4 && args[1] == "scan" { RawBAR.scan(args[2], args[3]) }
 if args.count == 4 && args[1] == "scribble", let rounds = Int(args[3]) { RawBAR.scribble(args[2], rounds: rounds) }
+// A client that only holds its place (a mediator's, a queue pair), costing no CPU.
+if (3...4).contains(args.count) && args[1] == "hold" {
+  var options = OpenOptions()
+  options.queuePairs = args.count == 4 ? Int(args[3]) ?? 1 : 1
+  let device: Device
+  do { device = try Device.open(args[2], options: options) } catch { fail("\(error)", 1) }
+  say("ready")
+  while true { withExtendedLifetime(device) { sleep(60) } }
+}
 guard args.count >= 4, args[1] == "loop", let bytes = Int(args[3]) else {
   fail(
-    "usage: vgpu-test-client loop DEVICE BYTES [HOLD_BYTES] [THREADS] [DEADLINE_SECONDS] | scan SOCKET HEX | scribble SOCKET ROUNDS",
+    "usage: vgpu-test-client loop DEVICE BYTES [HOLD_BYTES] [THREADS] [DEADLINE_SECONDS] | hold DEVICE [QUEUE_PAIRS] | scan SOCKET HEX | scribble SOCKET ROUNDS",
     64)
 }
 let hold = args.count > 4 ? Int(args[4]) ?? 0 : 0
 let threads = args.count > 5 ? Int(args[5]) ?? 1 : 1
 
 var options = OpenOptions.simulator()
+// A sanitized run (tools/test --sanitize; the variable is inherited) stretches the 2 s silence deadline as
+// the shims' clients get VGPU_TIMEOUT: a 1 GiB memset in an ASan mediator at load 12+ took longer.
+if Sanitizer.active { options.timeout = .seconds(2 * Sanitizer.slowdown) }
 if args.count > 6, let seconds = Int(args[6]) { options.timeout = .seconds(seconds) }
 let device: Device
 do { device = try Device.open(args[2], options: options) } catch { fail("\(error)", 1) }

@@ -25,6 +25,10 @@ import VGPUProtocol
     let r = refused.encoded
     #expect(field(r, 8, UInt32.self) == 1 && field(r, 12, UInt32.self) == 25)
     #expect(try decode(r) == refused)
+    // A mediator at its maximum says so first; the final greeting follows.
+    let waiting = SocketGreeting(status: .waiting, reason: "4 of 4 processes")
+    #expect(field(waiting.encoded, 8, UInt32.self) == 3 && field(waiting.encoded, 16, UInt64.self) == 0)
+    #expect(try decode(waiting.encoded) == waiting)
   }
 
   @Test func aLongReasonIsCutAtACharacterBoundary() throws {
@@ -47,7 +51,7 @@ import VGPUProtocol
     let cases: [([UInt8], String)] = [
       (Array(good.dropLast()), "255 bytes"),
       (with(0, 0x1234, width: 4), "magic"),
-      (with(8, 3, width: 4), "status 3"),
+      (with(8, 4, width: 4), "status 4"),
       (with(12, 225, width: 4), "225 bytes"),
       (with(16, 0, width: 8), "BAR size 0"),
       (with(16, (1 << 20) + 1, width: 8), "not whole pages"),

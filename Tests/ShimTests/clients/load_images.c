@@ -1,7 +1,8 @@
 /* Module images as CUDA programs hand them to libcuda.so.1: each argument is
  * MODE:PATH, the file read into memory of exactly its size (or named by
  * path), then loaded with
- *   data     cuModuleLoadData (a bare pointer: the driver sizes it by kind)
+ *   data     cuModuleLoadData (a bare pointer: the driver sizes it by kind;
+ *            64 KiB of zeros follow the file's bytes, see readFile)
  *   ex       cuModuleLoadDataEx with JIT options
  *   fatbin   cuModuleLoadFatBinary
  *   wrapper  cuModuleLoadData on a __fatBinC_Wrapper_t {magic 0x466243B1,
@@ -48,12 +49,14 @@ static void *readFile(const char *path, size_t *size) {
   fseek(f, 0, SEEK_END);
   *size = (size_t)ftell(f);
   fseek(f, 0, SEEK_SET);
-  /* One byte more, a NUL: cuModuleLoadData takes PTX as a NUL-terminated
-   * string, and without it the shim's sizer read past the buffer looking for
-   * the end (AddressSanitizer, tools/test --sanitize address). */
-  char *p = malloc(*size + 1);
+  /* Zeros after the bytes: cuModuleLoadData and cuModuleLoadFatBinary take a
+   * bare pointer, so the driver reads as far as the image's headers say (PTX
+   * up to its NUL, a fat binary or ELF as far as their sizes reach) and the
+   * caller's buffer must hold that. A header that promises more than the file
+   * holds then meets zeros, not the end of the allocation (AddressSanitizer,
+   * tools/test --sanitize address, saw the read past it: the caller's fault). */
+  char *p = calloc(*size + 65536, 1);
   if (fread(p, 1, *size, f) != *size) *size = 0;
-  p[*size] = 0;
   fclose(f);
   return p;
 }

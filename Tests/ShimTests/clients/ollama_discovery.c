@@ -6,11 +6,15 @@
  * gpu-discover sequence (cuDeviceTotalMem_v2, cuDeviceGetPCIBusId, INTEGRATED).
  *
  * The v0.30 per-device queries run before the v0.12.3 ones, whose cuCtxDestroy
- * ends the sequence as in Ollama.
+ * ends the sequence as in Ollama. Then NVML as the runner and gpu-discover
+ * ask it (nvmlInit_v2, count, memory info, name, driver version, shutdown).
  *
  * Output: one fact per line, each prefixed "pid=<pid> ", so that the lines of
  * concurrent children can be told apart. With "--children N" it then spawns
- * N copies of itself at once, each discovering on its own, and waits for them.
+ * N copies of itself at once, each discovering on its own, and waits for them;
+ * "--burst N" starts N copies at once without discovering itself (Ollama's
+ * discovery processes arriving together) and prints "burst N wall_us W".
+ * Each discovery ends with "elapsed_us T": main() to done, in this process.
  * Exit status: 0 if everything answered, 1 otherwise. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -19,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -29,6 +34,11 @@ typedef struct CUctx_st *CUcontext;
 typedef struct {
   unsigned char bytes[16];
 } CUuuid;
+typedef int nvmlReturn_t;
+typedef struct nvmlDevice_st *nvmlDevice_t;
+typedef struct {
+  unsigned long long total, free, used;
+} nvmlMemory_t;
 
 /* cuda.h, enum CUdevice_attribute_enum */
 #define CU_DEVICE_ATTRIBUTE_INTEGRATED 18
@@ -50,6 +60,13 @@ static const char *v030[] = {"cuInit",          "cuDriverGetVersion", "cuDeviceG
                              "cuDeviceGetPCIBusId", NULL};
 
 static int pid;
+static unsigned long long started_ns;
+
+static unsigned long long monotonic_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (unsigned long long)t.tv_sec * 1000000000ull + (unsigned long long)t.tv_nsec;
+}
 #define SAY(...)                  \
   do {                            \
     printf("pid=%d ", pid);       \
@@ -67,6 +84,58 @@ static int check(void *lib, const char *generation, const char **names) {
     }
   if (!missing) SAY("symbols %s ok", generation);
   return missing;
+}
+
+/* NVML as Ollama's runner (nvmlInit_v2, memory info, name) and v0.30's
+ * gpu-discover (nvmlSystemGetDriverVersion) ask it; then "done". */
+static int discover_nvml(void) {
+  void *lib = dlopen("libnvidia-ml.so.1", RTLD_LAZY);
+  if (!lib) {
+    SAY("dlopen nvml failed: %s", dlerror());
+    return 1;
+  }
+  nvmlReturn_t (*nvmlInit_v2)(void) = dlsym(lib, "nvmlInit_v2");
+  nvmlReturn_t (*nvmlShutdown)(void) = dlsym(lib, "nvmlShutdown");
+  nvmlReturn_t (*nvmlDeviceGetCount_v2)(unsigned *) = dlsym(lib, "nvmlDeviceGetCount_v2");
+  nvmlReturn_t (*nvmlDeviceGetHandleByIndex_v2)(unsigned, nvmlDevice_t *) = dlsym(lib, "nvmlDeviceGetHandleByIndex_v2");
+  nvmlReturn_t (*nvmlDeviceGetMemoryInfo)(nvmlDevice_t, nvmlMemory_t *) = dlsym(lib, "nvmlDeviceGetMemoryInfo");
+  nvmlReturn_t (*nvmlDeviceGetName)(nvmlDevice_t, char *, unsigned) = dlsym(lib, "nvmlDeviceGetName");
+  nvmlReturn_t (*nvmlSystemGetDriverVersion)(char *, unsigned) = dlsym(lib, "nvmlSystemGetDriverVersion");
+  if (!nvmlInit_v2 || !nvmlShutdown || !nvmlDeviceGetCount_v2 || !nvmlDeviceGetHandleByIndex_v2 ||
+      !nvmlDeviceGetMemoryInfo || !nvmlDeviceGetName || !nvmlSystemGetDriverVersion) {
+    SAY("missing nvml symbols");
+    return 1;
+  }
+  nvmlReturn_t r = nvmlInit_v2();
+  if (r != 0) {
+    SAY("nvmlInit_v2 err %d", r);
+    return 1;
+  }
+  unsigned count = 0;
+  char driver[96] = "";
+  if ((r = nvmlDeviceGetCount_v2(&count)) != 0 || (r = nvmlSystemGetDriverVersion(driver, sizeof driver)) != 0) {
+    SAY("nvml count/driver err %d", r);
+    return 1;
+  }
+  SAY("nvml count %u driver %s", count, driver);
+  for (unsigned i = 0; i < count; i++) {
+    nvmlDevice_t dev;
+    nvmlMemory_t memory;
+    char name[96] = "";
+    if ((r = nvmlDeviceGetHandleByIndex_v2(i, &dev)) != 0 || (r = nvmlDeviceGetMemoryInfo(dev, &memory)) != 0 ||
+        (r = nvmlDeviceGetName(dev, name, sizeof name)) != 0) {
+      SAY("nvml device %u err %d", i, r);
+      return 1;
+    }
+    SAY("nvml device %u total %llu name %s", i, memory.total, name);
+  }
+  if ((r = nvmlShutdown()) != 0) {
+    SAY("nvmlShutdown err %d", r);
+    return 1;
+  }
+  SAY("done");
+  SAY("elapsed_us %llu", (monotonic_ns() - started_ns) / 1000);
+  return 0;
 }
 
 static int discover(void) {
@@ -170,28 +239,40 @@ static int discover(void) {
     }
   }
 
-  SAY("done");
-  return 0;
+  return discover_nvml();
 }
 
-int main(int argc, char **argv) {
-  pid = (int)getpid();
-  int children = argc == 3 && strcmp(argv[1], "--children") == 0 ? atoi(argv[2]) : 0;
-  int status = discover();
-  if (children <= 0) return status;
-  pid_t kids[64];
-  if (children > 64) children = 64;
+/* Starts n copies of this program at once (no arguments) and waits for all. */
+static int spawn_and_wait(int n, char **argv) {
+  static pid_t kids[256];
+  if (n > 256) n = 256;
   char *args[] = {argv[0], NULL};
-  for (int i = 0; i < children; i++) {
-    if (posix_spawn(&kids[i], "/proc/self/exe", NULL, NULL, args, environ) != 0) {
+  int status = 0, started = 0;
+  for (; started < n; started++) {
+    if (posix_spawn(&kids[started], "/proc/self/exe", NULL, NULL, args, environ) != 0) {
       SAY("spawn failed");
-      return 1;
+      status = 1;
+      break;
     }
   }
-  for (int i = 0; i < children; i++) {
+  for (int i = 0; i < started; i++) {
     int s = 0;
     waitpid(kids[i], &s, 0);
     if (!WIFEXITED(s) || WEXITSTATUS(s) != 0) status = 1;
   }
   return status;
+}
+
+int main(int argc, char **argv) {
+  pid = (int)getpid();
+  started_ns = monotonic_ns();
+  if (argc == 3 && strcmp(argv[1], "--burst") == 0) {
+    int status = spawn_and_wait(atoi(argv[2]), argv);
+    SAY("burst %d wall_us %llu", atoi(argv[2]), (monotonic_ns() - started_ns) / 1000);
+    return status;
+  }
+  int children = argc == 3 && strcmp(argv[1], "--children") == 0 ? atoi(argv[2]) : 0;
+  int status = discover();
+  if (children <= 0) return status;
+  return spawn_and_wait(children, argv) | status;
 }
