@@ -22,6 +22,7 @@ extension BlockRunner {
     let base = stack + t * stackSlots
     var r = base + Int(st.frame)
     var fn = funcs[Int(st.fn)]
+    var fp = funcs + Int(st.fn)
     var code = fn.code
     var pc = Int(st.pc)
     var pbase = UnsafeMutableRawPointer(r + fn.slots)
@@ -54,7 +55,7 @@ extension BlockRunner {
       let b = r[Int(i.b)]
       // Straight-line instructions (every op before `.bra`) in one jump table; the rest below.
       if i.op.isStraightLine {
-        try compute(i, r, a, b, fn, st, t, n)
+        try compute(i, r, a, b, fp, t, n)
         pc &+= 1
         continue
       }
@@ -99,6 +100,7 @@ extension BlockRunner {
           }
           st.fn = Int32(callee)
           fn = cf
+          fp = funcs + callee
           code = cf.code
           r = newR
           pbase = newP
@@ -106,7 +108,7 @@ extension BlockRunner {
           continue
         case .vprintf:
           let text = formatPrintf(format: site.argument(0, 8, r, pbase), args: site.argument(1, 8, r, pbase))
-          emitPrintf(text)
+          emitPrintf(text, thread: t)
           for res in site.results {
             store(pbase + res.callerOffset, UInt8(Swift.min(res.size, 4)), UInt64(text.utf8.count))
           }
@@ -152,6 +154,7 @@ extension BlockRunner {
         pc = Int(r[Int(Slot.returnPC)])
         st.fn = Int32(callerFn)
         fn = cf
+        fp = funcs + callerFn
         code = cf.code
         r = callerR
         pbase = callerP
@@ -199,11 +202,14 @@ extension BlockRunner {
 
   /// One straight-line instruction (an op before `.bra`) for thread `t` whose frame is `r`:
   /// `a` and `b` are its first two operands' values, `n` the run's count so far (for
-  /// `%clock`). The per-thread loop and the warp loop (`runWarp`) share it.
+  /// `%clock`). The per-thread loop and the warp loop (`runWarp`) share it. The function
+  /// comes as a pointer and the thread's state is read where used: a `FuncRT` or
+  /// `ThreadState` by value was copied on the stack per instruction (callgrind: 9 host
+  /// instructions of the per-thread loop's 17 over main's).
   @_transparent
   mutating func compute(
-    _ i: Instr, _ r: UnsafeMutablePointer<UInt64>, _ a: UInt64, _ b: UInt64, _ fn: FuncRT,
-    _ st: ThreadState, _ t: Int, _ n: UInt64
+    _ i: Instr, _ r: UnsafeMutablePointer<UInt64>, _ a: UInt64, _ b: UInt64, _ fn: UnsafeMutablePointer<FuncRT>,
+    _ t: Int, _ n: UInt64
   ) throws(Fault) {
     let d = Int(i.d)
     switch i.op {
@@ -479,19 +485,20 @@ extension BlockRunner {
     case .movSR:
       // %tid.x, the one most read (vector add's every thread), without the call.
       r[d] =
-        (i.imm == Special.tidX.rawValue ? UInt64(st.x) : special(Special(rawValue: i.imm) ?? .zero, st, t, n)) & i.mask
+        (i.imm == Special.tidX.rawValue ? UInt64(threads[t].x) : special(Special(rawValue: i.imm) ?? .zero, t, n))
+        & i.mask
     case .pack:
       let count = Int(i.b)
       let eb = UInt64(TypeCode.bits(i.ty) / count)
       let em: UInt64 = eb >= 64 ? ~0 : (1 << eb) - 1
       var v: UInt64 = 0
-      for k in 0..<count { v |= (r[Int(fn.extra(Int(i.imm) + k))] & em) << (UInt64(k) * eb) }
+      for k in 0..<count { v |= (r[Int(fn.pointee.extra(Int(i.imm) + k))] & em) << (UInt64(k) * eb) }
       r[d] = v
     case .unpack:
       let count = Int(i.b)
       let eb = UInt64(TypeCode.bits(i.ty) / count)
       let em: UInt64 = eb >= 64 ? ~0 : (1 << eb) - 1
-      for k in 0..<count { r[Int(fn.extra(d + k))] = (a >> (UInt64(k) * eb)) & em }
+      for k in 0..<count { r[Int(fn.pointee.extra(d + k))] = (a >> (UInt64(k) * eb)) & em }
     case .cvt: r[d] = Self.convert(a, i)
     case .isspace:
       let inShared = a &- Memory.sharedWindow < 1 << 32
@@ -510,14 +517,14 @@ extension BlockRunner {
       let p = UnsafeMutableRawPointer(mutating: params + Int(i.imm))
       if i.e == 1 { r[d] = Self.loadScalar(p, i) } else { Self.loadInto(r, i, p, fn) }
     // A frame's param area follows its slots (`pbase` in `execute`).
-    case .ldParam: Self.loadInto(r, i, UnsafeMutableRawPointer(r + fn.slots) + Int(i.imm), fn)
-    case .stParam: Self.storeFrom(r, i, UnsafeMutableRawPointer(r + fn.slots) + Int(i.imm), fn)
+    case .ldParam: Self.loadInto(r, i, UnsafeMutableRawPointer(r + fn.pointee.slots) + Int(i.imm), fn)
+    case .stParam: Self.storeFrom(r, i, UnsafeMutableRawPointer(r + fn.pointee.slots) + Int(i.imm), fn)
     // Scalar shared and global accesses, aligned and in bounds, go straight; the rest
     // (vectors, local, generic, faults) take `access`.
     case .ldShared where i.e == 1:
       let addr = a &+ UInt64(bitPattern: i.imm)
       let size = UInt64(i.ty2)
-      guard addr & (size &- 1) == 0, addr &+ size <= UInt64(sharedBytes) else {
+      guard addr & (size &- 1) == 0, addr < UInt64(sharedBytes), addr &+ size <= UInt64(sharedBytes) else {
         try access(r, i, a, fn, t)
         break
       }
@@ -525,7 +532,7 @@ extension BlockRunner {
     case .stShared where i.e == 1:
       let addr = a &+ UInt64(bitPattern: i.imm)
       let size = UInt64(i.ty2)
-      guard addr & (size &- 1) == 0, addr &+ size <= UInt64(sharedBytes) else {
+      guard addr & (size &- 1) == 0, addr < UInt64(sharedBytes), addr &+ size <= UInt64(sharedBytes) else {
         try access(r, i, a, fn, t)
         break
       }
@@ -555,7 +562,8 @@ extension BlockRunner {
       var p: UnsafeMutableRawPointer?
       var plain = true
       switch i.op {
-      case .atomShared: p = addr &+ UInt64(size) <= UInt64(sharedBytes) ? shared + Int(addr) : nil
+      case .atomShared:
+        p = addr < UInt64(sharedBytes) && addr &+ UInt64(size) <= UInt64(sharedBytes) ? shared + Int(addr) : nil
       case .atomGlobal:
         p = global(addr, size, write: true)
         plain = false
@@ -609,7 +617,7 @@ extension BlockRunner {
   /// alignment checks, then the access, or the fault.
   @inline(never)
   mutating func access(
-    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ a: UInt64, _ fn: FuncRT, _ t: Int
+    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ a: UInt64, _ fn: UnsafeMutablePointer<FuncRT>, _ t: Int
   ) throws(Fault) {
     let addr = a &+ UInt64(bitPattern: i.imm)
     let size = Int(i.ty2) * Int(i.e)
@@ -618,8 +626,13 @@ extension BlockRunner {
     let p: UnsafeMutableRawPointer?
     switch i.op {
     case .ldGlobal, .stGlobal: p = global(addr, size, write: isStore)
-    case .ldShared, .stShared: p = addr &+ UInt64(size) <= UInt64(sharedBytes) ? shared + Int(addr) : nil
-    case .ldLocal, .stLocal: p = addr &+ UInt64(size) <= UInt64(localBytes) ? local + t * localBytes + Int(addr) : nil
+    // `addr <` first: an address within `size` of 2^64 wraps past the sum's check.
+    case .ldShared, .stShared:
+      p = addr < UInt64(sharedBytes) && addr &+ UInt64(size) <= UInt64(sharedBytes) ? shared + Int(addr) : nil
+    case .ldLocal, .stLocal:
+      p =
+        addr < UInt64(localBytes) && addr &+ UInt64(size) <= UInt64(localBytes)
+        ? local + t * localBytes + Int(addr) : nil
     default: p = generic(addr, size, write: isStore)
     }
     guard let p else { throw .illegal(addr, size, isStore, i.line) }
@@ -634,30 +647,31 @@ extension BlockRunner {
   }
 
   @inline(__always) static func loadInto(
-    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: FuncRT
+    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: UnsafeMutablePointer<FuncRT>
   ) {
     if i.e == 1 {
       r[Int(i.d)] = loadScalar(p, i)
       return
     }
-    for k in 0..<Int(i.e) { r[Int(fn.extra(Int(i.d) + k))] = loadScalar(p + k * Int(i.ty2), i) }
+    for k in 0..<Int(i.e) { r[Int(fn.pointee.extra(Int(i.d) + k))] = loadScalar(p + k * Int(i.ty2), i) }
   }
 
   @inline(__always) static func storeFrom(
-    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: FuncRT
+    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: UnsafeMutablePointer<FuncRT>
   ) {
     if i.e == 1 {
       store(p, i.ty2, r[Int(i.d)])
       return
     }
-    for k in 0..<Int(i.e) { store(p + k * Int(i.ty2), i.ty2, r[Int(fn.extra(Int(i.d) + k))]) }
+    for k in 0..<Int(i.e) { store(p + k * Int(i.ty2), i.ty2, r[Int(fn.pointee.extra(Int(i.d) + k))]) }
   }
 
   /// A special register's value; `n` counts this run's instructions so far (not yet in `executed`).
   // `mutating` though it changes nothing: a non-mutating call from the mutating loop copies
   // the runner (its references retained and released), callgrind's BlockRunnerVWOc.
-  mutating func special(_ s: Special, _ st: ThreadState, _ t: Int, _ n: UInt64) -> UInt64 {
+  mutating func special(_ s: Special, _ t: Int, _ n: UInt64) -> UInt64 {
     let lane = UInt64(t % 32)
+    let st = threads[t]
     switch s {
     case .tidX: return UInt64(st.x)
     case .tidY: return UInt64(st.y)

@@ -205,4 +205,73 @@ struct LockstepTests {
       #expect(block == PTXDim3(0, 0, 0) && thread == PTXDim3(37, 0, 0) && isStore, "lockstep \(lockstep): \(thrown!)")
     }
   }
+
+  /// Each thread's printf lines come out together, threads in order, between a block's
+  /// barriers: the per-thread engine's order, whatever the lanes' divergence.
+  @Test func printfLinesComeThreadByThread() throws {
+    let module = try PTXModule(
+      source: try Compiler.ptx(
+        #"""
+        extern "C" __global__ void say() {
+          int t = threadIdx.x;
+          printf("a %d\n", t);
+          if (t & 1) printf("odd %d\n", t);
+          printf("b %d\n", t);
+          __syncthreads();
+          printf("c %d\n", t);
+        }
+        """#))
+    var want: [String] = []
+    for t in 0..<40 { want += ["a \(t)\n"] + (t & 1 == 1 ? ["odd \(t)\n"] : []) + ["b \(t)\n"] }
+    for t in 0..<40 { want.append("c \(t)\n") }
+    for lockstep in [true, false] {
+      var lines: [String] = []
+      var options = PTXLaunchOptions(printf: { lines.append($0) }, hostThreads: 1)
+      options.lockstep = lockstep
+      let memory = TestMemory()
+      try memory.load(module)
+      try module.launch(
+        kernel: "say", grid: PTXDim3(1), block: PTXDim3(40), parameters: [], memory: memory, options: options)
+      #expect(lines == want, "lockstep \(lockstep)")
+    }
+  }
+
+  /// Of several faulting lanes the first in thread order is reported, though a later lane
+  /// faulted first in the warp; the lines printed are those the per-thread engine prints
+  /// (threads up to the faulting one).
+  @Test func theFirstFaultingThreadIsReported() throws {
+    let module = try PTXModule(
+      source: try Compiler.ptx(
+        #"""
+        extern "C" __global__ void two(int* p) {
+          int t = threadIdx.x;
+          printf("t %d\n", t);
+          if (t == 20) p[1 << 28] = 1;  // the warp's first fault
+          int s = 0;
+          for (int k = 0; k < t; k++) s += k;
+          if (t == 9) p[(1 << 28) + s] = 2;  // later in the warp, first in thread order
+          p[t] = s;
+        }
+        """#))
+    for lockstep in [true, false] {
+      let memory = TestMemory()
+      try memory.load(module)
+      let p = memory.alloc(64 * 4)
+      var lines: [String] = []
+      var options = PTXLaunchOptions(printf: { lines.append($0) }, hostThreads: 1)
+      options.lockstep = lockstep
+      var thrown: PTXError?
+      do {
+        try module.launch(
+          kernel: "two", grid: PTXDim3(1), block: PTXDim3(64), parameters: pack(try module.kernel(named: "two"), [p]),
+          memory: memory, options: options)
+      } catch { thrown = error }
+      guard case .illegalAddress(_, _, let thread, _, _, _, _) = thrown else {
+        Issue.record("expected an illegal address, got \(String(describing: thrown))")
+        continue
+      }
+      #expect(thread == PTXDim3(9, 0, 0), "lockstep \(lockstep): \(thrown!)")
+      #expect(lines == (0...9).map { "t \($0)\n" }, "lockstep \(lockstep)")
+    }
+  }
 }
