@@ -399,20 +399,13 @@ struct BlockRunner {
     for i in 0..<16 { arrivals[i] = 0 }
     memset(shared, 0, sharedBytes)
     let entry = funcs[root]
-    // x, y, z counted up rather than divided, and the template copied by a loop rather
-    // than memcpy: vector add's threads are 22 instructions long, and this was 5 host
-    // instructions per thread-instruction of it (callgrind).
-    var (x, y, z): (UInt32, UInt32, UInt32) = (0, 0, 0)
     for t in 0..<nthreads {
+      let x = UInt32(t % Int(block.x))
+      let y = UInt32((t / Int(block.x)) % Int(block.y))
+      let z = UInt32(t / (Int(block.x) * Int(block.y)))
       threads[t] = ThreadState(fn: Int32(root), x: x, y: y, z: z)
-      x &+= 1
-      if x == block.x {
-        x = 0
-        y &+= 1
-        if y == block.y { (y, z) = (0, z &+ 1) }
-      }
       let r = stack + t * stackSlots
-      for k in 0..<entry.slots { r[k] = entry.template[k] }
+      r.update(from: entry.template, count: entry.slots)
       r[Int(Slot.localBase)] = 0
       r[Int(Slot.localWindow)] = Memory.localWindow + UInt64(t) * Memory.localStride
     }
