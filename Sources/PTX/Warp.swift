@@ -8,9 +8,10 @@ extension BlockRunner {
   /// once and run over the group's lanes whose guard holds; a branch that splits the group, or
   /// reaching an instruction where another lane waits, ends the group and a new one is picked,
   /// so lanes that diverged meet again at the first instruction they share (an if/else's join,
-  /// a loop's exit) with no control-flow analysis. Calls, returns and sync points go lane by
-  /// lane through `step`, so a collective parks the lanes that arrive together and is released
-  /// as the per-thread engine releases it (`releaseCollectives`).
+  /// a loop's exit) with no control-flow analysis. Barriers and collectives park the group's
+  /// lanes, so a collective takes the lanes that arrive together and is released as the
+  /// per-thread engine releases it (`releaseCollectives`); calls and other returns go lane by
+  /// lane through `step`.
   mutating func runWarp(_ w: Int) throws(PTXError) -> Bool {
     let t0 = w &* 32
     let lanes = Swift.min(32, nthreads &- t0)
@@ -99,7 +100,10 @@ extension BlockRunner {
             if n > limit, try checkpoint(n &- count &+ 1, &limit) {
               setPC(group, t0, pc)
               n &-= count  // the branch runs on resume
-              if let pending { throw pending }
+              if let pending {
+                culprit = t0 &+ limitLane
+                throw pending
+              }
               return true
             }
             let taken = i.guardSlot >= 0 ? guardMask(i, group, r0) : group
@@ -127,7 +131,10 @@ extension BlockRunner {
             if n > limit, try checkpoint(n &- count &+ 1, &limit) {
               setPC(group, t0, pc)
               n &-= count  // the instruction runs on resume
-              if let pending { throw pending }
+              if let pending {
+                culprit = t0 &+ limitLane
+                throw pending
+              }
               return true
             }
             let off = i.guardSlot >= 0 ? guardMask(i, group, r0) : group
@@ -153,7 +160,10 @@ extension BlockRunner {
             if n > limit, try checkpoint(n &- count &+ 1, &limit) {
               setPC(group, t0, pc)
               n &-= count  // the instruction runs on resume
-              if let pending { throw pending }
+              if let pending {
+                culprit = t0 &+ limitLane
+                throw pending
+              }
               return true
             }
             let on = i.guardSlot >= 0 ? guardMask(i, group, r0) : group
@@ -189,7 +199,10 @@ extension BlockRunner {
             let l = m.trailingZeroBitCount
             m &= m &- 1
             if executed >= suspendAt {
-              if let pending { throw pending }
+              if let pending {
+                culprit = t0 &+ limitLane
+                throw pending
+              }
               return true
             }
             culprit = t0 &+ l
