@@ -67,7 +67,9 @@ let package = Package(
       linkerSettings: [
         .unsafeFlags([
           "-static-stdlib", "-Xlinker", "-soname=libvgpucore.so", "-Xlinker",
-          "--version-script=Sources/VGPUCore/exports.map",
+          // Absolute: the linker runs in the root package's directory, which is
+          // Fuzz/ when this package is Fuzz's dependency.
+          "--version-script=\(Context.packageDirectory)/Sources/VGPUCore/exports.map",
           // Bind every symbol at load (full RELRO): no lazy PLT resolution later,
           // e.g. in a thread-exit destructor inside a host process that loaded
           // this library as its CUDA driver (a lazily bound call there jumped

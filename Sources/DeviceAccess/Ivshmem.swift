@@ -59,6 +59,18 @@ public final class IvshmemServer: @unchecked Sendable {
     var eventFDs: [Int32]
   }
   private let peers = Mutex<[Peer]>([])
+  /// Guests one server admits at once. A BAR is one VM's (the VM is the
+  /// tenant, PROTOCOL.md §23): QEMU connects once per ivshmem device, and a
+  /// restart or migration briefly twice. Each guest costs `vectors` eventfds
+  /// and every connect sends every other guest's (ivshmem-spec.txt), so
+  /// without a bound a local process connecting in a loop would make the
+  /// server's work and descriptors grow with the square of its connects.
+  public static let maxPeers = 16
+  /// How long one message to a guest may wait for room in its socket: a
+  /// guest that stops reading (QEMU reads its chardev as messages come) is
+  /// dropped instead of holding the server thread, and with it every
+  /// other guest's connect and disconnect.
+  static let sendTimeout = timeval(tv_sec: 2, tv_usec: 0)
   private var thread: pthread_t?
   /// Doorbells a guest rang, and interrupts sent to guests (for logs and tests).
   private let counters = Mutex<(doorbells: UInt64, interrupts: UInt64)>((0, 0))
@@ -171,15 +183,26 @@ public final class IvshmemServer: @unchecked Sendable {
     let s = Glibc.accept(listener, nil, nil)
     guard s >= 0 else { return }
     _ = fcntl(s, F_SETFD, FD_CLOEXEC)
+    var timeout = Self.sendTimeout
+    _ = setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     var own: [Int32] = []
+    var eventFDError: Int32 = 0
     for _ in 0..<vectors {
       let fd = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
-      if fd < 0 { break }
+      if fd < 0 {
+        eventFDError = errno
+        break
+      }
       own.append(fd)
     }
-    let id = peers.withLock { list in Self.freePeerID(taken: list.map(\.id)) }
+    let (id, connected) = peers.withLock { list in (Self.freePeerID(taken: list.map(\.id)), list.count) }
     guard let id, own.count == vectors else {
-      log("ivshmem: refused a client (no free peer id or eventfds)")
+      log(
+        connected >= Self.maxPeers
+          ? "ivshmem: refused a client: \(connected) guests are connected, the most one server admits (one VM's QEMU, and a second while it restarts)"
+          : id == nil
+            ? "ivshmem: refused a client: no free peer id"
+            : "ivshmem: refused a client: out of eventfds (\(Errno(eventFDError)))")
       own.forEach { close($0) }
       close(s)
       return
@@ -193,15 +216,26 @@ public final class IvshmemServer: @unchecked Sendable {
       ok = send(s, m.value, fd: m.fd)
     }
     guard ok else {
-      log("ivshmem: a client left during set-up")
+      log("ivshmem: a client left, or did not read, during set-up")
       own.forEach { close($0) }
       close(s)
       return
     }
     // Tell the guests already there about the new one (guest-to-guest doorbells).
-    for other in others { for fd in own { _ = send(other.socket, Int64(id), fd: fd) } }
+    var unread: [Int32] = []
+    for other in others where !own.allSatisfy({ send(other.socket, Int64(id), fd: $0) }) { unread.append(other.socket) }
     peers.withLock { $0.append(Peer(id: id, socket: s, eventFDs: own)) }
     log("ivshmem: guest connected as peer \(id) (\(vectors) vectors)")
+    dropUnread(unread)
+  }
+
+  /// Disconnects the guests whose sockets took no message within
+  /// ``sendTimeout`` (or are gone), telling the others as for any departure.
+  private func dropUnread(_ sockets: [Int32]) {
+    for socket in sockets {
+      log("ivshmem: a guest did not read its socket for \(Self.sendTimeout.tv_sec) s; disconnecting it")
+      disconnect(socket)
+    }
   }
 
   private func disconnect(_ socket: Int32) {
@@ -212,8 +246,9 @@ public final class IvshmemServer: @unchecked Sendable {
       })
     else { return }
     drop(peer)
-    for other in peers.withLock({ $0 }) { _ = send(other.socket, Int64(peer.id)) }
+    let unread = peers.withLock({ $0 }).filter { !send($0.socket, Int64(peer.id)) }.map(\.socket)
     log("ivshmem: guest peer \(peer.id) disconnected")
+    dropUnread(unread)
   }
 
   private func drop(_ peer: Peer) {
@@ -222,9 +257,11 @@ public final class IvshmemServer: @unchecked Sendable {
   }
 
   /// The lowest peer id not in `taken` (1...65535; 0 is the device's own),
-  /// nil when all are. Pure, so that it can be fuzzed against any pattern of
-  /// guests coming and going (Fuzz/Sources/ivshmem-messages).
-  static func freePeerID(taken: [UInt16]) -> UInt16? {
+  /// nil when all are or `limit` guests are connected. Pure, so that it can
+  /// be fuzzed against any pattern of guests coming and going
+  /// (Fuzz/Sources/ivshmem-messages).
+  static func freePeerID(taken: [UInt16], limit: Int = maxPeers) -> UInt16? {
+    guard taken.count < limit else { return nil }
     // One pass over the sorted ids (a search of `taken` per candidate was
     // quadratic in the guests connected).
     var id: UInt16 = 1

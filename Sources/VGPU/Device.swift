@@ -120,6 +120,8 @@ public final class Device: @unchecked Sendable {
   /// The in-process device behind `sim`, kept alive with the client.
   private let simulated: (any InProcessDevice)?
   private let wakeups: Wakeups
+  /// Beats for this client's pairs while the device needs it (2.3, a VM's mediator).
+  private let heartbeat: HeartbeatThread?
   private let closed = Atomic<Bool>(false)
   /// Round-robin counter placing new streams on queue pairs.
   let nextStream = Atomic<Int>(0)
@@ -364,12 +366,25 @@ public final class Device: @unchecked Sendable {
       timeout: options.timeout, fail: fail)
     // A pair freed late still gets its grace to be accepted.
     claimDeadline = max(claimDeadline, vgpu_monotonic_ns() &+ min(timeout, GuestQueuePair.statusGraceNanoseconds))
+    // A device that cannot see this process (a VM's mediator) asks for a
+    // heartbeat: it starts before the first identify announces it, so the
+    // device's count of silence never starts before the first beat.
+    var heartbeat =
+      offered.contains(.guestHeartbeat)
+      ? HeartbeatThread(
+        views: claimed.map { QueuePairView(base: region.base, layout: layout, index: $0) }, pid: pid) : nil
+    let identify = Command.Identify(
+      guestFeatures: heartbeat != nil ? FeatureBits.all.union(.guestHeartbeat) : FeatureBits.all
+    ).entry
     func handBack() {
+      heartbeat?.stop()
       for q in claimed { QueuePairClaim.release(QueuePairView(base: region.base, layout: layout, index: q)) }
     }
     wakeups.wakeDevice(registers)
     var queues: [QueuePairLock] = []
     var features = offered
+    // Whether the device watches any of the pairs' heartbeats (agreed in its identify).
+    var watched = false
     for qp in claimed {
       let view = QueuePairView(base: region.base, layout: layout, index: qp)
       guard QueuePairClaim.awaitAcceptance(view, deadline: claimDeadline, poll: { usleep(50) }) else {
@@ -382,8 +397,9 @@ public final class Device: @unchecked Sendable {
         serverPID: servedByAnotherProcess ? Int32(bitPattern: registers.load(Register.devicePID)) : 0,
         serverSocket: MediatorSocket.socket(of: region), wakeups: wakeups)
       do throws(VGPUError) {
-        let c = try pair.execute(QueuePairClaim.identify, "identify")
+        let c = try pair.execute(identify, "identify")
         let both = offered.intersection(Command.Identify.Reply(c).features)
+        watched = watched || both.contains(.guestHeartbeat)
         features = features.intersection(both)
         pair.deviceExplainsFailures = both.contains(.kernelImages)
       } catch {
@@ -392,6 +408,11 @@ public final class Device: @unchecked Sendable {
       }
       queues.append(QueuePairLock(pair))
     }
+    if !watched {
+      heartbeat?.stop()
+      heartbeat = nil
+    }
+    self.heartbeat = heartbeat
     self.region = region
     self.registers = registers
     self.layout = layout
@@ -423,6 +444,9 @@ public final class Device: @unchecked Sendable {
   /// Safe to call twice. A simulated device stops with its client.
   public func close() {
     guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+    // No beat after the pairs are handed back: one could land on a pair the
+    // device has given to another process meanwhile.
+    heartbeat?.stop()
     let deadline = vgpu_monotonic_ns() + 2_000_000_000
     for q in queues {
       let view = q.withLock { $0.view }
@@ -447,6 +471,7 @@ public final class Device: @unchecked Sendable {
       throw VGPUError(
         .closed, "use the device", device: info.spec.description, found: "it was closed", remedy: "open it again")
     }
+    try refuseIfLost()
     let n = queues.count
     // Fibonacci hashing spreads thread ids (addresses, MiB apart) over the pairs.
     let home = Int(((UInt(pthread_self()) &* 0x9E37_79B9_7F4A_7C15) >> 40) % UInt(n))
@@ -462,7 +487,21 @@ public final class Device: @unchecked Sendable {
   func withQueuePair<R: Sendable>(_ index: Int, _ body: (inout GuestQueuePair) throws(VGPUError) -> R) throws(VGPUError)
     -> R
   {
-    try queues[index].withLock { (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) }
+    try refuseIfLost()
+    return try queues[index].withLock { (qp: inout GuestQueuePair) throws(VGPUError) -> R in try body(&qp) }
+  }
+
+  /// Its pairs were taken back by the device for a silent heartbeat (2.3):
+  /// then no command may go into rings that may be another process's now.
+  @inline(__always)
+  private func refuseIfLost() throws(VGPUError) {
+    if let heartbeat, !closed.load(ordering: .relaxed), heartbeat.lost {
+      throw VGPUError(
+        .unavailable, "use the device", device: info.spec.description,
+        found:
+          "the device took back this process's queue pairs: their heartbeat stopped for more than \(GuestHeartbeat.silenceNanoseconds / 1_000_000) ms (was the process stopped, or its VM paused?); their memory and handles are gone",
+        remedy: "close the device and open it again")
+    }
   }
 
   /// Queue pair `index` if given (a stream's), else any free one.

@@ -1,3 +1,4 @@
+import CSupport
 import VGPUProtocol
 
 /// identify, statistics, processes: what the device says about itself and its users.
@@ -7,9 +8,14 @@ extension Executor {
       throw Refusal(status: .versionMismatch, detail: 1, result1: UInt64(ProtocolVersion.packed))
     }
     served[qp].identified = true
-    return Command.Identify.Reply(
-      features: FeatureBits.all.intersection(c.guestFeatures), deviceVersion: ProtocolVersion.packed
-    ).completion
+    let agreed = offeredFeatures.intersection(c.guestFeatures)
+    if agreed.contains(.guestHeartbeat) && !served[qp].heartbeatWatched {
+      // The guest promised to beat from now on; silence is measured from here.
+      served[qp].heartbeatWatched = true
+      served[qp].beat = views[qp].heartbeat
+      served[qp].beatSeenAt = vgpu_monotonic_ns()
+    }
+    return Command.Identify.Reply(features: agreed, deviceVersion: ProtocolVersion.packed).completion
   }
 
   func statistics(_ c: Command.Statistics, qp: Int) throws(Refusal) -> CompletionEntry {

@@ -13,6 +13,9 @@ public enum DeviceEvent: Sendable, Equatable {
     case ownerExited
     case abandonedClaim
     case reset
+    /// A pair whose owner announced a heartbeat (2.3) and stopped it: a
+    /// guest process, invisible to the device, that ended without closing.
+    case heartbeatStopped
 
     public var description: String {
       switch self {
@@ -20,6 +23,7 @@ public enum DeviceEvent: Sendable, Equatable {
       case .ownerExited: "its owner exited without closing it"
       case .abandonedClaim: "claimed but never given a pid"
       case .reset: "device reset"
+      case .heartbeatStopped: "its owner's heartbeat stopped (the guest process ended without closing it)"
       }
     }
   }

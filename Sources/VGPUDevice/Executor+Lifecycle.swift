@@ -163,6 +163,26 @@ extension Executor {
     }
   }
 
+  /// Releases the pairs whose owners announced the guest heartbeat (2.3)
+  /// and whose heartbeat word has not changed for `heartbeatSilence`: a
+  /// VM's process killed without closing. Called every
+  /// `GuestHeartbeat.checkNanoseconds`. Only a change of the word counts,
+  /// measured on the device's clock from when the device saw it, so a
+  /// device that was itself kept off the CPU reclaims no living guest: its
+  /// first look after the gap sees the beats it missed.
+  func reapSilentGuests(now: UInt64) {
+    guard let silence = heartbeatSilence else { return }
+    for qp in activeQueuePairs where served[qp].heartbeatWatched && served[qp].pendingRelease == nil {
+      let word = views[qp].heartbeat
+      if word != served[qp].beat {
+        served[qp].beat = word
+        served[qp].beatSeenAt = now
+      } else if now &- served[qp].beatSeenAt > silence {
+        release(qp, because: .heartbeatStopped)
+      }
+    }
+  }
+
   /// Releases the queue pairs whose owners the OwnerWatch saw exit (checked
   /// once more in /proc; one still alive goes back to being scanned).
   func reapExited() {
@@ -183,6 +203,7 @@ extension Executor {
       // Work on a worker: the device says it is alive while it runs (`tickForWorkers`).
       if served[qp].busy != nil { return true }
       if served[qp].active && !served[qp].watched && fixedOwner == nil { return true }
+      if served[qp].heartbeatWatched { return true }
       if !served[qp].active && views[qp].state == QueuePairState.claiming.rawValue { return true }
     }
     return false

@@ -29,6 +29,13 @@ struct ServedQueuePair {
   var pendingRelease: DeviceEvent.ReleaseReason?
   /// Which claim of this pair this is (bumped at each accept).
   var generation: UInt64 = 0
+  /// Its owner announced the guest heartbeat (2.3) in `identify`: the pair
+  /// is reclaimed when `beat` stops changing. Never unset until release.
+  var heartbeatWatched = false
+  /// The heartbeat word when last read, and when it was last seen to change
+  /// (the device's clock: a guest's clock means nothing here).
+  var beat: UInt32 = 0
+  var beatSeenAt: UInt64 = 0
 
   init(depth: UInt32) {
     head = SubmissionCursor(depth: depth)
@@ -117,6 +124,12 @@ final class Executor: @unchecked Sendable {
   /// The process every claim belongs to, whatever pid the guest wrote
   /// (`ReferenceDeviceConfiguration.owner`); nil: the claim's pid.
   @exclusivity(unchecked) var fixedOwner: UInt32?
+  /// The features register as the device set it (without transport bits):
+  /// what `identify` can agree to.
+  @exclusivity(unchecked) var offeredFeatures = FeatureBits.all
+  /// With the guest heartbeat offered: how long an announced heartbeat may
+  /// stay still before its pair is reclaimed. Nil: not offered.
+  @exclusivity(unchecked) var heartbeatSilence: UInt64?
 
   init(base: UnsafeMutableRawPointer, layout: BARLayout, registers: RegisterBlock, shared: SharedExecution) {
     self.shared = shared

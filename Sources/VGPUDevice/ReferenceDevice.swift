@@ -48,6 +48,19 @@ public struct ReferenceDeviceConfiguration: Sendable {
   /// Whether owners are processes of this host, whose pids can be checked.
   /// False for guests in a VM (their pids mean nothing here).
   public var ownersAreLocalProcesses = true
+  /// How long a pair whose owner announced a heartbeat (2.3) may go without
+  /// a beat before it is reclaimed (`GuestHeartbeat.silenceNanoseconds`;
+  /// tests shorten it). Heartbeats are offered only where owners' exits
+  /// cannot be seen otherwise: see `watchesHeartbeats`.
+  public var heartbeatSilenceNanoseconds = GuestHeartbeat.silenceNanoseconds
+  /// Whether the device offers the guest heartbeat (feature
+  /// `guestHeartbeat`): its owners are not this host's processes (a VM's
+  /// guests), so neither /proc nor pidfds nor a socket says when one ends.
+  public var watchesHeartbeats: Bool { !ownersAreLocalProcesses && owner == nil }
+  /// The features register: what `identify` negotiates, and the heartbeat where it is offered.
+  public var offeredFeatures: FeatureBits {
+    watchesHeartbeats ? FeatureBits.all.union(.guestHeartbeat) : FeatureBits.all
+  }
   /// The longest sleep when every wake-up comes as an event (doorbells,
   /// claims, closes, owners' exits through pidfds): an idle device wakes
   /// once a second, for its heartbeat.
@@ -120,13 +133,15 @@ public final class ReferenceDevice: @unchecked Sendable {
     executor.setStatus([])
     registers.store(Register.magic, vgpuMagic)
     registers.store(Register.version, ProtocolVersion.packed)
-    registers.store(Register.features, FeatureBits.all.rawValue)
+    registers.store(Register.features, configuration.offeredFeatures.rawValue)
     registers.store(Register.control, ControlRequest.none.rawValue)
     layout.write(to: registers)
     configuration.identity.write(to: registers)
     for qp in 0..<Int(layout.queuePairs) { executor.views[qp].setState(.free) }
     executor.rememberRegisters()
     executor.fixedOwner = configuration.owner
+    executor.offeredFeatures = configuration.offeredFeatures
+    executor.heartbeatSilence = configuration.watchesHeartbeats ? configuration.heartbeatSilenceNanoseconds : nil
   }
 
   /// Whether owners' exits are looked for here (pidfds, /proc), rather than
@@ -225,7 +240,7 @@ public final class ReferenceDevice: @unchecked Sendable {
     executor.lock.withLock { _ in executor.ivshmem = server }
     doorbells = server
     registers.store(Register.ivshmemVectors, UInt32(server.vectors))
-    registers.store(Register.features, FeatureBits.all.union(.ivshmemDoorbell).rawValue)
+    registers.store(Register.features, configuration.offeredFeatures.union(.ivshmemDoorbell).rawValue)
     executor.lock.withLock { _ in executor.rememberRegisters() }
   }
   private var doorbells: IvshmemServer?
@@ -241,6 +256,8 @@ public final class ReferenceDevice: @unchecked Sendable {
 
   private func serve() {
     var lastReap = vgpu_monotonic_ns()
+    var lastBeatCheck = lastReap
+    let watchesHeartbeats = configuration.watchesHeartbeats
     var passes: UInt64 = 0
     // Idle polls since the last pass that had work.
     var idle = Spin()
@@ -256,6 +273,15 @@ public final class ReferenceDevice: @unchecked Sendable {
       executor.lock.withLock { _ in
         _ = executor.restoreRegisters()
         executor.tickForWorkers()
+      }
+      if watchesHeartbeats {
+        // Guests whose processes the device cannot see (a VM's): a pair
+        // whose announced heartbeat stopped is reclaimed as a dead owner's.
+        let now = vgpu_monotonic_ns()
+        if now &- lastBeatCheck >= GuestHeartbeat.checkNanoseconds {
+          lastBeatCheck = now
+          executor.lock.withLock { _ in executor.reapSilentGuests(now: now) }
+        }
       }
       guard watchesOwners else { return }
       executor.lock.withLock { _ in executor.reapExited() }

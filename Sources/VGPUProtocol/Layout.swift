@@ -161,6 +161,10 @@ public enum QueuePairBlock {
   public static let ownerPID = 0x04
   /// u32 1 while the guest sleeps on `completionWake` (event suppression).
   public static let guestWaiting = 0x08
+  /// u32 (2.3, feature `guestHeartbeat`) the guest adds 1 to every
+  /// `GuestHeartbeat.periodNanoseconds` while its process lives; any value,
+  /// only its changes mean anything. The device zeroes it at accept.
+  public static let heartbeat = 0x0C
   // Device line.
   /// u32 futex word the device bumps (and wakes) after posting completions.
   public static let completionWake = 0x40

@@ -103,6 +103,16 @@ public struct QueuePairView: @unchecked Sendable {
     vgpu_store_release_u32(doorbell + Doorbell.completionHead, 0)
     vgpu_store_release_u32(block + QueuePairBlock.fault, 0)
     vgpu_store_release_u32(block + QueuePairBlock.guestWaiting, 0)
+    vgpu_store_release_u32(block + QueuePairBlock.heartbeat, 0)
+  }
+
+  // MARK: Guest heartbeat (2.3)
+
+  /// Device: the guest's heartbeat word (any value; only its changes count).
+  @inlinable @inline(__always) public var heartbeat: UInt32 { vgpu_load_acquire_u32(block + QueuePairBlock.heartbeat) }
+  /// Guest: one beat (atomic +1, so that a process's beats never go back).
+  @inlinable @inline(__always) public func beat() {
+    _ = vgpu_fetch_add_u32(block + QueuePairBlock.heartbeat, 1)
   }
 
   // MARK: Waking (event suppression)

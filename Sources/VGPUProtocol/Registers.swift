@@ -1,4 +1,4 @@
-/// The vGPU wire format, version 2.1: one definition for the guest client and
+/// The vGPU wire format, version 2.3: one definition for the guest client and
 /// the device side (reference device, mediator). docs/PROTOCOL.md is the
 /// prose form of this module; tests pin every size and offset written here.
 ///
@@ -18,8 +18,11 @@ public enum ProtocolVersion {
   /// (feature `functionInfo`); 2.0 module uploads, globals, device output
   /// and error text (feature `kernelImages`); 2.1 the per-process activity
   /// record of `processes` (feature `processActivity`); 2.2 cooperative
-  /// launches (feature `cooperativeLaunch`, the launch's flag ``LaunchFlags``).
-  public static let minor: UInt16 = 2
+  /// launches (feature `cooperativeLaunch`, the launch's flag ``LaunchFlags``);
+  /// 2.3 the guest heartbeat (feature `guestHeartbeat`, the pair's
+  /// `QueuePairBlock.heartbeat` word), so that a device that cannot see its
+  /// guests' processes (a VM's) reclaims the pairs of one killed without closing.
+  public static let minor: UInt16 = 3
   /// `major << 16 | minor`, as the version register holds it.
   public static var packed: UInt32 { UInt32(major) << 16 | UInt32(minor) }
 }
@@ -163,7 +166,16 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   /// `launch` may carry ``LaunchFlags/cooperative`` in the entry's flags
   /// (2.2): `cuLaunchCooperativeKernel`, whose kernel may sync the whole grid.
   public static let cooperativeLaunch = FeatureBits(rawValue: 1 << 8)
-  /// Everything `identify` negotiates in this version (2.2).
+  /// The guest heartbeat (2.3, docs/PROTOCOL.md §7 "Guest heartbeat"):
+  /// set in the `features` register only by a device that cannot see its
+  /// guests' processes (a VM's: their pids mean nothing to it) and reclaims
+  /// a pair whose `QueuePairBlock.heartbeat` word stops moving. A guest
+  /// names it in `identify` only when it will bump that word every
+  /// ``GuestHeartbeat/periodNanoseconds``; the device then watches that pair.
+  /// Not in ``all``: naming it is a promise, which a guest makes on purpose.
+  public static let guestHeartbeat = FeatureBits(rawValue: 1 << 9)
+  /// Everything `identify` negotiates in this version without a promise
+  /// (2.2 and 2.3; ``guestHeartbeat`` is named on purpose).
   public static let all: FeatureBits = [
     .eventSuppression, .streams, .processList, .functionInfo, .kernelImages, .processActivity, .cooperativeLaunch,
   ]
@@ -176,4 +188,23 @@ public enum ProtocolLimits {
   public static let maximumQueuePairs: UInt32 = 256
   /// Staging slots must be whole pages so that a DMA mapping can cover them.
   public static let stagingAlignment: UInt64 = 4096
+}
+
+/// The guest heartbeat's periods (2.3, feature ``FeatureBits/guestHeartbeat``;
+/// docs/PROTOCOL.md §7). The guest's process bumps the heartbeat word of each
+/// pair it announced it for; the device reclaims a pair whose word has not
+/// changed for ``silenceNanoseconds`` (looking every ``checkNanoseconds``),
+/// as it reclaims the pairs of a host process that exited. A process killed
+/// without closing thus loses its pairs and memory within
+/// `check + silence + check` ≤ 1.7 s of its last beat.
+public enum GuestHeartbeat {
+  /// How often the guest bumps the word: 400 ms, 2.5 wake-ups a second of
+  /// one thread per open device, the cost of an idle guest.
+  public static let periodNanoseconds: UInt64 = 400_000_000
+  /// How long a word may stay unchanged before the device reclaims its
+  /// pair: 1.5 s, nearly four periods, so that a living guest whose thread
+  /// is late by up to 1.1 s (a loaded VM) keeps its pair.
+  public static let silenceNanoseconds: UInt64 = 1_500_000_000
+  /// How often the device looks at the words.
+  public static let checkNanoseconds: UInt64 = 100_000_000
 }

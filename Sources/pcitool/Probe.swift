@@ -93,7 +93,7 @@ struct ProbeReport: Encodable {
     let known: [(FeatureBits, String)] = [
       (.eventSuppression, "event-suppression"), (.streams, "streams"), (.processList, "process-list"),
       (.functionInfo, "function-info"), (.kernelImages, "kernel-images"), (.processActivity, "process-activity"),
-      (.cooperativeLaunch, "cooperative-launch"),
+      (.cooperativeLaunch, "cooperative-launch"), (.guestHeartbeat, "guest-heartbeat"),
       // Bit 1: no 2.0 device sets it (1.x's text image of built-in kernels).
       (.retiredBuiltinKernels, "retired-builtin-kernels"),
     ]

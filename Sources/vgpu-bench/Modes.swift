@@ -31,13 +31,16 @@ enum Modes {
     }
     do {
       switch mode {
-      case "_pingpong", "_ring", "_rpc-server", "_client", "_idle":
-        guard let o = operands(mode == "_client" || mode == "_idle" ? "TARGET" : "PATH", count: 1) else { return 2 }
+      case "_pingpong", "_ring", "_rpc-server", "_client", "_idle", "_load":
+        guard let o = operands(["_client", "_idle", "_load"].contains(mode) ? "TARGET" : "PATH", count: 1) else {
+          return 2
+        }
         switch mode {
         case "_pingpong": try PingPong.serve(o.strings[0])
         case "_ring": try SPSCRing.consume(o.strings[0])
         case "_rpc-server": try SocketRPC.serve(o.strings[0]) { say("ready") }
         case "_client": try client(target: o.strings[0], quick: args.contains("--quick"))
+        case "_load": try load(target: o.strings[0])
         default: try idle(target: o.strings[0])
         }
       case "_nops":

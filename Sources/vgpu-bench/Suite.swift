@@ -121,6 +121,9 @@ final class Suite {
     if options.onlyScale {
       progress.begin("scale: 1 to \(scaleLevels.last!) discovery processes at once (a socket mediator)")
       measureScale()
+      progress.begin(
+        "scale: 1 to \(loadLevels.last!) client processes at once doing NOPs, launches, allocations, copies")
+      measureLoad()
       report.loadAverage.append(loadAverage())
       report.seconds = progress.seconds
       return report
@@ -222,6 +225,8 @@ final class Suite {
     measureDiscovery()
     progress.begin("scale: 1 to \(scaleLevels.last!) discovery processes at once (a socket mediator)")
     measureScale()
+    progress.begin("scale: 1 to \(loadLevels.last!) client processes at once doing NOPs, launches, allocations, copies")
+    measureLoad()
 
     progress.begin("two client processes at once: vGPU")
     let two = measured("two vGPU clients") { try twoClients(vgpuSpec) }

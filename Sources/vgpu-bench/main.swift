@@ -96,7 +96,9 @@ struct VGPUBench: ParsableCommand {
 
   @Flag(
     name: .customLong("only-scale"),
-    help: "Measure only the scale section (discovery bursts of 1 to 32 processes on a socket mediator).")
+    help:
+      "Measure only the scale section: discovery bursts of 1 to 32 processes, then 1 to 64 client processes at once doing NOPs, launches, allocations and copies, on a socket mediator."
+  )
   var onlyScale = false
 
   func validate() throws {

@@ -8,6 +8,8 @@
 //   vgpu-fault-client settle DEVICE PID SECONDS [--kill]
 //                                                    wait until PID holds nothing on the device
 //                                                    (--kill: SIGKILL it first, timed from the signal)
+//   vgpu-fault-client idle DEVICE SECONDS BYTES      allocate BYTES and fill them, say ready, make no
+//                                                    call for SECONDS, then read them back and free them
 //
 // launch, marker and play-device print "ready" once they work; every mode
 // prints "error: ..." and exits 1 on a failure (2 when data read back
@@ -23,6 +25,7 @@ let args = CommandLine.arguments
 let usage =
   "usage: vgpu-fault-client launch DEVICE PTX KERNEL | stress DEVICE SECONDS THREADS SEED PTX"
   + " | marker DEVICE SECONDS HEX | play-device PATH MODE | settle DEVICE PID SECONDS [--kill]"
+  + " | idle DEVICE SECONDS BYTES"
 guard args.count >= 3 else { fail(usage, 64) }
 
 func open(_ spec: String, queuePairs: Int = 2, timeout: Duration = .seconds(2)) -> Device {
@@ -90,6 +93,25 @@ case "settle" where args.count == 5 || (args.count == 6 && args[5] == "--kill"):
   let took = Date().timeIntervalSince(start)
   guard took < limit else { fail("pid \(pid) still holds queue pairs after \(limit) s") }
   say("ok settled in \(String(format: "%.0f", took * 1000)) ms")
+
+case "idle" where args.count == 5:
+  // A process that holds memory and does nothing for a while: killed, it
+  // shows how soon the device reclaims what it held; left alone, that an
+  // idle but living process keeps its pair (the guest heartbeat, 2.3).
+  guard let duration = Double(args[3]), let bytes = Int(args[4]), bytes > 0 else { fail(usage, 64) }
+  let device = open(args[2], queuePairs: 1)
+  let pattern = (0..<bytes).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+  do {
+    let memory = try device.allocate(bytes)
+    try device.copy(to: memory, from: pattern)
+    say("ready pid=\(getpid()) features=0x\(String(device.info.features.rawValue, radix: 16))")
+    usleep(UInt32(duration * 1e6))
+    let start = Date()
+    guard try device.read(memory, count: bytes) == pattern else { fail("the memory read back differs", 2) }
+    try device.free(memory)
+    device.close()
+    say("ok idle \(args[3]) s, then read back and freed in \(seconds(since: start)) s")
+  } catch { fail("\(error)") }
 
 default:
   fail(usage, 64)

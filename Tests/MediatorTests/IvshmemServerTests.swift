@@ -1,5 +1,6 @@
 import CSupport
 import Foundation
+import Synchronization
 import TestSupport
 import Testing
 import VGPUDevice
@@ -117,8 +118,96 @@ import VGPUProtocol
     #expect(IvshmemServer.freePeerID(taken: []) == 1)
     #expect(IvshmemServer.freePeerID(taken: [3, 1, 1, 2, 5]) == 4)
     #expect(IvshmemServer.freePeerID(taken: [0, 2, UInt16.max]) == 1)
-    #expect(IvshmemServer.freePeerID(taken: [UInt16](1...UInt16.max - 1).reversed()) == UInt16.max)
-    #expect(IvshmemServer.freePeerID(taken: [UInt16](0...UInt16.max)) == nil)
+    #expect(IvshmemServer.freePeerID(taken: [UInt16](1...UInt16.max - 1).reversed(), limit: .max) == UInt16.max)
+    #expect(IvshmemServer.freePeerID(taken: [UInt16](0...UInt16.max), limit: .max) == nil)
+    // At the server's limit, none.
+    #expect(IvshmemServer.freePeerID(taken: [UInt16](1...15)) == 16)
+    #expect(IvshmemServer.freePeerID(taken: [UInt16](1...16)) == nil)
+  }
+
+  /// What a server logged.
+  final class Lines: Sendable {
+    private let lines = Mutex<[String]>([])
+    func append(_ line: String) { lines.withLock { $0.append(line) } }
+    func contain(_ text: String) -> Bool { lines.withLock { $0.contains { $0.contains(text) } } }
+  }
+
+  /// A started server and what it logs.
+  static func server(_ name: String, vectors: Int) throws -> (IvshmemServer, Lines, String) {
+    let socketPath = NSTemporaryDirectory() + "vgpu-ivshmem-\(name)-\(getpid()).sock"
+    let lines = Lines()
+    let server = try IvshmemServer(socketPath: socketPath, sharedMemoryFD: -1, vectors: vectors) { lines.append($0) }
+    server.start()
+    return (server, lines, socketPath)
+  }
+
+  /// A connection whose reads give up after `seconds` (a server that never
+  /// answers fails the test instead of hanging it).
+  static func connect(_ path: String, seconds: Int = 10) throws -> Int32 {
+    let s = vgpu_path_connect(path)
+    try #require(s >= 0)
+    var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+    _ = setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    return s
+  }
+
+  /// One BAR is one VM's: a 17th guest is refused (its connection closed at
+  /// once, with a line saying why), and admitted again once one has left.
+  @Test func theServerAdmitsAtMostItsLimitOfGuests() throws {
+    let (server, lines, path) = try Self.server("limit", vectors: 1)
+    defer { server.stop() }
+    var guests: [Int32] = []
+    defer { guests.forEach { close($0) } }
+    for _ in 0..<IvshmemServer.maxPeers { guests.append(try Self.connect(path)) }
+    #expect(waitUntil(seconds: 5) { server.connectedPeers.count == IvshmemServer.maxPeers })
+    let refused = try Self.connect(path)
+    #expect(Self.receive(refused) == nil, "the 17th guest got a message")
+    close(refused)
+    #expect(waitUntil(seconds: 2) { lines.contain("16 guests are connected") })
+    #expect(server.connectedPeers.count == IvshmemServer.maxPeers)
+    // Peer 3 leaves; the next guest is admitted and takes its id.
+    close(guests.remove(at: 2))
+    #expect(waitUntil(seconds: 2) { server.connectedPeers.count == IvshmemServer.maxPeers - 1 })
+    let next = try Self.connect(path)
+    guests.append(next)
+    #expect(Self.receive(next).map(\.value) == 0)
+    #expect(Self.receive(next).map(\.value) == 3)
+  }
+
+  /// A guest that never reads its socket (a hostile local process) is
+  /// dropped once a message to it waits past the send timeout; the server
+  /// thread goes on serving the others' connects.
+  @Test func aGuestThatDoesNotReadIsDroppedAndOthersAreStillServed() throws {
+    let (server, lines, path) = try Self.server("unread", vectors: 64)
+    defer { server.stop() }
+    let silent = try Self.connect(path)
+    defer { close(silent) }
+    #expect(waitUntil(seconds: 2) { server.connectedPeers == [1] })
+    // Each guest that comes and goes sends the silent one 64 eventfds and a
+    // departure: its socket fills within tens to a few hundred rounds (19 to
+    // 111 seen; the kernel's accounting of queued descriptors varies).
+    var rounds = 0
+    let started = Date()
+    while server.connectedPeers.contains(1) && rounds < 5000 && Date().timeIntervalSince(started) < 60 {
+      let churn = try Self.connect(path)
+      _ = Self.receive(churn)
+      close(churn)
+      rounds += 1
+      usleep(2_000)
+    }
+    #expect(waitUntil(seconds: 10) { !server.connectedPeers.contains(1) }, "after \(rounds) rounds")
+    #expect(lines.contain("did not read its socket"))
+    // A new guest gets its whole set-up: version, id, memory, device, 64 of its own.
+    let next = try Self.connect(path)
+    defer { close(next) }
+    var received = 0
+    while let m = Self.receive(next) {
+      if m.fd >= 0 { close(m.fd) }
+      received += 1
+      if received == 4 + 64 { break }
+    }
+    #expect(received == 4 + 64)
+    print("the silent guest was dropped after \(rounds) guests came and went")
   }
 
   @Test func aSecondServerOnALiveSocketIsRefusedAndAStaleOneReplaced() throws {

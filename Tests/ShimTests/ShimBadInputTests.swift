@@ -28,6 +28,20 @@ import Testing
     #expect(line.contains(device.name.trimmingCharacters(in: .whitespaces)), "names the device: \(r)")
   }
 
+  /// The same names through NVML (pynvml over libnvidia-ml.so.1): nvmlInit
+  /// succeeds with 0 devices, and one line names the device and why.
+  @Test(arguments: BadInput.deviceNames) func badDeviceNamesThroughNVML(_ device: BadInput.DeviceName) throws {
+    try ShimProgram.requireShims(["libnvidia-ml.so.1", "libvgpucore.so"])
+    let python = try ShimProgram.requirePython()
+    let script = "import pynvml as N\nN.nvmlInit()\nprint(N.nvmlDeviceGetCount())\nN.nvmlShutdown()\n"
+    let r = try ShimProgram.run(python, ["-c", script], environment: ShimProgram.environment(device: device.name))
+    #expect(r.status == 0 && r.stdout == "0\n", "\(r.stdout)\(r.stderr)")
+    #expect(r.stderrLines.count == 1, "one line on stderr: \(r.stderr)")
+    let line = r.stderrLines.first ?? ""
+    #expect(line.hasPrefix("vgpu: nvmlInit") && line.contains("0 devices"), "\(r.stderr)")
+    #expect(line.contains(device.name.trimmingCharacters(in: .whitespaces)), "names the device: \(r.stderr)")
+  }
+
   /// VGPU_DEBUG: empty, 0, false, no and off (any case) are off: the one
   /// line; anything else is on: more lines, each a "vgpu: " line. Neither
   /// changes what the calls return.

@@ -65,7 +65,7 @@ import Testing
   }
 
   @Test func version2_0AddsKernelImagesToWhat1_xHad() {
-    #expect(ProtocolVersion.packed == 0x0002_0002)
+    #expect(ProtocolVersion.packed == 0x0002_0003)
     #expect(Opcode.processes.rawValue == 0x16)
     #expect(
       [Opcode.moduleUpload, .moduleGlobal, .output, .errorText, .moduleKernels].map(\.rawValue) == [
@@ -77,6 +77,18 @@ import Testing
     #expect(FeatureBits.all.rawValue == 0x1ed && FeatureBits.version1_0.rawValue == 0x7)
     // A transport bit: in the features register only, never negotiated.
     #expect(FeatureBits.ivshmemDoorbell.rawValue == 1 << 4 && !FeatureBits.all.contains(.ivshmemDoorbell))
+  }
+
+  /// 2.3: the guest heartbeat, a word of the pair's guest line and a bit a
+  /// guest names on purpose (so not in `all`), with the periods both sides keep.
+  @Test func version2_3AddsTheGuestHeartbeat() {
+    #expect(FeatureBits.guestHeartbeat.rawValue == 1 << 9 && !FeatureBits.all.contains(.guestHeartbeat))
+    #expect(QueuePairBlock.heartbeat == 0x0C)
+    #expect([QueuePairBlock.state, QueuePairBlock.ownerPID, QueuePairBlock.guestWaiting] == [0, 4, 8])
+    #expect(GuestHeartbeat.periodNanoseconds == 400_000_000 && GuestHeartbeat.silenceNanoseconds == 1_500_000_000)
+    #expect(GuestHeartbeat.checkNanoseconds == 100_000_000)
+    // A killed guest's pair within 2 s of its last beat, with a margin for scheduling.
+    #expect(2 * GuestHeartbeat.checkNanoseconds + GuestHeartbeat.silenceNanoseconds <= 1_700_000_000)
   }
 
   @Test func entriesAreLittleEndianBytes() {

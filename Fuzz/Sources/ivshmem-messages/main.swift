@@ -6,6 +6,9 @@
 // allocation and set-up messages; the messages each guest gets are decoded
 // as QEMU decodes them and checked against the spec: version 0, its id, the
 // shared memory, then one (id, eventfd) per vector of every peer, its own last.
+// The server admits at most IvshmemServer.maxPeers guests, so an input past a
+// few dozen bytes only repeats states a shorter one reaches (-max_len=128 in
+// tools/fuzz).
 import FuzzSupport
 
 @testable import DeviceAccess
@@ -29,9 +32,10 @@ runFuzzer { data, size in
         if jump != 0 && !peers.contains(where: { $0.id == jump }) { peers.append(Peer(id: jump, eventFDs: [])) }
       }
       guard let id = IvshmemServer.freePeerID(taken: peers.map(\.id)) else {
-        invariant(peers.count >= Int(UInt16.max), "no free peer id with \(peers.count) peers connected")
+        invariant(peers.count >= IvshmemServer.maxPeers, "no free peer id with \(peers.count) peers connected")
         continue
       }
+      invariant(peers.count < IvshmemServer.maxPeers, "a peer id given with \(peers.count) peers connected")
       invariant(id != 0 && !peers.contains(where: { $0.id == id }), "peer id \(id) given twice (or the device's 0)")
       let own = (0..<vectors).map { nextFD + Int32($0) }
       nextFD += Int32(vectors)

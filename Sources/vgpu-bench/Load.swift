@@ -1,0 +1,191 @@
+import BenchKit
+import Foundation
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// What each client of the scale section's load cases does, back to back,
+/// for as long as the suite says.
+enum LoadCase: String, CaseIterable, Codable {
+  case nop
+  /// `fill` on one element, waited for: a launch's round trip.
+  case launch
+  /// 4 KiB allocated and freed.
+  case allocFree = "alloc+free"
+  /// 256 KiB host to device (one staging slot's worth).
+  case copy
+
+  static let copySize = 256 << 10
+  var unit: String { self == .copy ? "GB/s" : "ops/s" }
+}
+
+/// One client's answer for one case.
+struct LoadResult: Codable {
+  var operations: Int
+  var seconds: Double
+  var latency: LatencySummary
+  var rate: Double { Double(operations) / seconds }
+}
+
+extension Modes {
+  /// A client of the scale section's load cases: opens `target`, says
+  /// "ready", then for each "go CASE MILLISECONDS" runs the case that long
+  /// and answers "result JSON"; ends when stdin closes.
+  static func load(target: String) throws {
+    let t = try open(target)
+    let function = try t.loadFill()
+    let buffer = try t.allocate(LoadCase.copySize)
+    let parameters = try FillKernel.parameters(function, buffer)
+    let host = UnsafeMutableRawBufferPointer.allocate(byteCount: LoadCase.copySize, alignment: 4096)
+    defer { host.deallocate() }
+    memset(host.baseAddress!, 0x5a, host.count)
+    // Every operation's time, up to a bound (4 MiB a client; 64 of them run at once).
+    var values = [UInt64](repeating: 0, count: 1 << 19)
+    let lines = LineReader(fd: 0)
+    say("ready")
+    while let line = lines.next() {
+      let words = line.split(separator: " ")
+      guard words.count == 3, words[0] == "go", let kind = LoadCase(rawValue: String(words[1])),
+        let milliseconds = UInt64(words[2])
+      else { throw BenchError("not a load line: '\(line)'") }
+      let end = now() + milliseconds * 1_000_000
+      var taken = 0
+      var t0 = now()
+      while t0 < end && taken < values.count {
+        switch kind {
+        case .nop: try t.nop()
+        case .launch: try t.launchFill(function, parameters: parameters)
+        case .allocFree: try t.free(try t.allocate(4096))
+        case .copy: try t.copyIn(buffer, from: UnsafeRawBufferPointer(host))
+        }
+        let t1 = now()
+        values[taken] = t1 &- t0
+        taken += 1
+        t0 = t1
+      }
+      let result = LoadResult(
+        operations: taken, seconds: Double(milliseconds) / 1e3, latency: LatencySummary(Array(values[..<taken])))
+      say("result " + String(decoding: try JSONEncoder().encode(result), as: UTF8.self))
+    }
+  }
+}
+
+extension Suite {
+  /// Client processes at each load level.
+  var loadLevels: [Int] { options.quick ? [1, 2, 4] : [1, 2, 4, 8, 16, 32, 64] }
+
+  /// N client processes at once against a socket mediator (a BAR each, as
+  /// host processes get), each doing one case back to back for the same
+  /// time: the aggregate rate against one client's, the spread between the
+  /// fastest and the slowest client, and the worst client's p50/p99 against
+  /// one client alone, all in this run (issue 17).
+  func measureLoad() {
+    let group = "scale"
+    let levels = loadLevels
+    let milliseconds = options.quick ? 300 : 1500
+    func name(_ n: Int, _ c: LoadCase, _ what: String) -> String {
+      n == 1 ? "1 client alone, \(c.rawValue): \(what)" : "\(n) clients at once, \(c.rawValue): \(what)"
+    }
+    func missing(_ why: String) {
+      for n in levels {
+        for c in LoadCase.allCases {
+          for what in ["aggregate rate", "max/min client rate", "worst client's p50", "worst client's p99"] {
+            report.figures.append(Figure(group, name(n, c, what), unit: c.unit, nil, lowerIsBetter: false, note: why))
+          }
+        }
+      }
+      report.problems.append("scale load: \(why)")
+    }
+    let socket = "/dev/shm/vgpu-bench-load-\(getpid()).sock"
+    defer { unlink(socket) }
+    let mediator: Process
+    do { mediator = try startSocketMediator(socket) } catch {
+      missing("\(error)")
+      return
+    }
+    defer { stop(mediator) }
+    var results: [Int: [LoadCase: [LoadResult]]] = [:]
+    do {
+      for n in levels {
+        progress.detail("\(n) client processes, \(LoadCase.allCases.count) cases of \(milliseconds) ms")
+        results[n] = try loadRound(n, target: "unix:\(socket)", milliseconds: milliseconds)
+      }
+    } catch {
+      missing("\(error)")
+      return
+    }
+    guard let one = results[1] else { return }
+    for n in levels {
+      for c in LoadCase.allCases {
+        let r = results[n]?[c] ?? []
+        let scale = c == .copy ? Double(LoadCase.copySize) / 1e9 : 1
+        let rates = r.map { $0.rate * scale }
+        let single = (one[c]?.first?.rate ?? 0) * scale
+        let worst = r.dropFirst().reduce(r.first?.latency) { m, x in m.map { LatencySummary.merged($0, x.latency) } }
+        let alone = one[c]?.first?.latency
+        let aggregate = Figure(
+          group, name(n, c, "aggregate rate"), unit: c.unit, rates.reduce(0, +), lowerIsBetter: false)
+        let p50 = Figure(group, name(n, c, "worst client's p50"), unit: "ns", worst?.p50, lowerIsBetter: true)
+        let p99 = Figure(
+          group, name(n, c, "worst client's p99"), unit: "ns", worst?.p99, lowerIsBetter: true,
+          note: n == 64 ? "issue 17's bound at 64 clients: ≤ 10× one client's p99" : nil)
+        guard n > 1 else {
+          // The baselines themselves.
+          report.figures += [aggregate, p50, p99]
+          continue
+        }
+        report.figures.append(aggregate.against("1 client alone", single))
+        let spread = (rates.min() ?? 0) > 0 ? (rates.max() ?? 0) / rates.min()! : nil
+        report.figures.append(
+          Figure(
+            group, name(n, c, "max/min client rate"), unit: "×", spread, lowerIsBetter: true,
+            note: "issue 17's bound: ≤ 2×"))
+        report.figures.append(p50.against("1 client alone", alone?.p50))
+        report.figures.append(p99.against("1 client alone", alone?.p99))
+      }
+    }
+    // The plot's CDFs: NOPs alone and the worst client's at the largest level.
+    let crowd = levels.last!
+    report.latency["scale: NOP, 1 client"] = one[.nop]?.first?.latency.cdf
+    let nops = (results[crowd]?[.nop] ?? []).map(\.latency)
+    report.latency["scale: NOP, \(crowd) clients (worst)"] =
+      nops.dropFirst().reduce(nops.first) { m, x in m.map { LatencySummary.merged($0, x) } }?.cdf
+  }
+
+  /// `n` `_load` processes on `target`, every case run by all of them at once.
+  func loadRound(_ n: Int, target: String, milliseconds: Int) throws -> [LoadCase: [LoadResult]] {
+    var children: [(Process, LineReader, FileHandle)] = []
+    defer {
+      for (p, _, input) in children {
+        try? input.close()
+        stop(p)
+      }
+    }
+    for _ in 0..<n {
+      let p = Process()
+      p.executableURL = URL(fileURLWithPath: selfExecutable)
+      p.arguments = ["_load", target]
+      let input = Pipe()
+      let output = Pipe()
+      p.standardInput = input
+      p.standardOutput = output
+      try p.run()
+      children.append((p, LineReader(fd: output.fileHandleForReading.fileDescriptor), input.fileHandleForWriting))
+    }
+    for (_, reader, _) in children {
+      guard reader.next() == "ready" else { throw BenchError("a load client of \(target) did not start") }
+    }
+    var results: [LoadCase: [LoadResult]] = [:]
+    for c in LoadCase.allCases {
+      for (_, _, input) in children { input.write(Data("go \(c.rawValue) \(milliseconds)\n".utf8)) }
+      results[c] = try children.map { (_, reader, _) in
+        guard let line = reader.next(), line.hasPrefix("result ") else {
+          throw BenchError("a load client of \(target) stopped during \(c.rawValue)")
+        }
+        return try JSONDecoder().decode(LoadResult.self, from: Data(line.dropFirst(7).utf8))
+      }
+    }
+    return results
+  }
+}
