@@ -7,13 +7,22 @@ import Synchronization
 #endif
 
 extension BlockRunner {
-  /// Runs thread `t` until it parks at a sync point or exits. The loop keeps the frame pointer,
+  /// Runs thread `t` until it parks at a sync point or exits (the per-thread engine).
+  mutating func run(_ t: Int) throws(Fault) { try execute(t, once: false) }
+
+  /// Runs one instruction of thread `t` and leaves it ready at the next (unless it parked or
+  /// exited): how the warp loop (`runWarp`) takes calls, returns and sync points, lane by lane.
+  mutating func step(_ t: Int) throws(Fault) { try execute(t, once: true) }
+
+  /// Runs thread `t`; with `once`, one instruction only. The loop keeps the frame pointer,
   /// code pointer and pc in locals; each instruction is one `switch` case over slot indices.
-  mutating func run(_ t: Int) throws(Fault) {
+  @inline(__always)
+  mutating func execute(_ t: Int, once: Bool) throws(Fault) {
     var st = threads[t]
     let base = stack + t * stackSlots
     var r = base + Int(st.frame)
     var fn = funcs[Int(st.fn)]
+    var fp = funcs + Int(st.fn)
     var code = fn.code
     var pc = Int(st.pc)
     var pbase = UnsafeMutableRawPointer(r + fn.slots)
@@ -26,380 +35,31 @@ extension BlockRunner {
     // instead (`PTXLaunch.run(until:)`): every checkpoint sits before its
     // instruction changes anything, so the thread can stop there and run
     // that instruction when it is resumed.
-    var limit = min(
-      budgetEnd &- executed, nextProgress > executed ? nextProgress &- executed : 0,
-      suspendAt > executed ? suspendAt &- executed : 0)
-    let localBase = local + t * localBytes
+    var limit = runLimit()
     // No local function captures `n`, `pc` or `r`: a captured variable lives in memory, and
     // these change with every instruction (callgrind: a load and store each per instruction).
     defer { executed &+= n }
 
     while true {
+      if once && n == 1 {
+        park(t, &st, pc: pc, frame: r - base, Status.ready)
+        return
+      }
       let i = code[pc]
       n &+= 1
       if i.guardSlot >= 0 && (r[Int(i.guardSlot)] != 0) == i.guardNeg {
         pc &+= 1
         continue
       }
-      let d = Int(i.d)
       let a = r[Int(i.a)]
       let b = r[Int(i.b)]
+      // Straight-line instructions (every op before `.bra`) in one jump table; the rest below.
+      if i.op.isStraightLine {
+        try compute(i, r, a, b, fp, t, n)
+        pc &+= 1
+        continue
+      }
       switch i.op {
-      case .add: r[d] = (a &+ b) & i.mask
-      case .sub: r[d] = (a &- b) & i.mask
-      case .mulLo: r[d] = (a &* b) & i.mask
-      case .mulHiU:
-        if i.sh == 0 {
-          r[d] = a.multipliedFullWidth(by: b).high
-        } else {
-          let m = ~UInt64(0) >> UInt64(i.sh)
-          r[d] = (((a & m) &* (b & m)) >> UInt64(64 - i.sh)) & i.mask
-        }
-      case .mulHiS:
-        if i.sh == 0 {
-          r[d] = UInt64(bitPattern: Int64(bitPattern: a).multipliedFullWidth(by: Int64(bitPattern: b)).high)
-        } else {
-          r[d] = UInt64(bitPattern: (sext(a, i.sh) &* sext(b, i.sh)) >> Int64(64 - i.sh)) & i.mask
-        }
-      case .mulWideU:
-        let m = ~UInt64(0) >> UInt64(i.sh)
-        r[d] = ((a & m) &* (b & m)) & i.mask
-      case .mulWideS: r[d] = UInt64(bitPattern: sext(a, i.sh) &* sext(b, i.sh)) & i.mask
-      case .madLo: r[d] = (a &* b &+ r[Int(i.c)]) & i.mask
-      case .madHiU, .madHiS:
-        var hi: UInt64
-        if i.sh == 0 {
-          hi =
-            i.op == .madHiU
-            ? a.multipliedFullWidth(by: b).high
-            : UInt64(bitPattern: Int64(bitPattern: a).multipliedFullWidth(by: Int64(bitPattern: b)).high)
-        } else if i.op == .madHiU {
-          let m = ~UInt64(0) >> UInt64(i.sh)
-          hi = ((a & m) &* (b & m)) >> UInt64(64 - i.sh)
-        } else {
-          hi = UInt64(bitPattern: (sext(a, i.sh) &* sext(b, i.sh)) >> Int64(64 - i.sh))
-        }
-        r[d] = (hi &+ r[Int(i.c)]) & i.mask
-      case .madWideU:
-        let m = ~UInt64(0) >> UInt64(i.sh)
-        r[d] = ((a & m) &* (b & m) &+ r[Int(i.c)]) & i.mask
-      case .madWideS: r[d] = (UInt64(bitPattern: sext(a, i.sh) &* sext(b, i.sh)) &+ r[Int(i.c)]) & i.mask
-      case .divU:
-        let y = b & i.mask
-        r[d] = y == 0 ? i.mask : (a & i.mask) / y
-      case .divS:
-        let y = sext(b, i.sh)
-        r[d] = y == 0 ? i.mask : UInt64(bitPattern: sext(a, i.sh).dividedReportingOverflow(by: y).partialValue) & i.mask
-      case .remU:
-        let y = b & i.mask
-        r[d] = y == 0 ? a & i.mask : (a & i.mask) % y
-      case .remS:
-        let y = sext(b, i.sh)
-        r[d] =
-          y == 0
-          ? a & i.mask
-          : UInt64(bitPattern: sext(a, i.sh).remainderReportingOverflow(dividingBy: y).partialValue) & i.mask
-      case .minU: r[d] = Swift.min(a & i.mask, b & i.mask)
-      case .maxU: r[d] = Swift.max(a & i.mask, b & i.mask)
-      case .minS: r[d] = UInt64(bitPattern: Swift.min(sext(a, i.sh), sext(b, i.sh))) & i.mask
-      case .maxS: r[d] = UInt64(bitPattern: Swift.max(sext(a, i.sh), sext(b, i.sh))) & i.mask
-      case .absS:
-        let x = sext(a, i.sh)
-        r[d] = UInt64(bitPattern: x < 0 ? 0 &- x : x) & i.mask
-      case .neg: r[d] = (0 &- a) & i.mask
-      case .and: r[d] = a & b & i.mask
-      case .or: r[d] = (a | b) & i.mask
-      case .xor: r[d] = (a ^ b) & i.mask
-      case .not: r[d] = ~a & i.mask
-      case .cnot: r[d] = a & i.mask == 0 ? 1 : 0
-      case .shl:
-        let s = b & 0xffff_ffff
-        r[d] = s >= UInt64(64 - i.sh) ? 0 : (a << s) & i.mask
-      case .shrU:
-        let s = b & 0xffff_ffff
-        r[d] = s >= UInt64(64 - i.sh) ? 0 : (a & i.mask) >> s
-      case .shrS:
-        let s = Swift.min(b & 0xffff_ffff, 63)
-        r[d] = UInt64(bitPattern: sext(a, i.sh) >> Int64(s)) & i.mask
-      case .addSat, .subSat:
-        let x = sext(a, 32)
-        let y = sext(b, 32)
-        let v = i.op == .addSat ? x + y : x - y
-        r[d] = UInt64(bitPattern: Swift.min(Swift.max(v, Int64(Int32.min)), Int64(Int32.max))) & 0xffff_ffff
-      case .popc: r[d] = UInt64((a & (~UInt64(0) >> UInt64(i.sh))).nonzeroBitCount)
-      case .clz:
-        let x = a & (~UInt64(0) >> UInt64(i.sh))
-        r[d] = x == 0 ? UInt64(64 - i.sh) : UInt64((x << UInt64(i.sh)).leadingZeroBitCount)
-      case .brev: r[d] = reverseBits(a) >> UInt64(i.sh)
-      case .bfeU, .bfeS:
-        // PTX ISA §9.7.1.17 bfe: bit i of d is a[pos+i] while i < len and pos+i <= msb, else
-        // the sign bit a[min(pos+len-1, msb)] (0 for .u types and for len == 0).
-        let width = UInt64(64 - i.sh)
-        let pos = b & 0xff
-        let len = r[Int(i.c)] & 0xff
-        let x = a & (~UInt64(0) >> UInt64(i.sh))
-        let taken = pos >= width ? 0 : Swift.min(len, width - pos)  // bits that come from a
-        let takenMask: UInt64 = taken >= 64 ? ~0 : (1 << taken) - 1
-        var v = pos >= width ? 0 : (x >> pos) & takenMask
-        if i.op == .bfeS && len != 0 && (x >> Swift.min(pos + len - 1, width - 1)) & 1 == 1 { v |= ~takenMask }
-        r[d] = v & i.mask
-      case .bfi:
-        let width = UInt64(64 - i.sh)
-        let pos = r[Int(i.c)] & 0xff
-        let len = r[Int(i.e)] & 0xff
-        if len == 0 || pos >= width {
-          r[d] = b & i.mask
-        } else {
-          let lenMask: UInt64 = len >= 64 ? ~0 : (1 << len) - 1
-          let m = (lenMask << pos) & i.mask
-          r[d] = ((b & ~m) | ((a << pos) & m)) & i.mask
-        }
-      case .prmt:
-        let bytes = (b & 0xffff_ffff) << 32 | (a & 0xffff_ffff)
-        let sel = r[Int(i.c)]
-        if i.mod != 0 {
-          r[d] = prmtMode(bytes, sel, i.mod)
-          break
-        }
-        var v: UInt64 = 0
-        for k in 0..<4 {
-          let s = (sel >> UInt64(4 * k)) & 0xf
-          var byte = (bytes >> ((s & 7) * 8)) & 0xff
-          if s & 8 != 0 { byte = byte & 0x80 != 0 ? 0xff : 0 }
-          v |= byte << UInt64(8 * k)
-        }
-        r[d] = v
-      case .mul24U: r[d] = ((a & 0xff_ffff) &* (b & 0xff_ffff)) & i.mask
-      case .mul24S: r[d] = UInt64(bitPattern: sext(a, 40) &* sext(b, 40)) & i.mask
-      case .mad24U: r[d] = ((a & 0xff_ffff) &* (b & 0xff_ffff) &+ r[Int(i.c)]) & i.mask
-      case .mad24S: r[d] = (UInt64(bitPattern: sext(a, 40) &* sext(b, 40)) &+ r[Int(i.c)]) & i.mask
-      case .mul24HiU, .mad24HiU:
-        let hi = ((a & 0xff_ffff) &* (b & 0xff_ffff)) >> 16
-        r[d] = (hi &+ (i.op == .mad24HiU ? r[Int(i.c)] : 0)) & i.mask
-      case .mul24HiS, .mad24HiS:
-        let hi = UInt64(bitPattern: (sext(a, 40) &* sext(b, 40)) >> 16)
-        r[d] = (hi &+ (i.op == .mad24HiS ? r[Int(i.c)] : 0)) & i.mask
-      case .addCarry, .subCarry:
-        // add.cc/addc and sub.cc/subc (PTX ISA §9.7.2): CC.CF is the carry out of an add and
-        // the borrow out of a subtract, so `sub.cc; subc` chains a multi-word subtract.
-        let cin = i.flags & Flag.carryIn != 0 ? r[Int(Slot.carry)] & 1 : 0
-        let x = a & i.mask
-        let y = b & i.mask
-        let v: UInt64
-        let out: Bool
-        if i.op == .addCarry {
-          let (s1, o1) = x.addingReportingOverflow(y)
-          let (s2, o2) = s1.addingReportingOverflow(cin)
-          v = s2 & i.mask
-          out = i.sh == 0 ? o1 || o2 : s2 > i.mask
-        } else {
-          let (s1, o1) = x.subtractingReportingOverflow(y)
-          let (s2, o2) = s1.subtractingReportingOverflow(cin)
-          v = s2 & i.mask
-          out = o1 || o2
-        }
-        r[d] = v
-        if i.flags & Flag.carryOut != 0 { r[Int(Slot.carry)] = out ? 1 : 0 }
-      case .sadU:
-        let (x, y) = (a & i.mask, b & i.mask)
-        r[d] = ((x > y ? x - y : y - x) &+ r[Int(i.c)]) & i.mask
-      case .sadS:
-        let (x, y) = (sext(a, i.sh), sext(b, i.sh))
-        r[d] = ((x > y ? UInt64(bitPattern: x &- y) : UInt64(bitPattern: y &- x)) &+ r[Int(i.c)]) & i.mask
-      case .slctI: r[d] = sext(r[Int(i.c)], 32) >= 0 ? a : b
-      case .slctF: r[d] = fin(r[Int(i.c)], i.flags) >= 0 ? a : b
-      case .shfL, .shfR:
-        let c = r[Int(i.c)] & 0xffff_ffff
-        let s = i.flags & Flag.wrap != 0 ? c & 31 : Swift.min(c, 32)
-        let wide = (b & 0xffff_ffff) << 32 | (a & 0xffff_ffff)
-        r[d] = i.op == .shfL ? ((wide << s) >> 32) & 0xffff_ffff : (wide >> s) & 0xffff_ffff
-      case .bfindU, .bfindS:
-        var x = a & (~UInt64(0) >> UInt64(i.sh))
-        if i.op == .bfindS && sext(a, i.sh) < 0 { x = ~x & (~UInt64(0) >> UInt64(i.sh)) }
-        // .shiftamt (§9.7.1.13) gives the left shift that moves that bit to the msb.
-        r[d] =
-          x == 0
-          ? 0xffff_ffff : i.mod == 0 ? UInt64(63 - x.leadingZeroBitCount) : UInt64(x.leadingZeroBitCount - Int(i.sh))
-
-      // f32 (PTX ISA §9.7.3); rounding modifiers other than .rn are not modelled for arithmetic.
-      case .fadd: r[d] = fout(fin(a, i.flags) + fin(b, i.flags), i.flags)
-      case .fsub: r[d] = fout(fin(a, i.flags) - fin(b, i.flags), i.flags)
-      case .fmul: r[d] = fout(fin(a, i.flags) * fin(b, i.flags), i.flags)
-      case .ffma: r[d] = fout(fin(r[Int(i.c)], i.flags).addingProduct(fin(a, i.flags), fin(b, i.flags)), i.flags)
-      case .fdiv: r[d] = fout(fin(a, i.flags) / fin(b, i.flags), i.flags)
-      case .fmin, .fmax:
-        let v = fminmax(Double(fin(a, i.flags)), Double(fin(b, i.flags)), i.op == .fmax, i.flags & Flag.nan != 0)
-        r[d] = fout(Float(v), i.flags)
-      case .fabs: r[d] = fout(abs(fin(a, i.flags)), i.flags)
-      case .fneg: r[d] = fout(-fin(a, i.flags), i.flags)
-      case .frcp: r[d] = fout(1 / fin(a, i.flags), i.flags)
-      case .fsqrt: r[d] = fout(fin(a, i.flags).squareRoot(), i.flags)
-      case .frsqrt: r[d] = fout(1 / fin(a, i.flags).squareRoot(), i.flags)
-      case .fex2: r[d] = fout(exp2f(fin(a, i.flags)), i.flags)
-      case .flg2: r[d] = fout(log2f(fin(a, i.flags)), i.flags)
-      case .fsin: r[d] = fout(sinf(fin(a, i.flags)), i.flags)
-      case .fcos: r[d] = fout(cosf(fin(a, i.flags)), i.flags)
-      case .ftanh: r[d] = fout(tanhf(fin(a, i.flags)), i.flags)
-      case .fcopysign:
-        r[d] = bits(
-          Float(
-            sign: f32(a).sign, exponentBitPattern: f32(b).exponentBitPattern,
-            significandBitPattern: f32(b).significandBitPattern))
-      case .dadd: r[d] = dout(f64(a) + f64(b), i.flags)
-      case .dsub: r[d] = dout(f64(a) - f64(b), i.flags)
-      case .dmul: r[d] = dout(f64(a) * f64(b), i.flags)
-      case .dfma: r[d] = dout(f64(r[Int(i.c)]).addingProduct(f64(a), f64(b)), i.flags)
-      case .ddiv: r[d] = dout(f64(a) / f64(b), i.flags)
-      case .dmin, .dmax: r[d] = fminmax(f64(a), f64(b), i.op == .dmax, i.flags & Flag.nan != 0).bitPattern
-      case .dabs: r[d] = abs(f64(a)).bitPattern
-      case .dneg: r[d] = (-f64(a)).bitPattern
-      case .drcp: r[d] = (1 / f64(a)).bitPattern
-      case .dsqrt: r[d] = f64(a).squareRoot().bitPattern
-      case .drsqrt: r[d] = (1 / f64(a).squareRoot()).bitPattern
-      case .dex2: r[d] = exp2(f64(a)).bitPattern
-      case .dlg2: r[d] = log2(f64(a)).bitPattern
-      case .dsin: r[d] = sin(f64(a)).bitPattern
-      case .dcos: r[d] = cos(f64(a)).bitPattern
-      case .dtanh: r[d] = tanh(f64(a)).bitPattern
-      case .dcopysign: r[d] = (f64(a).bitPattern & (1 << 63)) | (f64(b).bitPattern & ~(1 << 63))
-      case .hadd, .hsub, .hmul, .hfma, .hneg, .habs, .hmin, .hmax, .hex2, .htanh: r[d] = halfOp(i, a, b, r[Int(i.c)])
-      case .testpF, .testpD:
-        let x = i.op == .testpF ? Double(f32(a)) : f64(a)
-        let sub = i.op == .testpF ? f32(a).isSubnormal : x.isSubnormal
-        let res: Bool
-        switch i.mod {
-        case 0: res = x.isFinite
-        case 1: res = x.isInfinite
-        case 2: res = !x.isNaN
-        case 3: res = x.isNaN
-        case 4: res = x.isNormal && !sub
-        default: res = sub
-        }
-        r[d] = res ? 1 : 0
-
-      case .setpI, .setpF, .setpD, .setpH:
-        let c: Bool
-        switch i.op {
-        case .setpI: c = icompare(a, b, i.flags & Flag.signed != 0, i.sh, i.mod)
-        case .setpF: c = fcompare(Double(fin(a, i.flags)), Double(fin(b, i.flags)), i.mod)
-        case .setpH:
-          let bf = TypeCode.kind(i.ty) == TypeCode.bf
-          c = fcompare(halfValue(a, bf: bf), halfValue(b, bf: bf), i.mod)
-        default: c = fcompare(f64(a), f64(b), i.mod)
-        }
-        if i.ty2 == 0 {
-          r[d] = c ? 1 : 0
-          r[Int(i.e)] = c ? 0 : 1
-        } else {
-          let q = (r[Int(i.c)] != 0) != (i.flags & Flag.negC != 0)
-          switch i.ty2 {
-          case 1:
-            r[d] = c && q ? 1 : 0
-            r[Int(i.e)] = !c && q ? 1 : 0
-          case 2:
-            r[d] = c || q ? 1 : 0
-            r[Int(i.e)] = !c || q ? 1 : 0
-          default:
-            r[d] = c != q ? 1 : 0
-            r[Int(i.e)] = !c != q ? 1 : 0
-          }
-        }
-      case .setpH2:
-        // setp.f16x2/.bf16x2 (§9.7.4.7): d from the low halves, e from the high halves.
-        let bf = TypeCode.kind(i.ty) == TypeCode.bf
-        let q = (r[Int(i.c)] != 0) != (i.flags & Flag.negC != 0)
-        for k in stride(from: UInt64(0), through: 16, by: 16) {
-          let c = fcompare(halfValue(a >> k, bf: bf), halfValue(b >> k, bf: bf), i.mod)
-          r[k == 0 ? d : Int(i.e)] = (i.ty2 == 0 ? c : i.ty2 == 1 ? c && q : i.ty2 == 2 ? c || q : c != q) ? 1 : 0
-        }
-      case .selp: r[d] = r[Int(i.c)] != 0 ? a : b
-      case .mov: r[d] = a & i.mask
-      case .movSR: r[d] = special(Special(rawValue: i.imm) ?? .zero, st, t, n) & i.mask
-      case .pack:
-        let count = Int(i.b)
-        let eb = UInt64(TypeCode.bits(i.ty) / count)
-        let em: UInt64 = eb >= 64 ? ~0 : (1 << eb) - 1
-        var v: UInt64 = 0
-        for k in 0..<count { v |= (r[Int(fn.extra(Int(i.imm) + k))] & em) << (UInt64(k) * eb) }
-        r[d] = v
-      case .unpack:
-        let count = Int(i.b)
-        let eb = UInt64(TypeCode.bits(i.ty) / count)
-        let em: UInt64 = eb >= 64 ? ~0 : (1 << eb) - 1
-        for k in 0..<count { r[Int(fn.extra(d + k))] = (a >> (UInt64(k) * eb)) & em }
-      case .cvt: r[d] = Self.convert(a, i)
-      case .isspace:
-        let inShared = a &- Memory.sharedWindow < 1 << 32
-        let inLocal = a &- Memory.localWindow < Memory.localStride * 1024
-        switch i.mod {
-        case 0: r[d] = !inShared && !inLocal ? 1 : 0
-        case 1: r[d] = inShared ? 1 : 0
-        case 2: r[d] = inLocal ? 1 : 0
-        default: r[d] = 0
-        }
-
-      // Memory (PTX ISA §9.7.9.8 ld, §9.7.9.9 st).
-      case .ldKParam:
-        let size = Int(i.ty2) * Int(i.e)
-        guard i.imm >= 0, Int(i.imm) + size <= paramBytes else { throw .illegal(UInt64(i.imm), size, false, i.line) }
-        let p = UnsafeMutableRawPointer(mutating: params + Int(i.imm))
-        if i.e == 1 { r[d] = Self.loadScalar(p, i) } else { Self.loadInto(r, i, p, fn) }
-      case .ldParam: Self.loadInto(r, i, pbase + Int(i.imm), fn)
-      case .stParam: Self.storeFrom(r, i, pbase + Int(i.imm), fn)
-      // Scalar shared and global accesses, aligned and in bounds, go straight; the rest
-      // (vectors, local, generic, faults) take `access`.
-      case .ldShared where i.e == 1:
-        let addr = a &+ UInt64(bitPattern: i.imm)
-        let size = UInt64(i.ty2)
-        guard addr & (size &- 1) == 0, addr &+ size <= UInt64(sharedBytes) else {
-          try access(r, i, a, fn, localBase)
-          break
-        }
-        r[d] = Self.loadScalar(shared + Int(addr), i)
-      case .stShared where i.e == 1:
-        let addr = a &+ UInt64(bitPattern: i.imm)
-        let size = UInt64(i.ty2)
-        guard addr & (size &- 1) == 0, addr &+ size <= UInt64(sharedBytes) else {
-          try access(r, i, a, fn, localBase)
-          break
-        }
-        store(shared + Int(addr), i.ty2, r[d])
-      case .ldGlobal where i.e == 1:
-        let addr = a &+ UInt64(bitPattern: i.imm)
-        guard addr & (UInt64(i.ty2) &- 1) == 0, let p = global(addr, Int(i.ty2), write: false) else {
-          try access(r, i, a, fn, localBase)
-          break
-        }
-        var v = loadRelaxed(p, i.ty2)
-        if i.flags & Flag.signed != 0 { v = UInt64(bitPattern: sext(v, 64 - 8 * i.ty2)) }
-        r[d] = v & i.mask
-      case .stGlobal where i.e == 1:
-        let addr = a &+ UInt64(bitPattern: i.imm)
-        guard addr & (UInt64(i.ty2) &- 1) == 0, let p = global(addr, Int(i.ty2), write: true) else {
-          try access(r, i, a, fn, localBase)
-          break
-        }
-        storeRelaxed(p, i.ty2, r[d])
-      case .ldGlobal, .ldGeneric, .ldShared, .ldLocal, .stGlobal, .stGeneric, .stShared, .stLocal:
-        try access(r, i, a, fn, localBase)
-      case .atomGlobal, .atomShared, .atomGeneric:
-        let addr = a &+ UInt64(bitPattern: i.imm)
-        let size = Int(i.ty2)
-        if addr & UInt64(size - 1) != 0 { throw .misaligned(addr, size, i.line) }
-        var p: UnsafeMutableRawPointer?
-        var plain = true
-        switch i.op {
-        case .atomShared: p = addr &+ UInt64(size) <= UInt64(sharedBytes) ? shared + Int(addr) : nil
-        case .atomGlobal:
-          p = global(addr, size, write: true)
-          plain = false
-        default:
-          p = generic(addr, size, write: true)
-          plain = addr &- Memory.sharedWindow < 1 << 32 || addr &- Memory.localWindow < Memory.localStride * 1024
-        }
-        guard let p else { throw .illegal(addr, size, true, i.line) }
-        r[d] = Self.atomic(p, i, b, r[Int(i.c)], plain: plain)
-
       // Control flow (PTX ISA §9.7.13).
       case .bra:
         if n > limit, try checkpoint(n, &limit) {
@@ -440,6 +100,7 @@ extension BlockRunner {
           }
           st.fn = Int32(callee)
           fn = cf
+          fp = funcs + callee
           code = cf.code
           r = newR
           pbase = newP
@@ -447,7 +108,7 @@ extension BlockRunner {
           continue
         case .vprintf:
           let text = formatPrintf(format: site.argument(0, 8, r, pbase), args: site.argument(1, 8, r, pbase))
-          emitPrintf(text)
+          emitPrintf(text, thread: t)
           for res in site.results {
             store(pbase + res.callerOffset, UInt8(Swift.min(res.size, 4)), UInt64(text.utf8.count))
           }
@@ -493,6 +154,7 @@ extension BlockRunner {
         pc = Int(r[Int(Slot.returnPC)])
         st.fn = Int32(callerFn)
         fn = cf
+        fp = funcs + callerFn
         code = cf.code
         r = callerR
         pbase = callerP
@@ -532,9 +194,395 @@ extension BlockRunner {
         }
         park(t, &st, pc: pc, frame: r - base, Status.collective)
         return
+      default: break  // `compute`'s
       }
       pc &+= 1
     }
+  }
+
+  /// One straight-line instruction (an op before `.bra`) for thread `t` whose frame is `r`:
+  /// `a` and `b` are its first two operands' values, `n` the run's count so far (for
+  /// `%clock`). The per-thread loop and the warp loop (`runWarp`) share it. The function
+  /// comes as a pointer and the thread's state is read where used: a `FuncRT` or
+  /// `ThreadState` by value was copied on the stack per instruction (callgrind: 9 host
+  /// instructions of the per-thread loop's 17 over main's).
+  @_transparent
+  mutating func compute(
+    _ i: Instr, _ r: UnsafeMutablePointer<UInt64>, _ a: UInt64, _ b: UInt64, _ fn: UnsafeMutablePointer<FuncRT>,
+    _ t: Int, _ n: UInt64
+  ) throws(Fault) {
+    let d = Int(i.d)
+    switch i.op {
+    case .add: r[d] = (a &+ b) & i.mask
+    case .sub: r[d] = (a &- b) & i.mask
+    case .mulLo: r[d] = (a &* b) & i.mask
+    case .mulHiU:
+      if i.sh == 0 {
+        r[d] = a.multipliedFullWidth(by: b).high
+      } else {
+        let m = ~UInt64(0) >> UInt64(i.sh)
+        r[d] = (((a & m) &* (b & m)) >> UInt64(64 - i.sh)) & i.mask
+      }
+    case .mulHiS:
+      if i.sh == 0 {
+        r[d] = UInt64(bitPattern: Int64(bitPattern: a).multipliedFullWidth(by: Int64(bitPattern: b)).high)
+      } else {
+        r[d] = UInt64(bitPattern: (sext(a, i.sh) &* sext(b, i.sh)) >> Int64(64 - i.sh)) & i.mask
+      }
+    case .mulWideU:
+      let m = ~UInt64(0) >> UInt64(i.sh)
+      r[d] = ((a & m) &* (b & m)) & i.mask
+    case .mulWideS: r[d] = UInt64(bitPattern: sext(a, i.sh) &* sext(b, i.sh)) & i.mask
+    case .madLo: r[d] = (a &* b &+ r[Int(i.c)]) & i.mask
+    case .madHiU, .madHiS:
+      var hi: UInt64
+      if i.sh == 0 {
+        hi =
+          i.op == .madHiU
+          ? a.multipliedFullWidth(by: b).high
+          : UInt64(bitPattern: Int64(bitPattern: a).multipliedFullWidth(by: Int64(bitPattern: b)).high)
+      } else if i.op == .madHiU {
+        let m = ~UInt64(0) >> UInt64(i.sh)
+        hi = ((a & m) &* (b & m)) >> UInt64(64 - i.sh)
+      } else {
+        hi = UInt64(bitPattern: (sext(a, i.sh) &* sext(b, i.sh)) >> Int64(64 - i.sh))
+      }
+      r[d] = (hi &+ r[Int(i.c)]) & i.mask
+    case .madWideU:
+      let m = ~UInt64(0) >> UInt64(i.sh)
+      r[d] = ((a & m) &* (b & m) &+ r[Int(i.c)]) & i.mask
+    case .madWideS: r[d] = (UInt64(bitPattern: sext(a, i.sh) &* sext(b, i.sh)) &+ r[Int(i.c)]) & i.mask
+    case .divU:
+      let y = b & i.mask
+      r[d] = y == 0 ? i.mask : (a & i.mask) / y
+    case .divS:
+      let y = sext(b, i.sh)
+      r[d] = y == 0 ? i.mask : UInt64(bitPattern: sext(a, i.sh).dividedReportingOverflow(by: y).partialValue) & i.mask
+    case .remU:
+      let y = b & i.mask
+      r[d] = y == 0 ? a & i.mask : (a & i.mask) % y
+    case .remS:
+      let y = sext(b, i.sh)
+      r[d] =
+        y == 0
+        ? a & i.mask
+        : UInt64(bitPattern: sext(a, i.sh).remainderReportingOverflow(dividingBy: y).partialValue) & i.mask
+    case .minU: r[d] = Swift.min(a & i.mask, b & i.mask)
+    case .maxU: r[d] = Swift.max(a & i.mask, b & i.mask)
+    case .minS: r[d] = UInt64(bitPattern: Swift.min(sext(a, i.sh), sext(b, i.sh))) & i.mask
+    case .maxS: r[d] = UInt64(bitPattern: Swift.max(sext(a, i.sh), sext(b, i.sh))) & i.mask
+    case .absS:
+      let x = sext(a, i.sh)
+      r[d] = UInt64(bitPattern: x < 0 ? 0 &- x : x) & i.mask
+    case .neg: r[d] = (0 &- a) & i.mask
+    case .and: r[d] = a & b & i.mask
+    case .or: r[d] = (a | b) & i.mask
+    case .xor: r[d] = (a ^ b) & i.mask
+    case .not: r[d] = ~a & i.mask
+    case .cnot: r[d] = a & i.mask == 0 ? 1 : 0
+    case .shl:
+      let s = b & 0xffff_ffff
+      r[d] = s >= UInt64(64 - i.sh) ? 0 : (a << s) & i.mask
+    case .shrU:
+      let s = b & 0xffff_ffff
+      r[d] = s >= UInt64(64 - i.sh) ? 0 : (a & i.mask) >> s
+    case .shrS:
+      let s = Swift.min(b & 0xffff_ffff, 63)
+      r[d] = UInt64(bitPattern: sext(a, i.sh) >> Int64(s)) & i.mask
+    case .addSat, .subSat:
+      let x = sext(a, 32)
+      let y = sext(b, 32)
+      let v = i.op == .addSat ? x + y : x - y
+      r[d] = UInt64(bitPattern: Swift.min(Swift.max(v, Int64(Int32.min)), Int64(Int32.max))) & 0xffff_ffff
+    case .popc: r[d] = UInt64((a & (~UInt64(0) >> UInt64(i.sh))).nonzeroBitCount)
+    case .clz:
+      let x = a & (~UInt64(0) >> UInt64(i.sh))
+      r[d] = x == 0 ? UInt64(64 - i.sh) : UInt64((x << UInt64(i.sh)).leadingZeroBitCount)
+    case .brev: r[d] = reverseBits(a) >> UInt64(i.sh)
+    case .bfeU, .bfeS:
+      // PTX ISA §9.7.1.17 bfe: bit i of d is a[pos+i] while i < len and pos+i <= msb, else
+      // the sign bit a[min(pos+len-1, msb)] (0 for .u types and for len == 0).
+      let width = UInt64(64 - i.sh)
+      let pos = b & 0xff
+      let len = r[Int(i.c)] & 0xff
+      let x = a & (~UInt64(0) >> UInt64(i.sh))
+      let taken = pos >= width ? 0 : Swift.min(len, width - pos)  // bits that come from a
+      let takenMask: UInt64 = taken >= 64 ? ~0 : (1 << taken) - 1
+      var v = pos >= width ? 0 : (x >> pos) & takenMask
+      if i.op == .bfeS && len != 0 && (x >> Swift.min(pos + len - 1, width - 1)) & 1 == 1 { v |= ~takenMask }
+      r[d] = v & i.mask
+    case .bfi:
+      let width = UInt64(64 - i.sh)
+      let pos = r[Int(i.c)] & 0xff
+      let len = r[Int(i.e)] & 0xff
+      if len == 0 || pos >= width {
+        r[d] = b & i.mask
+      } else {
+        let lenMask: UInt64 = len >= 64 ? ~0 : (1 << len) - 1
+        let m = (lenMask << pos) & i.mask
+        r[d] = ((b & ~m) | ((a << pos) & m)) & i.mask
+      }
+    case .prmt:
+      let bytes = (b & 0xffff_ffff) << 32 | (a & 0xffff_ffff)
+      let sel = r[Int(i.c)]
+      if i.mod != 0 {
+        r[d] = prmtMode(bytes, sel, i.mod)
+        break
+      }
+      var v: UInt64 = 0
+      for k in 0..<4 {
+        let s = (sel >> UInt64(4 * k)) & 0xf
+        var byte = (bytes >> ((s & 7) * 8)) & 0xff
+        if s & 8 != 0 { byte = byte & 0x80 != 0 ? 0xff : 0 }
+        v |= byte << UInt64(8 * k)
+      }
+      r[d] = v
+    case .mul24U: r[d] = ((a & 0xff_ffff) &* (b & 0xff_ffff)) & i.mask
+    case .mul24S: r[d] = UInt64(bitPattern: sext(a, 40) &* sext(b, 40)) & i.mask
+    case .mad24U: r[d] = ((a & 0xff_ffff) &* (b & 0xff_ffff) &+ r[Int(i.c)]) & i.mask
+    case .mad24S: r[d] = (UInt64(bitPattern: sext(a, 40) &* sext(b, 40)) &+ r[Int(i.c)]) & i.mask
+    case .mul24HiU, .mad24HiU:
+      let hi = ((a & 0xff_ffff) &* (b & 0xff_ffff)) >> 16
+      r[d] = (hi &+ (i.op == .mad24HiU ? r[Int(i.c)] : 0)) & i.mask
+    case .mul24HiS, .mad24HiS:
+      let hi = UInt64(bitPattern: (sext(a, 40) &* sext(b, 40)) >> 16)
+      r[d] = (hi &+ (i.op == .mad24HiS ? r[Int(i.c)] : 0)) & i.mask
+    case .addCarry, .subCarry:
+      // add.cc/addc and sub.cc/subc (PTX ISA §9.7.2): CC.CF is the carry out of an add and
+      // the borrow out of a subtract, so `sub.cc; subc` chains a multi-word subtract.
+      let cin = i.flags & Flag.carryIn != 0 ? r[Int(Slot.carry)] & 1 : 0
+      let x = a & i.mask
+      let y = b & i.mask
+      let v: UInt64
+      let out: Bool
+      if i.op == .addCarry {
+        let (s1, o1) = x.addingReportingOverflow(y)
+        let (s2, o2) = s1.addingReportingOverflow(cin)
+        v = s2 & i.mask
+        out = i.sh == 0 ? o1 || o2 : s2 > i.mask
+      } else {
+        let (s1, o1) = x.subtractingReportingOverflow(y)
+        let (s2, o2) = s1.subtractingReportingOverflow(cin)
+        v = s2 & i.mask
+        out = o1 || o2
+      }
+      r[d] = v
+      if i.flags & Flag.carryOut != 0 { r[Int(Slot.carry)] = out ? 1 : 0 }
+    case .sadU:
+      let (x, y) = (a & i.mask, b & i.mask)
+      r[d] = ((x > y ? x - y : y - x) &+ r[Int(i.c)]) & i.mask
+    case .sadS:
+      let (x, y) = (sext(a, i.sh), sext(b, i.sh))
+      r[d] = ((x > y ? UInt64(bitPattern: x &- y) : UInt64(bitPattern: y &- x)) &+ r[Int(i.c)]) & i.mask
+    case .slctI: r[d] = sext(r[Int(i.c)], 32) >= 0 ? a : b
+    case .slctF: r[d] = fin(r[Int(i.c)], i.flags) >= 0 ? a : b
+    case .shfL, .shfR:
+      let c = r[Int(i.c)] & 0xffff_ffff
+      let s = i.flags & Flag.wrap != 0 ? c & 31 : Swift.min(c, 32)
+      let wide = (b & 0xffff_ffff) << 32 | (a & 0xffff_ffff)
+      r[d] = i.op == .shfL ? ((wide << s) >> 32) & 0xffff_ffff : (wide >> s) & 0xffff_ffff
+    case .bfindU, .bfindS:
+      var x = a & (~UInt64(0) >> UInt64(i.sh))
+      if i.op == .bfindS && sext(a, i.sh) < 0 { x = ~x & (~UInt64(0) >> UInt64(i.sh)) }
+      // .shiftamt (§9.7.1.13) gives the left shift that moves that bit to the msb.
+      r[d] =
+        x == 0
+        ? 0xffff_ffff : i.mod == 0 ? UInt64(63 - x.leadingZeroBitCount) : UInt64(x.leadingZeroBitCount - Int(i.sh))
+
+    // f32 (PTX ISA §9.7.3); rounding modifiers other than .rn are not modelled for arithmetic.
+    case .fadd: r[d] = fout(fin(a, i.flags) + fin(b, i.flags), i.flags)
+    case .fsub: r[d] = fout(fin(a, i.flags) - fin(b, i.flags), i.flags)
+    case .fmul: r[d] = fout(fin(a, i.flags) * fin(b, i.flags), i.flags)
+    case .ffma: r[d] = fout(fin(r[Int(i.c)], i.flags).addingProduct(fin(a, i.flags), fin(b, i.flags)), i.flags)
+    case .fdiv: r[d] = fout(fin(a, i.flags) / fin(b, i.flags), i.flags)
+    case .fmin, .fmax:
+      let v = fminmax(Double(fin(a, i.flags)), Double(fin(b, i.flags)), i.op == .fmax, i.flags & Flag.nan != 0)
+      r[d] = fout(Float(v), i.flags)
+    case .fabs: r[d] = fout(abs(fin(a, i.flags)), i.flags)
+    case .fneg: r[d] = fout(-fin(a, i.flags), i.flags)
+    case .frcp: r[d] = fout(1 / fin(a, i.flags), i.flags)
+    case .fsqrt: r[d] = fout(fin(a, i.flags).squareRoot(), i.flags)
+    case .frsqrt: r[d] = fout(1 / fin(a, i.flags).squareRoot(), i.flags)
+    case .fex2: r[d] = fout(exp2f(fin(a, i.flags)), i.flags)
+    case .flg2: r[d] = fout(log2f(fin(a, i.flags)), i.flags)
+    case .fsin: r[d] = fout(sinf(fin(a, i.flags)), i.flags)
+    case .fcos: r[d] = fout(cosf(fin(a, i.flags)), i.flags)
+    case .ftanh: r[d] = fout(tanhf(fin(a, i.flags)), i.flags)
+    case .fcopysign:
+      r[d] = bits(
+        Float(
+          sign: f32(a).sign, exponentBitPattern: f32(b).exponentBitPattern,
+          significandBitPattern: f32(b).significandBitPattern))
+    case .dadd: r[d] = dout(f64(a) + f64(b), i.flags)
+    case .dsub: r[d] = dout(f64(a) - f64(b), i.flags)
+    case .dmul: r[d] = dout(f64(a) * f64(b), i.flags)
+    case .dfma: r[d] = dout(f64(r[Int(i.c)]).addingProduct(f64(a), f64(b)), i.flags)
+    case .ddiv: r[d] = dout(f64(a) / f64(b), i.flags)
+    case .dmin, .dmax: r[d] = fminmax(f64(a), f64(b), i.op == .dmax, i.flags & Flag.nan != 0).bitPattern
+    case .dabs: r[d] = abs(f64(a)).bitPattern
+    case .dneg: r[d] = (-f64(a)).bitPattern
+    case .drcp: r[d] = (1 / f64(a)).bitPattern
+    case .dsqrt: r[d] = f64(a).squareRoot().bitPattern
+    case .drsqrt: r[d] = (1 / f64(a).squareRoot()).bitPattern
+    case .dex2: r[d] = exp2(f64(a)).bitPattern
+    case .dlg2: r[d] = log2(f64(a)).bitPattern
+    case .dsin: r[d] = sin(f64(a)).bitPattern
+    case .dcos: r[d] = cos(f64(a)).bitPattern
+    case .dtanh: r[d] = tanh(f64(a)).bitPattern
+    case .dcopysign: r[d] = (f64(a).bitPattern & (1 << 63)) | (f64(b).bitPattern & ~(1 << 63))
+    case .hadd, .hsub, .hmul, .hfma, .hneg, .habs, .hmin, .hmax, .hex2, .htanh: r[d] = halfOp(i, a, b, r[Int(i.c)])
+    case .testpF, .testpD:
+      let x = i.op == .testpF ? Double(f32(a)) : f64(a)
+      let sub = i.op == .testpF ? f32(a).isSubnormal : x.isSubnormal
+      let res: Bool
+      switch i.mod {
+      case 0: res = x.isFinite
+      case 1: res = x.isInfinite
+      case 2: res = !x.isNaN
+      case 3: res = x.isNaN
+      case 4: res = x.isNormal && !sub
+      default: res = sub
+      }
+      r[d] = res ? 1 : 0
+
+    case .setpI, .setpF, .setpD, .setpH:
+      let c: Bool
+      switch i.op {
+      case .setpI: c = icompare(a, b, i.flags & Flag.signed != 0, i.sh, i.mod)
+      case .setpF: c = fcompare(Double(fin(a, i.flags)), Double(fin(b, i.flags)), i.mod)
+      case .setpH:
+        let bf = TypeCode.kind(i.ty) == TypeCode.bf
+        c = fcompare(halfValue(a, bf: bf), halfValue(b, bf: bf), i.mod)
+      default: c = fcompare(f64(a), f64(b), i.mod)
+      }
+      if i.ty2 == 0 {
+        r[d] = c ? 1 : 0
+        r[Int(i.e)] = c ? 0 : 1
+      } else {
+        let q = (r[Int(i.c)] != 0) != (i.flags & Flag.negC != 0)
+        switch i.ty2 {
+        case 1:
+          r[d] = c && q ? 1 : 0
+          r[Int(i.e)] = !c && q ? 1 : 0
+        case 2:
+          r[d] = c || q ? 1 : 0
+          r[Int(i.e)] = !c || q ? 1 : 0
+        default:
+          r[d] = c != q ? 1 : 0
+          r[Int(i.e)] = !c != q ? 1 : 0
+        }
+      }
+    case .setpH2:
+      // setp.f16x2/.bf16x2 (§9.7.4.7): d from the low halves, e from the high halves.
+      let bf = TypeCode.kind(i.ty) == TypeCode.bf
+      let q = (r[Int(i.c)] != 0) != (i.flags & Flag.negC != 0)
+      for k in stride(from: UInt64(0), through: 16, by: 16) {
+        let c = fcompare(halfValue(a >> k, bf: bf), halfValue(b >> k, bf: bf), i.mod)
+        r[k == 0 ? d : Int(i.e)] = (i.ty2 == 0 ? c : i.ty2 == 1 ? c && q : i.ty2 == 2 ? c || q : c != q) ? 1 : 0
+      }
+    case .selp: r[d] = r[Int(i.c)] != 0 ? a : b
+    case .mov: r[d] = a & i.mask
+    case .movSR:
+      // %tid.x, the one most read (vector add's every thread), without the call.
+      r[d] =
+        (i.imm == Special.tidX.rawValue ? UInt64(threads[t].x) : special(Special(rawValue: i.imm) ?? .zero, t, n))
+        & i.mask
+    case .pack:
+      let count = Int(i.b)
+      let eb = UInt64(TypeCode.bits(i.ty) / count)
+      let em: UInt64 = eb >= 64 ? ~0 : (1 << eb) - 1
+      var v: UInt64 = 0
+      for k in 0..<count { v |= (r[Int(fn.pointee.extra(Int(i.imm) + k))] & em) << (UInt64(k) * eb) }
+      r[d] = v
+    case .unpack:
+      let count = Int(i.b)
+      let eb = UInt64(TypeCode.bits(i.ty) / count)
+      let em: UInt64 = eb >= 64 ? ~0 : (1 << eb) - 1
+      for k in 0..<count { r[Int(fn.pointee.extra(d + k))] = (a >> (UInt64(k) * eb)) & em }
+    case .cvt: r[d] = Self.convert(a, i)
+    case .isspace:
+      let inShared = a &- Memory.sharedWindow < 1 << 32
+      let inLocal = a &- Memory.localWindow < Memory.localStride * 1024
+      switch i.mod {
+      case 0: r[d] = !inShared && !inLocal ? 1 : 0
+      case 1: r[d] = inShared ? 1 : 0
+      case 2: r[d] = inLocal ? 1 : 0
+      default: r[d] = 0
+      }
+
+    // Memory (PTX ISA §9.7.9.8 ld, §9.7.9.9 st).
+    case .ldKParam:
+      let size = Int(i.ty2) * Int(i.e)
+      guard i.imm >= 0, Int(i.imm) + size <= paramBytes else { throw .illegal(UInt64(i.imm), size, false, i.line) }
+      let p = UnsafeMutableRawPointer(mutating: params + Int(i.imm))
+      if i.e == 1 { r[d] = Self.loadScalar(p, i) } else { Self.loadInto(r, i, p, fn) }
+    // A frame's param area follows its slots (`pbase` in `execute`).
+    case .ldParam: Self.loadInto(r, i, UnsafeMutableRawPointer(r + fn.pointee.slots) + Int(i.imm), fn)
+    case .stParam: Self.storeFrom(r, i, UnsafeMutableRawPointer(r + fn.pointee.slots) + Int(i.imm), fn)
+    // Scalar shared and global accesses, aligned and in bounds, go straight; the rest
+    // (vectors, local, generic, faults) take `access`.
+    case .ldShared where i.e == 1:
+      let addr = a &+ UInt64(bitPattern: i.imm)
+      let size = UInt64(i.ty2)
+      guard addr & (size &- 1) == 0, addr < UInt64(sharedBytes), addr &+ size <= UInt64(sharedBytes) else {
+        try access(r, i, a, fn, t)
+        break
+      }
+      r[d] = Self.loadScalar(shared + Int(addr), i)
+    case .stShared where i.e == 1:
+      let addr = a &+ UInt64(bitPattern: i.imm)
+      let size = UInt64(i.ty2)
+      guard addr & (size &- 1) == 0, addr < UInt64(sharedBytes), addr &+ size <= UInt64(sharedBytes) else {
+        try access(r, i, a, fn, t)
+        break
+      }
+      store(shared + Int(addr), i.ty2, r[d])
+    case .ldGlobal where i.e == 1:
+      let addr = a &+ UInt64(bitPattern: i.imm)
+      guard addr & (UInt64(i.ty2) &- 1) == 0, let p = global(addr, Int(i.ty2), write: false) else {
+        try access(r, i, a, fn, t)
+        break
+      }
+      var v = loadRelaxed(p, i.ty2)
+      if i.flags & Flag.signed != 0 { v = UInt64(bitPattern: sext(v, 64 - 8 * i.ty2)) }
+      r[d] = v & i.mask
+    case .stGlobal where i.e == 1:
+      let addr = a &+ UInt64(bitPattern: i.imm)
+      guard addr & (UInt64(i.ty2) &- 1) == 0, let p = global(addr, Int(i.ty2), write: true) else {
+        try access(r, i, a, fn, t)
+        break
+      }
+      storeRelaxed(p, i.ty2, r[d])
+    case .ldGlobal, .ldGeneric, .ldShared, .ldLocal, .stGlobal, .stGeneric, .stShared, .stLocal:
+      try access(r, i, a, fn, t)
+    case .atomGlobal, .atomShared, .atomGeneric:
+      let addr = a &+ UInt64(bitPattern: i.imm)
+      let size = Int(i.ty2)
+      if addr & UInt64(size - 1) != 0 { throw .misaligned(addr, size, i.line) }
+      var p: UnsafeMutableRawPointer?
+      var plain = true
+      switch i.op {
+      case .atomShared:
+        p = addr < UInt64(sharedBytes) && addr &+ UInt64(size) <= UInt64(sharedBytes) ? shared + Int(addr) : nil
+      case .atomGlobal:
+        p = global(addr, size, write: true)
+        plain = false
+      default:
+        p = generic(addr, size, write: true)
+        plain = addr &- Memory.sharedWindow < 1 << 32 || addr &- Memory.localWindow < Memory.localStride * 1024
+      }
+      guard let p else { throw .illegal(addr, size, true, i.line) }
+      r[d] = Self.atomic(p, i, b, r[Int(i.c)], plain: plain)
+    default: break  // control flow and sync points: the callers' own switch
+    }
+  }
+
+  /// Instructions a run may go before its first checkpoint: to the budget's end, the next
+  /// progress report or the suspension, whichever comes first.
+  @inline(__always) func runLimit() -> UInt64 {
+    min(
+      budgetEnd &- executed, nextProgress > executed ? nextProgress &- executed : 0,
+      suspendAt > executed ? suspendAt &- executed : 0)
   }
 
   /// Past `limit` instructions of a run: either the budget is spent, or it is time to report
@@ -569,7 +617,7 @@ extension BlockRunner {
   /// alignment checks, then the access, or the fault.
   @inline(never)
   mutating func access(
-    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ a: UInt64, _ fn: FuncRT, _ localBase: UnsafeMutableRawPointer
+    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ a: UInt64, _ fn: UnsafeMutablePointer<FuncRT>, _ t: Int
   ) throws(Fault) {
     let addr = a &+ UInt64(bitPattern: i.imm)
     let size = Int(i.ty2) * Int(i.e)
@@ -578,8 +626,13 @@ extension BlockRunner {
     let p: UnsafeMutableRawPointer?
     switch i.op {
     case .ldGlobal, .stGlobal: p = global(addr, size, write: isStore)
-    case .ldShared, .stShared: p = addr &+ UInt64(size) <= UInt64(sharedBytes) ? shared + Int(addr) : nil
-    case .ldLocal, .stLocal: p = addr &+ UInt64(size) <= UInt64(localBytes) ? localBase + Int(addr) : nil
+    // `addr <` first: an address within `size` of 2^64 wraps past the sum's check.
+    case .ldShared, .stShared:
+      p = addr < UInt64(sharedBytes) && addr &+ UInt64(size) <= UInt64(sharedBytes) ? shared + Int(addr) : nil
+    case .ldLocal, .stLocal:
+      p =
+        addr < UInt64(localBytes) && addr &+ UInt64(size) <= UInt64(localBytes)
+        ? local + t * localBytes + Int(addr) : nil
     default: p = generic(addr, size, write: isStore)
     }
     guard let p else { throw .illegal(addr, size, isStore, i.line) }
@@ -594,30 +647,31 @@ extension BlockRunner {
   }
 
   @inline(__always) static func loadInto(
-    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: FuncRT
+    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: UnsafeMutablePointer<FuncRT>
   ) {
     if i.e == 1 {
       r[Int(i.d)] = loadScalar(p, i)
       return
     }
-    for k in 0..<Int(i.e) { r[Int(fn.extra(Int(i.d) + k))] = loadScalar(p + k * Int(i.ty2), i) }
+    for k in 0..<Int(i.e) { r[Int(fn.pointee.extra(Int(i.d) + k))] = loadScalar(p + k * Int(i.ty2), i) }
   }
 
   @inline(__always) static func storeFrom(
-    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: FuncRT
+    _ r: UnsafeMutablePointer<UInt64>, _ i: Instr, _ p: UnsafeMutableRawPointer, _ fn: UnsafeMutablePointer<FuncRT>
   ) {
     if i.e == 1 {
       store(p, i.ty2, r[Int(i.d)])
       return
     }
-    for k in 0..<Int(i.e) { store(p + k * Int(i.ty2), i.ty2, r[Int(fn.extra(Int(i.d) + k))]) }
+    for k in 0..<Int(i.e) { store(p + k * Int(i.ty2), i.ty2, r[Int(fn.pointee.extra(Int(i.d) + k))]) }
   }
 
   /// A special register's value; `n` counts this run's instructions so far (not yet in `executed`).
   // `mutating` though it changes nothing: a non-mutating call from the mutating loop copies
   // the runner (its references retained and released), callgrind's BlockRunnerVWOc.
-  mutating func special(_ s: Special, _ st: ThreadState, _ t: Int, _ n: UInt64) -> UInt64 {
+  mutating func special(_ s: Special, _ t: Int, _ n: UInt64) -> UInt64 {
     let lane = UInt64(t % 32)
+    let st = threads[t]
     switch s {
     case .tidX: return UInt64(st.x)
     case .tidY: return UInt64(st.y)

@@ -199,11 +199,15 @@ struct BlockRunner {
   /// When non-nil, printf text is kept here instead of going to `printf`: a runner on a
   /// helper thread keeps its block's lines, which the launch hands on in block order.
   var printed: [String]? = nil
+  /// printf lines of the warp running in lockstep, with their threads (`emitPrintf`).
+  var warpLines: [(Int, String)] = []
   let progress: (() -> Bool)?
   let progressInterval: UInt64
   var executed: UInt64 = 0
   /// Whether the launch is cooperative: grid-wide barriers are allowed (DeviceRuntime.swift).
   let cooperative: Bool
+  /// Whether warps run in lockstep (`runWarp`) rather than thread by thread (`run`).
+  let lockstep: Bool
   /// A cooperative launch's grid workspace (`Memory.gridWorkspace`), shared by its blocks.
   let workspace: UnsafeMutableRawPointer?
   /// Set when `continueBlock` returned false because every live thread of the block waits
@@ -227,9 +231,11 @@ struct BlockRunner {
     kernel: String, module: PTXModule, funcs: UnsafeMutablePointer<FuncRT>, root: Int, block: PTXDim3, grid: PTXDim3,
     stackSlots: Int, localBytes: Int, sharedBytes: Int, dynamicShared: UInt32, params: UnsafeRawBufferPointer,
     memory: any PTXGlobalMemory, budget: UInt64, printf: ((String) -> Void)?, progress: (() -> Bool)? = nil,
-    progressInterval: UInt64 = 1 << 18, cooperative: Bool = false, workspace: UnsafeMutableRawPointer? = nil
+    progressInterval: UInt64 = 1 << 18, cooperative: Bool = false, workspace: UnsafeMutableRawPointer? = nil,
+    lockstep: Bool = true
   ) {
     self.cooperative = cooperative
+    self.lockstep = lockstep
     self.workspace = workspace
     self.progress = progress
     self.progressInterval = progressInterval
@@ -302,12 +308,23 @@ struct BlockRunner {
   }
 
   mutating func globalMiss(_ addr: UInt64, _ size: Int, write: Bool) -> UnsafeMutableRawPointer? {
-    // Nothing moves on a hit: these are checked in turn, and a region found anew replaces
-    // them in rotation.
+    // These are checked in turn. In lockstep one that holds the address swaps with `cache`,
+    // so the group's other lanes find it inline; thread by thread nothing moves (a thread
+    // goes from buffer to buffer: swapping cost vector add 4.5 host instructions per
+    // thread-instruction). A region found anew replaces one in rotation.
     let end = addr &+ UInt64(size)
-    if cache2.holds(addr, end, write) { return cache2.pointer + Int(addr - cache2.base) }
-    if cache3.holds(addr, end, write) { return cache3.pointer + Int(addr - cache3.base) }
-    if cache4.holds(addr, end, write) { return cache4.pointer + Int(addr - cache4.base) }
+    if cache2.holds(addr, end, write) {
+      if lockstep { swap(&cache, &cache2) } else { return cache2.pointer + Int(addr - cache2.base) }
+      return cache.pointer + Int(addr - cache.base)
+    }
+    if cache3.holds(addr, end, write) {
+      if lockstep { swap(&cache, &cache3) } else { return cache3.pointer + Int(addr - cache3.base) }
+      return cache.pointer + Int(addr - cache.base)
+    }
+    if cache4.holds(addr, end, write) {
+      if lockstep { swap(&cache, &cache4) } else { return cache4.pointer + Int(addr - cache4.base) }
+      return cache.pointer + Int(addr - cache.base)
+    }
     let r: PTXMemoryRegion
     if let workspace, addr &- Memory.gridWorkspace < UInt64(Memory.gridWorkspaceBytes) {
       r = PTXMemoryRegion(base: Memory.gridWorkspace, count: Memory.gridWorkspaceBytes, pointer: workspace)
@@ -342,9 +359,23 @@ struct BlockRunner {
     return global(addr, size, write: write)
   }
 
-  /// A device printf's text: kept for in-order delivery, or delivered now.
-  mutating func emitPrintf(_ text: String) {
+  /// Thread `t`'s device printf: in lockstep kept until its warp's run ends (`flushWarpLines`),
+  /// so that each thread's lines come out together as the per-thread engine gives them.
+  mutating func emitPrintf(_ text: String, thread t: Int) {
+    if lockstep { warpLines.append((t, text)) } else { deliverPrintf(text) }
+  }
+
+  /// A printf's text: kept for in-order delivery, or delivered now.
+  mutating func deliverPrintf(_ text: String) {
     if printed != nil { printed!.append(text) } else { printf?(text) }
+  }
+
+  /// Delivers the lines a warp's run kept, thread by thread (each thread's in order), those of
+  /// threads up to `last` only: the per-thread engine never ran the ones after a faulting thread.
+  mutating func flushWarpLines(upTo last: Int) {
+    let lines = warpLines.enumerated().sorted { ($0.element.0, $0.offset) < ($1.element.0, $1.offset) }
+    warpLines.removeAll(keepingCapacity: true)
+    for (_, (t, text)) in lines where t <= last { deliverPrintf(text) }
   }
 
   /// Reads a NUL-terminated string at a generic address (printf formats, assert messages).
@@ -386,11 +417,17 @@ struct BlockRunner {
   /// reached (a thread's run never readies another; only the release steps do).
   mutating func continueBlock() throws(PTXError) -> Bool {
     while true {
-      for t in 0..<nthreads where threads[t].status == Status.ready {
-        do { try run(t) } catch { throw self.error(error, thread: t) }
-        // Still ready after its run: it stopped at a checkpoint to suspend. Threads
-        // that merely parked are at rest too, so stopping between threads is safe.
-        if threads[t].status == Status.ready || executed >= suspendAt { return false }
+      if lockstep {
+        for w in 0..<(nthreads + 31) / 32 {
+          if try runWarp(w) || executed >= suspendAt { return false }
+        }
+      } else {
+        for t in 0..<nthreads where threads[t].status == Status.ready {
+          do { try run(t) } catch { throw self.error(error, thread: t) }
+          // Still ready after its run: it stopped at a checkpoint to suspend. Threads
+          // that merely parked are at rest too, so stopping between threads is safe.
+          if threads[t].status == Status.ready || executed >= suspendAt { return false }
+        }
       }
       var live = 0
       var atGrid = 0

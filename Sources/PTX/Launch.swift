@@ -58,6 +58,10 @@ public struct PTXLaunchOptions {
   /// (`cudaCGSynchronize`, DeviceRuntime.swift). Its blocks run in phases between barriers
   /// (`CooperativeRun`); in a launch that is not cooperative such a call fails the launch.
   public var cooperative = false
+  /// Whether each warp's threads run in lockstep, one instruction for all its converged
+  /// lanes (the default), or thread by thread (the engine of issue 10, kept to compare
+  /// with; `VGPU_PTX_ENGINE=serial` picks it with one host thread). Results are the same.
+  public var lockstep = PTXLaunchOptions.defaultLockstep
   /// Default settings: a budget of 10^10 thread-instructions, printf output dropped, blocks
   /// over `defaultHostThreads`.
   public init(
@@ -78,6 +82,12 @@ public struct PTXLaunchOptions {
     if let e = getenv("VGPU_PTX_ENGINE"), String(cString: e) == "serial" { return 1 }
     if let e = getenv("VGPU_PTX_THREADS"), let n = Int(String(cString: e)), n > 0 { return min(n, 64) }
     return min(max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))), 64)
+  }
+
+  /// True unless the environment has `VGPU_PTX_ENGINE=serial` (issue 10's engine).
+  public static var defaultLockstep: Bool {
+    guard let e = getenv("VGPU_PTX_ENGINE") else { return true }
+    return String(cString: e) != "serial"
   }
 
   /// What is wrong with `VGPU_PTX_ENGINE` or `VGPU_PTX_THREADS` in `environment`, as one
@@ -305,7 +315,7 @@ public final class PTXLaunch: @unchecked Sendable {
         sharedBytes: plan.dynamicBase + max(0, dynamicSharedBytes), dynamicShared: UInt32(max(0, dynamicSharedBytes)),
         params: params, memory: memory, budget: options.instructionBudget, printf: options.printf,
         progress: options.progress, progressInterval: max(1, options.progressInterval),
-        cooperative: options.cooperative, workspace: workspace)
+        cooperative: options.cooperative, workspace: workspace, lockstep: options.lockstep)
     }
     runner = makeRunner()
     if options.cooperative {

@@ -125,7 +125,8 @@ extension Suite {
               "target ≥ 2e8 on 2 cores; \(w.detail); \(r.instructions) thread-instructions counted in-process by PTXModule.launch (the device does not report them), divided by the client-timed launch through vgpu-mediator (median of \(r.samples)); blocks over the host's cores (\(r.hostThreads) threads in-process); \(w.file) by NVRTC 12.9, result checked against the CPU; baselines interleaved in the same run"
           )
           .against("same PTX in-process, no mediator", r.inProcess)
-          .against("in-process, serial engine (issue 10: one thread, blocks in order)", r.serial))
+          .against("in-process, serial engine (issue 10: one thread, blocks in order)", r.serial)
+          .against("in-process, per-thread engine over the cores (before warps in lockstep)", r.perThread))
       } catch {
         report.problems.append("engine: \(w.label): \(error)")
         report.figures.append(
@@ -208,6 +209,9 @@ extension Suite {
     var mediated: Double
     var inProcess: Double
     var serial: Double
+    /// In this process, threads one by one (not warps in lockstep) over the host's cores:
+    /// the engine before warps ran in lockstep.
+    var perThread: Double
   }
 
   /// Runs `w` through the mediator and in this process in turn: a checked
@@ -253,34 +257,40 @@ extension Suite {
     try verify(got, "through the mediator")
     let counted = try local.launch(hostThreads: PTXLaunchOptions.defaultHostThreads).stats.instructions
     try verify(local.output, "in-process")
-    _ = try local.launch(hostThreads: 1)
+    _ = try local.launch(hostThreads: 1, lockstep: false)
     try verify(local.output, "in-process, serial engine")
+    _ = try local.launch(hostThreads: PTXLaunchOptions.defaultHostThreads, lockstep: false)
+    try verify(local.output, "in-process, per-thread engine")
 
     let samples = options.quick ? 2 : 5
     var mediated: [Double] = []
     var inProcess: [Double] = []
     var serial: [Double] = []
+    var perThread: [Double] = []
     var threads = 1
+    let cores = PTXLaunchOptions.defaultHostThreads
     for _ in 0..<samples {
       mediated.append(Double(try launchMediated()))
-      for (hostThreads, into) in [(PTXLaunchOptions.defaultHostThreads, 0), (1, 1)] {
-        let (ns, stats) = try local.launch(hostThreads: hostThreads)
+      for (hostThreads, lockstep, into) in [(cores, true, 0), (1, false, 1), (cores, false, 2)] {
+        let (ns, stats) = try local.launch(hostThreads: hostThreads, lockstep: lockstep)
         guard stats.instructions == counted else {
           throw BenchError(
             "the engine counted \(stats.instructions) thread-instructions, then \(counted), for the same launch")
         }
-        if into == 0 {
+        switch into {
+        case 0:
           inProcess.append(Double(ns))
           threads = stats.hostThreads
-        } else {
-          serial.append(Double(ns))
+        case 1: serial.append(Double(ns))
+        default: perThread.append(Double(ns))
         }
       }
     }
     return WorkloadResult(
       instructions: counted, samples: samples, hostThreads: threads,
       mediated: Double(counted) / (median(mediated) / 1e9),
-      inProcess: Double(counted) / (median(inProcess) / 1e9), serial: Double(counted) / (median(serial) / 1e9))
+      inProcess: Double(counted) / (median(inProcess) / 1e9), serial: Double(counted) / (median(serial) / 1e9),
+      perThread: Double(counted) / (median(perThread) / 1e9))
   }
 
   /// A workload run in this process on host memory with `PTXModule.launch` (no mediator).
@@ -320,12 +330,17 @@ extension Suite {
     }
 
     /// One launch (output reset untimed): its time in ns and the engine's stats.
-    func launch(hostThreads: Int) throws -> (ns: UInt64, stats: PTXLaunchStats) {
+    /// `lockstep` false runs threads one by one (`PTXLaunchOptions.lockstep`).
+    func launch(hostThreads: Int, lockstep: Bool = PTXLaunchOptions.defaultLockstep) throws -> (
+      ns: UInt64, stats: PTXLaunchStats
+    ) {
       memset(outputRegion.pointer, 0, w.outputCount * 4)
+      var options = PTXLaunchOptions(hostThreads: hostThreads)
+      options.lockstep = lockstep
       let t0 = now()
       let stats = try module.launch(
         kernel: w.entry, grid: PTXDim3(w.grid.0, w.grid.1), block: PTXDim3(w.block.0, w.block.1),
-        parameters: parameters, memory: memory, options: PTXLaunchOptions(hostThreads: hostThreads))
+        parameters: parameters, memory: memory, options: options)
       return (now() - t0, stats)
     }
 

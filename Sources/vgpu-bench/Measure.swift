@@ -415,7 +415,7 @@ extension Suite {
         target:
           "PTX engine at least 2e8 thread-instructions/s on the host's cores (2) through the mediator, vector add and matmul",
         measured: engine.map {
-          "\($0.name.replacingOccurrences(of: "thread-instr/s: ", with: "")): \($0.value.map { String(format: "%.3g", $0) } ?? "n/a") (serial engine \($0.comparisons.last?.value.map { String(format: "%.3g", $0) } ?? "n/a"))"
+          "\($0.name.replacingOccurrences(of: "thread-instr/s: ", with: "")): \($0.value.map { String(format: "%.3g", $0) } ?? "n/a") (per-thread engine \($0.comparisons.last?.value.map { String(format: "%.3g", $0) } ?? "n/a"))"
         }
         .joined(separator: "; "),
         met: engine.isEmpty || engine.contains { $0.value == nil }

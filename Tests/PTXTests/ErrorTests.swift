@@ -123,6 +123,38 @@ import Testing
     }
   }
 
+  /// A shared or local address within the access's size of 2^64 is an illegal address, not a
+  /// trap of the device process (`addr + size` wraps past a bound check on the sum alone).
+  @Test func sharedAndLocalAddressesNear2To64Fault() throws {
+    for (space, decl) in [("shared", ".shared .align 4 .b8 s[16];"), ("local", ".local .align 4 .b8 s[16];")] {
+      for op in ["ld.\(space).u32 %r1, [%rd1];", "st.\(space).u32 [%rd1], %r1;"] {
+        let src =
+          header + """
+            .visible .entry wrap()
+            {
+            \t.reg .b32 %r<2>;
+            \t.reg .b64 %rd<2>;
+            \t\(decl)
+            \tmov.u64 %rd1, -4;
+            \tmov.u32 %r1, 7;
+            \t\(op)
+            \tret;
+            }
+            """
+        do {
+          try run(src, "wrap", block: PTXDim3(1), args: [], memory: TestMemory())
+          Issue.record("\(op) at 2^64 - 4 ran")
+        } catch let e as PTXError {
+          guard case .illegalAddress(_, _, _, let address, _, _, _) = e else {
+            Issue.record("\(op): wrong error \(e)")
+            continue
+          }
+          #expect(address == UInt64.max - 3, "\(op)")
+        }
+      }
+    }
+  }
+
   @Test func endlessLoopHitsBudget() throws {
     let src =
       header + """
