@@ -62,10 +62,17 @@ public struct PTXLaunchOptions {
   /// lanes (the default), or thread by thread (the engine of issue 10, kept to compare
   /// with; `VGPU_PTX_ENGINE=serial` picks it with one host thread). Results are the same.
   public var lockstep = PTXLaunchOptions.defaultLockstep
-  /// Default settings: a budget of 10^10 thread-instructions, printf output dropped, blocks
+  /// Thread-instructions a launch may run unless told otherwise: 10^11, a few minutes of
+  /// this engine on two cores (2–5·10^8 a second in lockstep). Enough for the real
+  /// workloads measured (numba's test_matmul, a 1600² matmul, ≈ 3.6·10^10; its
+  /// test_ex_3d_grid ≈ 2·10^10), still a watchdog for an endless loop.
+  public static let defaultInstructionBudget: UInt64 = 100_000_000_000
+
+  /// Default settings: a budget of `defaultInstructionBudget`, printf output dropped, blocks
   /// over `defaultHostThreads`.
   public init(
-    instructionBudget: UInt64 = 10_000_000_000, printf: ((String) -> Void)? = nil, progress: (() -> Bool)? = nil,
+    instructionBudget: UInt64 = PTXLaunchOptions.defaultInstructionBudget, printf: ((String) -> Void)? = nil,
+    progress: (() -> Bool)? = nil,
     hostThreads: Int = PTXLaunchOptions.defaultHostThreads, cooperative: Bool = false
   ) {
     self.cooperative = cooperative

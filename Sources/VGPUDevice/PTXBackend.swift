@@ -24,7 +24,10 @@ final class PTXBackend: ExecutionBackend, @unchecked Sendable {
   @exclusivity(unchecked) var eventTimes: [UInt64: UInt64] = [:]
   @exclusivity(unchecked) var nextEvent: UInt64 = 0
 
-  init(memory: DeviceMemory, computeCapability: UInt32, instructionBudget: UInt64 = 10_000_000_000) {
+  /// The engine's own default (`ReferenceDeviceConfiguration` names it without importing PTX).
+  static let defaultInstructionBudget = PTXLaunchOptions.defaultInstructionBudget
+
+  init(memory: DeviceMemory, computeCapability: UInt32, instructionBudget: UInt64 = defaultInstructionBudget) {
     self.memory = memory
     self.allocator = DeviceAllocator(capacity: memory.size)
     self.computeCapability = computeCapability

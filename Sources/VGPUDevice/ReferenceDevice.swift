@@ -14,7 +14,7 @@ public struct ReferenceDeviceConfiguration: Sendable {
   public var memorySize: UInt64 = 80 << 30
   /// Thread-instructions a kernel launch may run before it fails with
   /// `launchTimeout` (CUDA 702): the watchdog that ends an endless loop.
-  public var kernelInstructionBudget: UInt64 = 10_000_000_000
+  public var kernelInstructionBudget: UInt64 = PTXBackend.defaultInstructionBudget
   /// Threads that run kernels (interpreted PTX) beside the serving thread,
   /// so that clients' kernels run at once and a long one holds up no one
   /// else's commands. Default: the host's cores, at least 2.

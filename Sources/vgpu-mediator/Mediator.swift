@@ -205,11 +205,11 @@ struct Mediator: ParsableCommand {
     help: ArgumentHelp(
       """
       Thread-instructions one kernel launch may run before it fails with CUDA error 702 \
-      (launch timeout), as a watchdog ends an endless loop. The interpreter runs about \
-      10^8 a second per core and spreads a launch's blocks over the cores \
-      (VGPU_PTX_ENGINE=serial: one thread, blocks in order).
+      (launch timeout), as a watchdog ends an endless loop. The interpreter runs warps in \
+      lockstep, about 2·10^8 a second per core, and spreads a launch's blocks over the \
+      cores (VGPU_PTX_ENGINE=serial: thread by thread on one core, about 10^8 a second).
       """, valueName: "count"))
-  var kernelBudget: UInt64 = 10_000_000_000
+  var kernelBudget: UInt64 = PTXLaunchOptions.defaultInstructionBudget
 
   @Option(
     name: .customLong("metrics-listen"),
