@@ -162,17 +162,7 @@ extension Suite {
         stop(p)
       }
     }
-    for _ in 0..<n {
-      let p = Process()
-      p.executableURL = URL(fileURLWithPath: selfExecutable)
-      p.arguments = ["_load", target]
-      let input = Pipe()
-      let output = Pipe()
-      p.standardInput = input
-      p.standardOutput = output
-      try p.run()
-      children.append((p, LineReader(fd: output.fileHandleForReading.fileDescriptor), input.fileHandleForWriting))
-    }
+    try startHelpers(n, ["_load", target], into: &children)
     for (_, reader, _) in children {
       guard reader.next() == "ready" else { throw BenchError("a load client of \(target) did not start") }
     }

@@ -386,6 +386,26 @@ final class Suite {
 
   // MARK: Two clients
 
+  /// Starts `count` copies of this executable in an internal mode, talking
+  /// over pipes (its stdout read as lines, its stdin written). Each is added
+  /// to `children` as it starts, so the caller's cleanup also stops those
+  /// started before a failure.
+  func startHelpers(
+    _ count: Int, _ arguments: [String], into children: inout [(Process, LineReader, FileHandle)]
+  ) throws {
+    for _ in 0..<count {
+      let p = Process()
+      p.executableURL = URL(fileURLWithPath: selfExecutable)
+      p.arguments = arguments
+      let input = Pipe()
+      let output = Pipe()
+      p.standardInput = input
+      p.standardOutput = output
+      try p.run()
+      children.append((p, LineReader(fd: output.fileHandleForReading.fileDescriptor), input.fileHandleForWriting))
+    }
+  }
+
   /// Runs `_client` twice at once, each case started together in both.
   func twoClients(_ target: String) throws -> [ClientResult] {
     var children: [(Process, LineReader, FileHandle)] = []
@@ -395,17 +415,7 @@ final class Suite {
         stop(p)
       }
     }
-    for _ in 0..<2 {
-      let p = Process()
-      p.executableURL = URL(fileURLWithPath: selfExecutable)
-      p.arguments = ["_client", target] + (options.quick ? ["--quick"] : [])
-      let input = Pipe()
-      let output = Pipe()
-      p.standardInput = input
-      p.standardOutput = output
-      try p.run()
-      children.append((p, LineReader(fd: output.fileHandleForReading.fileDescriptor), input.fileHandleForWriting))
-    }
+    try startHelpers(2, ["_client", target] + (options.quick ? ["--quick"] : []), into: &children)
     var results: [ClientResult] = []
     while results.count < 2 {
       var lines: [String] = []
