@@ -233,7 +233,9 @@ public final class IvshmemServer: @unchecked Sendable {
   /// ``sendTimeout`` (or are gone), telling the others as for any departure.
   private func dropUnread(_ sockets: [Int32]) {
     for socket in sockets {
-      log("ivshmem: a guest did not read its socket for \(Self.sendTimeout.tv_sec) s; disconnecting it")
+      log(
+        "ivshmem: a guest took no message within \(Self.sendTimeout.tv_sec) s (it does not read its socket, or it left); disconnecting it"
+      )
       disconnect(socket)
     }
   }
