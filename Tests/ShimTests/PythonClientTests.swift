@@ -202,7 +202,8 @@ enum NumbaSubset {
   ]
   /// Tests left out by name (`-k "not NAME and ..."`), each for the reason docs/NUMBA.md gives.
   static let leftOut = [
-    // 22121216 blocks of 256 threads (5.7·10^9): hours on an interpreter.
+    // 22121216 blocks of 256 threads (5.7·10^9): 50 s on a release mediator, many
+    // minutes on the debug one this suite starts (docs/NUMBA.md).
     "test_issue_9229"
   ]
   static var excluded: [String] {
