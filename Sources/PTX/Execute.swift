@@ -522,21 +522,17 @@ extension BlockRunner {
     // Scalar shared and global accesses, aligned and in bounds, go straight; the rest
     // (vectors, local, generic, faults) take `access`.
     case .ldShared where i.e == 1:
-      let addr = a &+ UInt64(bitPattern: i.imm)
-      let size = UInt64(i.ty2)
-      guard addr & (size &- 1) == 0, addr < UInt64(sharedBytes), addr &+ size <= UInt64(sharedBytes) else {
+      guard let addr = Self.sharedOffset(i, a, sharedBytes) else {
         try access(r, i, a, fn, t)
         break
       }
-      r[d] = Self.loadScalar(shared + Int(addr), i)
+      r[d] = Self.loadScalar(shared + addr, i)
     case .stShared where i.e == 1:
-      let addr = a &+ UInt64(bitPattern: i.imm)
-      let size = UInt64(i.ty2)
-      guard addr & (size &- 1) == 0, addr < UInt64(sharedBytes), addr &+ size <= UInt64(sharedBytes) else {
+      guard let addr = Self.sharedOffset(i, a, sharedBytes) else {
         try access(r, i, a, fn, t)
         break
       }
-      store(shared + Int(addr), i.ty2, r[d])
+      store(shared + addr, i.ty2, r[d])
     case .ldGlobal where i.e == 1:
       let addr = a &+ UInt64(bitPattern: i.imm)
       guard addr & (UInt64(i.ty2) &- 1) == 0, let p = global(addr, Int(i.ty2), write: false) else {
@@ -637,6 +633,15 @@ extension BlockRunner {
     }
     guard let p else { throw .illegal(addr, size, isStore, i.line) }
     if isStore { Self.storeFrom(r, i, p, fn) } else { Self.loadInto(r, i, p, fn) }
+  }
+
+  /// Where a scalar `ld/st.shared` of `i` at register address `a` falls in a block's
+  /// `sharedBytes`: nil when unaligned or out of bounds (the general path then faults).
+  @inline(__always) static func sharedOffset(_ i: Instr, _ a: UInt64, _ sharedBytes: Int) -> Int? {
+    let addr = a &+ UInt64(bitPattern: i.imm)
+    let size = UInt64(i.ty2)
+    guard addr & (size &- 1) == 0, addr < UInt64(sharedBytes), addr &+ size <= UInt64(sharedBytes) else { return nil }
+    return Int(addr)
   }
 
   /// A scalar load's value, sign-extended for .s types and masked to the register.
