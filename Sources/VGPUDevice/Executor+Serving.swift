@@ -4,20 +4,21 @@ import VGPUProtocol
 extension Executor {
   /// One pass: over every queue pair (claims, closes, the state words, the
   /// control register), or — `quick` — over the active ones' rings only,
-  /// which is what a busy device does between full passes. Returns whether
-  /// anything happened.
-  func servePass(quick: Bool = false) -> Bool {
+  /// which is what a busy device does between full passes. Each ring runs at
+  /// most `budget` commands (a turn, when one thread serves many devices: the
+  /// rest waits for the next pass). Returns whether anything happened.
+  func servePass(quick: Bool = false, budget: Int = .max) -> Bool {
     var worked = false
     if let workers, workers.finished.load(ordering: .acquiring) > 0 { worked = collectLaunches(workers) }
     if quick {
-      for qp in activeQueuePairs where !served[qp].faulted { worked = serve(qp) || worked }
+      for qp in activeQueuePairs where !served[qp].faulted { worked = serve(qp, budget: budget) || worked }
       return worked
     }
     servingCPU = vgpu_current_cpu()
     worked = observeControl()
     for qp in views.indices {
       worked = observeLifecycle(qp) || worked
-      if served[qp].active && !served[qp].faulted { worked = serve(qp) || worked }
+      if served[qp].active && !served[qp].faulted { worked = serve(qp, budget: budget) || worked }
     }
     return worked
   }
@@ -40,8 +41,8 @@ extension Executor {
   }
 
   /// Executes the commands waiting on queue pair `qp` while the completion
-  /// ring has room. Returns whether any was posted.
-  func serve(_ qp: Int) -> Bool {
+  /// ring has room, at most `budget` of them. Returns whether any was posted.
+  func serve(_ qp: Int, budget: Int = .max) -> Bool {
     let view = views[qp]
     let tail = view.submissionTail
     guard tail <= layout.depth - 1 else {
@@ -55,7 +56,9 @@ extension Executor {
     // command's start (its latency, for the histograms).
     var started: UInt64 = 0
     var last: UInt64 = 0
-    while served[qp].head.index != tail {
+    var left = budget
+    while served[qp].head.index != tail && left > 0 {
+      left &-= 1
       // Work of this pair is on a worker: its later commands wait.
       if served[qp].busy != nil { break }
       let completionHead = view.completionHead

@@ -93,7 +93,6 @@ public final class ReferenceDevice: @unchecked Sendable {
   let registers: RegisterBlock
   let executor: Executor
   private let running = Atomic<Bool>(false)
-  private var thread: pthread_t?
 
   /// Lays out `region` (or a new anonymous one of the layout's size) as a
   /// vGPU BAR whose work `backend` does: by default the PTX interpreter,
@@ -153,8 +152,9 @@ public final class ReferenceDevice: @unchecked Sendable {
   /// What does the device's work ("PTX interpreter", "CUDA driver 12.8 on NVIDIA H100 80GB HBM3").
   public var backendName: String { executor.backend.name }
 
-  /// Marks the device ready and starts serving on a thread of its own.
-  public func start() {
+  /// Marks the device ready and starts serving it: on a thread of its own,
+  /// or on one of `pool`'s threads beside other devices.
+  public func start(in pool: ServingPool? = nil) {
     guard running.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
       return
     }
@@ -183,9 +183,24 @@ public final class ReferenceDevice: @unchecked Sendable {
       executor.inlineSlice = configuration.inlineLaunchSlice
       executor.workers = workers
     }
-    thread = startThread { self.serve() }
-    precondition(thread != nil, "pthread_create failed: \(errno)")
+    let now = vgpu_monotonic_ns()
+    serving = ServingState(lastReap: now, lastBeatCheck: now)
+    if let pool {
+      // Many devices on one thread sleep on all their wake words at once
+      // (futex_waitv); an eventfd is not among them.
+      precondition(doorbells == nil, "a device with ivshmem doorbells is served on a thread of its own")
+      pool.add(self)
+      self.pool = pool
+    } else {
+      let own = ServingPool(threads: 1, wait: configuration.wait, solo: true)
+      own.add(self)
+      self.pool = own
+      ownPool = own
+    }
   }
+  /// The pool serving the device, and the one made for it alone.
+  private var pool: ServingPool?
+  private var ownPool: ServingPool?
 
   /// Says the device is stopping, finishes the command in hand, and joins the thread.
   /// Guests waiting on a completion see the status and fail with `deviceLost`.
@@ -194,10 +209,11 @@ public final class ReferenceDevice: @unchecked Sendable {
       return
     }
     executor.lock.withLock { _ in executor.setStatus(.stopping) }
-    _ = vgpu_fetch_add_u32(registers.deviceWakeWord, 1)
-    _ = vgpu_futex_wake(registers.deviceWakeWord, Int32.max)
-    if let thread { pthread_join(thread, nil) }
-    thread = nil
+    // Once this returns, no pool thread touches the device.
+    pool?.remove(self)
+    ownPool?.stop()
+    pool = nil
+    ownPool = nil
     // Kernels still running are stopped at their next checkpoint.
     let workers = executor.lock.withLock { _ in
       for qp in executor.views.indices { executor.served[qp].busy?.work.cancel() }
@@ -254,98 +270,117 @@ public final class ReferenceDevice: @unchecked Sendable {
   /// Device memory in use and its total, as the device accounts it.
   public var memoryInUse: (allocated: UInt64, total: UInt64) { executor.lock.withLock { _ in executor.memoryInUse } }
 
-  private func serve() {
-    var lastReap = vgpu_monotonic_ns()
-    var lastBeatCheck = lastReap
-    let watchesHeartbeats = configuration.watchesHeartbeats
+  /// What the thread serving this device keeps between its passes; only
+  /// that thread touches it (a `ServingPool`'s).
+  struct ServingState {
     var passes: UInt64 = 0
-    // Idle polls since the last pass that had work.
-    var idle = Spin()
-    // After a sleep that ended by its timeout, nobody is about to submit:
-    // look once and sleep again, rather than spin (an idle device uses no CPU).
-    var spin = true
-    // The first pass after a sleep is a full one: a claim or close may have woken it.
+    /// The first pass after a sleep is a full one: a claim or close may have woken it.
     var fullPass = true
-    func housekeeping() {
-      // Guests' stores into the device's registers are undone here, a few
-      // times a second at most, so a client that scribbles on `status` or
-      // the layout cannot lock new clients out.
-      executor.lock.withLock { _ in
-        _ = executor.restoreRegisters()
-        executor.tickForWorkers()
-      }
-      if watchesHeartbeats {
-        // Guests whose processes the device cannot see (a VM's): a pair
-        // whose announced heartbeat stopped is reclaimed as a dead owner's.
-        let now = vgpu_monotonic_ns()
-        if now &- lastBeatCheck >= GuestHeartbeat.checkNanoseconds {
-          lastBeatCheck = now
-          executor.lock.withLock { _ in executor.reapSilentGuests(now: now) }
-        }
-      }
-      guard watchesOwners else { return }
-      executor.lock.withLock { _ in executor.reapExited() }
+    var lastReap: UInt64 = 0
+    var lastBeatCheck: UInt64 = 0
+  }
+  @exclusivity(unchecked) var serving = ServingState()
+
+  /// Whether the device still serves (a pool drops it once `stop()` began).
+  var isRunning: Bool { running.load(ordering: .relaxed) }
+
+  /// One pass over the device's queue pairs, each ring running at most
+  /// `budget` commands; every 1024th pass its housekeeping, every 64th (and
+  /// the first after a sleep) a full pass that looks for claims, closes and
+  /// resets too. Returns whether it did work, and whether it woke a guest
+  /// waiting on the CPU this thread runs on.
+  func servingPass(budget: Int) -> (worked: Bool, wokeGuestHere: Bool) {
+    serving.passes &+= 1
+    let passes = serving.passes
+    if passes & 0xffff == 0 { registers.store(Register.heartbeat, passes) }
+    if passes & 0x3ff == 0 { housekeeping() }
+    let quick = passes & 63 != 0 && !serving.fullPass
+    serving.fullPass = false
+    return executor.lock.withLock { _ in
+      let worked = executor.servePass(quick: quick, budget: budget)
+      defer { executor.wokeGuestOnThisCPU = false }
+      return (worked, executor.wokeGuestOnThisCPU)
+    }
+  }
+
+  /// Says the device sleeps, then checks once more (event suppression): the
+  /// wake word's value to sleep on, or nil (and awake again) when work came
+  /// meanwhile or the device stops.
+  func prepareToSleep() -> UInt32? {
+    let seen = vgpu_load_acquire_u32(registers.deviceWakeWord)
+    registers.setDeviceSleeping(true)
+    vgpu_fence_seqcst()
+    if executor.lock.withLock({ _ in executor.hasPendingWork() }) || !isRunning {
+      awake()
+      return nil
+    }
+    return seen
+  }
+
+  /// Its longest sleep: bounded, so housekeeping (heartbeat, claims, reaping)
+  /// goes on while idle; long when every wake-up comes as an event.
+  var sleepSlice: UInt64 {
+    let slice = configuration.wait.sleepSliceNanoseconds
+    let eventsOnly = executor.lock.withLock { _ in
+      (executor.ownerWatch != nil || executor.fixedOwner != nil) && !executor.needsPolling
+    }
+    return eventsOnly ? max(configuration.idleSleepNanoseconds, slice) : slice
+  }
+
+  /// After a sleep (or one given up): awake, the next pass a full one.
+  func awake() {
+    registers.setDeviceSleeping(false)
+    serving.fullPass = true
+  }
+
+  /// After a sleep that happened: awake, the heartbeat, the housekeeping.
+  func woke() {
+    awake()
+    registers.store(Register.heartbeat, serving.passes)
+    housekeeping()
+  }
+
+  /// Where the device sleeps when a thread serves it alone: its doorbells'
+  /// eventfd (a VM's guests ring it), else its wake word.
+  var doorbellEventFD: Int32? { doorbells?.hostEventFD }
+
+  /// The word the device sleeps on (guests add to it and wake it).
+  var wakeWord: UnsafeMutableRawPointer { registers.deviceWakeWord }
+
+  /// Wakes the thread serving the device, wherever it sleeps.
+  func wakeServingThread() {
+    _ = vgpu_fetch_add_u32(registers.deviceWakeWord, 1)
+    _ = vgpu_futex_wake(registers.deviceWakeWord, Int32.max)
+    if let fd = doorbells?.hostEventFD { _ = vgpu_eventfd_signal(fd) }
+  }
+
+  /// Counts a doorbell that woke the device.
+  func countDoorbell() { doorbells?.countDoorbell() }
+
+  /// Guests' stores into the device's registers undone, a few times a second
+  /// at most, so a client that scribbles on `status` or the layout cannot
+  /// lock new clients out; pairs of guests whose heartbeat stopped or whose
+  /// processes exited reclaimed.
+  private func housekeeping() {
+    executor.lock.withLock { _ in
+      _ = executor.restoreRegisters()
+      executor.tickForWorkers()
+    }
+    if configuration.watchesHeartbeats {
+      // Guests whose processes the device cannot see (a VM's): a pair
+      // whose announced heartbeat stopped is reclaimed as a dead owner's.
       let now = vgpu_monotonic_ns()
-      if now &- lastReap > configuration.reapIntervalNanoseconds {
-        lastReap = now
-        executor.lock.withLock { _ in executor.reapDeadOwners(now: now) }
+      if now &- serving.lastBeatCheck >= GuestHeartbeat.checkNanoseconds {
+        serving.lastBeatCheck = now
+        executor.lock.withLock { _ in executor.reapSilentGuests(now: now) }
       }
     }
-    while running.load(ordering: .relaxed) {
-      passes &+= 1
-      if passes & 0xffff == 0 { registers.store(Register.heartbeat, passes) }
-      if passes & 0x3ff == 0 { housekeeping() }
-      // Claims, closes and resets are looked for every 64th pass (and
-      // before sleeping); the passes between only serve active rings.
-      let quick = passes & 63 != 0 && !fullPass
-      fullPass = false
-      let (worked, wokeGuestHere) = executor.lock.withLock { _ in
-        let worked = executor.servePass(quick: quick)
-        defer { executor.wokeGuestOnThisCPU = false }
-        return (worked, executor.wokeGuestOnThisCPU)
-      }
-      if worked {
-        idle.restart()
-        // A guest just woken on this CPU runs only once this thread stops:
-        // sleep (after the checks below) instead of spinning. Spinning here
-        // while the guest spun on the same core made every command cost
-        // both spins, about 95 µs (issue 17, docs/bench/README.md).
-        spin = !wokeGuestHere
-        continue
-      }
-      if spin && idle.keepPolling(configuration.wait) {
-        vgpu_cpu_relax()
-        continue
-      }
-      // Sleep, but only after saying so and checking once more (event suppression).
-      let seen = vgpu_load_acquire_u32(registers.deviceWakeWord)
-      registers.setDeviceSleeping(true)
-      vgpu_fence_seqcst()
-      if executor.lock.withLock({ _ in executor.hasPendingWork() }) || !running.load(ordering: .relaxed) {
-        registers.setDeviceSleeping(false)
-        fullPass = true
-        continue
-      }
-      // Bounded, so housekeeping (heartbeat, claims, reaping) goes on while idle.
-      let sleepSlice = configuration.wait.sleepSliceNanoseconds
-      let slice =
-        executor.lock.withLock { _ in
-          (executor.ownerWatch != nil || executor.fixedOwner != nil) && !executor.needsPolling
-        }
-        ? max(configuration.idleSleepNanoseconds, sleepSlice) : sleepSlice
-      if let doorbells {
-        // A guest's doorbell (or a wake-up missed meanwhile: the eventfd keeps it).
-        let woken = vgpu_eventfd_wait(doorbells.hostEventFD, slice) == 1
-        if woken { doorbells.countDoorbell() }
-        spin = woken
-      } else {
-        spin = vgpu_futex_wait(registers.deviceWakeWord, seen, slice) != -ETIMEDOUT
-      }
-      registers.setDeviceSleeping(false)
-      registers.store(Register.heartbeat, passes)
-      idle.restart()
-      fullPass = true
-      housekeeping()
+    guard watchesOwners else { return }
+    executor.lock.withLock { _ in executor.reapExited() }
+    let now = vgpu_monotonic_ns()
+    if now &- serving.lastReap > configuration.reapIntervalNanoseconds {
+      serving.lastReap = now
+      executor.lock.withLock { _ in executor.reapDeadOwners(now: now) }
     }
   }
 

@@ -82,13 +82,41 @@ extension Suite {
   /// host processes get), each doing one case back to back for the same
   /// time: the aggregate rate against one client's, the spread between the
   /// fastest and the slowest client, and the worst client's p50/p99 against
-  /// one client alone, all in this run (issue 17).
+  /// one client alone, all in this run (issue 17). Measured twice: with the
+  /// mediator's serving pool (its default), and with a serving thread per
+  /// client (`--serving-threads 0`, the mediator before the pool).
   func measureLoad() {
+    let pooled = loadSeries(label: nil, [])
+    let perClient = loadSeries(label: "a thread per client", ["--serving-threads=0"])
+    // The pool against a thread per client, same run: worst p99 and aggregate.
+    guard let pooled, let perClient else { return }
+    for n in loadLevels where n > 1 {
+      for c in LoadCase.allCases {
+        let a = pooled[n]?[c] ?? []
+        let b = perClient[n]?[c] ?? []
+        let p99 = Figure(
+          "scale", "\(n) clients at once, \(c.rawValue): worst p99, serving pool", unit: "ns",
+          Self.worst(a)?.p99, lowerIsBetter: true)
+        report.figures.append(p99.against("a thread per client", Self.worst(b)?.p99))
+      }
+    }
+  }
+
+  /// The worst client's latencies of a level: all clients' merged.
+  static func worst(_ r: [LoadResult]) -> LatencySummary? {
+    r.dropFirst().reduce(r.first?.latency) { m, x in m.map { LatencySummary.merged($0, x.latency) } }
+  }
+
+  /// Every load level on a mediator started with `extra` options; its figures
+  /// named with `label` (nil: the mediator as it ships). The results, or nil
+  /// when the series could not run (said in the figures and problems).
+  func loadSeries(label: String?, _ extra: [String]) -> [Int: [LoadCase: [LoadResult]]]? {
     let group = "scale"
     let levels = loadLevels
     let milliseconds = options.quick ? 300 : 1500
     func name(_ n: Int, _ c: LoadCase, _ what: String) -> String {
-      n == 1 ? "1 client alone, \(c.rawValue): \(what)" : "\(n) clients at once, \(c.rawValue): \(what)"
+      let who = n == 1 ? "1 client alone" : "\(n) clients at once"
+      return (label.map { "\($0): " } ?? "") + "\(who), \(c.rawValue): \(what)"
     }
     func missing(_ why: String) {
       for n in levels {
@@ -98,34 +126,36 @@ extension Suite {
           }
         }
       }
-      report.problems.append("scale load: \(why)")
+      report.problems.append("scale load\(label.map { " (\($0))" } ?? ""): \(why)")
     }
     let socket = "/dev/shm/vgpu-bench-load-\(getpid()).sock"
     defer { unlink(socket) }
     let mediator: Process
-    do { mediator = try startSocketMediator(socket) } catch {
+    do { mediator = try startSocketMediator(socket, extra) } catch {
       missing("\(error)")
-      return
+      return nil
     }
     defer { stop(mediator) }
     var results: [Int: [LoadCase: [LoadResult]]] = [:]
     do {
       for n in levels {
-        progress.detail("\(n) client processes, \(LoadCase.allCases.count) cases of \(milliseconds) ms")
+        progress.detail(
+          "\(label.map { "\($0): " } ?? "")\(n) client processes, \(LoadCase.allCases.count) cases of \(milliseconds) ms"
+        )
         results[n] = try loadRound(n, target: "unix:\(socket)", milliseconds: milliseconds)
       }
     } catch {
       missing("\(error)")
-      return
+      return nil
     }
-    guard let one = results[1] else { return }
+    guard let one = results[1] else { return nil }
     for n in levels {
       for c in LoadCase.allCases {
         let r = results[n]?[c] ?? []
         let scale = c == .copy ? Double(LoadCase.copySize) / 1e9 : 1
         let rates = r.map { $0.rate * scale }
         let single = (one[c]?.first?.rate ?? 0) * scale
-        let worst = r.dropFirst().reduce(r.first?.latency) { m, x in m.map { LatencySummary.merged($0, x.latency) } }
+        let worst = Self.worst(r)
         let alone = one[c]?.first?.latency
         let aggregate = Figure(
           group, name(n, c, "aggregate rate"), unit: c.unit, rates.reduce(0, +), lowerIsBetter: false)
@@ -150,10 +180,11 @@ extension Suite {
     }
     // The plot's CDFs: NOPs alone and the worst client's at the largest level.
     let crowd = levels.last!
-    report.latency["scale: NOP, 1 client"] = one[.nop]?.first?.latency.cdf
-    let nops = (results[crowd]?[.nop] ?? []).map(\.latency)
-    report.latency["scale: NOP, \(crowd) clients (worst)"] =
-      nops.dropFirst().reduce(nops.first) { m, x in m.map { LatencySummary.merged($0, x) } }?.cdf
+    let prefix = label.map { "\($0), " } ?? ""
+    report.latency["scale: \(prefix)NOP, 1 client"] = one[.nop]?.first?.latency.cdf
+    report.latency["scale: \(prefix)NOP, \(crowd) clients (worst)"] =
+      Self.worst(results[crowd]?[.nop] ?? [])?.cdf
+    return results
   }
 
   /// `n` `_load` processes on `target`, every case run by all of them at once.

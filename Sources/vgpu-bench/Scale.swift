@@ -208,11 +208,11 @@ extension Suite {
   private func ms(_ ns: Double) -> String { String(format: "%.2f ms", ns / 1e6) }
 
   /// A mediator serving host processes on `socket`, each with a BAR of its own.
-  func startSocketMediator(_ socket: String) throws -> Process {
+  func startSocketMediator(_ socket: String, _ extra: [String] = []) throws -> Process {
     unlink(socket)
     let p = Process()
     p.executableURL = URL(fileURLWithPath: options.mediator)
-    p.arguments = ["--socket", socket, "--memory", "16G", "--log-level", "warning"] + options.mediatorOptions
+    p.arguments = ["--socket", socket, "--memory", "16G", "--log-level", "warning"] + options.mediatorOptions + extra
     p.standardOutput = FileHandle.nullDevice
     try p.run()
     let deadline = now() + 10_000_000_000

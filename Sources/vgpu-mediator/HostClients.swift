@@ -81,10 +81,11 @@ struct AllowList: Sendable {
 /// descriptors), not a layout: BARs are made on demand.
 ///
 /// One thread polls the listening socket and every client's socket (an idle
-/// mediator sleeps in poll(2)); each client device serves on a thread of its
-/// own, which sleeps on its own BAR's futex while idle. A thread per client
-/// keeps one client's futex sleep from needing the others' wake-ups; the
-/// shared lock keeps the backend's calls one at a time.
+/// mediator sleeps in poll(2)); the client devices are served by a
+/// `ServingPool` of a few threads, each serving its share of the clients in
+/// turn and sleeping on all their BARs' futexes at once while idle
+/// (`servingThreads` 0: a thread per client, as before). The shared lock
+/// keeps the backend's calls one at a time.
 final class HostClientServer: @unchecked Sendable {
   let socketPath: String
   let allow: AllowList
@@ -98,6 +99,8 @@ final class HostClientServer: @unchecked Sendable {
   private var thread: pthread_t?
   /// Processes served at once (`--max-clients`).
   let maxClients: Int
+  /// The threads that serve the clients' devices; nil: a thread per client.
+  private let pool: ServingPool?
   /// Processes that may wait for a place beyond `maxClients`; more are told
   /// at once that the mediator is full (each waiter holds a descriptor).
   var maxWaiting: Int { max(64, maxClients) }
@@ -145,7 +148,7 @@ final class HostClientServer: @unchecked Sendable {
   /// serves is refused), gives it the mode the allow-list needs, and listens.
   init(
     socketPath: String, allow: AllowList, shared: SharedExecution, configuration: ReferenceDeviceConfiguration,
-    maxClients: Int, log: Logger, onEvent: @escaping @Sendable (DeviceEvent) -> Void
+    maxClients: Int, servingThreads: Int, log: Logger, onEvent: @escaping @Sendable (DeviceEvent) -> Void
   ) throws {
     self.socketPath = socketPath
     self.maxClients = maxClients
@@ -185,6 +188,7 @@ final class HostClientServer: @unchecked Sendable {
       close(fd)
       throw Failure("eventfd failed (\(String(cString: strerror(errno))))")
     }
+    pool = servingThreads > 0 ? ServingPool(threads: servingThreads, wait: configuration.wait) : nil
   }
 
   deinit {
@@ -216,6 +220,7 @@ final class HostClientServer: @unchecked Sendable {
       send(SocketGreeting(status: .failed, reason: "vgpu-mediator stopped while this process waited"), to: waiter.fd)
       close(waiter.fd)
     }
+    pool?.stop()
     unlink(socketPath)
   }
 
@@ -414,7 +419,7 @@ final class HostClientServer: @unchecked Sendable {
     }
     device.onEvent = onEvent
     device.announce(pid: UInt32(getpid()))
-    device.start()
+    device.start(in: pool)
     return device
   }
 

@@ -145,6 +145,16 @@ struct Mediator: ParsableCommand {
       """, valueName: "count"))
   var maxClients: Int?
 
+  @Option(
+    name: .customLong("serving-threads"),
+    help: ArgumentHelp(
+      """
+      Threads that serve the host processes' BARs on --socket, each serving its share of the processes \
+      in turn (0-64; default: a quarter of the cores, 1 to 4). 0: a thread per process, each spinning \
+      on its own BAR (what the mediator did before; many processes on few cores then wait for each other).
+      """, valueName: "count"))
+  var servingThreads: Int?
+
   @Option(name: .long, help: "Entries per ring (a power of two, 2-4096).")
   var depth = 256
 
@@ -258,9 +268,16 @@ struct Mediator: ParsableCommand {
         "--path names a BAR file (with --vm, --ivshmem-socket or --shared-bar); host processes connect to --socket now (VGPU_DEVICE=unix:PATH)"
       )
     }
-    if fileMode && (socket != nil || !allowUIDs.isEmpty || !allowGroups.isEmpty || maxClients != nil) {
+    if fileMode
+      && (socket != nil || !allowUIDs.isEmpty || !allowGroups.isEmpty || maxClients != nil || servingThreads != nil)
+    {
       throw ValidationError(
-        "--socket, --allow-uid, --allow-group and --max-clients serve host processes; not with --vm, --ivshmem-socket or --shared-bar (there --queue-pairs bounds the processes)"
+        "--socket, --allow-uid, --allow-group, --max-clients and --serving-threads serve host processes; not with --vm, --ivshmem-socket or --shared-bar (there --queue-pairs bounds the processes)"
+      )
+    }
+    if let servingThreads, !(0...64).contains(servingThreads) {
+      throw ValidationError(
+        "--serving-threads \(servingThreads) is out of range: give 1-64 threads shared by the processes, or 0 for a thread per process"
       )
     }
     if sharedBAR && (vm || ivshmemSocket != nil) {
@@ -343,9 +360,10 @@ struct Mediator: ParsableCommand {
     let maxClients = maxClients ?? Self.defaultMaxClients
     Self.raiseDescriptorLimit(for: maxClients, log: log)
     var signals = Self.blockStopSignals()
+    let servingThreads = servingThreads ?? Self.defaultServingThreads
     let server = try HostClientServer(
-      socketPath: socketPath, allow: allow, shared: shared, configuration: config, maxClients: maxClients, log: log,
-      onEvent: events)
+      socketPath: socketPath, allow: allow, shared: shared, configuration: config, maxClients: maxClients,
+      servingThreads: servingThreads, log: log, onEvent: events)
     let metrics: MetricsServer?
     do {
       metrics = try startMetrics(
@@ -362,6 +380,7 @@ struct Mediator: ParsableCommand {
         "socket": "\(server.socketPath)", "client": "VGPU_DEVICE=unix:\(server.socketPath)",
         "admits": "\(allow.summary)", "memory": "\(config.memorySize >> 20) MiB", "backend": "\(shared.backendName)",
         "barPerClient": "\(config.layout.regionSize) bytes, \(queuePairs) queue pairs", "maxClients": "\(maxClients)",
+        "servingThreads": "\(servingThreads == 0 ? "one per process" : "\(servingThreads)")",
         "pid": "\(getpid())",
       ])
     var received: Int32 = 0
@@ -478,6 +497,9 @@ struct Mediator: ParsableCommand {
 
   /// Processes served at once unless --max-clients says otherwise.
   static let defaultMaxClients = 256
+  /// A quarter of the cores, 1 to 4: enough threads to keep up with many
+  /// processes' commands while the processes keep the rest of the cores.
+  static var defaultServingThreads: Int { min(4, max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)) / 4)) }
 
   /// Each process served holds a few descriptors (its socket, its BAR's
   /// memfd, one per further connection), each waiter one: the soft limit

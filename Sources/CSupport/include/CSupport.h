@@ -83,6 +83,12 @@ static inline uint64_t vgpu_monotonic_ns(void) {
 int vgpu_futex_wait(const void *addr, uint32_t expected, uint64_t timeout_ns);
 // Wakes up to `count` waiters; returns how many were woken, or -errno.
 int vgpu_futex_wake(const void *addr, int count);
+// The most words one futex_waitv(2) waits on (FUTEX_WAITV_MAX).
+#define VGPU_FUTEX_WAITV_MAX 128
+// Waits until any of `count` shared 32-bit words is woken or differs from its
+// expected value (then its index, or 0 when one had already changed), or
+// timeout_ns passes (-ETIMEDOUT); -ENOSYS before Linux 5.16.
+int vgpu_futex_waitv(void *const *addrs, const uint32_t *expected, int count, uint64_t timeout_ns);
 
 // eventfd wake-ups (wakeups.c). Negative errno on failure.
 // Adds 1 to the eventfd's counter.

@@ -1,0 +1,228 @@
+import CSupport
+import DeviceAccess
+import Synchronization
+import VGPUProtocol
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Threads that serve reference devices. Each thread serves its devices in
+/// turn — one pass over each, every ring at most `commandsPerTurn` commands
+/// while it serves more than one — spins while work may come, and sleeps on
+/// all of its devices' wake words at once (futex_waitv(2), Linux 5.16) when
+/// none has any.
+///
+/// A device alone on a thread (`ReferenceDevice.start()` without a pool: a
+/// VM's BAR, `sim`) is a pool of one: it sleeps on its own wake word, or on
+/// its ivshmem doorbells' eventfd. A mediator serving many host processes
+/// gives them a few threads between them (`--serving-threads`): with a
+/// thread per process, every process's device spun on its own thread, and
+/// from 8 processes on 2 cores the threads mostly waited for each other
+/// (docs/bench/README.md, "Scale").
+public final class ServingPool: @unchecked Sendable {
+  /// Commands a ring runs in one turn while its thread serves several
+  /// devices: a client with a queue of copies or launches holds up the
+  /// others for this many commands at most before each gets its turn.
+  public static let defaultCommandsPerTurn = 16
+
+  /// One serving thread and the devices it serves.
+  private final class Lane: @unchecked Sendable {
+    /// Bumped (and woken) when the members change or the pool stops.
+    let wakeWord = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    let members = SanitizerVisibleMutex<[ReferenceDevice]>([])
+    /// Bumped with each change of `members`; the thread acknowledges the
+    /// value it has taken up, at the start of a round.
+    let generation = Atomic<UInt64>(0)
+    let acknowledged = Atomic<UInt64>(0)
+    let running = Atomic<Bool>(true)
+    var thread: pthread_t?
+    init() { wakeWord.initialize(to: 0) }
+    deinit { wakeWord.deallocate() }
+
+    func wake() {
+      _ = vgpu_fetch_add_u32(UnsafeMutableRawPointer(wakeWord), 1)
+      _ = vgpu_futex_wake(UnsafeMutableRawPointer(wakeWord), Int32.max)
+    }
+  }
+
+  private let lanes: [Lane]
+  private let wait: WaitPolicy
+  private let commandsPerTurn: Int
+  /// A pool made for one device: its thread sleeps on that device's own
+  /// wake word or eventfd rather than on a set of words.
+  private let solo: Bool
+
+  /// Starts `threads` serving threads (at least 1), idle until devices are added.
+  public convenience init(threads: Int, wait: WaitPolicy = .device, commandsPerTurn: Int = defaultCommandsPerTurn) {
+    self.init(threads: threads, wait: wait, commandsPerTurn: commandsPerTurn, solo: false)
+  }
+
+  init(threads: Int, wait: WaitPolicy, commandsPerTurn: Int = defaultCommandsPerTurn, solo: Bool) {
+    self.wait = wait
+    self.commandsPerTurn = max(1, commandsPerTurn)
+    self.solo = solo
+    lanes = (0..<max(1, threads)).map { _ in Lane() }
+    for lane in lanes {
+      lane.thread = startThread { [self] in serve(lane) }
+      precondition(lane.thread != nil, "pthread_create failed: \(errno)")
+    }
+  }
+
+  deinit { stop() }
+
+  /// Serving threads.
+  public var threadCount: Int { lanes.count }
+
+  /// Devices each thread serves now.
+  public var devicesPerThread: [Int] { lanes.map { $0.members.withLock { $0.count } } }
+
+  /// The CPU time each serving thread has used (an idle pool's stays still).
+  public var cpuNanoseconds: [UInt64] {
+    lanes.map { lane in
+      var clock = clockid_t()
+      var ts = timespec()
+      guard let thread = lane.thread, pthread_getcpuclockid(thread, &clock) == 0, clock_gettime(clock, &ts) == 0
+      else { return 0 }
+      return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+  }
+
+  /// Serves `device` on the thread that serves the fewest.
+  func add(_ device: ReferenceDevice) {
+    let lane = lanes.min { a, b in a.members.withLock { $0.count } < b.members.withLock { $0.count } }!
+    lane.members.withLock { members in
+      members.append(device)
+      lane.generation.add(1, ordering: .releasing)
+    }
+    lane.wake()
+  }
+
+  /// Stops serving `device`; when this returns, no thread of the pool touches it.
+  func remove(_ device: ReferenceDevice) {
+    for lane in lanes {
+      let generation = lane.members.withLock { members -> UInt64? in
+        guard let i = members.firstIndex(where: { $0 === device }) else { return nil }
+        members.remove(at: i)
+        return lane.generation.add(1, ordering: .releasing).newValue
+      }
+      guard let generation else { continue }
+      lane.wake()
+      // A solo thread sleeps on the device's own word or eventfd.
+      device.wakeServingThread()
+      // On the serving thread itself (a device stopped from its own event): nothing to wait for.
+      if let thread = lane.thread, pthread_equal(thread, pthread_self()) != 0 { return }
+      while lane.running.load(ordering: .relaxed) && lane.acknowledged.load(ordering: .acquiring) < generation {
+        usleep(50)
+      }
+      return
+    }
+  }
+
+  /// Stops every thread (the devices they served are left as they are) and joins them.
+  public func stop() {
+    for lane in lanes {
+      guard lane.running.exchange(false, ordering: .acquiringAndReleasing) else { continue }
+      lane.wake()
+      for device in lane.members.withLock({ $0 }) { device.wakeServingThread() }
+      if let thread = lane.thread { pthread_join(thread, nil) }
+      lane.thread = nil
+    }
+  }
+
+  private func serve(_ lane: Lane) {
+    var members: [ReferenceDevice] = []
+    // The words a sleep waits on and their values, reused from sleep to sleep.
+    var words: [UnsafeMutableRawPointer?] = []
+    var seen: [UInt32] = []
+    words.reserveCapacity(Int(VGPU_FUTEX_WAITV_MAX))
+    seen.reserveCapacity(Int(VGPU_FUTEX_WAITV_MAX))
+    var known: UInt64 = .max
+    // Idle polls since the last pass that had work.
+    var idle = Spin()
+    // After a sleep that ended by its timeout, nobody is about to submit:
+    // look once and sleep again, rather than spin (an idle device uses no CPU).
+    var spin = true
+    while lane.running.load(ordering: .relaxed) {
+      let generation = lane.generation.load(ordering: .acquiring)
+      if generation != known {
+        members = lane.members.withLock { $0 }
+        known = generation
+        lane.acknowledged.store(generation, ordering: .releasing)
+        idle.restart()
+        spin = true
+      }
+      let budget = members.count > 1 ? commandsPerTurn : .max
+      var worked = false
+      var wokeGuestHere = false
+      for device in members {
+        let pass = device.servingPass(budget: budget)
+        worked = worked || pass.worked
+        wokeGuestHere = wokeGuestHere || pass.wokeGuestHere
+      }
+      if worked {
+        idle.restart()
+        // A guest just woken on this CPU runs only once this thread stops:
+        // sleep (after the checks below) instead of spinning. Spinning here
+        // while the guest spun on the same core made every command cost
+        // both spins, about 95 µs (issue 17, docs/bench/README.md).
+        spin = !wokeGuestHere
+        continue
+      }
+      if spin && idle.keepPolling(wait) {
+        vgpu_cpu_relax()
+        continue
+      }
+      // Sleep, but only after each device says so and finds no work (event suppression).
+      let laneSeen = vgpu_load_acquire_u32(UnsafeMutableRawPointer(lane.wakeWord))
+      if lane.generation.load(ordering: .acquiring) != known { continue }
+      words.removeAll(keepingCapacity: true)
+      seen.removeAll(keepingCapacity: true)
+      var slice: UInt64 = 1_000_000_000
+      var ready = true
+      for device in members {
+        guard let value = device.prepareToSleep() else {
+          ready = false
+          break
+        }
+        words.append(device.wakeWord)
+        seen.append(value)
+        slice = min(slice, device.sleepSlice)
+      }
+      guard ready else {
+        for device in members.prefix(words.count) { device.awake() }
+        continue
+      }
+      let woken: Bool
+      if solo, members.count == 1, let fd = members[0].doorbellEventFD {
+        // A guest's doorbell (or a wake-up missed meanwhile: the eventfd keeps it).
+        woken = vgpu_eventfd_wait(fd, slice) == 1
+        if woken { members[0].countDoorbell() }
+      } else if solo, members.count == 1 {
+        woken = vgpu_futex_wait(words[0], seen[0], slice) != -ETIMEDOUT
+      } else if words.count < Int(VGPU_FUTEX_WAITV_MAX) {
+        words.append(UnsafeMutableRawPointer(lane.wakeWord))
+        seen.append(laneSeen)
+        let r = words.withUnsafeBufferPointer { w in
+          seen.withUnsafeBufferPointer { s in vgpu_futex_waitv(w.baseAddress, s.baseAddress, Int32(w.count), slice) }
+        }
+        if r == -ENOSYS {
+          // Before Linux 5.16: short sleeps on the lane's word, then a look at every device.
+          _ = vgpu_futex_wait(UnsafeMutableRawPointer(lane.wakeWord), laneSeen, min(slice, 1_000_000))
+          woken = true
+        } else {
+          woken = r != -ETIMEDOUT
+        }
+      } else {
+        // More devices than one futex_waitv takes: short sleeps, then a look at every device.
+        _ = vgpu_futex_wait(UnsafeMutableRawPointer(lane.wakeWord), laneSeen, min(slice, 1_000_000))
+        woken = true
+      }
+      for device in members { device.woke() }
+      idle.restart()
+      spin = woken
+    }
+    // Whatever waits for an acknowledgement stops waiting: the thread is gone.
+    lane.acknowledged.store(.max, ordering: .releasing)
+  }
+}
