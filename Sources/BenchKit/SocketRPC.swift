@@ -370,12 +370,13 @@ public final class SocketClient: BenchTarget {
     return FunctionHandle(raw: c.result0, parameterSize: Int(c.result1))
   }
 
-  public func launchFill(_ function: FunctionHandle, parameters: [UInt8]) throws {
-    // The same fields as Device.launch: grid (1,1,1), block (1,1,1), the parameters after the request.
+  public func launchFill(_ function: FunctionHandle, parameters: [UInt8], grid: Int, block: Int) throws {
+    // The same fields as Device.launch: grid, block, the parameters after the request.
     _ = try parameters.withUnsafeBytes {
       try call(
         Command.Launch(
-          function: function.raw, grid: Dimensions(1), block: Dimensions(1), parameterLength: UInt32($0.count),
+          function: function.raw, grid: Dimensions(UInt32(grid)), block: Dimensions(UInt32(block)),
+          parameterLength: UInt32($0.count),
           parameters: 0
         ).entry,
         payload: $0, "launch")

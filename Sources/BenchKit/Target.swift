@@ -15,8 +15,15 @@ public protocol BenchTarget: AnyObject {
   func copyDevice(_ destination: UInt64, from source: UInt64, count: Int) throws
   /// Loads the PTX `fill` kernel (SelftestKernels): what the launch case launches.
   func loadFill() throws -> FunctionHandle
+  /// Launches `fill` on `grid` blocks of `block` threads (parameters for as many elements).
+  func launchFill(_ function: FunctionHandle, parameters: [UInt8], grid: Int, block: Int) throws
+}
+
+extension BenchTarget {
   /// Launches `fill` on one element: the cost of a launch, not of its work.
-  func launchFill(_ function: FunctionHandle, parameters: [UInt8]) throws
+  public func launchFill(_ function: FunctionHandle, parameters: [UInt8]) throws {
+    try launchFill(function, parameters: parameters, grid: 1, block: 1)
+  }
 }
 
 /// The image of a module holding `fill` (the project's PTX, SelftestKernels),
@@ -30,14 +37,14 @@ public enum FillKernel {
     slots: [ParameterSlot(offset: 0, size: 8), ParameterSlot(offset: 8, size: 4), ParameterSlot(offset: 12, size: 4)],
     bufferSize: 16)
 
-  /// `dst = address, value = 1, n = 1`, packed by the layout the device
+  /// `dst = address, value = 1, n = count`, packed by the layout the device
   /// reported for `function` (else `layout`, when the sizes agree).
-  public static func parameters(_ function: FunctionHandle, _ address: UInt64) throws -> [UInt8] {
+  public static func parameters(_ function: FunctionHandle, _ address: UInt64, count: UInt32 = 1) throws -> [UInt8] {
     let l = function.layout ?? layout
     guard l.bufferSize == function.parameterSize else {
       throw BenchError("fill takes \(function.parameterSize) bytes of parameters; its layout says \(l.bufferSize)")
     }
-    return try l.pack([.pointer(address), .f32(1), .u32(1)])
+    return try l.pack([.pointer(address), .f32(1), .u32(count)])
   }
 }
 
@@ -61,7 +68,8 @@ public final class DeviceTarget: BenchTarget {
   public func loadFill() throws -> FunctionHandle {
     try device.function("fill", in: device.loadModule(FillKernel.image))
   }
-  public func launchFill(_ function: FunctionHandle, parameters: [UInt8]) throws {
-    try device.launch(function, grid: Dimensions(1), block: Dimensions(1), parameters: parameters)
+  public func launchFill(_ function: FunctionHandle, parameters: [UInt8], grid: Int, block: Int) throws {
+    try device.launch(
+      function, grid: Dimensions(UInt32(grid)), block: Dimensions(UInt32(block)), parameters: parameters)
   }
 }

@@ -1,13 +1,22 @@
 import CSupport
 import VGPUProtocol
 
+/// How much of a ring's work one pass runs before going on to the next ring
+/// (`ServingPool`: a thread serving several devices gives each a turn).
+struct Turn {
+  var commands: Int
+  var nanoseconds: UInt64
+  static let unbounded = Turn(commands: .max, nanoseconds: .max)
+}
+
 extension Executor {
   /// One pass: over every queue pair (claims, closes, the state words, the
   /// control register), or — `quick` — over the active ones' rings only,
-  /// which is what a busy device does between full passes. Each ring runs at
-  /// most `budget` commands (a turn, when one thread serves many devices: the
-  /// rest waits for the next pass). Returns whether anything happened.
-  func servePass(quick: Bool = false, budget: Int = .max) -> Bool {
+  /// which is what a busy device does between full passes. Each ring runs a
+  /// turn of at most `budget` commands and `turn` nanoseconds of work (when
+  /// one thread serves many devices: the rest waits for the next pass).
+  /// Returns whether anything happened.
+  func servePass(quick: Bool = false, budget: Turn = .unbounded) -> Bool {
     var worked = false
     if let workers, workers.finished.load(ordering: .acquiring) > 0 { worked = collectLaunches(workers) }
     if quick {
@@ -41,8 +50,8 @@ extension Executor {
   }
 
   /// Executes the commands waiting on queue pair `qp` while the completion
-  /// ring has room, at most `budget` of them. Returns whether any was posted.
-  func serve(_ qp: Int, budget: Int = .max) -> Bool {
+  /// ring has room, within `budget`. Returns whether any was posted.
+  func serve(_ qp: Int, budget: Turn = .unbounded) -> Bool {
     let view = views[qp]
     let tail = view.submissionTail
     guard tail <= layout.depth - 1 else {
@@ -56,8 +65,10 @@ extension Executor {
     // command's start (its latency, for the histograms).
     var started: UInt64 = 0
     var last: UInt64 = 0
-    var left = budget
-    while served[qp].head.index != tail && left > 0 {
+    var left = budget.commands
+    // The turn's time is the commands' own clock reads (no extra one); it
+    // ends after the command that passes it, so every turn does some work.
+    while served[qp].head.index != tail && left > 0 && (started == 0 || last &- started < budget.nanoseconds) {
       left &-= 1
       // Work of this pair is on a worker: its later commands wait.
       if served[qp].busy != nil { break }

@@ -284,12 +284,12 @@ public final class ReferenceDevice: @unchecked Sendable {
   /// Whether the device still serves (a pool drops it once `stop()` began).
   var isRunning: Bool { running.load(ordering: .relaxed) }
 
-  /// One pass over the device's queue pairs, each ring running at most
-  /// `budget` commands; every 1024th pass its housekeeping, every 64th (and
+  /// One pass over the device's queue pairs, each ring running at most a
+  /// `budget` turn; every 1024th pass its housekeeping, every 64th (and
   /// the first after a sleep) a full pass that looks for claims, closes and
   /// resets too. Returns whether it did work, and whether it woke a guest
   /// waiting on the CPU this thread runs on.
-  func servingPass(budget: Int) -> (worked: Bool, wokeGuestHere: Bool) {
+  func servingPass(budget: Turn) -> (worked: Bool, wokeGuestHere: Bool) {
     serving.passes &+= 1
     let passes = serving.passes
     if passes & 0xffff == 0 { registers.store(Register.heartbeat, passes) }

@@ -9,7 +9,8 @@ import VGPUProtocol
 
 /// Threads that serve reference devices. Each thread serves its devices in
 /// turn — one pass over each, every ring at most `commandsPerTurn` commands
-/// while it serves more than one — spins while work may come, and sleeps on
+/// and `turnNanoseconds` of work while it serves more than one — spins while
+/// work may come, and sleeps on
 /// all of its devices' wake words at once (futex_waitv(2), Linux 5.16) when
 /// none has any.
 ///
@@ -25,6 +26,10 @@ public final class ServingPool: @unchecked Sendable {
   /// devices: a client with a queue of copies or launches holds up the
   /// others for this many commands at most before each gets its turn.
   public static let defaultCommandsPerTurn = 16
+  /// Work a ring does in one turn, at most (the turn ends after the command
+  /// that passes it): a 256 KiB copy chunk takes about 25 µs here, so a
+  /// client copying gigabytes holds the others up for about one chunk.
+  public static let defaultTurnNanoseconds: UInt64 = 20_000
 
   /// One serving thread and the devices it serves.
   private final class Lane: @unchecked Sendable {
@@ -48,19 +53,24 @@ public final class ServingPool: @unchecked Sendable {
 
   private let lanes: [Lane]
   private let wait: WaitPolicy
-  private let commandsPerTurn: Int
+  private let turn: Turn
   /// A pool made for one device: its thread sleeps on that device's own
   /// wake word or eventfd rather than on a set of words.
   private let solo: Bool
 
   /// Starts `threads` serving threads (at least 1), idle until devices are added.
-  public convenience init(threads: Int, wait: WaitPolicy = .device, commandsPerTurn: Int = defaultCommandsPerTurn) {
-    self.init(threads: threads, wait: wait, commandsPerTurn: commandsPerTurn, solo: false)
+  public convenience init(
+    threads: Int, wait: WaitPolicy = .device, commandsPerTurn: Int = defaultCommandsPerTurn,
+    turnNanoseconds: UInt64 = defaultTurnNanoseconds
+  ) {
+    self.init(
+      threads: threads, wait: wait, turn: Turn(commands: max(1, commandsPerTurn), nanoseconds: turnNanoseconds),
+      solo: false)
   }
 
-  init(threads: Int, wait: WaitPolicy, commandsPerTurn: Int = defaultCommandsPerTurn, solo: Bool) {
+  init(threads: Int, wait: WaitPolicy, turn: Turn = .unbounded, solo: Bool) {
     self.wait = wait
-    self.commandsPerTurn = max(1, commandsPerTurn)
+    self.turn = turn
     self.solo = solo
     lanes = (0..<max(1, threads)).map { _ in Lane() }
     for lane in lanes {
@@ -152,7 +162,7 @@ public final class ServingPool: @unchecked Sendable {
         idle.restart()
         spin = true
       }
-      let budget = members.count > 1 ? commandsPerTurn : .max
+      let budget = members.count > 1 ? turn : .unbounded
       var worked = false
       var wokeGuestHere = false
       for device in members {

@@ -15,9 +15,18 @@ enum LoadCase: String, CaseIterable, Codable {
   case allocFree = "alloc+free"
   /// 256 KiB host to device (one staging slot's worth).
   case copy
+  /// 64 MiB host to device in one call: a client moving a model's weights
+  /// (the hogs beside one client's NOPs, not a level's case).
+  case bigCopy = "big-copy"
+  /// `fill` over 2^20 elements (4096 blocks of 256 threads), waited for: a long kernel.
+  case longLaunch = "long-launch"
 
+  /// What every client of a level does, one case after another.
+  static let levelCases: [LoadCase] = [.nop, .launch, .allocFree, .copy]
   static let copySize = 256 << 10
-  var unit: String { self == .copy ? "GB/s" : "ops/s" }
+  static let bigCopySize = 64 << 20
+  static let longLaunchElements = 1 << 20
+  var unit: String { self == .copy || self == .bigCopy ? "GB/s" : "ops/s" }
 }
 
 /// One client's answer for one case.
@@ -40,6 +49,10 @@ extension Modes {
     let host = UnsafeMutableRawBufferPointer.allocate(byteCount: LoadCase.copySize, alignment: 4096)
     defer { host.deallocate() }
     memset(host.baseAddress!, 0x5a, host.count)
+    // The hogs' buffers, made when first asked for.
+    var big: (device: UInt64, host: UnsafeMutableRawBufferPointer)?
+    defer { big?.host.deallocate() }
+    var long: [UInt8]?
     // Operations' times, the first 2^19 of a case (4 MiB a client; 64 of them run at
     // once): a fast case goes on counting past them, unrecorded.
     var values = [UInt64](repeating: 0, count: 1 << 19)
@@ -60,6 +73,19 @@ extension Modes {
         case .launch: try t.launchFill(function, parameters: parameters)
         case .allocFree: try t.free(try t.allocate(4096))
         case .copy: try t.copyIn(buffer, from: UnsafeRawBufferPointer(host))
+        case .bigCopy:
+          if big == nil {
+            let h = UnsafeMutableRawBufferPointer.allocate(byteCount: LoadCase.bigCopySize, alignment: 4096)
+            memset(h.baseAddress!, 0x5b, h.count)
+            big = (try t.allocate(LoadCase.bigCopySize), h)
+          }
+          try t.copyIn(big!.device, from: UnsafeRawBufferPointer(big!.host))
+        case .longLaunch:
+          if long == nil {
+            let n = LoadCase.longLaunchElements
+            long = try FillKernel.parameters(function, try t.allocate(n * 4), count: UInt32(n))
+          }
+          try t.launchFill(function, parameters: long!, grid: LoadCase.longLaunchElements / 256, block: 256)
         }
         let t1 = now()
         if operations < values.count { values[operations] = t1 &- t0 }
@@ -91,7 +117,7 @@ extension Suite {
     // The pool against a thread per client, same run: worst p99 and aggregate.
     guard let pooled, let perClient else { return }
     for n in loadLevels where n > 1 {
-      for c in LoadCase.allCases {
+      for c in LoadCase.levelCases {
         let a = pooled[n]?[c] ?? []
         let b = perClient[n]?[c] ?? []
         let p99 = Figure(
@@ -120,7 +146,7 @@ extension Suite {
     }
     func missing(_ why: String) {
       for n in levels {
-        for c in LoadCase.allCases {
+        for c in LoadCase.levelCases {
           for what in ["aggregate rate", "max/min client rate", "worst client's p50", "worst client's p99"] {
             report.figures.append(Figure(group, name(n, c, what), unit: c.unit, nil, lowerIsBetter: false, note: why))
           }
@@ -140,7 +166,7 @@ extension Suite {
     do {
       for n in levels {
         progress.detail(
-          "\(label.map { "\($0): " } ?? "")\(n) client processes, \(LoadCase.allCases.count) cases of \(milliseconds) ms"
+          "\(label.map { "\($0): " } ?? "")\(n) client processes, \(LoadCase.levelCases.count) cases of \(milliseconds) ms"
         )
         results[n] = try loadRound(n, target: "unix:\(socket)", milliseconds: milliseconds)
       }
@@ -149,8 +175,34 @@ extension Suite {
       return nil
     }
     guard let one = results[1] else { return nil }
+    // One client's NOPs beside a client that copies 64 MiB at a time or runs
+    // long kernels (issue 17: its p99 ≤ 10× alone), against the NOPs alone above.
+    for hog in [LoadCase.bigCopy, .longLaunch] {
+      progress.detail("\(label.map { "\($0): " } ?? "")NOPs beside a client doing \(hog.rawValue)")
+      let r: [LoadResult]
+      do { r = try hogRound(hog, target: "unix:\(socket)", milliseconds: milliseconds) } catch {
+        report.problems.append("scale load\(label.map { " (\($0))" } ?? ""), beside \(hog.rawValue): \(error)")
+        continue
+      }
+      let alone = one[.nop]?.first
+      let who = (label.map { "\($0): " } ?? "") + "1 client's NOPs beside one doing \(hog.rawValue)"
+      report.figures.append(
+        Figure(group, "\(who): rate", unit: "ops/s", r.first?.rate, lowerIsBetter: false).against(
+          "NOPs alone", alone?.rate))
+      report.figures.append(
+        Figure(group, "\(who): p50", unit: "ns", r.first?.latency.p50, lowerIsBetter: true).against(
+          "NOPs alone", alone?.latency.p50))
+      report.figures.append(
+        Figure(
+          group, "\(who): p99", unit: "ns", r.first?.latency.p99, lowerIsBetter: true,
+          note: "issue 17's bound: ≤ 10× alone"
+        ).against("NOPs alone", alone?.latency.p99))
+      let scale = hog == .bigCopy ? Double(LoadCase.bigCopySize) / 1e9 : 1
+      report.figures.append(
+        Figure(group, "\(who): the hog's rate", unit: hog.unit, r.last.map { $0.rate * scale }, lowerIsBetter: false))
+    }
     for n in levels {
-      for c in LoadCase.allCases {
+      for c in LoadCase.levelCases {
         let r = results[n]?[c] ?? []
         let scale = c == .copy ? Double(LoadCase.copySize) / 1e9 : 1
         let rates = r.map { $0.rate * scale }
@@ -187,6 +239,31 @@ extension Suite {
     return results
   }
 
+  /// Two `_load` processes on `target` at once: the first doing NOPs, the
+  /// second `hog`. Their results, NOPs first.
+  func hogRound(_ hog: LoadCase, target: String, milliseconds: Int) throws -> [LoadResult] {
+    var children: [(Process, LineReader, FileHandle)] = []
+    defer {
+      for (p, _, input) in children {
+        try? input.close()
+        stop(p)
+      }
+    }
+    try startHelpers(2, ["_load", target], into: &children)
+    for (_, reader, _) in children {
+      guard reader.next() == "ready" else { throw BenchError("a load client of \(target) did not start") }
+    }
+    for (i, (_, _, input)) in children.enumerated() {
+      input.write(Data("go \(i == 0 ? LoadCase.nop.rawValue : hog.rawValue) \(milliseconds)\n".utf8))
+    }
+    return try children.map { (_, reader, _) in
+      guard let line = reader.next(), line.hasPrefix("result ") else {
+        throw BenchError("a load client of \(target) stopped beside \(hog.rawValue)")
+      }
+      return try JSONDecoder().decode(LoadResult.self, from: Data(line.dropFirst(7).utf8))
+    }
+  }
+
   /// `n` `_load` processes on `target`, every case run by all of them at once.
   func loadRound(_ n: Int, target: String, milliseconds: Int) throws -> [LoadCase: [LoadResult]] {
     var children: [(Process, LineReader, FileHandle)] = []
@@ -201,7 +278,7 @@ extension Suite {
       guard reader.next() == "ready" else { throw BenchError("a load client of \(target) did not start") }
     }
     var results: [LoadCase: [LoadResult]] = [:]
-    for c in LoadCase.allCases {
+    for c in LoadCase.levelCases {
       for (_, _, input) in children { input.write(Data("go \(c.rawValue) \(milliseconds)\n".utf8)) }
       results[c] = try children.map { (_, reader, _) in
         guard let line = reader.next(), line.hasPrefix("result ") else {
