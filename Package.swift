@@ -63,9 +63,13 @@ let package = Package(
     // exporting only vgpucore_* (exports.map). No test target may depend on it:
     // these flags would apply to the test executable too; tests load the built library.
     .target(
-      name: "VGPUCore", dependencies: ["ShimCore", "VGPU", "VGPUProtocol"], exclude: ["exports.map"],
+      name: "VGPUCore", dependencies: ["ShimCore", "VGPU", "VGPUProtocol"],
+      exclude: ["exports.map", "static-libstdc++"],
       linkerSettings: [
         .unsafeFlags([
+          // libstdc++ linked in too (static-libstdc++/libstdc++.so says why);
+          // its symbols stay local like the Swift runtime's (--exclude-libs ALL).
+          "-L\(Context.packageDirectory)/Sources/VGPUCore/static-libstdc++",
           "-static-stdlib", "-Xlinker", "-soname=libvgpucore.so", "-Xlinker",
           // Absolute: the linker runs in the root package's directory, which is
           // Fuzz/ when this package is Fuzz's dependency.
