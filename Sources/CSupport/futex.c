@@ -15,6 +15,8 @@ int vgpu_futex_wait(const void *addr, uint32_t expected, uint64_t timeout_ns) {
   return -errno;
 }
 
+int vgpu_gettid(void) { return (int)syscall(SYS_gettid); }
+
 int vgpu_futex_wake(const void *addr, int count) {
   long r = syscall(SYS_futex, addr, FUTEX_WAKE, count, NULL, NULL, 0);
   return r < 0 ? -errno : (int)r;

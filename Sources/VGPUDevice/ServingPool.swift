@@ -42,6 +42,9 @@ public final class ServingPool: @unchecked Sendable {
     let acknowledged = Atomic<UInt64>(0)
     let running = Atomic<Bool>(true)
     var thread: pthread_t?
+    /// Set by the thread before `started`: why it runs without its priority.
+    var refusal: String?
+    let started = Atomic<Bool>(false)
     init() { wakeWord.initialize(to: 0) }
     deinit { wakeWord.deallocate() }
 
@@ -51,7 +54,29 @@ public final class ServingPool: @unchecked Sendable {
     }
   }
 
+  /// How the serving threads are scheduled beside the processes they serve.
+  public enum Priority: Sendable, Equatable, CustomStringConvertible {
+    /// As any thread (SCHED_OTHER, nice 0).
+    case normal
+    /// SCHED_OTHER with this nice value (-20...19; below 0 needs CAP_SYS_NICE).
+    case nice(Int32)
+    /// SCHED_FIFO at this priority (1...99; needs CAP_SYS_NICE): a serving
+    /// thread with work runs ahead of every client, as a device would; the
+    /// kernel's RT throttling (sched_rt_runtime_us) still leaves others 5 %.
+    case realtime(Int32)
+
+    public var description: String {
+      switch self {
+      case .normal: "normal"
+      case .nice(let n): "nice \(n)"
+      case .realtime(let p): "SCHED_FIFO \(p)"
+      }
+    }
+  }
+
   private let lanes: [Lane]
+  /// Why the threads could not get their priority (nil: they have it).
+  public private(set) var priorityRefusal: String?
   private let wait: WaitPolicy
   private let turn: Turn
   /// A pool made for one device: its thread sleeps on that device's own
@@ -61,21 +86,47 @@ public final class ServingPool: @unchecked Sendable {
   /// Starts `threads` serving threads (at least 1), idle until devices are added.
   public convenience init(
     threads: Int, wait: WaitPolicy = .device, commandsPerTurn: Int = defaultCommandsPerTurn,
-    turnNanoseconds: UInt64 = defaultTurnNanoseconds
+    turnNanoseconds: UInt64 = defaultTurnNanoseconds, priority: Priority = .normal
   ) {
     self.init(
       threads: threads, wait: wait, turn: Turn(commands: max(1, commandsPerTurn), nanoseconds: turnNanoseconds),
-      solo: false)
+      priority: priority, solo: false)
   }
 
-  init(threads: Int, wait: WaitPolicy, turn: Turn = .unbounded, solo: Bool) {
+  init(threads: Int, wait: WaitPolicy, turn: Turn = .unbounded, priority: Priority = .normal, solo: Bool) {
     self.wait = wait
     self.turn = turn
     self.solo = solo
     lanes = (0..<max(1, threads)).map { _ in Lane() }
     for lane in lanes {
-      lane.thread = startThread { [self] in serve(lane) }
+      lane.thread = startThread { [self] in
+        lane.refusal = Self.take(priority)
+        lane.started.store(true, ordering: .releasing)
+        serve(lane)
+      }
       precondition(lane.thread != nil, "pthread_create failed: \(errno)")
+    }
+    // Each thread has its priority (or knows why not) before the pool is used.
+    for lane in lanes { while !lane.started.load(ordering: .acquiring) { usleep(20) } }
+    priorityRefusal = lanes.lazy.compactMap(\.refusal).first
+  }
+
+  /// Gives the calling thread `priority`; why not, if it could not have it.
+  private static func take(_ priority: Priority) -> String? {
+    switch priority {
+    case .normal:
+      return nil
+    case .nice(let n):
+      // On Linux a nice value is a thread's, named by its tid (setpriority(2), NOTES).
+      guard setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(vgpu_gettid()), n) == 0 else {
+        return "nice \(n): \(String(cString: strerror(errno)))"
+      }
+      return nil
+    case .realtime(let p):
+      var param = sched_param()
+      param.sched_priority = p
+      let rc = pthread_setschedparam(pthread_self(), SCHED_FIFO, &param)
+      return rc == 0 ? nil : "SCHED_FIFO \(p): \(String(cString: strerror(rc)))"
     }
   }
 

@@ -148,7 +148,8 @@ final class HostClientServer: @unchecked Sendable {
   /// serves is refused), gives it the mode the allow-list needs, and listens.
   init(
     socketPath: String, allow: AllowList, shared: SharedExecution, configuration: ReferenceDeviceConfiguration,
-    maxClients: Int, servingThreads: Int, log: Logger, onEvent: @escaping @Sendable (DeviceEvent) -> Void
+    maxClients: Int, servingThreads: Int, servingPriority: ServingPool.Priority, log: Logger,
+    onEvent: @escaping @Sendable (DeviceEvent) -> Void
   ) throws {
     self.socketPath = socketPath
     self.maxClients = maxClients
@@ -188,7 +189,14 @@ final class HostClientServer: @unchecked Sendable {
       close(fd)
       throw Failure("eventfd failed (\(String(cString: strerror(errno))))")
     }
-    pool = servingThreads > 0 ? ServingPool(threads: servingThreads, wait: configuration.wait) : nil
+    pool =
+      servingThreads > 0
+      ? ServingPool(threads: servingThreads, wait: configuration.wait, priority: servingPriority) : nil
+    if let refusal = pool?.priorityRefusal {
+      log.warning(
+        "the serving threads run at normal priority: \(refusal); run vgpu-mediator as root or with CAP_SYS_NICE (AmbientCapabilities=CAP_SYS_NICE), or drop --serving-priority"
+      )
+    }
   }
 
   deinit {

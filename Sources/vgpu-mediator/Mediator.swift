@@ -155,6 +155,17 @@ struct Mediator: ParsableCommand {
       """, valueName: "count"))
   var servingThreads: Int?
 
+  @Option(
+    name: .customLong("serving-priority"),
+    help: ArgumentHelp(
+      """
+      How the serving threads of --serving-threads are scheduled: normal (default), nice:N (-20 to 19), \
+      or realtime[:P] (SCHED_FIFO, priority P, default 1): a thread with commands to serve then runs ahead of \
+      the clients, as a device would, so many busy clients on few cores do not delay each other's commands. \
+      Below nice 0 and realtime need root or CAP_SYS_NICE; without it the mediator says so and runs normal.
+      """, valueName: "policy"))
+  var servingPriority = "normal"
+
   @Option(name: .long, help: "Entries per ring (a power of two, 2-4096).")
   var depth = 256
 
@@ -275,6 +286,14 @@ struct Mediator: ParsableCommand {
         "--socket, --allow-uid, --allow-group, --max-clients and --serving-threads serve host processes; not with --vm, --ivshmem-socket or --shared-bar (there --queue-pairs bounds the processes)"
       )
     }
+    guard Self.priority(servingPriority) != nil else {
+      throw ValidationError(
+        "--serving-priority '\(servingPriority)' is not a policy: give normal, nice:N (N from -20 to 19) or realtime[:P] (P from 1 to 99)"
+      )
+    }
+    if servingPriority != "normal" && servingThreads == 0 {
+      throw ValidationError("--serving-priority applies to the shared serving threads; --serving-threads 0 has none")
+    }
     if let servingThreads, !(0...64).contains(servingThreads) {
       throw ValidationError(
         "--serving-threads \(servingThreads) is out of range: give 1-64 threads shared by the processes, or 0 for a thread per process"
@@ -363,7 +382,7 @@ struct Mediator: ParsableCommand {
     let servingThreads = servingThreads ?? Self.defaultServingThreads
     let server = try HostClientServer(
       socketPath: socketPath, allow: allow, shared: shared, configuration: config, maxClients: maxClients,
-      servingThreads: servingThreads, log: log, onEvent: events)
+      servingThreads: servingThreads, servingPriority: Self.priority(servingPriority)!, log: log, onEvent: events)
     let metrics: MetricsServer?
     do {
       metrics = try startMetrics(
@@ -380,7 +399,7 @@ struct Mediator: ParsableCommand {
         "socket": "\(server.socketPath)", "client": "VGPU_DEVICE=unix:\(server.socketPath)",
         "admits": "\(allow.summary)", "memory": "\(config.memorySize >> 20) MiB", "backend": "\(shared.backendName)",
         "barPerClient": "\(config.layout.regionSize) bytes, \(queuePairs) queue pairs", "maxClients": "\(maxClients)",
-        "servingThreads": "\(servingThreads == 0 ? "one per process" : "\(servingThreads)")",
+        "servingThreads": "\(servingThreads == 0 ? "one per process" : "\(servingThreads), \(servingPriority)")",
         "pid": "\(getpid())",
       ])
     var received: Int32 = 0
@@ -497,6 +516,18 @@ struct Mediator: ParsableCommand {
 
   /// Processes served at once unless --max-clients says otherwise.
   static let defaultMaxClients = 256
+
+  /// "normal", "nice:N", "realtime" or "realtime:P" as a priority; nil when it is none.
+  static func priority(_ text: String) -> ServingPool.Priority? {
+    let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
+    switch (parts.first, parts.count) {
+    case ("normal", 1): return .normal
+    case ("realtime", 1): return .realtime(1)
+    case ("realtime", 2): return Int32(parts[1]).flatMap { (1...99).contains($0) ? .realtime($0) : nil }
+    case ("nice", 2): return Int32(parts[1]).flatMap { (-20...19).contains($0) ? .nice($0) : nil }
+    default: return nil
+    }
+  }
   /// A quarter of the cores, 1 to 4: enough threads to keep up with many
   /// processes' commands while the processes keep the rest of the cores.
   static var defaultServingThreads: Int { min(4, max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)) / 4)) }

@@ -77,6 +77,9 @@ static inline uint64_t vgpu_monotonic_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+// The calling thread's id (gettid(2)): what setpriority(2) names a thread by.
+int vgpu_gettid(void);
+
 // futex(2) on a 32-bit word. Not FUTEX_PRIVATE: the word may be in a mapping
 // shared with another process. Returns 0 when woken or when *addr != expected,
 // -ETIMEDOUT when timeout_ns passed, -EINTR on a signal.
