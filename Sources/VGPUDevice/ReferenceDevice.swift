@@ -12,6 +12,13 @@ public struct ReferenceDeviceConfiguration: Sendable {
   public var name = "vGPU Reference H100 80GB"
   /// Device memory; address space is reserved, pages cost RAM only once touched.
   public var memorySize: UInt64 = 80 << 30
+  /// A limit of this BAR's own on the device memory its clients hold, on
+  /// top of the limit it shares (`SharedExecution.memoryLimit`): one VM
+  /// among several on one mediator. Its clients then see this BAR's figures
+  /// only: memoryInfo's total is this limit and the device statistics count
+  /// this BAR's bytes. Nil: the BAR's clients see the shared limit and
+  /// everyone's use (host processes on one GPU).
+  public var ownMemoryLimit: UInt64?
   /// Thread-instructions a kernel launch may run before it fails with
   /// `launchTimeout` (CUDA 702): the watchdog that ends an endless loop.
   public var kernelInstructionBudget: UInt64 = PTXBackend.defaultInstructionBudget
@@ -128,7 +135,9 @@ public final class ReferenceDevice: @unchecked Sendable {
           "the BAR (\(self.region.origin)) has \(self.region.size) bytes; the layout needs \(layout.regionSize)")
     }
     registers = RegisterBlock(self.region.base)
-    executor = Executor(base: self.region.base, layout: layout, registers: registers, shared: shared)
+    executor = Executor(
+      base: self.region.base, layout: layout, registers: registers, shared: shared,
+      ownMemoryLimit: configuration.ownMemoryLimit)
 
     executor.setStatus([])
     registers.store(Register.magic, vgpuMagic)
