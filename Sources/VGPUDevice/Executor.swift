@@ -126,6 +126,11 @@ final class Executor: @unchecked Sendable {
   @exclusivity(unchecked) var claimingSince: [UInt64]
   /// Told of attachments, releases, reclaims and faults (never per command).
   var onEvent: (@Sendable (DeviceEvent) -> Void)?
+  /// Whether `report` queues events in `pendingEvents` (while the device
+  /// thread serves: it hands them to `onEvent` outside the lock).
+  @exclusivity(unchecked) var deferEvents = false
+  /// Events reported under the lock, not yet handed over (room for 64 kept).
+  @exclusivity(unchecked) var pendingEvents: [DeviceEvent] = []
   /// Per queue pair: the events reported in the current second, and those
   /// held back (see `report`).
   @exclusivity(unchecked) var eventBudget: [EventBudget]

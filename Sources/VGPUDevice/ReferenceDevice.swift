@@ -191,6 +191,8 @@ public final class ReferenceDevice: @unchecked Sendable {
     executor.lock.withLock { _ in
       executor.inlineSlice = configuration.inlineLaunchSlice
       executor.workers = workers
+      executor.pendingEvents.reserveCapacity(64)
+      executor.deferEvents = true
     }
     thread = startThread { self.serve() }
     precondition(thread != nil, "pthread_create failed: \(errno)")
@@ -207,6 +209,13 @@ public final class ReferenceDevice: @unchecked Sendable {
     _ = vgpu_futex_wake(registers.deviceWakeWord, Int32.max)
     if let thread { pthread_join(thread, nil) }
     thread = nil
+    // Events the thread had no pass left to hand over; from here on they go out at once.
+    let (events, onEvent) = executor.lock.withLock { _ in
+      executor.deferEvents = false
+      defer { executor.pendingEvents.removeAll() }
+      return (executor.pendingEvents, executor.onEvent)
+    }
+    if let onEvent { for event in events { onEvent(event) } }
     // Kernels still running are stopped at their next checkpoint.
     let workers = executor.lock.withLock { _ in
       for qp in executor.views.indices { executor.served[qp].busy?.work.cancel() }
@@ -235,7 +244,9 @@ public final class ReferenceDevice: @unchecked Sendable {
   }
 
   /// Called on the serving thread when a queue pair is attached, released,
-  /// reclaimed from a dead process, or faulted. Set it before `start()`.
+  /// reclaimed from a dead process, or faulted: after the pass that saw it,
+  /// outside the lock the devices over one backend share (a slow log stalls
+  /// this device only). Set it before `start()`.
   public var onEvent: (@Sendable (DeviceEvent) -> Void)? {
     get { executor.lock.withLock { _ in executor.onEvent } }
     set { executor.lock.withLock { _ in executor.onEvent = newValue } }
@@ -275,6 +286,12 @@ public final class ReferenceDevice: @unchecked Sendable {
     var spin = true
     // The first pass after a sleep is a full one: a claim or close may have woken it.
     var fullPass = true
+    // Events of the passes (and of the housekeeping before them), handed to
+    // onEvent after the lock is let go; swapped with the executor's queue,
+    // so neither array grows after the first events.
+    let onEvent = executor.lock.withLock { _ in executor.onEvent }
+    var events: [DeviceEvent] = []
+    events.reserveCapacity(64)
     func housekeeping() {
       // Guests' stores into the device's registers are undone here, a few
       // times a second at most, so a client that scribbles on `status` or
@@ -311,7 +328,12 @@ public final class ReferenceDevice: @unchecked Sendable {
       let (worked, wokeGuestHere) = executor.lock.withLock { _ in
         let worked = executor.servePass(quick: quick)
         defer { executor.wokeGuestOnThisCPU = false }
+        if !executor.pendingEvents.isEmpty { swap(&executor.pendingEvents, &events) }
         return (worked, executor.wokeGuestOnThisCPU)
+      }
+      if !events.isEmpty {
+        if let onEvent { for event in events { onEvent(event) } }
+        events.removeAll(keepingCapacity: true)
       }
       if worked {
         idle.restart()
