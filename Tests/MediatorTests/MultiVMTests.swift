@@ -1,4 +1,7 @@
+import CSupport
+import DeviceAccess
 import Foundation
+import Synchronization
 import TestSupport
 import Testing
 import VGPU
@@ -123,6 +126,71 @@ import VGPUProtocol
     try big.free(most)
     try small.free(kept)
     #expect(try small.memoryInfo().free == 64 << 20)
+  }
+
+  /// A hostile guest in one VM faults its pair over and over (doorbells out
+  /// of range, `control` and `status` scribbled) while the other VM runs
+  /// selftests: they pass, and the faults are logged as the hostile VM's only.
+  @Test(.timeLimit(.minutes(3))) func oneVMsFaultingGuestDoesNotStopTheOthersSelftests() throws {
+    let bars = Bars()
+    let mediator = try MediatorProcess(arguments: [
+      "--vm-bar", "\(bars.first),name=hostile", "--vm-bar", "\(bars.second),name=victim",
+    ])
+    defer { mediator.stop() }
+    let region = try MappedRegion.sharedFile(bars.first)
+    let registers = RegisterBlock(region.base)
+    let layout = try BARLayout(reading: registers, size: region.size)
+    let view = QueuePairView(base: region.base, layout: layout, index: 0)
+    let stop = Atomic<Bool>(false)
+    let stores = Atomic<Int>(0)
+    let wake: @Sendable () -> Void = {
+      _ = vgpu_fetch_add_u32(registers.deviceWakeWord, 1)
+      _ = vgpu_futex_wake(registers.deviceWakeWord, 1)
+    }
+    let hostile = Thread {
+      var generator = SystemRandomNumberGenerator()
+      var n = 0
+      while !stop.load(ordering: .relaxed) {
+        // Claim the pair (again, after each fault released it), then ring past the ring.
+        if QueuePairClaim.claim(view, pid: UInt32(getpid())) {
+          wake()
+          _ = QueuePairClaim.awaitAcceptance(view, deadline: vgpu_monotonic_ns() + 100_000_000) { usleep(100) }
+        }
+        view.ringSubmission(tail: layout.depth * 2 + UInt32.random(in: 0..<1000, using: &generator))
+        if n % 8 == 0 { registers.store(Register.control, generator.next()) }
+        if n % 8 == 4 { registers.store(Register.status, 0) }
+        wake()
+        usleep(200)
+        // Closing the faulted pair frees it for the next claim: attach, fault, release, over and over.
+        QueuePairClaim.release(view)
+        wake()
+        n += 1
+      }
+      stores.store(n, ordering: .relaxed)
+    }
+    hostile.start()
+    var passed = 0
+    var failures: [String] = []
+    for _ in 0..<3 {
+      let client = try ClientProcess("pcitool", ["selftest", "shm:\(bars.second)", "--timeout", "10"])
+      client.process.waitUntilExit()
+      if client.process.terminationStatus == 0 {
+        passed += 1
+      } else {
+        failures.append(client.output.joined(separator: "\n"))
+      }
+    }
+    stop.store(true, ordering: .relaxed)
+    while stores.load(ordering: .relaxed) == 0 { usleep(1000) }
+    #expect(failures.isEmpty, "\(failures.first ?? "")")
+    #expect(passed == 3)
+    #expect(mediator.process.isRunning, "the mediator died")
+    let lines = mediator.stop().split(separator: "\n")
+    let faults = lines.filter { $0.contains("faulted") }
+    #expect(!faults.isEmpty && faults.allSatisfy { $0.contains("vm=hostile") }, "\(faults.prefix(5))")
+    print(
+      "hostile VM: \(stores.load(ordering: .relaxed)) rounds, \(faults.count) faults logged; the other VM's \(passed) selftests passed"
+    )
   }
 
   /// The metrics endpoint has each VM's series under its own `vm` label.
