@@ -35,7 +35,7 @@ struct Mediator: ParsableCommand {
       process exits; it gives up at its open deadline (the shims' VGPU_TIMEOUT, \
       default 2 s) with a message naming the limit. Within one BAR, --queue-pairs \
       bounds the threads of a process that submit at once (the shims use one pair \
-      per process); on a shared BAR (--vm, --shared-bar) it bounds the processes, \
+      per process); on a shared BAR (--vm, each --vm-bar, --shared-bar) it bounds the processes, \
       and one more waits the same way for a pair to be freed.
 
       With --vm (or --ivshmem-socket) the mediator serves one BAR file (--path) to a \
@@ -140,7 +140,7 @@ struct Mediator: ParsableCommand {
     name: .customLong("queue-pairs"),
     help: """
       Queue pairs per BAR (1-256): on the socket, how many threads of one process submit at once; \
-      on a shared BAR (--vm, --shared-bar), how many processes use it at once (one more waits for a free pair).
+      on a shared BAR (--vm, each --vm-bar, --shared-bar), how many processes use it at once (one more waits for a free pair).
       """)
   var queuePairs = 8
 
