@@ -36,9 +36,10 @@ extension Executor {
     case .device:
       // Memory and busy time are every tenant's of the backend, as
       // memoryInfo's free and a GPU's utilization are; the rest is this BAR's own.
+      // A BAR with a limit of its own (a VM among several) sees its own memory only.
       record = deviceTotals
       record.busyNanoseconds = backend.busyNanoseconds() ?? shared.busyNanoseconds
-      record.bytesAllocated = shared.bytesInUse
+      record.bytesAllocated = ownMemoryLimit == nil ? shared.bytesInUse : ledger.bytes
       record.queuePairs = UInt64(served.count { $0.active })
     }
     out.storeBytes(of: record, as: StatisticsRecord.self)

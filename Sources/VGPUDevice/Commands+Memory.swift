@@ -27,11 +27,10 @@ extension Executor {
     // cudaMalloc's 256-byte granularity (DeviceAllocator.granularity), whichever backend places it.
     let (padded, overflow) = length.addingReportingOverflow(DeviceAllocator.granularity - 1)
     let size = padded & ~(DeviceAllocator.granularity - 1)
-    let free = memoryFree
+    let free = allocatable
     guard !overflow, size <= free else {
       throw Refusal(
-        status: .outOfMemory, detail: 1, result0: free, result1: free,
-        message: "\(length) bytes asked for; \(free) of this device's \(memoryLimit) bytes are free")
+        status: .outOfMemory, detail: 1, result0: free, result1: free, message: outOfMemory(length, free: free))
     }
     let address: UInt64
     do throws(BackendError) { address = try backend.allocate(size, alignment: alignment, for: caller(qp)) } catch {
@@ -46,6 +45,20 @@ extension Executor {
     }
     countAllocation(size, owner: qp)
     return e
+  }
+
+  /// Why `length` bytes do not fit: the device's limit, this BAR's own, or
+  /// the memory this BAR shares with others (a VM whose own limit has room).
+  func outOfMemory(_ length: UInt64, free: UInt64) -> String {
+    guard ownMemoryLimit != nil else {
+      return "\(length) bytes asked for; \(free) of this device's \(memoryLimit) bytes are free"
+    }
+    if memoryFree <= sharedFree {
+      return
+        "\(length) bytes asked for; \(free) of this VM's own limit of \(memoryLimit) bytes are free (the mediator's --vm-bar memory=)"
+    }
+    return
+      "\(length) bytes asked for; this VM's own limit leaves \(memoryFree) bytes, but the device memory it shares with the mediator's other VMs (--memory, \(shared.memoryLimit) bytes) has \(free) free"
   }
 
   /// Frees an allocation of the submitting process, made through any of its queue pairs.

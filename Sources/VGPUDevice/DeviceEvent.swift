@@ -32,7 +32,7 @@ public enum DeviceEvent: Sendable, Equatable {
   case faulted(queuePair: Int, pid: UInt32, fault: QueuePairFault)
   /// `count` events of the pair were not reported in the second before: a
   /// client cycling its pair's state that fast would otherwise flood the log
-  /// (and a logger that blocks would stall the device for everyone).
+  /// (and a logger that blocks would stall the device).
   case suppressed(queuePair: Int, count: Int)
 }
 
@@ -48,17 +48,29 @@ extension Executor {
   /// Reports `event` of queue pair `qp`, at most `EventBudget.perSecond` a
   /// second per pair; the rest are counted and reported as one `suppressed`.
   func report(_ event: DeviceEvent, _ qp: Int) {
-    guard let onEvent else { return }
+    guard onEvent != nil else { return }
     let now = vgpu_monotonic_ns()
     if now &- eventBudget[qp].windowStart >= 1_000_000_000 {
-      if eventBudget[qp].suppressed > 0 { onEvent(.suppressed(queuePair: qp, count: eventBudget[qp].suppressed)) }
+      if eventBudget[qp].suppressed > 0 { deliver(.suppressed(queuePair: qp, count: eventBudget[qp].suppressed)) }
       eventBudget[qp] = EventBudget(windowStart: now)
     }
     if eventBudget[qp].reported < EventBudget.perSecond {
       eventBudget[qp].reported += 1
-      onEvent(event)
+      deliver(event)
     } else {
       eventBudget[qp].suppressed += 1
+    }
+  }
+
+  /// Hands `event` to `onEvent` now, or, while the device thread serves,
+  /// queues it for that thread to hand over once it has let go of the lock:
+  /// the lock is every device's over the backend (`SharedExecution`), and a
+  /// log that blocks must stall only this device, not the other tenants.
+  private func deliver(_ event: DeviceEvent) {
+    if deferEvents {
+      pendingEvents.append(event)
+    } else {
+      onEvent?(event)
     }
   }
 }

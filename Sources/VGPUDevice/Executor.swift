@@ -73,8 +73,12 @@ final class Executor: @unchecked Sendable {
   let layout: BARLayout
   let registers: RegisterBlock
   let views: [QueuePairView]
-  /// The device memory guests may hold in all (shared with the other devices over `shared`).
+  /// The device memory this BAR's guests may hold in all: the shared limit
+  /// (everyone's over `shared`), or this BAR's own where it is lower.
   let memoryLimit: UInt64
+  /// This BAR's own limit (`ReferenceDeviceConfiguration.ownMemoryLimit`):
+  /// enforced besides the shared one, and its clients see only this BAR's use.
+  let ownMemoryLimit: UInt64?
   /// One entry per queue pair, allocated once.
   let served: UnsafeMutableBufferPointer<ServedQueuePair>
   /// Who holds which range of device memory: every address a guest names is checked here.
@@ -122,6 +126,11 @@ final class Executor: @unchecked Sendable {
   @exclusivity(unchecked) var claimingSince: [UInt64]
   /// Told of attachments, releases, reclaims and faults (never per command).
   var onEvent: (@Sendable (DeviceEvent) -> Void)?
+  /// Whether `report` queues events in `pendingEvents` (while the device
+  /// thread serves: it hands them to `onEvent` outside the lock).
+  @exclusivity(unchecked) var deferEvents = false
+  /// Events reported under the lock, not yet handed over (room for 64 kept).
+  @exclusivity(unchecked) var pendingEvents: [DeviceEvent] = []
   /// Per queue pair: the events reported in the current second, and those
   /// held back (see `report`).
   @exclusivity(unchecked) var eventBudget: [EventBudget]
@@ -139,11 +148,15 @@ final class Executor: @unchecked Sendable {
   /// stay still before its pair is reclaimed. Nil: not offered.
   @exclusivity(unchecked) var heartbeatSilence: UInt64?
 
-  init(base: UnsafeMutableRawPointer, layout: BARLayout, registers: RegisterBlock, shared: SharedExecution) {
+  init(
+    base: UnsafeMutableRawPointer, layout: BARLayout, registers: RegisterBlock, shared: SharedExecution,
+    ownMemoryLimit: UInt64? = nil
+  ) {
     self.shared = shared
     self.lock = shared.lock
     self.backend = shared.backend
-    self.memoryLimit = shared.memoryLimit
+    self.ownMemoryLimit = ownMemoryLimit
+    self.memoryLimit = min(ownMemoryLimit ?? shared.memoryLimit, shared.memoryLimit)
     self.queuePairBase = shared.reserveQueuePairs(Int(layout.queuePairs))
     self.base = base
     self.layout = layout
@@ -163,8 +176,20 @@ final class Executor: @unchecked Sendable {
 
   var memoryInUse: (allocated: UInt64, total: UInt64) { (ledger.bytes, memoryLimit) }
 
-  /// The memory the limit leaves to all clients of the backend together.
-  var memoryFree: UInt64 { memoryLimit - min(shared.bytesInUse, memoryLimit) }
+  /// The memory the shared limit leaves to all clients of the backend together.
+  var sharedFree: UInt64 { shared.memoryLimit - min(shared.bytesInUse, shared.memoryLimit) }
+
+  /// The free memory this BAR's clients are told of (memoryInfo): what the
+  /// shared limit leaves, or, where this BAR has a limit of its own, what
+  /// that leaves (`ledger.bytes`: this BAR's bytes), so that a VM learns
+  /// nothing of the others' use. Allocations take `allocatable`.
+  var memoryFree: UInt64 {
+    guard ownMemoryLimit != nil else { return sharedFree }
+    return memoryLimit - min(ledger.bytes, memoryLimit)
+  }
+
+  /// What an allocation may take now: within this BAR's own limit and the shared one.
+  var allocatable: UInt64 { min(memoryFree, sharedFree) }
 
   /// The caller a backend call from the serving thread is for (its queue
   /// pair as the backend knows it: unique among the devices sharing it).

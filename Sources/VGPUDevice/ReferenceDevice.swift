@@ -12,6 +12,13 @@ public struct ReferenceDeviceConfiguration: Sendable {
   public var name = "vGPU Reference H100 80GB"
   /// Device memory; address space is reserved, pages cost RAM only once touched.
   public var memorySize: UInt64 = 80 << 30
+  /// A limit of this BAR's own on the device memory its clients hold, on
+  /// top of the limit it shares (`SharedExecution.memoryLimit`): one VM
+  /// among several on one mediator. Its clients then see this BAR's figures
+  /// only: memoryInfo's total is this limit and the device statistics count
+  /// this BAR's bytes. Nil: the BAR's clients see the shared limit and
+  /// everyone's use (host processes on one GPU).
+  public var ownMemoryLimit: UInt64?
   /// Thread-instructions a kernel launch may run before it fails with
   /// `launchTimeout` (CUDA 702): the watchdog that ends an endless loop.
   public var kernelInstructionBudget: UInt64 = PTXBackend.defaultInstructionBudget
@@ -127,7 +134,9 @@ public final class ReferenceDevice: @unchecked Sendable {
           "the BAR (\(self.region.origin)) has \(self.region.size) bytes; the layout needs \(layout.regionSize)")
     }
     registers = RegisterBlock(self.region.base)
-    executor = Executor(base: self.region.base, layout: layout, registers: registers, shared: shared)
+    executor = Executor(
+      base: self.region.base, layout: layout, registers: registers, shared: shared,
+      ownMemoryLimit: configuration.ownMemoryLimit)
 
     executor.setStatus([])
     registers.store(Register.magic, vgpuMagic)
@@ -182,9 +191,14 @@ public final class ReferenceDevice: @unchecked Sendable {
     executor.lock.withLock { _ in
       executor.inlineSlice = configuration.inlineLaunchSlice
       executor.workers = workers
+      executor.pendingEvents.reserveCapacity(64)
+      executor.deferEvents = true
+      serving.onEvent = executor.onEvent
     }
+    serving.events.reserveCapacity(64)
     let now = vgpu_monotonic_ns()
-    serving = ServingState(lastReap: now, lastBeatCheck: now)
+    serving.lastReap = now
+    serving.lastBeatCheck = now
     if let pool {
       // Many devices on one thread sleep on all their wake words at once
       // (futex_waitv); an eventfd is not among them.
@@ -214,6 +228,13 @@ public final class ReferenceDevice: @unchecked Sendable {
     ownPool?.stop()
     pool = nil
     ownPool = nil
+    // Events the thread had no pass left to hand over; from here on they go out at once.
+    let (events, onEvent) = executor.lock.withLock { _ in
+      executor.deferEvents = false
+      defer { executor.pendingEvents.removeAll() }
+      return (executor.pendingEvents, executor.onEvent)
+    }
+    if let onEvent { for event in events { onEvent(event) } }
     // Kernels still running are stopped at their next checkpoint.
     let workers = executor.lock.withLock { _ in
       for qp in executor.views.indices { executor.served[qp].busy?.work.cancel() }
@@ -242,7 +263,9 @@ public final class ReferenceDevice: @unchecked Sendable {
   }
 
   /// Called on the serving thread when a queue pair is attached, released,
-  /// reclaimed from a dead process, or faulted. Set it before `start()`.
+  /// reclaimed from a dead process, or faulted: after the pass that saw it,
+  /// outside the lock the devices over one backend share (a slow log stalls
+  /// this device only). Set it before `start()`.
   public var onEvent: (@Sendable (DeviceEvent) -> Void)? {
     get { executor.lock.withLock { _ in executor.onEvent } }
     set { executor.lock.withLock { _ in executor.onEvent = newValue } }
@@ -278,6 +301,11 @@ public final class ReferenceDevice: @unchecked Sendable {
     var fullPass = true
     var lastReap: UInt64 = 0
     var lastBeatCheck: UInt64 = 0
+    /// Events of the passes (and of the housekeeping before them), handed
+    /// to `onEvent` after the lock is let go; swapped with the executor's
+    /// queue, so neither array grows after the first events.
+    var events: [DeviceEvent] = []
+    var onEvent: (@Sendable (DeviceEvent) -> Void)?
   }
   @exclusivity(unchecked) var serving = ServingState()
 
@@ -296,11 +324,17 @@ public final class ReferenceDevice: @unchecked Sendable {
     if passes & 0x3ff == 0 { housekeeping() }
     let quick = passes & 63 != 0 && !serving.fullPass
     serving.fullPass = false
-    return executor.lock.withLock { _ in
+    let result = executor.lock.withLock { _ in
       let worked = executor.servePass(quick: quick, budget: budget)
       defer { executor.wokeGuestOnThisCPU = false }
+      if !executor.pendingEvents.isEmpty { swap(&executor.pendingEvents, &serving.events) }
       return (worked, executor.wokeGuestOnThisCPU)
     }
+    if !serving.events.isEmpty {
+      if let onEvent = serving.onEvent { for event in serving.events { onEvent(event) } }
+      serving.events.removeAll(keepingCapacity: true)
+    }
+    return result
   }
 
   /// Says the device sleeps, then checks once more (event suppression): the

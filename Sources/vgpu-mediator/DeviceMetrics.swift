@@ -17,66 +17,84 @@ import VGPUProtocol
 /// straight from the snapshot's buckets: swift-prometheus's histograms take
 /// observations one at a time.
 final class DeviceMetrics: Sendable {
+  /// One device whose series this endpoint serves: a mediator's only one,
+  /// or one VM of several (`--vm-bar`), each with its own series.
+  struct Source: Sendable {
+    /// The labels of every series of this device: `device` (the BAR file,
+    /// or the socket), and `vm` (its name) where the mediator serves several VMs.
+    var labels: [(String, String)]
+    /// What it reports (name, uuid, bus id) in `vgpu_device_info`.
+    var configuration: ReferenceDeviceConfiguration
+    /// One snapshot of the device: its BAR's, or all client BARs' together.
+    var snapshot: @Sendable () -> DeviceSnapshot
+  }
+
   let registry = PrometheusCollectorRegistry()
-  /// One snapshot of the device: its BAR's, or all client BARs' together.
-  private let snapshot: @Sendable () -> DeviceSnapshot
-  /// The `device` label of every series: the BAR file, or the socket.
-  private let deviceLabel: String
+  private let sources: [Source]
   /// Whether the clients are in a VM: their pids are the guest's, and have no name here.
   private let vm: Bool
-  private let state = SanitizerVisibleMutex(State())
+  private let state: SanitizerVisibleMutex<State>
   /// How long each scrape takes, through swift-metrics (bootstrapped to the same registry).
   private let scrapeTimer: CoreMetrics.Timer
 
   private struct State {
-    /// The last scrape's snapshot time and busy total, for the utilization gauge.
-    var previous: (takenAt: UInt64, busy: UInt64)?
+    /// Per source, the last scrape's snapshot time and busy total, for the utilization gauge.
+    var previous: [(takenAt: UInt64, busy: UInt64)?]
     /// The series of each process seen at the last scrape, to drop them when it leaves.
     var processSeries: [ProcessKey: ProcessSeries] = [:]
   }
 
   private struct ProcessKey: Hashable {
+    /// The source (device) the process uses: two VMs' guests may share a pid.
+    var source: Int
     var pid: UInt32
     var command: String
   }
 
-  init(
+  /// One device, labelled `device=deviceLabel`.
+  convenience init(
     configuration c: ReferenceDeviceConfiguration, deviceLabel: String, vm: Bool,
     snapshot: @escaping @Sendable () -> DeviceSnapshot
   ) {
-    self.snapshot = snapshot
-    self.deviceLabel = deviceLabel
+    self.init(sources: [Source(labels: [("device", deviceLabel)], configuration: c, snapshot: snapshot)], vm: vm)
+  }
+
+  /// Several devices (VMs) on one endpoint, each with the labels of its source.
+  init(sources: [Source], vm: Bool) {
+    self.sources = sources
     self.vm = vm
+    state = SanitizerVisibleMutex(State(previous: Array(repeating: nil, count: sources.count)))
     MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
     scrapeTimer = CoreMetrics.Timer(
       label: "vgpu_metrics_scrape_duration_seconds", preferredDisplayUnit: .seconds)
-    registry.makeGauge(
-      descriptor: Names.info,
-      labels: [
-        ("device", deviceLabel), ("name", c.name), ("uuid", c.identity.uuidString), ("pci_bus_id", c.pciBusID),
-        ("mode", vm ? "vm" : "host"),
-      ]
-    ).set(to: 1)
+    for source in sources {
+      let c = source.configuration
+      registry.makeGauge(
+        descriptor: Names.info,
+        labels: source.labels + [
+          ("name", c.name), ("uuid", c.identity.uuidString), ("pci_bus_id", c.pciBusID), ("mode", vm ? "vm" : "host"),
+        ]
+      ).set(to: 1)
+    }
   }
 
-  /// One scrape: a snapshot, the registry brought up to date, the exposition text.
+  /// One scrape: a snapshot of each device, the registry brought up to date, the exposition text.
   func render() -> [UInt8] {
     let start = DispatchTime.now().uptimeNanoseconds
     let text = state.withLock { state -> [UInt8] in
-      let snapshot = snapshot()
-      update(&state, snapshot)
+      let snapshots = sources.map { $0.snapshot() }
+      for (i, snapshot) in snapshots.enumerated() { update(&state, snapshot, source: i) }
+      dropDepartedProcesses(&state, snapshots)
       var buffer = registry.emitToBuffer()
-      appendLatency(snapshot, to: &buffer)
+      appendLatency(snapshots, to: &buffer)
       return buffer
     }
     scrapeTimer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - start))
     return text
   }
 
-  private var deviceLabels: [(String, String)] { [("device", deviceLabel)] }
-
-  private func update(_ state: inout State, _ s: DeviceSnapshot) {
-    let labels = deviceLabels
+  private func update(_ state: inout State, _ s: DeviceSnapshot, source: Int) {
+    let labels = sources[source].labels
     gauge(Names.memoryTotal, labels, s.memoryTotal)
     gauge(Names.memoryUsed, labels, s.memoryUsed)
     gauge(Names.queuePairs, labels, UInt64(s.queuePairs))
@@ -100,20 +118,30 @@ final class DeviceMetrics: Sendable {
     // Busy time over wall time since the last scrape (0 at the first): the
     // share of time the device spent executing commands, as NVML's utilization.
     var utilization = 0.0
-    if let previous = state.previous, s.takenAt > previous.takenAt {
+    if let previous = state.previous[source], s.takenAt > previous.takenAt {
       utilization = Double(s.totals.busyNanoseconds &- previous.busy) / Double(s.takenAt - previous.takenAt)
     }
     registry.makeGauge(descriptor: Names.utilization, labels: labels).set(to: min(1, max(0, utilization)))
-    state.previous = (s.takenAt, s.totals.busyNanoseconds)
+    state.previous[source] = (s.takenAt, s.totals.busyNanoseconds)
 
-    var seen = Set<ProcessKey>()
     for p in s.processes {
-      let key = ProcessKey(pid: p.pid, command: vm ? "?" : ProcessNames.command(of: p.pid) ?? "?")
-      seen.insert(key)
+      let key = processKey(p.pid, source: source)
       let series =
         state.processSeries[key] ?? ProcessSeries(registry, labels + [("pid", "\(p.pid)"), ("command", key.command)])
       state.processSeries[key] = series
       series.update(p)
+    }
+  }
+
+  private func processKey(_ pid: UInt32, source: Int) -> ProcessKey {
+    ProcessKey(source: source, pid: pid, command: vm ? "?" : ProcessNames.command(of: pid) ?? "?")
+  }
+
+  /// Unregisters the series of processes no snapshot lists any more.
+  private func dropDepartedProcesses(_ state: inout State, _ snapshots: [DeviceSnapshot]) {
+    var seen = Set<ProcessKey>()
+    for (i, s) in snapshots.enumerated() {
+      for p in s.processes { seen.insert(processKey(p.pid, source: i)) }
     }
     for (key, series) in state.processSeries where !seen.contains(key) {
       series.unregister(from: registry)
@@ -157,13 +185,21 @@ final class DeviceMetrics: Sendable {
 
   /// `vgpu_device_command_duration_seconds`, one histogram per opcode, with
   /// cumulative buckets as the exposition format wants them.
-  private func appendLatency(_ s: DeviceSnapshot, to buffer: inout [UInt8]) {
+  private func appendLatency(_ snapshots: [DeviceSnapshot], to buffer: inout [UInt8]) {
     let name = Names.latency
     var text = "# HELP \(name) \(Names.latencyHelp)\n# TYPE \(name) histogram\n"
+    for (s, source) in zip(snapshots, sources) {
+      appendLatency(s, labels: source.labels, to: &text)
+    }
+    buffer.append(contentsOf: text.utf8)
+  }
+
+  private func appendLatency(_ s: DeviceSnapshot, labels deviceLabels: [(String, String)], to text: inout String) {
+    let name = Names.latency
     let bounds = s.latencyBucketBounds.map { Self.seconds($0) } + ["+Inf"]
-    let device = Self.escape(deviceLabel)
+    let device = deviceLabels.map { "\($0.0)=\"\(Self.escape($0.1))\"" }.joined(separator: ",")
     for h in s.latency {
-      let labels = "device=\"\(device)\",opcode=\"\(Self.escape(h.opcode))\""
+      let labels = "\(device),opcode=\"\(Self.escape(h.opcode))\""
       var cumulative: UInt64 = 0
       for (bound, count) in zip(bounds, h.buckets) {
         cumulative &+= count
@@ -172,7 +208,6 @@ final class DeviceMetrics: Sendable {
       text += "\(name)_sum{\(labels)} \(Self.seconds(h.sumNanoseconds))\n"
       text += "\(name)_count{\(labels)} \(cumulative)\n"
     }
-    buffer.append(contentsOf: text.utf8)
   }
 
   /// Nanoseconds as seconds in the shortest decimal that reads back exactly enough ("2.5e-06").

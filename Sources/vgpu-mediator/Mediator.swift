@@ -35,11 +35,19 @@ struct Mediator: ParsableCommand {
       process exits; it gives up at its open deadline (the shims' VGPU_TIMEOUT, \
       default 2 s) with a message naming the limit. Within one BAR, --queue-pairs \
       bounds the threads of a process that submit at once (the shims use one pair \
-      per process); on a shared BAR (--vm, --shared-bar) it bounds the processes, \
+      per process); on a shared BAR (--vm, each --vm-bar, --shared-bar) it bounds the processes, \
       and one more waits the same way for a pair to be freed.
 
       With --vm (or --ivshmem-socket) the mediator serves one BAR file (--path) to a \
       VM instead: QEMU's ivshmem device maps it, and the VM is one tenant. \
+      --vm-bar (repeatable) serves several VMs from one mediator, each with a BAR \
+      file, an ivshmem server socket and a memory limit of its own, all on one \
+      device (one backend, one --memory), e.g.
+
+        vgpu-mediator --memory 16G --vectors 8 \\
+          --vm-bar /dev/shm/vm1,socket=/run/vgpu/vm1.sock,memory=8G \\
+          --vm-bar /dev/shm/vm2,socket=/run/vgpu/vm2.sock,name=build
+
       SIGINT or SIGTERM stops the mediator: the commands in hand complete, the \
       status register says the device stopped, and waiting clients get an error.
 
@@ -132,7 +140,7 @@ struct Mediator: ParsableCommand {
     name: .customLong("queue-pairs"),
     help: """
       Queue pairs per BAR (1-256): on the socket, how many threads of one process submit at once; \
-      on a shared BAR (--vm, --shared-bar), how many processes use it at once (one more waits for a free pair).
+      on a shared BAR (--vm, each --vm-bar, --shared-bar), how many processes use it at once (one more waits for a free pair).
       """)
   var queuePairs = 8
 
@@ -205,6 +213,22 @@ struct Mediator: ParsableCommand {
   var vm = false
 
   @Option(
+    name: .customLong("vm-bar"),
+    help: ArgumentHelp(
+      """
+      Serve one VM's BAR file; repeat it to serve several VMs from one mediator (one device: one \
+      backend, one --memory). Each VM gets its own BAR file, device thread and, with socket=, its \
+      own ivshmem server (as --ivshmem-socket; --vectors applies to each). memory= is the VM's own \
+      limit within --memory (default: all of it): an allocation beyond it fails for that VM only. \
+      name= labels its log lines (vm=NAME) and metrics (default: the file's name). \
+      Not with --path, --vm, --ivshmem-socket or --shared-bar.
+      """, valueName: VMBar.form))
+  var vmBarSpecs: [String] = []
+
+  /// The parsed --vm-bar values (validate() has refused bad ones).
+  var vmBars: [VMBar] { vmBarSpecs.compactMap { try? VMBar.parse($0).get() } }
+
+  @Option(
     name: .customLong("ivshmem-socket"),
     help: ArgumentHelp(
       """
@@ -266,8 +290,30 @@ struct Mediator: ParsableCommand {
     if let v = cudaDriverVersion, Self.cudaVersion(v) == nil {
       throw ValidationError("--cuda-driver-version '\(v)' is not MAJOR.MINOR, e.g. 12.8 or 13.0")
     }
+    for spec in vmBarSpecs {
+      if case .failure(let e) = VMBar.parse(spec) { throw ValidationError(e.description) }
+    }
+    if !vmBarSpecs.isEmpty {
+      if vm || ivshmemSocket != nil || sharedBAR || pathOption != nil {
+        throw ValidationError(
+          "--vm-bar names each VM's BAR file and socket itself; --path, --vm and --ivshmem-socket serve a single VM, --shared-bar host processes: use --vm-bar alone (one VM: --vm-bar PATH,socket=SOCKET)"
+        )
+      }
+      if socket != nil || !allowUIDs.isEmpty || !allowGroups.isEmpty || maxClients != nil {
+        throw ValidationError(
+          "--socket, --allow-uid, --allow-group and --max-clients serve host processes; not with --vm-bar (there --queue-pairs bounds each VM's processes)"
+        )
+      }
+      // With --backend cuda and no --memory the GPU's size is checked once it is known.
+      let total = memory.flatMap(Size.parse) ?? (backend == "cuda" ? UInt64.max : Size.parse("80G")!)
+      if let problem = VMBar.conflicts(vmBars, total: total, totalText: memory ?? "80G") {
+        throw ValidationError(problem)
+      }
+    }
     if let vectors {
-      guard ivshmemSocket != nil else { throw ValidationError("--vectors needs --ivshmem-socket") }
+      guard ivshmemSocket != nil || vmBars.contains(where: { $0.socket != nil }) else {
+        throw ValidationError("--vectors needs --ivshmem-socket, or a --vm-bar with socket=")
+      }
       guard (1...64).contains(vectors) else { throw ValidationError("--vectors must be 1-64") }
     }
     guard Logger.Level(rawValue: logLevel) != nil else {
@@ -323,7 +369,7 @@ struct Mediator: ParsableCommand {
     // a GPU the mediator says so in one line and serves nothing.
     let fileMode = vm || ivshmemSocket != nil || sharedBAR
     // What clients open: the BAR file, or the socket (which names the device in logs and metrics).
-    let served = fileMode ? path : (socket ?? Self.defaultSocket())
+    let served = vmBars.first?.path ?? (fileMode ? path : (socket ?? Self.defaultSocket()))
     var driver: CUDADriver?
     if backend == "cuda" {
       do {
@@ -356,7 +402,14 @@ struct Mediator: ParsableCommand {
       queuePairs: UInt32(queuePairs), depth: UInt32(depth), stagingSlotSize: UInt32(Size.parse(slotSize)!),
       slotsPerQueue: UInt32(slots))
     let events = Self.eventLogger(log)
-    if fileMode {
+    if !vmBarSpecs.isEmpty {
+      if let tooBig = vmBars.first(where: { ($0.memory ?? 0) > config.memorySize }) {
+        throw Failure(
+          "--vm-bar \(tooBig.path): memory= (\(tooBig.memory! >> 20) MiB) is more than the device's \(config.memorySize >> 20) MiB; give this VM at most that"
+        )
+      }
+      try serveVMs(config, vmBars, driver: driver, log: log)
+    } else if fileMode {
       try serveFile(config, driver: driver, vm: vm, log: log, events: events)
     } else {
       try serveHosts(config, socketPath: served, driver: driver, log: log, events: events)
@@ -421,20 +474,7 @@ struct Mediator: ParsableCommand {
       // Without doorbells nothing wakes the device from a VM: it looks often.
       if ivshmemSocket == nil { config.wait.sleepSliceNanoseconds = 1_000_000 }
     }
-    if let problem = Self.notABAR(path) { throw Failure(problem) }
-    // The lock comes first: the file of a live mediator must not be touched.
-    let region: MappedRegion
-    do {
-      // QEMU's ivshmem wants a power-of-two memory backend: round the file up in --vm mode.
-      var size = Int(config.layout.regionSize)
-      if vm { size = 1 << (Int.bitWidth - (size - 1).leadingZeroBitCount) }
-      region = try MappedRegion.sharedFile(path, create: size, exclusive: true)
-    } catch {
-      if error.errno == EWOULDBLOCK {
-        throw Failure("\(path) is already served by \(Self.holder(of: path)); stop it first, or use another --path")
-      }
-      throw Failure(error.description)
-    }
+    let region = try Self.openBAR(path, layout: config.layout, vm: vm, option: "--path")
     let device: ReferenceDevice
     do {
       let layout = config.layout
@@ -495,6 +535,129 @@ struct Mediator: ParsableCommand {
       facts["interruptsSent"] = "\(server.interruptsSent)"
     }
     log.info("stopped", metadata: facts)
+  }
+
+  /// The BAR file at `path`, created or taken over and locked, of the
+  /// layout's size (a power of two for QEMU's ivshmem when `vm`); `option`
+  /// names what gave the path, for the message when another mediator holds it.
+  static func openBAR(_ path: String, layout: BARLayout, vm: Bool, option: String) throws -> MappedRegion {
+    if let problem = notABAR(path) { throw Failure(problem) }
+    // The lock comes first: the file of a live mediator must not be touched.
+    do {
+      // QEMU's ivshmem wants a power-of-two memory backend: round the file up in --vm mode.
+      var size = Int(layout.regionSize)
+      if vm { size = 1 << (Int.bitWidth - (size - 1).leadingZeroBitCount) }
+      return try MappedRegion.sharedFile(path, create: size, exclusive: true)
+    } catch {
+      if error.errno == EWOULDBLOCK {
+        throw Failure("\(path) is already served by \(holder(of: path)); stop it first, or use another \(option)")
+      }
+      throw Failure(error.description)
+    }
+  }
+
+  /// One VM of several (`--vm-bar`) as it is served.
+  private struct ServedVM {
+    var bar: VMBar
+    var region: MappedRegion
+    var device: ReferenceDevice
+    var server: IvshmemServer?
+    /// Log lines about this VM carry `vm=NAME`.
+    var log: Logger
+  }
+
+  /// Several VMs, each with its BAR file, device thread and ivshmem server,
+  /// over one backend and one memory limit: one device, several tenants
+  /// (docs/PROTOCOL.md §23.3), each also held to its own memory limit.
+  private func serveVMs(
+    _ configuration: ReferenceDeviceConfiguration, _ bars: [VMBar], driver: CUDADriver?, log: Logger
+  ) throws {
+    // No VM's staging is page-locked: one GPU backend serves every BAR, and
+    // its copies go through the driver's bounce buffers (as for host processes).
+    let work = try driver.map { try cudaBackend($0, staging: nil, log: log) }
+    let shared: SharedExecution
+    do { shared = try SharedExecution(configuration: configuration, backend: work) } catch {
+      throw Failure(error.description)
+    }
+    var vms: [ServedVM] = []
+    // A VM that cannot be set up stops the mediator before any VM is served.
+    defer { if vms.count < bars.count { for vm in vms { vm.server?.stop() } } }
+    for bar in bars {
+      var config = configuration
+      config.ownersAreLocalProcesses = false
+      // Without doorbells nothing wakes the device from a VM: it looks often.
+      if bar.socket == nil { config.wait.sleepSliceNanoseconds = 1_000_000 }
+      // Each VM sees its own limit as the device's memory, and only its own use.
+      config.memorySize = bar.memory ?? configuration.memorySize
+      config.ownMemoryLimit = config.memorySize
+      var vmLog = log
+      vmLog[metadataKey: "vm"] = "\(bar.name)"
+      let region = try Self.openBAR(bar.path, layout: config.layout, vm: true, option: "--vm-bar file")
+      let device: ReferenceDevice
+      do { device = try ReferenceDevice(configuration: config, region: region, sharing: shared) } catch {
+        throw Failure("--vm-bar \(bar.path): \(error.description)")
+      }
+      var server: IvshmemServer?
+      if let socket = bar.socket {
+        let serverLog = vmLog
+        do {
+          server = try IvshmemServer(
+            socketPath: socket, sharedMemoryFD: region.fileDescriptor, vectors: vectors ?? min(queuePairs, 64),
+            log: { serverLog.info("\($0)") })
+        } catch {
+          throw Failure("--vm-bar \(bar.path): \(error.description)")
+        }
+        device.useDoorbells(server!)
+      }
+      device.onEvent = Self.eventLogger(vmLog)
+      vms.append(ServedVM(bar: bar, region: region, device: device, server: server, log: vmLog))
+    }
+    var signals = Self.blockStopSignals()
+    let sources = vms.map { vm in
+      let device = vm.device
+      return DeviceMetrics.Source(
+        labels: [("device", vm.bar.path), ("vm", vm.bar.name)], configuration: device.configuration
+      ) { device.snapshot() }
+    }
+    let metrics = try startMetrics(DeviceMetrics(sources: sources, vm: true), log: log)
+    for vm in vms {
+      vm.device.announce(pid: UInt32(getpid()))
+      vm.server?.start()
+      vm.device.start()
+      var facts: Logger.Metadata = [
+        "path": "\(vm.bar.path)", "bytes": "\(vm.region.size)",
+        "memory": "\(vm.device.configuration.memorySize >> 20) MiB",
+      ]
+      if let server = vm.server {
+        facts["socket"] = "\(server.socketPath)"
+        facts["qemu"] =
+          "-chardev socket,path=\(server.socketPath),id=vgpu -device ivshmem-doorbell,chardev=vgpu,vectors=\(server.vectors),addr=05.0"
+      }
+      vm.log.info("serving VM", metadata: facts)
+    }
+    log.info(
+      "serving VMs",
+      metadata: [
+        "vms": "\(vms.map(\.bar.name).joined(separator: ","))",
+        "memory": "\(configuration.memorySize >> 20) MiB shared",
+        "backend": "\(shared.backendName)", "queuePairs": "\(queuePairs) per VM", "depth": "\(depth)",
+        "staging": "\(slots) x \(slotSize) per queue pair", "pid": "\(getpid())",
+      ])
+    var received: Int32 = 0
+    sigwait(&signals, &received)
+    log.info("stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
+    metrics?.stop()
+    for vm in vms {
+      vm.device.stop()
+      vm.device.announce(pid: 0)
+      vm.server?.stop()
+      var facts: Logger.Metadata = ["memoryStillAllocated": "\(vm.device.memoryInUse.allocated)"]
+      if let server = vm.server {
+        facts["doorbellWakeups"] = "\(server.doorbellsReceived)"
+        facts["interruptsSent"] = "\(server.interruptsSent)"
+      }
+      vm.log.info("stopped", metadata: facts)
+    }
   }
 
   /// The host GPU's backend, its staging page-locked when there is one, with NVML if it loads.

@@ -69,7 +69,9 @@ import Testing
   }
   static func mediator(_ arguments: [String], _ status: Int32, says: [String], env: [String: String] = [:]) -> Case {
     // A socket of its own in the scratch folder: a case that wrongly starts serving cannot take another's.
-    let socket = arguments.contains { ["--vm", "--ivshmem-socket", "--shared-bar", "--socket"].contains($0) }
+    let socket = arguments.contains {
+      ["--vm", "--ivshmem-socket", "--shared-bar", "--socket", "--vm-bar"].contains($0)
+    }
     return Case(
       tool: .mediator,
       arguments: arguments + (socket ? [] : ["--socket", BadInput.path("mediator-\(UUID().uuidString).sock")]),
@@ -229,7 +231,37 @@ import Testing
       mediator(
         ["--ivshmem-socket", BadInput.path("i.sock"), "--path", BadInput.path("bar2"), "--vectors", "0"], 2,
         says: ["--vectors"]),
+      // --vm-bar: each VM's PATH[,socket=SOCKET][,memory=SIZE][,name=NAME], and what it cannot go with.
+      mediator(["--vm-bar", ""], 2, says: ["--vm-bar", "BAR file comes first", "PATH[,socket="]),
+      mediator(["--vm-bar", "memory=1G"], 2, says: ["BAR file comes first", "memory=1G"]),
+      mediator(["--vm-bar", BadInput.path("v1") + ",sock=x"], 2, says: ["unknown key 'sock'", "PATH[,socket="]),
+      mediator(["--vm-bar", BadInput.path("v1") + ",socket"], 2, says: ["'socket' is not KEY=VALUE"]),
+      mediator(["--vm-bar", BadInput.path("v1") + ",socket="], 2, says: ["socket= has no value"]),
+      mediator(["--vm-bar", BadInput.path("v1") + ",memory=lots"], 2, says: ["memory=lots", "not a size"]),
+      mediator(["--vm-bar", BadInput.path("v1") + ",name=a b"], 2, says: ["name=a b", "letters, digits"]),
+      mediator(["--vm-bar", BadInput.path("v1") + ",name=a,name=b"], 2, says: ["name= is given twice"]),
+      mediator(
+        ["--vm-bar", BadInput.path("v1"), "--vm-bar", BadInput.path("v1") + ",name=other"], 2,
+        says: ["BAR file \(BadInput.path("v1"))", "a file of its own"]),
+      mediator(
+        ["--vm-bar", BadInput.path("v1") + ",socket=s", "--vm-bar", BadInput.path("v2") + ",socket=s"], 2,
+        says: ["the socket s", "of its own"]),
+      mediator(
+        ["--vm-bar", BadInput.path("a/vm"), "--vm-bar", BadInput.path("b/vm")], 2,
+        says: ["the name 'vm'", "name="]),
+      mediator(
+        ["--memory", "4G", "--vm-bar", BadInput.path("v1") + ",memory=8G"], 2,
+        says: ["memory= (8192 MiB)", "--memory 4G", "which all VMs share"]),
+      mediator(["--vm-bar", BadInput.path("v1"), "--path", BadInput.path("v2")], 2, says: ["--vm-bar", "--path"]),
+      mediator(
+        ["--vm-bar", BadInput.path("v1"), "--ivshmem-socket", BadInput.path("i.sock")], 2,
+        says: ["--vm-bar", "--ivshmem-socket"]),
+      mediator(["--vm-bar", BadInput.path("v1"), "--vm"], 2, says: ["--vm-bar", "--vm"]),
+      mediator(
+        ["--vm-bar", BadInput.path("v1"), "--socket", BadInput.path("s.sock")], 2, says: ["--socket", "--vm-bar"]),
+      mediator(["--vm-bar", BadInput.path("v1"), "--vectors", "4"], 2, says: ["--vectors", "socket="]),
       // Well formed, but not usable.
+      mediator(["--vm-bar", BadInput.path("regular")], 1, says: [BadInput.path("regular"), "not a vGPU BAR"]),
       mediator(["--allow-group", "no-such-group-vgpu"], 1, says: ["no-such-group-vgpu"]),
       mediator(["--socket", BadInput.path("missing") + "/deeper/x.sock"], 1, says: ["--socket"]),
       mediator(["--socket", BadInput.path("regular")], 1, says: [BadInput.path("regular"), "not a socket"]),

@@ -43,6 +43,9 @@ public final class MediatorProcess: @unchecked Sendable {
   public let path: String
   /// Whether it serves one BAR file (a VM's, or `--shared-bar`) rather than the socket.
   public let servesFile: Bool
+  /// Whether it serves several VMs' BAR files (`--vm-bar`, which the arguments name):
+  /// then `path` is only a name for its log file.
+  public let servesVMs: Bool
   public let process = Process()
   /// Its stderr goes to a file, not a pipe: a pipe nobody reads fills up
   /// (64 KiB) and the mediator then blocks in its logger, serving no one.
@@ -52,11 +55,13 @@ public final class MediatorProcess: @unchecked Sendable {
   /// with `arguments`; `environment` is added to the test's.
   public init(path: String? = nil, arguments: [String] = [], environment: [String: String] = [:]) throws {
     servesFile = arguments.contains { ["--vm", "--ivshmem-socket", "--shared-bar"].contains($0) }
+    servesVMs = arguments.contains("--vm-bar")
     let fresh = "/dev/shm/vgpu-test-\(getpid())-\(Self.counter.add(1, ordering: .relaxed).newValue)"
     self.path = path ?? (servesFile ? fresh : fresh + ".sock")
     if path == nil { unlink(self.path) }
     process.executableURL = Self.binaries.appendingPathComponent("vgpu-mediator")
-    process.arguments = [servesFile ? "--path" : "--socket", self.path, "--memory", "8G"] + arguments
+    process.arguments =
+      (servesVMs ? [] : [servesFile ? "--path" : "--socket", self.path]) + ["--memory", "8G"] + arguments
     if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     logPath =
       FileManager.default.temporaryDirectory
@@ -72,7 +77,11 @@ public final class MediatorProcess: @unchecked Sendable {
     try process.run()
     let deadline = Date().addingTimeInterval(10)
     while Date() < deadline {
-      if servesFile ? fileIsServed : self.log.contains("serving host processes") { return }
+      if servesVMs
+        ? self.log.contains("serving VMs") : servesFile ? fileIsServed : self.log.contains("serving host processes")
+      {
+        return
+      }
       guard process.isRunning else { break }
       usleep(5_000)
     }
