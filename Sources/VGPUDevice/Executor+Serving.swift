@@ -122,14 +122,14 @@ extension Executor {
       // the guest does the mirror image, so one of us sees the other.
       vgpu_fence_seqcst()
       // Where this thread runs, for the guest's choice between spinning and
-      // sleeping; and a guest woken on this very CPU means this thread
-      // should get off it (both hints: a wrong one costs time, not results).
+      // sleeping; and a guest waiting on this very CPU, asleep or spinning,
+      // means this thread should get off it: the guest runs only once it
+      // does, and sooner still when the serving thread has the higher
+      // priority (--serving-priority). Both hints: a wrong one costs time, not results.
       let cpu = servingCPU
       view.publishDeviceCPU(cpu)
-      if view.guestWaiting {
-        wakeGuest(qp)
-        if cpu != 0 && view.guestCPU == cpu { wokeGuestOnThisCPU = true }
-      }
+      if view.guestWaiting { wakeGuest(qp) }
+      if cpu != 0 && view.guestCPU == cpu { answeredGuestOnThisCPU = true }
     }
     return posted
   }

@@ -99,10 +99,10 @@ final class Executor: @unchecked Sendable {
   @exclusivity(unchecked) var workers: KernelWorkers?
   /// Work the handler handed over, for `serve` to give its ids and submit.
   @exclusivity(unchecked) var handedOver: WorkerJob?
-  /// Set when a pass woke a guest that last waited on the serving thread's
-  /// own CPU: the device thread sleeps at once instead of spinning, since
-  /// the guest cannot run on this core while it spins (issue 17).
-  @exclusivity(unchecked) var wokeGuestOnThisCPU = false
+  /// Set when a pass answered a guest that last waited on the serving
+  /// thread's own CPU: the device thread sleeps at once instead of spinning,
+  /// since the guest cannot run on this core while it spins (issue 17).
+  @exclusivity(unchecked) var answeredGuestOnThisCPU = false
   /// The serving thread's CPU + 1 (0 unknown), read at each full pass (every
   /// 64th, and the first after a sleep): `sched_getcpu` costs about 20 ns
   /// here, too much for every pass of a NOP ping-pong.

@@ -317,7 +317,7 @@ public final class ReferenceDevice: @unchecked Sendable {
   /// the first after a sleep) a full pass that looks for claims, closes and
   /// resets too. Returns whether it did work, and whether it woke a guest
   /// waiting on the CPU this thread runs on.
-  func servingPass(budget: Turn) -> (worked: Bool, wokeGuestHere: Bool) {
+  func servingPass(budget: Turn) -> (worked: Bool, answeredGuestHere: Bool) {
     serving.passes &+= 1
     let passes = serving.passes
     if passes & 0xffff == 0 { registers.store(Register.heartbeat, passes) }
@@ -326,9 +326,9 @@ public final class ReferenceDevice: @unchecked Sendable {
     serving.fullPass = false
     let result = executor.lock.withLock { _ in
       let worked = executor.servePass(quick: quick, budget: budget)
-      defer { executor.wokeGuestOnThisCPU = false }
+      defer { executor.answeredGuestOnThisCPU = false }
       if !executor.pendingEvents.isEmpty { swap(&executor.pendingEvents, &serving.events) }
-      return (worked, executor.wokeGuestOnThisCPU)
+      return (worked, executor.answeredGuestOnThisCPU)
     }
     if !serving.events.isEmpty {
       if let onEvent = serving.onEvent { for event in serving.events { onEvent(event) } }

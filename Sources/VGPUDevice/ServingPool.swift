@@ -215,11 +215,11 @@ public final class ServingPool: @unchecked Sendable {
       }
       let budget = members.count > 1 ? turn : .unbounded
       var worked = false
-      var wokeGuestHere = false
+      var answeredGuestHere = false
       for device in members {
         let pass = device.servingPass(budget: budget)
         worked = worked || pass.worked
-        wokeGuestHere = wokeGuestHere || pass.wokeGuestHere
+        answeredGuestHere = answeredGuestHere || pass.answeredGuestHere
       }
       if worked {
         idle.restart()
@@ -227,7 +227,7 @@ public final class ServingPool: @unchecked Sendable {
         // sleep (after the checks below) instead of spinning. Spinning here
         // while the guest spun on the same core made every command cost
         // both spins, about 95 µs (issue 17, docs/bench/README.md).
-        spin = !wokeGuestHere
+        spin = !answeredGuestHere
         continue
       }
       if spin && idle.keepPolling(wait) {

@@ -212,7 +212,11 @@ extension Suite {
     unlink(socket)
     let p = Process()
     p.executableURL = URL(fileURLWithPath: options.mediator)
-    p.arguments = ["--socket", socket, "--memory", "16G", "--log-level", "warning"] + options.mediatorOptions + extra
+    // A thread per client (the mediator before its serving pool) has no pool to give a priority.
+    let given =
+      extra.contains("--serving-threads=0")
+      ? options.mediatorOptions.filter { !$0.hasPrefix("--serving-priority") } : options.mediatorOptions
+    p.arguments = ["--socket", socket, "--memory", "16G", "--log-level", "warning"] + given + extra
     p.standardOutput = FileHandle.nullDevice
     try p.run()
     let deadline = now() + 10_000_000_000

@@ -6,9 +6,10 @@ import VGPUProtocol
 @testable import VGPUDevice
 
 /// Issue 17: a side spins for the other only while the other can run. The
-/// device publishes its CPU when it posts, and a pass that woke a guest
-/// waiting on the serving thread's own CPU tells the serving loop to sleep
-/// instead of spinning (the guest could not run until the spin ended).
+/// device publishes its CPU when it posts, and a pass that answered a guest
+/// waiting (asleep or spinning) on the serving thread's own CPU tells the
+/// serving loop to sleep instead of spinning (the guest could not run until
+/// the spin ended).
 @Suite struct SpinPlacementTests {
   @Test func devicePublishesItsCPUWhenItPosts() throws {
     let h = try Harness()
@@ -22,7 +23,7 @@ import VGPUProtocol
     #expect(view.deviceCPU == 0 && view.guestCPU == 0)
   }
 
-  @Test func wakingAGuestOnTheServingCPUStopsTheSpin() throws {
+  @Test func answeringAGuestOnTheServingCPUStopsTheSpin() throws {
     let h = try Harness()
     h.claim(0)
     let view = h.queues[0]!.view
@@ -31,21 +32,27 @@ import VGPUProtocol
     view.setGuestWaiting(true)
     view.publishGuestCPU(0)
     h.expect(Command.Nop().entry, .success)
-    #expect(!executor.wokeGuestOnThisCPU)
+    #expect(!executor.answeredGuestOnThisCPU)
     // Asleep on this thread's CPU: the pass says so. The hand-driven pass runs
     // on this thread; a migration between the two reads is retried.
     var here = false
     for _ in 0..<20 where !here {
       view.publishGuestCPU(vgpu_current_cpu())
       h.expect(Command.Nop().entry, .success)
-      here = executor.wokeGuestOnThisCPU
-      executor.wokeGuestOnThisCPU = false
+      here = executor.answeredGuestOnThisCPU
+      executor.answeredGuestOnThisCPU = false
     }
     #expect(here)
-    // Not waiting: nobody is woken, whatever CPU it last waited on.
+    // Spinning (not asleep) on this CPU: it runs only once the device thread
+    // gets off the core too (sooner than that when the device has the higher priority).
     view.setGuestWaiting(false)
-    view.publishGuestCPU(vgpu_current_cpu())
-    h.expect(Command.Nop().entry, .success)
-    #expect(!executor.wokeGuestOnThisCPU)
+    here = false
+    for _ in 0..<20 where !here {
+      view.publishGuestCPU(vgpu_current_cpu())
+      h.expect(Command.Nop().entry, .success)
+      here = executor.answeredGuestOnThisCPU
+      executor.answeredGuestOnThisCPU = false
+    }
+    #expect(here)
   }
 }
