@@ -299,9 +299,11 @@ struct Mediator: ParsableCommand {
           "--vm-bar names each VM's BAR file and socket itself; --path, --vm and --ivshmem-socket serve a single VM, --shared-bar host processes: use --vm-bar alone (one VM: --vm-bar PATH,socket=SOCKET)"
         )
       }
-      if socket != nil || !allowUIDs.isEmpty || !allowGroups.isEmpty || maxClients != nil {
+      if socket != nil || !allowUIDs.isEmpty || !allowGroups.isEmpty || maxClients != nil || servingThreads != nil
+        || servingPriority != "normal"
+      {
         throw ValidationError(
-          "--socket, --allow-uid, --allow-group and --max-clients serve host processes; not with --vm-bar (there --queue-pairs bounds each VM's processes)"
+          "--socket, --allow-uid, --allow-group, --max-clients, --serving-threads and --serving-priority serve host processes; not with --vm-bar (there --queue-pairs bounds each VM's processes, and each VM's BAR has a serving thread of its own)"
         )
       }
       // With --backend cuda and no --memory the GPU's size is checked once it is known.
@@ -326,10 +328,11 @@ struct Mediator: ParsableCommand {
       )
     }
     if fileMode
-      && (socket != nil || !allowUIDs.isEmpty || !allowGroups.isEmpty || maxClients != nil || servingThreads != nil)
+      && (socket != nil || !allowUIDs.isEmpty || !allowGroups.isEmpty || maxClients != nil || servingThreads != nil
+        || servingPriority != "normal")
     {
       throw ValidationError(
-        "--socket, --allow-uid, --allow-group, --max-clients and --serving-threads serve host processes; not with --vm, --ivshmem-socket or --shared-bar (there --queue-pairs bounds the processes)"
+        "--socket, --allow-uid, --allow-group, --max-clients, --serving-threads and --serving-priority serve host processes; not with --vm, --ivshmem-socket or --shared-bar (there --queue-pairs bounds the processes)"
       )
     }
     guard Self.priority(servingPriority) != nil else {

@@ -208,6 +208,25 @@ import Testing
       mediator(["--max-clients", "65537"], 2, says: ["--max-clients", "1-65536"]),
       mediator(["--max-clients", "abc"], 2, says: ["--max-clients", "abc"]),
       mediator(["--max-clients", huge], 2, says: ["--max-clients"]),
+      mediator(["--serving-threads", "65"], 2, says: ["--serving-threads 65", "1-64", "0 for a thread per process"]),
+      mediator(["--serving-threads", "-1"], 2, says: ["--serving-threads"]),
+      mediator(["--serving-threads", "two"], 2, says: ["--serving-threads", "two"]),
+      mediator(["--shared-bar", "--serving-threads", "2"], 2, says: ["--serving-threads", "--queue-pairs"]),
+      mediator(["--shared-bar", "--serving-priority", "realtime"], 2, says: ["--serving-priority", "--shared-bar"]),
+      mediator(
+        ["--serving-priority", "fast"], 2, says: ["--serving-priority 'fast'", "normal, nice:N", "realtime[:P]"]),
+      mediator(["--serving-priority", "nice:-21"], 2, says: ["'nice:-21'", "-20 to 19"]),
+      mediator(["--serving-priority", "nice"], 2, says: ["'nice'"]),
+      mediator(["--serving-priority", "realtime:0"], 2, says: ["'realtime:0'", "1 to 99"]),
+      mediator(["--serving-priority", "realtime:x"], 2, says: ["'realtime:x'"]),
+      mediator(
+        ["--serving-threads", "0", "--serving-priority", "nice:5"], 2, says: ["--serving-threads 0", "has none"]),
+      mediator(
+        ["--vm-bar", "/dev/shm/x,socket=/tmp/x.sock", "--serving-threads", "2"], 2,
+        says: ["--serving-threads", "--vm-bar"]),
+      mediator(
+        ["--vm-bar", "/dev/shm/x,socket=/tmp/x.sock", "--serving-priority", "nice:-5"], 2,
+        says: ["--serving-priority", "--vm-bar"]),
       mediator(["--depth", "3"], 2, says: ["--depth"]),
       mediator(["--depth", "0"], 2, says: ["--depth"]),
       mediator(["--slot-size", "1000"], 2, says: ["--slot-size"]),
