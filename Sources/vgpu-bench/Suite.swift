@@ -52,6 +52,9 @@ struct SuiteOptions {
   var onlyScale = false
   /// Only the bandwidth section (e.g. a per-size sweep of the copies).
   var onlyCopies = false
+  /// Only the batched NOP rate against the raw ring, and callgrind's
+  /// instructions per NOP (issue 17: that ratio alone, run after run).
+  var onlyRates = false
   /// The copy sizes (`--sizes`), instead of 4 KiB to `maxSize` in ×4 steps.
   var copySizes: [Int]? = nil
 }
@@ -147,6 +150,16 @@ final class Suite {
       report.seconds = progress.seconds
       return report
     }
+    if options.onlyRates {
+      measureRates(device)
+      device.device.close()
+      progress.begin("instructions per NOP (callgrind)")
+      measureInstructions(vgpuSpec)
+      checkTargets()
+      report.loadAverage.append(loadAverage())
+      report.seconds = progress.seconds
+      return report
+    }
 
     progress.begin("ceilings: shared-memory ping-pong (interleaved with vGPU NOPs), SPSC ring, memcpy")
     let both = measured("ping-pong baseline and vGPU NOP latency") {
@@ -225,6 +238,18 @@ final class Suite {
     report.loadAverage.append(loadAverage())
     report.seconds = progress.seconds
     return report
+  }
+
+  /// The batched NOP rate and the raw ring it is held against, alone.
+  func measureRates(_ device: DeviceTarget) {
+    progress.begin("batched NOPs against the raw SPSC ring")
+    let ring32 = measured("SPSC ring baseline") { try SPSCRing.measure(plan, batch: Cases.batch, child: ["_ring"]) }
+    let ring1 = measured("SPSC ring baseline, batch 1") { try SPSCRing.measure(plan, batch: 1, child: ["_ring"]) }
+    let batched = measured("vGPU batched NOPs") { try Cases.batched(device, plan) }
+    report.figures.append(
+      Figure("rates", "NOPs, \(Cases.batch) a doorbell", unit: "ops/s", batched, lowerIsBetter: false)
+        .against("raw SPSC ring, batches of \(Cases.batch) (ceiling)", ring32)
+        .against("raw SPSC ring, batches of 1", ring1))
   }
 
   /// The bandwidth section: memcpy, the vGPU and the socket RPC sampled in
