@@ -30,6 +30,11 @@ public struct SubmissionCursor: Sendable, Equatable {
     return e
   }
 
+  /// Device: moves past the entry at the cursor (read in part with
+  /// `QueuePairView.submissionHeader`).
+  @inlinable @inline(__always)
+  public mutating func skip() { _index = (index &+ 1) & mask }
+
   /// Entries from this cursor up to `other` (going forward, wrapping).
   @inlinable @inline(__always) public func distance(to other: UInt32) -> UInt32 { (other &- index) & mask }
 
@@ -101,4 +106,8 @@ public struct CompletionCursor: Sendable, Equatable {
   /// Device: whether posting one more would overwrite a completion the
   /// guest has not consumed (its head doorbell is `head`).
   @inlinable @inline(__always) public func isFull(guestHead head: UInt32) -> Bool { (index &+ 1) & mask == head }
+
+  /// Device: how many completions may be posted before the ring is full,
+  /// the guest's head doorbell being `head` (one slot always stays empty).
+  @inlinable @inline(__always) public func room(guestHead head: UInt32) -> UInt32 { (head &- index &- 1) & mask }
 }

@@ -162,14 +162,17 @@ import VGPUSimulator
     // No launch: a PTX launch allocates on the device (the interpreter sets
     // up each launch: registers, shared memory, its caches). The guest's side
     // of a launch allocates nothing (guestLaunchesAllocateNothing).
-    let work = [
-      Command.Nop().entry,
-      Command.CopyToDevice(device: address, staging: stg, length: 65536).entry,
-      Command.CopyFromDevice(device: address + 65536, staging: stg, length: 65536).entry,
-      Command.CopyDeviceToDevice(destination: address, source: address + 4096, length: 4096).entry,
-      Command.Memset(address: address + 8192, value: 0x4000_0000, elementSize: 4, count: 1024).entry,
-      Command.MemoryInfo().entry,
-    ]
+    // A run of NOPs first: the device serves it from the entries' first
+    // words, counted in one addition (issue 17).
+    let work =
+      Array(repeating: Command.Nop().entry, count: 16) + [
+        Command.Nop().entry,
+        Command.CopyToDevice(device: address, staging: stg, length: 65536).entry,
+        Command.CopyFromDevice(device: address + 65536, staging: stg, length: 65536).entry,
+        Command.CopyDeviceToDevice(destination: address, source: address + 4096, length: 4096).entry,
+        Command.Memset(address: address + 8192, value: 0x4000_0000, elementSize: 4, count: 1024).entry,
+        Command.MemoryInfo().entry,
+      ]
     var failures: [String] = []
     failures.reserveCapacity(work.count)
     var completed = 0
