@@ -72,6 +72,15 @@ import VGPUSimulator
     #expect(n == 0, "\(n) allocations in 10000 NOP round trips")
     let batched = try allocations { try device.nops(10_000, batch: 32) }
     #expect(batched == 0)
+    // The batch API, with the caller's buffer of commands.
+    let entries = UnsafeMutableBufferPointer<SubmissionEntry>.allocate(capacity: 1000)
+    defer { entries.deallocate() }
+    entries.initialize(repeating: Command.Nop().entry)
+    _ = try device.execute(UnsafeBufferPointer(entries), batch: 32)
+    var outcome = BatchOutcome(completed: 0, firstError: nil)
+    let executed = try allocations { outcome = try device.execute(UnsafeBufferPointer(entries), batch: 32) }
+    #expect(executed == 0, "\(executed) allocations in a batch of 1000 NOPs")
+    #expect(outcome.completed == 1000 && outcome.firstError == nil)
   }
 
   @Test(arguments: ["sim", "shm"]) func guestCopiesAllocateNothing(_ kind: String) throws {
