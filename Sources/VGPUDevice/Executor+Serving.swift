@@ -56,8 +56,9 @@ extension Executor {
     var started: UInt64 = 0
     var last: UInt64 = 0
     // Completion slots known to be free: the CQ-head doorbell (the guest's
-    // line) is read again only once they are used up. The guest only moves
-    // it forward, so an older value never claims more room than there is.
+    // line) is read again only once they are used up. An honest guest only
+    // moves it forward, so an older value never claims more room than there
+    // is; one that moves it back only overwrites its own completions.
     var room: UInt32 = 0
     // NOPs served and not yet counted: counted at once before any other
     // command runs (a `statistics` among them sees them) and at the end.
