@@ -490,30 +490,97 @@ extension Device {
     _ = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(Command.Nop().entry, "nop") }
   }
 
-  /// `count` NOPs submitted together, one doorbell per batch of up to `batch`.
-  /// Two batches are kept in flight, so the device works through one while
-  /// the next is written and the completions of the last are collected.
+  /// `count` NOPs submitted together, one doorbell per batch of up to `batch`,
+  /// as many batches in flight as the ring holds (see ``execute(_:batch:)``).
+  /// Throws the first failure: a NOP that fails means a device in trouble.
   public func nops(_ count: Int, batch: Int = 32) throws(VGPUError) {
-    try withQueuePair { (qp) throws(VGPUError) in
-      let n = max(1, min(batch, (qp.depth - 1) / 2))
+    let outcome = try runBatches(count, batch: batch, "nop") { _ in Command.Nop().entry }
+    if let error = outcome.firstError { throw error }
+  }
+
+  /// Runs `entries` (commands built with `Command`; their ids are set here)
+  /// on one queue pair, one doorbell per batch of up to `batch` of them,
+  /// and waits for all of them.
+  ///
+  /// As many whole batches are kept in flight as the ring holds: the device
+  /// works through them while the next is written (and goes on while this
+  /// thread is descheduled), and each batch is waited for with one call,
+  /// not one wait per command. A command that fails does not stop the
+  /// rest: the outcome says how many succeeded and which failed first.
+  /// Throws only when the queue pair itself fails (a deadline, a protocol
+  /// violation, a lost device). Allocates nothing.
+  public func execute(_ entries: UnsafeBufferPointer<SubmissionEntry>, batch: Int = 32) throws(VGPUError)
+    -> BatchOutcome
+  {
+    guard let base = entries.baseAddress else { return BatchOutcome(completed: 0, firstError: nil) }
+    return try runBatches(entries.count, batch: batch, "batch") { base[$0] }
+  }
+
+  /// `count` commands, `entry(i)`, in batches of up to `batch` (at most
+  /// half the ring, so that two always fit), as many in flight as fit.
+  @inline(__always)
+  func runBatches(_ count: Int, batch: Int, _ operation: StaticString, _ entry: (Int) -> SubmissionEntry)
+    throws(VGPUError) -> BatchOutcome
+  {
+    guard count > 0 else { return BatchOutcome(completed: 0, firstError: nil) }
+    return try withQueuePair { (qp) throws(VGPUError) -> BatchOutcome in
+      let n = max(1, min(batch, qp.capacity / 2))
+      let limit = qp.capacity / n * n
+      var window = BatchWindow()
       var submitted = 0
-      var completed = 0
-      var oldest: UInt16 = 0  // ids are consecutive: each submit takes the next
-      while completed < count {
-        if submitted < count && submitted - completed <= n {
-          let k = min(n, count - submitted)
-          for i in 0..<k {
-            let id = try qp.submit(Command.Nop().entry, "nop")
-            if i == 0 && submitted == completed { oldest = id }
-          }
+      while submitted < count || window.count > 0 {
+        let k = min(n, count - submitted)
+        if k > 0 && window.count + k <= limit {
+          let from = submitted
+          let first = try qp.submitBatch(count: k, operation) { entry(from + $0) }
           qp.ring()
           submitted += k
+          // Not next to those in flight (ids were skipped): collect those first.
+          if window.count > 0 && first != window.oldest &+ UInt16(truncatingIfNeeded: window.count) {
+            try window.collect(window.count, from: &qp, operation)
+          }
+          if window.count == 0 { window.oldest = first }
+          window.count += k
         } else {
-          _ = try qp.wait(for: oldest, "nop")
-          oldest &+= 1
-          completed += 1
+          try window.collect(min(n, window.count), from: &qp, operation)
         }
       }
+      return window.outcome
     }
+  }
+}
+
+/// The commands of `runBatches` in flight: ids `oldest ..< oldest + count`,
+/// in submission order (batches take consecutive ids). A struct with a
+/// mutating method, not a local function: the variables a local function
+/// captures are boxed on the heap in a debug build.
+struct BatchWindow {
+  var oldest: UInt16 = 0
+  var count = 0
+  var outcome = BatchOutcome(completed: 0, firstError: nil)
+
+  /// Waits for the oldest `m` and adds them to the outcome.
+  mutating func collect(_ m: Int, from qp: inout GuestQueuePair, _ operation: StaticString) throws(VGPUError) {
+    let r = try qp.waitBatch(first: oldest, count: m, operation)
+    outcome.completed += r.succeeded
+    if outcome.firstError == nil, let failure = r.firstFailure {
+      outcome.firstError = qp.deviceError(failure, operation)
+    }
+    oldest &+= UInt16(truncatingIfNeeded: m)
+    count -= m
+  }
+}
+
+/// What a batch of commands came to (``Device/execute(_:batch:)``).
+public struct BatchOutcome: Sendable {
+  /// Commands that succeeded.
+  public var completed: Int
+  /// The first command, in submission order, that failed, as an error
+  /// saying what the device refused; nil when every one succeeded.
+  public var firstError: VGPUError?
+
+  public init(completed: Int, firstError: VGPUError?) {
+    self.completed = completed
+    self.firstError = firstError
   }
 }

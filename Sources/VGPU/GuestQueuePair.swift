@@ -181,6 +181,15 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
 
   /// Makes submitted commands visible and wakes the device if it sleeps.
   @inline(__always) mutating func ring() {
+    // The device may answer every command in the ring before the next
+    // drain: with the completions not yet acknowledged, they must fit the
+    // CQ (see `CompletionCursor.shouldAcknowledge`). With a deep pipeline
+    // this is where the CQ-head doorbell is written, about once a batch.
+    if unacknowledged > 0
+      && completions.shouldAcknowledge(unacknowledged: unacknowledged, inRing: tail.distance(from: completions.index))
+    {
+      acknowledgeCompletions()
+    }
     view.ringSubmission(tail: tail.index)
     // Seq-cst store (tail) then load (flag): the device's mirror image sees one of them.
     if registers.deviceSleeping {
@@ -246,6 +255,24 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     -> CompletionEntry
   {
     let slot = Int(UInt32(id) & mask)
+    try awaitAnswer(id, operation, spinAtLeast: spinAtLeast)
+    precondition(idSlots[slot] == UInt32(id) | Self.answered, "waited for command \(id), which was not submitted")
+    idSlots[slot] = Self.idle
+    uncollected -= 1
+    return results[slot]
+  }
+
+  /// Waits until command `id` is answered (its completion kept in
+  /// `results`), spinning then sleeping as `wait(for:)` says.
+  private mutating func awaitAnswer(_ id: UInt16, _ operation: StaticString, spinAtLeast: UInt64 = 0)
+    throws(VGPUError)
+  {
+    let slot = Int(UInt32(id) & mask)
+    // Answered already (the rest of a batch, mostly): nothing to set up.
+    guard idSlots[slot] == UInt32(id) else {
+      deviceWasAsleep = false
+      return
+    }
     var policy = waitPolicy
     // Longer only while the device is known to run (it did not need waking):
     // a device just woken may have been put on this core, where a long spin
@@ -277,11 +304,88 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
       spin.readClock()
       try sleepUntilCompletion(&spin, operation)
     }
-    precondition(idSlots[slot] == UInt32(id) | Self.answered, "waited for command \(id), which was not submitted")
     deviceWasAsleep = false
-    idSlots[slot] = Self.idle
-    uncollected -= 1
-    return results[slot]
+  }
+
+  // MARK: Batches
+
+  /// Writes `count` commands, `entry(i)` for i in 0..<count, into the ring
+  /// under consecutive ids (not yet visible: see `ring`). Returns the first id.
+  ///
+  /// The checks `submit` makes per command are made once: at most
+  /// `capacity` commands uncollected, room in the ring.
+  mutating func submitBatch(
+    count: Int, _ operation: StaticString, _ entry: (Int) -> SubmissionEntry
+  ) throws(VGPUError) -> UInt16 {
+    if let broken { throw broken }
+    guard count > 0, uncollected + count <= capacity else {
+      throw VGPUError(
+        .invalidArgument, "\(operation)", device: deviceName,
+        found:
+          "a batch of \(count) commands, with \(uncollected) on queue pair \(index) not waited for; the ring holds \(capacity)",
+        remedy: "submit at most the ring's capacity at once (a bug in the caller)")
+    }
+    // Room for the whole batch among the entries the device has consumed.
+    while (deviceHead &- tail.index &- 1) & mask < UInt32(count) {
+      try waitForAnyCompletion(operation)
+    }
+    // Consecutive ids whose slots are free, so that the batch is waited for
+    // by its first id and count. Batches collected whole leave their ids
+    // consecutive, so the first place looked at is free; the search is
+    // bounded all the same.
+    var first = nextID
+    var run = 0
+    var looked = 0
+    while run < count {
+      if idSlots[Int(UInt32(first &+ UInt16(truncatingIfNeeded: run)) & mask)] == Self.idle {
+        run += 1
+      } else {
+        first = first &+ UInt16(truncatingIfNeeded: run + 1)
+        run = 0
+      }
+      looked += 1
+      guard looked <= 2 * depth else {
+        throw VGPUError(
+          .invalidArgument, "\(operation)", device: deviceName,
+          found: "no \(count) consecutive free command ids on queue pair \(index) (\(uncollected) not waited for)",
+          remedy: "wait for earlier commands before submitting a batch (a bug in the caller)")
+      }
+    }
+    for i in 0..<count {
+      let id = first &+ UInt16(truncatingIfNeeded: i)
+      var e = entry(i)
+      e.commandID = id
+      tail.push(e, into: view)
+      idSlots[Int(UInt32(id) & mask)] = UInt32(id)
+    }
+    nextID = first &+ UInt16(truncatingIfNeeded: count)
+    uncollected += count
+    return first
+  }
+
+  /// Waits for the `count` commands from id `first` (one `submitBatch`) and
+  /// collects them: how many succeeded, and the completion of the first
+  /// that failed (in submission order), if one did.
+  mutating func waitBatch(first: UInt16, count: Int, _ operation: StaticString) throws(VGPUError)
+    -> (succeeded: Int, firstFailure: CompletionEntry?)
+  {
+    var succeeded = 0
+    var firstFailure: CompletionEntry?
+    for i in 0..<count {
+      let id = first &+ UInt16(truncatingIfNeeded: i)
+      let slot = Int(UInt32(id) & mask)
+      // Mostly answered already: the first wait of a batch drains the rest.
+      if idSlots[slot] == UInt32(id) { try awaitAnswer(id, operation) }
+      precondition(idSlots[slot] == UInt32(id) | Self.answered, "waited for command \(id), which was not submitted")
+      idSlots[slot] = Self.idle
+      if results[slot].status == CommandStatus.success.rawValue {
+        succeeded += 1
+      } else if firstFailure == nil {
+        firstFailure = results[slot]
+      }
+    }
+    uncollected -= count
+    return (succeeded, firstFailure)
   }
 
   /// Publishes this thread's CPU for the device and says whether the device
@@ -374,7 +478,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     if collected > 0 {
       // The device answers: whatever the status word says, it is serving.
       statusBadSince = 0
-      // The CQ-head doorbell is written in batches (and before sleeping).
+      // The CQ-head doorbell is written in batches (also before ringing and before sleeping).
       unacknowledged &+= UInt32(collected)
       if completions.shouldAcknowledge(unacknowledged: unacknowledged, inRing: tail.distance(from: completions.index)) {
         acknowledgeCompletions()

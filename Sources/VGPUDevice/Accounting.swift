@@ -11,6 +11,14 @@ extension Executor {
     deviceTotals.commands &+= 1
   }
 
+  /// `n` NOPs served in a run (`serve`): counted as `countCommand` would,
+  /// in one addition. A successful NOP has nothing else to count.
+  @inline(__always) func countNOPs(_ n: UInt64, _ qp: Int) {
+    guard n > 0 else { return }
+    served[qp].stats.commands &+= n
+    deviceTotals.commands &+= n
+  }
+
   func countBusy(_ nanoseconds: UInt64, _ qp: Int) {
     served[qp].stats.busyNanoseconds &+= nanoseconds
     deviceTotals.busyNanoseconds &+= nanoseconds

@@ -66,19 +66,62 @@ extension Executor {
     var started: UInt64 = 0
     var last: UInt64 = 0
     var left = budget.commands
+    // Completion slots known to be free: the CQ-head doorbell (the guest's
+    // line) is read again only once they are used up. An honest guest only
+    // moves it forward, so an older value never claims more room than there
+    // is; one that moves it back only overwrites its own completions.
+    var room: UInt32 = 0
+    // NOPs served and not yet counted: counted at once before any other
+    // command runs (a `statistics` among them sees them) and at the end.
+    var nops: UInt64 = 0
     // The turn's time is the commands' own clock reads (no extra one); it
     // ends after the command that passes it, so every turn does some work.
     while served[qp].head.index != tail && left > 0 && (started == 0 || last &- started < budget.nanoseconds) {
-      left &-= 1
       // Work of this pair is on a worker: its later commands wait.
       if served[qp].busy != nil { break }
-      let completionHead = view.completionHead
-      guard completionHead <= layout.depth - 1 else {
-        fault(qp, .headOutOfRange)
-        return true
+      if room == 0 {
+        let completionHead = view.completionHead
+        guard completionHead <= layout.depth - 1 else {
+          countNOPs(nops, qp)
+          fault(qp, .headOutOfRange)
+          return true
+        }
+        // Full: the guest has not consumed enough completions yet.
+        room = served[qp].completions.room(guestHead: completionHead)
+        if room == 0 { break }
       }
-      // Full: the guest has not consumed enough completions yet.
-      if served[qp].completions.isFull(guestHead: completionHead) { break }
+      // A run of NOPs is served from each entry's first word alone (opcode,
+      // flags, id, reserved: the whole of what a NOP means), without the
+      // dispatcher; anything else in that word takes the full path, which
+      // refuses it as before.
+      var header = view.submissionHeader(at: served[qp].head.index)
+      if header & Self.nopHeaderMask == 0 {
+        var head = served[qp].head
+        var completions = served[qp].completions
+        while true {
+          head.skip()
+          completions.post(
+            CompletionEntry(
+              commandID: UInt16(truncatingIfNeeded: header >> 16), status: .success, sqHead: UInt16(head.index)),
+            into: view)
+          nops &+= 1
+          room &-= 1
+          left &-= 1
+          guard room > 0, left > 0, head.index != tail else { break }
+          header = view.submissionHeader(at: head.index)
+          guard header & Self.nopHeaderMask == 0 else { break }
+        }
+        served[qp].head = head
+        served[qp].completions = completions
+        posted = true
+        continue
+      }
+      if nops > 0 {
+        countNOPs(nops, qp)
+        nops = 0
+      }
+      room &-= 1
+      left &-= 1
       let entry = served[qp].head.pop(from: view)
       let timed = entry.opcode != Opcode.nop.rawValue
       if started == 0 && timed {
@@ -116,6 +159,7 @@ extension Executor {
       served[qp].completions.post(c, into: view)
       posted = true
     }
+    countNOPs(nops, qp)
     if started != 0 { countBusy(last &- started, qp) }
     if posted {
       // Store (completion) then load (guestWaiting) needs a full barrier:
@@ -133,6 +177,11 @@ extension Executor {
     }
     return posted
   }
+
+  /// The bits of a submission entry's first word (little-endian: opcode
+  /// @0, flags @1, command id @2-3, reserved @4-7; PROTOCOL.md §8) that are
+  /// all 0 in a well-formed NOP: the opcode, the flags and the reserved word.
+  static let nopHeaderMask: UInt64 = 0xffff_ffff_0000_ffff
 
   /// Wakes whoever waits on queue pair `qp`: a futex sleeper on this host,
   /// and through ivshmem the guest's vector for the pair.

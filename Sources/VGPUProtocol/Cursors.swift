@@ -30,6 +30,11 @@ public struct SubmissionCursor: Sendable, Equatable {
     return e
   }
 
+  /// Device: moves past the entry at the cursor (read in part with
+  /// `QueuePairView.submissionHeader`).
+  @inlinable @inline(__always)
+  public mutating func skip() { _index = (index &+ 1) & mask }
+
   /// Entries from this cursor up to `other` (going forward, wrapping).
   @inlinable @inline(__always) public func distance(to other: UInt32) -> UInt32 { (other &- index) & mask }
 
@@ -89,16 +94,23 @@ public struct CompletionCursor: Sendable, Equatable {
   /// completions consumed since it was last written and `inRing` commands
   /// submitted past the consumed ones. Each write takes the doorbell's
   /// cache line from the device, so it is batched (NVMe 1.4 §4.1 lets the
-  /// host free CQ entries in bulk): once a quarter of the ring is consumed,
-  /// or once commands in the ring plus unacknowledged completions reach half
-  /// of it, so the device never finds a CQ full that the guest has drained.
-  /// (A guest also writes it before it sleeps.)
+  /// host free CQ entries in bulk): once half of the ring is consumed, or
+  /// once the device, posting a completion for every command in the ring,
+  /// could find the CQ full (they and the unacknowledged ones would take
+  /// more than its `depth - 1` usable slots). Asked after draining and
+  /// before each submission doorbell, this keeps the device from ever
+  /// finding full a CQ that the guest has drained, however much of the
+  /// ring is in flight. (A guest also writes it before it sleeps.)
   @inlinable @inline(__always)
   public func shouldAcknowledge(unacknowledged: UInt32, inRing: UInt32) -> Bool {
-    unacknowledged >= mask / 4 || inRing &+ unacknowledged >= mask / 2
+    unacknowledged >= mask / 2 || inRing &+ unacknowledged > mask
   }
 
   /// Device: whether posting one more would overwrite a completion the
   /// guest has not consumed (its head doorbell is `head`).
   @inlinable @inline(__always) public func isFull(guestHead head: UInt32) -> Bool { (index &+ 1) & mask == head }
+
+  /// Device: how many completions may be posted before the ring is full,
+  /// the guest's head doorbell being `head` (one slot always stays empty).
+  @inlinable @inline(__always) public func room(guestHead head: UInt32) -> UInt32 { (head &- index &- 1) & mask }
 }

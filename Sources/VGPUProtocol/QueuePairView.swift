@@ -70,6 +70,13 @@ public struct QueuePairView: @unchecked Sendable {
     (submissions + Int(slot) * SubmissionEntry.size).load(as: SubmissionEntry.self)
   }
 
+  /// Device: the first word of the command in slot `slot` (opcode @0,
+  /// flags @1, command id @2, reserved @4, little-endian), for a look at
+  /// what it is before reading the rest.
+  @inlinable @inline(__always) public func submissionHeader(at slot: UInt32) -> UInt64 {
+    (submissions + Int(slot) * SubmissionEntry.size).load(as: UInt64.self)
+  }
+
   // MARK: Completion ring
 
   /// Device: writes a completion, its tag word (command id, phase) last with release order.

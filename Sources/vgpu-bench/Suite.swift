@@ -52,6 +52,9 @@ struct SuiteOptions {
   var onlyScale = false
   /// Only the bandwidth section (e.g. a per-size sweep of the copies).
   var onlyCopies = false
+  /// Only the batched NOP rate against the raw ring, and callgrind's
+  /// instructions per NOP (issue 17: that ratio alone, run after run).
+  var onlyRates = false
   /// The copy sizes (`--sizes`), instead of 4 KiB to `maxSize` in ×4 steps.
   var copySizes: [Int]? = nil
 }
@@ -147,6 +150,17 @@ final class Suite {
       report.seconds = progress.seconds
       return report
     }
+    if options.onlyRates {
+      measureRates(device)
+      device.device.close()
+      progress.begin("instructions per NOP (callgrind)")
+      measureInstructions(vgpuSpec)
+      checkTargets()
+      report.targets.removeAll { !$0.target.hasPrefix("batched command rate") && !$0.target.hasPrefix("instructions") }
+      report.loadAverage.append(loadAverage())
+      report.seconds = progress.seconds
+      return report
+    }
 
     progress.begin("ceilings: shared-memory ping-pong (interleaved with vGPU NOPs), SPSC ring, memcpy")
     let both = measured("ping-pong baseline and vGPU NOP latency") {
@@ -225,6 +239,35 @@ final class Suite {
     report.loadAverage.append(loadAverage())
     report.seconds = progress.seconds
     return report
+  }
+
+  /// The batched NOP rate and the raw ring it is held against, alone: the
+  /// two are measured in turn, 5 rounds of a second each, so that both
+  /// medians cover the same stretch of a noisy machine (the ring alone went
+  /// from 50 to 190 M/s between two runs a minute apart on a loaded one).
+  func measureRates(_ device: DeviceTarget) {
+    progress.begin("batched NOPs against the raw SPSC ring, in turn")
+    let rounds = plan.quick ? 1 : 5
+    var rings: [Double] = []
+    var nops: [Double] = []
+    for round in 0..<rounds {
+      progress.detail("round \(round + 1) of \(rounds)")
+      if let r = measured("SPSC ring baseline", { try SPSCRing.measure(plan, batch: Cases.batch, child: ["_ring"]) }) {
+        rings.append(r)
+      }
+      if let n = measured("vGPU batched NOPs", { try Cases.batched(device, plan) }) { nops.append(n) }
+    }
+    let ring1 = measured("SPSC ring baseline, batch 1") { try SPSCRing.measure(plan, batch: 1, child: ["_ring"]) }
+    func median(_ v: [Double]) -> Double? { v.isEmpty ? nil : v.sorted()[v.count / 2] }
+    let ratios = zip(nops, rings).map { $0 / $1 }.sorted()
+    let note =
+      ratios.isEmpty
+      ? nil
+      : "median of \(ratios.count) rounds taken in turn with the ring; per round \(String(format: "%.1f", ratios.first! * 100))–\(String(format: "%.1f", ratios.last! * 100))% of the ring"
+    report.figures.append(
+      Figure("rates", "NOPs, \(Cases.batch) a doorbell", unit: "ops/s", median(nops), lowerIsBetter: false, note: note)
+        .against("raw SPSC ring, batches of \(Cases.batch) (ceiling)", median(rings))
+        .against("raw SPSC ring, batches of 1", ring1))
   }
 
   /// The bandwidth section: memcpy, the vGPU and the socket RPC sampled in

@@ -24,7 +24,8 @@ struct VGPUBench: ParsableCommand {
         round trip   NOP p50 / p99 / p99.9: vGPU, ping-pong, socket RPC
         rates        NOPs 32 a doorbell; launches; alloc + free
         bandwidth    H2D, D2H, D2D from 4 KiB to --max-size (×4 steps), or at --sizes; \
-      --only-copies measures this section alone
+      --only-copies measures this section alone; --only-rates measures the batched NOPs \
+      against the raw ring alone (with their instructions per NOP)
         efficiency   heap allocations per command (a malloc counter linked in); \
       instructions per NOP (valgrind --tool=callgrind, N and 2N NOPs)
         engine       the PTX engine through the mediator: thread-instructions/s per \
@@ -113,6 +114,13 @@ struct VGPUBench: ParsableCommand {
     help: "Measure only the bandwidth section (H2D, D2H, D2D: memcpy, vGPU and socket RPC in turn at each size).")
   var onlyCopies = false
 
+  @Flag(
+    name: .customLong("only-rates"),
+    help:
+      "Measure only the batched NOP rate against the raw SPSC ring (batches of 32 and of 1), and its instructions per NOP unless --no-callgrind."
+  )
+  var onlyRates = false
+
   func validate() throws {
     if let maxSize, parseSize(maxSize) == nil {
       throw ValidationError("--max-size '\(maxSize)' is not a size such as 1G, 256M or 64K")
@@ -121,8 +129,9 @@ struct VGPUBench: ParsableCommand {
       throw ValidationError("--sizes '\(sizes)' is not a comma-separated list of sizes such as 16K,64K,1M")
     }
     if let discoveryRuns, discoveryRuns < 1 { throw ValidationError("--discovery-runs must be at least 1") }
-    if [onlyIdle, onlyEngine, onlyScale, onlyCopies].filter({ $0 }).count > 1 {
-      throw ValidationError("--only-idle, --only-engine, --only-scale and --only-copies exclude each other: give one")
+    if [onlyIdle, onlyEngine, onlyScale, onlyCopies, onlyRates].filter({ $0 }).count > 1 {
+      throw ValidationError(
+        "--only-idle, --only-engine, --only-scale, --only-copies and --only-rates exclude each other: give one")
     }
     if let mediator, !FileManager.default.isExecutableFile(atPath: mediator) {
       throw ValidationError("--mediator \(mediator) is not an executable file: name a built vgpu-mediator")
@@ -149,7 +158,8 @@ struct VGPUBench: ParsableCommand {
       quick: quick, maxSize: maxSize.flatMap(parseSize) ?? (quick ? 1 << 20 : 1 << 30), mediator: mediatorPath,
       shims: shims ?? findShims(from: here), callgrind: !quick && !noCallgrind,
       discoveryRuns: discoveryRuns ?? (quick ? 3 : 30), mediatorOptions: mediatorOptions, onlyIdle: onlyIdle,
-      onlyEngine: onlyEngine, onlyScale: onlyScale, onlyCopies: onlyCopies, copySizes: sizes.flatMap(parseSizes))
+      onlyEngine: onlyEngine, onlyScale: onlyScale, onlyCopies: onlyCopies, onlyRates: onlyRates,
+      copySizes: sizes.flatMap(parseSizes))
     let report = try Suite(options).run()
 
     try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)

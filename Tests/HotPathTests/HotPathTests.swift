@@ -72,6 +72,15 @@ import VGPUSimulator
     #expect(n == 0, "\(n) allocations in 10000 NOP round trips")
     let batched = try allocations { try device.nops(10_000, batch: 32) }
     #expect(batched == 0)
+    // The batch API, with the caller's buffer of commands.
+    let entries = UnsafeMutableBufferPointer<SubmissionEntry>.allocate(capacity: 1000)
+    defer { entries.deallocate() }
+    entries.initialize(repeating: Command.Nop().entry)
+    _ = try device.execute(UnsafeBufferPointer(entries), batch: 32)
+    var outcome = BatchOutcome(completed: 0, firstError: nil)
+    let executed = try allocations { outcome = try device.execute(UnsafeBufferPointer(entries), batch: 32) }
+    #expect(executed == 0, "\(executed) allocations in a batch of 1000 NOPs")
+    #expect(outcome.completed == 1000 && outcome.firstError == nil)
   }
 
   @Test(arguments: ["sim", "shm"]) func guestCopiesAllocateNothing(_ kind: String) throws {
@@ -162,14 +171,17 @@ import VGPUSimulator
     // No launch: a PTX launch allocates on the device (the interpreter sets
     // up each launch: registers, shared memory, its caches). The guest's side
     // of a launch allocates nothing (guestLaunchesAllocateNothing).
-    let work = [
-      Command.Nop().entry,
-      Command.CopyToDevice(device: address, staging: stg, length: 65536).entry,
-      Command.CopyFromDevice(device: address + 65536, staging: stg, length: 65536).entry,
-      Command.CopyDeviceToDevice(destination: address, source: address + 4096, length: 4096).entry,
-      Command.Memset(address: address + 8192, value: 0x4000_0000, elementSize: 4, count: 1024).entry,
-      Command.MemoryInfo().entry,
-    ]
+    // A run of NOPs first: the device serves it from the entries' first
+    // words, counted in one addition (issue 17).
+    let work =
+      Array(repeating: Command.Nop().entry, count: 16) + [
+        Command.Nop().entry,
+        Command.CopyToDevice(device: address, staging: stg, length: 65536).entry,
+        Command.CopyFromDevice(device: address + 65536, staging: stg, length: 65536).entry,
+        Command.CopyDeviceToDevice(destination: address, source: address + 4096, length: 4096).entry,
+        Command.Memset(address: address + 8192, value: 0x4000_0000, elementSize: 4, count: 1024).entry,
+        Command.MemoryInfo().entry,
+      ]
     var failures: [String] = []
     failures.reserveCapacity(work.count)
     var completed = 0
