@@ -324,7 +324,9 @@ final class Suite {
     // One BAR file for every process (--shared-bar): the figures below read
     // it (queue pairs reclaimed, callgrind's client) and compare with earlier runs.
     p.arguments =
-      ["--shared-bar", "--path", barPath, "--memory", "16G", "--log-level", "warning"] + options.mediatorOptions
+      ["--shared-bar", "--path", barPath, "--memory", "16G", "--log-level", "warning"]
+      // The serving pool's options are for the socket's host processes (the scale section).
+      + options.mediatorOptions.filter { !$0.hasPrefix("--serving-") }
     p.standardOutput = FileHandle.nullDevice
     do { try p.run() } catch {
       throw BenchError("cannot start the mediator \(options.mediator): \(error) (build it: swift build -c release)")

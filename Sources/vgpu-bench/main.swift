@@ -90,7 +90,7 @@ struct VGPUBench: ParsableCommand {
   @Option(
     name: .customLong("mediator-option"),
     help: ArgumentHelp(
-      "An option for the mediator the suite starts, e.g. --mediator-option=--metrics-listen=:0 (repeatable).",
+      "An option for the mediators the suite starts, e.g. --mediator-option=--metrics-listen=:0 (repeatable); --serving-* options go to the scale section's socket mediators only (and not to its thread-per-client series).",
       valueName: "option"))
   var mediatorOptions: [String] = []
 
