@@ -33,26 +33,22 @@ import VGPUProtocol
     view.publishGuestCPU(0)
     h.expect(Command.Nop().entry, .success)
     #expect(!executor.answeredGuestOnThisCPU)
-    // Asleep on this thread's CPU: the pass says so. The hand-driven pass runs
-    // on this thread; a migration between the two reads is retried.
-    var here = false
-    for _ in 0..<20 where !here {
-      view.publishGuestCPU(vgpu_current_cpu())
-      h.expect(Command.Nop().entry, .success)
-      here = executor.answeredGuestOnThisCPU
-      executor.answeredGuestOnThisCPU = false
+    // The hand-driven pass runs on this thread; a migration between the two
+    // reads is retried.
+    func answeredHere() -> Bool {
+      for _ in 0..<20 {
+        view.publishGuestCPU(vgpu_current_cpu())
+        h.expect(Command.Nop().entry, .success)
+        defer { executor.answeredGuestOnThisCPU = false }
+        if executor.answeredGuestOnThisCPU { return true }
+      }
+      return false
     }
-    #expect(here)
+    // Asleep on this thread's CPU: the pass says so.
+    #expect(answeredHere())
     // Spinning (not asleep) on this CPU: it runs only once the device thread
     // gets off the core too (sooner than that when the device has the higher priority).
     view.setGuestWaiting(false)
-    here = false
-    for _ in 0..<20 where !here {
-      view.publishGuestCPU(vgpu_current_cpu())
-      h.expect(Command.Nop().entry, .success)
-      here = executor.answeredGuestOnThisCPU
-      executor.answeredGuestOnThisCPU = false
-    }
-    #expect(here)
+    #expect(answeredHere())
   }
 }

@@ -37,63 +37,67 @@ import VGPUProtocol
     return (devices, paths)
   }
 
-  @Test func oneThreadServesEveryDevicesClientsAtOnce() throws {
-    let pool = ServingPool(threads: 1)
+  /// Runs `body` with `count` devices on a pool of `threads`, then stops them all.
+  static func withDevices(
+    _ count: Int, threads: Int, _ body: (ServingPool, [ReferenceDevice], [String]) throws -> Void
+  ) throws {
+    let pool = ServingPool(threads: threads)
     defer { pool.stop() }
-    let (devices, paths) = try Self.devices(4, in: pool)
+    let (devices, paths) = try Self.devices(count, in: pool)
     defer {
       for d in devices { d.stop() }
       for p in paths { unlink(p) }
     }
-    #expect(pool.devicesPerThread == [4])
-    let failures = Mutex<[String]>([])
-    // Two clients per device, each copying its own data through and back.
-    DispatchQueue.concurrentPerform(iterations: 8) { t in
-      do {
-        let device = try Device.open("shm:\(paths[t % 4])")
-        defer { device.close() }
-        for round in 0..<5 {
-          let size = 4096 + (t * 7919 + round * 104_729) % (1 << 20)
-          let data = randomBytes(size, seed: UInt64(t * 100 + round))
-          let p = try device.allocate(size)
-          try device.copy(to: p, from: data)
-          try device.nops(200)
-          if try device.read(p, count: size) != data {
-            failures.withLock { $0.append("client \(t) round \(round): data differs") }
+    try body(pool, devices, paths)
+  }
+
+  @Test func oneThreadServesEveryDevicesClientsAtOnce() throws {
+    try Self.withDevices(4, threads: 1) { pool, devices, paths in
+      #expect(pool.devicesPerThread == [4])
+      let failures = Mutex<[String]>([])
+      // Two clients per device, each copying its own data through and back.
+      DispatchQueue.concurrentPerform(iterations: 8) { t in
+        do {
+          let device = try Device.open("shm:\(paths[t % 4])")
+          defer { device.close() }
+          for round in 0..<5 {
+            let size = 4096 + (t * 7919 + round * 104_729) % (1 << 20)
+            let data = randomBytes(size, seed: UInt64(t * 100 + round))
+            let p = try device.allocate(size)
+            try device.copy(to: p, from: data)
+            try device.nops(200)
+            if try device.read(p, count: size) != data {
+              failures.withLock { $0.append("client \(t) round \(round): data differs") }
+            }
+            try device.free(p)
           }
-          try device.free(p)
+        } catch {
+          failures.withLock { $0.append("client \(t): \(error)") }
         }
-      } catch {
-        failures.withLock { $0.append("client \(t): \(error)") }
       }
-    }
-    #expect(failures.withLock { $0 } == [])
-    for (i, d) in devices.enumerated() {
-      #expect(d.memoryInUse.allocated == 0, "device \(i) still holds memory")
+      #expect(failures.withLock { $0 } == [])
+      for (i, d) in devices.enumerated() {
+        #expect(d.memoryInUse.allocated == 0, "device \(i) still holds memory")
+      }
     }
   }
 
   @Test func aStoppedDeviceLeavesThePoolAndTheOthersServeOn() throws {
-    let pool = ServingPool(threads: 2)
-    defer { pool.stop() }
-    let (devices, paths) = try Self.devices(3, in: pool)
-    defer {
-      for d in devices { d.stop() }
-      for p in paths { unlink(p) }
-    }
-    #expect(pool.devicesPerThread.sorted() == [1, 2])
-    let clients = try paths.map { try Device.open("shm:\($0)") }
-    defer { for c in clients { c.close() } }
-    for c in clients { try c.nop() }
-    devices[0].stop()
-    #expect(pool.devicesPerThread.reduce(0, +) == 2)
-    // The stopped device's client is told; the others are served as before.
-    #expect(throws: VGPUError.self) { try clients[0].nop() }
-    for c in clients.dropFirst() {
-      let p = try c.allocate(1 << 16)
-      try c.memset(p, value: 0xab, count: 1 << 16)
-      #expect(try c.read(p, count: 1 << 16) == [UInt8](repeating: 0xab, count: 1 << 16))
-      try c.free(p)
+    try Self.withDevices(3, threads: 2) { pool, devices, paths in
+      #expect(pool.devicesPerThread.sorted() == [1, 2])
+      let clients = try paths.map { try Device.open("shm:\($0)") }
+      defer { for c in clients { c.close() } }
+      for c in clients { try c.nop() }
+      devices[0].stop()
+      #expect(pool.devicesPerThread.reduce(0, +) == 2)
+      // The stopped device's client is told; the others are served as before.
+      #expect(throws: VGPUError.self) { try clients[0].nop() }
+      for c in clients.dropFirst() {
+        let p = try c.allocate(1 << 16)
+        try c.memset(p, value: 0xab, count: 1 << 16)
+        #expect(try c.read(p, count: 1 << 16) == [UInt8](repeating: 0xab, count: 1 << 16))
+        try c.free(p)
+      }
     }
   }
 
@@ -101,28 +105,23 @@ import VGPUProtocol
   /// it fell asleep, a command on any one device wakes it (a sleep slice of
   /// 20 s means a missed wake-up would take that long).
   @Test func anIdlePoolWakesForAnyOfItsDevices() throws {
-    let pool = ServingPool(threads: 1)
-    defer { pool.stop() }
-    let (devices, paths) = try Self.devices(3, in: pool)
-    defer {
-      for d in devices { d.stop() }
-      for p in paths { unlink(p) }
+    try Self.withDevices(3, threads: 1) { pool, _, paths in
+      let clients = try paths.map { try Device.open("shm:\($0)") }
+      defer { for c in clients { c.close() } }
+      for round in 0..<6 {
+        // Past the device's 50 µs spin and the guest's: both sleep.
+        usleep(30_000)
+        let started = DispatchTime.now().uptimeNanoseconds
+        try clients[(round * 2) % 3].nop()
+        let took = DispatchTime.now().uptimeNanoseconds - started
+        #expect(took < 5_000_000_000, "round \(round): a NOP after an idle pause took \(took / 1_000_000) ms")
+      }
+      // Asleep, not polling: the thread's CPU time stands still while idle.
+      usleep(10_000)
+      let before = pool.cpuNanoseconds[0]
+      usleep(300_000)
+      let used = pool.cpuNanoseconds[0] - before
+      #expect(used < 30_000_000, "the idle pool's thread used \(used / 1_000_000) ms of CPU in 300 ms")
     }
-    let clients = try paths.map { try Device.open("shm:\($0)") }
-    defer { for c in clients { c.close() } }
-    for round in 0..<6 {
-      // Past the device's 50 µs spin and the guest's: both sleep.
-      usleep(30_000)
-      let started = DispatchTime.now().uptimeNanoseconds
-      try clients[(round * 2) % 3].nop()
-      let took = DispatchTime.now().uptimeNanoseconds - started
-      #expect(took < 5_000_000_000, "round \(round): a NOP after an idle pause took \(took / 1_000_000) ms")
-    }
-    // Asleep, not polling: the thread's CPU time stands still while idle.
-    usleep(10_000)
-    let before = pool.cpuNanoseconds[0]
-    usleep(300_000)
-    let used = pool.cpuNanoseconds[0] - before
-    #expect(used < 30_000_000, "the idle pool's thread used \(used / 1_000_000) ms of CPU in 300 ms")
   }
 }
