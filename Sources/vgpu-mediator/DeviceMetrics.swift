@@ -31,6 +31,10 @@ final class DeviceMetrics: Sendable {
 
   let registry = PrometheusCollectorRegistry()
   private let sources: [Source]
+  /// The threads serving host processes' BARs (a socket mediator's), whose
+  /// CPU time and load are exported: whether they keep up is what a crowd
+  /// of clients waits on.
+  private let servingPool: ServingPool?
   /// Whether the clients are in a VM: their pids are the guest's, and have no name here.
   private let vm: Bool
   private let state: SanitizerVisibleMutex<State>
@@ -53,15 +57,18 @@ final class DeviceMetrics: Sendable {
 
   /// One device, labelled `device=deviceLabel`.
   convenience init(
-    configuration c: ReferenceDeviceConfiguration, deviceLabel: String, vm: Bool,
+    configuration c: ReferenceDeviceConfiguration, deviceLabel: String, vm: Bool, servingPool: ServingPool? = nil,
     snapshot: @escaping @Sendable () -> DeviceSnapshot
   ) {
-    self.init(sources: [Source(labels: [("device", deviceLabel)], configuration: c, snapshot: snapshot)], vm: vm)
+    self.init(
+      sources: [Source(labels: [("device", deviceLabel)], configuration: c, snapshot: snapshot)], vm: vm,
+      servingPool: servingPool)
   }
 
   /// Several devices (VMs) on one endpoint, each with the labels of its source.
-  init(sources: [Source], vm: Bool) {
+  init(sources: [Source], vm: Bool, servingPool: ServingPool? = nil) {
     self.sources = sources
+    self.servingPool = servingPool
     self.vm = vm
     state = SanitizerVisibleMutex(State(previous: Array(repeating: nil, count: sources.count)))
     MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
@@ -84,6 +91,7 @@ final class DeviceMetrics: Sendable {
     let text = state.withLock { state -> [UInt8] in
       let snapshots = sources.map { $0.snapshot() }
       for (i, snapshot) in snapshots.enumerated() { update(&state, snapshot, source: i) }
+      if let servingPool { updateServing(servingPool) }
       dropDepartedProcesses(&state, snapshots)
       var buffer = registry.emitToBuffer()
       appendLatency(snapshots, to: &buffer)
@@ -130,6 +138,16 @@ final class DeviceMetrics: Sendable {
         state.processSeries[key] ?? ProcessSeries(registry, labels + [("pid", "\(p.pid)"), ("command", key.command)])
       state.processSeries[key] = series
       series.update(p)
+    }
+  }
+
+  /// Each serving thread's CPU time and devices, labelled by its index.
+  private func updateServing(_ pool: ServingPool) {
+    let devices = pool.devicesPerThread
+    for (i, cpu) in pool.cpuNanoseconds.enumerated() {
+      let labels = [("thread", "\(i)")]
+      seconds(Names.servingCPU, labels, cpu)
+      gauge(Names.servingDevices, labels, UInt64(i < devices.count ? devices[i] : 0))
     }
   }
 
@@ -300,6 +318,14 @@ enum Names {
   static var allocations: MetricNameDescriptor { make("device_allocations", "total", "Successful allocations.") }
   static var copyBytes: MetricNameDescriptor {
     make("device_copy_bytes", "total", "Bytes copied by successful copies, by direction.")
+  }
+  static var servingCPU: MetricNameDescriptor {
+    make(
+      "serving_thread_cpu_seconds", "total",
+      "CPU time of each thread serving the host processes' BARs (--serving-threads); near 1 s a second: saturated.")
+  }
+  static var servingDevices: MetricNameDescriptor {
+    make("serving_thread_devices", "", "Host processes' BARs each serving thread serves.")
   }
   static let latency = "vgpu_device_command_duration_seconds"
   static let latencyHelp = "Device time per command, by opcode (NOPs are not timed)."

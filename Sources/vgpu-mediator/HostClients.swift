@@ -101,6 +101,8 @@ final class HostClientServer: @unchecked Sendable {
   let maxClients: Int
   /// The threads that serve the clients' devices; nil: a thread per client.
   private let pool: ServingPool?
+  /// The shared serving threads (for their metrics); nil with a thread per client.
+  var servingPool: ServingPool? { pool }
   /// Processes that may wait for a place beyond `maxClients`; more are told
   /// at once that the mediator is full (each waiter holds a descriptor).
   var maxWaiting: Int { max(64, maxClients) }

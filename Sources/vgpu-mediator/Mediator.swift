@@ -442,7 +442,9 @@ struct Mediator: ParsableCommand {
     let metrics: MetricsServer?
     do {
       metrics = try startMetrics(
-        DeviceMetrics(configuration: config, deviceLabel: server.socketPath, vm: false) { server.snapshot() },
+        DeviceMetrics(
+          configuration: config, deviceLabel: server.socketPath, vm: false, servingPool: server.servingPool
+        ) { server.snapshot() },
         log: log)
     } catch {
       server.stop()  // removes the socket

@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import TestSupport
 import Testing
+import VGPU
 
 #if canImport(Glibc)
   import Glibc
@@ -184,6 +185,33 @@ import Testing
     sleep(3)
     let used = mediator.cpuTicks - before
     #expect(used >= 0 && used <= 3, "idle mediator with metrics used \(used) ticks in 3 s")
+  }
+
+  /// A socket mediator's serving threads in its metrics: a series per
+  /// thread, with the BARs it serves (a connected process's among them) and
+  /// its CPU time, which grows while it serves.
+  @Test func servingThreadsAreInTheMetrics() throws {
+    let mediator = try MediatorProcess(arguments: ["--metrics-listen", ":0", "--serving-threads", "2"])
+    defer { mediator.stop() }
+    let port = try #require(try Metrics.port(of: mediator), "\(mediator.log)")
+    /// `NAME{thread="i"} VALUE` lines of one scrape, by thread.
+    func byThread(_ name: String) throws -> [String: Double] {
+      var found: [String: Double] = [:]
+      for line in try HTTP.get(port: port, path: "/metrics").body.split(separator: "\n")
+      where line.hasPrefix(name + "{thread=\"") {
+        let thread = line.dropFirst(name.count + 9).prefix { $0 != "\"" }
+        found[String(thread)] = line.split(separator: " ").last.flatMap { Double($0) }
+      }
+      return found
+    }
+    #expect(try byThread("vgpu_serving_thread_devices") == ["0": 0, "1": 0])
+    let client = try Device.open(mediator.spec)
+    defer { client.close() }
+    try client.nops(200_000)
+    let devices = try byThread("vgpu_serving_thread_devices")
+    #expect(devices.count == 2 && devices.values.reduce(0, +) == 1, "\(devices)")
+    let cpu = try byThread("vgpu_serving_thread_cpu_seconds_total")
+    #expect(cpu.count == 2 && cpu.values.reduce(0, +) > 0, "\(cpu)")
   }
 
   static func row(of pid: UInt32, in screen: String) -> String? {
