@@ -13,11 +13,11 @@ import VGPUProtocol
 @Suite(.serialized) struct ServingPoolTests {
   /// `count` devices on BAR files in /dev/shm, started in `pool`; a missed
   /// wake-up would stall a client for `sleepSlice` (the test would notice).
-  static func devices(_ count: Int, in pool: ServingPool, sleepSlice: UInt64 = 20_000_000_000) throws -> (
-    [ReferenceDevice], [String]
-  ) {
+  static func devices(
+    _ count: Int, in pool: ServingPool, memory: UInt64 = 1 << 30, sleepSlice: UInt64 = 20_000_000_000
+  ) throws -> ([ReferenceDevice], [String]) {
     var configuration = ReferenceDeviceConfiguration()
-    configuration.memorySize = 1 << 30
+    configuration.memorySize = memory
     configuration.wait.sleepSliceNanoseconds = sleepSlice
     configuration.idleSleepNanoseconds = sleepSlice
     configuration.kernelWorkers = 1
@@ -39,11 +39,12 @@ import VGPUProtocol
 
   /// Runs `body` with `count` devices on a pool of `threads`, then stops them all.
   static func withDevices(
-    _ count: Int, threads: Int, _ body: (ServingPool, [ReferenceDevice], [String]) throws -> Void
+    _ count: Int, threads: Int, memory: UInt64 = 1 << 30,
+    _ body: (ServingPool, [ReferenceDevice], [String]) throws -> Void
   ) throws {
     let pool = ServingPool(threads: threads)
     defer { pool.stop() }
-    let (devices, paths) = try Self.devices(count, in: pool)
+    let (devices, paths) = try Self.devices(count, in: pool, memory: memory)
     defer {
       for d in devices { d.stop() }
       for p in paths { unlink(p) }
@@ -122,6 +123,25 @@ import VGPUProtocol
       usleep(300_000)
       let used = pool.cpuNanoseconds[0] - before
       #expect(used < 30_000_000, "the idle pool's thread used \(used / 1_000_000) ms of CPU in 300 ms")
+    }
+  }
+
+  /// More devices than one futex_waitv takes (128 words, the thread's own
+  /// among them): the thread then naps a millisecond at a time, and still
+  /// answers each device after an idle pause (a missed one would take the
+  /// 20 s sleep slice).
+  @Test func moreDevicesThanOneFutexWaitvTakesAreStillServed() throws {
+    try Self.withDevices(130, threads: 1, memory: 64 << 20) { pool, _, paths in
+      #expect(pool.devicesPerThread == [130])
+      for i in [0, 64, 129] {
+        let client = try Device.open("shm:\(paths[i])")
+        defer { client.close() }
+        usleep(30_000)
+        let started = DispatchTime.now().uptimeNanoseconds
+        try client.nop()
+        let took = DispatchTime.now().uptimeNanoseconds - started
+        #expect(took < 5_000_000_000, "device \(i): a NOP after an idle pause took \(took / 1_000_000) ms")
+      }
     }
   }
 }
