@@ -94,18 +94,28 @@ extension BlockRunner {
             pc &+= 1
             continue
           }
-          if i.op == .bra {
+          // Branches, the kernel's end and sync points run for the whole group: counted here,
+          // where a checkpoint may suspend the group before the instruction (it runs on resume).
+          let isBranch = i.op == .bra
+          let isExit = !isBranch && (i.op == .exit || (i.op == .ret && gframe == 0))
+          let isSync =
+            !isBranch && !isExit
+            && (i.op == .barSync || i.op == .barRed || i.op == .warpSync || i.op == .shfl || i.op == .vote
+              || i.op == .activemask || i.op == .redux || i.op == .match)
+          if isBranch || isExit || isSync {
             n &+= count
             // The checkpoint counts this instruction once, as when the group's first lane reaches it.
             if n > limit, try checkpoint(n &- count &+ 1, &limit) {
               setPC(group, t0, pc)
-              n &-= count  // the branch runs on resume
+              n &-= count
               if let pending {
                 culprit = t0 &+ limitLane
                 throw pending
               }
               return true
             }
+          }
+          if isBranch {
             let taken = i.guardSlot >= 0 ? guardMask(i, group, r0) : group
             if taken == group {
               pc = Int(i.imm)
@@ -124,19 +134,9 @@ extension BlockRunner {
             }
             continue
           }
-          if i.op == .exit || (i.op == .ret && gframe == 0) {
+          if isExit {
             // The kernel's end for the lanes whose guard holds (PTX ISA §9.7.13.8 exit): they
             // park exited, as `execute` parks them; the others go on.
-            n &+= count
-            if n > limit, try checkpoint(n &- count &+ 1, &limit) {
-              setPC(group, t0, pc)
-              n &-= count  // the instruction runs on resume
-              if let pending {
-                culprit = t0 &+ limitLane
-                throw pending
-              }
-              return true
-            }
             let off = i.guardSlot >= 0 ? guardMask(i, group, r0) : group
             setPC(group, t0, off == group ? pc : pc &+ 1)
             var m = off
@@ -149,23 +149,11 @@ extension BlockRunner {
             group = 0
             break
           }
-          if i.op == .barSync || i.op == .barRed || i.op == .warpSync || i.op == .shfl || i.op == .vote
-            || i.op == .activemask || i.op == .redux || i.op == .match
-          {
+          if isSync {
             // Sync points park the lanes whose guard holds, as `execute` parks them: past a
             // barrier (bar.red with its predicate), at a collective (`releaseCollectives` runs
             // it); the others go on. One lane at a time through `step` cost matmul 3 host
             // instructions per thread-instruction.
-            n &+= count
-            if n > limit, try checkpoint(n &- count &+ 1, &limit) {
-              setPC(group, t0, pc)
-              n &-= count  // the instruction runs on resume
-              if let pending {
-                culprit = t0 &+ limitLane
-                throw pending
-              }
-              return true
-            }
             let on = i.guardSlot >= 0 ? guardMask(i, group, r0) : group
             setPC(group & ~on, t0, pc &+ 1)
             let barrier = i.op == .barSync || i.op == .barRed
