@@ -203,18 +203,17 @@ public final class ReferenceDevice: @unchecked Sendable {
       // Many devices on one thread sleep on all their wake words at once
       // (futex_waitv); an eventfd is not among them.
       precondition(doorbells == nil, "a device with ivshmem doorbells is served on a thread of its own")
-      pool.add(self)
       self.pool = pool
     } else {
-      let own = ServingPool(threads: 1, wait: configuration.wait, solo: true)
-      own.add(self)
-      self.pool = own
-      ownPool = own
+      self.pool = ServingPool(threads: 1, wait: configuration.wait, solo: true)
+      ownsPool = true
     }
+    self.pool?.add(self)
   }
-  /// The pool serving the device, and the one made for it alone.
+  /// The pool serving the device; whether it was made for this device alone
+  /// (and so stops with it).
   private var pool: ServingPool?
-  private var ownPool: ServingPool?
+  private var ownsPool = false
 
   /// Says the device is stopping, finishes the command in hand, and joins the thread.
   /// Guests waiting on a completion see the status and fail with `deviceLost`.
@@ -225,9 +224,9 @@ public final class ReferenceDevice: @unchecked Sendable {
     executor.lock.withLock { _ in executor.setStatus(.stopping) }
     // Once this returns, no pool thread touches the device.
     pool?.remove(self)
-    ownPool?.stop()
+    if ownsPool { pool?.stop() }
     pool = nil
-    ownPool = nil
+    ownsPool = false
     // Events the thread had no pass left to hand over; from here on they go out at once.
     let (events, onEvent) = executor.lock.withLock { _ in
       executor.deferEvents = false

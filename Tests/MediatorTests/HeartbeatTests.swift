@@ -12,11 +12,17 @@ import VGPUProtocol
 /// its pair and memory come back within 2 s. A client idle for 6 s keeps
 /// its pair, its memory and its data, and works after.
 @Suite(.serialized) struct HeartbeatTests {
-  @Test func aKilledGuestIsReclaimedWithin2sAndAnIdleOneKeepsItsPair() throws {
+  /// A mediator serving a VM's BAR (`--vm`), and a client of it holding one
+  /// queue pair, which watches what the others' exits release.
+  static func vmMediatorAndObserver() throws -> (MediatorProcess, Device) {
     let mediator = try MediatorProcess(arguments: ["--vm"])
     var options = OpenOptions()
     options.queuePairs = 1
-    let observer = try Device.open(mediator.spec, options: options)
+    return (mediator, try Device.open(mediator.spec, options: options))
+  }
+
+  @Test func aKilledGuestIsReclaimedWithin2sAndAnIdleOneKeepsItsPair() throws {
+    let (mediator, observer) = try Self.vmMediatorAndObserver()
     defer { observer.close() }
     #expect(
       observer.info.features.contains(.guestHeartbeat),
@@ -89,10 +95,7 @@ import VGPUProtocol
   /// memory go. Continued, it is told so at its next call, rather than
   /// write into rings that may be another process's by then.
   @Test func aStoppedGuestLosesItsPairAndIsToldWhenContinued() throws {
-    let mediator = try MediatorProcess(arguments: ["--vm"])
-    var options = OpenOptions()
-    options.queuePairs = 1
-    let observer = try Device.open(mediator.spec, options: options)
+    let (mediator, observer) = try Self.vmMediatorAndObserver()
     defer { observer.close() }
     let client = try ClientProcess("vgpu-fault-client", ["idle", mediator.spec, "1", "\(1 << 20)"])
     #expect(client.waitFor("ready", seconds: 30) != nil, "\(client.output)")

@@ -90,6 +90,15 @@ struct LockstepTests {
     return results
   }
 
+  /// Both engines (lockstep, then per thread) wrote `want` and counted the same instructions.
+  static func expectBothEngines(
+    _ runs: [([Int32], UInt64)], give want: [Int32], sourceLocation: SourceLocation = #_sourceLocation
+  ) {
+    #expect(runs[0].0 == want, "lockstep", sourceLocation: sourceLocation)
+    #expect(runs[1].0 == want, "per thread", sourceLocation: sourceLocation)
+    #expect(runs[0].1 == runs[1].1, "instructions counted", sourceLocation: sourceLocation)
+  }
+
   static func input(_ n: Int) -> [Int32] {
     (0..<n).map { Int32(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 7) & 0x3ff }
   }
@@ -123,9 +132,7 @@ struct LockstepTests {
       want += [x[i], down &+ x[w + (lane ^ 5)], Int32(bitPattern: odd)]
     }
     let runs = try launch("diverge", block: 64, grid: 2, input: input, outPerThread: 3)
-    #expect(runs[0].0 == want)
-    #expect(runs[1].0 == want)
-    #expect(runs[0].1 == runs[1].1)
+    Self.expectBothEngines(runs, give: want)
   }
 
   @Test func loopsOfPerLaneLengthThenAButterflySum() throws {
@@ -147,9 +154,7 @@ struct LockstepTests {
       want += [acc[i], acc[w..<w + 32].reduce(0, &+)]
     }
     let runs = try launch("loops", block: 96, input: input, outPerThread: 2)
-    #expect(runs[0].0 == want)
-    #expect(runs[1].0 == want)
-    #expect(runs[0].1 == runs[1].1)
+    Self.expectBothEngines(runs, give: want)
   }
 
   @Test func lanesThatReturnBeforeABarrierAndAShortLastWarp() throws {
@@ -172,9 +177,7 @@ struct LockstepTests {
       want += [input[(t + 1) % n] * 2 + input[(t + 5) % n] * 2, Int32(bitPattern: big & left)]
     }
     let runs = try launch("leave", block: UInt32(n), input: input, outPerThread: 2)
-    #expect(runs[0].0 == want)
-    #expect(runs[1].0 == want)
-    #expect(runs[0].1 == runs[1].1)
+    Self.expectBothEngines(runs, give: want)
   }
 
   /// A fault in one lane of a converged warp names that lane, as the per-thread engine does.
