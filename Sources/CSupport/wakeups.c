@@ -56,6 +56,17 @@ int vgpu_pidfd_open(int pid) {
 #endif
 }
 
+int vgpu_pidfd_getfd(int pidfd, int fd) {
+#ifdef SYS_pidfd_getfd
+  long r = syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+  return r < 0 ? -errno : (int)r;
+#else
+  (void)pidfd;
+  (void)fd;
+  return -ENOSYS;
+#endif
+}
+
 // 1 when `pid` has exited and waits to be reaped (state Z or X in
 // /proc/PID/stat, proc(5)), else 0. Allocates nothing: a guest reads it
 // while it sleeps for a completion.

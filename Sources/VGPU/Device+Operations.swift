@@ -39,9 +39,16 @@ extension Device {
 
   // MARK: Copies
 
-  /// Copies `source` into device memory at `destination`.
+  /// Copies `source` into device memory at `destination`: from shared host
+  /// memory (`allocateSharedHostMemory`) in one copy, the device's; from
+  /// any other memory through the staging slots.
   public func copy(to destination: DevicePointer, from source: UnsafeRawBufferPointer) throws(VGPUError) {
     guard let base = source.baseAddress, source.count > 0 else { return }
+    if isSharedHostMemory(base, source.count) {
+      return try withQueuePair { (qp) throws(VGPUError) in
+        try qp.copyFromHost(destination.address, from: base, count: source.count)
+      }
+    }
     try withQueuePair { (qp) throws(VGPUError) in
       try qp.copyToDevice(destination.address, from: base, count: source.count)
     }
@@ -50,6 +57,11 @@ extension Device {
   /// Copies device memory at `source` into `destination` (its whole length).
   public func copy(from source: DevicePointer, into destination: UnsafeMutableRawBufferPointer) throws(VGPUError) {
     guard let base = destination.baseAddress, destination.count > 0 else { return }
+    if isSharedHostMemory(base, destination.count) {
+      return try withQueuePair { (qp) throws(VGPUError) in
+        try qp.copyToHost(source.address, into: base, count: destination.count)
+      }
+    }
     try withQueuePair { (qp) throws(VGPUError) in
       try qp.copyFromDevice(source.address, into: base, count: destination.count)
     }

@@ -125,6 +125,8 @@ public final class Device: @unchecked Sendable {
   private let closed = Atomic<Bool>(false)
   /// Round-robin counter placing new streams on queue pairs.
   let nextStream = Atomic<Int>(0)
+  /// Host memory shared with the device (2.4): copies from and to it take one copy.
+  let hostShares = Mutex(SharedHostRanges())
 
   /// A queue pair behind its lock, taken only through `withLock` and
   /// `withLockIfAvailable`, which tell ThreadSanitizer about the lock

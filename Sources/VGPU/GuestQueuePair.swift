@@ -583,7 +583,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     let handle = c.result1
     let rest = image.count - first
     guard rest > 0 else { return handle }
-    try pipeline(rest, "upload module") { (qp: inout Self, chunk, s, length) throws(VGPUError) in
+    try pipeline(rest, chunk: slotSize, "upload module") { (qp: inout Self, chunk, s, length) throws(VGPUError) in
       let offset = first + chunk * qp.slotSize
       qp.slot(s).pointer.copyMemory(from: base + offset, byteCount: length)
       return Command.ModuleUpload(
@@ -597,7 +597,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// Copies host bytes to device memory through the staging slots: while the
   /// device copies chunk k out of its slot, chunk k+1 is copied into the next.
   mutating func copyToDevice(_ destination: UInt64, from source: UnsafeRawPointer, count: Int) throws(VGPUError) {
-    try pipeline(count, "copy to device") { (qp: inout Self, chunk, s, length) throws(VGPUError) in
+    try pipeline(count, chunk: slotSize, "copy to device") { (qp: inout Self, chunk, s, length) throws(VGPUError) in
       qp.slot(s).pointer.copyMemory(from: source + chunk * qp.slotSize, byteCount: length)
       return Command.CopyToDevice(
         device: destination + UInt64(chunk * qp.slotSize), staging: qp.slot(s).address, length: UInt64(length)
@@ -611,7 +611,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   mutating func copyFromDevice(_ source: UInt64, into destination: UnsafeMutableRawPointer, count: Int)
     throws(VGPUError)
   {
-    try pipeline(count, "copy from device") { (qp: inout Self, chunk, s, length) throws(VGPUError) in
+    try pipeline(count, chunk: slotSize, "copy from device") { (qp: inout Self, chunk, s, length) throws(VGPUError) in
       Command.CopyFromDevice(
         device: source + UInt64(chunk * qp.slotSize), staging: qp.slot(s).address, length: UInt64(length)
       ).entry
@@ -627,28 +627,55 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     }
   }
 
-  /// Runs `count` bytes through the staging slots, up to `slots` chunks in
-  /// flight, oldest collected first. On an error status no more chunks are
+  /// Copies host memory the process shared with the device (2.4) to device
+  /// memory: the device copies each chunk straight from the shared pages.
+  mutating func copyFromHost(_ destination: UInt64, from source: UnsafeRawPointer, count: Int) throws(VGPUError) {
+    let host = UInt64(UInt(bitPattern: source))
+    try pipeline(count, chunk: Self.sharedChunkBytes, "copy to device") { (qp: inout Self, chunk, _, length) in
+      let offset = UInt64(chunk * Self.sharedChunkBytes)
+      return Command.CopyFromHost(device: destination + offset, host: host + offset, length: UInt64(length)).entry
+    } collect: { _, _, _, _ in
+    }
+  }
+
+  /// Copies device memory to host memory the process shared with the device (2.4).
+  mutating func copyToHost(_ source: UInt64, into destination: UnsafeMutableRawPointer, count: Int) throws(VGPUError) {
+    let host = UInt64(UInt(bitPattern: destination))
+    try pipeline(count, chunk: Self.sharedChunkBytes, "copy from device") { (qp: inout Self, chunk, _, length) in
+      let offset = UInt64(chunk * Self.sharedChunkBytes)
+      return Command.CopyToHost(device: source + offset, host: host + offset, length: UInt64(length)).entry
+    } collect: { _, _, _, _ in
+    }
+  }
+
+  /// A shared-memory copy's bytes a command: as a staging slot's, so that a
+  /// device serving several clients in turns (16 commands or 20 µs) keeps
+  /// its turns as short as for staged copies.
+  static let sharedChunkBytes = 256 << 10
+
+  /// Runs `count` bytes in chunks of `chunk` bytes, up to `slots` chunks in
+  /// flight (through the staging slots, or straight from shared memory),
+  /// oldest collected first. On an error status no more chunks are
   /// started, those in flight are still collected, and the first error is thrown.
   private mutating func pipeline(
-    _ count: Int, _ operation: StaticString,
+    _ count: Int, chunk chunkBytes: Int, _ operation: StaticString,
     start: (inout Self, _ chunk: Int, _ slot: Int, _ length: Int) throws(VGPUError) -> SubmissionEntry,
     collect: (borrowing Self, _ chunk: Int, _ slot: Int, _ length: Int) -> Void
   ) throws(VGPUError) {
-    let chunks = (count + slotSize - 1) / slotSize
+    let chunks = (count + chunkBytes - 1) / chunkBytes
     var next = 0
     var done = 0
     var firstError: VGPUError?
     while done < chunks {
       if next < chunks && next - done < slots && firstError == nil {
-        let length = min(slotSize, count - next * slotSize)
+        let length = min(chunkBytes, count - next * chunkBytes)
         let entry = try start(&self, next, next % slots, length)
         slotCommand[next % slots] = try submit(entry, operation)
         ring()
         next += 1
       } else {
         if next == done { break }
-        let length = min(slotSize, count - done * slotSize)
+        let length = min(chunkBytes, count - done * chunkBytes)
         try collectChunk(done % slots, expected: length, operation, &firstError)
         if firstError == nil { collect(self, done, done % slots, length) }
         done += 1

@@ -240,12 +240,28 @@ public func vgpucore_cuMemsetD32Async(_ dst: UInt64, _ value: UInt32, _ count: I
 /// CU_MEMHOSTALLOC_DEVICEMAP 0x02, CU_MEMHOSTALLOC_WRITECOMBINED 0x04.
 let hostAllocFlagsMask: UInt32 = 0x07
 
-/// Host memory for copies: page-aligned (posix_memalign). Nothing here is
-/// faster for being page-locked (copies go through the BAR's staging
-/// buffers), so it is ordinary memory, remembered for cuMemFreeHost.
+/// Host memory for copies, page-aligned, remembered for cuMemFreeHost.
+/// Where the device can (2.4: a host process's BAR from vgpu-mediator, or
+/// `sim`), memory shared with it: copies from and to it are one copy, the
+/// device's, as DMA from CUDA's page-locked memory is. Elsewhere (a VM, a
+/// device that refused) ordinary memory, whose copies are staged.
 func allocateHost(_ pp: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ bytes: Int) -> Int32 {
   guard let pp, bytes > 0 else { return CUDA_ERROR_INVALID_VALUE }
   guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
+  var shared: UnsafeMutableRawBufferPointer?
+  let r = withDevice("cuMemAllocHost") { (device) throws(VGPUError) in
+    shared = try device.allocateSharedHostMemory(bytes)
+    return CUDA_SUCCESS
+  }
+  if r == CUDA_ERROR_OUT_OF_MEMORY { return r }
+  if let shared, let base = shared.baseAddress {
+    cudaObjects.withLock { o in
+      o.hostRanges.insert(UInt64(UInt(bitPattern: base)), size: UInt64(bytes))
+      o.sharedHostStarts[UInt64(UInt(bitPattern: base))] = shared.count
+    }
+    pp.pointee = base
+    return CUDA_SUCCESS
+  }
   var p: UnsafeMutableRawPointer?
   guard posix_memalign(&p, Int(sysconf(Int32(_SC_PAGESIZE))), bytes) == 0, let p else {
     return CUDA_ERROR_OUT_OF_MEMORY
@@ -285,10 +301,25 @@ public func vgpucore_cuMemHostAlloc(
 public func vgpucore_cuMemFreeHost(_ p: UnsafeMutableRawPointer?) -> Int32 {
   guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
   guard let p else { return CUDA_ERROR_INVALID_VALUE }
-  let known = cudaObjects.withLock { $0.hostRanges.remove(start: UInt64(UInt(bitPattern: p))) }
+  let start = UInt64(UInt(bitPattern: p))
+  let (known, sharedLength) = cudaObjects.withLock { o in
+    (o.hostRanges.remove(start: start), o.sharedHostStarts.removeValue(forKey: start))
+  }
   guard known else { return CUDA_ERROR_INVALID_VALUE }
-  Glibc.free(p)
-  return CUDA_SUCCESS
+  guard let sharedLength else {
+    Glibc.free(p)
+    return CUDA_SUCCESS
+  }
+  // Shared with the device: it unmaps its side too (its copies finish
+  // before they complete, so nothing in flight reads it). A forked child's
+  // device never knew it: the mapping only goes.
+  var unshared = false
+  let r = withDevice("cuMemFreeHost", context: false) { (device) throws(VGPUError) in
+    unshared = try device.freeSharedHostMemory(p)
+    return CUDA_SUCCESS
+  }
+  if !unshared { munmap(p, sharedLength) }
+  return r == CUDA_ERROR_NO_DEVICE ? CUDA_SUCCESS : r
 }
 
 // MARK: Registered host memory

@@ -118,6 +118,10 @@ struct CUDAObjects: ~Copyable {
   /// Page-locked host allocations (cuMemAllocHost, cuMemHostAlloc), for
   /// cuMemFreeHost to check and pointer attributes to report.
   var hostRanges = AddressRanges()
+  /// Those of them shared with the device (mapped memfds, not malloc's), by
+  /// start and mapped length: a forked child's device does not know the
+  /// parent's, and must unmap rather than free them.
+  var sharedHostStarts: [UInt64: Int] = [:]
   /// The caller's host memory page-locked by cuMemHostRegister, until cuMemHostUnregister.
   var registeredRanges = AddressRanges()
   /// This process's device allocations (cuMemAlloc), for address ranges and pointer attributes.

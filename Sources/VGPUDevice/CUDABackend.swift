@@ -92,6 +92,12 @@ public final class CUDABackend: ExecutionBackend, @unchecked Sendable {
     parameterSize.deallocate()
   }
 
+  /// No: cuMemcpyHtoDAsync from pageable memory first waits for the
+  /// pair's stream (a long kernel would hold the serving thread), and
+  /// registering a shared range for DMA would leave copies in flight when
+  /// it is taken back. Shared host memory waits for that bookkeeping.
+  public var finishesHostAccessOnReturn: Bool { false }
+
   public var name: String { "CUDA driver \(driver.version / 1000).\(driver.version % 1000 / 10) on \(identity.name)" }
 
   // MARK: Contexts and streams

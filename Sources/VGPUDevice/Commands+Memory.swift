@@ -1,6 +1,10 @@
 import CSupport
 import VGPUProtocol
 
+#if canImport(Glibc)
+  import Glibc
+#endif
+
 /// Memory commands: memoryInfo, alloc, free, the copies, memset. The
 /// executor checks every address against its ledger and the memory limit;
 /// the backend places memory and moves the bytes.
@@ -75,20 +79,144 @@ extension Executor {
 
   func copyToDevice(_ c: Command.CopyToDevice, qp: Int) throws(Refusal) -> CompletionEntry {
     try deviceRange(c.device, c.length, pid: served[qp].pid, argument: 1)
-    let staging = try stagingRange(c.staging, c.length, qp: qp, argument: 2)
-    countCopy(c.length, qp, .toDevice)
-    do throws(BackendError) {
-      return completion(try backend.write(c.device, from: staging, count: Int(c.length), for: caller(qp)), qp, c.length)
-    } catch { throw Refusal(error) }
+    return try write(c.device, from: try stagingRange(c.staging, c.length, qp: qp, argument: 2), c.length, qp)
   }
 
   func copyFromDevice(_ c: Command.CopyFromDevice, qp: Int) throws(Refusal) -> CompletionEntry {
     try deviceRange(c.device, c.length, pid: served[qp].pid, argument: 1)
-    let staging = try stagingRange(c.staging, c.length, qp: qp, argument: 2)
-    countCopy(c.length, qp, .fromDevice)
+    return try read(c.device, into: try stagingRange(c.staging, c.length, qp: qp, argument: 2), c.length, qp)
+  }
+
+  /// Host bytes (checked: staging or shared memory) → device memory (checked).
+  @inline(__always)
+  private func write(_ device: UInt64, from source: UnsafeRawPointer, _ length: UInt64, _ qp: Int) throws(Refusal)
+    -> CompletionEntry
+  {
+    countCopy(length, qp, .toDevice)
     do throws(BackendError) {
-      return completion(try backend.read(c.device, into: staging, count: Int(c.length), for: caller(qp)), qp, c.length)
+      return completion(try backend.write(device, from: source, count: Int(length), for: caller(qp)), qp, length)
     } catch { throw Refusal(error) }
+  }
+
+  /// Device memory (checked) → host bytes (checked: staging or shared memory).
+  @inline(__always)
+  private func read(_ device: UInt64, into destination: UnsafeMutableRawPointer, _ length: UInt64, _ qp: Int)
+    throws(Refusal) -> CompletionEntry
+  {
+    countCopy(length, qp, .fromDevice)
+    do throws(BackendError) {
+      return completion(try backend.read(device, into: destination, count: Int(length), for: caller(qp)), qp, length)
+    } catch { throw Refusal(error) }
+  }
+
+  /// Maps a memfd of the submitting process (2.4): taken from it by its
+  /// descriptor number, checked to be sealed against resizing and long
+  /// enough, then known by the address where the process mapped it.
+  func hostMemoryShare(_ c: Command.HostMemoryShare, qp: Int) throws(Refusal) -> CompletionEntry {
+    guard offeredFeatures.contains(.sharedHostMemory) else {
+      throw Refusal(
+        status: .notSupported, detail: 0,
+        message: "this device cannot take its clients' memory (only a host process's BAR of its own can, 2.4)")
+    }
+    let pid = served[qp].pid
+    let page = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+    guard c.length > 0, c.length <= 1 << 46, c.address % page == 0, c.address <= UInt64.max - c.length else {
+      throw Refusal(status: .invalidValue, detail: c.length == 0 || c.length > 1 << 46 ? 3 : 2)
+    }
+    guard !sharedHost.overlaps(pid: pid, start: c.address, length: c.length) else {
+      throw Refusal(status: .invalidValue, detail: 2, message: "the range overlaps one this process shared before")
+    }
+    guard sharedHost.count(pid: pid) < SharedHostMemory.perProcess else {
+      throw Refusal(
+        status: .outOfMemory, detail: 1,
+        message: "process \(pid) shares \(SharedHostMemory.perProcess) ranges already, the most one process may")
+    }
+    let fd = try takeDescriptor(Int32(bitPattern: c.descriptor), from: pid, qp: qp)
+    defer { close(fd) }
+    var st = stat()
+    let seals = vgpu_memfd_seals(fd)
+    let needed = vgpu_memfd_size_seals()
+    guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, seals >= 0, seals & needed == needed,
+      UInt64(st.st_size) >= c.length
+    else {
+      throw Refusal(
+        status: .invalidValue, detail: 1,
+        message:
+          "descriptor \(c.descriptor) of process \(pid) is not a memfd sealed against resizing (F_SEAL_SHRINK | F_SEAL_GROW) of at least \(c.length) bytes (\(st.st_size) bytes, seals 0x\(String(max(seals, 0), radix: 16)))"
+      )
+    }
+    let p = mmap(nil, Int(c.length), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+    guard let p, p != MAP_FAILED else {
+      throw Refusal(
+        status: .outOfMemory, detail: 3,
+        message: "mmap of \(c.length) bytes of process \(pid)'s memfd failed: \(String(cString: strerror(errno)))")
+    }
+    sharedHost.insert(.init(pid: pid, owner: qp, start: c.address, length: c.length, mapping: p))
+    return CompletionEntry(status: .success, result0: c.length)
+  }
+
+  /// Unmaps a range the submitting process shared (2.4).
+  func hostMemoryUnshare(_ c: Command.HostMemoryUnshare, qp: Int) throws(Refusal) -> CompletionEntry {
+    guard let length = sharedHost.remove(pid: served[qp].pid, start: c.address) else {
+      throw Refusal(status: .invalidAddress, detail: 2, message: unshared(c.address, 1))
+    }
+    return CompletionEntry(status: .success, result0: length)
+  }
+
+  /// Descriptor `number` of process `pid`, duplicated here (pidfd_getfd(2)):
+  /// only of the process that claimed `qp`, checked through its start time
+  /// once the pidfd pins it, so that a reused pid is never another's.
+  private func takeDescriptor(_ number: Int32, from pid: UInt32, qp: Int) throws(Refusal) -> Int32 {
+    let pidfd = vgpu_pidfd_open(Int32(bitPattern: pid))
+    guard pidfd >= 0 else {
+      throw Refusal(
+        status: .notSupported, detail: 1,
+        message:
+          "pidfd_open(\(pid)) failed: \(String(cString: strerror(-pidfd))) (Linux 5.6 and a visible pid are needed)")
+    }
+    defer { close(pidfd) }
+    guard served[qp].ownerStart == 0 || ProcessLiveness.startTime(pid) == served[qp].ownerStart else {
+      throw Refusal(
+        status: .permissionDenied, detail: 1, message: "process \(pid) is not the one that claimed this pair")
+    }
+    let fd = vgpu_pidfd_getfd(pidfd, number)
+    guard fd >= 0 else {
+      let why =
+        -fd == EBADF
+        ? "descriptor \(number) is not open in process \(pid)"
+        : -fd == EPERM
+          ? "the mediator may not take process \(pid)'s descriptors (pidfd_getfd needs ptrace access: run vgpu-mediator as root, or with CAP_SYS_PTRACE, or kernel.yama.ptrace_scope 0)"
+          : "pidfd_getfd(\(pid), \(number)) failed: \(String(cString: strerror(-fd)))"
+      throw Refusal(status: -fd == EBADF ? .invalidValue : .permissionDenied, detail: 1, message: why)
+    }
+    return fd
+  }
+
+  /// Host memory → device memory, one copy (2.4): the source lies in a range
+  /// the submitting process shared.
+  func copyFromHost(_ c: Command.CopyFromHost, qp: Int) throws(Refusal) -> CompletionEntry {
+    try deviceRange(c.device, c.length, pid: served[qp].pid, argument: 1)
+    return try write(c.device, from: try sharedRange(c.host, c.length, qp: qp), c.length, qp)
+  }
+
+  /// Device memory → host memory, one copy (2.4).
+  func copyToHost(_ c: Command.CopyToHost, qp: Int) throws(Refusal) -> CompletionEntry {
+    try deviceRange(c.device, c.length, pid: served[qp].pid, argument: 1)
+    return try read(c.device, into: try sharedRange(c.host, c.length, qp: qp), c.length, qp)
+  }
+
+  /// The mapped pages behind `[address, address + length)` of the submitting
+  /// process, inside one range it shared (argument 2 of both copies).
+  @inline(__always)
+  private func sharedRange(_ address: UInt64, _ length: UInt64, qp: Int) throws(Refusal) -> UnsafeMutableRawPointer {
+    guard let p = sharedHost.pointer(pid: served[qp].pid, address: address, length: length) else {
+      throw Refusal(status: .invalidAddress, detail: 2, message: unshared(address, length))
+    }
+    return p
+  }
+
+  private func unshared(_ address: UInt64, _ length: UInt64) -> String {
+    "host bytes 0x\(String(address, radix: 16)) + \(length) are not inside one range this process shared (hostMemoryShare)"
   }
 
   func copyDeviceToDevice(_ c: Command.CopyDeviceToDevice, qp: Int) throws(Refusal) -> CompletionEntry {

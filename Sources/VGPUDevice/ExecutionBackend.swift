@@ -25,10 +25,15 @@ public protocol ExecutionBackend: AnyObject, Sendable {
   /// Frees what `allocate` placed at `address`, wiping it first: freed
   /// memory must not carry one tenant's data to the next.
   func free(_ address: UInt64, size: UInt64, for caller: BackendCaller)
-  /// Copies `count` bytes from `source` (the caller's staging) to device `address`.
+  /// Whether `write` and `read` are done with the host memory they were
+  /// given when they return, whatever work they hand back. Host memory
+  /// shared by clients (2.4) is offered only then: a client may take a
+  /// range back at any time, and it is unmapped at once.
+  var finishesHostAccessOnReturn: Bool { get }
+  /// Copies `count` bytes from `source` (the caller's staging, or host memory it shared) to device `address`.
   func write(_ address: UInt64, from source: UnsafeRawPointer, count: Int, for caller: BackendCaller)
     throws(BackendError) -> (any BackendWork)?
-  /// Copies `count` bytes at device `address` to `destination` (the caller's staging).
+  /// Copies `count` bytes at device `address` to `destination` (the caller's staging, or host memory it shared).
   func read(_ address: UInt64, into destination: UnsafeMutableRawPointer, count: Int, for caller: BackendCaller)
     throws(BackendError) -> (any BackendWork)?
   /// Copies `count` bytes between device addresses (the ranges may overlap).

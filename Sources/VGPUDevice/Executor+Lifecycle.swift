@@ -100,6 +100,7 @@ extension Executor {
     let pid = served[qp].pid
     if served[qp].watched { ownerWatch?.unwatch(queuePair: qp) }
     let (count, bytes) = freeAll(ownedBy: qp)
+    sharedHost.removeAll(owner: qp)
     if served[qp].active || reason != .closed {
       report(.released(queuePair: qp, pid: pid, reason: reason, allocations: count, bytes: bytes), qp)
     }

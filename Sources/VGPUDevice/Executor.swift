@@ -83,6 +83,8 @@ final class Executor: @unchecked Sendable {
   let served: UnsafeMutableBufferPointer<ServedQueuePair>
   /// Who holds which range of device memory: every address a guest names is checked here.
   @exclusivity(unchecked) var ledger = AllocationLedger()
+  /// Host memory the clients lent the device (2.4): one copy instead of two.
+  @exclusivity(unchecked) var sharedHost = SharedHostMemory()
   /// The queue pairs accepted and not yet released, for the quick pass.
   @exclusivity(unchecked) var activeQueuePairs: [Int] = []
   @exclusivity(unchecked) var modules = HandleTable<ModuleEntry>(kind: 1)

@@ -35,6 +35,8 @@ final class PTXBackend: ExecutionBackend, @unchecked Sendable {
   }
 
   var name: String { "PTX interpreter" }
+  /// Copies finish on the serving thread.
+  var finishesHostAccessOnReturn: Bool { true }
 
   /// The backend loads images itself: what it reads is fixed at its start.
   func moduleLoader(for caller: BackendCaller) throws(BackendError) -> any ModuleLoader { self }

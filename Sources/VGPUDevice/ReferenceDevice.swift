@@ -66,8 +66,15 @@ public struct ReferenceDeviceConfiguration: Sendable {
   public var watchesHeartbeats: Bool { !ownersAreLocalProcesses && owner == nil }
   /// The features register: what `identify` negotiates, and the heartbeat where it is offered.
   public var offeredFeatures: FeatureBits {
-    watchesHeartbeats ? FeatureBits.all.union(.guestHeartbeat) : FeatureBits.all
+    var f = watchesHeartbeats ? FeatureBits.all.union(.guestHeartbeat) : FeatureBits.all
+    if !sharesHostMemory { f.remove(.sharedHostMemory) }
+    return f
   }
+  /// Whether clients may lend the device host memory (2.4): only where the
+  /// submitting process is known for certain (a BAR of one local process's
+  /// own, `owner`) — a claim's pid could name any process, whose
+  /// descriptors the device would then take.
+  public var sharesHostMemory: Bool { owner != nil && ownersAreLocalProcesses }
   /// The longest sleep when every wake-up comes as an event (doorbells,
   /// claims, closes, owners' exits through pidfds): an idle device wakes
   /// once a second, for its heartbeat.
@@ -138,17 +145,19 @@ public final class ReferenceDevice: @unchecked Sendable {
       base: self.region.base, layout: layout, registers: registers, shared: shared,
       ownMemoryLimit: configuration.ownMemoryLimit)
 
+    var offered = configuration.offeredFeatures
+    if !shared.backend.finishesHostAccessOnReturn { offered.remove(.sharedHostMemory) }
     executor.setStatus([])
     registers.store(Register.magic, vgpuMagic)
     registers.store(Register.version, ProtocolVersion.packed)
-    registers.store(Register.features, configuration.offeredFeatures.rawValue)
+    registers.store(Register.features, offered.rawValue)
     registers.store(Register.control, ControlRequest.none.rawValue)
     layout.write(to: registers)
     configuration.identity.write(to: registers)
     for qp in 0..<Int(layout.queuePairs) { executor.views[qp].setState(.free) }
     executor.rememberRegisters()
     executor.fixedOwner = configuration.owner
-    executor.offeredFeatures = configuration.offeredFeatures
+    executor.offeredFeatures = offered
     executor.heartbeatSilence = configuration.watchesHeartbeats ? configuration.heartbeatSilenceNanoseconds : nil
   }
 
@@ -278,7 +287,7 @@ public final class ReferenceDevice: @unchecked Sendable {
     executor.lock.withLock { _ in executor.ivshmem = server }
     doorbells = server
     registers.store(Register.ivshmemVectors, UInt32(server.vectors))
-    registers.store(Register.features, configuration.offeredFeatures.union(.ivshmemDoorbell).rawValue)
+    registers.store(Register.features, executor.offeredFeatures.union(.ivshmemDoorbell).rawValue)
     executor.lock.withLock { _ in executor.rememberRegisters() }
   }
   private var doorbells: IvshmemServer?

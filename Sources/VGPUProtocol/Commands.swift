@@ -172,6 +172,71 @@ extension Command {
     }
   }
 
+  /// Lends the device a memfd of the submitting process (2.4): r0 the length.
+  @frozen public struct HostMemoryShare: CommandCodec {
+    public static var opcode: Opcode { .hostMemoryShare }
+    /// The descriptor's number in the submitting process.
+    public var descriptor: UInt32
+    /// Where the process mapped it.
+    public var address: UInt64
+    public var length: UInt64
+    @inlinable public init(descriptor: UInt32, address: UInt64, length: UInt64) {
+      self.descriptor = descriptor
+      self.address = address
+      self.length = length
+    }
+    @inlinable public init(_ e: SubmissionEntry) {
+      (descriptor, address, length) = (UInt32(truncatingIfNeeded: e.a0), e.a1, e.a2)
+    }
+    @inlinable public var entry: SubmissionEntry {
+      SubmissionEntry(opcode: .hostMemoryShare, a0: UInt64(descriptor), a1: address, a2: length)
+    }
+  }
+
+  /// Takes back what `HostMemoryShare` lent (2.4): r0 its length.
+  @frozen public struct HostMemoryUnshare: CommandCodec {
+    public static var opcode: Opcode { .hostMemoryUnshare }
+    public var address: UInt64
+    @inlinable public init(address: UInt64) { self.address = address }
+    @inlinable public init(_ e: SubmissionEntry) { address = e.a1 }
+    @inlinable public var entry: SubmissionEntry { SubmissionEntry(opcode: .hostMemoryUnshare, a1: address) }
+  }
+
+  /// Shared host memory → device memory, one copy (2.4); r0 the length.
+  @frozen public struct CopyFromHost: CommandCodec {
+    public static var opcode: Opcode { .copyFromHost }
+    public var device: UInt64
+    /// An address of the submitting process inside a range it shared.
+    public var host: UInt64
+    public var length: UInt64
+    @inlinable public init(device: UInt64, host: UInt64, length: UInt64) {
+      self.device = device
+      self.host = host
+      self.length = length
+    }
+    @inlinable public init(_ e: SubmissionEntry) { (device, host, length) = (e.a0, e.a1, e.a2) }
+    @inlinable public var entry: SubmissionEntry {
+      SubmissionEntry(opcode: .copyFromHost, a0: device, a1: host, a2: length)
+    }
+  }
+
+  /// Device memory → shared host memory, one copy (2.4); r0 the length.
+  @frozen public struct CopyToHost: CommandCodec {
+    public static var opcode: Opcode { .copyToHost }
+    public var device: UInt64
+    public var host: UInt64
+    public var length: UInt64
+    @inlinable public init(device: UInt64, host: UInt64, length: UInt64) {
+      self.device = device
+      self.host = host
+      self.length = length
+    }
+    @inlinable public init(_ e: SubmissionEntry) { (device, host, length) = (e.a0, e.a1, e.a2) }
+    @inlinable public var entry: SubmissionEntry {
+      SubmissionEntry(opcode: .copyToHost, a0: device, a1: host, a2: length)
+    }
+  }
+
   /// Device memory to device memory (overlap allowed); r0 the length.
   @frozen public struct CopyDeviceToDevice: CommandCodec {
     public static var opcode: Opcode { .copyDeviceToDevice }

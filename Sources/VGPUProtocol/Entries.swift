@@ -190,6 +190,23 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   /// as fit; r0 the kernels in the module, r1 bytes written
   /// (cuLibraryGetKernelCount, cuLibraryEnumerateKernels).
   case moduleKernels = 0x1b
+  /// 2.4, feature `sharedHostMemory`. a0 a descriptor number of the
+  /// submitting process: a memfd sealed against shrinking (memfd_create(2),
+  /// F_SEAL_SHRINK), a1 where the process mapped it (page-aligned), a2 the
+  /// mapped length (≤ the file's size) → r0 len. The device takes the
+  /// descriptor (pidfd_getfd(2)) and maps the file: later `copyFromHost` and
+  /// `copyToHost` commands of the process name addresses inside it.
+  case hostMemoryShare = 0x1c
+  /// 2.4, feature `sharedHostMemory`. a1 the address `hostMemoryShare` named
+  /// → r0 len. The device unmaps it.
+  case hostMemoryUnshare = 0x1d
+  /// 2.4, feature `sharedHostMemory`. a0 dev (destination), a1 host address
+  /// inside one range the process shared, a2 len → r0 len: one copy, from
+  /// the process's pages to device memory.
+  case copyFromHost = 0x1e
+  /// 2.4, feature `sharedHostMemory`. a0 dev (source), a1 host address
+  /// inside one range the process shared, a2 len → r0 len.
+  case copyToHost = 0x1f
 }
 
 /// Which activity a `statistics` command reports.

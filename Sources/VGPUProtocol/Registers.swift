@@ -21,8 +21,10 @@ public enum ProtocolVersion {
   /// launches (feature `cooperativeLaunch`, the launch's flag ``LaunchFlags``);
   /// 2.3 the guest heartbeat (feature `guestHeartbeat`, the pair's
   /// `QueuePairBlock.heartbeat` word), so that a device that cannot see its
-  /// guests' processes (a VM's) reclaims the pairs of one killed without closing.
-  public static let minor: UInt16 = 3
+  /// guests' processes (a VM's) reclaims the pairs of one killed without closing;
+  /// 2.4 host memory shared with the device (feature `sharedHostMemory`):
+  /// copies from and to it take one copy instead of two.
+  public static let minor: UInt16 = 4
   /// `major << 16 | minor`, as the version register holds it.
   public static var packed: UInt32 { UInt32(major) << 16 | UInt32(minor) }
 }
@@ -174,10 +176,17 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   /// ``GuestHeartbeat/periodNanoseconds``; the device then watches that pair.
   /// Not in ``all``: naming it is a promise, which a guest makes on purpose.
   public static let guestHeartbeat = FeatureBits(rawValue: 1 << 9)
+  /// Host memory shared with the device (2.4, docs/PROTOCOL.md §12):
+  /// `hostMemoryShare`, `hostMemoryUnshare`, `copyFromHost`, `copyToHost`.
+  /// Offered only by a device that knows for certain which process submits
+  /// (a host process's BAR of its own, vouched for by its socket) and can
+  /// take that process's descriptors; never across a VM boundary.
+  public static let sharedHostMemory = FeatureBits(rawValue: 1 << 10)
   /// Everything `identify` negotiates in this version without a promise
-  /// (2.2 and 2.3; ``guestHeartbeat`` is named on purpose).
+  /// (2.2 to 2.4; ``guestHeartbeat`` is named on purpose).
   public static let all: FeatureBits = [
     .eventSuppression, .streams, .processList, .functionInfo, .kernelImages, .processActivity, .cooperativeLaunch,
+    .sharedHostMemory,
   ]
 }
 

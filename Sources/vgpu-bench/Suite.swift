@@ -146,6 +146,7 @@ final class Suite {
     let socket = try SocketClient(path: socketPath)
     if options.onlyCopies {
       _ = measureCopies(device, socket)
+      measurePinnedCopies()
       report.loadAverage.append(loadAverage())
       report.seconds = progress.seconds
       return report
@@ -207,6 +208,7 @@ final class Suite {
         .against("socket RPC alloc + free", socketAllocs))
 
     let copies = measureCopies(device, socket)
+    measurePinnedCopies()
 
     progress.begin("heap allocations per command (malloc counter)")
     measureAllocations(device)
@@ -305,6 +307,85 @@ final class Suite {
       }
     }
     return copies
+  }
+
+  /// Copies from and to page-locked memory (cuMemAllocHost: host memory
+  /// shared with the device, 2.4) against the same copies from ordinary
+  /// memory (staged: two copies) on the same device and against memcpy,
+  /// sampled in turn at each size from 256 KiB. The device is a host
+  /// process's BAR of its own from a socket mediator: what shares memory.
+  func measurePinnedCopies() {
+    let pinnedSizes = sizes.filter { $0 >= 256 << 10 }
+    guard let most = pinnedSizes.last else { return }
+    progress.begin(
+      "bandwidth from page-locked (shared) memory, \(sizeText(pinnedSizes.first!)) to \(sizeText(most)): memcpy, staged, one copy"
+    )
+    let socket = "/dev/shm/vgpu-bench-pinned-\(getpid()).sock"
+    let mediator: Process
+    do { mediator = try startSocketMediator(socket) } catch {
+      report.notes.append("page-locked copies: \(error)")
+      return
+    }
+    defer {
+      stop(mediator)
+      unlink(socket)
+    }
+    let measuredPoints = measured("page-locked copies") { () throws -> [(Int, [Double])] in
+      let device = try Device.open("unix:\(socket)")
+      defer { device.close() }
+      guard let a = try device.allocateSharedHostMemory(most), let b = try device.allocateSharedHostMemory(most) else {
+        throw BenchError(
+          "the device shares no host memory: \(device.hostSharingRefusal.map { "\($0)" } ?? "feature sharedHostMemory is off")"
+        )
+      }
+      defer {
+        _ = try? device.freeSharedHostMemory(a.baseAddress!)
+        _ = try? device.freeSharedHostMemory(b.baseAddress!)
+      }
+      memset(a.baseAddress!, 0x5A, most)
+      memset(b.baseAddress!, 0xA5, most)
+      let host = Cases.hostBuffer(most, fill: 0x5A)
+      let back = Cases.hostBuffer(most, fill: 0xA5)
+      defer {
+        host.deallocate()
+        back.deallocate()
+      }
+      let target = DeviceTarget(device)
+      let d = try target.allocate(most)
+      defer { try? target.free(d) }
+      var points: [(Int, [Double])] = []
+      for size in pinnedSizes {
+        progress.detail(sizeText(size))
+        let r = try interleavedBandwidth(
+          plan, bytes: size,
+          [
+            { memcpy(back.baseAddress!, host.baseAddress!, size) },
+            { try target.copyIn(d, from: UnsafeRawBufferPointer(rebasing: host[0..<size])) },
+            { try target.copyOut(d, into: UnsafeMutableRawBufferPointer(rebasing: back[0..<size])) },
+            { try target.copyIn(d, from: UnsafeRawBufferPointer(rebasing: a[0..<size])) },
+            { try target.copyOut(d, into: UnsafeMutableRawBufferPointer(rebasing: b[0..<size])) },
+          ])
+        points.append((size, r))
+      }
+      return points
+    }
+    guard let measuredPoints else { return }
+    for (size, r) in measuredPoints {
+      for (kind, staged, pinned) in [("H2D", r[1], r[3]), ("D2H", r[2], r[4])] {
+        report.figures.append(
+          Figure(
+            "bandwidth", "\(kind) \(sizeText(size)), page-locked (one copy)", unit: "GB/s", pinned, lowerIsBetter: false
+          )
+          .against("\(kind) \(sizeText(size)) from ordinary memory, same device (staged: two copies)", staged)
+          .against("memcpy \(sizeText(size)), 1 thread (ceiling)", r[0]))
+      }
+    }
+    report.bandwidth["vGPU H2D page-locked (unix: BAR)"] = measuredPoints.map {
+      .init(bytes: $0.0, gbPerSecond: $0.1[3])
+    }
+    report.bandwidth["vGPU D2H page-locked (unix: BAR)"] = measuredPoints.map {
+      .init(bytes: $0.0, gbPerSecond: $0.1[4])
+    }
   }
 
   /// The 1-minute load average: spinning baselines and cases suffer alike when

@@ -65,7 +65,7 @@ import Testing
   }
 
   @Test func version2_0AddsKernelImagesToWhat1_xHad() {
-    #expect(ProtocolVersion.packed == 0x0002_0003)
+    #expect(ProtocolVersion.packed == 0x0002_0004)
     #expect(Opcode.processes.rawValue == 0x16)
     #expect(
       [Opcode.moduleUpload, .moduleGlobal, .output, .errorText, .moduleKernels].map(\.rawValue) == [
@@ -74,9 +74,19 @@ import Testing
     #expect(FeatureBits.processList.rawValue == 1 << 3)
     #expect(FeatureBits.functionInfo.rawValue == 1 << 5)
     #expect(FeatureBits.kernelImages.rawValue == 1 << 6)
-    #expect(FeatureBits.all.rawValue == 0x1ed && FeatureBits.version1_0.rawValue == 0x7)
+    #expect(FeatureBits.all.rawValue == 0x5ed && FeatureBits.version1_0.rawValue == 0x7)
     // A transport bit: in the features register only, never negotiated.
     #expect(FeatureBits.ivshmemDoorbell.rawValue == 1 << 4 && !FeatureBits.all.contains(.ivshmemDoorbell))
+  }
+
+  /// 2.4: host memory shared with the device, four commands behind one bit.
+  @Test func version2_4SharesHostMemory() {
+    #expect(FeatureBits.sharedHostMemory.rawValue == 1 << 10 && FeatureBits.all.contains(.sharedHostMemory))
+    #expect(
+      [Opcode.hostMemoryShare, .hostMemoryUnshare, .copyFromHost, .copyToHost].map(\.rawValue) == [
+        0x1c, 0x1d, 0x1e, 0x1f,
+      ])
+    #expect(ProtocolVersion.packed == 0x0002_0004)
   }
 
   /// 2.3: the guest heartbeat, a word of the pair's guest line and a bit a

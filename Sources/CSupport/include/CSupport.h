@@ -104,6 +104,10 @@ int vgpu_pwrite_u32(int fd, uint32_t value, int64_t offset);
 void vgpu_copy_nontemporal(void *dst, const void *src, size_t n);
 // pidfd_open(pid, 0): readable once the process has exited.
 int vgpu_pidfd_open(int pid);
+// pidfd_getfd(pidfd, fd, 0) (Linux 5.6): a duplicate of descriptor `fd` of
+// the process `pidfd` names, close-on-exec; -errno on failure (EBADF: not
+// open there; EPERM: no ptrace access to it; ENOSYS: older kernel).
+int vgpu_pidfd_getfd(int pidfd, int fd);
 // 1 when pid has exited and waits to be reaped (a zombie, which kill(pid, 0)
 // still finds), from /proc/PID/stat; allocates nothing.
 int vgpu_process_is_zombie(int pid);

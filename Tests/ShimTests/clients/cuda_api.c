@@ -356,6 +356,28 @@ static void memory(void) {
   memset(host, 1, 10000);
   OK(cuMemFreeHost(host));
   IS(cuMemFreeHost(host), 1);
+
+  /* Page-locked memory is shared with the device where it can be (2.4, a
+     BAR of this process's own): each copy is then the device's one copy.
+     A round trip through two such buffers, not a whole number of pages. */
+  enum { P = 3 * 1024 * 1024 + 4321 };
+  unsigned char *pinnedIn = NULL, *pinnedOut = NULL;
+  OK(cuMemAllocHost_v2((void **)&pinnedIn, P));
+  OK(cuMemHostAlloc((void **)&pinnedOut, P, 0));
+  for (int i = 0; i < P; i++) pinnedIn[i] = (unsigned char)(i * 7 + 3);
+  memset(pinnedOut, 0, P);
+  CUdeviceptr viaPinned;
+  OK(cuMemAlloc_v2(&viaPinned, P));
+  OK(cuMemcpyHtoD_v2(viaPinned, pinnedIn, P));
+  OK(cuMemcpyDtoH_v2(pinnedOut, viaPinned, P));
+  EXPECT(memcmp(pinnedIn, pinnedOut, P) == 0, "a round trip through page-locked memory");
+  OK(cuMemcpyDtoH_v2(pinnedOut + 1000, viaPinned + 5, 100000)); /* inside it, at odd offsets */
+  EXPECT(memcmp(pinnedIn + 5, pinnedOut + 1000, 100000) == 0, "a part of page-locked memory");
+  OK(cuMemFree_v2(viaPinned));
+  OK(cuMemFreeHost(pinnedIn));
+  OK(cuMemFreeHost(pinnedOut));
+  IS(cuMemFreeHost(pinnedOut), 1);
+
   OK(cuMemHostAlloc(&host, 4096, 1));
 
   /* Registered host memory (cuMemHostRegister): validated and recorded;
