@@ -68,6 +68,8 @@ import VGPUSimulator
     let opened = try Opened(kind)
     let device = opened.device
     for _ in 0..<1000 { try device.nop() }  // warm up: lazy runtime metadata, page faults
+    // The batch path too: its first call instantiates generic metadata (one allocation).
+    try device.nops(64, batch: 32)
     let n = try allocations { for _ in 0..<10_000 { try device.nop() } }
     #expect(n == 0, "\(n) allocations in 10000 NOP round trips")
     let batched = try allocations { try device.nops(10_000, batch: 32) }
