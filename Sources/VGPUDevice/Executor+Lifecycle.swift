@@ -173,7 +173,12 @@ extension Executor {
   /// first look after the gap sees the beats it missed.
   func reapSilentGuests(now: UInt64) {
     guard let silence = heartbeatSilence else { return }
-    for qp in activeQueuePairs where served[qp].heartbeatWatched && served[qp].pendingRelease == nil {
+    // By index over a copy (a release removes from the array): a for-in
+    // allocated in a debug build (see `servePass`).
+    let active = activeQueuePairs
+    for i in active.indices {
+      let qp = active[i]
+      guard served[qp].heartbeatWatched && served[qp].pendingRelease == nil else { continue }
       let word = views[qp].heartbeat
       if word != served[qp].beat {
         served[qp].beat = word
@@ -245,7 +250,12 @@ extension Executor {
       registers.store(Register.status, status.rawValue)
       restored += 1
     }
-    for (register, word) in registerImage where registers.load(register) != word {
+    // By index: a for-in over the array of tuples, unspecialized in a debug
+    // build, allocated a coroutine frame per element (the pool's thread, at
+    // each wake-up).
+    for i in registerImage.indices {
+      let (register, word) = registerImage[i]
+      guard registers.load(register) != word else { continue }
       registers.store(register, word)
       restored += 1
     }

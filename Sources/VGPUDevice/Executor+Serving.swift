@@ -20,7 +20,12 @@ extension Executor {
     var worked = false
     if let workers, workers.finished.load(ordering: .acquiring) > 0 { worked = collectLaunches(workers) }
     if quick {
-      for qp in activeQueuePairs where !served[qp].faulted { worked = serve(qp, budget: budget) || worked }
+      // By index, over a copy as a for-in would be: a for-in, unspecialized
+      // in a debug build, allocated a coroutine frame per element.
+      let active = activeQueuePairs
+      for i in active.indices where !served[active[i]].faulted {
+        worked = serve(active[i], budget: budget) || worked
+      }
       return worked
     }
     servingCPU = vgpu_current_cpu()

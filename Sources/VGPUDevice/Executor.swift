@@ -224,7 +224,8 @@ final class Executor: @unchecked Sendable {
   /// serving thread too: a worker blocked in a driver call (a vGPU as the
   /// host driver runs a kernel inside cuLaunchKernel) cannot say it itself.
   func tickForWorkers() {
-    for qp in activeQueuePairs where served[qp].busy != nil {
+    // By index: a for-in allocated in a debug build (see `servePass`).
+    for i in activeQueuePairs.indices where served[activeQueuePairs[i]].busy != nil {
       tick()
       return
     }

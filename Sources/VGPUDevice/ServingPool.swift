@@ -45,6 +45,10 @@ public final class ServingPool: @unchecked Sendable {
     /// Set by the thread before `started`: why it runs without its priority.
     var refusal: String?
     let started = Atomic<Bool>(false)
+    /// With an allocation probe (tests): rounds begun, and the thread's
+    /// allocations as the probe read them at the start of the latest.
+    let rounds = Atomic<UInt64>(0)
+    let allocations = Atomic<UInt64>(0)
     init() { wakeWord.initialize(to: 0) }
     deinit { wakeWord.deallocate() }
 
@@ -83,6 +87,12 @@ public final class ServingPool: @unchecked Sendable {
   /// wake word or eventfd rather than on a set of words.
   private let solo: Bool
 
+  /// Reads the calling thread's heap allocations (a test's malloc counter).
+  typealias AllocationProbe = @convention(c) () -> UInt64
+  /// Tests only: read by each serving thread at the start of every round,
+  /// since the count is per thread. nil in production: one check a round.
+  private let allocationProbe: AllocationProbe?
+
   /// Starts `threads` serving threads (at least 1), idle until devices are added.
   public convenience init(
     threads: Int, wait: WaitPolicy = .device, commandsPerTurn: Int = defaultCommandsPerTurn,
@@ -93,7 +103,11 @@ public final class ServingPool: @unchecked Sendable {
       priority: priority, solo: false)
   }
 
-  init(threads: Int, wait: WaitPolicy, turn: Turn = .unbounded, priority: Priority = .normal, solo: Bool) {
+  init(
+    threads: Int, wait: WaitPolicy, turn: Turn = .unbounded, priority: Priority = .normal, solo: Bool,
+    allocationProbe: AllocationProbe? = nil
+  ) {
+    self.allocationProbe = allocationProbe
     self.wait = wait
     self.turn = turn
     self.solo = solo
@@ -147,6 +161,12 @@ public final class ServingPool: @unchecked Sendable {
       else { return 0 }
       return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
+  }
+
+  /// Each thread's rounds begun and its allocations at the start of the
+  /// latest, as `allocationProbe` read them (zeros without one).
+  var probedRounds: [(rounds: UInt64, allocations: UInt64)] {
+    lanes.map { ($0.rounds.load(ordering: .acquiring), $0.allocations.load(ordering: .relaxed)) }
   }
 
   /// Serves `device` on the thread that serves the fewest.
@@ -204,7 +224,12 @@ public final class ServingPool: @unchecked Sendable {
     // After a sleep that ended by its timeout, nobody is about to submit:
     // look once and sleep again, rather than spin (an idle device uses no CPU).
     var spin = true
+    let probe = allocationProbe
     while lane.running.load(ordering: .relaxed) {
+      if let probe {
+        lane.allocations.store(probe(), ordering: .relaxed)
+        lane.rounds.add(1, ordering: .releasing)
+      }
       let generation = lane.generation.load(ordering: .acquiring)
       if generation != known {
         members = lane.members.withLock { $0 }
@@ -216,8 +241,10 @@ public final class ServingPool: @unchecked Sendable {
       let budget = members.count > 1 ? turn : .unbounded
       var worked = false
       var answeredGuestHere = false
-      for device in members {
-        let pass = device.servingPass(budget: budget)
+      // The loops over `members` go by index: a for-in, unspecialized in a
+      // debug build, allocated a coroutine frame per device (HotPathTests).
+      for i in members.indices {
+        let pass = members[i].servingPass(budget: budget)
         worked = worked || pass.worked
         answeredGuestHere = answeredGuestHere || pass.answeredGuestHere
       }
@@ -241,7 +268,8 @@ public final class ServingPool: @unchecked Sendable {
       seen.removeAll(keepingCapacity: true)
       var slice: UInt64 = 1_000_000_000
       var ready = true
-      for device in members {
+      for i in members.indices {
+        let device = members[i]
         guard let value = device.prepareToSleep() else {
           ready = false
           break
@@ -251,7 +279,7 @@ public final class ServingPool: @unchecked Sendable {
         slice = min(slice, device.sleepSlice)
       }
       guard ready else {
-        for device in members.prefix(words.count) { device.awake() }
+        for i in 0..<words.count { members[i].awake() }
         continue
       }
       let woken: Bool
@@ -279,7 +307,7 @@ public final class ServingPool: @unchecked Sendable {
         _ = vgpu_futex_wait(UnsafeMutableRawPointer(lane.wakeWord), laneSeen, min(slice, 1_000_000))
         woken = true
       }
-      for device in members { device.woke() }
+      for i in members.indices { members[i].woke() }
       idle.restart()
       spin = woken
     }

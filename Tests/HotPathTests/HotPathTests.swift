@@ -3,11 +3,11 @@ import Foundation
 import MallocCounter
 import TestSupport
 import Testing
-import VGPUDevice
 import VGPUProtocol
 import VGPUSimulator
 
 @testable import VGPU
+@testable import VGPUDevice
 
 /// The submit / doorbell / poll / complete / copy path allocates nothing, on
 /// either side: counted by a malloc replacement, per thread.
@@ -68,7 +68,8 @@ import VGPUSimulator
     let opened = try Opened(kind)
     let device = opened.device
     for _ in 0..<1000 { try device.nop() }  // warm up: lazy runtime metadata, page faults
-    try device.nops(1000, batch: 32)  // and the batch path's (withQueuePair's generic metadata, once)
+    // The batch path too: its first call instantiates generic metadata (one allocation).
+    try device.nops(64, batch: 32)
     let n = try allocations { for _ in 0..<10_000 { try device.nop() } }
     #expect(n == 0, "\(n) allocations in 10000 NOP round trips")
     let batched = try allocations { try device.nops(10_000, batch: 32) }
@@ -230,5 +231,68 @@ import VGPUSimulator
     #expect(filled?.status == CommandStatus.success.rawValue)
     let floats = UnsafeRawBufferPointer(start: device.region.base + Int(stg), count: 4096)
     #expect((0..<1024).allSatisfy { floats.load(fromByteOffset: $0 * 4, as: Float.self) == 2 })
+  }
+
+  /// A serving pool's thread, 4 devices on it, allocates nothing in its
+  /// rounds: busy ones (a client's NOPs on each), idle spins, sleeps on all
+  /// wake words that time out, and wake-ups. Counted on the pool's thread,
+  /// which records its count at the start of every round.
+  @Test func servingPoolRoundsAllocateNothing() throws {
+    let pool = ServingPool(
+      threads: 1, wait: .device,
+      turn: Turn(commands: ServingPool.defaultCommandsPerTurn, nanoseconds: ServingPool.defaultTurnNanoseconds),
+      solo: false, allocationProbe: malloc_counter_thread_allocations)
+    defer { pool.stop() }
+    var config = ReferenceDeviceConfiguration()
+    config.memorySize = 64 << 20
+    // Short sleeps and reaps, so an idle pause has sleeps that time out and housekeeping.
+    config.wait.sleepSliceNanoseconds = 2_000_000
+    config.idleSleepNanoseconds = 2_000_000
+    config.reapIntervalNanoseconds = 5_000_000
+    var devices: [ReferenceDevice] = []
+    var paths: [String] = []
+    defer {
+      for d in devices { d.stop() }
+      for p in paths { unlink(p) }
+    }
+    for i in 0..<4 {
+      let path = "/dev/shm/vgpu-hot-path-pool-\(getpid())-\(i)"
+      unlink(path)
+      paths.append(path)
+      let region = try MappedRegion.sharedFile(path, create: Int(config.layout.regionSize), exclusive: true)
+      let device = try ReferenceDevice(configuration: config, region: region)
+      device.announce(pid: UInt32(getpid()))
+      device.start(in: pool)
+      devices.append(device)
+    }
+    #expect(pool.devicesPerThread == [4])
+    var options = OpenOptions()
+    options.timeout = .seconds(2 * Sanitizer.slowdown)
+    let clients = try paths.map { try Device.open("shm:" + $0, options: options) }
+    defer { for c in clients { c.close() } }
+
+    /// Waits until the thread begins a round after now, and returns its count then.
+    func settled() -> (rounds: UInt64, allocations: UInt64) {
+      let now = pool.probedRounds[0].rounds
+      while pool.probedRounds[0].rounds < now + 2 { usleep(100) }
+      return pool.probedRounds[0]
+    }
+    func work(_ cycles: Int) throws {
+      for cycle in 0..<cycles {
+        for _ in 0..<50 { for c in clients { try c.nop() } }
+        try clients[cycle % 4].nops(200, batch: 16)
+        // Idle: the thread spins, then sleeps (2 ms slices) until a NOP wakes it.
+        usleep(20_000)
+        try clients[(cycle + 1) % 4].nop()
+      }
+    }
+    try work(8)  // warm up: lazy runtime metadata, the first sleeps and reaps
+    let before = settled()
+    try work(20)
+    let after = settled()
+    let rounds = after.rounds - before.rounds
+    let n = after.allocations - before.allocations
+    #expect(n == 0, "\(n) allocations on the pool's thread in \(rounds) rounds")
+    #expect(rounds > 1000, "only \(rounds) rounds")
   }
 }
