@@ -641,9 +641,14 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// Copies device memory to host memory the process shared with the device (2.4).
   mutating func copyToHost(_ source: UInt64, into destination: UnsafeMutableRawPointer, count: Int) throws(VGPUError) {
     let host = UInt64(UInt(bitPattern: destination))
+    // As for staged copies: a large copy ends in memory no cache holds.
+    let streaming = count >= Self.streamingCopyBytes
     try pipeline(count, chunk: Self.sharedChunkBytes, "copy from device") { (qp: inout Self, chunk, _, length) in
       let offset = UInt64(chunk * Self.sharedChunkBytes)
-      return Command.CopyToHost(device: source + offset, host: host + offset, length: UInt64(length)).entry
+      return Command.CopyToHost(
+        device: source + offset, host: host + offset, length: UInt64(length), streaming: streaming
+      )
+      .entry
     } collect: { _, _, _, _ in
     }
   }

@@ -194,7 +194,7 @@ public final class CUDABackend: ExecutionBackend, @unchecked Sendable {
   }
 
   public func read(
-    _ address: UInt64, into destination: UnsafeMutableRawPointer, count: Int, for caller: BackendCaller
+    _ address: UInt64, into destination: UnsafeMutableRawPointer, count: Int, streaming: Bool, for caller: BackendCaller
   ) throws(BackendError) -> (any BackendWork)? {
     let s = try stream(caller)
     try check(driver.cuMemcpyDtoHAsync(destination, address, count, s.stream), "cuMemcpyDtoHAsync(\(count) bytes)")

@@ -100,12 +100,14 @@ extension Executor {
 
   /// Device memory (checked) → host bytes (checked: staging or shared memory).
   @inline(__always)
-  private func read(_ device: UInt64, into destination: UnsafeMutableRawPointer, _ length: UInt64, _ qp: Int)
-    throws(Refusal) -> CompletionEntry
-  {
+  private func read(
+    _ device: UInt64, into destination: UnsafeMutableRawPointer, _ length: UInt64, _ qp: Int, streaming: Bool = false
+  ) throws(Refusal) -> CompletionEntry {
     countCopy(length, qp, .fromDevice)
     do throws(BackendError) {
-      return completion(try backend.read(device, into: destination, count: Int(length), for: caller(qp)), qp, length)
+      let work = try backend.read(
+        device, into: destination, count: Int(length), streaming: streaming, for: caller(qp))
+      return completion(work, qp, length)
     } catch { throw Refusal(error) }
   }
 
@@ -202,7 +204,7 @@ extension Executor {
   /// Device memory → host memory, one copy (2.4).
   func copyToHost(_ c: Command.CopyToHost, qp: Int) throws(Refusal) -> CompletionEntry {
     try deviceRange(c.device, c.length, pid: served[qp].pid, argument: 1)
-    return try read(c.device, into: try sharedRange(c.host, c.length, qp: qp), c.length, qp)
+    return try read(c.device, into: try sharedRange(c.host, c.length, qp: qp), c.length, qp, streaming: c.streaming)
   }
 
   /// The mapped pages behind `[address, address + length)` of the submitting

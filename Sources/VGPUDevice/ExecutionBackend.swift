@@ -33,9 +33,12 @@ public protocol ExecutionBackend: AnyObject, Sendable {
   /// Copies `count` bytes from `source` (the caller's staging, or host memory it shared) to device `address`.
   func write(_ address: UInt64, from source: UnsafeRawPointer, count: Int, for caller: BackendCaller)
     throws(BackendError) -> (any BackendWork)?
-  /// Copies `count` bytes at device `address` to `destination` (the caller's staging, or host memory it shared).
-  func read(_ address: UInt64, into destination: UnsafeMutableRawPointer, count: Int, for caller: BackendCaller)
-    throws(BackendError) -> (any BackendWork)?
+  /// Copies `count` bytes at device `address` to `destination` (the caller's
+  /// staging, or host memory it shared); `streaming`: around the caches
+  /// (part of a large copy into shared memory, `CopyFlags.streaming`).
+  func read(
+    _ address: UInt64, into destination: UnsafeMutableRawPointer, count: Int, streaming: Bool, for caller: BackendCaller
+  ) throws(BackendError) -> (any BackendWork)?
   /// Copies `count` bytes between device addresses (the ranges may overlap).
   func copy(to destination: UInt64, from source: UInt64, count: Int, for caller: BackendCaller)
     throws(BackendError) -> (any BackendWork)?

@@ -221,20 +221,37 @@ extension Command {
   }
 
   /// Device memory → shared host memory, one copy (2.4); r0 the length.
+  /// The entry's flags byte may hold ``CopyFlags/streaming``.
   @frozen public struct CopyToHost: CommandCodec {
     public static var opcode: Opcode { .copyToHost }
     public var device: UInt64
     public var host: UInt64
     public var length: UInt64
-    @inlinable public init(device: UInt64, host: UInt64, length: UInt64) {
+    /// Part of a large copy: the device writes around the cache.
+    public var streaming: Bool
+    @inlinable public init(device: UInt64, host: UInt64, length: UInt64, streaming: Bool = false) {
       self.device = device
       self.host = host
       self.length = length
+      self.streaming = streaming
     }
-    @inlinable public init(_ e: SubmissionEntry) { (device, host, length) = (e.a0, e.a1, e.a2) }
+    @inlinable public init(_ e: SubmissionEntry) {
+      (device, host, length) = (e.a0, e.a1, e.a2)
+      streaming = e.flags & CopyFlags.streaming != 0
+    }
     @inlinable public var entry: SubmissionEntry {
-      SubmissionEntry(opcode: .copyToHost, a0: device, a1: host, a2: length)
+      var e = SubmissionEntry(opcode: .copyToHost, a0: device, a1: host, a2: length)
+      e.flags = streaming ? CopyFlags.streaming : 0
+      return e
     }
+  }
+
+  /// The flags byte of a `copyToHost` entry (2.4).
+  public enum CopyFlags {
+    /// The chunk is part of a copy larger than any cache: the device writes
+    /// it with streaming stores, which leave the caches to what the process
+    /// uses next (a small copy's bytes are read soon, from the cache).
+    public static let streaming: UInt8 = 1
   }
 
   /// Device memory to device memory (overlap allowed); r0 the length.

@@ -97,6 +97,15 @@ func decodeAndEncode<C: CommandCodec>(_ type: C.Type, _ e: SubmissionEntry) -> S
     #expect(c.flags == Command.LaunchFlags.cooperative && words(c) == words(e) && Command.Launch(c).cooperative)
   }
 
+  /// A streaming copyToHost (2.4) sets bit 0 of the entry's flags, and nothing else changes.
+  @Test func copyToHostCarriesItsStreamingFlag() {
+    let plain = Command.CopyToHost(device: 0xD000, host: 0x7F00_0000_1000, length: 1 << 18).entry
+    let streaming = Command.CopyToHost(device: 0xD000, host: 0x7F00_0000_1000, length: 1 << 18, streaming: true).entry
+    #expect(plain.flags == 0 && !Command.CopyToHost(plain).streaming)
+    #expect(streaming.flags == Command.CopyFlags.streaming && words(streaming) == words(plain))
+    #expect(Command.CopyToHost(streaming).streaming)
+  }
+
   @Test func repliesRoundTrip() {
     let memory = Command.MemoryInfo.Reply(free: 5, total: 9)
     #expect(Command.MemoryInfo.Reply(memory.completion).free == 5)

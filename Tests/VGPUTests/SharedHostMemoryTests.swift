@@ -133,6 +133,14 @@ import VGPUSimulator
     c = try Self.raw(device, Command.CopyFromHost(device: p.address, host: at, length: 8).entry)
     #expect(status(c) == (.success, 0))
     #expect(try device.read(p, count: 8) == withUnsafeBytes(of: UInt64(0x1122_3344_5566_7788)) { Array($0) })
+    // Back, streaming (CopyFlags, 2.4); a flag copyToHost does not define is refused.
+    sealedMap.storeBytes(of: 0 as UInt64, as: UInt64.self)
+    c = try Self.raw(device, Command.CopyToHost(device: p.address, host: at, length: 4096, streaming: true).entry)
+    #expect(status(c) == (.success, 0))
+    #expect(sealedMap.load(as: UInt64.self) == 0x1122_3344_5566_7788)
+    var flagged = Command.CopyToHost(device: p.address, host: at, length: 8).entry
+    flagged.flags = 2
+    #expect(status(try Self.raw(device, flagged)) == (.invalidValue, 0))
 
     // Taken back: copies through it fail, and so does taking it back twice.
     c = try Self.raw(device, Command.HostMemoryUnshare(address: at).entry)
