@@ -312,14 +312,16 @@ public func vgpucore_cuMemFreeHost(_ p: UnsafeMutableRawPointer?) -> Int32 {
   }
   // Shared with the device: it unmaps its side too (its copies finish
   // before they complete, so nothing in flight reads it). A forked child's
-  // device never knew it: the mapping only goes.
+  // device never knew it: the mapping only goes. If the device failed to
+  // take it back, the mapping stays: copies there still reach the file it holds.
   var unshared = false
   let r = withDevice("cuMemFreeHost", context: false) { (device) throws(VGPUError) in
     unshared = try device.freeSharedHostMemory(p)
     return CUDA_SUCCESS
   }
+  if r != CUDA_SUCCESS && r != CUDA_ERROR_NO_DEVICE { return r }
   if !unshared { munmap(p, sharedLength) }
-  return r == CUDA_ERROR_NO_DEVICE ? CUDA_SUCCESS : r
+  return CUDA_SUCCESS
 }
 
 // MARK: Registered host memory
