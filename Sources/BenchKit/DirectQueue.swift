@@ -22,7 +22,10 @@ public struct DirectQueue: ~Copyable {
   public let slotSize: Int
   public var depth: Int { Int(tail.mask) + 1 }
 
-  public init(device: ReferenceDevice, index: Int) throws {
+  /// `coalescing`: names coalesced completions (2.4), as the guest library
+  /// does, so that a run of NOPs is answered by one completion; the socket
+  /// server, which answers each request, does not.
+  public init(device: ReferenceDevice, index: Int, coalescing: Bool = false) throws {
     self.device = device
     view = QueuePairView(base: device.region.base, layout: device.layout, index: index)
     tail = SubmissionCursor(depth: device.layout.depth)
@@ -42,7 +45,7 @@ public struct DirectQueue: ~Copyable {
     else {
       throw BenchError("the device did not accept queue pair \(index) in \(passes) passes")
     }
-    let c = try execute(QueuePairClaim.identify)
+    let c = try execute(coalescing ? Command.Identify().entry : QueuePairClaim.identify)
     if case .failure(let refusal) = QueuePairClaim.negotiated(c) {
       throw BenchError("the device refused identify: status \(refusal.status)")
     }
@@ -63,7 +66,8 @@ public struct DirectQueue: ~Copyable {
       device.servePass(quick: true)
       while let c = completions.take(from: view) {
         each(c)
-        pending -= 1
+        // A coalesced completion (2.4) answers `following` more NOPs.
+        pending -= 1 + Int(c.following)
       }
       view.ringCompletion(head: completions.index)
     }

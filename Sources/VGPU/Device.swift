@@ -407,6 +407,7 @@ public final class Device: @unchecked Sendable {
         watched = watched || both.contains(.guestHeartbeat)
         features = features.intersection(both)
         pair.deviceExplainsFailures = both.contains(.kernelImages)
+        pair.acceptsCoalescedCompletions = both.contains(.coalescedCompletions)
       } catch {
         handBack()
         throw error

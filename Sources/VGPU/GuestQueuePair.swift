@@ -216,6 +216,10 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// Whether the device keeps the text of a failed command (2.0, feature
   /// `kernelImages`); set once identify has negotiated it.
   var deviceExplainsFailures = false
+  /// The device may answer a run of NOPs with one completion (2.4,
+  /// `coalescedCompletions`, agreed in identify); without it a completion
+  /// that says it answers more is a protocol violation.
+  var acceptsCoalescedCompletions = false
 
   /// The error for a failed command, with the device's own line about it
   /// when it keeps one (a PTX syntax error's line and token, the thread
@@ -455,6 +459,7 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
   /// Collects every posted completion, checking each. Returns how many.
   private mutating func drain(_ operation: StaticString) throws(VGPUError) -> Int {
     var collected = 0
+    var entries: UInt32 = 0
     while let c = completions.take(from: view) {
       let slot = Int(UInt32(c.commandID) & mask)
       guard idSlots[slot] == UInt32(c.commandID) else {
@@ -470,21 +475,48 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
           operation,
           "submission head \(c.sqHead) outside the commands in flight (\(deviceHead)..<\(tail.index), depth \(depth))")
       }
+      if c.following != 0 { try takeFollowing(c, operation) }
       deviceHead = sqHead
       results[slot] = c
       idSlots[slot] = UInt32(c.commandID) | Self.answered
-      collected += 1
+      collected += 1 + Int(c.following)
+      entries &+= 1
     }
-    if collected > 0 {
+    if entries > 0 {
       // The device answers: whatever the status word says, it is serving.
       statusBadSince = 0
-      // The CQ-head doorbell is written in batches (also before ringing and before sleeping).
-      unacknowledged &+= UInt32(collected)
-      if completions.shouldAcknowledge(unacknowledged: unacknowledged, inRing: tail.distance(from: completions.index)) {
+      // The CQ-head doorbell is written in batches (also before ringing and
+      // before sleeping). Each command the device has not consumed may still
+      // need a completion slot.
+      unacknowledged &+= entries
+      if completions.shouldAcknowledge(unacknowledged: unacknowledged, inRing: tail.distance(from: deviceHead)) {
         acknowledgeCompletions()
       }
     }
     return collected
+  }
+
+  /// Marks the commands a coalesced completion answers after its own
+  /// (`following`, 2.4) as answered with success, each checked to be in flight.
+  private mutating func takeFollowing(_ c: CompletionEntry, _ operation: StaticString) throws(VGPUError) {
+    guard acceptsCoalescedCompletions, c.status == CommandStatus.success.rawValue, c.following < mask else {
+      throw violation(
+        operation,
+        "a completion of command \(c.commandID) answering \(c.following) more (status \(c.status)), which was not agreed or cannot be"
+      )
+    }
+    // A while loop: a range's iterator allocates in a debug build (HotPathTests).
+    var i: UInt32 = 1
+    while i <= c.following {
+      let id = c.commandID &+ UInt16(truncatingIfNeeded: i)
+      let slot = Int(UInt32(id) & mask)
+      guard idSlots[slot] == UInt32(id) else {
+        throw violation(operation, "a completion answering command id \(id), which is not in flight")
+      }
+      results[slot] = CompletionEntry(commandID: id, status: .success, sqHead: c.sqHead)
+      idSlots[slot] = UInt32(id) | Self.answered
+      i &+= 1
+    }
   }
 
   /// Writes the CQ-head doorbell: the device may reuse the slots up to it.

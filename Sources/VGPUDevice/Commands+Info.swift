@@ -9,6 +9,7 @@ extension Executor {
     }
     served[qp].identified = true
     let agreed = offeredFeatures.intersection(c.guestFeatures)
+    served[qp].coalesces = agreed.contains(.coalescedCompletions)
     if agreed.contains(.guestHeartbeat) && !served[qp].heartbeatWatched {
       // The guest promised to beat from now on; silence is measured from here.
       served[qp].heartbeatWatched = true

@@ -15,6 +15,9 @@ struct ServedQueuePair {
   var head: SubmissionCursor
   var completions: CompletionCursor
   var identified = false
+  /// Its guest agreed to coalesced completions (2.4): a run of NOPs with
+  /// consecutive ids is answered by one completion.
+  var coalesces = false
   var faulted = false
   /// Its owner's exit is reported by the OwnerWatch (else found by scanning /proc).
   var watched = false

@@ -39,8 +39,12 @@ public enum QueuePairClaim {
   /// (it reclaims what the pair held first).
   public static func release(_ view: QueuePairView) { view.setState(.closing) }
 
-  /// The identify command every claim sends first.
-  public static var identify: SubmissionEntry { Command.Identify().entry }
+  /// The identify command a hand-driven client sends first: it names
+  /// everything but coalesced completions (2.4), so that each command it
+  /// sent gets a completion of its own.
+  public static var identify: SubmissionEntry {
+    Command.Identify(guestFeatures: FeatureBits.all.subtracting(.coalescedCompletions)).entry
+  }
 
   /// Checks the reply to ``identify``: the features both sides have, or
   /// the device's version when it speaks another major version.

@@ -55,7 +55,7 @@ public struct SubmissionEntry: Equatable, Sendable {
 /// a reader that sees the new phase with acquire order sees the whole entry.
 ///
 /// Layout: result0 u64 @0, result1 u64 @8, detail u32 @16, status u16 @20,
-/// sqHead u16 @22, commandID u16 @24, phase u16 @26 (bit 0), reserved u32 @28.
+/// sqHead u16 @22, commandID u16 @24, phase u16 @26 (bit 0), following u32 @28.
 @frozen
 public struct CompletionEntry: Equatable, Sendable {
   public var result0: UInt64
@@ -71,7 +71,11 @@ public struct CompletionEntry: Equatable, Sendable {
   public var sqHead: UInt16
   public var commandID: UInt16
   public var phase: UInt16
-  public var reserved: UInt32
+  /// Further commands this completion answers (2.4, feature
+  /// `coalescedCompletions`): ids `commandID + 1 … commandID + following`,
+  /// consecutive in the submission ring, each a NOP that succeeded. 0
+  /// otherwise (and always without the feature).
+  public var following: UInt32
 
   @inlinable
   public init(
@@ -85,7 +89,7 @@ public struct CompletionEntry: Equatable, Sendable {
     self.sqHead = sqHead
     self.commandID = commandID
     self.phase = phase
-    self.reserved = 0
+    self.following = 0
   }
 
   public static let size = 32

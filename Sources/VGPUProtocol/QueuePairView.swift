@@ -87,7 +87,7 @@ public struct QueuePairView: @unchecked Sendable {
     p.storeBytes(of: e.detail, toByteOffset: 16, as: UInt32.self)
     p.storeBytes(of: e.status, toByteOffset: 20, as: UInt16.self)
     p.storeBytes(of: e.sqHead, toByteOffset: 22, as: UInt16.self)
-    p.storeBytes(of: e.reserved, toByteOffset: 28, as: UInt32.self)
+    p.storeBytes(of: e.following, toByteOffset: 28, as: UInt32.self)
     vgpu_store_release_u32(p + CompletionEntry.tagOffset, UInt32(e.commandID) | UInt32(e.phase) << 16)
   }
 

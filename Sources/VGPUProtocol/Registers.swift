@@ -182,11 +182,15 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   /// (a host process's BAR of its own, vouched for by its socket) and can
   /// take that process's descriptors; never across a VM boundary.
   public static let sharedHostMemory = FeatureBits(rawValue: 1 << 10)
+  /// Coalesced completions (2.4, docs/PROTOCOL.md §9): one completion may
+  /// answer a run of NOPs with consecutive ids (its `following` word), so a
+  /// batch costs the guest one completion to read, not one per command.
+  public static let coalescedCompletions = FeatureBits(rawValue: 1 << 12)
   /// Everything `identify` negotiates in this version without a promise
   /// (2.2 to 2.4; ``guestHeartbeat`` is named on purpose).
   public static let all: FeatureBits = [
     .eventSuppression, .streams, .processList, .functionInfo, .kernelImages, .processActivity, .cooperativeLaunch,
-    .sharedHostMemory,
+    .sharedHostMemory, .coalescedCompletions,
   ]
 }
 

@@ -181,7 +181,7 @@ import VGPUSimulator
     #expect(queue.claim(pid: 1) { device.servePass() })
     let serve: () -> Void = { device.servePass() }
     let negotiated = queue.identify(serve: serve)
-    #expect(try negotiated?.get() == FeatureBits.all.subtracting(.sharedHostMemory))
+    #expect(try negotiated?.get() == FeatureBits.all.subtracting([.sharedHostMemory, .coalescedCompletions]))
     // Set up outside the counted region: memory.
     let stg = config.layout.staging(0)
     func setUp(_ entry: SubmissionEntry) throws -> CompletionEntry {

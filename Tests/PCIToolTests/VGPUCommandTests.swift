@@ -34,7 +34,7 @@ import Testing
       "Name:", "vGPU Reference H100 80GB", "UUID:                GPU-", "PCI bus ID:          0000:00:05.0",
       "Compute capability:  9.0", "Memory:              80.00 GiB", "Driver version:      570.124.06",
       "CUDA driver version: 12.8 (12080)", "Memory free/total:   80 GiB free of 80 GiB", "Protocol:            2.4",
-      "streams, process-list, function-info, kernel-images, process-activity, cooperative-launch, shared-host-memory",
+      "streams, process-list, function-info, kernel-images, process-activity, cooperative-launch, shared-host-memory,",
       "Wake-ups:            futexes in the shared BAR (same host)", "Queue pairs:",
       "Queue depth:", "Staging:",
     ] {
@@ -57,7 +57,7 @@ import Testing
     #expect(
       j["features"] as? [String] == [
         "event-suppression", "streams", "process-list", "function-info", "kernel-images", "process-activity",
-        "cooperative-launch", "shared-host-memory",
+        "cooperative-launch", "shared-host-memory", "coalesced-completions",
       ])
     #expect((j["wakeups"] as? String)?.hasPrefix("futexes") == true)
   }

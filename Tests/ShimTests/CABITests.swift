@@ -26,7 +26,7 @@ import Testing
     #expect(r.stderr.isEmpty, "\(r.stderr)")
     for line in [
       "device: vGPU Reference H100 80GB", "uuid: GPU-56475055-2d72-6566-2d64-657669636530", "pci: 0000:00:05.0",
-      "memory: 8589934592", "compute capability: 9.0", "protocol: 2.4 features 0x5ed",
+      "memory: 8589934592", "compute capability: 9.0", "protocol: 2.4 features 0x15ed",
       "round trip: 1048576 bytes verified", "vector_add: 100000 elements verified", "ok",
     ] {
       #expect(r.stdout.split(separator: "\n").contains { $0 == line }, "missing '\(line)' in:\n\(r.stdout)")

@@ -55,6 +55,32 @@ import VGPUProtocol
     #expect((h.device.region.base + Int(h.staging())).load(as: StatisticsRecord.self).commands == 11)
   }
 
+  /// With coalesced completions agreed (2.4), a run of NOPs with
+  /// consecutive ids gets one completion: the first id, `following` = the
+  /// rest, the head past the last; other commands still get their own.
+  @Test func agreedCoalescingAnswersARunWithOneCompletion() throws {
+    let h = try Harness()
+    h.claim(0)
+    var q = try #require(h.queues[0])
+    let agreed = q.send(Command.Identify().entry) { h.device.servePass() }
+    #expect(agreed.map { Command.Identify.Reply($0).features.contains(.coalescedCompletions) } == true)
+    // Four NOPs, statistics, two NOPs: six commands, within a ring of 8.
+    var ids: [UInt16] = []
+    for _ in 0..<4 { ids.append(q.submit(Command.Nop().entry)) }
+    q.submit(Command.Statistics(scope: .queuePair, staging: h.staging()).entry)
+    for _ in 0..<2 { ids.append(q.submit(Command.Nop().entry)) }
+    let taken = NOPRunTests.serveAndTake(h, &q)
+    #expect(taken.map(\.commandID) == [ids[0], ids[3] &+ 1, ids[4]])
+    #expect(taken.map(\.following) == [3, 0, 1])
+    #expect(taken.allSatisfy { $0.status == CommandStatus.success.rawValue })
+    // Heads: past the fourth NOP (2 identifies + 4), the statistics, the last NOP.
+    let depth = UInt16(h.layout.depth)
+    #expect(taken.map(\.sqHead) == [6, 7, 9].map { UInt16($0) % depth })
+    // Every NOP counted: the statistics saw both identifies and the first four.
+    let seen = (h.device.region.base + Int(h.staging())).load(as: StatisticsRecord.self)
+    #expect(seen.commands == 6)
+  }
+
   /// The device posts no more NOP completions than the CQ has room for,
   /// reading the guest's head again once the room it knew of is used.
   @Test func aRunStopsAtAFullCompletionRingAndGoesOnOnceAcknowledged() throws {

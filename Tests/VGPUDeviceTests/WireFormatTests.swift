@@ -21,7 +21,7 @@ import Testing
     #expect(MemoryLayout<CompletionEntry>.size == 32)
     #expect(MemoryLayout<CompletionEntry>.stride == 32)
     let fields: [PartialKeyPath<CompletionEntry>] = [
-      \.result0, \.result1, \.detail, \.status, \.sqHead, \.commandID, \.phase, \.reserved,
+      \.result0, \.result1, \.detail, \.status, \.sqHead, \.commandID, \.phase, \.following,
     ]
     #expect(fields.map { MemoryLayout<CompletionEntry>.offset(of: $0) } == [0, 8, 16, 20, 22, 24, 26, 28])
     #expect(CompletionEntry.tagOffset == 24)
@@ -74,7 +74,7 @@ import Testing
     #expect(FeatureBits.processList.rawValue == 1 << 3)
     #expect(FeatureBits.functionInfo.rawValue == 1 << 5)
     #expect(FeatureBits.kernelImages.rawValue == 1 << 6)
-    #expect(FeatureBits.all.rawValue == 0x5ed && FeatureBits.version1_0.rawValue == 0x7)
+    #expect(FeatureBits.all.rawValue == 0x15ed && FeatureBits.version1_0.rawValue == 0x7)
     // A transport bit: in the features register only, never negotiated.
     #expect(FeatureBits.ivshmemDoorbell.rawValue == 1 << 4 && !FeatureBits.all.contains(.ivshmemDoorbell))
   }
