@@ -361,13 +361,15 @@ public final class Device: @unchecked Sendable {
       throw fail(.protocolViolation, "its \(error)", "the device's layout is broken; report it")
     }
     let identity = DeviceIdentity(reading: registers)
-    let offered = FeatureBits(rawValue: registers.load(Register.features))
+    var offered = FeatureBits(rawValue: registers.load(Register.features))
     var window: (offset: UInt64, size: UInt64) = (0, 0)
+    // A window of no bytes is none, whatever the bit says.
+    if registers.load(Register.hostWindowSize) == 0 { offered.remove(.hostWindow) }
     if offered.contains(.hostWindow) {
       // Untrusted like the layout: whole pages past it, inside the BAR.
       let (offset, size) = (registers.load(Register.hostWindowOffset), registers.load(Register.hostWindowSize))
       let bar = UInt64(region.size)
-      guard size > 0, offset % ProtocolLimits.hostWindowAlignment == 0, size % ProtocolLimits.hostWindowAlignment == 0,
+      guard offset % ProtocolLimits.hostWindowAlignment == 0, size % ProtocolLimits.hostWindowAlignment == 0,
         offset >= layout.regionSize,
         offset <= bar, size <= bar - offset
       else {

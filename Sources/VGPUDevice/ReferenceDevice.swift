@@ -68,6 +68,7 @@ public struct ReferenceDeviceConfiguration: Sendable {
   public var offeredFeatures: FeatureBits {
     var f = watchesHeartbeats ? FeatureBits.all.union(.guestHeartbeat) : FeatureBits.all
     if !sharesHostMemory { f.remove(.sharedHostMemory) }
+    if hostWindow == 0 { f.remove(.hostWindow) }
     return f
   }
   /// Whether clients may lend the device host memory (2.4): only where the

@@ -234,6 +234,7 @@ struct Mediator: ParsableCommand {
       own ivshmem server (as --ivshmem-socket; --vectors applies to each). memory= is the VM's own \
       limit within --memory (default: all of it): an allocation beyond it fails for that VM only. \
       name= labels its log lines (vm=NAME) and metrics (default: the file's name). \
+      window= gives the VM a page-locked window of at least SIZE (as --host-window). \
       Not with --path, --vm, --ivshmem-socket or --shared-bar.
       """, valueName: VMBar.form))
   var vmBarSpecs: [String] = []
