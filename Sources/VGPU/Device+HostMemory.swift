@@ -191,6 +191,13 @@ extension Device {
     return true
   }
 
+  /// Whether `p` lies in a page-locked window range this process holds:
+  /// BAR memory, which only `freeSharedHostMemory` gives back (never munmap it).
+  public func isWindowMemory(_ p: UnsafeRawPointer) -> Bool {
+    if case .window = hostShares.withLock({ $0.kind(p, 1) }) { return true }
+    return false
+  }
+
   /// Whether `[p, p + count)` is host memory the device copies directly.
   @inline(__always)
   func isSharedHostMemory(_ p: UnsafeRawPointer, _ count: Int) -> Bool { pageLocked(p, count) != nil }
