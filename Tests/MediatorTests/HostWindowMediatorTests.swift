@@ -44,4 +44,32 @@ import VGPUProtocol
     #expect(try device.freeSharedHostMemory(b.baseAddress!))
     try device.free(p)
   }
+
+  /// `--vm-bar PATH,window=SIZE`: only that VM's BAR has a window.
+  @Test func aVMBarsWindowIsItsOwn() throws {
+    let bars = MultiVMTests.Bars()
+    let mediator = try MediatorProcess(arguments: [
+      "--vm-bar", "\(bars.first),window=8M,name=pinned", "--vm-bar", "\(bars.second),name=plain",
+    ])
+    defer { mediator.stop() }
+    var options = OpenOptions()
+    options.queuePairs = 1
+    let pinned = try Device.open("shm:\(bars.first)", options: options)
+    defer { pinned.close() }
+    let plain = try Device.open("shm:\(bars.second)", options: options)
+    defer { plain.close() }
+    #expect(pinned.hasHostWindow && pinned.window.size >= 8 << 20)
+    #expect(!plain.hasHostWindow && plain.window.size == 0)
+    let count = 1 << 20
+    let a = try #require(try pinned.allocateSharedHostMemory(count))
+    #expect(pinned.isWindowMemory(a.baseAddress!))
+    #expect(try plain.allocateSharedHostMemory(count) == nil)
+    let data = randomBytes(count, seed: 43)
+    data.withUnsafeBytes { a.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: count) }
+    let p = try pinned.allocate(count)
+    try pinned.copy(to: p, from: UnsafeRawBufferPointer(rebasing: a[0..<count]))
+    #expect(sameBytes(try pinned.read(p, count: count), data))
+    #expect(try pinned.freeSharedHostMemory(a.baseAddress!))
+    try pinned.free(p)
+  }
 }
