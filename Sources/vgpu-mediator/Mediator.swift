@@ -536,13 +536,16 @@ struct Mediator: ParsableCommand {
     device.announce(pid: UInt32(getpid()))
     server?.start()
     device.start()
-    log.info(
-      "serving",
-      metadata: [
-        "path": "\(path)", "bytes": "\(region.size)", "memory": "\(config.memorySize >> 20) MiB",
-        "backend": "\(device.backendName)", "queuePairs": "\(queuePairs)",
-        "depth": "\(depth)", "staging": "\(slots) x \(slotSize) per queue pair", "pid": "\(getpid())",
-      ])
+    var serving: Logger.Metadata = [
+      "path": "\(path)", "bytes": "\(region.size)", "memory": "\(config.memorySize >> 20) MiB",
+      "backend": "\(device.backendName)", "queuePairs": "\(queuePairs)",
+      "depth": "\(depth)", "staging": "\(slots) x \(slotSize) per queue pair", "pid": "\(getpid())",
+    ]
+    if config.hostWindow > 0 {
+      let offset = config.hostWindowOffset
+      serving["hostWindow"] = "\((UInt64(region.size) - offset) >> 20) MiB at BAR offset 0x\(String(offset, radix: 16))"
+    }
+    log.info("serving", metadata: serving)
     if let server {
       log.info(
         "ivshmem server listening",
