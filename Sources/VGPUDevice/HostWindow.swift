@@ -53,7 +53,9 @@ struct HostWindow {
   /// Zeroes `length` bytes at BAR offset `address` of the BAR at `base`, so
   /// that no process's bytes reach the next owner. Punching the pages out
   /// (shmem, and the anonymous shared mappings of in-process devices) also
-  /// gives their memory back; elsewhere the bytes are cleared.
+  /// gives their memory back; elsewhere the bytes are cleared. (Were the
+  /// window ever registered with a GPU driver, its pinned pages would have
+  /// to be cleared in place instead: a punched page leaves the DMA mapping.)
   static func scrub(_ base: UnsafeMutableRawPointer, _ address: UInt64, _ length: UInt64) {
     guard length > 0 else { return }
     let p = base + Int(address)

@@ -140,8 +140,8 @@ public final class ReferenceDevice: @unchecked Sendable {
     if let region {
       self.region = region
     } else {
-      let size =
-        configuration.hostWindow > 0 ? configuration.hostWindowOffset + configuration.hostWindow : layout.regionSize
+      let window = (configuration.hostWindow + HostWindow.page - 1) & ~(HostWindow.page - 1)
+      let size = window > 0 ? configuration.hostWindowOffset + window : layout.regionSize
       do throws(RegionError) { self.region = try MappedRegion.anonymous(size: Int(size)) } catch {
         throw DeviceSetupError(description: error.description)
       }
