@@ -181,4 +181,50 @@ import VGPUSimulator
     #expect(try device.freeSharedHostMemory(a.baseAddress!))
     try device.free(p)
   }
+
+  /// A shared-memory BAR file larger than the layout, served in this process
+  /// as a VM's mediator serves it and opened as `shm:FILE`: the window takes
+  /// everything past the layout, and window copies are right.
+  @Test func aBARFileLargerThanItsLayoutGivesTheRestToTheWindow() throws {
+    let path = "/dev/shm/vgpu-window-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    defer { unlink(path) }
+    let region = try MappedRegion.sharedFile(path, create: 32 << 20, exclusive: true)
+    var vm = ReferenceDeviceConfiguration()
+    vm.memorySize = 64 << 20
+    vm.ownersAreLocalProcesses = false
+    vm.hostWindow = 4 << 20
+    // A former run's bytes in the file: the device clears the window when it starts.
+    memset(region.base + Int(vm.hostWindowOffset), 0x5C, region.size - Int(vm.hostWindowOffset))
+    let reference = try ReferenceDevice(configuration: vm, region: region)
+    reference.announce(pid: UInt32(getpid()))
+    reference.start()
+    defer { reference.stop() }
+    var options = OpenOptions()
+    options.queuePairs = 1
+    options.timeout = .seconds(30)
+    let device = try Device.open("shm:" + path, options: options)
+    defer { device.close() }
+    #expect(device.window == (vm.hostWindowOffset, UInt64(32 << 20) - vm.hostWindowOffset))
+    let count = 2 << 20 + 99
+    let a = try #require(try device.allocateSharedHostMemory(count))
+    let b = try #require(try device.allocateSharedHostMemory(count))
+    #expect(a.allSatisfy { $0 == 0 } && b.allSatisfy { $0 == 0 }, "window memory holds a former run's bytes")
+    let (_, _, p, _) = try SharedHostMemoryTests.roundTrip(device, count, using: (a, b), seed: 29)
+    #expect(try device.freeSharedHostMemory(a.baseAddress!))
+    #expect(try device.freeSharedHostMemory(b.baseAddress!))
+    try device.free(p)
+  }
+
+  /// A window the BAR cannot hold is refused when the device is set up, saying what it needs.
+  @Test func aWindowLargerThanTheBARIsRefusedAtSetUp() throws {
+    var vm = ReferenceDeviceConfiguration()
+    vm.memorySize = 64 << 20
+    vm.hostWindow = 64 << 20
+    let region = try MappedRegion.anonymous(size: 32 << 20)
+    #expect {
+      _ = try ReferenceDevice(configuration: vm, region: region)
+    } throws: { error in
+      "\(error)".contains("page-locked window of \(64 << 20) bytes")
+    }
+  }
 }
