@@ -40,14 +40,20 @@ extension Device {
   // MARK: Copies
 
   /// Copies `source` into device memory at `destination`: from shared host
-  /// memory (`allocateSharedHostMemory`) in one copy, the device's; from
-  /// any other memory through the staging slots.
+  /// memory or the page-locked window (`allocateSharedHostMemory`) in one
+  /// copy, the device's; from any other memory through the staging slots.
   public func copy(to destination: DevicePointer, from source: UnsafeRawBufferPointer) throws(VGPUError) {
     guard let base = source.baseAddress, source.count > 0 else { return }
-    if isSharedHostMemory(base, source.count) {
+    switch pageLocked(base, source.count) {
+    case .shared:
       return try withQueuePair { (qp) throws(VGPUError) in
         try qp.copyFromHost(destination.address, from: base, count: source.count)
       }
+    case .window(let staging):
+      return try withQueuePair { (qp) throws(VGPUError) in
+        try qp.copyToDevice(destination.address, fromWindow: staging, count: source.count)
+      }
+    case nil: break
     }
     try withQueuePair { (qp) throws(VGPUError) in
       try qp.copyToDevice(destination.address, from: base, count: source.count)
@@ -57,10 +63,16 @@ extension Device {
   /// Copies device memory at `source` into `destination` (its whole length).
   public func copy(from source: DevicePointer, into destination: UnsafeMutableRawBufferPointer) throws(VGPUError) {
     guard let base = destination.baseAddress, destination.count > 0 else { return }
-    if isSharedHostMemory(base, destination.count) {
+    switch pageLocked(base, destination.count) {
+    case .shared:
       return try withQueuePair { (qp) throws(VGPUError) in
         try qp.copyToHost(source.address, into: base, count: destination.count)
       }
+    case .window(let staging):
+      return try withQueuePair { (qp) throws(VGPUError) in
+        try qp.copyFromDevice(source.address, intoWindow: staging, count: destination.count)
+      }
+    case nil: break
     }
     try withQueuePair { (qp) throws(VGPUError) in
       try qp.copyFromDevice(source.address, into: base, count: destination.count)

@@ -127,6 +127,9 @@ public final class Device: @unchecked Sendable {
   let nextStream = Atomic<Int>(0)
   /// Host memory shared with the device (2.4): copies from and to it take one copy.
   let hostShares = Mutex(SharedHostRanges())
+  /// The page-locked window (2.4, feature `hostWindow`), checked at open:
+  /// its BAR offset and size; size 0 = none.
+  let window: (offset: UInt64, size: UInt64)
 
   /// A queue pair behind its lock, taken only through `withLock` and
   /// `withLockIfAvailable`, which tell ThreadSanitizer about the lock
@@ -358,7 +361,25 @@ public final class Device: @unchecked Sendable {
       throw fail(.protocolViolation, "its \(error)", "the device's layout is broken; report it")
     }
     let identity = DeviceIdentity(reading: registers)
-    let offered = FeatureBits(rawValue: registers.load(Register.features))
+    var offered = FeatureBits(rawValue: registers.load(Register.features))
+    var window: (offset: UInt64, size: UInt64) = (0, 0)
+    // A window of no bytes is none, whatever the bit says.
+    if registers.load(Register.hostWindowSize) == 0 { offered.remove(.hostWindow) }
+    if offered.contains(.hostWindow) {
+      // Untrusted like the layout: whole pages past it, inside the BAR.
+      let (offset, size) = (registers.load(Register.hostWindowOffset), registers.load(Register.hostWindowSize))
+      let bar = UInt64(region.size)
+      guard offset % ProtocolLimits.hostWindowAlignment == 0, size % ProtocolLimits.hostWindowAlignment == 0,
+        offset >= layout.regionSize,
+        offset <= bar, size <= bar - offset
+      else {
+        throw fail(
+          .protocolViolation,
+          "its page-locked window (offset \(offset), \(size) bytes) is not whole pages between the layout's end (\(layout.regionSize)) and the BAR's (\(bar))",
+          "the device's window registers are broken; report it")
+      }
+      window = (offset, size)
+    }
     let wakeups = wakeups.restricted(to: offered, deviceVectors: registers.load(Register.ivshmemVectors))
 
     // Claim queue pairs: free → claiming (ours), then the device makes them active.
@@ -419,6 +440,7 @@ public final class Device: @unchecked Sendable {
       heartbeat = nil
     }
     self.heartbeat = heartbeat
+    self.window = window
     self.region = region
     self.registers = registers
     self.layout = layout

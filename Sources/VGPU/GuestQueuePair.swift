@@ -685,6 +685,27 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
     }
   }
 
+  /// Copies page-locked window memory (2.4) to device memory: each chunk's
+  /// staging argument is its own BAR offset in the window, so the device
+  /// reads it where it lies and nothing is copied into a slot.
+  mutating func copyToDevice(_ destination: UInt64, fromWindow staging: UInt64, count: Int) throws(VGPUError) {
+    try pipeline(count, chunk: Self.sharedChunkBytes, "copy to device") { (qp: inout Self, chunk, _, length) in
+      let offset = UInt64(chunk * Self.sharedChunkBytes)
+      return Command.CopyToDevice(device: destination + offset, staging: staging + offset, length: UInt64(length))
+        .entry
+    } collect: { _, _, _, _ in
+    }
+  }
+
+  /// Copies device memory into page-locked window memory (2.4), one copy.
+  mutating func copyFromDevice(_ source: UInt64, intoWindow staging: UInt64, count: Int) throws(VGPUError) {
+    try pipeline(count, chunk: Self.sharedChunkBytes, "copy from device") { (qp: inout Self, chunk, _, length) in
+      let offset = UInt64(chunk * Self.sharedChunkBytes)
+      return Command.CopyFromDevice(device: source + offset, staging: staging + offset, length: UInt64(length)).entry
+    } collect: { _, _, _, _ in
+    }
+  }
+
   /// A shared-memory copy's bytes a command: as a staging slot's, so that a
   /// device serving several clients in turns (16 commands or 20 µs) keeps
   /// its turns as short as for staged copies.

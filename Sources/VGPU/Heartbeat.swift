@@ -89,7 +89,8 @@ final class HeartbeatThread: @unchecked Sendable {
   var lost: Bool {
     let flag = UnsafeMutableRawPointer(words + 1)
     if vgpu_load_acquire_u32(flag) != 0 { return true }
-    for view in views where view.state != QueuePairState.active.rawValue || view.ownerPID != pid {
+    // An index loop: an array iterator allocates in a debug build, and this runs per command.
+    for i in 0..<views.count where views[i].state != QueuePairState.active.rawValue || views[i].ownerPID != pid {
       vgpu_store_release_u32(flag, 1)
       return true
     }

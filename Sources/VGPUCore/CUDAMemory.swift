@@ -243,21 +243,26 @@ let hostAllocFlagsMask: UInt32 = 0x07
 /// Host memory for copies, page-aligned, remembered for cuMemFreeHost.
 /// Where the device can (2.4: a host process's BAR from vgpu-mediator, or
 /// `sim`), memory shared with it: copies from and to it are one copy, the
-/// device's, as DMA from CUDA's page-locked memory is. Elsewhere (a VM, a
-/// device that refused) ordinary memory, whose copies are staged.
+/// device's, as DMA from CUDA's page-locked memory is. In a VM whose BAR has
+/// a page-locked window (`vgpu-mediator --vm --host-window`), a range of
+/// it, as one copy. Elsewhere (no window, a full one, a device that
+/// refused) ordinary memory, whose copies are staged.
 func allocateHost(_ pp: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ bytes: Int) -> Int32 {
   guard let pp, bytes > 0 else { return CUDA_ERROR_INVALID_VALUE }
   guard cuInitCalled.load(ordering: .acquiring) else { return CUDA_ERROR_NOT_INITIALIZED }
   var shared: UnsafeMutableRawBufferPointer?
+  var inWindow = false
   let r = withDevice("cuMemAllocHost") { (device) throws(VGPUError) in
     shared = try device.allocateSharedHostMemory(bytes)
+    inWindow = shared?.baseAddress.map { device.isWindowMemory($0) } ?? false
     return CUDA_SUCCESS
   }
   if r == CUDA_ERROR_OUT_OF_MEMORY { return r }
   if let shared, let base = shared.baseAddress {
     cudaObjects.withLock { o in
       o.hostRanges.insert(UInt64(UInt(bitPattern: base)), size: UInt64(bytes))
-      o.sharedHostStarts[UInt64(UInt(bitPattern: base))] = shared.count
+      // A window range is the BAR's: negative, so that it is never unmapped here.
+      o.sharedHostStarts[UInt64(UInt(bitPattern: base))] = inWindow ? -shared.count : shared.count
     }
     pp.pointee = base
     return CUDA_SUCCESS
@@ -320,7 +325,7 @@ public func vgpucore_cuMemFreeHost(_ p: UnsafeMutableRawPointer?) -> Int32 {
     return CUDA_SUCCESS
   }
   if r != CUDA_SUCCESS && r != CUDA_ERROR_NO_DEVICE { return r }
-  if !unshared { munmap(p, sharedLength) }
+  if !unshared && sharedLength > 0 { munmap(p, sharedLength) }
   return CUDA_SUCCESS
 }
 

@@ -120,7 +120,8 @@ struct CUDAObjects: ~Copyable {
   var hostRanges = AddressRanges()
   /// Those of them shared with the device (mapped memfds, not malloc's), by
   /// start and mapped length: a forked child's device does not know the
-  /// parent's, and must unmap rather than free them.
+  /// parent's, and must unmap rather than free them. A page-locked window
+  /// range (a VM's, 2.4) has its length negated: BAR memory, never unmapped.
   var sharedHostStarts: [UInt64: Int] = [:]
   /// The caller's host memory page-locked by cuMemHostRegister, until cuMemHostUnregister.
   var registeredRanges = AddressRanges()

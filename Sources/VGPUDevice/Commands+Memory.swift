@@ -258,3 +258,63 @@ extension Executor {
     registers.store(Register.progress, progress)
   }
 }
+
+/// The page-locked window (2.4, feature `hostWindow`): ranges of BAR bytes a
+/// process's staging arguments may name, so its copies are one copy.
+extension Executor {
+  func windowAlloc(_ c: Command.WindowAlloc, qp: Int) throws(Refusal) -> CompletionEntry {
+    guard hostWindow != nil else {
+      throw Refusal(
+        status: .notSupported, detail: 0,
+        message:
+          "this BAR has no page-locked window (a VM's mediator makes one with --host-window SIZE or --vm-bar ...,window=SIZE)"
+      )
+    }
+    guard c.length > 0 else { throw Refusal(status: .invalidValue, detail: 1) }
+    let page = HostWindow.page
+    let largest = hostWindow!.largestFree
+    guard c.length <= hostWindow!.size else { throw windowFull(c.length, largest: largest) }
+    let rounded = (c.length + page - 1) & ~(page - 1)
+    let range: DeviceAllocator.Allocation
+    do throws(AllocationError) {
+      range = try hostWindow!.ranges.allocate(rounded, alignment: page, owner: UInt32(qp))
+    } catch { throw windowFull(c.length, largest: largest) }
+    // Scrubbed when freed (and the window when the device started): zero now.
+    return Command.WindowAlloc.Reply(offset: hostWindow!.offset + range.offset, length: range.size).completion
+  }
+
+  private func windowFull(_ length: UInt64, largest: UInt64) -> Refusal {
+    Refusal(
+      status: .outOfMemory, detail: 1, result0: largest, result1: largest,
+      message:
+        "\(length) bytes of page-locked window asked for; the largest free range is \(largest) of its \(hostWindow!.size) bytes: free page-locked memory, or give the mediator a larger --host-window"
+    )
+  }
+
+  func windowFree(_ c: Command.WindowFree, qp: Int) throws(Refusal) -> CompletionEntry {
+    guard let e = hostWindow?.range(startingAt: c.offset) else {
+      throw Refusal(
+        status: .invalidAddress, detail: 1,
+        message: "BAR offset 0x\(String(c.offset, radix: 16)) is not the start of a live page-locked window range")
+    }
+    guard served[Int(e.owner)].pid == served[qp].pid else {
+      throw Refusal(
+        status: .permissionDenied, detail: 1,
+        message: "the page-locked window range at 0x\(String(c.offset, radix: 16)) belongs to another process")
+    }
+    _ = try? hostWindow!.ranges.free(offset: e.address, owner: nil)
+    HostWindow.scrub(base, c.offset, e.size)
+    return CompletionEntry(status: .success, result0: e.size)
+  }
+
+  /// Frees and scrubs every window range queue pair `qp` allocated (its release).
+  func releaseWindowRanges(ownedBy qp: Int) {
+    guard let window = hostWindow else { return }
+    var any = false
+    for e in window.ranges.ledger.entries where e.owner == UInt32(qp) {
+      HostWindow.scrub(base, window.offset + e.address, e.size)
+      any = true
+    }
+    if any { _ = hostWindow!.ranges.freeAll(owner: UInt32(qp)) }
+  }
+}

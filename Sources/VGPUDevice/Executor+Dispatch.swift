@@ -29,6 +29,8 @@ extension Executor {
       case .hostMemoryUnshare: return try hostMemoryUnshare(Command.HostMemoryUnshare(e), qp: qp)
       case .copyFromHost: return try copyFromHost(Command.CopyFromHost(e), qp: qp)
       case .copyToHost: return try copyToHost(Command.CopyToHost(e), qp: qp)
+      case .windowAlloc: return try windowAlloc(Command.WindowAlloc(e), qp: qp)
+      case .windowFree: return try windowFree(Command.WindowFree(e), qp: qp)
       case .moduleLoad: return try moduleLoad(Command.ModuleLoad(e), qp: qp)
       case .moduleUnload: return try moduleUnload(Command.ModuleUnload(e), qp: qp)
       case .getFunction: return try getFunction(Command.GetFunction(e), qp: qp)

@@ -101,6 +101,7 @@ extension Executor {
     if served[qp].watched { ownerWatch?.unwatch(queuePair: qp) }
     let (count, bytes) = freeAll(ownedBy: qp)
     sharedHost.removeAll(owner: qp)
+    releaseWindowRanges(ownedBy: qp)
     if served[qp].active || reason != .closed {
       report(.released(queuePair: qp, pid: pid, reason: reason, allocations: count, bytes: bytes), qp)
     }

@@ -88,6 +88,8 @@ final class Executor: @unchecked Sendable {
   @exclusivity(unchecked) var ledger = AllocationLedger()
   /// Host memory the clients lent the device (2.4): one copy instead of two.
   @exclusivity(unchecked) var sharedHost = SharedHostMemory()
+  /// The page-locked window's ranges (2.4), or nil: the BAR has none.
+  @exclusivity(unchecked) var hostWindow: HostWindow?
   /// The queue pairs accepted and not yet released, for the quick pass.
   @exclusivity(unchecked) var activeQueuePairs: [Int] = []
   @exclusivity(unchecked) var modules = HandleTable<ModuleEntry>(kind: 1)

@@ -68,6 +68,7 @@ public struct ReferenceDeviceConfiguration: Sendable {
   public var offeredFeatures: FeatureBits {
     var f = watchesHeartbeats ? FeatureBits.all.union(.guestHeartbeat) : FeatureBits.all
     if !sharesHostMemory { f.remove(.sharedHostMemory) }
+    if hostWindow == 0 { f.remove(.hostWindow) }
     return f
   }
   /// Whether clients may lend the device host memory (2.4): only where the
@@ -85,6 +86,14 @@ public struct ReferenceDeviceConfiguration: Sendable {
   /// holds that socket (`releaseAll`), not found in /proc. Nil: each claim
   /// names its owner.
   public var owner: UInt32?
+  /// The page-locked window (2.4, feature `hostWindow`): at least this many
+  /// bytes of the BAR past the layout, which `windowAlloc` hands out as
+  /// pinned memory a VM's guest copies through in one copy. The device takes
+  /// all the region has there (a VM's BAR file is rounded up to a power of
+  /// two), from `hostWindowOffset`. 0: no window, the feature is not offered.
+  public var hostWindow: UInt64 = 0
+  /// Where the window starts: the layout's end, rounded up to a page.
+  public var hostWindowOffset: UInt64 { (layout.regionSize + HostWindow.page - 1) & ~(HostWindow.page - 1) }
 
   public init() {}
 
@@ -131,7 +140,9 @@ public final class ReferenceDevice: @unchecked Sendable {
     if let region {
       self.region = region
     } else {
-      do throws(RegionError) { self.region = try MappedRegion.anonymous(size: Int(layout.regionSize)) } catch {
+      let window = (configuration.hostWindow + HostWindow.page - 1) & ~(HostWindow.page - 1)
+      let size = window > 0 ? configuration.hostWindowOffset + window : layout.regionSize
+      do throws(RegionError) { self.region = try MappedRegion.anonymous(size: Int(size)) } catch {
         throw DeviceSetupError(description: error.description)
       }
     }
@@ -140,6 +151,19 @@ public final class ReferenceDevice: @unchecked Sendable {
         description:
           "the BAR (\(self.region.origin)) has \(self.region.size) bytes; the layout needs \(layout.regionSize)")
     }
+    var window: HostWindow?
+    if configuration.hostWindow > 0 {
+      let start = configuration.hostWindowOffset
+      let available =
+        UInt64(self.region.size) > start ? (UInt64(self.region.size) - start) / HostWindow.page * HostWindow.page : 0
+      guard available >= configuration.hostWindow else {
+        throw DeviceSetupError(
+          description:
+            "the BAR (\(self.region.origin)) has \(self.region.size) bytes; a page-locked window of \(configuration.hostWindow) bytes after the layout's \(start) needs \(start + configuration.hostWindow)"
+        )
+      }
+      window = HostWindow(offset: start, size: available)
+    }
     registers = RegisterBlock(self.region.base)
     executor = Executor(
       base: self.region.base, layout: layout, registers: registers, shared: shared,
@@ -147,6 +171,15 @@ public final class ReferenceDevice: @unchecked Sendable {
 
     var offered = configuration.offeredFeatures
     if !shared.backend.finishesHostAccessOnReturn { offered.remove(.sharedHostMemory) }
+    if let window {
+      // A reused BAR file may hold a former run's bytes: every range starts zeroed.
+      HostWindow.scrub(self.region.base, window.offset, window.size)
+      executor.hostWindow = window
+    } else {
+      offered.remove(.hostWindow)
+    }
+    registers.store(Register.hostWindowOffset, window?.offset ?? 0)
+    registers.store(Register.hostWindowSize, window?.size ?? 0)
     executor.setStatus([])
     registers.store(Register.magic, vgpuMagic)
     registers.store(Register.version, ProtocolVersion.packed)

@@ -45,13 +45,24 @@ extension Executor {
     return (e.address, e.size)
   }
 
-  /// `length` bytes at staging address `address`, inside queue pair `qp`'s window.
+  /// `length` bytes at staging address `address`: inside queue pair `qp`'s
+  /// staging window, or (2.4) inside one page-locked window range of its process.
+  @inline(__always)
   func stagingRange(_ address: UInt64, _ length: UInt64, qp: Int, argument: UInt32) throws(Refusal)
     -> UnsafeMutableRawPointer
   {
     let start = layout.staging(qp)
-    guard address >= start, length <= layout.stagingPerQueue, address - start <= layout.stagingPerQueue - length else {
+    if address >= start, length <= layout.stagingPerQueue, address - start <= layout.stagingPerQueue - length {
+      return base + Int(address)
+    }
+    guard let owner = hostWindow?.owner(of: address, length) else {
       throw Refusal(status: .invalidStaging, detail: argument)
+    }
+    guard served[owner].pid == served[qp].pid else {
+      throw Refusal(
+        status: .permissionDenied, detail: argument,
+        message:
+          "staging 0x\(String(address, radix: 16)) + \(length) lies in a page-locked window range of another process")
     }
     return base + Int(address)
   }

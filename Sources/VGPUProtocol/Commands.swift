@@ -141,7 +141,8 @@ extension Command {
   @frozen public struct CopyToDevice: CommandCodec {
     public static var opcode: Opcode { .copyToDevice }
     public var device: UInt64
-    /// A BAR offset inside the submitting queue pair's staging window.
+    /// A BAR offset inside the submitting queue pair's staging window, or
+    /// (2.4) inside one page-locked window range of its process.
     public var staging: UInt64
     public var length: UInt64
     @inlinable public init(device: UInt64, staging: UInt64, length: UInt64) {
@@ -244,6 +245,39 @@ extension Command {
       e.flags = streaming ? CopyFlags.streaming : 0
       return e
     }
+  }
+
+  /// A range of the page-locked window (2.4, feature `hostWindow`).
+  @frozen public struct WindowAlloc: CommandCodec {
+    public static var opcode: Opcode { .windowAlloc }
+    public var length: UInt64
+    @inlinable public init(length: UInt64) { self.length = length }
+    @inlinable public init(_ e: SubmissionEntry) { length = e.a0 }
+    @inlinable public var entry: SubmissionEntry { SubmissionEntry(opcode: .windowAlloc, a0: length) }
+    /// r0 the range's BAR offset, r1 its length (whole pages).
+    /// With `outOfMemory`: r0 the largest range that would fit.
+    @frozen public struct Reply {
+      public var offset: UInt64
+      public var length: UInt64
+      @inlinable public init(offset: UInt64, length: UInt64) {
+        self.offset = offset
+        self.length = length
+      }
+      @inlinable public init(_ c: CompletionEntry) { (offset, length) = (c.result0, c.result1) }
+      @inlinable public var completion: CompletionEntry {
+        CompletionEntry(status: .success, result0: offset, result1: length)
+      }
+    }
+  }
+
+  /// Gives back a range of the page-locked window (2.4); r0 its length.
+  @frozen public struct WindowFree: CommandCodec {
+    public static var opcode: Opcode { .windowFree }
+    /// As `windowAlloc` returned it.
+    public var offset: UInt64
+    @inlinable public init(offset: UInt64) { self.offset = offset }
+    @inlinable public init(_ e: SubmissionEntry) { offset = e.a0 }
+    @inlinable public var entry: SubmissionEntry { SubmissionEntry(opcode: .windowFree, a0: offset) }
   }
 
   /// The flags byte of a `copyToHost` entry (2.4).

@@ -99,7 +99,8 @@ public struct CompletionEntry: Equatable, Sendable {
 
 /// Operations, with the meaning of each argument. `dev` = device address,
 /// `stg` = staging address (a byte offset in the BAR inside the submitting
-/// queue pair's staging window), `len` = bytes. Results in result0/result1.
+/// queue pair's staging window, or 2.4 inside one page-locked window range
+/// of its process), `len` = bytes. Results in result0/result1.
 public enum Opcode: UInt8, Sendable, CaseIterable {
   /// Nothing; completes with success. Measures the round trip.
   case nop = 0x00
@@ -211,6 +212,15 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
   /// 2.4, feature `sharedHostMemory`. a0 dev (source), a1 host address
   /// inside one range the process shared, a2 len → r0 len.
   case copyToHost = 0x1f
+  /// 2.4, feature `hostWindow`. a0 len → r0 the BAR offset of a page-aligned
+  /// range of the page-locked window, zeroed, owned by the submitting queue
+  /// pair (any pair of its process may use it), r1 its length (len rounded
+  /// up to pages). Staging arguments may then name bytes inside it.
+  /// `outOfMemory`: r0 the largest range that would fit.
+  case windowAlloc = 0x20
+  /// 2.4, feature `hostWindow`. a0 the BAR offset `windowAlloc` returned →
+  /// r0 the range's length. The device zeroes the range.
+  case windowFree = 0x21
 }
 
 /// Which activity a `statistics` command reports.

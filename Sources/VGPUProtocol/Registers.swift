@@ -23,7 +23,8 @@ public enum ProtocolVersion {
   /// `QueuePairBlock.heartbeat` word), so that a device that cannot see its
   /// guests' processes (a VM's) reclaims the pairs of one killed without closing;
   /// 2.4 host memory shared with the device (feature `sharedHostMemory`):
-  /// copies from and to it take one copy instead of two.
+  /// copies from and to it take one copy instead of two; and the
+  /// page-locked window (feature `hostWindow`), the same for a VM's guests.
   public static let minor: UInt16 = 4
   /// `major << 16 | minor`, as the version register holds it.
   public static var packed: UInt32 { UInt32(major) << 16 | UInt32(minor) }
@@ -89,6 +90,10 @@ public enum Register {
   /// device raises, vector = queue pair % this; 0 otherwise.
   public static let ivshmemVectors = Register32(0x074)
   public static let progress = Register64(0x078)  // bumped while a long command runs (guests extend deadlines)
+  /// With feature hostWindow (2.4): the page-locked window, BAR bytes past
+  /// the layout that `windowAlloc` hands out; size 0 = no window.
+  public static let hostWindowOffset = Register64(0x080)
+  public static let hostWindowSize = Register64(0x088)
   // Identity, 0x100...
   public static let name = RegisterBytes(0x100, count: 64)  // UTF-8, NUL-padded
   public static let uuid = RegisterBytes(0x140, count: 16)
@@ -182,6 +187,13 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   /// (a host process's BAR of its own, vouched for by its socket) and can
   /// take that process's descriptors; never across a VM boundary.
   public static let sharedHostMemory = FeatureBits(rawValue: 1 << 10)
+  /// The page-locked window (2.4, docs/PROTOCOL.md §12): `windowAlloc`,
+  /// `windowFree`, and staging arguments inside a window range of the
+  /// submitting process. Pinned memory for a guest in a VM, where
+  /// ``sharedHostMemory`` cannot be: the window is BAR bytes, which both
+  /// sides map, so a copy from or to it is one copy. Set only where the
+  /// `hostWindowSize` register is nonzero.
+  public static let hostWindow = FeatureBits(rawValue: 1 << 11)
   /// Coalesced completions (2.4, docs/PROTOCOL.md §9): one completion may
   /// answer a run of NOPs with consecutive ids (its `following` word), so a
   /// batch costs the guest one completion to read, not one per command.
@@ -190,7 +202,7 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
   /// (2.2 to 2.4; ``guestHeartbeat`` is named on purpose).
   public static let all: FeatureBits = [
     .eventSuppression, .streams, .processList, .functionInfo, .kernelImages, .processActivity, .cooperativeLaunch,
-    .sharedHostMemory, .coalescedCompletions,
+    .sharedHostMemory, .hostWindow, .coalescedCompletions,
   ]
 }
 
@@ -201,6 +213,8 @@ public enum ProtocolLimits {
   public static let maximumQueuePairs: UInt32 = 256
   /// Staging slots must be whole pages so that a DMA mapping can cover them.
   public static let stagingAlignment: UInt64 = 4096
+  /// The page-locked window and its ranges are whole pages (2.4).
+  public static let hostWindowAlignment: UInt64 = 4096
 }
 
 /// The guest heartbeat's periods (2.3, feature ``FeatureBits/guestHeartbeat``;

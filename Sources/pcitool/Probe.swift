@@ -94,7 +94,8 @@ struct ProbeReport: Encodable {
       (.eventSuppression, "event-suppression"), (.streams, "streams"), (.processList, "process-list"),
       (.functionInfo, "function-info"), (.kernelImages, "kernel-images"), (.processActivity, "process-activity"),
       (.cooperativeLaunch, "cooperative-launch"), (.guestHeartbeat, "guest-heartbeat"),
-      (.sharedHostMemory, "shared-host-memory"), (.coalescedCompletions, "coalesced-completions"),
+      (.sharedHostMemory, "shared-host-memory"), (.hostWindow, "host-window"),
+      (.coalescedCompletions, "coalesced-completions"),
       // Bit 1: no 2.0 device sets it (1.x's text image of built-in kernels).
       (.retiredBuiltinKernels, "retired-builtin-kernels"),
     ]

@@ -213,6 +213,19 @@ struct Mediator: ParsableCommand {
   var vm = false
 
   @Option(
+    name: .customLong("host-window"),
+    help: ArgumentHelp(
+      """
+      With --vm: a page-locked window of at least SIZE (e.g. 256M) in the BAR file, past the \
+      queues and staging (protocol 2.4, feature hostWindow). cuMemAllocHost in the VM then \
+      hands out memory there, which both sides map, and copies from and to it take one copy \
+      instead of two through the staging slots, as a GPU's DMA from page-locked memory. The \
+      file grows by SIZE (still a power of two for QEMU; the window takes all of it past the \
+      layout). Default: no window. For several VMs: --vm-bar ...,window=SIZE.
+      """, valueName: "size"))
+  var hostWindow: String?
+
+  @Option(
     name: .customLong("vm-bar"),
     help: ArgumentHelp(
       """
@@ -221,6 +234,7 @@ struct Mediator: ParsableCommand {
       own ivshmem server (as --ivshmem-socket; --vectors applies to each). memory= is the VM's own \
       limit within --memory (default: all of it): an allocation beyond it fails for that VM only. \
       name= labels its log lines (vm=NAME) and metrics (default: the file's name). \
+      window= gives the VM a page-locked window of at least SIZE (as --host-window). \
       Not with --path, --vm, --ivshmem-socket or --shared-bar.
       """, valueName: VMBar.form))
   var vmBarSpecs: [String] = []
@@ -292,6 +306,17 @@ struct Mediator: ParsableCommand {
     }
     for spec in vmBarSpecs {
       if case .failure(let e) = VMBar.parse(spec) { throw ValidationError(e.description) }
+    }
+    if let hostWindow {
+      guard let size = Size.parse(hostWindow), size > 0, size % 4096 == 0, size <= 1 << 40 else {
+        throw ValidationError(
+          "--host-window '\(hostWindow)' is not a size of whole 4 KiB pages up to 1T, such as 256M")
+      }
+      guard vm || ivshmemSocket != nil else {
+        throw ValidationError(
+          "--host-window gives a VM's guests page-locked memory in their BAR (--vm or --ivshmem-socket); host processes' page-locked memory is shared with the device without it, and --vm-bar takes window=SIZE"
+        )
+      }
     }
     if !vmBarSpecs.isEmpty {
       if vm || ivshmemSocket != nil || sharedBAR || pathOption != nil {
@@ -479,7 +504,8 @@ struct Mediator: ParsableCommand {
       // Without doorbells nothing wakes the device from a VM: it looks often.
       if ivshmemSocket == nil { config.wait.sleepSliceNanoseconds = 1_000_000 }
     }
-    let region = try Self.openBAR(path, layout: config.layout, vm: vm, option: "--path")
+    if let hostWindow { config.hostWindow = Size.parse(hostWindow)! }
+    let region = try Self.openBAR(path, configuration: config, vm: vm, option: "--path")
     let device: ReferenceDevice
     do {
       let layout = config.layout
@@ -510,13 +536,16 @@ struct Mediator: ParsableCommand {
     device.announce(pid: UInt32(getpid()))
     server?.start()
     device.start()
-    log.info(
-      "serving",
-      metadata: [
-        "path": "\(path)", "bytes": "\(region.size)", "memory": "\(config.memorySize >> 20) MiB",
-        "backend": "\(device.backendName)", "queuePairs": "\(queuePairs)",
-        "depth": "\(depth)", "staging": "\(slots) x \(slotSize) per queue pair", "pid": "\(getpid())",
-      ])
+    var serving: Logger.Metadata = [
+      "path": "\(path)", "bytes": "\(region.size)", "memory": "\(config.memorySize >> 20) MiB",
+      "backend": "\(device.backendName)", "queuePairs": "\(queuePairs)",
+      "depth": "\(depth)", "staging": "\(slots) x \(slotSize) per queue pair", "pid": "\(getpid())",
+    ]
+    if config.hostWindow > 0 {
+      let offset = config.hostWindowOffset
+      serving["hostWindow"] = "\((UInt64(region.size) - offset) >> 20) MiB at BAR offset 0x\(String(offset, radix: 16))"
+    }
+    log.info("serving", metadata: serving)
     if let server {
       log.info(
         "ivshmem server listening",
@@ -543,14 +572,18 @@ struct Mediator: ParsableCommand {
   }
 
   /// The BAR file at `path`, created or taken over and locked, of the
-  /// layout's size (a power of two for QEMU's ivshmem when `vm`); `option`
-  /// names what gave the path, for the message when another mediator holds it.
-  static func openBAR(_ path: String, layout: BARLayout, vm: Bool, option: String) throws -> MappedRegion {
+  /// layout's size and its page-locked window's (a power of two for QEMU's
+  /// ivshmem when `vm`); `option` names what gave the path, for the message
+  /// when another mediator holds it.
+  static func openBAR(_ path: String, configuration: ReferenceDeviceConfiguration, vm: Bool, option: String) throws
+    -> MappedRegion
+  {
     if let problem = notABAR(path) { throw Failure(problem) }
     // The lock comes first: the file of a live mediator must not be touched.
     do {
       // QEMU's ivshmem wants a power-of-two memory backend: round the file up in --vm mode.
-      var size = Int(layout.regionSize)
+      let window = configuration.hostWindow
+      var size = Int(window > 0 ? configuration.hostWindowOffset + window : configuration.layout.regionSize)
       if vm { size = 1 << (Int.bitWidth - (size - 1).leadingZeroBitCount) }
       return try MappedRegion.sharedFile(path, create: size, exclusive: true)
     } catch {
@@ -597,7 +630,8 @@ struct Mediator: ParsableCommand {
       config.ownMemoryLimit = config.memorySize
       var vmLog = log
       vmLog[metadataKey: "vm"] = "\(bar.name)"
-      let region = try Self.openBAR(bar.path, layout: config.layout, vm: true, option: "--vm-bar file")
+      config.hostWindow = bar.window ?? 0
+      let region = try Self.openBAR(bar.path, configuration: config, vm: true, option: "--vm-bar file")
       let device: ReferenceDevice
       do { device = try ReferenceDevice(configuration: config, region: region, sharing: shared) } catch {
         throw Failure("--vm-bar \(bar.path): \(error.description)")

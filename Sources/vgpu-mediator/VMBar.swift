@@ -12,11 +12,13 @@ struct VMBar: Equatable {
   var memory: UInt64?
   /// Its label in log lines (`vm=NAME`) and metrics (`vm="NAME"`).
   var name: String
+  /// Its page-locked window's least size (as `--host-window`), or nil: none.
+  var window: UInt64? = nil
 
   /// The form `--help` teaches and every parse error repeats.
-  static let form = "PATH[,socket=SOCKET][,memory=SIZE][,name=NAME]"
+  static let form = "PATH[,socket=SOCKET][,memory=SIZE][,name=NAME][,window=SIZE]"
 
-  /// Parses `PATH[,socket=SOCKET][,memory=SIZE][,name=NAME]`, or says what
+  /// Parses `PATH[,socket=SOCKET][,memory=SIZE][,name=NAME][,window=SIZE]`, or says what
   /// is wrong with `text` and how the value is written.
   static func parse(_ text: String) -> Result<VMBar, VMBarError> {
     func wrong(_ what: String) -> Result<VMBar, VMBarError> {
@@ -31,7 +33,7 @@ struct VMBar: Equatable {
     var seen = Set<String>()
     for part in parts.dropFirst() {
       guard let equals = part.firstIndex(of: "="), equals != part.startIndex else {
-        return wrong("'\(part)' is not KEY=VALUE (keys: socket, memory, name)")
+        return wrong("'\(part)' is not KEY=VALUE (keys: socket, memory, name, window)")
       }
       let key = String(part[..<equals])
       let value = String(part[part.index(after: equals)...])
@@ -42,13 +44,18 @@ struct VMBar: Equatable {
       case "memory":
         guard let size = Size.parse(value) else { return wrong("memory=\(value) is not a size such as 8G or 512M") }
         bar.memory = size
+      case "window":
+        guard let size = Size.parse(value), size > 0, size % 4096 == 0, size <= 1 << 40 else {
+          return wrong("window=\(value) is not a size of whole 4 KiB pages up to 1T, such as 256M")
+        }
+        bar.window = size
       case "name":
         guard value.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }) else {
           return wrong(
             "name=\(value) may hold only letters, digits, '.', '_' and '-' (it labels log lines and metrics)")
         }
         bar.name = value
-      default: return wrong("unknown key '\(key)' (keys: socket, memory, name)")
+      default: return wrong("unknown key '\(key)' (keys: socket, memory, name, window)")
       }
     }
     return .success(bar)

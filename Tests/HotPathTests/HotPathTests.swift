@@ -126,6 +126,83 @@ import VGPUSimulator
     try device.free(p)
   }
 
+  /// Copies from and to the page-locked window (2.4, a VM's device): the
+  /// range lookup and the pipelined copies naming window offsets allocate nothing.
+  @Test func windowCopiesAllocateNothing() throws {
+    var vm = ReferenceDeviceConfiguration()
+    vm.memorySize = 64 << 20
+    vm.ownersAreLocalProcesses = false
+    vm.hostWindow = 8 << 20
+    var options = OpenOptions.simulator(vm)
+    options.timeout = .seconds(2 * Sanitizer.slowdown)
+    let device = try Device.open("sim", options: options)
+    defer { device.close() }
+    let size = 3 << 20
+    let host = try #require(try device.allocateSharedHostMemory(size))
+    defer { _ = try? device.freeSharedHostMemory(host.baseAddress!) }
+    #expect(device.pageLocked(host.baseAddress!, size) != nil)
+    let p = try device.allocate(size)
+    try device.copy(to: p, from: UnsafeRawBufferPointer(host))
+    try device.copy(from: p, into: host)
+    let n = try allocations {
+      for _ in 0..<20 {
+        try device.copy(to: p, from: UnsafeRawBufferPointer(host))
+        try device.copy(from: p, into: host)
+      }
+    }
+    #expect(n == 0, "\(n) allocations in 40 copies of 3 MiB through the page-locked window")
+    // Ordinary memory on the same device: the heartbeat's check before each command allocates nothing either.
+    let plain = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
+    defer { plain.deallocate() }
+    let m = try allocations {
+      for _ in 0..<20 {
+        try device.copy(to: p, from: UnsafeRawBufferPointer(plain))
+        try device.copy(from: p, into: plain)
+      }
+    }
+    #expect(m == 0, "\(m) allocations in 40 staged copies on a device that asks for the heartbeat")
+    try device.free(p)
+  }
+
+  /// The device's side of window copies: the staging check that falls
+  /// through to the window's ranges allocates nothing.
+  @Test func deviceServesWindowCopiesAllocatingNothing() throws {
+    var config = ReferenceDeviceConfiguration()
+    config.memorySize = 1 << 30
+    config.ownersAreLocalProcesses = false
+    config.hostWindow = 1 << 20
+    config.layout = BARLayout(queuePairs: 1, depth: 64, stagingSlotSize: 64 << 10, slotsPerQueue: 2)
+    let device = try ReferenceDevice(configuration: config)
+    var queue = HandQueue(base: device.region.base, layout: config.layout, index: 0)
+    #expect(queue.claim(pid: 1) { device.servePass() })
+    let serve: () -> Void = { device.servePass() }
+    #expect(try queue.identify(serve: serve)?.get().contains(.hostWindow) == true)
+    let allocated = queue.send(Command.Alloc(length: 1 << 20).entry, serve: serve)
+    let placed = queue.send(Command.WindowAlloc(length: 256 << 10).entry, serve: serve)
+    let alloc = try #require(allocated)
+    let window = try #require(placed)
+    #expect(window.status == CommandStatus.success.rawValue)
+    let (address, stg) = (alloc.result0, window.result0)
+    let work = [
+      Command.CopyToDevice(device: address, staging: stg, length: 65536).entry,
+      Command.CopyFromDevice(device: address + 65536, staging: stg + 65536, length: 65536).entry,
+      Command.CopyToDevice(device: address, staging: stg + 4097, length: 100_000).entry,
+    ]
+    var failures = 0
+    func batch() -> UInt64 {
+      for e in work { queue.submit(e) }
+      queue.ring()
+      let n = allocations { device.servePass() }
+      queue.takeAll { c in failures += c.status == CommandStatus.success.rawValue ? 0 : 1 }
+      return n
+    }
+    _ = batch()  // warm up
+    var total: UInt64 = 0
+    for _ in 0..<100 { total += batch() }
+    #expect(total == 0, "\(total) allocations serving \(100 * work.count) window copies")
+    #expect(failures == 0)
+  }
+
   @Test(arguments: ["sim", "shm"]) func guestLaunchesAllocateNothing(_ kind: String) throws {
     let opened = try Opened(kind)
     let device = opened.device
@@ -181,7 +258,8 @@ import VGPUSimulator
     #expect(queue.claim(pid: 1) { device.servePass() })
     let serve: () -> Void = { device.servePass() }
     let negotiated = queue.identify(serve: serve)
-    #expect(try negotiated?.get() == FeatureBits.all.subtracting([.sharedHostMemory, .coalescedCompletions]))
+    #expect(
+      try negotiated?.get() == FeatureBits.all.subtracting([.sharedHostMemory, .hostWindow, .coalescedCompletions]))
     // Set up outside the counted region: memory.
     let stg = config.layout.staging(0)
     func setUp(_ entry: SubmissionEntry) throws -> CompletionEntry {

@@ -44,7 +44,7 @@ import VGPUProtocol
     let features = FeatureBits(rawValue: RegisterBlock(region.base).load(Register.features))
     // Everything but host memory lent by processes: a VM's pids mean nothing here.
     #expect(
-      features.contains(.ivshmemDoorbell) && features.isSuperset(of: FeatureBits.all.subtracting(.sharedHostMemory)))
+      features.contains(.ivshmemDoorbell) && features.isSuperset(of: FeatureBits.all.subtracting([.sharedHostMemory, .hostWindow])))
     #expect(!features.contains(.sharedHostMemory))
     // Guests wait on interrupts only for the pairs that have a vector of their own.
     #expect(RegisterBlock(region.base).load(Register.ivshmemVectors) == 4)

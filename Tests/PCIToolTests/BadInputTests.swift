@@ -245,6 +245,15 @@ import Testing
       mediator(["--vectors", "4"], 2, says: ["--vectors", "--ivshmem-socket"]),
       mediator(["--path", BadInput.path("bar")], 2, says: ["--path"]),
       mediator(["--vm", "--socket", BadInput.path("s.sock")], 2, says: ["--socket", "--vm"]),
+      // --host-window: a VM's page-locked window, whole pages; not for host processes.
+      mediator(["--host-window", "64M"], 2, says: ["--host-window", "--vm"]),
+      mediator(["--shared-bar", "--host-window", "64M"], 2, says: ["--host-window", "--vm"]),
+      mediator(["--vm", "--host-window", "lots"], 2, says: ["--host-window 'lots'", "such as 256M"]),
+      mediator(["--vm", "--host-window", "0"], 2, says: ["--host-window '0'", "whole 4 KiB pages"]),
+      mediator(["--vm", "--host-window", "1000"], 2, says: ["--host-window '1000'", "whole 4 KiB pages"]),
+      mediator(["--vm-bar", BadInput.path("v1") + ",window=lots"], 2, says: ["window=lots", "whole 4 KiB pages"]),
+      mediator(
+        ["--vm-bar", BadInput.path("v1"), "--host-window", "64M"], 2, says: ["--host-window", "window=SIZE"]),
       mediator(["--shared-bar", "--vm", "--path", BadInput.path("bar")], 2, says: ["--shared-bar", "--vm"]),
       mediator(["--shared-bar", "--max-clients", "4"], 2, says: ["--max-clients", "--queue-pairs"]),
       mediator(

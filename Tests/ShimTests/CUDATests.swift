@@ -159,6 +159,19 @@ import VGPUDevice
     }
   }
 
+  /// cuMemAllocHost in a VM whose BAR has a page-locked window (2.4,
+  /// `--vm --host-window`): the memory lies in the BAR file, copies through
+  /// it are right, and memory freed and allocated again is zeroed.
+  @Test func pageLockedMemoryInAVMIsItsWindow() throws {
+    try CUDAClient.requireShims()
+    let program = try CUDAClient.program("pinned_window", linked: true)
+    let mediator = try MediatorProcess(arguments: ["--vm", "--host-window", "16M"])
+    defer { mediator.stop() }
+    let r = try CUDAClient.run(program.path, [mediator.path], device: mediator.spec)
+    #expect(r.status == 0, "\(r)")
+    #expect(r.lines == ["ok"], "\(r)")
+  }
+
   /// The rest of the driver API a linked program uses: cuGetProcAddress's
   /// version table, errors, contexts, attributes, memory, modules, launches,
   /// streams, events, stubs, and no allocations on the copy path.

@@ -74,7 +74,7 @@ import Testing
     #expect(FeatureBits.processList.rawValue == 1 << 3)
     #expect(FeatureBits.functionInfo.rawValue == 1 << 5)
     #expect(FeatureBits.kernelImages.rawValue == 1 << 6)
-    #expect(FeatureBits.all.rawValue == 0x15ed && FeatureBits.version1_0.rawValue == 0x7)
+    #expect(FeatureBits.all.rawValue == 0x1ded && FeatureBits.version1_0.rawValue == 0x7)
     // A transport bit: in the features register only, never negotiated.
     #expect(FeatureBits.ivshmemDoorbell.rawValue == 1 << 4 && !FeatureBits.all.contains(.ivshmemDoorbell))
   }
@@ -87,6 +87,16 @@ import Testing
         0x1c, 0x1d, 0x1e, 0x1f,
       ])
     #expect(ProtocolVersion.packed == 0x0002_0004)
+  }
+
+  /// 2.4: the page-locked window, two commands and two registers behind one bit.
+  @Test func version2_4HasAPageLockedWindow() {
+    #expect(FeatureBits.hostWindow.rawValue == 1 << 11 && FeatureBits.all.contains(.hostWindow))
+    #expect([Opcode.windowAlloc, .windowFree].map(\.rawValue) == [0x20, 0x21])
+    #expect(Register.hostWindowOffset.offset == 0x080 && Register.hostWindowSize.offset == 0x088)
+    // In the register block's free words, before the identity at 0x100.
+    #expect(Register.progress.offset + 8 == Register.hostWindowOffset.offset && Register.name.offset == 0x100)
+    #expect(!Register.changing.contains(Register.hostWindowOffset.offset))
   }
 
   /// 2.3: the guest heartbeat, a word of the pair's guest line and a bit a

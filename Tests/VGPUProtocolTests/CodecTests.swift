@@ -37,6 +37,8 @@ let codecs: [(type: any CommandCodec.Type, words: [Int: UInt64])] = [
   (Command.HostMemoryUnshare.self, [1: ~0]),
   (Command.CopyFromHost.self, [0: ~0, 1: ~0, 2: ~0]),
   (Command.CopyToHost.self, [0: ~0, 1: ~0, 2: ~0]),
+  (Command.WindowAlloc.self, [0: ~0]),
+  (Command.WindowFree.self, [0: ~0]),
 ]
 
 func words(_ e: SubmissionEntry) -> [UInt64] { [e.a0, e.a1, e.a2, e.a3, e.a4, e.a5, e.a6] }

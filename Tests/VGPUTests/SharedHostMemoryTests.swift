@@ -39,11 +39,17 @@ import VGPUSimulator
   /// Two shared buffers of `count` bytes, `data` copied to the device from
   /// the first and back into the second, the staging filled with 0xEE
   /// before: the buffers, the device allocation and the bytes.
-  static func roundTrip(_ device: Device, _ count: Int, seed: UInt64) throws -> (
+  static func roundTrip(
+    _ device: Device, _ count: Int,
+    using buffers: (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer)? = nil,
+    seed: UInt64
+  ) throws -> (
     a: UnsafeMutableRawBufferPointer, b: UnsafeMutableRawBufferPointer, p: DevicePointer, data: [UInt8]
   ) {
-    let a = try #require(try device.allocateSharedHostMemory(count), "\(String(describing: device.hostSharingRefusal))")
-    let b = try #require(try device.allocateSharedHostMemory(count))
+    let a =
+      try buffers?.0
+      ?? #require(try device.allocateSharedHostMemory(count), "\(String(describing: device.hostSharingRefusal))")
+    let b = try buffers?.1 ?? #require(try device.allocateSharedHostMemory(count))
     #expect(a.count % 4096 == 0 && a.count >= count)
     let data = randomBytes(count, seed: seed)
     data.withUnsafeBytes { a.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: count) }
