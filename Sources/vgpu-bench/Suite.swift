@@ -309,83 +309,115 @@ final class Suite {
     return copies
   }
 
-  /// Copies from and to page-locked memory (cuMemAllocHost: host memory
-  /// shared with the device, 2.4) against the same copies from ordinary
-  /// memory (staged: two copies) on the same device and against memcpy,
-  /// sampled in turn at each size from 256 KiB. The device is a host
-  /// process's BAR of its own from a socket mediator: what shares memory.
+  /// Copies from and to page-locked memory (cuMemAllocHost, 2.4) against
+  /// the same copies from ordinary memory (staged: two copies) on the same
+  /// device and against memcpy, sampled in turn at each size from 256 KiB,
+  /// on both kinds of device that have it: a host process's BAR of its own
+  /// from a socket mediator (memory shared with the device), and a VM's BAR
+  /// with a page-locked window (`--vm --host-window`, opened here as its
+  /// guest would, through the BAR file).
   func measurePinnedCopies() {
     let pinnedSizes = sizes.filter { $0 >= 256 << 10 }
     guard let most = pinnedSizes.last else { return }
     progress.begin(
-      "bandwidth from page-locked (shared) memory, \(sizeText(pinnedSizes.first!)) to \(sizeText(most)): memcpy, staged, one copy"
+      "bandwidth from page-locked memory, \(sizeText(pinnedSizes.first!)) to \(sizeText(most)): memcpy, staged, one copy"
     )
     let socket = "/dev/shm/vgpu-bench-pinned-\(getpid()).sock"
-    let mediator: Process
-    do { mediator = try startSocketMediator(socket) } catch {
-      report.notes.append("page-locked copies: \(error)")
-      return
+    let barFile = "/dev/shm/vgpu-bench-window-\(getpid())"
+    let window = "\(((2 * most) >> 20) + 64)M"
+    for (label, key, extra, spec) in [
+      ("unix: BAR, shared memory", "unix: BAR", ["--socket", socket], "unix:\(socket)"),
+      ("a VM's BAR window", "VM window", ["--vm", "--path", barFile, "--host-window", window], "shm:\(barFile)"),
+    ] {
+      progress.detail(label)
+      let mediator: Process
+      do { mediator = try startPinnedMediator(extra, spec: spec) } catch {
+        report.notes.append("page-locked copies (\(label)): \(error)")
+        continue
+      }
+      defer {
+        stop(mediator)
+        unlink(socket)
+        unlink(barFile)
+      }
+      let points = measured("page-locked copies (\(label))") { try pinnedSeries(spec, pinnedSizes) }
+      guard let points else { continue }
+      for (size, r) in points {
+        for (kind, staged, pinned) in [("H2D", r[1], r[3]), ("D2H", r[2], r[4])] {
+          report.figures.append(
+            Figure(
+              "bandwidth", "\(kind) \(sizeText(size)), page-locked (one copy, \(label))", unit: "GB/s", pinned,
+              lowerIsBetter: false
+            )
+            .against("\(kind) \(sizeText(size)) from ordinary memory, same device (staged: two copies)", staged)
+            .against("memcpy \(sizeText(size)), 1 thread (ceiling)", r[0]))
+        }
+      }
+      report.bandwidth["vGPU H2D page-locked (\(key))"] = points.map { .init(bytes: $0.0, gbPerSecond: $0.1[3]) }
+      report.bandwidth["vGPU D2H page-locked (\(key))"] = points.map { .init(bytes: $0.0, gbPerSecond: $0.1[4]) }
+    }
+  }
+
+  /// A mediator with `arguments` (besides the usual), up once `spec` opens.
+  func startPinnedMediator(_ arguments: [String], spec: String) throws -> Process {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: options.mediator)
+    p.arguments = arguments + ["--memory", "16G", "--log-level", "warning"]
+    p.standardOutput = FileHandle.nullDevice
+    try p.run()
+    let deadline = now() + 10_000_000_000
+    while now() < deadline {
+      if let d = try? Device.open(spec) {
+        d.close()
+        return p
+      }
+      guard p.isRunning else { break }
+      usleep(20_000)
+    }
+    stop(p)
+    throw BenchError("the mediator (\(arguments.joined(separator: " "))) did not serve \(spec)")
+  }
+
+  /// memcpy, staged H2D and D2H, page-locked H2D and D2H at each size, in turn, on `spec`.
+  func pinnedSeries(_ spec: String, _ pinnedSizes: [Int]) throws -> [(Int, [Double])] {
+    let most = pinnedSizes.last!
+    let device = try Device.open(spec)
+    defer { device.close() }
+    guard let a = try device.allocateSharedHostMemory(most), let b = try device.allocateSharedHostMemory(most) else {
+      throw BenchError(
+        "\(spec) gives no page-locked memory: \(device.hostSharingRefusal.map { "\($0)" } ?? "neither feature sharedHostMemory nor hostWindow")"
+      )
     }
     defer {
-      stop(mediator)
-      unlink(socket)
+      _ = try? device.freeSharedHostMemory(a.baseAddress!)
+      _ = try? device.freeSharedHostMemory(b.baseAddress!)
     }
-    let measuredPoints = measured("page-locked copies") { () throws -> [(Int, [Double])] in
-      let device = try Device.open("unix:\(socket)")
-      defer { device.close() }
-      guard let a = try device.allocateSharedHostMemory(most), let b = try device.allocateSharedHostMemory(most) else {
-        throw BenchError(
-          "the device shares no host memory: \(device.hostSharingRefusal.map { "\($0)" } ?? "feature sharedHostMemory is off")"
-        )
-      }
-      defer {
-        _ = try? device.freeSharedHostMemory(a.baseAddress!)
-        _ = try? device.freeSharedHostMemory(b.baseAddress!)
-      }
-      memset(a.baseAddress!, 0x5A, most)
-      memset(b.baseAddress!, 0xA5, most)
-      let host = Cases.hostBuffer(most, fill: 0x5A)
-      let back = Cases.hostBuffer(most, fill: 0xA5)
-      defer {
-        host.deallocate()
-        back.deallocate()
-      }
-      let target = DeviceTarget(device)
-      let d = try target.allocate(most)
-      defer { try? target.free(d) }
-      var points: [(Int, [Double])] = []
-      for size in pinnedSizes {
-        progress.detail(sizeText(size))
-        let r = try interleavedBandwidth(
-          plan, bytes: size,
-          [
-            { memcpy(back.baseAddress!, host.baseAddress!, size) },
-            { try target.copyIn(d, from: UnsafeRawBufferPointer(rebasing: host[0..<size])) },
-            { try target.copyOut(d, into: UnsafeMutableRawBufferPointer(rebasing: back[0..<size])) },
-            { try target.copyIn(d, from: UnsafeRawBufferPointer(rebasing: a[0..<size])) },
-            { try target.copyOut(d, into: UnsafeMutableRawBufferPointer(rebasing: b[0..<size])) },
-          ])
-        points.append((size, r))
-      }
-      return points
+    memset(a.baseAddress!, 0x5A, most)
+    memset(b.baseAddress!, 0xA5, most)
+    let host = Cases.hostBuffer(most, fill: 0x5A)
+    let back = Cases.hostBuffer(most, fill: 0xA5)
+    defer {
+      host.deallocate()
+      back.deallocate()
     }
-    guard let measuredPoints else { return }
-    for (size, r) in measuredPoints {
-      for (kind, staged, pinned) in [("H2D", r[1], r[3]), ("D2H", r[2], r[4])] {
-        report.figures.append(
-          Figure(
-            "bandwidth", "\(kind) \(sizeText(size)), page-locked (one copy)", unit: "GB/s", pinned, lowerIsBetter: false
-          )
-          .against("\(kind) \(sizeText(size)) from ordinary memory, same device (staged: two copies)", staged)
-          .against("memcpy \(sizeText(size)), 1 thread (ceiling)", r[0]))
-      }
+    let target = DeviceTarget(device)
+    let d = try target.allocate(most)
+    defer { try? target.free(d) }
+    var points: [(Int, [Double])] = []
+    for size in pinnedSizes {
+      progress.detail(sizeText(size))
+      let r = try interleavedBandwidth(
+        plan, bytes: size,
+        [
+          { memcpy(back.baseAddress!, host.baseAddress!, size) },
+          { try target.copyIn(d, from: UnsafeRawBufferPointer(rebasing: host[0..<size])) },
+          { try target.copyOut(d, into: UnsafeMutableRawBufferPointer(rebasing: back[0..<size])) },
+          { try target.copyIn(d, from: UnsafeRawBufferPointer(rebasing: a[0..<size])) },
+          { try target.copyOut(d, into: UnsafeMutableRawBufferPointer(rebasing: b[0..<size])) },
+        ])
+      points.append((size, r))
     }
-    report.bandwidth["vGPU H2D page-locked (unix: BAR)"] = measuredPoints.map {
-      .init(bytes: $0.0, gbPerSecond: $0.1[3])
-    }
-    report.bandwidth["vGPU D2H page-locked (unix: BAR)"] = measuredPoints.map {
-      .init(bytes: $0.0, gbPerSecond: $0.1[4])
-    }
+    return points
   }
 
   /// The 1-minute load average: spinning baselines and cases suffer alike when
