@@ -114,16 +114,23 @@ import VGPUSimulator
     let host = try #require(try device.allocateSharedHostMemory(size))
     defer { _ = try? device.freeSharedHostMemory(host.baseAddress!) }
     let p = try device.allocate(size)
+    let n = try roundTripAllocations(device, p, host)
+    #expect(n == 0, "\(n) allocations in 40 copies of 3 MiB through shared host memory")
+    try device.free(p)
+  }
+
+  /// Allocations in 20 round trips between `host` and `p`, after one to warm up.
+  func roundTripAllocations(_ device: Device, _ p: DevicePointer, _ host: UnsafeMutableRawBufferPointer) throws
+    -> UInt64
+  {
     try device.copy(to: p, from: UnsafeRawBufferPointer(host))
     try device.copy(from: p, into: host)
-    let n = try allocations {
+    return try allocations {
       for _ in 0..<20 {
         try device.copy(to: p, from: UnsafeRawBufferPointer(host))
         try device.copy(from: p, into: host)
       }
     }
-    #expect(n == 0, "\(n) allocations in 40 copies of 3 MiB through shared host memory")
-    try device.free(p)
   }
 
   /// Copies from and to the page-locked window (2.4, a VM's device): the
@@ -142,24 +149,12 @@ import VGPUSimulator
     defer { _ = try? device.freeSharedHostMemory(host.baseAddress!) }
     #expect(device.pageLocked(host.baseAddress!, size) != nil)
     let p = try device.allocate(size)
-    try device.copy(to: p, from: UnsafeRawBufferPointer(host))
-    try device.copy(from: p, into: host)
-    let n = try allocations {
-      for _ in 0..<20 {
-        try device.copy(to: p, from: UnsafeRawBufferPointer(host))
-        try device.copy(from: p, into: host)
-      }
-    }
+    let n = try roundTripAllocations(device, p, host)
     #expect(n == 0, "\(n) allocations in 40 copies of 3 MiB through the page-locked window")
     // Ordinary memory on the same device: the heartbeat's check before each command allocates nothing either.
     let plain = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
     defer { plain.deallocate() }
-    let m = try allocations {
-      for _ in 0..<20 {
-        try device.copy(to: p, from: UnsafeRawBufferPointer(plain))
-        try device.copy(from: p, into: plain)
-      }
-    }
+    let m = try roundTripAllocations(device, p, plain)
     #expect(m == 0, "\(m) allocations in 40 staged copies on a device that asks for the heartbeat")
     try device.free(p)
   }
