@@ -699,9 +699,13 @@ struct GuestQueuePair: ~Copyable, @unchecked Sendable {
 
   /// Copies device memory into page-locked window memory (2.4), one copy.
   mutating func copyFromDevice(_ source: UInt64, intoWindow staging: UInt64, count: Int) throws(VGPUError) {
+    // As for staged copies: a large copy ends in memory no cache holds.
+    let streaming = count >= Self.streamingCopyBytes
     try pipeline(count, chunk: Self.sharedChunkBytes, "copy from device") { (qp: inout Self, chunk, _, length) in
       let offset = UInt64(chunk * Self.sharedChunkBytes)
-      return Command.CopyFromDevice(device: source + offset, staging: staging + offset, length: UInt64(length)).entry
+      return Command.CopyFromDevice(
+        device: source + offset, staging: staging + offset, length: UInt64(length), streaming: streaming
+      ).entry
     } collect: { _, _, _, _ in
     }
   }

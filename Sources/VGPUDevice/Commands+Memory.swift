@@ -84,7 +84,8 @@ extension Executor {
 
   func copyFromDevice(_ c: Command.CopyFromDevice, qp: Int) throws(Refusal) -> CompletionEntry {
     try deviceRange(c.device, c.length, pid: served[qp].pid, argument: 1)
-    return try read(c.device, into: try stagingRange(c.staging, c.length, qp: qp, argument: 2), c.length, qp)
+    let destination = try stagingRange(c.staging, c.length, qp: qp, argument: 2)
+    return try read(c.device, into: destination, c.length, qp, streaming: c.streaming)
   }
 
   /// Host bytes (checked: staging or shared memory) → device memory (checked).

@@ -157,19 +157,29 @@ extension Command {
   }
 
   /// Device memory → the staging window; r0 the length.
+  /// The entry's flags byte may hold ``CopyFlags/streaming`` (2.4: a chunk
+  /// of a large copy into the page-locked window).
   @frozen public struct CopyFromDevice: CommandCodec {
     public static var opcode: Opcode { .copyFromDevice }
     public var device: UInt64
     public var staging: UInt64
     public var length: UInt64
-    @inlinable public init(device: UInt64, staging: UInt64, length: UInt64) {
+    /// Part of a large copy: the device writes around the cache.
+    public var streaming: Bool
+    @inlinable public init(device: UInt64, staging: UInt64, length: UInt64, streaming: Bool = false) {
       self.device = device
       self.staging = staging
       self.length = length
+      self.streaming = streaming
     }
-    @inlinable public init(_ e: SubmissionEntry) { (device, staging, length) = (e.a0, e.a1, e.a2) }
+    @inlinable public init(_ e: SubmissionEntry) {
+      (device, staging, length) = (e.a0, e.a1, e.a2)
+      streaming = e.flags & CopyFlags.streaming != 0
+    }
     @inlinable public var entry: SubmissionEntry {
-      SubmissionEntry(opcode: .copyFromDevice, a0: device, a1: staging, a2: length)
+      var e = SubmissionEntry(opcode: .copyFromDevice, a0: device, a1: staging, a2: length)
+      e.flags = streaming ? CopyFlags.streaming : 0
+      return e
     }
   }
 
@@ -280,7 +290,7 @@ extension Command {
     @inlinable public var entry: SubmissionEntry { SubmissionEntry(opcode: .windowFree, a0: offset) }
   }
 
-  /// The flags byte of a `copyToHost` entry (2.4).
+  /// The flags byte of a `copyToHost` or `copyFromDevice` entry (2.4).
   public enum CopyFlags {
     /// The chunk is part of a copy larger than any cache: the device writes
     /// it with streaming stores, which leave the caches to what the process

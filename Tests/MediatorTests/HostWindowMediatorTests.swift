@@ -24,7 +24,7 @@ import VGPUProtocol
     #expect(device.window.size >= 64 << 20 && device.window.offset >= device.layout.regionSize)
     #expect(device.region.size & (device.region.size - 1) == 0)
 
-    let count = 5 << 20 + 4321
+    let count = 9 << 20 + 4321  // past 8 MiB: the D2H chunks stream (CopyFlags)
     let a = try #require(try device.allocateSharedHostMemory(count))
     let b = try #require(try device.allocateSharedHostMemory(count))
     #expect(device.pageLocked(a.baseAddress!, count) != nil && device.pageLocked(b.baseAddress!, count) != nil)

@@ -106,6 +106,11 @@ func decodeAndEncode<C: CommandCodec>(_ type: C.Type, _ e: SubmissionEntry) -> S
     #expect(plain.flags == 0 && !Command.CopyToHost(plain).streaming)
     #expect(streaming.flags == Command.CopyFlags.streaming && words(streaming) == words(plain))
     #expect(Command.CopyToHost(streaming).streaming)
+    // copyFromDevice carries it too (into the page-locked window).
+    let staged = Command.CopyFromDevice(device: 0xD000, staging: 0x10_0000, length: 1 << 18).entry
+    let streamed = Command.CopyFromDevice(device: 0xD000, staging: 0x10_0000, length: 1 << 18, streaming: true).entry
+    #expect(staged.flags == 0 && streamed.flags == Command.CopyFlags.streaming && words(staged) == words(streamed))
+    #expect(Command.CopyFromDevice(streamed).streaming && !Command.CopyFromDevice(staged).streaming)
   }
 
   @Test func repliesRoundTrip() {

@@ -166,7 +166,8 @@ import VGPUSimulator
     let device = try Device.open(mediator.spec)
     defer { device.close() }
     #expect(device.sharesHostMemory)
-    let (a, b, p, data) = try Self.roundTrip(device, 5 << 20 + 99, seed: 99)
+    // Past 8 MiB: the D2H chunks carry CopyFlags.streaming.
+    let (a, b, p, data) = try Self.roundTrip(device, 9 << 20 + 99, seed: 99)
     // Ordinary memory reads the same bytes back (staged).
     #expect(sameBytes(try device.read(p, count: data.count), data))
     #expect(try device.freeSharedHostMemory(a.baseAddress!))

@@ -32,8 +32,8 @@ import VGPUProtocol
 let pairs = 4
 let layout = BARLayout(queuePairs: UInt32(pairs), depth: 8, stagingSlotSize: 4096, slotsPerQueue: 2)
 
-/// The highest opcode the protocol defines (moduleKernels), for the fix-up that picks a real one.
-let opcodeCount: UInt8 = 0x1c
+/// One past the highest opcode the protocol defines, for the fix-up that picks a real one.
+let opcodeCount = Opcode.allCases.map(\.rawValue).max()! + 1
 
 let configuration: ReferenceDeviceConfiguration = {
   var config = ReferenceDeviceConfiguration()
@@ -42,7 +42,11 @@ let configuration: ReferenceDeviceConfiguration = {
   // An endless kernel ends as launchTimeout after this many thread-instructions.
   config.kernelInstructionBudget = 100_000
   // Pids in the input mean nothing on this host: never look them up in /proc.
+  // (So no host memory is lent: hostMemoryShare is refused notSupported.)
   config.ownersAreLocalProcesses = false
+  // A page-locked window (2.4) after the layout: windowAlloc, windowFree and
+  // staging arguments that name it are fuzzed too.
+  config.hostWindow = 64 << 10
   return config
 }()
 
@@ -52,7 +56,7 @@ struct Fixture {
   let shared: SharedExecution
   init() {
     do {
-      region = try MappedRegion.anonymous(size: Int(layout.regionSize))
+      region = try MappedRegion.anonymous(size: Int(configuration.hostWindowOffset + configuration.hostWindow))
       shared = try SharedExecution(configuration: configuration)
     } catch {
       fatalError(

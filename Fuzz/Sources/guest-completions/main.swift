@@ -36,6 +36,8 @@ func post(_ input: inout FuzzInput, _ view: QueuePairView, slot: UInt32, id: UIn
   if fixups & 8 != 0 { c.status = CommandStatus.success.rawValue }
   if fixups & 16 != 0 { c.result0 = UInt64(layout.stagingSlotSize) }
   if fixups & 32 != 0 { c.status %= CommandStatus.highest + 1 }
+  // A short coalesced run (2.4), else any word at all (mostly refused).
+  c.following = fixups & 64 != 0 ? c.following % 4 : fixups & 128 != 0 ? c.following : 0
   view.postCompletion(c, at: slot & (layout.depth - 1))
 }
 
@@ -69,7 +71,11 @@ runFuzzer { data, size in
   var qp = GuestQueuePair(
     view: view, registers: registers, layout: layout, base: base, timeoutNanoseconds: 100_000,
     deviceName: "fuzz")
-  qp.deviceExplainsFailures = input.byte() & 1 != 0
+  let flags = input.byte()
+  qp.deviceExplainsFailures = flags & 1 != 0
+  // Coalesced completions (2.4): the `following` word the input writes is
+  // then read, its ids checked against those in flight.
+  qp.acceptsCoalescedCompletions = flags & 2 != 0
 
   // The guest's ids and ring slots go up from 0; the input's fix-ups follow them.
   var nextSlot: UInt32 = 0
