@@ -30,9 +30,6 @@ struct SharedHostRanges: Sendable {
   /// permitted, not supported): later allocations do not ask again.
   fileprivate(set) var refusal: VGPUError?
 
-  /// Whether `[p, p + count)` lies inside one range. Allocates nothing.
-  func contains(_ p: UnsafeRawPointer, _ count: Int) -> Bool { kind(p, count) != nil }
-
   /// What holds `[p, p + count)` inside one range, or nil. Allocates nothing.
   func kind(_ p: UnsafeRawPointer, _ count: Int) -> PageLocked? {
     let a = UInt(bitPattern: p)
@@ -48,9 +45,15 @@ struct SharedHostRanges: Sendable {
     return .window(barOffset: window + UInt64(a - r.start))
   }
 
-  fileprivate mutating func insert(_ r: Range) {
+  fileprivate mutating func insert(_ r: Range, counting held: borrowing Atomic<Int>) {
     let i = ranges.firstIndex { $0.start > r.start } ?? ranges.count
     ranges.insert(r, at: i)
+    held.store(ranges.count, ordering: .releasing)
+  }
+
+  fileprivate mutating func remove(startingAt start: UInt, counting held: borrowing Atomic<Int>) {
+    ranges.removeAll { $0.start == start }
+    held.store(ranges.count, ordering: .releasing)
   }
 }
 
@@ -119,7 +122,9 @@ extension Device {
       }
       throw refusal
     }
-    hostShares.withLock { $0.insert(.init(start: UInt(bitPattern: base), length: length, barOffset: nil)) }
+    hostShares.withLock {
+      $0.insert(.init(start: UInt(bitPattern: base), length: length, barOffset: nil), counting: hostSharesHeld)
+    }
     return UnsafeMutableRawBufferPointer(start: base, count: length)
   }
 
@@ -153,7 +158,9 @@ extension Device {
     }
     let base = region.base + Int(reply.offset)
     hostShares.withLock {
-      $0.insert(.init(start: UInt(bitPattern: base), length: Int(reply.length), barOffset: reply.offset))
+      $0.insert(
+        .init(start: UInt(bitPattern: base), length: Int(reply.length), barOffset: reply.offset),
+        counting: hostSharesHeld)
     }
     return UnsafeMutableRawBufferPointer(start: base, count: Int(reply.length))
   }
@@ -165,29 +172,18 @@ extension Device {
     let a = UInt(bitPattern: base)
     guard let range = hostShares.withLock({ s in s.ranges.first { $0.start == a } }) else { return false }
     let length = range.length
-    if let offset = range.barOffset {
-      // A window range: the device zeroes it; the BAR stays mapped.
-      let c = try withQueuePair { (qp) throws(VGPUError) in
-        try qp.execute(Command.WindowFree(offset: offset).entry, "free page-locked window memory")
-      }
-      guard c.result0 == UInt64(length) else {
-        throw VGPUError(
-          .protocolViolation, "free page-locked window memory", device: info.spec.description,
-          found: "the device released \(c.result0) bytes of a \(length)-byte range")
-      }
-      hostShares.withLock { s in s.ranges.removeAll { $0.start == a } }
-      return true
-    }
-    let c = try withQueuePair { (qp) throws(VGPUError) in
-      try qp.execute(Command.HostMemoryUnshare(address: UInt64(a)).entry, "unshare host memory")
-    }
+    // A window range the device zeroes (the BAR stays mapped); a memfd it unmaps, and so does this process.
+    let (entry, operation): (SubmissionEntry, StaticString) =
+      range.barOffset.map { (Command.WindowFree(offset: $0).entry, "free page-locked window memory") }
+      ?? (Command.HostMemoryUnshare(address: UInt64(a)).entry, "unshare host memory")
+    let c = try withQueuePair { (qp) throws(VGPUError) in try qp.execute(entry, operation) }
     guard c.result0 == UInt64(length) else {
       throw VGPUError(
-        .protocolViolation, "unshare host memory", device: info.spec.description,
+        .protocolViolation, "\(operation)", device: info.spec.description,
         found: "the device released \(c.result0) bytes of a \(length)-byte range")
     }
-    hostShares.withLock { s in s.ranges.removeAll { $0.start == a } }
-    munmap(base, length)
+    hostShares.withLock { $0.remove(startingAt: a, counting: hostSharesHeld) }
+    if range.barOffset == nil { munmap(base, length) }
     return true
   }
 
@@ -205,7 +201,8 @@ extension Device {
   /// How the device copies `[p, p + count)` in one copy, or nil: staged.
   @inline(__always)
   func pageLocked(_ p: UnsafeRawPointer, _ count: Int) -> PageLocked? {
-    guard sharesHostMemory || hasHostWindow else { return nil }
+    // Most processes hold none: their copies take no lock for the lookup.
+    guard hostSharesHeld.load(ordering: .acquiring) > 0 else { return nil }
     return hostShares.withLock { $0.kind(p, count) }
   }
 

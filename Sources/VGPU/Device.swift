@@ -127,6 +127,9 @@ public final class Device: @unchecked Sendable {
   let nextStream = Atomic<Int>(0)
   /// Host memory shared with the device (2.4): copies from and to it take one copy.
   let hostShares = Mutex(SharedHostRanges())
+  /// How many ranges `hostShares` holds, written under its lock: a copy
+  /// looks it up only when there are some.
+  let hostSharesHeld = Atomic<Int>(0)
   /// The page-locked window (2.4, feature `hostWindow`), checked at open:
   /// its BAR offset and size; size 0 = none.
   let window: (offset: UInt64, size: UInt64)

@@ -216,17 +216,27 @@ extension Suite {
     let given =
       extra.contains("--serving-threads=0")
       ? options.mediatorOptions.filter { !$0.hasPrefix("--serving-priority") } : options.mediatorOptions
-    p.arguments = ["--socket", socket, "--memory", "16G", "--log-level", "warning"] + given + extra
+    return try launchMediator(["--socket", socket] + given + extra, serving: socket) { _ in access(socket, F_OK) == 0 }
+  }
+
+  /// A mediator with `arguments` (and 16 GB of device memory, warnings
+  /// only), once `ready` says it serves `what`; stopped when it does not within 10 s.
+  func launchMediator(_ arguments: [String], serving what: String, ready: (Process) -> Bool) throws -> Process {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: options.mediator)
+    p.arguments = arguments + ["--memory", "16G", "--log-level", "warning"]
     p.standardOutput = FileHandle.nullDevice
-    try p.run()
+    do { try p.run() } catch {
+      throw BenchError("cannot start the mediator \(options.mediator): \(error) (build it: swift build -c release)")
+    }
     let deadline = now() + 10_000_000_000
     while now() < deadline {
-      if access(socket, F_OK) == 0 { return p }
+      if ready(p) { return p }
       guard p.isRunning else { break }
       usleep(5_000)
     }
     stop(p)
-    throw BenchError("the mediator did not come up on \(socket)")
+    throw BenchError("the mediator (\(arguments.joined(separator: " "))) did not come up on \(what) within 10 s")
   }
 
   /// The `q` quantile (0...1) of `values`, nearest rank.

@@ -331,7 +331,8 @@ final class Suite {
     ] {
       progress.detail(label)
       let mediator: Process
-      do { mediator = try startPinnedMediator(extra, spec: spec) } catch {
+      let opens: (Process) -> Bool = { _ in (try? Device.open(spec)).map { $0.close() } != nil }
+      do { mediator = try launchMediator(extra, serving: spec, ready: opens) } catch {
         report.notes.append("page-locked copies (\(label)): \(error)")
         continue
       }
@@ -356,26 +357,6 @@ final class Suite {
       report.bandwidth["vGPU H2D page-locked (\(key))"] = points.map { .init(bytes: $0.0, gbPerSecond: $0.1[3]) }
       report.bandwidth["vGPU D2H page-locked (\(key))"] = points.map { .init(bytes: $0.0, gbPerSecond: $0.1[4]) }
     }
-  }
-
-  /// A mediator with `arguments` (besides the usual), up once `spec` opens.
-  func startPinnedMediator(_ arguments: [String], spec: String) throws -> Process {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: options.mediator)
-    p.arguments = arguments + ["--memory", "16G", "--log-level", "warning"]
-    p.standardOutput = FileHandle.nullDevice
-    try p.run()
-    let deadline = now() + 10_000_000_000
-    while now() < deadline {
-      if let d = try? Device.open(spec) {
-        d.close()
-        return p
-      }
-      guard p.isRunning else { break }
-      usleep(20_000)
-    }
-    stop(p)
-    throw BenchError("the mediator (\(arguments.joined(separator: " "))) did not serve \(spec)")
   }
 
   /// memcpy, staged H2D and D2H, page-locked H2D and D2H at each size, in turn, on `spec`.
@@ -432,30 +413,19 @@ final class Suite {
   func startMediator() throws {
     barPath = "/dev/shm/vgpu-bench-\(getpid())"
     unlink(barPath)
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: options.mediator)
     // One BAR file for every process (--shared-bar): the figures below read
     // it (queue pairs reclaimed, callgrind's client) and compare with earlier runs.
-    p.arguments =
-      ["--shared-bar", "--path", barPath, "--memory", "16G", "--log-level", "warning"]
-      // The serving pool's options are for the socket's host processes (the scale section).
-      + options.mediatorOptions.filter { !$0.hasPrefix("--serving-") }
-    p.standardOutput = FileHandle.nullDevice
-    do { try p.run() } catch {
-      throw BenchError("cannot start the mediator \(options.mediator): \(error) (build it: swift build -c release)")
+    mediator = try launchMediator(
+      ["--shared-bar", "--path", barPath]
+        // The serving pool's options are for the socket's host processes (the scale section).
+        + options.mediatorOptions.filter { !$0.hasPrefix("--serving-") },
+      serving: barPath
+    ) { p in
+      guard let bar = try? SharedFile(path: barPath, size: 4096, create: false) else { return false }
+      defer { bar.unmap() }
+      let r = RegisterBlock(bar.base)
+      return r.load(Register.devicePID) == UInt32(p.processIdentifier) && r.status.contains(.ready)
     }
-    mediator = p
-    let deadline = now() + 10_000_000_000
-    while now() < deadline {
-      if let bar = try? SharedFile(path: barPath, size: 4096, create: false) {
-        defer { bar.unmap() }
-        let r = RegisterBlock(bar.base)
-        if r.load(Register.devicePID) == UInt32(p.processIdentifier) && r.status.contains(.ready) { return }
-      }
-      guard p.isRunning else { break }
-      usleep(20_000)
-    }
-    throw BenchError("vgpu-mediator did not come up on \(barPath) within 10 s")
   }
 
   func startSocketServer() throws {
