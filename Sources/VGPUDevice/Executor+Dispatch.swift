@@ -8,14 +8,12 @@ extension Executor {
   /// +Modules, +Sync, +Info).
   func execute(_ e: SubmissionEntry, qp: Int) -> CompletionEntry {
     do throws(Refusal) {
-      // The flags byte is 0 except a launch's LaunchFlags (2.2) and the CopyFlags of copyToHost and copyFromDevice (2.4).
-      let allowedFlags =
-        e.opcode == Opcode.launch.rawValue
-        ? Command.LaunchFlags.cooperative
-        : e.opcode == Opcode.copyToHost.rawValue || e.opcode == Opcode.copyFromDevice.rawValue
-          ? Command.CopyFlags.streaming : 0
-      guard e.flags & ~allowedFlags == 0, e.reserved == 0 else { throw Refusal(status: .invalidValue, detail: 0) }
-      guard let op = Opcode(rawValue: e.opcode) else { throw Refusal(status: .invalidOpcode) }
+      // Flags first (an unknown opcode allows none), then the opcode: PROTOCOL.md §14's order.
+      let known = Opcode(rawValue: e.opcode)
+      guard e.flags & ~(known?.allowedFlags ?? 0) == 0, e.reserved == 0 else {
+        throw Refusal(status: .invalidValue, detail: 0)
+      }
+      guard let op = known else { throw Refusal(status: .invalidOpcode) }
       if op != .identify && op != .nop && !served[qp].identified { throw Refusal(status: .notInitialized) }
       switch op {
       case .nop: return CompletionEntry(status: .success)

@@ -290,7 +290,7 @@ extension Command {
     @inlinable public var entry: SubmissionEntry { SubmissionEntry(opcode: .windowFree, a0: offset) }
   }
 
-  /// The flags byte of a `copyToHost` or `copyFromDevice` entry (2.4).
+  /// The flags byte of a `copyToHost` or `copyFromDevice` entry (2.4); see ``Opcode/allowedFlags``.
   public enum CopyFlags {
     /// The chunk is part of a copy larger than any cache: the device writes
     /// it with streaming stores, which leave the caches to what the process
@@ -822,5 +822,18 @@ public struct ParameterLayout: Equatable, Sendable {
       slots.append(s)
     }
     return (info, ParameterLayout(slots: slots, bufferSize: Int(info.parameterBytes)))
+  }
+}
+
+extension Opcode {
+  /// The bits a submission entry's flags byte may carry for this opcode
+  /// (docs/PROTOCOL.md §8): a launch's ``Command/LaunchFlags`` (2.2), the
+  /// ``Command/CopyFlags`` of the copies into host memory (2.4); none for the rest.
+  @inlinable public var allowedFlags: UInt8 {
+    switch self {
+    case .launch: Command.LaunchFlags.cooperative
+    case .copyToHost, .copyFromDevice: Command.CopyFlags.streaming
+    default: 0
+    }
   }
 }

@@ -111,6 +111,10 @@ func decodeAndEncode<C: CommandCodec>(_ type: C.Type, _ e: SubmissionEntry) -> S
     let streamed = Command.CopyFromDevice(device: 0xD000, staging: 0x10_0000, length: 1 << 18, streaming: true).entry
     #expect(staged.flags == 0 && streamed.flags == Command.CopyFlags.streaming && words(staged) == words(streamed))
     #expect(Command.CopyFromDevice(streamed).streaming && !Command.CopyFromDevice(staged).streaming)
+    // Which opcodes may carry flags at all (the device refuses any other bit).
+    #expect(Opcode.allCases.filter { $0.allowedFlags != 0 } == [.copyFromDevice, .launch, .copyToHost])
+    #expect(Opcode.launch.allowedFlags == Command.LaunchFlags.cooperative)
+    #expect(Opcode.copyToHost.allowedFlags == Command.CopyFlags.streaming)
   }
 
   @Test func repliesRoundTrip() {
