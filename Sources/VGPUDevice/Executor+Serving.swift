@@ -37,6 +37,21 @@ extension Executor {
     return worked
   }
 
+  /// What the serving thread may look at without the lock between passes:
+  /// each served ring's SQ-tail doorbell and the head the device has reached
+  /// there. Filled after every pass (under the lock); false when a quick
+  /// pass must take the lock whatever the rings say (a ring's work is on a
+  /// kernel worker, whose end only the locked pass collects).
+  func watchRings(into watch: inout [RingWatch]) -> Bool {
+    watch.removeAll(keepingCapacity: true)
+    for i in activeQueuePairs.indices {
+      let qp = activeQueuePairs[i]
+      if served[qp].busy != nil { return false }
+      if !served[qp].faulted { watch.append(RingWatch(view: views[qp], head: served[qp].head.index)) }
+    }
+    return true
+  }
+
   /// Whether a pass would find work: before the device sleeps, after saying so.
   func hasPendingWork() -> Bool {
     if registers.load(Register.control) != ControlRequest.none.rawValue { return true }
@@ -264,4 +279,13 @@ extension Executor {
     }
     return posted
   }
+}
+
+/// One served ring as the serving thread looks at it without the lock.
+struct RingWatch {
+  let view: QueuePairView
+  let head: UInt32
+  /// Whether the guest has rung commands the device has not run. (A stale
+  /// watch errs towards yes: the locked pass then finds out.)
+  @inline(__always) var rung: Bool { view.submissionTail != head }
 }

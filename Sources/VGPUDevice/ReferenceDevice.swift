@@ -192,6 +192,7 @@ public final class ReferenceDevice: @unchecked Sendable {
     executor.fixedOwner = configuration.owner
     executor.offeredFeatures = offered
     executor.heartbeatSilence = configuration.watchesHeartbeats ? configuration.heartbeatSilenceNanoseconds : nil
+    serving.watch.reserveCapacity(Int(layout.queuePairs))
   }
 
   /// Whether owners' exits are looked for here (pidfds, /proc), rather than
@@ -342,6 +343,13 @@ public final class ReferenceDevice: @unchecked Sendable {
     var fullPass = true
     var lastReap: UInt64 = 0
     var lastBeatCheck: UInt64 = 0
+    var lastHousekeeping: UInt64 = 0
+    /// The rings as the last pass left them, and whether a quick pass may
+    /// trust them to skip the lock (`Executor.watchRings`): with 64 idle
+    /// clients, locking each device to find nothing was most of a serving
+    /// thread's time (issue 17).
+    var watch: [RingWatch] = []
+    var watchValid = false
     /// Events of the passes (and of the housekeeping before them), handed
     /// to `onEvent` after the lock is let go; swapped with the executor's
     /// queue, so neither array grows after the first events.
@@ -354,19 +362,25 @@ public final class ReferenceDevice: @unchecked Sendable {
   var isRunning: Bool { running.load(ordering: .relaxed) }
 
   /// One pass over the device's queue pairs, each ring running at most a
-  /// `budget` turn; every 1024th pass its housekeeping, every 64th (and
+  /// `budget` turn; every 1024th pass its housekeeping (at most once a
+  /// millisecond), every 64th (and
   /// the first after a sleep) a full pass that looks for claims, closes and
-  /// resets too. Returns whether it did work, and whether it woke a guest
-  /// waiting on the CPU this thread runs on.
+  /// resets too. A quick pass takes the lock only when a guest rang a ring
+  /// since the last pass (`RingWatch`). Returns whether it did work, and
+  /// whether it woke a guest waiting on the CPU this thread runs on.
   func servingPass(budget: Turn) -> (worked: Bool, answeredGuestHere: Bool) {
     serving.passes &+= 1
     let passes = serving.passes
     if passes & 0xffff == 0 { registers.store(Register.heartbeat, passes) }
-    if passes & 0x3ff == 0 { housekeeping() }
+    if passes & 0x3ff == 0 && vgpu_monotonic_ns() &- serving.lastHousekeeping >= Self.housekeepingIntervalNanoseconds {
+      housekeeping()
+    }
     let quick = passes & 63 != 0 && !serving.fullPass
     serving.fullPass = false
+    if quick && serving.watchValid && !anyRung() { return (false, false) }
     let result = executor.lock.withLock { _ in
       let worked = executor.servePass(quick: quick, budget: budget)
+      serving.watchValid = executor.watchRings(into: &serving.watch)
       defer { executor.answeredGuestOnThisCPU = false }
       if !executor.pendingEvents.isEmpty { swap(&executor.pendingEvents, &serving.events) }
       return (worked, executor.answeredGuestOnThisCPU)
@@ -376,6 +390,12 @@ public final class ReferenceDevice: @unchecked Sendable {
       serving.events.removeAll(keepingCapacity: true)
     }
     return result
+  }
+
+  /// Whether a guest rang a ring the last pass left empty.
+  @inline(__always) private func anyRung() -> Bool {
+    for i in serving.watch.indices where serving.watch[i].rung { return true }
+    return false
   }
 
   /// Says the device sleeps, then checks once more (event suppression): the
@@ -408,11 +428,29 @@ public final class ReferenceDevice: @unchecked Sendable {
     serving.fullPass = true
   }
 
-  /// After a sleep that happened: awake, the heartbeat, the housekeeping.
+  /// After a sleep that happened: awake, the heartbeat, the housekeeping
+  /// (the exits of owners at every wake-up, the rest at most once in
+  /// `housekeepingIntervalNanoseconds`: a pool that slept between the
+  /// commands of 64 clients spent most of its time housekeeping, issue 17).
   func woke() {
     awake()
     registers.store(Register.heartbeat, serving.passes)
-    housekeeping()
+    if vgpu_monotonic_ns() &- serving.lastHousekeeping >= Self.housekeepingIntervalNanoseconds {
+      housekeeping()
+    } else if watchesOwners {
+      executor.lock.withLock { _ in executor.reapExited() }
+    }
+  }
+
+  /// How often the housekeeping runs, at most (every 1024th pass and every
+  /// wake-up ask for it; passes that find nothing cost little now).
+  static let housekeepingIntervalNanoseconds: UInt64 = 1_000_000
+
+  /// After a sleep that another device's doorbell ended (this one's wake
+  /// word did not move): awake, but nothing of its own came, so no full
+  /// pass and no housekeeping beyond the passes' own.
+  func wokeForAnother() {
+    registers.setDeviceSleeping(false)
   }
 
   /// Where the device sleeps when a thread serves it alone: its doorbells'
@@ -437,6 +475,7 @@ public final class ReferenceDevice: @unchecked Sendable {
   /// lock new clients out; pairs of guests whose heartbeat stopped or whose
   /// processes exited reclaimed.
   private func housekeeping() {
+    serving.lastHousekeeping = vgpu_monotonic_ns()
     executor.lock.withLock { _ in
       _ = executor.restoreRegisters()
       executor.tickForWorkers()

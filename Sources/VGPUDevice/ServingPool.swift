@@ -283,6 +283,9 @@ public final class ServingPool: @unchecked Sendable {
         continue
       }
       let woken: Bool
+      // Set when futex_waitv ended the sleep: a device whose word did not
+      // move had nothing come (its claims, closes and doorbells all move it).
+      var byWord = false
       if solo, members.count == 1, let fd = members[0].doorbellEventFD {
         // A guest's doorbell (or a wake-up missed meanwhile: the eventfd keeps it).
         woken = vgpu_eventfd_wait(fd, slice) == 1
@@ -301,13 +304,20 @@ public final class ServingPool: @unchecked Sendable {
           woken = true
         } else {
           woken = r != -ETIMEDOUT
+          byWord = woken
         }
       } else {
         // More devices than one futex_waitv takes: short sleeps, then a look at every device.
         _ = vgpu_futex_wait(UnsafeMutableRawPointer(lane.wakeWord), laneSeen, min(slice, 1_000_000))
         woken = true
       }
-      for i in members.indices { members[i].woke() }
+      for i in members.indices {
+        if byWord && vgpu_load_acquire_u32(words[i]) == seen[i] {
+          members[i].wokeForAnother()
+        } else {
+          members[i].woke()
+        }
+      }
       idle.restart()
       spin = woken
     }
