@@ -205,7 +205,7 @@ extension Suite {
     }
   }
 
-  private func ms(_ ns: Double) -> String { String(format: "%.2f ms", ns / 1e6) }
+  func ms(_ ns: Double) -> String { String(format: "%.2f ms", ns / 1e6) }
 
   /// A mediator serving host processes on `socket`, each with a BAR of its own.
   func startSocketMediator(_ socket: String, _ extra: [String] = []) throws -> Process {

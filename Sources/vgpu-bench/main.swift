@@ -38,7 +38,12 @@ struct VGPUBench: ParsableCommand {
       process vs an empty C program (cc builds both)
         scale        Ollama's full discovery (CUDA and NVML) in 1, 2, 4, 8, 16 and 32 \
       processes started at once on a socket mediator (a BAR each): wall time and \
-      per-process p50 / p99 vs one process alone
+      per-process p50 / p99 vs one process alone; 1 to 64 client processes doing \
+      NOPs, launches, allocations and copies back to back over one common window \
+      (aggregate rate, max/min client rate, worst p50 / p99 vs one alone), on the \
+      serving pool and on a thread per client; one client's NOPs beside a 64 MiB \
+      copier or long kernels; the pool's levels again in an open loop, each \
+      client offering 100 NOPs/s (p99 vs one client at that rate)
         two clients  the same cases with two client processes at once
         idle         CPU of an idle mediator and an idle client after a grace period
 
@@ -105,7 +110,7 @@ struct VGPUBench: ParsableCommand {
   @Flag(
     name: .customLong("only-scale"),
     help:
-      "Measure only the scale section: discovery bursts of 1 to 32 processes, then 1 to 64 client processes at once doing NOPs, launches, allocations and copies, on a socket mediator."
+      "Measure only the scale section: discovery bursts of 1 to 32 processes, then 1 to 64 client processes at once doing NOPs, launches, allocations and copies (back to back, and NOPs at a fixed rate), on a socket mediator."
   )
   var onlyScale = false
 
