@@ -213,6 +213,10 @@ public final class ServingPool: @unchecked Sendable {
 
   private func serve(_ lane: Lane) {
     var members: [ReferenceDevice] = []
+    // The same devices, for calls that need no retain: `members` keeps them
+    // alive. Fetched from the array, each call retained and released its
+    // device, a third of a pass over 64 idle ones (issue 17).
+    var devices: [Unmanaged<ReferenceDevice>] = []
     // The words a sleep waits on and their values, reused from sleep to sleep.
     var words: [UnsafeMutableRawPointer?] = []
     var seen: [UInt32] = []
@@ -233,6 +237,8 @@ public final class ServingPool: @unchecked Sendable {
       let generation = lane.generation.load(ordering: .acquiring)
       if generation != known {
         members = lane.members.withLock { $0 }
+        devices.removeAll(keepingCapacity: true)
+        for i in members.indices { devices.append(Unmanaged.passUnretained(members[i])) }
         known = generation
         lane.acknowledged.store(generation, ordering: .releasing)
         idle.restart()
@@ -244,7 +250,7 @@ public final class ServingPool: @unchecked Sendable {
       // The loops over `members` go by index: a for-in, unspecialized in a
       // debug build, allocated a coroutine frame per device (HotPathTests).
       for i in members.indices {
-        let pass = members[i].servingPass(budget: budget)
+        let pass = devices[i]._withUnsafeGuaranteedRef { $0.servingPass(budget: budget) }
         worked = worked || pass.worked
         answeredGuestHere = answeredGuestHere || pass.answeredGuestHere
       }
@@ -269,14 +275,17 @@ public final class ServingPool: @unchecked Sendable {
       var slice: UInt64 = 1_000_000_000
       var ready = true
       for i in members.indices {
-        let device = members[i]
-        guard let value = device.prepareToSleep() else {
+        let ok = devices[i]._withUnsafeGuaranteedRef { device in
+          guard let value = device.prepareToSleep() else { return false }
+          words.append(device.wakeWord)
+          seen.append(value)
+          slice = min(slice, device.sleepSlice)
+          return true
+        }
+        guard ok else {
           ready = false
           break
         }
-        words.append(device.wakeWord)
-        seen.append(value)
-        slice = min(slice, device.sleepSlice)
       }
       guard ready else {
         for i in 0..<words.count { members[i].awake() }
@@ -313,9 +322,9 @@ public final class ServingPool: @unchecked Sendable {
       }
       for i in members.indices {
         if byWord && vgpu_load_acquire_u32(words[i]) == seen[i] {
-          members[i].wokeForAnother()
+          devices[i]._withUnsafeGuaranteedRef { $0.wokeForAnother() }
         } else {
-          members[i].woke()
+          devices[i]._withUnsafeGuaranteedRef { $0.woke() }
         }
       }
       idle.restart()
