@@ -29,7 +29,9 @@ public struct LatencySummary: Codable, Sendable {
     p50 = at(0.5)
     p99 = at(0.99)
     p999 = at(0.999)
-    max = sorted.last.map(Double.init) ?? 0
+    // Not `.map(Double.init)`: that resolves to `init(bitPattern:)`, and the
+    // largest value read as a subnormal (about 1e-317).
+    max = sorted.last.map { Double($0) } ?? 0
     cdf = sorted.isEmpty ? [] : Self.quantiles.map(at)
   }
 
