@@ -63,7 +63,7 @@ struct LoadResult: Codable {
 /// nanoseconds from `start + phase` (an open loop: the offered rate does not
 /// fall when the device slows, so its latencies are the device's under a
 /// known load, not the run queue's).
-struct LoadOrder: Equatable {
+struct LoadOrder {
   var kind: LoadCase
   var start: UInt64
   var end: UInt64
@@ -99,8 +99,8 @@ func sleep(until deadline: UInt64) {
 
 extension Modes {
   /// A client of the scale section's load cases: opens `target`, says
-  /// "ready", then for each "go CASE MILLISECONDS" runs the case that long
-  /// and answers "result JSON"; ends when stdin closes.
+  /// "ready", then for each order (`LoadOrder`'s line) runs its case over
+  /// its window and answers "result JSON"; ends when stdin closes.
   static func load(target: String) throws {
     let t = try open(target)
     let function = try t.loadFill()
@@ -147,7 +147,7 @@ extension Modes {
       sleep(until: order.start)
       let late = now() &- order.start
       var operations = 0
-      var result: LoadResult
+      let result: LoadResult
       if let interval = order.interval {
         // Open loop: operation k is due at start + phase + k·interval. Its
         // latency runs from its submission; how late that was is kept apart.
