@@ -301,8 +301,8 @@ extension Suite {
     }
     // The same levels in an open loop: every client offers NOPs at a fixed
     // rate, so the crowd adds contention, not CPU demand beyond the cores.
-    // Closed, 64 clients on 2 cores are each runnable a few milliseconds in
-    // a hundred, and their p99 is the run queue's (docs/bench "Tails").
+    // Closed, 64 clients back to back on 2 cores also compete with the
+    // serving thread for CPU (docs/bench, "One window, an open loop").
     let rate = LoadCase.pacedRate
     let prefix = label.map { "\($0), " } ?? ""
     var paced: [Int: [LoadResult]] = [:]
@@ -367,7 +367,8 @@ extension Suite {
           group, name(n, c, "worst client's p99"), unit: "ns", worst?.p99, lowerIsBetter: true,
           note: n == 64
             ? "closed loop: 64 processes back to back on \(ProcessInfo.processInfo.activeProcessorCount) cores, "
-              + "their p99 the run queue's; issue 17's ≤ 10× is read open-loop (NOPs at \(LoadCase.pacedRate)/s each)"
+              + "where a serving thread at normal priority waits its turn among them; issue 17's ≤ 10× is also "
+              + "read open-loop (NOPs at \(LoadCase.pacedRate)/s each)"
             : nil)
         guard n > 1 else {
           // The baselines themselves.
