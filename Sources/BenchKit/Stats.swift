@@ -46,6 +46,11 @@ public struct LatencySummary: Codable, Sendable {
     m.cdf = zip(a.cdf, b.cdf).map { Swift.max($0, $1) }
     return m
   }
+
+  /// Several clients' series as one (`merged(_:_:)` over all); nil for none.
+  public static func merged(_ all: [LatencySummary]) -> LatencySummary? {
+    all.dropFirst().reduce(all.first) { m, x in m.map { merged($0, x) } }
+  }
 }
 
 public func median(_ values: [Double]) -> Double {

@@ -288,7 +288,7 @@ public final class ServingPool: @unchecked Sendable {
         }
       }
       guard ready else {
-        for i in 0..<words.count { members[i].awake() }
+        for i in 0..<words.count { devices[i]._withUnsafeGuaranteedRef { $0.awake() } }
         continue
       }
       let woken: Bool

@@ -227,7 +227,7 @@ extension Suite {
 
   /// The worst client's latencies of a level: all clients' merged.
   static func worst(_ r: [LoadResult]) -> LatencySummary? {
-    r.dropFirst().reduce(r.first?.latency) { m, x in m.map { LatencySummary.merged($0, x.latency) } }
+    LatencySummary.merged(r.map(\.latency))
   }
 
   /// Every load level on a mediator started with `extra` options; its figures
@@ -331,7 +331,7 @@ extension Suite {
         p50 = p50.against("1 client at \(rate)/s", pacedAlone?.latency.p50)
         p99 = p99.against("1 client at \(rate)/s", pacedAlone?.latency.p99)
       }
-      let lateness = r.compactMap(\.lateness).reduce(nil) { (m: LatencySummary?, x) in m.map { .merged($0, x) } ?? x }
+      let lateness = LatencySummary.merged(r.compactMap(\.lateness))
       let skipped = r.compactMap(\.skipped).reduce(0, +)
       report.figures += [
         Figure(group, "\(what): aggregate rate", unit: "ops/s", r.map(\.rate).reduce(0, +), lowerIsBetter: false),

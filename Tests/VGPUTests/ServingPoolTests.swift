@@ -126,6 +126,29 @@ import VGPUProtocol
     }
   }
 
+  /// After a sleep, only the devices whose wake word moved get a full pass
+  /// (the others are woken "for another"): a device woken for its
+  /// neighbour's doorbell must still notice a client that claims a pair on
+  /// it right after, and serve it (a claim missed until the next sleep
+  /// slice would take 20 s).
+  @Test func aDeviceWokenForAnotherStillTakesItsOwnNewClient() throws {
+    try Self.withDevices(2, threads: 1) { _, _, paths in
+      let first = try Device.open("shm:\(paths[0])")
+      defer { first.close() }
+      for round in 0..<4 {
+        // Both sleep; the first device's NOP wakes the thread by its word only.
+        usleep(30_000)
+        try first.nop()
+        let started = DispatchTime.now().uptimeNanoseconds
+        let second = try Device.open("shm:\(paths[1])")
+        try second.nop()
+        second.close()
+        let took = DispatchTime.now().uptimeNanoseconds - started
+        #expect(took < 5_000_000_000, "round \(round): opening the other device took \(took / 1_000_000) ms")
+      }
+    }
+  }
+
   /// More devices than one futex_waitv takes (128 words, the thread's own
   /// among them): the thread then naps a millisecond at a time, and still
   /// answers each device after an idle pause (a missed one would take the
